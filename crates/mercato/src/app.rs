@@ -1,0 +1,162 @@
+//! Wiring: config → database → router → listener. Production, tests and
+//! benchmarks all start Mercato through `App::build`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use localpg::LocalPg;
+use rand::RngCore;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::db::{self, Db, DbError};
+use crate::demo::{self, DemoError};
+use crate::http::{self, AppState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("private PostgreSQL in {dir}: {source}")]
+    LocalPg { dir: String, source: localpg::Error },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+}
+
+/// Where the database came from, for the start-up banner.
+#[derive(Debug)]
+pub enum DatabaseSource {
+    External,
+    Private { data_dir: String, port: u16 },
+}
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    pub addr: SocketAddr,
+    pub db: Db,
+    pub admin_token: String,
+    /// The demo merchant's key, when this run seeded (or found) the demo.
+    pub demo_api_key: Option<String>,
+    pub database: DatabaseSource,
+    /// Keeps the private cluster alive as long as the app; stops it on drop.
+    _localpg: Option<LocalPg>,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        // Bind first: a taken port should fail before anything else starts.
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let (owner_url, localpg) = match &config.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let pg = start_private_cluster(&config.data_dir).await?;
+                (pg.url("mercato"), Some(pg))
+            }
+        };
+        let db = db::prepare(&owner_url, config.max_connections).await?;
+        let demo_api_key = match localpg {
+            Some(_) => Some(demo::seed(&db, &config.data_dir).await?),
+            None => None,
+        };
+        let database = match &localpg {
+            Some(pg) => DatabaseSource::Private {
+                data_dir: config.data_dir.display().to_string(),
+                port: pg.port(),
+            },
+            None => DatabaseSource::External,
+        };
+        let admin_token = config
+            .admin_token
+            .clone()
+            .unwrap_or_else(generate_admin_token);
+        let state = AppState {
+            db: db.clone(),
+            admin_token: Arc::from(admin_token.as_str()),
+        };
+        Ok(App {
+            listener,
+            router: http::router(state),
+            addr,
+            db,
+            admin_token,
+            demo_api_key,
+            database,
+            _localpg: localpg,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let App {
+            listener,
+            router,
+            _localpg,
+            ..
+        } = self;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        // `_localpg` drops here, after the last request: the cluster stops cleanly.
+    }
+}
+
+fn generate_admin_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("adm_{}", hex::encode(bytes))
+}
+
+/// Starts (or restarts) the private cluster and makes sure database `mercato` exists.
+async fn start_private_cluster(data_dir: &Path) -> Result<LocalPg, StartError> {
+    let dir = data_dir.to_path_buf();
+    let pg = tokio::task::spawn_blocking(move || LocalPg::start(&dir))
+        .await
+        .map_err(|e| StartError::LocalPg {
+            dir: data_dir.display().to_string(),
+            source: localpg::Error::Command {
+                step: "start",
+                detail: e.to_string(),
+            },
+        })?
+        .map_err(|source| StartError::LocalPg {
+            dir: data_dir.display().to_string(),
+            source,
+        })?;
+    let admin_opts = pg.url("postgres").parse().map_err(DbError::Url)?;
+    let admin = db::connect(admin_opts, 1).await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = 'mercato')")
+            .fetch_one(&admin)
+            .await
+            .map_err(DbError::Sql)?;
+    if !exists {
+        sqlx::query("create database mercato")
+            .execute(&admin)
+            .await
+            .map_err(DbError::Sql)?;
+    }
+    admin.close().await;
+    Ok(pg)
+}

@@ -1,0 +1,244 @@
+//! Catalog domain types. Raw input becomes these once, at the edge.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::http::FieldErrors;
+
+/// An amount in integer minor units of an ISO 4217 currency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Money {
+    /// Minor units (cents), never negative for a price.
+    pub amount: i64,
+    /// Three upper-case letters, e.g. `EUR`.
+    pub currency: String,
+}
+
+impl Money {
+    /// A price: non-negative amount, currency of three upper-case ASCII letters.
+    pub fn parse_price(raw: &Money, field: &str, errors: &mut FieldErrors) -> Option<Money> {
+        let amount = errors.check(
+            format!("{field}.amount"),
+            if raw.amount >= 0 {
+                Ok(raw.amount)
+            } else {
+                Err("must not be negative".to_owned())
+            },
+        );
+        let currency_ok =
+            raw.currency.len() == 3 && raw.currency.bytes().all(|b| b.is_ascii_uppercase());
+        let currency = errors.check(
+            format!("{field}.currency"),
+            if currency_ok {
+                Ok(raw.currency.clone())
+            } else {
+                Err("must be an ISO 4217 code of three upper-case letters".to_owned())
+            },
+        );
+        amount
+            .zip(currency)
+            .map(|(amount, currency)| Money { amount, currency })
+    }
+}
+
+/// A stock-keeping unit code: 1 to 64 of `A-Z a-z 0-9 - _ .`; unique per merchant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Sku(String);
+
+impl Sku {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > 64 {
+            return Err("must be 1-64 characters".into());
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err("may contain only letters, digits, '-', '_' and '.'".into());
+        }
+        Ok(Sku(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn parse_name(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 200 {
+        return Err("must be 1-200 characters".into());
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn parse_description(raw: &str) -> Result<String, String> {
+    if raw.chars().count() > 10_000 {
+        return Err("must be at most 10000 characters".into());
+    }
+    Ok(raw.to_owned())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProductBody {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub variants: Vec<VariantBody>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VariantBody {
+    pub sku: String,
+    pub price: Money,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchProductBody {
+    pub name: Option<String>,
+    /// `null` clears the description.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
+}
+
+#[derive(Debug)]
+pub struct NewVariant {
+    pub sku: Sku,
+    pub price: Money,
+}
+
+#[derive(Debug)]
+pub struct NewProduct {
+    pub name: String,
+    pub description: Option<String>,
+    pub variants: Vec<NewVariant>,
+}
+
+pub const MAX_VARIANTS: usize = 100;
+
+impl NewProduct {
+    pub fn parse(body: &CreateProductBody) -> Result<Self, crate::http::ApiError> {
+        let mut errors = FieldErrors::default();
+        let name = errors.check("name", parse_name(&body.name));
+        let description = match &body.description {
+            None => Some(None),
+            Some(d) => errors.check("description", parse_description(d)).map(Some),
+        };
+        if body.variants.is_empty() || body.variants.len() > MAX_VARIANTS {
+            errors.push(
+                "variants",
+                format!("must hold 1 to {MAX_VARIANTS} variants"),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        let variants: Option<Vec<NewVariant>> = body
+            .variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let sku = errors.check(format!("variants[{i}].sku"), Sku::parse(&v.sku));
+                if sku.as_ref().is_some_and(|s| !seen.insert(s.clone())) {
+                    errors.push(
+                        format!("variants[{i}].sku"),
+                        "appears twice in this product",
+                    );
+                }
+                let price =
+                    Money::parse_price(&v.price, &format!("variants[{i}].price"), &mut errors);
+                sku.zip(price).map(|(sku, price)| NewVariant { sku, price })
+            })
+            .collect();
+        let product = name
+            .zip(description)
+            .zip(variants)
+            .map(|((name, description), variants)| NewProduct {
+                name,
+                description,
+                variants,
+            });
+        errors.finish(product)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub description: Option<Option<String>>,
+}
+
+impl ProductPatch {
+    pub fn parse(body: &PatchProductBody) -> Result<Self, crate::http::ApiError> {
+        let mut errors = FieldErrors::default();
+        let name = match &body.name {
+            None => Some(None),
+            Some(n) => errors.check("name", parse_name(n)).map(Some),
+        };
+        let description = match &body.description {
+            Some(Some(d)) => errors
+                .check("description", parse_description(d))
+                .map(|d| Some(Some(d))),
+            other => Some(other.clone()),
+        };
+        errors.finish(
+            name.zip(description)
+                .map(|(name, description)| ProductPatch { name, description }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skus_are_1_to_64_safe_characters() {
+        assert!(Sku::parse("TEE-RED_XL.2").is_ok());
+        assert!(Sku::parse(&"A".repeat(64)).is_ok());
+        for bad in ["", "has space", "ü", &"A".repeat(65)] {
+            assert!(Sku::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_product_with_bad_fields_names_each_one() {
+        let body: CreateProductBody = serde_json::from_value(serde_json::json!({
+            "name": " ",
+            "variants": [
+                {"sku": "A", "price": {"amount": -1, "currency": "eur"}},
+                {"sku": "A", "price": {"amount": 5, "currency": "EUR"}},
+            ]
+        }))
+        .unwrap();
+        let crate::http::ApiError::Validation(errors) = NewProduct::parse(&body).unwrap_err()
+        else {
+            panic!("expected validation error");
+        };
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "name",
+                "variants[0].price.amount",
+                "variants[0].price.currency",
+                "variants[1].sku"
+            ]
+        );
+    }
+}

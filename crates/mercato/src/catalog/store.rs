@@ -1,0 +1,194 @@
+//! Catalog SQL. Every function takes a `TenantTx`: RLS scopes it to one merchant.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Money, NewProduct, ProductPatch};
+use crate::db::{violates, TenantTx};
+use crate::http::pagination::Page;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("SKU {sku:?} already exists")]
+    DuplicateSku { index: usize, sku: String },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Product {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub variants: Vec<Variant>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Variant {
+    pub id: Uuid,
+    pub sku: String,
+    pub price: Money,
+}
+
+#[derive(FromRow)]
+struct ProductRow {
+    id: Uuid,
+    name: String,
+    description: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct VariantRow {
+    id: Uuid,
+    product_id: Uuid,
+    sku: String,
+    price_amount: i64,
+    currency: String,
+}
+
+const PRODUCT_COLUMNS: &str = "id, name, description, created_at, updated_at";
+
+pub async fn create_product(tx: &mut TenantTx, new: &NewProduct) -> Result<Product, CatalogError> {
+    let merchant = tx.merchant_id().0;
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "insert into products (merchant_id, id, name, description) values ($1, $2, $3, $4)",
+    )
+    .bind(merchant)
+    .bind(id)
+    .bind(&new.name)
+    .bind(&new.description)
+    .execute(tx.conn())
+    .await?;
+    for (index, variant) in new.variants.iter().enumerate() {
+        sqlx::query(
+            "insert into variants (merchant_id, id, product_id, sku, price_amount, currency)
+             values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(merchant)
+        .bind(Uuid::now_v7())
+        .bind(id)
+        .bind(variant.sku.as_str())
+        .bind(variant.price.amount)
+        .bind(&variant.price.currency)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| match violates(&e, "variants_sku_unique") {
+            true => CatalogError::DuplicateSku {
+                index,
+                sku: variant.sku.as_str().to_owned(),
+            },
+            false => e.into(),
+        })?;
+    }
+    Ok(get_product(tx, id).await?.ok_or(sqlx::Error::RowNotFound)?)
+}
+
+pub async fn get_product(tx: &mut TenantTx, id: Uuid) -> Result<Option<Product>, sqlx::Error> {
+    let row: Option<ProductRow> = sqlx::query_as(&format!(
+        "select {PRODUCT_COLUMNS} from products where merchant_id = $1 and id = $2"
+    ))
+    .bind(tx.merchant_id().0)
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    match row {
+        Some(row) => Ok(with_variants(tx, vec![row]).await?.pop()),
+        None => Ok(None),
+    }
+}
+
+/// Products in id order (creation order), after the page's cursor.
+pub async fn list_products(tx: &mut TenantTx, page: Page) -> Result<Vec<Product>, sqlx::Error> {
+    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+        "select {PRODUCT_COLUMNS} from products
+         where merchant_id = $1 and ($2::uuid is null or id > $2)
+         order by id limit $3"
+    ))
+    .bind(tx.merchant_id().0)
+    .bind(page.after)
+    .bind(page.fetch_limit())
+    .fetch_all(tx.conn())
+    .await?;
+    with_variants(tx, rows).await
+}
+
+pub async fn update_product(
+    tx: &mut TenantTx,
+    id: Uuid,
+    patch: &ProductPatch,
+) -> Result<Option<Product>, sqlx::Error> {
+    let updated = sqlx::query(
+        "update products set
+             name = coalesce($3, name),
+             description = case when $4 then $5 else description end,
+             updated_at = now()
+         where merchant_id = $1 and id = $2",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(id)
+    .bind(&patch.name)
+    .bind(patch.description.is_some())
+    .bind(patch.description.clone().flatten())
+    .execute(tx.conn())
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(None);
+    }
+    get_product(tx, id).await
+}
+
+/// Deletes a product and its variants; `false` when there was none.
+pub async fn delete_product(tx: &mut TenantTx, id: Uuid) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query("delete from products where merchant_id = $1 and id = $2")
+        .bind(tx.merchant_id().0)
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    Ok(deleted.rows_affected() > 0)
+}
+
+async fn with_variants(
+    tx: &mut TenantTx,
+    rows: Vec<ProductRow>,
+) -> Result<Vec<Product>, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let variants: Vec<VariantRow> = sqlx::query_as(
+        "select id, product_id, sku, price_amount, currency from variants
+         where merchant_id = $1 and product_id = any($2) order by id",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(&ids)
+    .fetch_all(tx.conn())
+    .await?;
+    let mut by_product: std::collections::HashMap<Uuid, Vec<Variant>> =
+        std::collections::HashMap::new();
+    for v in variants {
+        by_product.entry(v.product_id).or_default().push(Variant {
+            id: v.id,
+            sku: v.sku,
+            price: Money {
+                amount: v.price_amount,
+                currency: v.currency,
+            },
+        });
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Product {
+            variants: by_product.remove(&r.id).unwrap_or_default(),
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+        .collect())
+}

@@ -1,0 +1,139 @@
+//! Database set-up and the tenant-scoped transaction.
+//!
+//! Two roles: the *owner* (the `DATABASE_URL` user) runs migrations and owns every
+//! table; the *app role* (`mercato_app`) owns nothing, is neither superuser nor
+//! BYPASSRLS, and is the only role the service's request paths use. Row-level
+//! security therefore applies to every query a request runs.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Transaction};
+
+use crate::tenancy::MerchantId;
+
+pub const APP_ROLE: &str = "mercato_app";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database URL: {0}")]
+    Url(sqlx::Error),
+    #[error("cannot connect to the database at {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// Connection pools of a running service.
+#[derive(Clone, Debug)]
+pub struct Db {
+    /// Connections as the app role: subject to RLS. Request paths use only this.
+    pub app: PgPool,
+}
+
+/// Migrates the database as its owner, makes sure the app role exists with the
+/// grants it needs, and opens the app role's pool.
+pub async fn prepare(owner_url: &str, max_connections: u32) -> Result<Db, DbError> {
+    let owner_opts: PgConnectOptions = owner_url.parse().map_err(DbError::Url)?;
+    let owner = connect(owner_opts.clone(), 2).await?;
+    sqlx::migrate!("./migrations").run(&owner).await?;
+    ensure_app_role(&owner, &owner_opts).await?;
+    owner.close().await;
+    let app_opts = owner_opts.username(APP_ROLE);
+    let app = connect(app_opts, max_connections).await?;
+    Ok(Db { app })
+}
+
+/// Opens a pool; a database that does not answer fails start-up within seconds.
+pub async fn connect(opts: PgConnectOptions, max: u32) -> Result<PgPool, DbError> {
+    let url = redacted_url(&opts);
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts.log_statements(tracing::log::LevelFilter::Debug))
+        .await
+        .map_err(|source| DbError::Connect { url, source })
+}
+
+fn redacted_url(opts: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or("")
+    )
+}
+
+/// Creates the app role if it is missing (roles are cluster-wide, so several
+/// databases on one server share it) and grants it DML on this database's tables.
+async fn ensure_app_role(owner: &PgPool, owner_opts: &PgConnectOptions) -> Result<(), DbError> {
+    let create = format!(
+        "do $$ begin
+             create role {APP_ROLE} login nosuperuser nobypassrls nocreatedb nocreaterole;
+         exception when duplicate_object or unique_violation then null;
+         end $$"
+    );
+    sqlx::query(&create).execute(owner).await?;
+    // The app role logs in with the owner's password when the server asks for one.
+    if let Some(password) = owner_password(owner_opts) {
+        let escaped = password.replace('\'', "''");
+        sqlx::query(&format!("alter role {APP_ROLE} password '{escaped}'"))
+            .execute(owner)
+            .await?;
+    }
+    for grant in [
+        format!("grant usage on schema public to {APP_ROLE}"),
+        format!(
+            "grant select, insert, update, delete on all tables in schema public to {APP_ROLE}"
+        ),
+        format!("revoke all on _sqlx_migrations from {APP_ROLE}"),
+        format!("grant usage, select on all sequences in schema public to {APP_ROLE}"),
+    ] {
+        sqlx::query(&grant).execute(owner).await?;
+    }
+    Ok(())
+}
+
+fn owner_password(opts: &PgConnectOptions) -> Option<String> {
+    // PgConnectOptions keeps the password private; read it back from the URL form.
+    let url = opts.to_url_lossy();
+    url.password().map(str::to_owned)
+}
+
+/// A transaction on which `app.merchant_id` is set (transaction-locally, so a
+/// pooled connection never carries a tenant into the next request). Every
+/// tenant-owned query takes one, so none can be written without a tenant.
+pub struct TenantTx {
+    tx: Transaction<'static, Postgres>,
+    merchant_id: MerchantId,
+}
+
+impl TenantTx {
+    pub async fn begin(pool: &PgPool, merchant_id: MerchantId) -> Result<Self, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("select set_config('app.merchant_id', $1, true)")
+            .bind(merchant_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(TenantTx { tx, merchant_id })
+    }
+
+    pub fn merchant_id(&self) -> MerchantId {
+        self.merchant_id
+    }
+
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+/// `true` when `err` is a unique violation of the named constraint.
+pub fn violates(err: &sqlx::Error, constraint: &str) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.constraint() == Some(constraint))
+}

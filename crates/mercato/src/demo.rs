@@ -1,0 +1,75 @@
+//! The demo merchant a fresh `mercato serve` seeds, so a newcomer can try the API at once.
+
+use std::path::Path;
+
+use crate::catalog::{create_product, Money, NewProduct, NewVariant, Sku};
+use crate::db::{Db, TenantTx};
+use crate::tenancy::{create_merchant, find_merchant_by_slug, issue_api_key, MerchantName, Slug};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("seeding the demo merchant: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("seeding the demo merchant: {0}")]
+    Merchant(#[from] crate::tenancy::CreateMerchantError),
+    #[error("seeding the demo products: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("demo API key file {path}: {source}")]
+    KeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+const DEMO_PRODUCTS: &[(&str, &[(&str, i64)])] = &[
+    ("Espresso beans 1 kg", &[("BEANS-1KG", 2490)]),
+    ("Hand grinder", &[("GRINDER-01", 12900)]),
+    ("Mug", &[("MUG-WHITE", 1200), ("MUG-BLACK", 1200)]),
+];
+
+/// Seeds the demo merchant once and returns its API key (kept in `data_dir`,
+/// since only the key's hash is in the database).
+pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
+    let key_file = data_dir.join("demo-api-key");
+    let key_error = |source| DemoError::KeyFile {
+        path: key_file.display().to_string(),
+        source,
+    };
+    // The constants below are valid by construction; parsing them cannot fail.
+    let slug = Slug::parse("demo").expect("valid demo slug");
+    if let Some(merchant) = find_merchant_by_slug(&db.app, &slug).await? {
+        if let Ok(key) = std::fs::read_to_string(&key_file) {
+            return Ok(key.trim().to_owned());
+        }
+        let mut tx = TenantTx::begin(&db.app, merchant).await?;
+        let key = issue_api_key(&mut tx).await?.to_string();
+        tx.commit().await?;
+        std::fs::write(&key_file, &key).map_err(key_error)?;
+        return Ok(key);
+    }
+    let name = MerchantName::parse("Demo Coffee Shop").expect("valid demo name");
+    let (merchant, key) = create_merchant(&db.app, &name, &slug).await?;
+    let mut tx = TenantTx::begin(&db.app, merchant).await?;
+    for (name, variants) in DEMO_PRODUCTS {
+        let variants = variants
+            .iter()
+            .map(|(sku, amount)| NewVariant {
+                sku: Sku::parse(sku).expect("valid demo SKU"),
+                price: Money {
+                    amount: *amount,
+                    currency: "EUR".into(),
+                },
+            })
+            .collect();
+        let product = NewProduct {
+            name: (*name).to_owned(),
+            description: None,
+            variants,
+        };
+        create_product(&mut tx, &product).await?;
+    }
+    tx.commit().await?;
+    let key = key.to_string();
+    std::fs::write(&key_file, &key).map_err(key_error)?;
+    Ok(key)
+}

@@ -1,0 +1,95 @@
+//! Shared web plumbing and the router.
+
+pub mod auth;
+pub mod error;
+pub mod json;
+mod metrics;
+mod openapi;
+pub mod pagination;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::routing::get;
+use axum::{middleware, Router};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, FieldError, FieldErrors, Problem};
+pub use json::ApiJson;
+
+use crate::db::Db;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub admin_token: Arc<str>,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let metrics_handle = metrics::handle();
+    let api = Router::new()
+        .merge(crate::tenancy::http::routes())
+        .merge(crate::catalog::http::routes())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route_layer(middleware::from_fn(metrics::track));
+    api.route("/openapi.json", get(openapi::document))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics_handle.render())),
+        )
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                        let request_id = req
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!(
+                            "http",
+                            method = %req.method(),
+                            uri = %req.uri(),
+                            request_id,
+                            merchant_id = tracing::field::Empty,
+                        )
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Duration::from_secs(30),
+                )),
+        )
+        .with_state(state)
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "The database answers"),
+    (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
+))]
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    sqlx::query("select 1")
+        .execute(&state.db.app)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "readiness check failed");
+            ApiError::Unavailable("the database does not answer")
+        })?;
+    Ok("ready")
+}

@@ -1,0 +1,47 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Mercato", description = "Multi-tenant e-commerce backend"),
+    paths(
+        super::healthz,
+        super::readyz,
+        crate::tenancy::http::post_merchant,
+        crate::catalog::http::post_product,
+        crate::catalog::http::list_products,
+        crate::catalog::http::get_product,
+        crate::catalog::http::patch_product,
+        crate::catalog::http::delete_product,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description))
+                    .build(),
+            )
+        };
+        components.add_security_scheme("api_key", bearer("Merchant API key (`mk_…`)"));
+        components.add_security_scheme(
+            "admin_token",
+            bearer("Platform admin token (MERCATO_ADMIN_TOKEN)"),
+        );
+    }
+}
+
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

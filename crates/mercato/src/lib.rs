@@ -1,0 +1,13 @@
+//! Mercato: a multi-tenant e-commerce backend on PostgreSQL.
+
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod http;
+pub mod telemetry;
+pub mod tenancy;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,10 @@
+//! Merchants (tenants) and their API keys.
+
+pub mod http;
+mod model;
+mod store;
+
+pub use model::{ApiKey, MerchantId, MerchantName, Slug};
+pub use store::{
+    api_key_is_valid, create_merchant, find_merchant_by_slug, issue_api_key, CreateMerchantError,
+};

@@ -1,0 +1,69 @@
+use sqlx::PgPool;
+
+use super::{ApiKey, MerchantId, MerchantName, Slug};
+use crate::db::{violates, TenantTx};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateMerchantError {
+    #[error("a merchant with slug {0:?} already exists")]
+    SlugTaken(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Creates a merchant and its first API key in one transaction.
+pub async fn create_merchant(
+    pool: &PgPool,
+    name: &MerchantName,
+    slug: &Slug,
+) -> Result<(MerchantId, ApiKey), CreateMerchantError> {
+    let id = MerchantId::new();
+    let mut tx = TenantTx::begin(pool, id).await?;
+    sqlx::query("insert into merchants (id, slug, name) values ($1, $2, $3)")
+        .bind(id.0)
+        .bind(slug.as_str())
+        .bind(name.as_str())
+        .execute(tx.conn())
+        .await
+        .map_err(|e| match violates(&e, "merchants_slug_key") {
+            true => CreateMerchantError::SlugTaken(slug.as_str().to_owned()),
+            false => e.into(),
+        })?;
+    let key = issue_api_key(&mut tx).await?;
+    tx.commit().await?;
+    Ok((id, key))
+}
+
+/// Creates a new API key for the transaction's merchant.
+pub async fn issue_api_key(tx: &mut TenantTx) -> Result<ApiKey, sqlx::Error> {
+    let key = ApiKey::generate(tx.merchant_id());
+    sqlx::query("insert into api_keys (merchant_id, id, key_hash) values ($1, $2, $3)")
+        .bind(tx.merchant_id().0)
+        .bind(uuid::Uuid::now_v7())
+        .bind(key.hash())
+        .execute(tx.conn())
+        .await?;
+    Ok(key)
+}
+
+pub async fn find_merchant_by_slug(
+    pool: &PgPool,
+    slug: &Slug,
+) -> Result<Option<MerchantId>, sqlx::Error> {
+    let id: Option<uuid::Uuid> = sqlx::query_scalar("select id from merchants where slug = $1")
+        .bind(slug.as_str())
+        .fetch_optional(pool)
+        .await?;
+    Ok(id.map(MerchantId))
+}
+
+/// Whether `key` is a live key of the merchant it names (checked under that merchant's RLS).
+pub async fn api_key_is_valid(tx: &mut TenantTx, key: &ApiKey) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from api_keys where merchant_id = $1 and key_hash = $2 and revoked_at is null)",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(key.hash())
+    .fetch_one(tx.conn())
+    .await
+}
