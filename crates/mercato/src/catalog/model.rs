@@ -148,7 +148,8 @@ impl NewProduct {
             );
         }
         let mut seen = std::collections::HashSet::new();
-        let variants: Option<Vec<NewVariant>> = body
+        // Parse every variant (no short-circuit), so each bad field is reported.
+        let variants: Vec<Option<NewVariant>> = body
             .variants
             .iter()
             .enumerate()
@@ -165,6 +166,7 @@ impl NewProduct {
                 sku.zip(price).map(|(sku, price)| NewVariant { sku, price })
             })
             .collect();
+        let variants: Option<Vec<NewVariant>> = variants.into_iter().collect();
         let product = name
             .zip(description)
             .zip(variants)

@@ -114,7 +114,7 @@ mod tests {
             Err(ApiError::MalformedJson(_))
         ));
         assert!(matches!(
-            parse::<Body>(b"{} trailing"),
+            parse::<Body>(br#"{"items":[]} trailing"#),
             Err(ApiError::MalformedJson(_))
         ));
     }

@@ -1,0 +1,211 @@
+//! `TestApp`: spawns the real service against its own database.
+//!
+//! With `DATABASE_URL` set, each test creates a database on that server (and
+//! drops it afterwards); without it, each test starts a private cluster with
+//! `localpg` in a temporary directory.
+
+use std::path::PathBuf;
+
+use mercato::db::TenantTx;
+use mercato::tenancy::MerchantId;
+use mercato::{App, Config};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgPool};
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub struct TestApp {
+    pub base: String,
+    /// Superuser connection to the test database, for checking invariants in SQL.
+    pub owner: PgPool,
+    /// The service's own RLS-bound pool.
+    pub app_pool: PgPool,
+    pub client: reqwest::Client,
+    database: Database,
+}
+
+enum Database {
+    External { server_url: String, name: String },
+    Private { _pg: localpg::LocalPg, dir: PathBuf },
+}
+
+/// A merchant created through the API.
+pub struct Merchant {
+    pub id: MerchantId,
+    pub key: String,
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Response {
+    /// Asserts an RFC 9457 problem of the given status and type slug.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, kind: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        let content_type = self.headers.get("content-type").and_then(|v| v.to_str().ok());
+        assert_eq!(content_type, Some("application/problem+json"));
+        assert_eq!(self.body["type"], format!("https://mercato.dev/problems/{kind}"), "body: {}", self.body);
+        assert_eq!(self.body["status"], status);
+    }
+
+    /// The fields named by a problem's `errors`.
+    pub fn error_fields(&self) -> Vec<String> {
+        self.body["errors"]
+            .as_array()
+            .map(|errors| errors.iter().filter_map(|e| e["field"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let (server_url, database) = match std::env::var("DATABASE_URL") {
+            Ok(url) => {
+                let name = format!("mercato_test_{}", Uuid::now_v7().simple());
+                (url.clone(), Database::External { server_url: url, name })
+            }
+            Err(_) => {
+                let dir = std::env::temp_dir().join(format!("mercato-test-{}", Uuid::now_v7().simple()));
+                let pg = localpg::LocalPg::start(&dir).expect("start a private PostgreSQL");
+                let url = pg.url("postgres");
+                (url, Database::Private { _pg: pg, dir })
+            }
+        };
+        let db_name = match &database {
+            Database::External { name, .. } => name.clone(),
+            Database::Private { .. } => "mercato_test".to_owned(),
+        };
+        let server = PgPool::connect(&server_url).await.expect("connect to the test server");
+        sqlx::query(&format!("create database {db_name}"))
+            .execute(&server)
+            .await
+            .expect("create the test database");
+        server.close().await;
+        let server_opts: PgConnectOptions = server_url.parse().expect("DATABASE_URL parses");
+        let owner_url = server_opts.database(&db_name).to_url_lossy().to_string();
+
+        let mut config = Config::new("127.0.0.1:0".parse().expect("address"));
+        config.database_url = Some(owner_url.clone());
+        config.admin_token = Some(ADMIN_TOKEN.to_owned());
+        config.max_connections = 20;
+        let app = App::build(config).await.expect("app starts");
+        let base = format!("http://{}", app.addr);
+        let app_pool = app.db.app.clone();
+        tokio::spawn(app.serve(std::future::pending()));
+        let owner = PgPool::connect(&owner_url).await.expect("owner connects");
+        TestApp {
+            base,
+            owner,
+            app_pool,
+            client: reqwest::Client::new(),
+            database,
+        }
+    }
+
+    pub async fn request(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Response {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request is answered");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body reads");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Response { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Response {
+        self.request(Method::GET, path, Some(key), None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Response {
+        self.request(Method::POST, path, Some(key), Some(body)).await
+    }
+
+    /// Sends a raw body with a JSON content type (for malformed input).
+    pub async fn post_raw(&self, path: &str, key: &str, body: &str) -> Response {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request is answered");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Response { status, headers, body }
+    }
+
+    pub async fn create_merchant(&self, slug: &str) -> Merchant {
+        let resp = self
+            .post("/v1/merchants", ADMIN_TOKEN, json!({"name": format!("Shop {slug}"), "slug": slug}))
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        let id = resp.body["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("merchant id");
+        Merchant {
+            id: MerchantId(id),
+            key: resp.body["api_key"].as_str().expect("api key").to_owned(),
+        }
+    }
+
+    /// Creates a one-variant product and returns its id.
+    pub async fn create_product(&self, merchant: &Merchant, sku: &str, amount: i64) -> String {
+        let resp = self
+            .post(
+                "/v1/products",
+                &merchant.key,
+                json!({"name": format!("Product {sku}"), "variants": [{"sku": sku, "price": {"amount": amount, "currency": "EUR"}}]}),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        resp.body["id"].as_str().expect("product id").to_owned()
+    }
+
+    /// A transaction as the service runs it: app role, tenant set.
+    pub async fn tenant_tx(&self, merchant: &Merchant) -> TenantTx {
+        TenantTx::begin(&self.app_pool, merchant.id).await.expect("tenant tx")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        match &self.database {
+            Database::Private { dir, .. } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Database::External { server_url, name } => {
+                // Best effort, on a thread of its own: Drop cannot await.
+                let (url, name) = (server_url.clone(), name.clone());
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                    rt.block_on(async {
+                        let pool = PgPool::connect(&url).await.ok()?;
+                        sqlx::query(&format!("drop database if exists {name} with (force)"))
+                            .execute(&pool)
+                            .await
+                            .ok()
+                    })
+                })
+                .join();
+            }
+        }
+    }
+}
