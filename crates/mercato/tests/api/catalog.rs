@@ -18,23 +18,43 @@ async fn a_product_is_created_read_updated_and_deleted() {
         .await;
     assert_eq!(created.status, 201, "{}", created.body);
     let id = created.body["id"].as_str().unwrap();
-    assert_eq!(created.body["variants"][1]["price"], json!({"amount": 2199, "currency": "EUR"}));
+    assert_eq!(
+        created.body["variants"][1]["price"],
+        json!({"amount": 2199, "currency": "EUR"})
+    );
     assert!(created.body["variants"][0]["id"].is_string());
 
     let fetched = app.get(&format!("/v1/products/{id}"), &m.key).await;
     assert_eq!(fetched.body, created.body);
 
     let patched = app
-        .request(Method::PATCH, &format!("/v1/products/{id}"), Some(&m.key), Some(json!({"name": "Tee", "description": null})))
+        .request(
+            Method::PATCH,
+            &format!("/v1/products/{id}"),
+            Some(&m.key),
+            Some(json!({"name": "Tee", "description": null})),
+        )
         .await;
     assert_eq!(patched.status, 200, "{}", patched.body);
     assert_eq!(patched.body["name"], "Tee");
     assert!(patched.body["description"].is_null());
 
-    let deleted = app.request(Method::DELETE, &format!("/v1/products/{id}"), Some(&m.key), None).await;
+    let deleted = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/products/{id}"),
+            Some(&m.key),
+            None,
+        )
+        .await;
     assert_eq!(deleted.status, 204);
-    app.get(&format!("/v1/products/{id}"), &m.key).await.assert_problem(404, "not-found");
-    let variants: i64 = sqlx::query_scalar("select count(*) from variants").fetch_one(&app.owner).await.unwrap();
+    app.get(&format!("/v1/products/{id}"), &m.key)
+        .await
+        .assert_problem(404, "not-found");
+    let variants: i64 = sqlx::query_scalar("select count(*) from variants")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
     assert_eq!(variants, 0, "variants go with their product");
 }
 
@@ -86,7 +106,11 @@ async fn a_duplicate_sku_is_409_and_writes_nothing() {
             .fetch_one(&app.owner)
             .await
             .unwrap();
-    assert_eq!((products, variants), (1, 1), "the failed create left nothing behind");
+    assert_eq!(
+        (products, variants),
+        (1, 1),
+        "the failed create left nothing behind"
+    );
 }
 
 #[tokio::test]
@@ -105,11 +129,20 @@ async fn another_merchants_product_is_404_and_stays_untouched() {
     let b = app.create_merchant("shop-b").await;
     let id = app.create_product(&a, "TEE-S", 1999).await;
     let path = format!("/v1/products/{id}");
-    app.get(&path, &b.key).await.assert_problem(404, "not-found");
-    app.request(Method::PATCH, &path, Some(&b.key), Some(json!({"name": "pwned"})))
+    app.get(&path, &b.key)
         .await
         .assert_problem(404, "not-found");
-    app.request(Method::DELETE, &path, Some(&b.key), None).await.assert_problem(404, "not-found");
+    app.request(
+        Method::PATCH,
+        &path,
+        Some(&b.key),
+        Some(json!({"name": "pwned"})),
+    )
+    .await
+    .assert_problem(404, "not-found");
+    app.request(Method::DELETE, &path, Some(&b.key), None)
+        .await
+        .assert_problem(404, "not-found");
     let list = app.get("/v1/products", &b.key).await;
     assert_eq!(list.body["data"], json!([]));
     let still = app.get(&path, &a.key).await;
@@ -120,32 +153,56 @@ async fn another_merchants_product_is_404_and_stays_untouched() {
 async fn bad_input_names_the_field_and_writes_nothing() {
     let app = TestApp::spawn().await;
     let m = app.create_merchant("acme").await;
-    let variant = |sku: serde_json::Value, amount: serde_json::Value, currency: &str| {
-        json!({"name": "X", "variants": [{"sku": sku, "price": {"amount": amount, "currency": currency}}]})
-    };
+    let variant = |sku: serde_json::Value, amount: serde_json::Value, currency: &str| json!({"name": "X", "variants": [{"sku": sku, "price": {"amount": amount, "currency": currency}}]});
     let cases = [
-        (variant(json!("OK"), json!(-1), "EUR"), "variants[0].price.amount"),
-        (variant(json!("OK"), json!(1e30), "EUR"), "variants[0].price.amount"),
-        (variant(json!("OK"), json!(9223372036854775808u64), "EUR"), "variants[0].price.amount"),
-        (variant(json!("OK"), json!(1), "eur"), "variants[0].price.currency"),
-        (variant(json!("OK"), json!(1), "EURO"), "variants[0].price.currency"),
+        (
+            variant(json!("OK"), json!(-1), "EUR"),
+            "variants[0].price.amount",
+        ),
+        (
+            variant(json!("OK"), json!(1e30), "EUR"),
+            "variants[0].price.amount",
+        ),
+        (
+            variant(json!("OK"), json!(9223372036854775808u64), "EUR"),
+            "variants[0].price.amount",
+        ),
+        (
+            variant(json!("OK"), json!(1), "eur"),
+            "variants[0].price.currency",
+        ),
+        (
+            variant(json!("OK"), json!(1), "EURO"),
+            "variants[0].price.currency",
+        ),
         (variant(json!(""), json!(1), "EUR"), "variants[0].sku"),
-        (variant(json!("A".repeat(65)), json!(1), "EUR"), "variants[0].sku"),
+        (
+            variant(json!("A".repeat(65)), json!(1), "EUR"),
+            "variants[0].sku",
+        ),
         (json!({"name": "X", "variants": []}), "variants"),
         (json!({"variants": []}), "name"),
-        (json!({"name": "X", "variants": [], "colour": "red"}), "colour"),
+        (
+            json!({"name": "X", "variants": [], "colour": "red"}),
+            "colour",
+        ),
     ];
     for (body, field) in cases {
         let resp = app.post("/v1/products", &m.key, body.clone()).await;
         resp.assert_problem(422, "validation-error");
         assert_eq!(resp.error_fields(), [field], "for {body}");
     }
-    app.post_raw("/v1/products", &m.key, r#"{"name": "X", "#).await.assert_problem(400, "malformed-json");
+    app.post_raw("/v1/products", &m.key, r#"{"name": "X", "#)
+        .await
+        .assert_problem(400, "malformed-json");
     let limit = app.get("/v1/products?limit=501", &m.key).await;
     limit.assert_problem(422, "validation-error");
     assert_eq!(limit.error_fields(), ["limit"]);
     let cursor = app.get("/v1/products?cursor=not-a-cursor", &m.key).await;
     assert_eq!(cursor.error_fields(), ["cursor"]);
-    let count: i64 = sqlx::query_scalar("select count(*) from products").fetch_one(&app.owner).await.unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from products")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
     assert_eq!(count, 0);
 }

@@ -9,28 +9,51 @@ async fn health_and_readiness_answer() {
     assert_eq!(health.status, 200);
     let ready = app.request(Method::GET, "/readyz", None, None).await;
     assert_eq!(ready.status, 200);
-    assert!(ready.headers.contains_key("x-request-id"), "every response carries a request id");
+    assert!(
+        ready.headers.contains_key("x-request-id"),
+        "every response carries a request id"
+    );
 }
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status() {
     let app = TestApp::spawn().await;
     app.request(Method::GET, "/v1/products", None, None).await;
-    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("http_requests_total{")
-            && l.contains(r#"route="/v1/products""#)
-            && l.contains(r#"status="401""#)),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("http_requests_total{")
+                && l.contains(r#"route="/v1/products""#)
+                && l.contains(r#"status="401""#)),
         "{metrics}"
     );
-    assert!(metrics.contains("http_request_duration_seconds_bucket{"), "{metrics}");
+    assert!(
+        metrics.contains("http_request_duration_seconds_bucket{"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn openapi_document_is_3_1_and_covers_every_route() {
     let app = TestApp::spawn().await;
-    let doc = app.request(Method::GET, "/openapi.json", None, None).await.body;
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let doc = app
+        .request(Method::GET, "/openapi.json", None, None)
+        .await
+        .body;
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
     let expected = [
         ("/healthz", "get"),
         ("/readyz", "get"),
@@ -42,12 +65,17 @@ async fn openapi_document_is_3_1_and_covers_every_route() {
         ("/v1/products/{id}", "delete"),
     ];
     for (path, method) in expected {
-        assert!(doc["paths"][path][method].is_object(), "{method} {path} is documented");
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is documented"
+        );
     }
 }
 
 #[tokio::test]
 async fn unknown_routes_are_problem_404s() {
     let app = TestApp::spawn().await;
-    app.request(Method::GET, "/v1/nothing-here", None, None).await.assert_problem(404, "not-found");
+    app.request(Method::GET, "/v1/nothing-here", None, None)
+        .await
+        .assert_problem(404, "not-found");
 }

@@ -49,9 +49,17 @@ impl Response {
     #[track_caller]
     pub fn assert_problem(&self, status: u16, kind: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        let content_type = self.headers.get("content-type").and_then(|v| v.to_str().ok());
+        let content_type = self
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
         assert_eq!(content_type, Some("application/problem+json"));
-        assert_eq!(self.body["type"], format!("https://mercato.dev/problems/{kind}"), "body: {}", self.body);
+        assert_eq!(
+            self.body["type"],
+            format!("https://mercato.dev/problems/{kind}"),
+            "body: {}",
+            self.body
+        );
         assert_eq!(self.body["status"], status);
     }
 
@@ -59,7 +67,12 @@ impl Response {
     pub fn error_fields(&self) -> Vec<String> {
         self.body["errors"]
             .as_array()
-            .map(|errors| errors.iter().filter_map(|e| e["field"].as_str().map(str::to_owned)).collect())
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter_map(|e| e["field"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -69,10 +82,17 @@ impl TestApp {
         let (server_url, database) = match std::env::var("DATABASE_URL") {
             Ok(url) => {
                 let name = format!("mercato_test_{}", Uuid::now_v7().simple());
-                (url.clone(), Database::External { server_url: url, name })
+                (
+                    url.clone(),
+                    Database::External {
+                        server_url: url,
+                        name,
+                    },
+                )
             }
             Err(_) => {
-                let dir = std::env::temp_dir().join(format!("mercato-test-{}", Uuid::now_v7().simple()));
+                let dir =
+                    std::env::temp_dir().join(format!("mercato-test-{}", Uuid::now_v7().simple()));
                 let pg = localpg::LocalPg::start(&dir).expect("start a private PostgreSQL");
                 let url = pg.url("postgres");
                 (url, Database::Private { _pg: pg, dir })
@@ -82,7 +102,9 @@ impl TestApp {
             Database::External { name, .. } => name.clone(),
             Database::Private { .. } => "mercato_test".to_owned(),
         };
-        let server = PgPool::connect(&server_url).await.expect("connect to the test server");
+        let server = PgPool::connect(&server_url)
+            .await
+            .expect("connect to the test server");
         sqlx::query(&format!("create database {db_name}"))
             .execute(&server)
             .await
@@ -109,7 +131,13 @@ impl TestApp {
         }
     }
 
-    pub async fn request(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Response {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(key) = key {
             req = req.bearer_auth(key);
@@ -126,7 +154,11 @@ impl TestApp {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Response { status, headers, body }
+        Response {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Response {
@@ -134,7 +166,8 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, key: &str, body: Value) -> Response {
-        self.request(Method::POST, path, Some(key), Some(body)).await
+        self.request(Method::POST, path, Some(key), Some(body))
+            .await
     }
 
     /// Sends a raw body with a JSON content type (for malformed input).
@@ -151,15 +184,26 @@ impl TestApp {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.json().await.unwrap_or(Value::Null);
-        Response { status, headers, body }
+        Response {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn create_merchant(&self, slug: &str) -> Merchant {
         let resp = self
-            .post("/v1/merchants", ADMIN_TOKEN, json!({"name": format!("Shop {slug}"), "slug": slug}))
+            .post(
+                "/v1/merchants",
+                ADMIN_TOKEN,
+                json!({"name": format!("Shop {slug}"), "slug": slug}),
+            )
             .await;
         assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
-        let id = resp.body["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("merchant id");
+        let id = resp.body["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("merchant id");
         Merchant {
             id: MerchantId(id),
             key: resp.body["api_key"].as_str().expect("api key").to_owned(),
@@ -181,7 +225,9 @@ impl TestApp {
 
     /// A transaction as the service runs it: app role, tenant set.
     pub async fn tenant_tx(&self, merchant: &Merchant) -> TenantTx {
-        TenantTx::begin(&self.app_pool, merchant.id).await.expect("tenant tx")
+        TenantTx::begin(&self.app_pool, merchant.id)
+            .await
+            .expect("tenant tx")
     }
 }
 
@@ -195,7 +241,10 @@ impl Drop for TestApp {
                 // Best effort, on a thread of its own: Drop cannot await.
                 let (url, name) = (server_url.clone(), name.clone());
                 let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()?;
                     rt.block_on(async {
                         let pool = PgPool::connect(&url).await.ok()?;
                         sqlx::query(&format!("drop database if exists {name} with (force)"))

@@ -5,7 +5,10 @@ use crate::helpers::TestApp;
 /// Runs `select count(*) from products` with no tenant filter, as the service would.
 async fn unfiltered_product_count(app: &TestApp, merchant: &crate::helpers::Merchant) -> i64 {
     let mut tx = app.tenant_tx(merchant).await;
-    sqlx::query_scalar("select count(*) from products").fetch_one(tx.conn()).await.unwrap()
+    sqlx::query_scalar("select count(*) from products")
+        .fetch_one(tx.conn())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -21,22 +24,34 @@ async fn a_query_that_forgets_the_tenant_filter_sees_only_its_tenant() {
     assert_eq!(unfiltered_product_count(&app, &b).await, 2);
 
     // No tenant set at all: nothing is visible.
-    let none: i64 = sqlx::query_scalar("select count(*) from products").fetch_one(&app.app_pool).await.unwrap();
+    let none: i64 = sqlx::query_scalar("select count(*) from products")
+        .fetch_one(&app.app_pool)
+        .await
+        .unwrap();
     assert_eq!(none, 0);
 
     // Writing another tenant's row is refused by the policy's WITH CHECK.
     let mut tx = app.tenant_tx(&a).await;
-    let err = sqlx::query("insert into products (merchant_id, id, name) values ($1, gen_random_uuid(), 'x')")
-        .bind(b.id.0)
-        .execute(tx.conn())
-        .await
-        .unwrap_err();
+    let err = sqlx::query(
+        "insert into products (merchant_id, id, name) values ($1, gen_random_uuid(), 'x')",
+    )
+    .bind(b.id.0)
+    .execute(tx.conn())
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("row-level security"), "{err}");
     drop(tx);
 
     // The assertions above depend on RLS: with it off, the same query leaks.
-    sqlx::query("alter table products disable row level security").execute(&app.owner).await.unwrap();
-    assert_eq!(unfiltered_product_count(&app, &a).await, 3, "without RLS the unfiltered query sees every tenant");
+    sqlx::query("alter table products disable row level security")
+        .execute(&app.owner)
+        .await
+        .unwrap();
+    assert_eq!(
+        unfiltered_product_count(&app, &a).await,
+        3,
+        "without RLS the unfiltered query sees every tenant"
+    );
 }
 
 #[tokio::test]

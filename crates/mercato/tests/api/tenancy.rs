@@ -9,9 +9,14 @@ async fn the_admin_creates_a_merchant_and_gets_its_key_once() {
     let merchant = app.create_merchant("acme").await;
     assert!(merchant.key.starts_with("mk_"));
     // Only a hash is stored.
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar("select key_hash from api_keys").fetch_all(&app.owner).await.unwrap();
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("select key_hash from api_keys")
+        .fetch_all(&app.owner)
+        .await
+        .unwrap();
     assert_eq!(stored.len(), 1);
-    assert!(!stored[0].windows(8).any(|w| merchant.key.as_bytes().windows(8).any(|k| k == w)));
+    assert!(!stored[0]
+        .windows(8)
+        .any(|w| merchant.key.as_bytes().windows(8).any(|k| k == w)));
     assert_eq!(app.get("/v1/products", &merchant.key).await.status, 200);
 }
 
@@ -19,22 +24,41 @@ async fn the_admin_creates_a_merchant_and_gets_its_key_once() {
 async fn creating_a_merchant_needs_the_admin_token() {
     let app = TestApp::spawn().await;
     let body = json!({"name": "Acme", "slug": "acme"});
-    app.request(Method::POST, "/v1/merchants", None, Some(body.clone())).await.assert_problem(401, "unauthorized");
+    app.request(Method::POST, "/v1/merchants", None, Some(body.clone()))
+        .await
+        .assert_problem(401, "unauthorized");
     let merchant = app.create_merchant("other").await;
-    app.post("/v1/merchants", &merchant.key, body).await.assert_problem(401, "unauthorized");
+    app.post("/v1/merchants", &merchant.key, body)
+        .await
+        .assert_problem(401, "unauthorized");
 }
 
 #[tokio::test]
 async fn a_taken_or_malformed_slug_is_refused_with_the_field() {
     let app = TestApp::spawn().await;
     app.create_merchant("acme").await;
-    let taken = app.post("/v1/merchants", ADMIN_TOKEN, json!({"name": "Acme 2", "slug": "acme"})).await;
+    let taken = app
+        .post(
+            "/v1/merchants",
+            ADMIN_TOKEN,
+            json!({"name": "Acme 2", "slug": "acme"}),
+        )
+        .await;
     taken.assert_problem(409, "slug-taken");
     assert_eq!(taken.error_fields(), ["slug"]);
-    let bad = app.post("/v1/merchants", ADMIN_TOKEN, json!({"name": "", "slug": "Not A Slug"})).await;
+    let bad = app
+        .post(
+            "/v1/merchants",
+            ADMIN_TOKEN,
+            json!({"name": "", "slug": "Not A Slug"}),
+        )
+        .await;
     bad.assert_problem(422, "validation-error");
     assert_eq!(bad.error_fields(), ["name", "slug"]);
-    let count: i64 = sqlx::query_scalar("select count(*) from merchants").fetch_one(&app.owner).await.unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from merchants")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
     assert_eq!(count, 1);
 }
 
@@ -47,7 +71,11 @@ async fn forged_or_missing_keys_are_401() {
     let flipped: String = secret.chars().rev().collect();
     let forged = format!("{prefix}_{flipped}");
     for key in [forged.as_str(), "mk_garbage", "", "Basic abc"] {
-        app.get("/v1/products", key).await.assert_problem(401, "unauthorized");
+        app.get("/v1/products", key)
+            .await
+            .assert_problem(401, "unauthorized");
     }
-    app.request(Method::GET, "/v1/products", None, None).await.assert_problem(401, "unauthorized");
+    app.request(Method::GET, "/v1/products", None, None)
+        .await
+        .assert_problem(401, "unauthorized");
 }
