@@ -11,10 +11,13 @@ use localpg::LocalPg;
 use rand::RngCore;
 use tokio::net::TcpListener;
 
+use crate::checkout::{self, Checkout};
 use crate::config::Config;
 use crate::db::{self, Db, DbError};
 use crate::demo::{self, DemoError};
 use crate::http::{self, AppState};
+use crate::inventory::{self, Inventory};
+use crate::payments::SandboxProvider;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -39,6 +42,8 @@ pub enum DatabaseSource {
 }
 
 pub struct App {
+    config: Config,
+    checkout: Checkout,
     listener: TcpListener,
     router: Router,
     pub addr: SocketAddr,
@@ -88,11 +93,23 @@ impl App {
             .admin_token
             .clone()
             .unwrap_or_else(generate_admin_token);
+        let inventory = Inventory::new(db.app.clone());
+        let checkout = Checkout {
+            pool: db.app.clone(),
+            inventory: inventory.clone(),
+            payments: Arc::new(SandboxProvider::new(db.app.clone(), config.payment_delay)),
+            reservation_ttl_seconds: config.checkout_ttl.as_secs().max(1) as i64,
+        };
         let state = AppState {
             db: db.clone(),
             admin_token: Arc::from(admin_token.as_str()),
+            keys: Default::default(),
+            inventory,
+            checkout: checkout.clone(),
         };
         Ok(App {
+            checkout,
+            config,
             listener,
             router: http::router(state),
             addr,
@@ -104,20 +121,40 @@ impl App {
         })
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    /// Serves (and runs the background workers) until `shutdown` resolves, then
+    /// finishes in-flight requests.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let App {
+            config,
+            checkout,
             listener,
             router,
+            db,
             _localpg,
             ..
         } = self;
-        axum::serve(listener, router)
+        let workers = [
+            tokio::spawn(inventory::worker::release_expired_reservations(
+                db.worker.clone(),
+                config.worker_interval,
+            )),
+            tokio::spawn(checkout::worker::recover_stalled_checkouts(
+                checkout,
+                db.worker.clone(),
+                config.worker_interval,
+                config.recovery_grace,
+            )),
+        ];
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        for worker in workers {
+            worker.abort();
+        }
+        served
         // `_localpg` drops here, after the last request: the cluster stops cleanly.
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -14,6 +15,14 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Size of the app role's connection pool.
     pub max_connections: u32,
+    /// How long a checkout's reservation holds its units.
+    pub checkout_ttl: Duration,
+    /// A pending checkout untouched this long is resumed by the recovery worker.
+    pub recovery_grace: Duration,
+    /// How often the expiry and recovery workers look for work.
+    pub worker_interval: Duration,
+    /// The sandbox provider's delay for `pm_card_slow` and `pm_card_timeout`.
+    pub payment_delay: Duration,
 }
 
 impl Config {
@@ -24,6 +33,10 @@ impl Config {
             database_url: None,
             admin_token: None,
             max_connections: 32,
+            checkout_ttl: Duration::from_secs(900),
+            recovery_grace: Duration::from_secs(30),
+            worker_interval: Duration::from_secs(1),
+            payment_delay: Duration::from_secs(2),
         }
     }
 }

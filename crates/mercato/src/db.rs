@@ -13,6 +13,9 @@ use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Transaction};
 use crate::tenancy::MerchantId;
 
 pub const APP_ROLE: &str = "mercato_app";
+/// The role of background workers that act across tenants, only where a policy names it.
+pub const WORKER_ROLE: &str = "mercato_worker";
+const SERVICE_ROLES: [&str; 2] = [APP_ROLE, WORKER_ROLE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -31,6 +34,8 @@ pub enum DbError {
 pub struct Db {
     /// Connections as the app role: subject to RLS. Request paths use only this.
     pub app: PgPool,
+    /// Connections as the worker role, for cross-tenant background work.
+    pub worker: PgPool,
 }
 
 /// Migrates the database as its owner, makes sure the app role exists with the
@@ -38,12 +43,14 @@ pub struct Db {
 pub async fn prepare(owner_url: &str, max_connections: u32) -> Result<Db, DbError> {
     let owner_opts: PgConnectOptions = owner_url.parse().map_err(DbError::Url)?;
     let owner = connect(owner_opts.clone(), 2).await?;
+    // Roles first: migrations name the worker role in policies.
+    ensure_service_roles(&owner, &owner_opts).await?;
     sqlx::migrate!("./migrations").run(&owner).await?;
-    ensure_app_role(&owner, &owner_opts).await?;
+    grant_service_roles(&owner).await?;
     owner.close().await;
-    let app_opts = owner_opts.username(APP_ROLE);
-    let app = connect(app_opts, max_connections).await?;
-    Ok(Db { app })
+    let app = connect(owner_opts.clone().username(APP_ROLE), max_connections).await?;
+    let worker = connect(owner_opts.username(WORKER_ROLE), 4).await?;
+    Ok(Db { app, worker })
 }
 
 /// Opens a pool; a database that does not answer fails start-up within seconds.
@@ -66,32 +73,44 @@ fn redacted_url(opts: &PgConnectOptions) -> String {
     )
 }
 
-/// Creates the app role if it is missing (roles are cluster-wide, so several
-/// databases on one server share it) and grants it DML on this database's tables.
-async fn ensure_app_role(owner: &PgPool, owner_opts: &PgConnectOptions) -> Result<(), DbError> {
-    let create = format!(
-        "do $$ begin
-             create role {APP_ROLE} login nosuperuser nobypassrls nocreatedb nocreaterole;
-         exception when duplicate_object or unique_violation then null;
-         end $$"
-    );
-    sqlx::query(&create).execute(owner).await?;
-    // The app role logs in with the owner's password when the server asks for one.
-    if let Some(password) = owner_password(owner_opts) {
-        let escaped = password.replace('\'', "''");
-        sqlx::query(&format!("alter role {APP_ROLE} password '{escaped}'"))
-            .execute(owner)
-            .await?;
+/// Creates the service roles if they are missing (roles are cluster-wide, so
+/// several databases on one server share them). They log in with the owner's
+/// password when the server asks for one.
+async fn ensure_service_roles(
+    owner: &PgPool,
+    owner_opts: &PgConnectOptions,
+) -> Result<(), DbError> {
+    for role in SERVICE_ROLES {
+        let create = format!(
+            "do $$ begin
+                 create role {role} login nosuperuser nobypassrls nocreatedb nocreaterole;
+             exception when duplicate_object or unique_violation then null;
+             end $$"
+        );
+        sqlx::query(&create).execute(owner).await?;
+        if let Some(password) = owner_password(owner_opts) {
+            let escaped = password.replace('\'', "''");
+            sqlx::query(&format!("alter role {role} password '{escaped}'"))
+                .execute(owner)
+                .await?;
+        }
     }
-    for grant in [
-        format!("grant usage on schema public to {APP_ROLE}"),
-        format!(
-            "grant select, insert, update, delete on all tables in schema public to {APP_ROLE}"
-        ),
-        format!("revoke all on _sqlx_migrations from {APP_ROLE}"),
-        format!("grant usage, select on all sequences in schema public to {APP_ROLE}"),
-    ] {
-        sqlx::query(&grant).execute(owner).await?;
+    Ok(())
+}
+
+/// DML on this database's tables; row-level security decides which rows.
+async fn grant_service_roles(owner: &PgPool) -> Result<(), DbError> {
+    for role in SERVICE_ROLES {
+        for grant in [
+            format!("grant usage on schema public to {role}"),
+            format!(
+                "grant select, insert, update, delete on all tables in schema public to {role}"
+            ),
+            format!("revoke all on _sqlx_migrations from {role}"),
+            format!("grant usage, select on all sequences in schema public to {role}"),
+        ] {
+            sqlx::query(&grant).execute(owner).await?;
+        }
     }
     Ok(())
 }

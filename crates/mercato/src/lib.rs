@@ -2,10 +2,13 @@
 
 pub mod app;
 pub mod catalog;
+pub mod checkout;
 pub mod config;
 pub mod db;
 pub mod demo;
 pub mod http;
+pub mod inventory;
+pub mod payments;
 pub mod telemetry;
 pub mod tenancy;
 

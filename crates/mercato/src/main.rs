@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mercato::app::DatabaseSource;
@@ -39,6 +40,18 @@ struct ServeArgs {
     /// Size of the database connection pool.
     #[arg(long, env = "MERCATO_DB_POOL", default_value_t = 32)]
     db_pool: u32,
+    /// Seconds a checkout's reservation holds its units.
+    #[arg(long, env = "MERCATO_CHECKOUT_TTL", default_value_t = 900)]
+    checkout_ttl: u64,
+    /// Seconds after which a pending checkout is resumed by the recovery worker.
+    #[arg(long, env = "MERCATO_RECOVERY_GRACE", default_value_t = 30.0)]
+    recovery_grace: f64,
+    /// Seconds between background-worker passes (reservation expiry, checkout recovery).
+    #[arg(long, env = "MERCATO_WORKER_INTERVAL", default_value_t = 1.0)]
+    worker_interval: f64,
+    /// Seconds the sandbox takes for pm_card_slow and hangs for pm_card_timeout.
+    #[arg(long, env = "MERCATO_PAYMENT_DELAY", default_value_t = 2.0)]
+    payment_delay: f64,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +84,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database_url: args.database_url,
         admin_token: args.admin_token,
         max_connections: args.db_pool,
+        checkout_ttl: seconds("--checkout-ttl", args.checkout_ttl as f64)?,
+        recovery_grace: seconds("--recovery-grace", args.recovery_grace)?,
+        worker_interval: seconds("--worker-interval", args.worker_interval)?,
+        payment_delay: seconds("--payment-delay", args.payment_delay)?,
     };
     let app = App::build(config).await?;
     let base = format!("http://{}", app.addr);
@@ -90,6 +107,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     app.serve(shutdown_signal()).await?;
     println!("Mercato stopped");
     Ok(())
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds"))
 }
 
 async fn shutdown_signal() {

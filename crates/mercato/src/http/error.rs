@@ -56,6 +56,19 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    #[error(
+        "payment failed ({reason}); order {order_id} was not placed and nothing stays reserved"
+    )]
+    PaymentFailed {
+        order_id: uuid::Uuid,
+        reason: String,
+    },
+    /// Same Idempotency-Key, different request.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    /// Same Idempotency-Key while the first request is still running.
+    #[error("a request with this Idempotency-Key is still in flight")]
+    IdempotencyKeyInFlight,
     #[error("{0}")]
     Unavailable(&'static str),
     #[error("internal error")]
@@ -85,6 +98,21 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict { kind, title, .. } => (StatusCode::CONFLICT, kind, title),
+            ApiError::PaymentFailed { .. } => (
+                StatusCode::PAYMENT_REQUIRED,
+                "payment-failed",
+                "Payment failed",
+            ),
+            ApiError::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+            ),
+            ApiError::IdempotencyKeyInFlight => (
+                StatusCode::CONFLICT,
+                "idempotency-key-in-flight",
+                "Request in flight",
+            ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -122,6 +150,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod idempotency;
 pub mod json;
 mod metrics;
 mod openapi;
@@ -21,13 +22,18 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, FieldError, FieldErrors, Problem};
 pub use json::ApiJson;
 
+use crate::checkout::Checkout;
 use crate::db::Db;
+use crate::inventory::Inventory;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
     pub admin_token: Arc<str>,
+    pub keys: Arc<auth::KeyCache>,
+    pub inventory: Inventory,
+    pub checkout: Checkout,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,6 +43,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(crate::tenancy::http::routes())
         .merge(crate::catalog::http::routes())
+        .merge(crate::inventory::http::routes())
+        .merge(crate::checkout::http::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(middleware::from_fn(metrics::track));
@@ -46,6 +54,10 @@ pub fn router(state: AppState) -> Router {
             get(move || std::future::ready(metrics_handle.render())),
         )
         .fallback(|| async { ApiError::NotFound("route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

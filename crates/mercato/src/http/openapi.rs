@@ -16,6 +16,14 @@ use utoipa::{Modify, OpenApi};
         crate::catalog::http::get_product,
         crate::catalog::http::patch_product,
         crate::catalog::http::delete_product,
+        crate::inventory::http::get_inventory,
+        crate::inventory::http::put_inventory,
+        crate::inventory::http::post_reservation,
+        crate::inventory::http::get_reservation,
+        crate::inventory::http::release_reservation,
+        crate::checkout::http::post_checkout,
+        crate::checkout::http::list_orders,
+        crate::checkout::http::get_order,
     ),
     modifiers(&BearerAuth)
 )]

@@ -6,5 +6,5 @@ mod store;
 
 pub use model::{ApiKey, MerchantId, MerchantName, Slug};
 pub use store::{
-    api_key_is_valid, create_merchant, find_merchant_by_slug, issue_api_key, CreateMerchantError,
+    authenticate_key, create_merchant, find_merchant_by_slug, issue_api_key, CreateMerchantError,
 };

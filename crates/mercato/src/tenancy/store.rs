@@ -57,13 +57,18 @@ pub async fn find_merchant_by_slug(
     Ok(id.map(MerchantId))
 }
 
-/// Whether `key` is a live key of the merchant it names (checked under that merchant's RLS).
-pub async fn api_key_is_valid(tx: &mut TenantTx, key: &ApiKey) -> Result<bool, sqlx::Error> {
+/// The stock strategy of `key`'s merchant if `key` is one of its live keys
+/// (checked under that merchant's RLS); `None` for a dead or unknown key.
+pub async fn authenticate_key(
+    tx: &mut TenantTx,
+    key: &ApiKey,
+) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "select exists (select 1 from api_keys where merchant_id = $1 and key_hash = $2 and revoked_at is null)",
+        "select m.stock_strategy from api_keys k join merchants m on m.id = k.merchant_id
+         where k.merchant_id = $1 and k.key_hash = $2 and k.revoked_at is null",
     )
     .bind(tx.merchant_id().0)
     .bind(key.hash())
-    .fetch_one(tx.conn())
+    .fetch_optional(tx.conn())
     .await
 }

@@ -1,0 +1,100 @@
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use uuid::Uuid;
+
+use super::model::{CheckoutBody, NewCheckout};
+use super::saga::CheckoutError;
+use super::store::{self, Order};
+use crate::http::auth::Tenant;
+use crate::http::idempotency::IDEMPOTENCY_KEY;
+use crate::http::pagination::{List, Page, PageParams};
+use crate::http::{ApiError, ApiJson, AppState, FieldErrors, Problem};
+use crate::inventory::http::{item_field, StrategyParam};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/checkouts", post(post_checkout))
+        .route("/v1/orders", get(list_orders))
+        .route("/v1/orders/{id}", get(get_order))
+}
+
+/// Reserves the items, takes payment and confirms the order.
+///
+/// 201 with the confirmed order; 402 if payment fails (nothing stays reserved);
+/// 409 if out of stock; 202 with a `pending` order when the payment provider's
+/// answer is unknown (it is reconciled in the background).
+#[utoipa::path(post, path = "/v1/checkouts", params(StrategyParam),
+    request_body = CheckoutBody, security(("api_key" = [])),
+    responses(
+        (status = 201, body = Order, description = "confirmed"),
+        (status = 202, body = Order, description = "payment outcome pending"),
+        (status = 402, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn post_checkout(
+    tenant: Tenant,
+    headers: HeaderMap,
+    Query(strategy): Query<StrategyParam>,
+    ApiJson(body): ApiJson<CheckoutBody>,
+) -> Result<(StatusCode, Json<Order>), ApiError> {
+    let new = NewCheckout::parse(&body)?;
+    let mut errors = FieldErrors::default();
+    let strategy = strategy.resolve(&tenant, &mut errors);
+    let strategy = errors.finish(strategy)?;
+    let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok());
+    let order = tenant
+        .state()
+        .checkout
+        .start(tenant.merchant_id, strategy, &new, key)
+        .await
+        .map_err(|e| match e {
+            CheckoutError::Reserve(e) => e.into_api_error(|sku| item_field(&new.lines, sku)),
+            CheckoutError::MixedCurrencies => {
+                ApiError::field("items", "all items must be priced in one currency")
+            }
+            CheckoutError::Payment(e) => {
+                tracing::error!(error = %e, "payment call failed");
+                ApiError::Unavailable(
+                    "the payment provider failed; retry with the same Idempotency-Key",
+                )
+            }
+            CheckoutError::Db(e) => e.into(),
+        })?;
+    match order.status.as_str() {
+        "confirmed" => Ok((StatusCode::CREATED, Json(order))),
+        "pending" => Ok((StatusCode::ACCEPTED, Json(order))),
+        _ => Err(ApiError::PaymentFailed {
+            order_id: order.id,
+            reason: order.failure_reason.unwrap_or_default(),
+        }),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/orders", params(PageParams), security(("api_key" = [])),
+    responses((status = 200, body = List<Order>)))]
+pub async fn list_orders(
+    tenant: Tenant,
+    Query(params): Query<PageParams>,
+) -> Result<Json<List<Order>>, ApiError> {
+    let page = Page::parse(&params)?;
+    let mut tx = tenant.begin().await?;
+    let rows = store::list_orders(&mut tx, page).await?;
+    tx.commit().await?;
+    Ok(Json(List::from_rows(rows, page, |o| o.id)))
+}
+
+#[utoipa::path(get, path = "/v1/orders/{id}", params(("id" = String, Path)), security(("api_key" = [])),
+    responses(
+        (status = 200, body = Order),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_order(tenant: Tenant, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {
+    let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound("order"))?;
+    let mut tx = tenant.begin().await?;
+    let order = store::get_order(&mut tx, id).await?;
+    tx.commit().await?;
+    order.map(Json).ok_or(ApiError::NotFound("order"))
+}

@@ -1,0 +1,96 @@
+//! What a checkout asks for, parsed at the edge.
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::http::FieldErrors;
+use crate::inventory::{parse_lines, ItemBody, Line};
+use crate::payments::SandboxMethod;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerBody {
+    pub email: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutBody {
+    pub customer: CustomerBody,
+    pub items: Vec<ItemBody>,
+    /// A payment-method token; the sandbox's are listed in API.md (`pm_card_ok`, …).
+    pub payment_method: String,
+    pub promo_code: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCheckout {
+    pub email: String,
+    pub lines: Vec<Line>,
+    pub payment_method: String,
+    pub promo_code: Option<String>,
+}
+
+fn parse_email(raw: &str) -> Result<String, String> {
+    let email = raw.trim();
+    let valid = (3..=254).contains(&email.len())
+        && !email.chars().any(char::is_whitespace)
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+    if valid {
+        Ok(email.to_owned())
+    } else {
+        Err("must be an email address".into())
+    }
+}
+
+fn parse_promo(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 64 {
+        return Err("must be 1-64 characters".into());
+    }
+    Ok(raw.to_owned())
+}
+
+impl NewCheckout {
+    pub fn parse(body: &CheckoutBody) -> Result<Self, crate::http::ApiError> {
+        let mut errors = FieldErrors::default();
+        let email = errors.check("customer.email", parse_email(&body.customer.email));
+        let lines = parse_lines(&body.items, &mut errors);
+        let method = errors
+            .check("payment_method", SandboxMethod::parse(&body.payment_method))
+            .map(|_| body.payment_method.clone());
+        let promo = match &body.promo_code {
+            None => Some(None),
+            Some(p) => errors.check("promo_code", parse_promo(p)).map(Some),
+        };
+        let parsed = email.zip(lines).zip(method).zip(promo).map(
+            |(((email, lines), payment_method), promo_code)| NewCheckout {
+                email,
+                lines,
+                payment_method,
+                promo_code,
+            },
+        );
+        errors.finish(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked() {
+        assert!(parse_email("ann@example.com").is_ok());
+        for bad in [
+            "",
+            "ann",
+            "@example.com",
+            "ann@localhost",
+            "a b@example.com",
+        ] {
+            assert!(parse_email(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The checkout saga: reserve → authorize → capture → confirm.
+//!
+//! Each step is persisted on the order (`saga_step`) before the next begins, and
+//! moves by compare-and-set, so a request and a recovery worker (or two
+//! recovery workers) can drive one order at the same time without harm. Every
+//! payment call is idempotent (keyed by the order id), and the reservation is
+//! settled exactly once. Compensations: release the reservation, void an
+//! authorization, refund a capture.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::model::NewCheckout;
+use super::store::{self, NewOrder, Order, Step};
+use crate::db::TenantTx;
+use crate::inventory::{settle_reservation, Inventory, ReserveError, Settlement, Strategy};
+use crate::payments::{ChargeRequest, PaymentError, PaymentProvider, PaymentStatus};
+use crate::tenancy::MerchantId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
+    #[error("items have different currencies")]
+    MixedCurrencies,
+    #[error(transparent)]
+    Payment(#[from] PaymentError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Who is driving the saga: the buyer's request may start a payment; recovery
+/// only reconciles what the provider already did, and compensates the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Request,
+    Recovery,
+}
+
+#[derive(Clone)]
+pub struct Checkout {
+    pub pool: PgPool,
+    pub inventory: Inventory,
+    pub payments: Arc<dyn PaymentProvider>,
+    /// How long a checkout's reservation holds its units.
+    pub reservation_ttl_seconds: i64,
+}
+
+fn authorize_key(order: Uuid) -> String {
+    format!("order:{order}:authorize")
+}
+
+impl Checkout {
+    /// Runs a new checkout as far as it can go now. An `idempotency_key` seen
+    /// before returns that checkout's order instead of starting another.
+    pub async fn start(
+        &self,
+        merchant: MerchantId,
+        strategy: Strategy,
+        new: &NewCheckout,
+        idempotency_key: Option<&str>,
+    ) -> Result<Order, CheckoutError> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        if let Some(key) = idempotency_key {
+            if let Some(existing) = store::find_by_idempotency_key(&mut tx, key).await? {
+                drop(tx);
+                return self.load(merchant, existing).await;
+            }
+        }
+        let skus: Vec<&str> = new.lines.iter().map(|l| l.sku.as_str()).collect();
+        let prices = store::prices(&mut tx, &skus).await?;
+        tx.commit().await?;
+        let mut items = Vec::with_capacity(new.lines.len());
+        for line in &new.lines {
+            let (_, unit, _) = prices
+                .iter()
+                .find(|(sku, ..)| sku == line.sku.as_str())
+                .ok_or_else(|| ReserveError::UnknownSku(line.sku.as_str().into()))?;
+            items.push((line.sku.as_str().to_owned(), line.quantity, *unit));
+        }
+        let currency = prices
+            .first()
+            .map(|(_, _, c)| c.clone())
+            .unwrap_or_default();
+        if prices.iter().any(|(_, _, c)| *c != currency) {
+            return Err(CheckoutError::MixedCurrencies);
+        }
+
+        let reservation = self
+            .inventory
+            .reserve(merchant, strategy, &new.lines, self.reservation_ttl_seconds)
+            .await?;
+        let order_id = Uuid::now_v7();
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let order = NewOrder {
+            id: order_id,
+            idempotency_key,
+            email: &new.email,
+            payment_method: &new.payment_method,
+            promo_code: new.promo_code.as_deref(),
+            reservation_id: reservation.id,
+            currency: &currency,
+            items,
+        };
+        if !store::insert_order(&mut tx, &order).await? {
+            // A concurrent request with the same key won: give back our units, answer with its order.
+            drop(tx);
+            let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+            settle_reservation(&mut tx, reservation.id, Settlement::Released).await?;
+            let existing =
+                store::find_by_idempotency_key(&mut tx, idempotency_key.unwrap_or_default())
+                    .await?;
+            tx.commit().await?;
+            return self
+                .load(merchant, existing.ok_or(sqlx::Error::RowNotFound)?)
+                .await;
+        }
+        tx.commit().await?;
+        self.advance(merchant, order_id, Driver::Request).await
+    }
+
+    async fn load(&self, merchant: MerchantId, id: Uuid) -> Result<Order, CheckoutError> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let order = store::get_order(&mut tx, id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        tx.commit().await?;
+        Ok(order)
+    }
+
+    /// Drives a pending order forward until it is confirmed, failed, or waiting
+    /// on a payment outcome that is not yet known.
+    pub async fn advance(
+        &self,
+        merchant: MerchantId,
+        id: Uuid,
+        driver: Driver,
+    ) -> Result<Order, CheckoutError> {
+        loop {
+            let order = self.load(merchant, id).await?;
+            if order.status != "pending" {
+                return Ok(order);
+            }
+            match order.step {
+                Step::Reserved => {
+                    let outcome = match driver {
+                        Driver::Request => {
+                            let req = ChargeRequest {
+                                idempotency_key: authorize_key(id),
+                                payment_method: order.payment_method.clone(),
+                                amount: order.total.amount,
+                                currency: order.total.currency.clone(),
+                            };
+                            self.payments.authorize(merchant, &req).await
+                        }
+                        Driver::Recovery => self.reconcile(merchant, id).await,
+                    };
+                    match outcome {
+                        Ok(payment) => {
+                            self.step(
+                                merchant,
+                                id,
+                                Step::Reserved,
+                                Step::Authorized,
+                                Some(payment.id),
+                            )
+                            .await?
+                        }
+                        Err(PaymentError::Timeout) => return Ok(order),
+                        Err(PaymentError::Declined) => {
+                            self.fail(merchant, &order, "card_declined").await?
+                        }
+                        Err(PaymentError::Expired) => {
+                            self.fail(merchant, &order, "expired_card").await?
+                        }
+                        Err(PaymentError::NotFound(_)) => {
+                            self.fail(merchant, &order, "abandoned").await?
+                        }
+                        Err(other) => return Err(other.into()),
+                    }
+                }
+                Step::Authorized => {
+                    let payment = order.payment_id.ok_or(sqlx::Error::RowNotFound)?;
+                    match self.payments.capture(merchant, payment).await {
+                        Ok(_) => {
+                            self.step(merchant, id, Step::Authorized, Step::Captured, None)
+                                .await?
+                        }
+                        Err(PaymentError::InvalidState { .. }) => {
+                            self.fail(merchant, &order, "payment_not_capturable")
+                                .await?
+                        }
+                        Err(other) => return Err(other.into()),
+                    }
+                }
+                Step::Captured => self.confirm(merchant, &order).await?,
+                Step::Confirmed | Step::Compensated => return Ok(order),
+            }
+        }
+    }
+
+    /// Recovery's view of the authorize step: what did the provider do under our key?
+    async fn reconcile(
+        &self,
+        merchant: MerchantId,
+        id: Uuid,
+    ) -> Result<crate::payments::Payment, PaymentError> {
+        match self.payments.find(merchant, &authorize_key(id)).await? {
+            Some(p)
+                if matches!(
+                    p.status,
+                    PaymentStatus::Authorized | PaymentStatus::Captured
+                ) =>
+            {
+                Ok(p)
+            }
+            Some(p) if p.failure_code.as_deref() == Some("card_declined") => {
+                Err(PaymentError::Declined)
+            }
+            Some(p) if p.failure_code.as_deref() == Some("expired_card") => {
+                Err(PaymentError::Expired)
+            }
+            // Never attempted (the process died first), or voided/refunded: give up.
+            _ => Err(PaymentError::NotFound(id)),
+        }
+    }
+
+    async fn step(
+        &self,
+        merchant: MerchantId,
+        id: Uuid,
+        from: Step,
+        to: Step,
+        payment: Option<Uuid>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        store::advance_step(&mut tx, id, from, to, payment).await?;
+        tx.commit().await
+    }
+
+    /// Sells the reserved units and confirms the order in one transaction. If the
+    /// reservation is no longer active, the payment is refunded and the order fails.
+    async fn confirm(&self, merchant: MerchantId, order: &Order) -> Result<(), CheckoutError> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        if settle_reservation(&mut tx, order.reservation_id, Settlement::Consumed).await? {
+            store::advance_step(&mut tx, order.id, Step::Captured, Step::Confirmed, None).await?;
+            tx.commit().await?;
+            metrics::counter!("checkouts_confirmed_total").increment(1);
+            return Ok(());
+        }
+        drop(tx);
+        self.fail(merchant, order, "reservation_lapsed").await
+    }
+
+    /// Compensates whatever the order holds, then marks it failed.
+    async fn fail(
+        &self,
+        merchant: MerchantId,
+        order: &Order,
+        reason: &str,
+    ) -> Result<(), CheckoutError> {
+        let payment = match order.payment_id {
+            Some(id) => Some(id),
+            None => self
+                .payments
+                .find(merchant, &authorize_key(order.id))
+                .await?
+                .map(|p| p.id),
+        };
+        if let Some(payment) = payment {
+            match order.step {
+                Step::Authorized | Step::Reserved => {
+                    ignore_invalid_state(self.payments.void(merchant, payment).await)?
+                }
+                Step::Captured => {
+                    ignore_invalid_state(self.payments.refund(merchant, payment).await)?
+                }
+                Step::Confirmed | Step::Compensated => {}
+            }
+        }
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        settle_reservation(&mut tx, order.reservation_id, Settlement::Released).await?;
+        store::mark_failed(&mut tx, order.id, reason, payment).await?;
+        tx.commit().await?;
+        metrics::counter!("checkouts_failed_total", "reason" => reason.to_owned()).increment(1);
+        Ok(())
+    }
+}
+
+/// A void or refund of a payment that is not in the state to take it (a failed
+/// authorization, or one already voided) has nothing to undo.
+fn ignore_invalid_state(
+    result: Result<crate::payments::Payment, PaymentError>,
+) -> Result<(), PaymentError> {
+    match result {
+        Ok(_) | Err(PaymentError::InvalidState { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

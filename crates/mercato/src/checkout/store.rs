@@ -1,0 +1,316 @@
+//! Orders: the persisted state of each checkout saga.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgConnection};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::catalog::Money;
+use crate::db::{violates, TenantTx};
+use crate::http::pagination::Page;
+
+/// Where a pending checkout stands; each step is persisted before the next begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Units reserved; payment not yet known to be authorized.
+    Reserved,
+    Authorized,
+    Captured,
+    /// Reservation consumed, order confirmed.
+    Confirmed,
+    /// Rolled back: reservation released, payment voided or refunded.
+    Compensated,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Reserved => "reserved",
+            Step::Authorized => "authorized",
+            Step::Captured => "captured",
+            Step::Confirmed => "confirmed",
+            Step::Compensated => "compensated",
+        }
+    }
+
+    fn parse(raw: &str) -> Step {
+        match raw {
+            "authorized" => Step::Authorized,
+            "captured" => Step::Captured,
+            "confirmed" => Step::Confirmed,
+            "compensated" => Step::Compensated,
+            _ => Step::Reserved,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrderItem {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price: Money,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Customer {
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Order {
+    pub id: Uuid,
+    /// `pending` (payment outcome being reconciled), `confirmed` or `failed`.
+    pub status: String,
+    pub total: Money,
+    pub items: Vec<OrderItem>,
+    pub customer: Customer,
+    pub payment_method: String,
+    pub promo_code: Option<String>,
+    pub reservation_id: Uuid,
+    pub payment_id: Option<Uuid>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub step: Step,
+}
+
+#[derive(FromRow)]
+struct OrderRow {
+    id: Uuid,
+    status: String,
+    saga_step: String,
+    customer_email: String,
+    payment_method: String,
+    promo_code: Option<String>,
+    reservation_id: Uuid,
+    payment_id: Option<Uuid>,
+    total_amount: i64,
+    currency: String,
+    failure_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const ORDER_COLUMNS: &str =
+    "id, status, saga_step, customer_email, payment_method, promo_code, reservation_id,
+    payment_id, total_amount, currency, failure_reason, created_at, updated_at";
+
+pub struct NewOrder<'a> {
+    pub id: Uuid,
+    pub idempotency_key: Option<&'a str>,
+    pub email: &'a str,
+    pub payment_method: &'a str,
+    pub promo_code: Option<&'a str>,
+    pub reservation_id: Uuid,
+    pub currency: &'a str,
+    /// (sku, quantity, unit amount)
+    pub items: Vec<(String, i64, i64)>,
+}
+
+/// Inserts a pending order at step `reserved`; `false` if another order already
+/// holds the idempotency key.
+pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<bool, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    let total: i64 = order.items.iter().map(|(_, q, unit)| q * unit).sum();
+    let inserted = sqlx::query(
+        "insert into orders (merchant_id, id, idempotency_key, status, saga_step, customer_email, payment_method,
+                             promo_code, reservation_id, total_amount, currency)
+         values ($1, $2, $3, 'pending', 'reserved', $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(merchant)
+    .bind(order.id)
+    .bind(order.idempotency_key)
+    .bind(order.email)
+    .bind(order.payment_method)
+    .bind(order.promo_code)
+    .bind(order.reservation_id)
+    .bind(total)
+    .bind(order.currency)
+    .execute(tx.conn())
+    .await;
+    match inserted {
+        Err(e) if violates(&e, "orders_merchant_id_idempotency_key_key") => return Ok(false),
+        other => other?,
+    };
+    let skus: Vec<&str> = order.items.iter().map(|(s, _, _)| s.as_str()).collect();
+    let quantities: Vec<i64> = order.items.iter().map(|(_, q, _)| *q).collect();
+    let units: Vec<i64> = order.items.iter().map(|(_, _, u)| *u).collect();
+    sqlx::query(
+        "insert into order_items (merchant_id, order_id, sku, quantity, unit_amount)
+         select $1, $2, x.sku, x.quantity, x.unit from unnest($3::text[], $4::bigint[], $5::bigint[]) as x(sku, quantity, unit)",
+    )
+    .bind(merchant)
+    .bind(order.id)
+    .bind(&skus)
+    .bind(&quantities)
+    .bind(&units)
+    .execute(tx.conn())
+    .await?;
+    Ok(true)
+}
+
+pub async fn find_by_idempotency_key(
+    tx: &mut TenantTx,
+    key: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("select id from orders where merchant_id = $1 and idempotency_key = $2")
+        .bind(tx.merchant_id().0)
+        .bind(key)
+        .fetch_optional(tx.conn())
+        .await
+}
+
+/// Moves a pending order from one step to the next; `false` if someone else
+/// (a concurrent recovery) moved it first.
+pub async fn advance_step(
+    tx: &mut TenantTx,
+    id: Uuid,
+    from: Step,
+    to: Step,
+    payment_id: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let status = match to {
+        Step::Confirmed => "confirmed",
+        _ => "pending",
+    };
+    let moved = sqlx::query(
+        "update orders set saga_step = $4, status = $5, payment_id = coalesce($6, payment_id), updated_at = now()
+         where merchant_id = $1 and id = $2 and saga_step = $3 and status = 'pending'",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(status)
+    .bind(payment_id)
+    .execute(tx.conn())
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// Marks a pending order failed (its compensations are the caller's to run first).
+pub async fn mark_failed(
+    tx: &mut TenantTx,
+    id: Uuid,
+    reason: &str,
+    payment_id: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let failed = sqlx::query(
+        "update orders set status = 'failed', saga_step = 'compensated', failure_reason = $3,
+                           payment_id = coalesce($4, payment_id), updated_at = now()
+         where merchant_id = $1 and id = $2 and status = 'pending'",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(id)
+    .bind(reason)
+    .bind(payment_id)
+    .execute(tx.conn())
+    .await?;
+    Ok(failed.rows_affected() == 1)
+}
+
+pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<OrderRow> = sqlx::query_as(&format!(
+        "select {ORDER_COLUMNS} from orders where merchant_id = $1 and id = $2"
+    ))
+    .bind(tx.merchant_id().0)
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    match row {
+        Some(row) => Ok(with_items(tx, vec![row]).await?.pop()),
+        None => Ok(None),
+    }
+}
+
+pub async fn list_orders(tx: &mut TenantTx, page: Page) -> Result<Vec<Order>, sqlx::Error> {
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "select {ORDER_COLUMNS} from orders where merchant_id = $1 and ($2::uuid is null or id > $2)
+         order by id limit $3"
+    ))
+    .bind(tx.merchant_id().0)
+    .bind(page.after)
+    .bind(page.fetch_limit())
+    .fetch_all(tx.conn())
+    .await?;
+    with_items(tx, rows).await
+}
+
+async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let items: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
+        "select order_id, sku, quantity, unit_amount from order_items
+         where merchant_id = $1 and order_id = any($2) order by sku",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(&ids)
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Order {
+            items: items
+                .iter()
+                .filter(|(order, ..)| *order == r.id)
+                .map(|(_, sku, quantity, unit)| OrderItem {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                    unit_price: Money {
+                        amount: *unit,
+                        currency: r.currency.clone(),
+                    },
+                })
+                .collect(),
+            id: r.id,
+            status: r.status,
+            step: Step::parse(&r.saga_step),
+            total: Money {
+                amount: r.total_amount,
+                currency: r.currency,
+            },
+            customer: Customer {
+                email: r.customer_email,
+            },
+            payment_method: r.payment_method,
+            promo_code: r.promo_code,
+            reservation_id: r.reservation_id,
+            payment_id: r.payment_id,
+            failure_reason: r.failure_reason,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+        .collect())
+}
+
+/// Pending orders untouched for `grace_seconds`, across merchants (worker role).
+pub async fn stalled_orders(
+    conn: &mut PgConnection,
+    grace_seconds: f64,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "select merchant_id, id from orders
+         where status = 'pending' and updated_at < now() - make_interval(secs => $1)
+         order by updated_at limit $2",
+    )
+    .bind(grace_seconds)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Unit prices of `skus` in the catalog: (sku, amount, currency).
+pub async fn prices(
+    tx: &mut TenantTx,
+    skus: &[&str],
+) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "select sku, price_amount, currency from variants where merchant_id = $1 and sku = any($2)",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(skus)
+    .fetch_all(tx.conn())
+    .await
+}

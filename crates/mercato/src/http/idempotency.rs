@@ -1,0 +1,206 @@
+//! `Idempotency-Key` on POSTs, with Stripe's semantics: the same key and body
+//! answer the first response again (`Idempotent-Replayed: true`); the same key
+//! with another body is a 422; the same key while the first is running is a 409.
+//! Keys belong to a merchant and expire after 24 hours.
+//!
+//! 5xx and 202 (outcome still pending) responses are not stored, so a retry runs
+//! again; the checkout itself also keys its order by the idempotency key, so a
+//! retry after a crash finds the order instead of placing a second one.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::auth::{authenticate, Tenant};
+use super::{ApiError, AppState};
+use crate::db::TenantTx;
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const REPLAYED: &str = "idempotent-replayed";
+const MAX_BODY: usize = 1 << 20;
+/// An in-flight key older than this belongs to a request that died with its process.
+const ABANDONED_AFTER_SECONDS: f64 = 60.0;
+
+enum Claim {
+    Claimed,
+    Replay {
+        status: i32,
+        content_type: Option<String>,
+        body: Vec<u8>,
+    },
+    Reused,
+    InFlight,
+}
+
+pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST || !req.headers().contains_key(IDEMPOTENCY_KEY) {
+        return next.run(req).await;
+    }
+    match handle(&state, req, next).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, Response> {
+    let key = req
+        .headers()
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| (1..=255).contains(&k.len()))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ApiError::field("Idempotency-Key", "must be 1-255 visible ASCII characters")
+                .into_response()
+        })?;
+    // Keys are per merchant; a request that is not a merchant's gets no idempotency.
+    let tenant = match authenticate(state, req.headers()).await {
+        Ok(tenant) => tenant,
+        Err(_) => return Ok(next.run(req).await),
+    };
+    let (mut parts, body) = req.into_parts();
+    let bytes = to_bytes(body, MAX_BODY).await.map_err(|e| {
+        ApiError::MalformedJson(format!("cannot read the body: {e}")).into_response()
+    })?;
+    let mut hasher = Sha256::new();
+    hasher.update(parts.method.as_str());
+    hasher.update(parts.uri.to_string());
+    hasher.update(&bytes);
+    let hash = hasher.finalize().to_vec();
+
+    match claim(&tenant, &key, &hash)
+        .await
+        .map_err(|e| ApiError::from(e).into_response())?
+    {
+        Claim::Reused => return Err(ApiError::IdempotencyKeyReused.into_response()),
+        Claim::InFlight => return Err(ApiError::IdempotencyKeyInFlight.into_response()),
+        Claim::Replay {
+            status,
+            content_type,
+            body,
+        } => {
+            let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+            let mut response = (status, body).into_response();
+            if let Some(ct) = content_type.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
+                response.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            response
+                .headers_mut()
+                .insert(REPLAYED, HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+        Claim::Claimed => {}
+    }
+
+    parts.extensions.insert(tenant.clone());
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let (parts, body) = response.into_parts();
+    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let keep = !parts.status.is_server_error() && parts.status != StatusCode::ACCEPTED;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Err(err) = finish(
+        &tenant,
+        &key,
+        keep.then_some((parts.status.as_u16(), content_type, &body[..])),
+    )
+    .await
+    {
+        tracing::error!(error = %err, "storing the idempotent response failed");
+    }
+    Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+async fn claim(tenant: &Tenant, key: &str, hash: &[u8]) -> Result<Claim, sqlx::Error> {
+    let mut tx = TenantTx::begin(&tenant.state().db.app, tenant.merchant_id).await?;
+    let merchant = tx.merchant_id().0;
+    let claimed = sqlx::query(
+        "insert into idempotency_keys (merchant_id, key, request_hash, status, expires_at)
+         values ($1, $2, $3, 'in_flight', now() + interval '24 hours')
+         on conflict (merchant_id, key) do update
+            set request_hash = excluded.request_hash, status = 'in_flight', response_status = null,
+                response_content_type = null, response_body = null, created_at = now(),
+                expires_at = excluded.expires_at
+          where idempotency_keys.expires_at < now()
+             or (idempotency_keys.status = 'in_flight'
+                 and idempotency_keys.request_hash = excluded.request_hash
+                 and idempotency_keys.created_at < now() - make_interval(secs => $4))",
+    )
+    .bind(merchant)
+    .bind(key)
+    .bind(hash)
+    .bind(ABANDONED_AFTER_SECONDS)
+    .execute(tx.conn())
+    .await?;
+    if claimed.rows_affected() == 1 {
+        tx.commit().await?;
+        return Ok(Claim::Claimed);
+    }
+    let (stored_hash, status, response_status, content_type, body): (
+        Vec<u8>,
+        String,
+        Option<i32>,
+        Option<String>,
+        Option<Vec<u8>>,
+    ) = sqlx::query_as(
+        "select request_hash, status, response_status, response_content_type, response_body
+         from idempotency_keys where merchant_id = $1 and key = $2",
+    )
+    .bind(merchant)
+    .bind(key)
+    .fetch_one(tx.conn())
+    .await?;
+    tx.commit().await?;
+    Ok(if stored_hash != hash {
+        Claim::Reused
+    } else if status == "in_flight" {
+        Claim::InFlight
+    } else {
+        Claim::Replay {
+            status: response_status.unwrap_or(200),
+            content_type,
+            body: body.unwrap_or_default(),
+        }
+    })
+}
+
+/// Stores the response to replay, or forgets the key so a retry runs again.
+async fn finish(
+    tenant: &Tenant,
+    key: &str,
+    response: Option<(u16, Option<String>, &[u8])>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = TenantTx::begin(&tenant.state().db.app, tenant.merchant_id).await?;
+    let merchant = tx.merchant_id().0;
+    match response {
+        Some((status, content_type, body)) => {
+            sqlx::query(
+                "update idempotency_keys set status = 'done', response_status = $3,
+                        response_content_type = $4, response_body = $5
+                 where merchant_id = $1 and key = $2",
+            )
+            .bind(merchant)
+            .bind(key)
+            .bind(i32::from(status))
+            .bind(content_type)
+            .bind(body)
+            .execute(tx.conn())
+            .await?;
+        }
+        None => {
+            sqlx::query("delete from idempotency_keys where merchant_id = $1 and key = $2")
+                .bind(merchant)
+                .bind(key)
+                .execute(tx.conn())
+                .await?;
+        }
+    }
+    tx.commit().await
+}

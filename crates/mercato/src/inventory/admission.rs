@@ -1,0 +1,153 @@
+//! Per-SKU FIFO admission: the fast path for hot products.
+//!
+//! Every buyer of one SKU would otherwise update one stock row, and the row
+//! lock serialises them at one commit each. Here requests for a SKU queue in
+//! arrival order inside the process; one task per SKU drains the queue in
+//! batches and grants a whole batch in one transaction (`grant_batch`). Each
+//! waiter hears its answer only after that transaction commits. Several
+//! processes may do this at once: the row lock and the conditional update in
+//! `grant_batch` (and the CHECK constraint) still rule out overselling.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::store::{grant_batch, BatchRequest, Reservation, ReserveError};
+use crate::catalog::Sku;
+use crate::db::TenantTx;
+use crate::tenancy::MerchantId;
+
+/// Requests one drain takes at most in one transaction.
+const MAX_BATCH: usize = 512;
+/// Waiters one SKU's queue holds before new ones are turned away (503).
+const QUEUE_CAPACITY: usize = 8_192;
+/// A drain task with nothing to do for this long retires.
+const IDLE: Duration = Duration::from_secs(5);
+
+type Key = (MerchantId, Sku);
+
+struct Ticket {
+    request: BatchRequest,
+    reply: oneshot::Sender<Result<Reservation, ReserveError>>,
+}
+
+pub struct Admission {
+    pool: PgPool,
+    queues: Mutex<HashMap<Key, mpsc::Sender<Ticket>>>,
+}
+
+impl Admission {
+    pub fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Admission {
+            pool,
+            queues: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Queues a single-SKU reservation and waits for its committed answer.
+    pub async fn reserve(
+        self: &Arc<Self>,
+        merchant: MerchantId,
+        sku: &Sku,
+        quantity: i64,
+        ttl_seconds: i64,
+    ) -> Result<Reservation, ReserveError> {
+        let (reply, answer) = oneshot::channel();
+        let ticket = Ticket {
+            request: BatchRequest {
+                id: Uuid::now_v7(),
+                quantity,
+                ttl_seconds,
+            },
+            reply,
+        };
+        self.enqueue((merchant, sku.clone()), ticket)?;
+        // The drain task answers every ticket it takes; a dropped sender means it died.
+        answer
+            .await
+            .map_err(|_| ReserveError::Db(sqlx::Error::Protocol("admission task ended".into())))?
+    }
+
+    fn enqueue(self: &Arc<Self>, key: Key, mut ticket: Ticket) -> Result<(), ReserveError> {
+        // Senders send only while holding this lock; a retiring drain task removes
+        // its queue under the same lock, so no ticket is ever left in a dead queue.
+        let mut queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(queue) = queues.get(&key) {
+            match queue.try_send(ticket) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(ReserveError::Busy),
+                Err(mpsc::error::TrySendError::Closed(t)) => ticket = t,
+            }
+        }
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        queue.try_send(ticket).map_err(|_| ReserveError::Busy)?;
+        queues.insert(key.clone(), queue);
+        tokio::spawn(Arc::clone(self).drain(key, receiver));
+        Ok(())
+    }
+
+    async fn drain(self: Arc<Self>, key: Key, mut receiver: mpsc::Receiver<Ticket>) {
+        loop {
+            let first = match tokio::time::timeout(IDLE, receiver.recv()).await {
+                Ok(Some(ticket)) => ticket,
+                Ok(None) => return,
+                Err(_idle) => {
+                    let mut queues = self
+                        .queues
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    match receiver.try_recv() {
+                        Ok(ticket) => ticket,
+                        Err(_) => {
+                            queues.remove(&key);
+                            return;
+                        }
+                    }
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(ticket) => batch.push(ticket),
+                    Err(_) => break,
+                }
+            }
+            metrics::histogram!("admission_batch_size").record(batch.len() as f64);
+            self.grant(&key, batch).await;
+        }
+    }
+
+    async fn grant(&self, (merchant, sku): &Key, batch: Vec<Ticket>) {
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|t| (t.request, t.reply)).unzip();
+        let outcome = async {
+            let mut tx = TenantTx::begin(&self.pool, *merchant).await?;
+            let results = grant_batch(&mut tx, sku, &requests).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(results)
+        }
+        .await;
+        match outcome {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, sku = sku.as_str(), "admission batch failed");
+                for reply in replies {
+                    let _ = reply.send(Err(ReserveError::Db(sqlx::Error::Protocol(format!(
+                        "admission batch failed: {err}"
+                    )))));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::model::{parse_lines, parse_ttl, ItemBody, Strategy};
+use super::store::{self, InventoryError, Reservation, ReserveError, Settlement, StockLevel};
+use crate::catalog::Sku;
+use crate::http::auth::Tenant;
+use crate::http::{ApiError, ApiJson, AppState, FieldError, FieldErrors, Problem};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/inventory/{sku}", get(get_inventory).put(put_inventory))
+        .route("/v1/reservations", post(post_reservation))
+        .route("/v1/reservations/{id}", get(get_reservation))
+        .route("/v1/reservations/{id}/release", post(release_reservation))
+}
+
+impl From<InventoryError> for ApiError {
+    fn from(err: InventoryError) -> Self {
+        match err {
+            InventoryError::UnknownSku(_) => ApiError::NotFound("sku"),
+            InventoryError::BelowReserved { sku, reserved } => ApiError::Conflict {
+                kind: "below-reserved",
+                title: "On hand below reserved",
+                detail: format!(
+                    "SKU {sku:?} has {reserved} units reserved; on_hand cannot go below that"
+                ),
+                errors: vec![FieldError::new(
+                    "on_hand",
+                    format!("must be at least {reserved}"),
+                )],
+            },
+            InventoryError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl ReserveError {
+    /// The problem for this error; `field` names the request item it concerns.
+    pub fn into_api_error(self, field_of: impl Fn(&str) -> String) -> ApiError {
+        match self {
+            ReserveError::OutOfStock { sku } => ApiError::Conflict {
+                kind: "out-of-stock",
+                title: "Out of stock",
+                detail: format!("SKU {sku:?} does not have enough units available"),
+                errors: vec![FieldError::new(
+                    field_of(&sku),
+                    "not enough units available",
+                )],
+            },
+            ReserveError::UnknownSku(sku) => {
+                ApiError::field(field_of(&sku), "no such SKU in the catalog")
+            }
+            ReserveError::Busy => {
+                ApiError::Unavailable("too many requests are queued for this SKU; retry shortly")
+            }
+            ReserveError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// The JSON path of the item with `sku` (for problems about one item).
+pub fn item_field(lines: &[super::Line], sku: &str) -> String {
+    match lines.iter().position(|l| l.sku.as_str() == sku) {
+        Some(i) => format!("items[{i}].sku"),
+        None => "items".into(),
+    }
+}
+
+fn sku_param(raw: &str) -> Result<Sku, ApiError> {
+    Sku::parse(raw).map_err(|_| ApiError::NotFound("sku"))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutInventory {
+    /// Units physically in stock, 0 or more.
+    pub on_hand: i64,
+}
+
+/// Sets a SKU's units on hand (409 if below what is reserved).
+#[utoipa::path(put, path = "/v1/inventory/{sku}", params(("sku" = String, Path)),
+    request_body = PutInventory, security(("api_key" = [])),
+    responses(
+        (status = 200, body = StockLevel),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_inventory(
+    tenant: Tenant,
+    Path(sku): Path<String>,
+    ApiJson(body): ApiJson<PutInventory>,
+) -> Result<Json<StockLevel>, ApiError> {
+    let sku = sku_param(&sku)?;
+    if body.on_hand < 0 {
+        return Err(ApiError::field("on_hand", "must not be negative"));
+    }
+    let mut tx = tenant.begin().await?;
+    let level = store::set_on_hand(&mut tx, &sku, body.on_hand).await?;
+    tx.commit().await?;
+    Ok(Json(level))
+}
+
+#[utoipa::path(get, path = "/v1/inventory/{sku}", params(("sku" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = StockLevel),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_inventory(
+    tenant: Tenant,
+    Path(sku): Path<String>,
+) -> Result<Json<StockLevel>, ApiError> {
+    let sku = sku_param(&sku)?;
+    let mut tx = tenant.begin().await?;
+    let level = store::get_stock(&mut tx, &sku).await?;
+    tx.commit().await?;
+    level.map(Json).ok_or(ApiError::NotFound("sku"))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateReservation {
+    pub items: Vec<ItemBody>,
+    /// Seconds until the reservation expires (1 to 3600, default 900).
+    pub ttl_seconds: Option<i64>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct StrategyParam {
+    /// Overrides the merchant's stock strategy for this request (for comparison).
+    pub strategy: Option<String>,
+}
+
+impl StrategyParam {
+    pub fn resolve(&self, tenant: &Tenant, errors: &mut FieldErrors) -> Option<Strategy> {
+        match &self.strategy {
+            None => Some(tenant.stock_strategy),
+            Some(raw) => errors.check("strategy", Strategy::parse(raw)),
+        }
+    }
+}
+
+/// Reserves all items or none; units stay reserved until released, expired or sold.
+#[utoipa::path(post, path = "/v1/reservations", params(StrategyParam),
+    request_body = CreateReservation, security(("api_key" = [])),
+    responses(
+        (status = 201, body = Reservation),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "out of stock"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn post_reservation(
+    tenant: Tenant,
+    Query(strategy): Query<StrategyParam>,
+    ApiJson(body): ApiJson<CreateReservation>,
+) -> Result<(StatusCode, Json<Reservation>), ApiError> {
+    let mut errors = FieldErrors::default();
+    let lines = parse_lines(&body.items, &mut errors);
+    let ttl = parse_ttl(body.ttl_seconds, &mut errors);
+    let strategy = strategy.resolve(&tenant, &mut errors);
+    let ((lines, ttl), strategy) = errors.finish(lines.zip(ttl).zip(strategy))?;
+    let reservation = tenant
+        .inventory()
+        .reserve(tenant.merchant_id, strategy, &lines, ttl)
+        .await
+        .map_err(|e| e.into_api_error(|sku| item_field(&lines, sku)))?;
+    Ok((StatusCode::CREATED, Json(reservation)))
+}
+
+fn reservation_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(raw).map_err(|_| ApiError::NotFound("reservation"))
+}
+
+#[utoipa::path(get, path = "/v1/reservations/{id}", params(("id" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = Reservation),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_reservation(
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Reservation>, ApiError> {
+    let id = reservation_id(&id)?;
+    let mut tx = tenant.begin().await?;
+    let reservation = store::get_reservation(&mut tx, id).await?;
+    tx.commit().await?;
+    reservation
+        .map(Json)
+        .ok_or(ApiError::NotFound("reservation"))
+}
+
+/// Releases a reservation's units. Idempotent: releasing a released (or
+/// expired) reservation answers its current state; a sold one is a 409.
+#[utoipa::path(post, path = "/v1/reservations/{id}/release", params(("id" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = Reservation),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "already sold"),
+    ))]
+pub async fn release_reservation(
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Reservation>, ApiError> {
+    let id = reservation_id(&id)?;
+    let mut tx = tenant.begin().await?;
+    store::settle_reservation(&mut tx, id, Settlement::Released).await?;
+    let reservation = store::get_reservation(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("reservation"))?;
+    tx.commit().await?;
+    if reservation.status == "consumed" {
+        return Err(ApiError::Conflict {
+            kind: "reservation-consumed",
+            title: "Reservation already sold",
+            detail: "this reservation was consumed by an order and cannot be released".into(),
+            errors: vec![],
+        });
+    }
+    Ok(Json(reservation))
+}

@@ -1,0 +1,63 @@
+//! Stock, reservations with a TTL, and the three ways to take stock.
+
+mod admission;
+pub mod http;
+mod model;
+mod store;
+pub mod worker;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+pub use admission::Admission;
+pub use model::{parse_lines, parse_ttl, ItemBody, Line, Strategy};
+pub use store::{
+    get_reservation, get_stock, set_on_hand, settle_reservation, InventoryError, Reservation,
+    ReserveError, Settlement, StockLevel,
+};
+
+use crate::db::TenantTx;
+use crate::tenancy::MerchantId;
+
+/// Takes stock with the chosen strategy. The FIFO admission path serves
+/// single-SKU requests (the hot-product case); a multi-SKU request under the
+/// `reservation` strategy takes the conditional-update path, all or nothing.
+#[derive(Clone)]
+pub struct Inventory {
+    pool: PgPool,
+    admission: Arc<Admission>,
+}
+
+impl Inventory {
+    pub fn new(pool: PgPool) -> Self {
+        Inventory {
+            admission: Admission::new(pool.clone()),
+            pool,
+        }
+    }
+
+    pub async fn reserve(
+        &self,
+        merchant: MerchantId,
+        strategy: Strategy,
+        lines: &[Line],
+        ttl_seconds: i64,
+    ) -> Result<Reservation, ReserveError> {
+        if let (Strategy::Reservation, [line]) = (strategy, lines) {
+            return self
+                .admission
+                .reserve(merchant, &line.sku, line.quantity, ttl_seconds)
+                .await;
+        }
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let reservation = match strategy {
+            Strategy::Pessimistic => store::reserve_locking(&mut tx, lines, ttl_seconds).await?,
+            Strategy::Optimistic | Strategy::Reservation => {
+                store::reserve_conditional(&mut tx, lines, ttl_seconds).await?
+            }
+        };
+        tx.commit().await?;
+        Ok(reservation)
+    }
+}

@@ -1,0 +1,478 @@
+//! Stock and reservation SQL.
+//!
+//! Invariant, enforced by a CHECK constraint as well as by this code:
+//! `0 <= reserved <= on_hand` on every stock row. A reservation moves units from
+//! available to reserved; settling it once (release, expiry or consumption by an
+//! order) moves them back or out. Settling is a conditional update of the
+//! reservation's status, so it happens at most once whoever tries.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgConnection};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::model::Line;
+use crate::catalog::Sku;
+use crate::db::{violates, TenantTx};
+use crate::tenancy::MerchantId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("SKU {0:?} is not in the catalog")]
+    UnknownSku(String),
+    #[error("SKU {sku:?} has {reserved} units reserved; on_hand cannot go below that")]
+    BelowReserved { sku: String, reserved: i64 },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    #[error("SKU {sku:?} is out of stock")]
+    OutOfStock { sku: String },
+    #[error("SKU {0:?} is not in the catalog")]
+    UnknownSku(String),
+    #[error("too many requests are queued for this SKU")]
+    Busy,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema, FromRow)]
+pub struct StockLevel {
+    pub sku: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReservedItem {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Reservation {
+    pub id: Uuid,
+    /// `active`, `released`, `expired` or `consumed` (by an order).
+    pub status: String,
+    pub expires_at: DateTime<Utc>,
+    pub items: Vec<ReservedItem>,
+}
+
+/// What settling a reservation does with its units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Back to available (the buyer let go).
+    Released,
+    /// Back to available (the TTL ran out).
+    Expired,
+    /// Sold: out of on_hand and reserved both.
+    Consumed,
+}
+
+impl Settlement {
+    fn status(self) -> &'static str {
+        match self {
+            Settlement::Released => "released",
+            Settlement::Expired => "expired",
+            Settlement::Consumed => "consumed",
+        }
+    }
+}
+
+pub async fn set_on_hand(
+    tx: &mut TenantTx,
+    sku: &Sku,
+    on_hand: i64,
+) -> Result<StockLevel, InventoryError> {
+    let merchant = tx.merchant_id().0;
+    let row: Result<StockLevel, sqlx::Error> = sqlx::query_as(
+        "insert into stock (merchant_id, sku, on_hand) values ($1, $2, $3)
+         on conflict (merchant_id, sku) do update set on_hand = excluded.on_hand, updated_at = now()
+         returning sku, on_hand, reserved, on_hand - reserved as available",
+    )
+    .bind(merchant)
+    .bind(sku.as_str())
+    .bind(on_hand)
+    .fetch_one(tx.conn())
+    .await;
+    match row {
+        Ok(level) => Ok(level),
+        Err(e) if violates(&e, "stock_merchant_id_sku_fkey") => {
+            Err(InventoryError::UnknownSku(sku.as_str().into()))
+        }
+        Err(e) if violates(&e, "stock_available_not_negative") => {
+            let reserved = get_stock(tx, sku).await?.map(|s| s.reserved).unwrap_or(0);
+            Err(InventoryError::BelowReserved {
+                sku: sku.as_str().into(),
+                reserved,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The stock of a catalog SKU (zero if never set); `None` for a SKU not in the catalog.
+pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel>, sqlx::Error> {
+    sqlx::query_as(
+        "select v.sku, coalesce(s.on_hand, 0) as on_hand, coalesce(s.reserved, 0) as reserved,
+                coalesce(s.on_hand - s.reserved, 0) as available
+         from variants v left join stock s on s.merchant_id = v.merchant_id and s.sku = v.sku
+         where v.merchant_id = $1 and v.sku = $2",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(sku.as_str())
+    .fetch_optional(tx.conn())
+    .await
+}
+
+/// Why a SKU could not be reserved: not in the catalog, or not enough of it.
+async fn shortage(conn: &mut PgConnection, merchant: MerchantId, sku: &str) -> ReserveError {
+    let exists: Result<bool, _> = sqlx::query_scalar(
+        "select exists (select 1 from variants where merchant_id = $1 and sku = $2)",
+    )
+    .bind(merchant.0)
+    .bind(sku)
+    .fetch_one(conn)
+    .await;
+    match exists {
+        Ok(true) => ReserveError::OutOfStock { sku: sku.into() },
+        Ok(false) => ReserveError::UnknownSku(sku.into()),
+        Err(e) => e.into(),
+    }
+}
+
+/// Pessimistic: lock the stock rows (in SKU order, so concurrent buyers of
+/// several SKUs cannot deadlock), check, then take.
+pub async fn reserve_locking(
+    tx: &mut TenantTx,
+    lines: &[Line],
+    ttl_seconds: i64,
+) -> Result<Reservation, ReserveError> {
+    let merchant = tx.merchant_id();
+    let mut sorted: Vec<&Line> = lines.iter().collect();
+    sorted.sort_by(|a, b| a.sku.as_str().cmp(b.sku.as_str()));
+    let skus: Vec<&str> = sorted.iter().map(|l| l.sku.as_str()).collect();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "select sku, on_hand - reserved from stock where merchant_id = $1 and sku = any($2)
+         order by sku for update",
+    )
+    .bind(merchant.0)
+    .bind(&skus)
+    .fetch_all(tx.conn())
+    .await?;
+    for line in &sorted {
+        let available = rows
+            .iter()
+            .find(|(sku, _)| sku == line.sku.as_str())
+            .map(|(_, a)| *a);
+        if available.is_none_or(|a| a < line.quantity) {
+            return Err(shortage(tx.conn(), merchant, line.sku.as_str()).await);
+        }
+    }
+    let quantities: Vec<i64> = sorted.iter().map(|l| l.quantity).collect();
+    sqlx::query(
+        "update stock s set reserved = s.reserved + x.quantity, updated_at = now()
+         from unnest($2::text[], $3::bigint[]) as x(sku, quantity)
+         where s.merchant_id = $1 and s.sku = x.sku",
+    )
+    .bind(merchant.0)
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(tx.conn())
+    .await?;
+    insert_reservation(tx.conn(), merchant, Uuid::now_v7(), lines, ttl_seconds).await
+}
+
+/// Optimistic: one conditional update per SKU (in SKU order); the row count decides.
+pub async fn reserve_conditional(
+    tx: &mut TenantTx,
+    lines: &[Line],
+    ttl_seconds: i64,
+) -> Result<Reservation, ReserveError> {
+    let merchant = tx.merchant_id();
+    let mut sorted: Vec<&Line> = lines.iter().collect();
+    sorted.sort_by(|a, b| a.sku.as_str().cmp(b.sku.as_str()));
+    for line in sorted {
+        let taken = sqlx::query(
+            "update stock set reserved = reserved + $3, updated_at = now()
+             where merchant_id = $1 and sku = $2 and on_hand - reserved >= $3",
+        )
+        .bind(merchant.0)
+        .bind(line.sku.as_str())
+        .bind(line.quantity)
+        .execute(tx.conn())
+        .await?;
+        if taken.rows_affected() == 0 {
+            return Err(shortage(tx.conn(), merchant, line.sku.as_str()).await);
+        }
+    }
+    insert_reservation(tx.conn(), merchant, Uuid::now_v7(), lines, ttl_seconds).await
+}
+
+/// One waiter of a FIFO admission batch.
+pub struct BatchRequest {
+    pub id: Uuid,
+    pub quantity: i64,
+    pub ttl_seconds: i64,
+}
+
+/// Grants, in order, every request of a batch for one SKU that the stock can
+/// cover, in one transaction; the rest get `OutOfStock`. Nothing is returned
+/// before the transaction commits.
+pub async fn grant_batch(
+    tx: &mut TenantTx,
+    sku: &Sku,
+    batch: &[BatchRequest],
+) -> Result<Vec<Result<Reservation, ReserveError>>, sqlx::Error> {
+    let merchant = tx.merchant_id();
+    let available: Option<i64> = sqlx::query_scalar(
+        "select on_hand - reserved from stock where merchant_id = $1 and sku = $2 for update",
+    )
+    .bind(merchant.0)
+    .bind(sku.as_str())
+    .fetch_optional(tx.conn())
+    .await?;
+    let mut left = available.unwrap_or(0);
+    let granted: Vec<bool> = batch
+        .iter()
+        .map(|r| {
+            let ok = r.quantity <= left;
+            if ok {
+                left -= r.quantity;
+            }
+            ok
+        })
+        .collect();
+    let wanted: i64 = batch
+        .iter()
+        .zip(&granted)
+        .filter(|(_, g)| **g)
+        .map(|(r, _)| r.quantity)
+        .sum();
+    let mut expiries = std::collections::HashMap::new();
+    if wanted > 0 {
+        // The row is locked, so this cannot fail on stock; the condition guards
+        // against a future change of the code above all the same.
+        let taken = sqlx::query(
+            "update stock set reserved = reserved + $3, updated_at = now()
+             where merchant_id = $1 and sku = $2 and on_hand - reserved >= $3",
+        )
+        .bind(merchant.0)
+        .bind(sku.as_str())
+        .bind(wanted)
+        .execute(tx.conn())
+        .await?;
+        if taken.rows_affected() != 1 {
+            return Err(sqlx::Error::Protocol(
+                "stock changed under a row lock".into(),
+            ));
+        }
+        let (mut ids, mut ttls, mut quantities) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, _) in batch.iter().zip(&granted).filter(|(_, g)| **g) {
+            ids.push(r.id);
+            ttls.push(r.ttl_seconds as f64);
+            quantities.push(r.quantity);
+        }
+        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "insert into reservations (merchant_id, id, expires_at)
+             select $1, x.id, now() + make_interval(secs => x.ttl)
+             from unnest($2::uuid[], $3::float8[]) as x(id, ttl)
+             returning id, expires_at",
+        )
+        .bind(merchant.0)
+        .bind(&ids)
+        .bind(&ttls)
+        .fetch_all(tx.conn())
+        .await?;
+        sqlx::query(
+            "insert into reservation_items (merchant_id, reservation_id, sku, quantity)
+             select $1, x.id, $3, x.quantity from unnest($2::uuid[], $4::bigint[]) as x(id, quantity)",
+        )
+        .bind(merchant.0)
+        .bind(&ids)
+        .bind(sku.as_str())
+        .bind(&quantities)
+        .execute(tx.conn())
+        .await?;
+        expiries.extend(rows);
+    }
+    let refusal = match available {
+        Some(_) => None,
+        None => Some(shortage(tx.conn(), merchant, sku.as_str()).await),
+    };
+    Ok(batch
+        .iter()
+        .map(|r| match expiries.get(&r.id) {
+            Some(expires_at) => Ok(Reservation {
+                id: r.id,
+                status: "active".into(),
+                expires_at: *expires_at,
+                items: vec![ReservedItem {
+                    sku: sku.as_str().into(),
+                    quantity: r.quantity,
+                }],
+            }),
+            None => Err(match &refusal {
+                Some(ReserveError::UnknownSku(s)) => ReserveError::UnknownSku(s.clone()),
+                _ => ReserveError::OutOfStock {
+                    sku: sku.as_str().into(),
+                },
+            }),
+        })
+        .collect())
+}
+
+async fn insert_reservation(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: Uuid,
+    lines: &[Line],
+    ttl_seconds: i64,
+) -> Result<Reservation, ReserveError> {
+    let expires_at: DateTime<Utc> = sqlx::query_scalar(
+        "insert into reservations (merchant_id, id, expires_at)
+         values ($1, $2, now() + make_interval(secs => $3)) returning expires_at",
+    )
+    .bind(merchant.0)
+    .bind(id)
+    .bind(ttl_seconds as f64)
+    .fetch_one(&mut *conn)
+    .await?;
+    let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
+    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+    sqlx::query(
+        "insert into reservation_items (merchant_id, reservation_id, sku, quantity)
+         select $1, $2, x.sku, x.quantity from unnest($3::text[], $4::bigint[]) as x(sku, quantity)",
+    )
+    .bind(merchant.0)
+    .bind(id)
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Reservation {
+        id,
+        status: "active".into(),
+        expires_at,
+        items: lines
+            .iter()
+            .map(|l| ReservedItem {
+                sku: l.sku.as_str().into(),
+                quantity: l.quantity,
+            })
+            .collect(),
+    })
+}
+
+pub async fn get_reservation(
+    tx: &mut TenantTx,
+    id: Uuid,
+) -> Result<Option<Reservation>, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    let head: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+        "select status, expires_at from reservations where merchant_id = $1 and id = $2",
+    )
+    .bind(merchant)
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some((status, expires_at)) = head else {
+        return Ok(None);
+    };
+    let items: Vec<(String, i64)> = sqlx::query_as(
+        "select sku, quantity from reservation_items where merchant_id = $1 and reservation_id = $2 order by sku",
+    )
+    .bind(merchant)
+    .bind(id)
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(Some(Reservation {
+        id,
+        status,
+        expires_at,
+        items: items
+            .into_iter()
+            .map(|(sku, quantity)| ReservedItem { sku, quantity })
+            .collect(),
+    }))
+}
+
+/// Settles an active reservation once: `true` if this call settled it, `false`
+/// if it was not active (already settled by someone else, or unknown).
+pub(crate) async fn settle(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    id: Uuid,
+    how: Settlement,
+) -> Result<bool, sqlx::Error> {
+    let settled = sqlx::query(
+        "update reservations set status = $3, settled_at = now()
+         where merchant_id = $1 and id = $2 and status = 'active'",
+    )
+    .bind(merchant.0)
+    .bind(id)
+    .bind(how.status())
+    .execute(&mut *conn)
+    .await?;
+    if settled.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let sold = how == Settlement::Consumed;
+    sqlx::query(
+        "update stock s set reserved = s.reserved - i.quantity,
+                            on_hand = s.on_hand - case when $3 then i.quantity else 0 end,
+                            updated_at = now()
+         from reservation_items i
+         where i.merchant_id = $1 and i.reservation_id = $2
+           and s.merchant_id = i.merchant_id and s.sku = i.sku",
+    )
+    .bind(merchant.0)
+    .bind(id)
+    .bind(sold)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// Settles a reservation within the tenant's transaction.
+pub async fn settle_reservation(
+    tx: &mut TenantTx,
+    id: Uuid,
+    how: Settlement,
+) -> Result<bool, sqlx::Error> {
+    let merchant = tx.merchant_id();
+    settle(tx.conn(), merchant, id, how).await
+}
+
+/// Expires up to `limit` reservations past their TTL, across merchants (worker
+/// role). Reservations held by a checkout still in progress are left to the saga
+/// recovery, which settles them one way or the other. Safe to run in several
+/// processes: claimed rows are locked and skipped by the others.
+pub async fn expire_due_reservations(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let due: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "select r.merchant_id, r.id from reservations r
+         where r.status = 'active' and r.expires_at < now()
+           and not exists (select 1 from orders o
+                           where o.merchant_id = r.merchant_id and o.reservation_id = r.id and o.status = 'pending')
+         order by r.expires_at
+         limit $1
+         for update of r skip locked",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut expired = 0;
+    for (merchant, id) in due {
+        if settle(conn, MerchantId(merchant), id, Settlement::Expired).await? {
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}

@@ -1,0 +1,135 @@
+//! Payments: the `PaymentProvider` trait and the built-in sandbox provider.
+//!
+//! Every call takes an idempotency key (or acts on a payment by id through a
+//! state transition that can happen once), so a retried or recovered step never
+//! charges, captures or refunds twice.
+
+mod sandbox;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub use sandbox::{SandboxMethod, SandboxProvider};
+
+use crate::tenancy::MerchantId;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentStatus {
+    Authorized,
+    Captured,
+    Voided,
+    Refunded,
+    Failed,
+}
+
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Authorized => "authorized",
+            PaymentStatus::Captured => "captured",
+            PaymentStatus::Voided => "voided",
+            PaymentStatus::Refunded => "refunded",
+            PaymentStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "authorized" => PaymentStatus::Authorized,
+            "captured" => PaymentStatus::Captured,
+            "voided" => PaymentStatus::Voided,
+            "refunded" => PaymentStatus::Refunded,
+            "failed" => PaymentStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub id: Uuid,
+    pub status: PaymentStatus,
+    pub amount: i64,
+    pub currency: String,
+    /// Why a failed payment failed (`card_declined`, `expired_card`).
+    pub failure_code: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChargeRequest {
+    pub idempotency_key: String,
+    pub payment_method: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error("the card was declined")]
+    Declined,
+    #[error("the card has expired")]
+    Expired,
+    /// The provider did not answer in time: the outcome is unknown until reconciled.
+    #[error("the payment provider timed out; outcome unknown")]
+    Timeout,
+    #[error("unknown payment method {0:?}")]
+    UnknownMethod(String),
+    #[error("payment {id} is {status:?}; cannot {action}")]
+    InvalidState {
+        id: Uuid,
+        status: PaymentStatus,
+        action: &'static str,
+    },
+    #[error("payment {0} not found")]
+    NotFound(Uuid),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// A payment provider as Mercato uses one. Implementations must make every
+/// call idempotent (see the module comment).
+pub trait PaymentProvider: Send + Sync {
+    /// Holds `amount` on the customer's method; `idempotency_key` names the attempt.
+    fn authorize<'a>(
+        &'a self,
+        merchant: MerchantId,
+        req: &'a ChargeRequest,
+    ) -> BoxFuture<'a, Result<Payment, PaymentError>>;
+    /// Takes the held amount. Capturing a captured payment is a no-op.
+    fn capture(
+        &self,
+        merchant: MerchantId,
+        payment: Uuid,
+    ) -> BoxFuture<'_, Result<Payment, PaymentError>>;
+    /// Drops the hold. Voiding a voided payment is a no-op.
+    fn void(
+        &self,
+        merchant: MerchantId,
+        payment: Uuid,
+    ) -> BoxFuture<'_, Result<Payment, PaymentError>>;
+    /// Returns a captured payment in full. Refunding a refunded payment is a no-op.
+    fn refund(
+        &self,
+        merchant: MerchantId,
+        payment: Uuid,
+    ) -> BoxFuture<'_, Result<Payment, PaymentError>>;
+    /// Authorizes and captures at once, without the customer present.
+    fn charge_off_session<'a>(
+        &'a self,
+        merchant: MerchantId,
+        req: &'a ChargeRequest,
+    ) -> BoxFuture<'a, Result<Payment, PaymentError>>;
+    /// The payment made under `idempotency_key`, if any: how a timed-out call is reconciled.
+    fn find<'a>(
+        &'a self,
+        merchant: MerchantId,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Payment>, PaymentError>>;
+}

@@ -1,0 +1,256 @@
+//! The sandbox provider: behaves by payment-method token, like a real
+//! provider's test mode, and keeps its state in PostgreSQL (table `payments`)
+//! so it survives restarts.
+
+use std::time::Duration;
+
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use super::{BoxFuture, ChargeRequest, Payment, PaymentError, PaymentProvider, PaymentStatus};
+use crate::db::TenantTx;
+use crate::tenancy::MerchantId;
+
+/// The sandbox's test tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMethod {
+    /// `pm_card_ok`: succeeds.
+    Ok,
+    /// `pm_card_declined`: declined.
+    Declined,
+    /// `pm_card_expired`: fails as expired.
+    Expired,
+    /// `pm_card_timeout`: the provider authorizes, but the answer never arrives in time.
+    Timeout,
+    /// `pm_card_slow`: succeeds after a delay.
+    Slow,
+}
+
+impl SandboxMethod {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        Ok(match raw {
+            "pm_card_ok" => SandboxMethod::Ok,
+            "pm_card_declined" => SandboxMethod::Declined,
+            "pm_card_expired" => SandboxMethod::Expired,
+            "pm_card_timeout" => SandboxMethod::Timeout,
+            "pm_card_slow" => SandboxMethod::Slow,
+            _ => {
+                return Err(
+                    "unknown payment method; the sandbox accepts pm_card_ok, pm_card_declined, pm_card_expired, pm_card_timeout, pm_card_slow"
+                        .into(),
+                )
+            }
+        })
+    }
+}
+
+pub struct SandboxProvider {
+    pool: PgPool,
+    /// How long `pm_card_slow` takes, and how long `pm_card_timeout` hangs before giving up.
+    delay: Duration,
+}
+
+#[derive(FromRow)]
+struct PaymentRow {
+    id: Uuid,
+    status: String,
+    amount: i64,
+    currency: String,
+    failure_code: Option<String>,
+}
+
+impl From<PaymentRow> for Payment {
+    fn from(r: PaymentRow) -> Self {
+        Payment {
+            id: r.id,
+            status: PaymentStatus::parse(&r.status).unwrap_or(PaymentStatus::Failed),
+            amount: r.amount,
+            currency: r.currency,
+            failure_code: r.failure_code,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, status, amount, currency, failure_code";
+
+impl SandboxProvider {
+    pub fn new(pool: PgPool, delay: Duration) -> Self {
+        SandboxProvider { pool, delay }
+    }
+
+    /// Records the attempt once per idempotency key; a repeat returns the first outcome.
+    async fn attempt(
+        &self,
+        merchant: MerchantId,
+        req: &ChargeRequest,
+        capture: bool,
+    ) -> Result<Payment, PaymentError> {
+        let method = SandboxMethod::parse(&req.payment_method)
+            .map_err(|_| PaymentError::UnknownMethod(req.payment_method.clone()))?;
+        if method == SandboxMethod::Slow {
+            tokio::time::sleep(self.delay).await;
+        }
+        let (status, failure) = match (method, capture) {
+            (SandboxMethod::Declined, _) => ("failed", Some("card_declined")),
+            (SandboxMethod::Expired, _) => ("failed", Some("expired_card")),
+            (_, true) => ("captured", None),
+            (_, false) => ("authorized", None),
+        };
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        sqlx::query(
+            "insert into payments (merchant_id, id, idempotency_key, payment_method, amount, currency, status, failure_code, off_session)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             on conflict (merchant_id, idempotency_key) do nothing",
+        )
+        .bind(merchant.0)
+        .bind(Uuid::now_v7())
+        .bind(&req.idempotency_key)
+        .bind(&req.payment_method)
+        .bind(req.amount)
+        .bind(&req.currency)
+        .bind(status)
+        .bind(failure)
+        .bind(capture)
+        .execute(tx.conn())
+        .await?;
+        let payment: Payment = sqlx::query_as::<_, PaymentRow>(&format!(
+            "select {COLUMNS} from payments where merchant_id = $1 and idempotency_key = $2"
+        ))
+        .bind(merchant.0)
+        .bind(&req.idempotency_key)
+        .fetch_one(tx.conn())
+        .await?
+        .into();
+        tx.commit().await?;
+        if method == SandboxMethod::Timeout {
+            // The provider did the work; its answer is lost on the way back.
+            tokio::time::sleep(self.delay).await;
+            return Err(PaymentError::Timeout);
+        }
+        match payment.failure_code.as_deref() {
+            Some("card_declined") => Err(PaymentError::Declined),
+            Some("expired_card") => Err(PaymentError::Expired),
+            _ => Ok(payment),
+        }
+    }
+
+    /// Moves a payment `from` → `to` once; already in `to` is success.
+    async fn transition(
+        &self,
+        merchant: MerchantId,
+        id: Uuid,
+        from: PaymentStatus,
+        to: PaymentStatus,
+        action: &'static str,
+    ) -> Result<Payment, PaymentError> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        sqlx::query(
+            "update payments set status = $4, updated_at = now()
+             where merchant_id = $1 and id = $2 and status = $3",
+        )
+        .bind(merchant.0)
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .execute(tx.conn())
+        .await?;
+        let payment: Option<Payment> = sqlx::query_as::<_, PaymentRow>(&format!(
+            "select {COLUMNS} from payments where merchant_id = $1 and id = $2"
+        ))
+        .bind(merchant.0)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(Into::into);
+        tx.commit().await?;
+        let payment = payment.ok_or(PaymentError::NotFound(id))?;
+        if payment.status == to {
+            Ok(payment)
+        } else {
+            Err(PaymentError::InvalidState {
+                id,
+                status: payment.status,
+                action,
+            })
+        }
+    }
+}
+
+impl PaymentProvider for SandboxProvider {
+    fn authorize<'a>(
+        &'a self,
+        merchant: MerchantId,
+        req: &'a ChargeRequest,
+    ) -> BoxFuture<'a, Result<Payment, PaymentError>> {
+        Box::pin(self.attempt(merchant, req, false))
+    }
+
+    fn capture(
+        &self,
+        merchant: MerchantId,
+        payment: Uuid,
+    ) -> BoxFuture<'_, Result<Payment, PaymentError>> {
+        Box::pin(self.transition(
+            merchant,
+            payment,
+            PaymentStatus::Authorized,
+            PaymentStatus::Captured,
+            "capture",
+        ))
+    }
+
+    fn void(
+        &self,
+        merchant: MerchantId,
+        payment: Uuid,
+    ) -> BoxFuture<'_, Result<Payment, PaymentError>> {
+        Box::pin(self.transition(
+            merchant,
+            payment,
+            PaymentStatus::Authorized,
+            PaymentStatus::Voided,
+            "void",
+        ))
+    }
+
+    fn refund(
+        &self,
+        merchant: MerchantId,
+        payment: Uuid,
+    ) -> BoxFuture<'_, Result<Payment, PaymentError>> {
+        Box::pin(self.transition(
+            merchant,
+            payment,
+            PaymentStatus::Captured,
+            PaymentStatus::Refunded,
+            "refund",
+        ))
+    }
+
+    fn charge_off_session<'a>(
+        &'a self,
+        merchant: MerchantId,
+        req: &'a ChargeRequest,
+    ) -> BoxFuture<'a, Result<Payment, PaymentError>> {
+        Box::pin(self.attempt(merchant, req, true))
+    }
+
+    fn find<'a>(
+        &'a self,
+        merchant: MerchantId,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Payment>, PaymentError>> {
+        Box::pin(async move {
+            let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+            let payment = sqlx::query_as::<_, PaymentRow>(&format!(
+                "select {COLUMNS} from payments where merchant_id = $1 and idempotency_key = $2"
+            ))
+            .bind(merchant.0)
+            .bind(idempotency_key)
+            .fetch_optional(tx.conn())
+            .await?;
+            tx.commit().await?;
+            Ok(payment.map(Into::into))
+        })
+    }
+}
