@@ -24,6 +24,15 @@ const MAX_BODY: usize = 1 << 20;
 /// An in-flight key older than this belongs to a request that died with its process.
 const ABANDONED_AFTER_SECONDS: f64 = 60.0;
 
+#[derive(sqlx::FromRow)]
+struct StoredKey {
+    request_hash: Vec<u8>,
+    status: String,
+    response_status: Option<i32>,
+    response_content_type: Option<String>,
+    response_body: Option<Vec<u8>>,
+}
+
 enum Claim {
     Claimed,
     Replay {
@@ -143,13 +152,7 @@ async fn claim(tenant: &Tenant, key: &str, hash: &[u8]) -> Result<Claim, sqlx::E
         tx.commit().await?;
         return Ok(Claim::Claimed);
     }
-    let (stored_hash, status, response_status, content_type, body): (
-        Vec<u8>,
-        String,
-        Option<i32>,
-        Option<String>,
-        Option<Vec<u8>>,
-    ) = sqlx::query_as(
+    let stored: StoredKey = sqlx::query_as(
         "select request_hash, status, response_status, response_content_type, response_body
          from idempotency_keys where merchant_id = $1 and key = $2",
     )
@@ -158,15 +161,15 @@ async fn claim(tenant: &Tenant, key: &str, hash: &[u8]) -> Result<Claim, sqlx::E
     .fetch_one(tx.conn())
     .await?;
     tx.commit().await?;
-    Ok(if stored_hash != hash {
+    Ok(if stored.request_hash != hash {
         Claim::Reused
-    } else if status == "in_flight" {
+    } else if stored.status == "in_flight" {
         Claim::InFlight
     } else {
         Claim::Replay {
-            status: response_status.unwrap_or(200),
-            content_type,
-            body: body.unwrap_or_default(),
+            status: stored.response_status.unwrap_or(200),
+            content_type: stored.response_content_type,
+            body: stored.response_body.unwrap_or_default(),
         }
     })
 }

@@ -89,27 +89,29 @@ pub async fn set_on_hand(
     on_hand: i64,
 ) -> Result<StockLevel, InventoryError> {
     let merchant = tx.merchant_id().0;
-    let row: Result<StockLevel, sqlx::Error> = sqlx::query_as(
+    // The `where` turns "below reserved" into no row rather than an aborted transaction.
+    let row: Result<Option<StockLevel>, sqlx::Error> = sqlx::query_as(
         "insert into stock (merchant_id, sku, on_hand) values ($1, $2, $3)
          on conflict (merchant_id, sku) do update set on_hand = excluded.on_hand, updated_at = now()
+         where stock.reserved <= excluded.on_hand
          returning sku, on_hand, reserved, on_hand - reserved as available",
     )
     .bind(merchant)
     .bind(sku.as_str())
     .bind(on_hand)
-    .fetch_one(tx.conn())
+    .fetch_optional(tx.conn())
     .await;
     match row {
-        Ok(level) => Ok(level),
-        Err(e) if violates(&e, "stock_merchant_id_sku_fkey") => {
-            Err(InventoryError::UnknownSku(sku.as_str().into()))
-        }
-        Err(e) if violates(&e, "stock_available_not_negative") => {
+        Ok(Some(level)) => Ok(level),
+        Ok(None) => {
             let reserved = get_stock(tx, sku).await?.map(|s| s.reserved).unwrap_or(0);
             Err(InventoryError::BelowReserved {
                 sku: sku.as_str().into(),
                 reserved,
             })
+        }
+        Err(e) if violates(&e, "stock_merchant_id_sku_fkey") => {
+            Err(InventoryError::UnknownSku(sku.as_str().into()))
         }
         Err(e) => Err(e.into()),
     }

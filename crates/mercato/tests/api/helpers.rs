@@ -5,6 +5,7 @@
 //! `localpg` in a temporary directory.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use mercato::db::TenantTx;
 use mercato::tenancy::MerchantId;
@@ -24,7 +25,15 @@ pub struct TestApp {
     /// The service's own RLS-bound pool.
     pub app_pool: PgPool,
     pub client: reqwest::Client,
-    database: Database,
+    pub db: TestDatabase,
+}
+
+async fn start_app(config: Config) -> (String, PgPool) {
+    let app = App::build(config).await.expect("app starts");
+    let base = format!("http://{}", app.addr);
+    let app_pool = app.db.app.clone();
+    tokio::spawn(app.serve(std::future::pending()));
+    (base, app_pool)
 }
 
 enum Database {
@@ -77,8 +86,15 @@ impl Response {
     }
 }
 
-impl TestApp {
-    pub async fn spawn() -> TestApp {
+/// A fresh database of its own, dropped (or its private cluster removed) at the end.
+pub struct TestDatabase {
+    /// URL of the schema owner's connection to this database.
+    pub owner_url: String,
+    database: Database,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
         let (server_url, database) = match std::env::var("DATABASE_URL") {
             Ok(url) => {
                 let name = format!("mercato_test_{}", Uuid::now_v7().simple());
@@ -112,23 +128,50 @@ impl TestApp {
         server.close().await;
         let server_opts: PgConnectOptions = server_url.parse().expect("DATABASE_URL parses");
         let owner_url = server_opts.database(&db_name).to_url_lossy().to_string();
+        TestDatabase {
+            owner_url,
+            database,
+        }
+    }
 
+    /// The configuration tests run the app with: fast workers, short delays.
+    pub fn config(&self) -> Config {
         let mut config = Config::new("127.0.0.1:0".parse().expect("address"));
-        config.database_url = Some(owner_url.clone());
+        config.database_url = Some(self.owner_url.clone());
         config.admin_token = Some(ADMIN_TOKEN.to_owned());
         config.max_connections = 20;
-        let app = App::build(config).await.expect("app starts");
-        let base = format!("http://{}", app.addr);
-        let app_pool = app.db.app.clone();
-        tokio::spawn(app.serve(std::future::pending()));
-        let owner = PgPool::connect(&owner_url).await.expect("owner connects");
+        config.checkout_ttl = Duration::from_secs(30);
+        config.recovery_grace = Duration::from_secs(1);
+        config.worker_interval = Duration::from_millis(100);
+        config.payment_delay = Duration::from_millis(300);
+        config
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let db = TestDatabase::create().await;
+        let config = db.config();
+        Self::spawn_with(db, config).await
+    }
+
+    pub async fn spawn_with(db: TestDatabase, config: Config) -> TestApp {
+        let (base, app_pool) = start_app(config).await;
+        let owner = PgPool::connect(&db.owner_url)
+            .await
+            .expect("owner connects");
         TestApp {
             base,
             owner,
             app_pool,
             client: reqwest::Client::new(),
-            database,
+            db,
         }
+    }
+
+    /// Another instance of the service on the same database (as a second process would be).
+    pub async fn spawn_peer(&self) -> String {
+        start_app(self.db.config()).await.0
     }
 
     pub async fn request(
@@ -231,7 +274,7 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
+impl Drop for TestDatabase {
     fn drop(&mut self) {
         match &self.database {
             Database::Private { dir, .. } => {
@@ -256,5 +299,135 @@ impl Drop for TestApp {
                 .join();
             }
         }
+    }
+}
+
+impl TestApp {
+    /// Sets a SKU's on-hand units through the API.
+    pub async fn set_stock(&self, merchant: &Merchant, sku: &str, on_hand: i64) {
+        let resp = self
+            .request(
+                Method::PUT,
+                &format!("/v1/inventory/{sku}"),
+                Some(&merchant.key),
+                Some(json!({"on_hand": on_hand})),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    }
+
+    /// A merchant with one product `sku` priced 1000 EUR-cents and `on_hand` units.
+    pub async fn merchant_with_stock(&self, slug: &str, sku: &str, on_hand: i64) -> Merchant {
+        let merchant = self.create_merchant(slug).await;
+        self.create_product(&merchant, sku, 1000).await;
+        self.set_stock(&merchant, sku, on_hand).await;
+        merchant
+    }
+}
+
+/// Posts `body` to `base + path` with an API key; returns status and JSON body.
+pub async fn post_to(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> (u16, Value) {
+    match client
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+    {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or(Value::Null))
+        }
+        // Only the crash test kills servers mid-request; 0 marks "no answer".
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// The stock invariants, checked in SQL: for every SKU of `initial` (sku, on_hand
+/// at the start), units sold + on hand = the start, reserved = what active
+/// reservations hold, each reservation consumed by exactly one confirmed order,
+/// and payments captured exactly for confirmed orders.
+pub async fn assert_inventory_consistent(owner: &PgPool, initial: &[(&str, i64)]) {
+    for (sku, start) in initial {
+        let (on_hand, reserved, held, sold): (i64, i64, i64, i64) = sqlx::query_as(
+            "select s.on_hand, s.reserved,
+                    coalesce((select sum(i.quantity) from reservation_items i join reservations r
+                              on r.merchant_id = i.merchant_id and r.id = i.reservation_id
+                              where i.sku = s.sku and i.merchant_id = s.merchant_id and r.status = 'active'), 0)::bigint,
+                    coalesce((select sum(i.quantity) from reservation_items i join reservations r
+                              on r.merchant_id = i.merchant_id and r.id = i.reservation_id
+                              where i.sku = s.sku and i.merchant_id = s.merchant_id and r.status = 'consumed'), 0)::bigint
+             from stock s where s.sku = $1",
+        )
+        .bind(sku)
+        .fetch_one(owner)
+        .await
+        .expect("stock row");
+        assert_eq!(
+            on_hand + sold,
+            *start,
+            "{sku}: on_hand {on_hand} + sold {sold} = start {start}"
+        );
+        assert_eq!(
+            reserved, held,
+            "{sku}: reserved matches active reservations"
+        );
+        assert!(on_hand >= reserved, "{sku}: available never negative");
+    }
+    let (consumed_without_order, confirmed_without_consumed, captured_without_order, confirmed_without_capture): (
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = sqlx::query_as(
+        "select
+           (select count(*) from reservations r where r.status = 'consumed' and not exists
+              (select 1 from orders o where o.merchant_id = r.merchant_id and o.reservation_id = r.id and o.status = 'confirmed')),
+           (select count(*) from orders o where o.status = 'confirmed' and not exists
+              (select 1 from reservations r where r.merchant_id = o.merchant_id and r.id = o.reservation_id and r.status = 'consumed')),
+           (select count(*) from payments p where p.status = 'captured' and not exists
+              (select 1 from orders o where o.merchant_id = p.merchant_id and o.payment_id = p.id and o.status = 'confirmed')),
+           (select count(*) from orders o where o.status = 'confirmed' and not exists
+              (select 1 from payments p where p.merchant_id = o.merchant_id and p.id = o.payment_id and p.status = 'captured'))",
+    )
+    .fetch_one(owner)
+    .await
+    .expect("invariant query");
+    assert_eq!(
+        consumed_without_order, 0,
+        "a consumed reservation without a confirmed order"
+    );
+    assert_eq!(
+        confirmed_without_consumed, 0,
+        "a confirmed order whose reservation was not consumed"
+    );
+    assert_eq!(
+        captured_without_order, 0,
+        "a captured payment without a confirmed order"
+    );
+    assert_eq!(
+        confirmed_without_capture, 0,
+        "a confirmed order without a captured payment"
+    );
+}
+
+/// Polls `sql` (a `select count(*)`) until it returns 0, for up to `seconds`.
+pub async fn wait_until_zero(owner: &PgPool, sql: &str, seconds: u64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql)
+            .fetch_one(owner)
+            .await
+            .expect("poll query");
+        if n == 0 || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

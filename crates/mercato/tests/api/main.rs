@@ -1,7 +1,9 @@
 //! Black-box tests: the real app on a random port, a fresh database per test.
 
 mod catalog;
+mod checkout;
 mod health;
 mod helpers;
+mod inventory;
 mod rls;
 mod tenancy;
