@@ -2,6 +2,7 @@
 
 mod catalog;
 mod checkout;
+mod crash;
 mod health;
 mod helpers;
 mod inventory;

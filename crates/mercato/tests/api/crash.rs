@@ -1,0 +1,189 @@
+//! Kill the server with SIGKILL in the middle of a checkout storm, restart it,
+//! and check that recovery leaves every invariant intact.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    assert_inventory_consistent, post_to, wait_until_zero, TestDatabase, ADMIN_TOKEN,
+};
+
+/// The `mercato` binary serving the test database; killed (SIGKILL) on drop.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    async fn start(db: &TestDatabase, port: u16) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_mercato"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--checkout-ttl",
+                "2",
+                "--recovery-grace",
+                "1",
+                "--worker-interval",
+                "0.1",
+            ])
+            .args(["--payment-delay", "0.3", "--db-pool", "20"])
+            .env("DATABASE_URL", &db.owner_url)
+            .env("MERCATO_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the mercato binary starts");
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(resp) = client.get(format!("{}/readyz", server.base)).send().await {
+                if resp.status() == 200 {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const SKUS: [&str; 3] = ["HOT-A", "HOT-B", "HOT-C"];
+const STOCK: i64 = 40;
+
+#[tokio::test]
+async fn a_server_killed_mid_storm_recovers_every_checkout() {
+    let db = TestDatabase::create().await;
+    let port = free_port();
+    let mut server = Server::start(&db, port).await;
+    let client = reqwest::Client::new();
+
+    let (_, merchant) = post_to(
+        &client,
+        &server.base,
+        "/v1/merchants",
+        ADMIN_TOKEN,
+        &json!({"name": "Acme", "slug": "acme"}),
+    )
+    .await;
+    let key = merchant["api_key"]
+        .as_str()
+        .expect("merchant created")
+        .to_owned();
+    for sku in SKUS {
+        let product = json!({"name": sku, "variants": [{"sku": sku, "price": {"amount": 500, "currency": "EUR"}}]});
+        assert_eq!(
+            post_to(&client, &server.base, "/v1/products", &key, &product)
+                .await
+                .0,
+            201
+        );
+        let stock = client
+            .put(format!("{}/v1/inventory/{sku}", server.base))
+            .bearer_auth(&key)
+            .json(&json!({"on_hand": STOCK}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stock.status(), 200);
+    }
+
+    // 300 buyers, every payment behaviour, fired at once; the server dies part-way.
+    let methods = [
+        "pm_card_ok",
+        "pm_card_ok",
+        "pm_card_slow",
+        "pm_card_declined",
+        "pm_card_timeout",
+    ];
+    let bodies: Vec<Value> = (0..300)
+        .map(|i| {
+            json!({"customer": {"email": format!("buyer{i}@example.com")},
+                   "items": [{"sku": SKUS[i % SKUS.len()], "quantity": 1 + (i % 2) as i64}],
+                   "payment_method": methods[i % methods.len()]})
+        })
+        .collect();
+    let base = server.base.clone();
+    let answers = AtomicUsize::new(0);
+    let storm = join_all(bodies.iter().map(|b| async {
+        let answer = post_to(&client, &base, "/v1/checkouts", &key, b).await;
+        answers.fetch_add(1, Ordering::SeqCst);
+        answer
+    }));
+    // Kill once the first answers are out, so the rest are caught mid-way.
+    let kill = async {
+        for _ in 0..500 {
+            if answers.load(Ordering::SeqCst) >= 60 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.kill();
+    };
+    let (results, ()) = tokio::join!(storm, kill);
+    let answered = results.iter().filter(|(status, _)| *status != 0).count();
+    assert!(
+        answered < 300,
+        "the kill landed mid-storm ({answered} of 300 answered)"
+    );
+
+    let owner = sqlx::PgPool::connect(&db.owner_url).await.unwrap();
+    let in_flight: i64 = sqlx::query_scalar("select count(*) from orders where status = 'pending'")
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    eprintln!("killed with {answered} answered, {in_flight} checkouts pending");
+
+    let _restarted = Server::start(&db, free_port()).await;
+    let pending = wait_until_zero(
+        &owner,
+        "select count(*) from orders where status = 'pending'",
+        60,
+    )
+    .await;
+    assert_eq!(pending, 0, "recovery finished every checkout");
+    let active = wait_until_zero(
+        &owner,
+        "select count(*) from reservations where status = 'active'",
+        60,
+    )
+    .await;
+    assert_eq!(active, 0, "orphaned reservations expired");
+    let initial: Vec<(&str, i64)> = SKUS.iter().map(|s| (*s, STOCK)).collect();
+    assert_inventory_consistent(&owner, &initial).await;
+    let authorized: i64 =
+        sqlx::query_scalar("select count(*) from payments where status = 'authorized'")
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    assert_eq!(
+        authorized, 0,
+        "no payment is left holding money: captured, voided or refunded"
+    );
+}
