@@ -1,6 +1,7 @@
 //! Mercato: a multi-tenant e-commerce backend on PostgreSQL.
 
 pub mod app;
+pub mod bench;
 pub mod catalog;
 pub mod checkout;
 pub mod config;

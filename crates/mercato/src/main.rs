@@ -21,6 +21,34 @@ enum Command {
     /// Run the HTTP service. Without DATABASE_URL it starts a private PostgreSQL
     /// under --data-dir, migrates it and seeds a demo merchant.
     Serve(ServeArgs),
+    /// Run a benchmark; prints ratios against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Concurrent buyers reserve one hot SKU, then many SKUs, with each stock strategy.
+    Checkout(BenchCheckoutArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchCheckoutArgs {
+    /// Concurrent buyers.
+    #[arg(long, default_value_t = 256)]
+    buyers: usize,
+    /// Requests per strategy and target.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// SKUs in the many-SKU runs.
+    #[arg(long, default_value_t = 64)]
+    skus: usize,
+    /// Where the JSON figures go.
+    #[arg(long, default_value = "bench-checkout.json")]
+    out: PathBuf,
+    /// Benchmark against this database (schema owner) instead of a private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -64,6 +92,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Bench(BenchCommand::Checkout(args)) => {
+                mercato::bench::checkout::run(mercato::bench::checkout::Options {
+                    buyers: args.buyers,
+                    requests: args.requests,
+                    skus: args.skus,
+                    out: args.out,
+                    database_url: args.database_url,
+                })
+                .await
+            }
         }
     });
     match result {

@@ -1,0 +1,325 @@
+//! `mercato bench checkout`: N concurrent buyers hammer reservations over HTTP,
+//! one hot SKU and then many SKUs, with each stock strategy. The baseline is the
+//! `optimistic` strategy, one conditional UPDATE per request, measured in the
+//! same run; every figure is written to a JSON file.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::Percentiles;
+use crate::{App, Config};
+
+pub struct Options {
+    pub buyers: usize,
+    pub requests: usize,
+    pub skus: usize,
+    pub out: PathBuf,
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RunResult {
+    strategy: &'static str,
+    target: &'static str,
+    requests: usize,
+    granted: usize,
+    refused: usize,
+    failed: usize,
+    seconds: f64,
+    units_per_second: f64,
+    latency: Percentiles,
+    /// units/s over the baseline's (optimistic, same target).
+    ratio_to_baseline: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ScarcityCheck {
+    strategy: &'static str,
+    stock: i64,
+    buyers: usize,
+    granted: usize,
+    oversold: bool,
+}
+
+const STRATEGIES: [&str; 3] = ["optimistic", "pessimistic", "reservation"];
+const ADMIN: &str = "bench-admin-token";
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("mercato-bench-{}", std::process::id()));
+    let mut config = Config::new("127.0.0.1:0".parse()?);
+    config.database_url = opts.database_url.clone();
+    config.data_dir = scratch.clone();
+    config.admin_token = Some(ADMIN.into());
+    config.max_connections = 32;
+    let app = App::build(config)
+        .await
+        .context("starting Mercato for the benchmark")?;
+    let base = format!("http://{}", app.addr);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(async {
+        let _ = stopped.await;
+    }));
+
+    let outcome = tokio::select! {
+        r = measure(&opts, &base) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; no figures written")),
+    };
+    let _ = stop.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome
+}
+
+async fn measure(opts: &Options, base: &str) -> anyhow::Result<()> {
+    if opts.buyers == 0 || opts.requests == 0 || opts.skus == 0 {
+        bail!("--buyers, --requests and --skus must be at least 1");
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.buyers)
+        .build()?;
+    let slug = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let merchant = send(
+        &client,
+        "POST",
+        &format!("{base}/v1/merchants"),
+        ADMIN,
+        json!({"name": "Bench", "slug": slug}),
+    )
+    .await?;
+    let key = merchant["api_key"]
+        .as_str()
+        .context("no api_key in the merchant response")?
+        .to_owned();
+    // Stock that never runs out during the timed runs: every request is a grant.
+    let plenty = (opts.requests * STRATEGIES.len() * 2) as i64;
+    let mut skus: Vec<String> = (0..opts.skus).map(|i| format!("SKU-{i}")).collect();
+    skus.push("HOT".into());
+    for sku in &skus {
+        create_sku(&client, base, &key, sku, plenty).await?;
+    }
+
+    let mut runs: Vec<RunResult> = Vec::new();
+    for (target, spread) in [("one hot SKU", false), ("many SKUs", true)] {
+        for strategy in STRATEGIES {
+            let targets: Vec<String> = if spread {
+                skus[..opts.skus].to_vec()
+            } else {
+                vec!["HOT".into()]
+            };
+            let mut result = hammer(&client, base, &key, strategy, target, &targets, opts).await?;
+            let baseline = runs
+                .iter()
+                .find(|r| r.target == target && r.strategy == "optimistic")
+                .map(|r| r.units_per_second)
+                .unwrap_or(result.units_per_second);
+            result.ratio_to_baseline = result.units_per_second / baseline.max(f64::EPSILON);
+            runs.push(result);
+        }
+    }
+
+    let mut checks = Vec::new();
+    for strategy in STRATEGIES {
+        let sku = format!("LAST-{strategy}");
+        let stock = 50;
+        create_sku(&client, base, &key, &sku, stock).await?;
+        let buyers = opts.buyers.max(100) * 2;
+        let burst = Options {
+            buyers,
+            requests: buyers,
+            skus: 1,
+            out: opts.out.clone(),
+            database_url: None,
+        };
+        let result = hammer(
+            &client,
+            base,
+            &key,
+            strategy,
+            "last units",
+            &[sku.clone()],
+            &burst,
+        )
+        .await?;
+        let level = send(
+            &client,
+            "GET",
+            &format!("{base}/v1/inventory/{sku}"),
+            &key,
+            Value::Null,
+        )
+        .await?;
+        let oversold =
+            result.granted as i64 > stock || level["available"].as_i64().unwrap_or(-1) < 0;
+        checks.push(ScarcityCheck {
+            strategy,
+            stock,
+            buyers,
+            granted: result.granted,
+            oversold,
+        });
+    }
+
+    println!();
+    println!(
+        "{:<12} {:<12} {:>10} {:>9} {:>9} {:>7} {:>8}",
+        "target", "strategy", "units/s", "p50 ms", "p99 ms", "failed", "ratio"
+    );
+    for r in &runs {
+        println!(
+            "{:<12} {:<12} {:>10.0} {:>9.1} {:>9.1} {:>7} {:>7.2}x",
+            r.target,
+            r.strategy,
+            r.units_per_second,
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.failed,
+            r.ratio_to_baseline
+        );
+    }
+    for c in &checks {
+        println!(
+            "last units, {:<12} {} buyers for {} units: {} granted, oversold: {}",
+            c.strategy, c.buyers, c.stock, c.granted, c.oversold
+        );
+    }
+    let report = json!({
+        "benchmark": "checkout",
+        "endpoint": "POST /v1/reservations (quantity 1)",
+        "buyers": opts.buyers,
+        "requests_per_run": opts.requests,
+        "skus_in_spread_runs": opts.skus,
+        "baseline": "optimistic: one conditional UPDATE per request",
+        "runs": runs,
+        "last_unit_checks": checks,
+    });
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", opts.out.display()))?;
+    println!("figures written to {}", opts.out.display());
+    if checks.iter().any(|c| c.oversold) {
+        bail!("a strategy oversold");
+    }
+    Ok(())
+}
+
+async fn create_sku(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    sku: &str,
+    on_hand: i64,
+) -> anyhow::Result<()> {
+    let product = json!({"name": sku, "variants": [{"sku": sku, "price": {"amount": 100, "currency": "EUR"}}]});
+    send(client, "POST", &format!("{base}/v1/products"), key, product).await?;
+    send(
+        client,
+        "PUT",
+        &format!("{base}/v1/inventory/{sku}"),
+        key,
+        json!({"on_hand": on_hand}),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn send(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    key: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let req = match method {
+        "POST" => client.post(url).json(&body),
+        "PUT" => client.put(url).json(&body),
+        _ => client.get(url),
+    };
+    let resp = req
+        .bearer_auth(key)
+        .send()
+        .await
+        .with_context(|| format!("{method} {url}"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{method} {url} answered {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// `opts.requests` reservations from `opts.buyers` concurrent buyers, round-robin over `skus`.
+async fn hammer(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    strategy: &'static str,
+    target: &'static str,
+    skus: &[String],
+    opts: &Options,
+) -> anyhow::Result<RunResult> {
+    let progress = ProgressBar::new(opts.requests as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{prefix:>26} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    progress.set_prefix(format!("{target} / {strategy}"));
+    let next = Arc::new(AtomicUsize::new(0));
+    let url = format!("{base}/v1/reservations?strategy={strategy}");
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(opts.buyers);
+    for _ in 0..opts.buyers {
+        let (client, url, key, next, progress) = (
+            client.clone(),
+            url.clone(),
+            key.to_owned(),
+            next.clone(),
+            progress.clone(),
+        );
+        let skus = skus.to_vec();
+        let requests = opts.requests;
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return outcomes;
+                }
+                let body = json!({"items": [{"sku": skus[i % skus.len()], "quantity": 1}], "ttl_seconds": 3600});
+                let sent = Instant::now();
+                let status = match client.post(&url).bearer_auth(&key).json(&body).send().await {
+                    Ok(resp) => resp.status().as_u16(),
+                    Err(_) => 0,
+                };
+                outcomes.push((status, sent.elapsed()));
+                progress.inc(1);
+            }
+        }));
+    }
+    let mut outcomes = Vec::with_capacity(opts.requests);
+    for task in tasks {
+        outcomes.extend(task.await?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    let granted = outcomes.iter().filter(|(s, _)| *s == 201).count();
+    let refused = outcomes.iter().filter(|(s, _)| *s == 409).count();
+    Ok(RunResult {
+        strategy,
+        target,
+        requests: outcomes.len(),
+        granted,
+        refused,
+        failed: outcomes.len() - granted - refused,
+        seconds,
+        units_per_second: granted as f64 / seconds,
+        latency: Percentiles::of(outcomes.into_iter().map(|(_, d)| d).collect()),
+        ratio_to_baseline: 1.0,
+    })
+}
