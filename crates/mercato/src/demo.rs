@@ -1,9 +1,10 @@
-//! The demo merchant a fresh `mercato serve` seeds, so a newcomer can try the API at once.
+//! The demo merchant (products and stock) a fresh `mercato serve` seeds, so a newcomer can try the API at once.
 
 use std::path::Path;
 
 use crate::catalog::{create_product, Money, NewProduct, NewVariant, Sku};
 use crate::db::{Db, TenantTx};
+use crate::inventory::{set_on_hand, InventoryError};
 use crate::tenancy::{create_merchant, find_merchant_by_slug, issue_api_key, MerchantName, Slug};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,12 +15,16 @@ pub enum DemoError {
     Merchant(#[from] crate::tenancy::CreateMerchantError),
     #[error("seeding the demo products: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
+    #[error("seeding the demo stock: {0}")]
+    Inventory(#[from] InventoryError),
     #[error("demo API key file {path}: {source}")]
     KeyFile {
         path: String,
         source: std::io::Error,
     },
 }
+
+const DEMO_STOCK: i64 = 100;
 
 const DEMO_PRODUCTS: &[(&str, &[(&str, i64)])] = &[
     ("Espresso beans 1 kg", &[("BEANS-1KG", 2490)]),
@@ -67,6 +72,9 @@ pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
             variants,
         };
         create_product(&mut tx, &product).await?;
+        for variant in &product.variants {
+            set_on_hand(&mut tx, &variant.sku, DEMO_STOCK).await?;
+        }
     }
     tx.commit().await?;
     let key = key.to_string();

@@ -143,7 +143,7 @@ async fn measure(opts: &Options, base: &str) -> anyhow::Result<()> {
             &key,
             strategy,
             "last units",
-            &[sku.clone()],
+            std::slice::from_ref(&sku),
             &burst,
         )
         .await?;
