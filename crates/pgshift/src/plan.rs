@@ -1,0 +1,160 @@
+//! A migration plan is data: a TOML file, parsed and checked before anything runs.
+
+use serde::Deserialize;
+
+use crate::Error;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Unique name; pgshift's state is kept under it.
+    pub name: String,
+    /// Roles that may read pgshift's state (the application reads the phase and
+    /// the read-switch percentage from it).
+    #[serde(default)]
+    pub readers: Vec<String>,
+    /// `lock_timeout` for every DDL statement, in milliseconds (never 0).
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+    /// New tables, columns, indexes, constraints: additive only.
+    #[serde(default)]
+    pub expand: Vec<Step>,
+    /// Sync triggers for writers that cannot dual-write themselves (optional).
+    #[serde(default)]
+    pub dual_write: Vec<Step>,
+    pub backfill: Backfill,
+    #[serde(default)]
+    pub switch: Switch,
+    pub validate: Validate,
+    /// Drops of the old shape; run only after validation and a full switch.
+    #[serde(default)]
+    pub contract: Vec<Step>,
+    /// Undoes the expand (before contract only).
+    #[serde(default)]
+    pub abort: Vec<Step>,
+}
+
+fn default_lock_timeout_ms() -> u64 {
+    2_000
+}
+
+/// One SQL statement with a name for messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    pub sql: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backfill {
+    /// The old shape's table.
+    pub source: String,
+    /// Its integer key column, read in keyset order.
+    pub key: String,
+    /// Idempotent SQL copying source rows with `$1 < key <= $2` into the new shape.
+    pub transform: String,
+    #[serde(default = "default_batch")]
+    pub batch_size: i64,
+    #[serde(default = "default_max_batch")]
+    pub max_batch_size: i64,
+    /// The throttle backs off when the probe query takes longer than this (ms).
+    #[serde(default = "default_max_probe_ms")]
+    pub max_probe_ms: f64,
+    /// ... or when replicas lag more than this (seconds).
+    #[serde(default = "default_max_lag_s")]
+    pub max_replication_lag_s: f64,
+}
+
+fn default_batch() -> i64 {
+    1_000
+}
+fn default_max_batch() -> i64 {
+    10_000
+}
+fn default_max_probe_ms() -> f64 {
+    20.0
+}
+fn default_max_lag_s() -> f64 {
+    5.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Switch {
+    /// Seconds reads must have been 100% on the new shape before contract.
+    #[serde(default = "default_full_seconds")]
+    pub min_full_seconds: u64,
+    /// Share of reads that also read the other shape and compare (0-100).
+    #[serde(default = "default_shadow")]
+    pub shadow_percent: u8,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch {
+            min_full_seconds: default_full_seconds(),
+            shadow_percent: default_shadow(),
+        }
+    }
+}
+
+fn default_full_seconds() -> u64 {
+    60
+}
+fn default_shadow() -> u8 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validate {
+    /// `select count(*), <checksum text>` over the old shape, keys `$1 < key <= $2`.
+    pub source: String,
+    /// The same over the new shape; must agree range by range.
+    pub target: String,
+    #[serde(default = "default_chunk")]
+    pub chunk_size: i64,
+}
+
+fn default_chunk() -> i64 {
+    10_000
+}
+
+impl Plan {
+    pub fn parse(text: &str) -> Result<Plan, Error> {
+        let plan: Plan = toml::from_str(text).map_err(|e| Error::Plan(e.to_string()))?;
+        if plan.name.is_empty()
+            || !plan
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(Error::Plan("name: must be letters, digits and '_'".into()));
+        }
+        if plan.lock_timeout_ms == 0 {
+            return Err(Error::Plan(
+                "lock_timeout_ms: 0 would let DDL wait in the lock queue forever".into(),
+            ));
+        }
+        if plan.backfill.batch_size < 1 || plan.backfill.max_batch_size < plan.backfill.batch_size {
+            return Err(Error::Plan(
+                "backfill: need 1 <= batch_size <= max_batch_size".into(),
+            ));
+        }
+        if plan.switch.shadow_percent > 100 {
+            return Err(Error::Plan("switch.shadow_percent: must be 0-100".into()));
+        }
+        Ok(plan)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Plan, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Plan(format!("{}: {e}", path.display())))?;
+        Plan::parse(&text).map_err(|e| match e {
+            Error::Plan(m) => Error::Plan(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+}
