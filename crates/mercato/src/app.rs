@@ -17,7 +17,9 @@ use crate::db::{self, Db, DbError};
 use crate::demo::{self, DemoError};
 use crate::http::{self, AppState};
 use crate::inventory::{self, Inventory};
+use crate::legacy_orders;
 use crate::payments::SandboxProvider;
+use pgshift::ReadSwitch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -43,11 +45,14 @@ pub enum DatabaseSource {
 
 pub struct App {
     config: Config,
+    migration: Arc<ReadSwitch>,
     checkout: Checkout,
     listener: TcpListener,
     router: Router,
     pub addr: SocketAddr,
     pub db: Db,
+    /// The schema owner's connection URL (for migrations and tools).
+    pub owner_url: String,
     pub admin_token: String,
     /// The demo merchant's key, when this run seeded (or found) the demo.
     pub demo_api_key: Option<String>,
@@ -94,6 +99,11 @@ impl App {
             .clone()
             .unwrap_or_else(generate_admin_token);
         let inventory = Inventory::new(db.app.clone());
+        let migration = Arc::new(ReadSwitch::new(
+            db.app.clone(),
+            legacy_orders::MIGRATION,
+            config.shadow_percent.min(100),
+        ));
         let checkout = Checkout {
             pool: db.app.clone(),
             inventory: inventory.clone(),
@@ -106,14 +116,17 @@ impl App {
             keys: Default::default(),
             inventory,
             checkout: checkout.clone(),
+            migration: migration.clone(),
         };
         Ok(App {
+            migration,
             checkout,
             config,
             listener,
             router: http::router(state),
             addr,
             db,
+            owner_url,
             admin_token,
             demo_api_key,
             database,
@@ -129,6 +142,7 @@ impl App {
     ) -> std::io::Result<()> {
         let App {
             config,
+            migration,
             checkout,
             listener,
             router,
@@ -147,6 +161,7 @@ impl App {
                 config.worker_interval,
                 config.recovery_grace,
             )),
+            tokio::spawn(flush_shadow_counts(migration, config.worker_interval)),
         ];
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
@@ -156,6 +171,17 @@ impl App {
         }
         served
         // `_localpg` drops here, after the last request: the cluster stops cleanly.
+    }
+}
+
+/// Moves the shadow-read tally into pgshift's table every tick.
+async fn flush_shadow_counts(switch: Arc<ReadSwitch>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Err(err) = switch.flush().await {
+            tracing::debug!(error = %err, "flushing shadow-read counts failed; kept for the next tick");
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Config {
     pub worker_interval: Duration,
     /// The sandbox provider's delay for `pm_card_slow` and `pm_card_timeout`.
     pub payment_delay: Duration,
+    /// Share of legacy-order reads that also read the other shape and compare (0-100).
+    pub shadow_percent: u8,
 }
 
 impl Config {
@@ -37,6 +39,7 @@ impl Config {
             recovery_grace: Duration::from_secs(30),
             worker_interval: Duration::from_secs(1),
             payment_delay: Duration::from_secs(2),
+            shadow_percent: 10,
         }
     }
 }

@@ -9,7 +9,9 @@ pub mod db;
 pub mod demo;
 pub mod http;
 pub mod inventory;
+pub mod legacy_orders;
 pub mod payments;
+pub mod shift;
 pub mod telemetry;
 pub mod tenancy;
 

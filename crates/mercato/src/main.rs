@@ -24,12 +24,94 @@ enum Command {
     /// Run a benchmark; prints ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run one phase of a zero-downtime migration plan (pgshift) against DATABASE_URL.
+    Migrate(MigrateArgs),
+    /// Demonstrations.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// The plan (TOML), e.g. crates/mercato/migrations/plans/orders_money_customers.toml
+    plan: PathBuf,
+    #[command(subcommand)]
+    phase: MigratePhase,
+    /// PostgreSQL URL of the schema owner (superuser or BYPASSRLS).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum MigratePhase {
+    /// Check the plan against the rules for live tables; runs nothing.
+    Lint,
+    /// Create the new shape; writers dual-write from here on.
+    Expand,
+    /// Copy the old rows in throttled, resumable batches.
+    Backfill,
+    /// Serve this percentage of reads from the new shape (0 rolls back).
+    Switch {
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+    },
+    /// Compare counts and checksums of both shapes, range by range.
+    Validate,
+    /// Drop the old shape (irreversible; needs validation and 100% reads for a while).
+    Contract,
+    /// Where the migration stands.
+    Status,
+    /// Roll back to the old shape (before contract only).
+    Abort,
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Seed legacy orders and migrate them online under live HTTP traffic; prints a JSON summary.
+    Migration(DemoMigrationArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoMigrationArgs {
+    /// Legacy order rows to seed.
+    #[arg(long, default_value_t = 100_000)]
+    rows: i64,
+    /// Requests per second of the live load.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Seconds of traffic before, after, and at each read-switch step.
+    #[arg(long, default_value_t = 3)]
+    dwell: u64,
+    /// Also write the summary to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Use this database (schema owner) instead of a private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Concurrent buyers reserve one hot SKU, then many SKUs, with each stock strategy.
     Checkout(BenchCheckoutArgs),
+    /// Backfill rows/s under live load versus a plain INSERT … SELECT, and the load's p99.
+    Migrate(BenchMigrateArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchMigrateArgs {
+    /// Legacy order rows to migrate.
+    #[arg(long, default_value_t = 5_000_000)]
+    rows: i64,
+    /// Requests per second of the live load.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Where the JSON figures go.
+    #[arg(long, default_value = "bench-migrate.json")]
+    out: PathBuf,
+    /// Benchmark against this database (schema owner) instead of a private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -80,6 +162,10 @@ struct ServeArgs {
     /// Seconds the sandbox takes for pm_card_slow and hangs for pm_card_timeout.
     #[arg(long, env = "MERCATO_PAYMENT_DELAY", default_value_t = 2.0)]
     payment_delay: f64,
+    /// Percentage of migrating reads that also read the other shape and compare.
+    #[arg(long, env = "MERCATO_SHADOW_PERCENT", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    shadow_percent: u8,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +178,28 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Migrate(args) => migrate(args).await,
+            Command::Demo(DemoCommand::Migration(args)) => {
+                mercato::demo::migration::run(mercato::demo::migration::Options {
+                    rows: args.rows,
+                    rate: args.rate,
+                    dwell: Duration::from_secs(args.dwell),
+                    out: args.out,
+                    database_url: args.database_url,
+                    progress: true,
+                })
+                .await
+                .map(|_| ())
+            }
+            Command::Bench(BenchCommand::Migrate(args)) => {
+                mercato::bench::migrate::run(mercato::bench::migrate::Options {
+                    rows: args.rows,
+                    rate: args.rate,
+                    out: args.out,
+                    database_url: args.database_url,
+                })
+                .await
+            }
             Command::Bench(BenchCommand::Checkout(args)) => {
                 mercato::bench::checkout::run(mercato::bench::checkout::Options {
                     buyers: args.buyers,
@@ -126,6 +234,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         recovery_grace: seconds("--recovery-grace", args.recovery_grace)?,
         worker_interval: seconds("--worker-interval", args.worker_interval)?,
         payment_delay: seconds("--payment-delay", args.payment_delay)?,
+        shadow_percent: args.shadow_percent,
     };
     let app = App::build(config).await?;
     let base = format!("http://{}", app.addr);
@@ -145,6 +254,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     app.serve(shutdown_signal()).await?;
     println!("Mercato stopped");
     Ok(())
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    use mercato::shift::Command as C;
+    let command = match args.phase {
+        MigratePhase::Lint => C::Lint,
+        MigratePhase::Expand => C::Expand,
+        MigratePhase::Backfill => C::Backfill,
+        MigratePhase::Switch { percent } => C::Switch(percent),
+        MigratePhase::Validate => C::Validate,
+        MigratePhase::Contract => C::Contract,
+        MigratePhase::Status => C::Status,
+        MigratePhase::Abort => C::Abort,
+    };
+    let url = args.database_url.ok_or_else(|| {
+        anyhow::anyhow!("DATABASE_URL (or --database-url) must name the database to migrate")
+    })?;
+    mercato::shift::run(&url, &args.plan, command).await
 }
 
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {

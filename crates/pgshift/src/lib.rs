@@ -25,7 +25,7 @@ use sqlx::PgPool;
 pub use lint::Finding;
 pub use plan::Plan;
 pub use state::{Phase, Status};
-pub use switch::{record_shadow, ReadSwitch, View};
+pub use switch::{ReadSwitch, View};
 
 use plan::Step;
 

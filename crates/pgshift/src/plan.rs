@@ -124,7 +124,16 @@ fn default_chunk() -> i64 {
 
 impl Plan {
     pub fn parse(text: &str) -> Result<Plan, Error> {
-        let plan: Plan = toml::from_str(text).map_err(|e| Error::Plan(e.to_string()))?;
+        let plan: Plan = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let message = e.message().trim().replace('\n', " ");
+            Error::Plan(match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            })
+        })?;
         if plan.name.is_empty()
             || !plan
                 .name

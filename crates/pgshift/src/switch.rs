@@ -1,7 +1,8 @@
 //! What the application reads: the migration's phase (which shapes to write)
 //! and the read-switch percentage (which shape to read), cached briefly; and
-//! where it reports shadow-read comparisons.
+//! the tally of shadow-read comparisons.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub struct ReadSwitch {
     name: String,
     shadow_percent: u8,
     cached: Mutex<Option<(Instant, View)>>,
+    compared: AtomicU64,
+    mismatched: AtomicU64,
 }
 
 /// A stable bucket 0..100 for a key: the same key always reads the same shape
@@ -42,6 +45,8 @@ impl ReadSwitch {
             name: name.into(),
             shadow_percent,
             cached: Mutex::new(None),
+            compared: AtomicU64::new(0),
+            mismatched: AtomicU64::new(0),
         }
     }
 
@@ -70,16 +75,22 @@ impl ReadSwitch {
                 shadow_percent: self.shadow_percent,
             },
             Err(err) => {
-                // Keep serving on the last known view rather than fail requests.
-                tracing::warn!(error = %err, "reading the migration state failed");
-                if let Some((_, view)) = *self.cached.lock().unwrap_or_else(|p| p.into_inner()) {
-                    return view;
+                // No pgshift schema yet means no migration yet; any other error:
+                // keep serving on the last known view rather than fail requests.
+                let undefined = matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"));
+                if !undefined {
+                    tracing::warn!(error = %err, "reading the migration state failed");
                 }
-                View {
+                let last = self
+                    .cached
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .map(|(_, v)| v);
+                last.unwrap_or(View {
                     phase: Phase::Planned,
                     percent: 0,
                     shadow_percent: self.shadow_percent,
-                }
+                })
             }
         };
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), view));
@@ -104,34 +115,51 @@ impl View {
     }
 }
 
-/// Records one shadow comparison (and a sample of the values when they differ).
-pub async fn record_shadow(
-    pool: &PgPool,
-    name: &str,
-    key: &str,
-    old: &str,
-    new: &str,
-) -> Result<bool, sqlx::Error> {
-    let mismatch = old != new;
-    sqlx::query(
-        "insert into pgshift.shadow_counts (migration, compared, mismatched) values ($1, 1, $2)
-         on conflict (migration) do update set compared = shadow_counts.compared + 1,
-                                               mismatched = shadow_counts.mismatched + excluded.mismatched",
-    )
-    .bind(name)
-    .bind(i64::from(mismatch))
-    .execute(pool)
-    .await?;
-    if mismatch {
-        sqlx::query("insert into pgshift.shadow_mismatches (migration, key, old_value, new_value) values ($1, $2, $3, $4)")
-            .bind(name)
-            .bind(key)
-            .bind(old)
-            .bind(new)
-            .execute(pool)
-            .await?;
+impl ReadSwitch {
+    /// Counts one shadow comparison; a mismatch is also kept as a sample row.
+    /// Counts reach the database on `flush` (one hot row must not serialise reads).
+    pub async fn compare(&self, key: &str, old: &str, new: &str) -> Result<bool, sqlx::Error> {
+        self.compared.fetch_add(1, Ordering::Relaxed);
+        if old == new {
+            return Ok(false);
+        }
+        self.mismatched.fetch_add(1, Ordering::Relaxed);
+        sqlx::query(
+            "insert into pgshift.shadow_mismatches (migration, key, old_value, new_value) values ($1, $2, $3, $4)",
+        )
+        .bind(&self.name)
+        .bind(key)
+        .bind(old)
+        .bind(new)
+        .execute(&self.pool)
+        .await?;
+        Ok(true)
     }
-    Ok(mismatch)
+
+    /// Adds the comparisons counted since the last flush to `pgshift.shadow_counts`.
+    pub async fn flush(&self) -> Result<(), sqlx::Error> {
+        let compared = self.compared.swap(0, Ordering::Relaxed);
+        let mismatched = self.mismatched.swap(0, Ordering::Relaxed);
+        if compared == 0 {
+            return Ok(());
+        }
+        let written = sqlx::query(
+            "insert into pgshift.shadow_counts (migration, compared, mismatched) values ($1, $2, $3)
+             on conflict (migration) do update set compared = shadow_counts.compared + excluded.compared,
+                                                   mismatched = shadow_counts.mismatched + excluded.mismatched",
+        )
+        .bind(&self.name)
+        .bind(compared as i64)
+        .bind(mismatched as i64)
+        .execute(&self.pool)
+        .await;
+        if written.is_err() {
+            // Keep the counts for the next flush.
+            self.compared.fetch_add(compared, Ordering::Relaxed);
+            self.mismatched.fetch_add(mismatched, Ordering::Relaxed);
+        }
+        written.map(|_| ())
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::Percentiles;
-use crate::{App, Config};
+use super::{interruptible, Harness, Percentiles};
 
 pub struct Options {
     pub buyers: usize,
@@ -49,60 +48,24 @@ struct ScarcityCheck {
 }
 
 const STRATEGIES: [&str; 3] = ["optimistic", "pessimistic", "reservation"];
-const ADMIN: &str = "bench-admin-token";
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let scratch = std::env::temp_dir().join(format!("mercato-bench-{}", std::process::id()));
-    let mut config = Config::new("127.0.0.1:0".parse()?);
-    config.database_url = opts.database_url.clone();
-    config.data_dir = scratch.clone();
-    config.admin_token = Some(ADMIN.into());
-    config.max_connections = 32;
-    let app = App::build(config)
-        .await
-        .context("starting Mercato for the benchmark")?;
-    let base = format!("http://{}", app.addr);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.serve(async {
-        let _ = stopped.await;
-    }));
-
-    let outcome = tokio::select! {
-        r = measure(&opts, &base) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; no figures written")),
-    };
-    let _ = stop.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&scratch);
-    outcome
-}
-
-async fn measure(opts: &Options, base: &str) -> anyhow::Result<()> {
     if opts.buyers == 0 || opts.requests == 0 || opts.skus == 0 {
         bail!("--buyers, --requests and --skus must be at least 1");
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(opts.buyers)
-        .build()?;
-    let slug = format!("bench-{}", uuid::Uuid::now_v7().simple());
-    let merchant = send(
-        &client,
-        "POST",
-        &format!("{base}/v1/merchants"),
-        ADMIN,
-        json!({"name": "Bench", "slug": slug}),
-    )
-    .await?;
-    let key = merchant["api_key"]
-        .as_str()
-        .context("no api_key in the merchant response")?
-        .to_owned();
+    let harness = Harness::start(opts.database_url.clone(), |_| {}).await?;
+    let outcome = interruptible(measure(&opts, &harness)).await;
+    harness.shutdown().await;
+    outcome
+}
+
+async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
     // Stock that never runs out during the timed runs: every request is a grant.
     let plenty = (opts.requests * STRATEGIES.len() * 2) as i64;
     let mut skus: Vec<String> = (0..opts.skus).map(|i| format!("SKU-{i}")).collect();
     skus.push("HOT".into());
     for sku in &skus {
-        create_sku(&client, base, &key, sku, plenty).await?;
+        create_sku(h, sku, plenty).await?;
     }
 
     let mut runs: Vec<RunResult> = Vec::new();
@@ -113,7 +76,8 @@ async fn measure(opts: &Options, base: &str) -> anyhow::Result<()> {
             } else {
                 vec!["HOT".into()]
             };
-            let mut result = hammer(&client, base, &key, strategy, target, &targets, opts).await?;
+            let mut result =
+                hammer(h, strategy, target, &targets, opts.buyers, opts.requests).await?;
             let baseline = runs
                 .iter()
                 .find(|r| r.target == target && r.strategy == "optimistic")
@@ -128,33 +92,20 @@ async fn measure(opts: &Options, base: &str) -> anyhow::Result<()> {
     for strategy in STRATEGIES {
         let sku = format!("LAST-{strategy}");
         let stock = 50;
-        create_sku(&client, base, &key, &sku, stock).await?;
+        create_sku(h, &sku, stock).await?;
         let buyers = opts.buyers.max(100) * 2;
-        let burst = Options {
-            buyers,
-            requests: buyers,
-            skus: 1,
-            out: opts.out.clone(),
-            database_url: None,
-        };
         let result = hammer(
-            &client,
-            base,
-            &key,
+            h,
             strategy,
             "last units",
             std::slice::from_ref(&sku),
-            &burst,
+            buyers,
+            buyers,
         )
         .await?;
-        let level = send(
-            &client,
-            "GET",
-            &format!("{base}/v1/inventory/{sku}"),
-            &key,
-            Value::Null,
-        )
-        .await?;
+        let level = h
+            .send("GET", &format!("/v1/inventory/{sku}"), Value::Null)
+            .await?;
         let oversold =
             result.granted as i64 > stock || level["available"].as_i64().unwrap_or(-1) < 0;
         checks.push(ScarcityCheck {
@@ -208,62 +159,28 @@ async fn measure(opts: &Options, base: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_sku(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
-    sku: &str,
-    on_hand: i64,
-) -> anyhow::Result<()> {
+async fn create_sku(h: &Harness, sku: &str, on_hand: i64) -> anyhow::Result<()> {
     let product = json!({"name": sku, "variants": [{"sku": sku, "price": {"amount": 100, "currency": "EUR"}}]});
-    send(client, "POST", &format!("{base}/v1/products"), key, product).await?;
-    send(
-        client,
+    h.send("POST", "/v1/products", product).await?;
+    h.send(
         "PUT",
-        &format!("{base}/v1/inventory/{sku}"),
-        key,
+        &format!("/v1/inventory/{sku}"),
         json!({"on_hand": on_hand}),
     )
     .await?;
     Ok(())
 }
 
-async fn send(
-    client: &reqwest::Client,
-    method: &str,
-    url: &str,
-    key: &str,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let req = match method {
-        "POST" => client.post(url).json(&body),
-        "PUT" => client.put(url).json(&body),
-        _ => client.get(url),
-    };
-    let resp = req
-        .bearer_auth(key)
-        .send()
-        .await
-        .with_context(|| format!("{method} {url}"))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!("{method} {url} answered {status}: {body}");
-    }
-    Ok(body)
-}
-
 /// `opts.requests` reservations from `opts.buyers` concurrent buyers, round-robin over `skus`.
 async fn hammer(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
+    h: &Harness,
     strategy: &'static str,
     target: &'static str,
     skus: &[String],
-    opts: &Options,
+    buyers: usize,
+    requests: usize,
 ) -> anyhow::Result<RunResult> {
-    let progress = ProgressBar::new(opts.requests as u64);
+    let progress = ProgressBar::new(requests as u64);
     progress.set_style(
         ProgressStyle::with_template("{prefix:>26} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -271,19 +188,18 @@ async fn hammer(
     );
     progress.set_prefix(format!("{target} / {strategy}"));
     let next = Arc::new(AtomicUsize::new(0));
-    let url = format!("{base}/v1/reservations?strategy={strategy}");
+    let url = format!("{}/v1/reservations?strategy={strategy}", h.base);
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(opts.buyers);
-    for _ in 0..opts.buyers {
+    let mut tasks = Vec::with_capacity(buyers);
+    for _ in 0..buyers {
         let (client, url, key, next, progress) = (
-            client.clone(),
+            h.client.clone(),
             url.clone(),
-            key.to_owned(),
+            h.key.clone(),
             next.clone(),
             progress.clone(),
         );
         let skus = skus.to_vec();
-        let requests = opts.requests;
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             loop {
@@ -302,7 +218,7 @@ async fn hammer(
             }
         }));
     }
-    let mut outcomes = Vec::with_capacity(opts.requests);
+    let mut outcomes = Vec::with_capacity(requests);
     for task in tasks {
         outcomes.extend(task.await?);
     }

@@ -2,10 +2,143 @@
 //! run, prints the ratio, and writes its figures as JSON.
 
 pub mod checkout;
+pub mod load;
+pub mod migrate;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{App, Config};
+
+const ADMIN: &str = "bench-admin-token";
+
+/// A running Mercato (private cluster unless a database URL is given) with one
+/// fresh merchant, for benchmarks and demos.
+pub struct Harness {
+    pub base: String,
+    pub owner: PgPool,
+    pub key: String,
+    pub merchant: Uuid,
+    pub client: reqwest::Client,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    scratch: PathBuf,
+}
+
+impl Harness {
+    pub async fn start(
+        database_url: Option<String>,
+        tune: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Harness> {
+        let scratch =
+            std::env::temp_dir().join(format!("mercato-bench-{}", Uuid::now_v7().simple()));
+        let mut config = Config::new("127.0.0.1:0".parse()?);
+        config.database_url = database_url;
+        config.data_dir = scratch.clone();
+        config.admin_token = Some(ADMIN.into());
+        config.max_connections = 32;
+        tune(&mut config);
+        let app = App::build(config).await.context("starting Mercato")?;
+        let base = format!("http://{}", app.addr);
+        let owner = PgPool::connect(&app.owner_url)
+            .await
+            .context("connecting as the schema owner")?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.serve(async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .build()?;
+        let slug = format!("bench-{}", Uuid::now_v7().simple());
+        let merchant = send(
+            &client,
+            "POST",
+            &format!("{base}/v1/merchants"),
+            ADMIN,
+            json!({"name": "Bench", "slug": slug}),
+        )
+        .await?;
+        let key = merchant["api_key"]
+            .as_str()
+            .context("no api_key in the merchant response")?
+            .to_owned();
+        let merchant = merchant["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .context("no merchant id")?;
+        Ok(Harness {
+            base,
+            owner,
+            key,
+            merchant,
+            client,
+            stop,
+            server,
+            scratch,
+        })
+    }
+
+    /// A request as the harness's merchant; any non-2xx answer is an error.
+    pub async fn send(&self, method: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+        send(
+            &self.client,
+            method,
+            &format!("{}{path}", self.base),
+            &self.key,
+            body,
+        )
+        .await
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        self.owner.close().await;
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+async fn send(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    key: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let req = match method {
+        "POST" => client.post(url).json(&body),
+        "PUT" => client.put(url).json(&body),
+        _ => client.get(url),
+    };
+    let resp = req
+        .bearer_auth(key)
+        .send()
+        .await
+        .with_context(|| format!("{method} {url}"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        anyhow::bail!("{method} {url} answered {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// Runs `work` unless Ctrl-C comes first.
+pub async fn interruptible<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    }
+}
 
 /// Latency percentiles of one run, in milliseconds.
 #[derive(Debug, Clone, Serialize)]

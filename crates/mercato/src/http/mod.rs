@@ -34,6 +34,8 @@ pub struct AppState {
     pub keys: Arc<auth::KeyCache>,
     pub inventory: Inventory,
     pub checkout: Checkout,
+    /// The online migration of legacy orders: which shapes to write and read.
+    pub migration: Arc<pgshift::ReadSwitch>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -45,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::catalog::http::routes())
         .merge(crate::inventory::http::routes())
         .merge(crate::checkout::http::routes())
+        .merge(crate::legacy_orders::http::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(middleware::from_fn(metrics::track));

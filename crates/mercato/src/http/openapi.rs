@@ -24,6 +24,8 @@ use utoipa::{Modify, OpenApi};
         crate::checkout::http::post_checkout,
         crate::checkout::http::list_orders,
         crate::checkout::http::get_order,
+        crate::legacy_orders::http::post_legacy_order,
+        crate::legacy_orders::http::get_legacy_order,
     ),
     modifiers(&BearerAuth)
 )]

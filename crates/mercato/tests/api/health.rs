@@ -63,6 +63,16 @@ async fn openapi_document_is_3_1_and_covers_every_route() {
         ("/v1/products/{id}", "get"),
         ("/v1/products/{id}", "patch"),
         ("/v1/products/{id}", "delete"),
+        ("/v1/inventory/{sku}", "get"),
+        ("/v1/inventory/{sku}", "put"),
+        ("/v1/reservations", "post"),
+        ("/v1/reservations/{id}", "get"),
+        ("/v1/reservations/{id}/release", "post"),
+        ("/v1/checkouts", "post"),
+        ("/v1/orders", "get"),
+        ("/v1/orders/{id}", "get"),
+        ("/v1/legacy-orders", "post"),
+        ("/v1/legacy-orders/{id}", "get"),
     ];
     for (path, method) in expected {
         assert!(

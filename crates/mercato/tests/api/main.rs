@@ -6,5 +6,6 @@ mod crash;
 mod health;
 mod helpers;
 mod inventory;
+mod migration;
 mod rls;
 mod tenancy;

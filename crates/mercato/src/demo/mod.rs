@@ -1,4 +1,7 @@
-//! The demo merchant (products and stock) a fresh `mercato serve` seeds, so a newcomer can try the API at once.
+//! The demo merchant (products and stock) a fresh `mercato serve` seeds, so a newcomer can try the API at once,
+//! and `mercato demo migration`.
+
+pub mod migration;
 
 use std::path::Path;
 

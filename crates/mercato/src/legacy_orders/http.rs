@@ -1,0 +1,135 @@
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::store::{self, LegacyOrder, NewLegacyOrder};
+use crate::catalog::Money;
+use crate::http::auth::Tenant;
+use crate::http::{ApiError, ApiJson, AppState, FieldErrors, Problem};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/legacy-orders", post(post_legacy_order))
+        .route("/v1/legacy-orders/{id}", get(get_legacy_order))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyCustomerBody {
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLegacyOrder {
+    pub customer: LegacyCustomerBody,
+    pub total: Money,
+}
+
+/// The legacy shape holds numeric(12,2): at most 999,999,999,999 minor units.
+const MAX_AMOUNT: i64 = 999_999_999_999;
+
+fn parse(body: &CreateLegacyOrder) -> Result<NewLegacyOrder, ApiError> {
+    let mut errors = FieldErrors::default();
+    let email = body.customer.email.trim().to_lowercase();
+    if !email.contains('@') || email.len() > 254 {
+        errors.push("customer.email", "must be an email address");
+    }
+    let name = body.customer.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 200 {
+        errors.push("customer.name", "must be 1-200 characters");
+    }
+    let total = Money::parse_price(&body.total, "total", &mut errors);
+    if body.total.amount > MAX_AMOUNT {
+        errors.push("total.amount", format!("must be at most {MAX_AMOUNT}"));
+    }
+    errors.finish(total.map(|total| NewLegacyOrder { email, name, total }))
+}
+
+/// Records an order. While the migration runs, it is written to both shapes
+/// in one transaction, as its phase says.
+#[utoipa::path(post, path = "/v1/legacy-orders", request_body = CreateLegacyOrder,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, body = LegacyOrder),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn post_legacy_order(
+    tenant: Tenant,
+    ApiJson(body): ApiJson<CreateLegacyOrder>,
+) -> Result<(StatusCode, Json<LegacyOrder>), ApiError> {
+    let order = parse(&body)?;
+    let view = tenant.state().migration.view().await;
+    let mut tx = tenant.begin().await?;
+    let id = store::next_id(&mut tx).await?;
+    if view.phase.writes_old() {
+        store::insert_old(&mut tx, id, &order).await?;
+    }
+    if view.phase.writes_new() {
+        store::upsert_new(&mut tx, id, &order).await?;
+    }
+    let read_new = !view.phase.writes_old();
+    let created = if read_new {
+        store::read_new(&mut tx, id).await?
+    } else {
+        store::read_old(&mut tx, id).await?
+    };
+    tx.commit().await?;
+    let created = created.ok_or(sqlx::Error::RowNotFound)?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Reads an order from the shape the read switch picks for its id; a sample of
+/// reads also reads the other shape and counts any difference.
+#[utoipa::path(get, path = "/v1/legacy-orders/{id}", params(("id" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = LegacyOrder),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_legacy_order(
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<LegacyOrder>, ApiError> {
+    let id: i64 = id.parse().map_err(|_| ApiError::NotFound("order"))?;
+    let switch = &tenant.state().migration;
+    let view = switch.view().await;
+    let key = id.to_string();
+    let new_first = view.reads_new(&key);
+    let mut tx = tenant.begin().await?;
+    let primary = if new_first {
+        store::read_new(&mut tx, id).await?
+    } else {
+        store::read_old(&mut tx, id).await?
+    };
+    let shadow = if view.shadows(&key) {
+        let other = if new_first {
+            store::read_old(&mut tx, id).await?
+        } else {
+            store::read_new(&mut tx, id).await?
+        };
+        Some(other)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    if let Some(other) = shadow {
+        let fingerprint =
+            |o: &Option<LegacyOrder>| o.as_ref().map(LegacyOrder::fingerprint).unwrap_or_default();
+        let (old, new) = if new_first {
+            (&other, &primary)
+        } else {
+            (&primary, &other)
+        };
+        let mismatch = switch
+            .compare(&key, &fingerprint(old), &fingerprint(new))
+            .await?;
+        let result = if mismatch { "mismatch" } else { "match" };
+        metrics::counter!("shadow_reads_total", "result" => result).increment(1);
+    }
+    primary.map(Json).ok_or(ApiError::NotFound("order"))
+}
