@@ -1,0 +1,232 @@
+//! pgshift end to end on a private cluster: a generic table changes shape while
+//! a writer that knows nothing of the migration keeps writing (sync triggers).
+
+use std::time::Duration;
+
+use pgshift::{Error, Migrator, Phase, Plan};
+use sqlx::PgPool;
+
+const PLAN: &str = r#"
+name = "accounts_cents"
+
+[[expand]]
+name = "accounts_v2"
+sql = "create table accounts_v2 (id bigint primary key, balance_cents bigint not null)"
+
+[[dual_write]]
+name = "sync trigger"
+sql = """
+create function accounts_sync() returns trigger language plpgsql as $$
+begin
+    insert into accounts_v2 (id, balance_cents) values (new.id, round(new.balance * 100)::bigint)
+    on conflict (id) do update set balance_cents = excluded.balance_cents;
+    return new;
+end $$;
+create trigger accounts_sync after insert or update on accounts for each row execute function accounts_sync();
+"""
+
+[backfill]
+source = "accounts"
+key = "id"
+batch_size = 100
+max_batch_size = 500
+transform = """
+insert into accounts_v2 (id, balance_cents)
+select id, round(balance * 100)::bigint from accounts where id > $1 and id <= $2
+on conflict (id) do update set balance_cents = excluded.balance_cents
+"""
+
+[switch]
+min_full_seconds = 1
+
+[validate]
+chunk_size = 700
+source = "select count(*), md5(string_agg(id || ':' || round(balance * 100)::bigint, ',' order by id)) from accounts where id > $1 and id <= $2"
+target = "select count(*), md5(string_agg(id || ':' || balance_cents, ',' order by id)) from accounts_v2 where id > $1 and id <= $2"
+
+[[contract]]
+name = "drop trigger"
+sql = "drop trigger accounts_sync on accounts"
+
+[[contract]]
+name = "drop old table"
+sql = "drop table accounts"
+
+[[abort]]
+name = "drop new table"
+sql = "drop table if exists accounts_v2; drop function if exists accounts_sync() cascade"
+"#;
+
+async fn cluster(name: &str) -> (localpg::LocalPg, PgPool, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("pgshift-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pg = localpg::LocalPg::start(&dir).expect("private cluster");
+    let pool = PgPool::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::raw_sql(
+        "create table accounts (id bigserial primary key, balance numeric(12, 2) not null);
+         insert into accounts (balance) select (g % 1000) / 10.0 from generate_series(1, 5000) g;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    (pg, pool, dir)
+}
+
+/// A writer that knows nothing of the migration: inserts and updates old rows.
+async fn legacy_writer(pool: PgPool, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    let mut writes = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        sqlx::query("insert into accounts (balance) values (12.34)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "update accounts set balance = balance + 1 where id = (random() * 4999)::bigint + 1",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        writes += 2;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    writes
+}
+
+#[tokio::test]
+async fn every_phase_in_order_while_a_trigger_synced_writer_keeps_writing() {
+    let (_pg, pool, dir) = cluster("phases").await;
+    let migrator = Migrator::open(pool.clone(), Plan::parse(PLAN).unwrap())
+        .await
+        .unwrap();
+    assert!(migrator.lint().await.unwrap().is_empty());
+
+    // Out of order: refused with the reason.
+    let refused = migrator.switch(10).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            Error::OutOfOrder {
+                command: "switch",
+                ..
+            }
+        ),
+        "{refused}"
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(legacy_writer(pool.clone(), stop.clone()));
+    migrator.expand().await.unwrap();
+    let report = migrator.backfill().await.unwrap();
+    assert!(report.rows >= 5000 && report.batches > 1, "{report:?}");
+    for percent in [10, 50, 100] {
+        migrator.switch(percent).await.unwrap();
+    }
+    let early = migrator.contract().await.unwrap_err();
+    assert!(early.to_string().contains("validate first"), "{early}");
+    migrator.validate().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    migrator.contract().await.unwrap();
+    assert_eq!(migrator.status().await.unwrap().phase(), Phase::Contracted);
+    let old: bool = sqlx::query_scalar("select to_regclass('accounts') is null")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(old, "the old shape is gone");
+    let abort = migrator.abort().await.unwrap_err();
+    assert!(abort.to_string().contains("old shape is gone"), "{abort}");
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn validation_catches_a_row_the_new_shape_got_wrong() {
+    let (_pg, pool, dir) = cluster("validate").await;
+    let migrator = Migrator::open(pool.clone(), Plan::parse(PLAN).unwrap())
+        .await
+        .unwrap();
+    migrator.expand().await.unwrap();
+    migrator.backfill().await.unwrap();
+    // Bypass the trigger: a write the dual-write never saw.
+    sqlx::query("update accounts_v2 set balance_cents = balance_cents + 1 where id = 4321")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let err = migrator.validate().await.unwrap_err();
+    assert!(matches!(err, Error::Validation(_)), "{err}");
+    assert!(
+        migrator.contract().await.is_err(),
+        "no contract without a passed validation"
+    );
+    // Abort: the new shape goes, the old stays.
+    migrator.abort().await.unwrap();
+    let gone: bool = sqlx::query_scalar("select to_regclass('accounts_v2') is null")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(gone);
+    let rows: i64 = sqlx::query_scalar("select count(*) from accounts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 5000);
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn ddl_that_hits_lock_timeout_is_retried_not_left_in_the_queue() {
+    let (_pg, pool, dir) = cluster("locks").await;
+    let plan = PLAN
+        .replace(
+            "sql = \"create table accounts_v2 (id bigint primary key, balance_cents bigint not null)\"",
+            "sql = \"alter table accounts add column note text\"",
+        )
+        .replace("name = \"accounts_cents\"", "name = \"accounts_cents\"\nlock_timeout_ms = 50");
+    let migrator = Migrator::open(pool.clone(), Plan::parse(&plan).unwrap())
+        .await
+        .unwrap();
+    // Another session holds a lock on the table for a while.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("lock table accounts in access share mode")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        holder.commit().await.unwrap();
+    });
+    // While the DDL waits, other sessions' reads are never queued behind it for
+    // long (without lock_timeout this read would wait ~800 ms behind the ALTER).
+    let started = std::time::Instant::now();
+    let read = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let read_started = std::time::Instant::now();
+        sqlx::query("select count(*) from accounts")
+            .execute(&pool)
+            .await
+            .unwrap();
+        read_started.elapsed()
+    };
+    let (expanded, read_wait) = tokio::join!(migrator.expand(), read);
+    expanded.expect("expand succeeds once the lock is free");
+    release.await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "it waited for the holder"
+    );
+    assert!(
+        read_wait < Duration::from_millis(400),
+        "readers were not stuck behind the DDL: {read_wait:?}"
+    );
+    let has_note: bool = sqlx::query_scalar(
+        "select exists (select 1 from information_schema.columns where table_name = 'accounts' and column_name = 'note')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(has_note);
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
