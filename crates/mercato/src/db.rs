@@ -59,7 +59,11 @@ pub async fn connect(opts: PgConnectOptions, max: u32) -> Result<PgPool, DbError
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts.log_statements(tracing::log::LevelFilter::Debug))
+        // Long statements are expected here (migrations, backfills): debug, not warn.
+        .connect_with(
+            opts.log_statements(tracing::log::LevelFilter::Debug)
+                .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1)),
+        )
         .await
         .map_err(|source| DbError::Connect { url, source })
 }

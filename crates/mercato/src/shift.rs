@@ -4,7 +4,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use pgshift::{Migrator, Plan};
-use sqlx::PgPool;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Command {
@@ -21,9 +20,10 @@ pub enum Command {
 pub async fn run(database_url: &str, plan_path: &Path, command: Command) -> anyhow::Result<()> {
     // A plan that does not parse stops here, before any connection is made.
     let plan = Plan::load(plan_path)?;
-    let pool = PgPool::connect(database_url)
-        .await
-        .context("cannot connect to DATABASE_URL")?;
+    let opts = database_url
+        .parse()
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let pool = crate::db::connect(opts, 4).await?;
     let mut migrator = Migrator::open(pool, plan).await?;
     migrator.progress = true;
     let name = migrator.plan().name.clone();

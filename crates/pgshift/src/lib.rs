@@ -75,6 +75,9 @@ pub struct Migrator {
 
 /// Longer than any application caches its view: after a phase change that
 /// writers must see, pgshift waits this long before acting on it.
+/// The throttle never shrinks a batch below this many rows.
+const MIN_BATCH: i64 = 100;
+
 const SETTLE: Duration = Duration::from_millis(switch::CACHE_TTL.as_millis() as u64 * 3);
 
 impl Migrator {
@@ -283,12 +286,11 @@ impl Migrator {
         let mut baseline_ms: Option<f64> = None;
         loop {
             if self.under_pressure(&mut baseline_ms).await? {
-                batch = (batch / 2).max(100);
+                batch = (batch / 2).max(MIN_BATCH);
                 report.throttled += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
-            } else {
-                batch = (batch + batch / 4 + 1).min(b.max_batch_size);
             }
+            let batch_started = Instant::now();
             let mut tx = self.pool.begin().await?;
             // Locking the state row also keeps two backfills of one plan in single file.
             let cursor: Option<i64> = sqlx::query_scalar(
@@ -307,15 +309,17 @@ impl Migrator {
                 tx.commit().await?;
                 break;
             };
-            sqlx::query(&b.transform)
-                .bind(lo)
-                .bind(hi)
-                .execute(&mut *tx)
-                .await
-                .map_err(|source| Error::Step {
-                    step: "backfill.transform".into(),
-                    source,
-                })?;
+            for (i, statement) in b.transform.iter().enumerate() {
+                sqlx::query(statement)
+                    .bind(lo)
+                    .bind(hi)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|source| Error::Step {
+                        step: format!("backfill.transform[{i}]"),
+                        source,
+                    })?;
+            }
             sqlx::query(
                 "update pgshift.migrations set backfill_cursor = $2, rows_backfilled = rows_backfilled + $3,
                         updated_at = now() where name = $1",
@@ -329,6 +333,15 @@ impl Migrator {
             report.rows += rows;
             report.batches += 1;
             bar.inc(rows as u64);
+            // Size the next batch to take about `target_batch_ms`, then rest.
+            let took = batch_started.elapsed();
+            let ms = took.as_secs_f64() * 1000.0;
+            let scaled = (batch as f64 * (b.target_batch_ms / ms.max(0.1)))
+                .clamp(batch as f64 / 2.0, batch as f64 * 1.5);
+            batch = (scaled as i64).clamp(MIN_BATCH.min(b.batch_size), b.max_batch_size);
+            if b.duty_cycle < 1.0 {
+                tokio::time::sleep(took.mul_f64(1.0 / b.duty_cycle - 1.0)).await;
+            }
         }
         bar.finish_and_clear();
         report.seconds = started.elapsed().as_secs_f64();

@@ -232,6 +232,17 @@ pub fn lint(plan: &Plan, live: &HashSet<String>) -> Vec<Finding> {
             }
         }
     }
+    for (i, statement) in plan.backfill.transform.iter().enumerate() {
+        let w = words(statement);
+        if contains_seq(&w, &["do", "update"]) {
+            findings.push(Finding {
+                step: format!("backfill.transform[{i}]"),
+                rule: "backfill-overwrites",
+                why: "the backfill copies from an older snapshot; overwriting can put a stale row back over a newer dual-write",
+                instead: "insert only what is missing: ON CONFLICT … DO NOTHING (dual-writes upsert, the backfill never overwrites)",
+            });
+        }
+    }
     findings
 }
 
@@ -304,6 +315,21 @@ mod tests {
             ["rename-live"]
         );
         assert_eq!(rules(&["lock table orders"], &[]), ["explicit-heavy-lock"]);
+        assert_eq!(
+            rules(&["alter table nowhere add column x int"], &[]),
+            ["missing-table"]
+        );
+    }
+
+    #[test]
+    fn a_backfill_that_overwrites_is_refused() {
+        let mut p = plan(&[], &[]);
+        p.backfill.transform = vec!["insert into t select * from orders where id > $1 and id <= $2 on conflict (id) do update set x = 1".into()];
+        let found: Vec<_> = lint(&p, &HashSet::new())
+            .into_iter()
+            .map(|f| f.rule)
+            .collect();
+        assert_eq!(found, ["backfill-overwrites"]);
     }
 
     #[test]

@@ -53,12 +53,22 @@ pub struct Backfill {
     pub source: String,
     /// Its integer key column, read in keyset order.
     pub key: String,
-    /// Idempotent SQL copying source rows with `$1 < key <= $2` into the new shape.
-    pub transform: String,
+    /// Idempotent SQL copying source rows with `$1 < key <= $2` into the new
+    /// shape: one statement, or a list run in order in the batch's transaction.
+    #[serde(deserialize_with = "one_or_many")]
+    pub transform: Vec<String>,
     #[serde(default = "default_batch")]
     pub batch_size: i64,
     #[serde(default = "default_max_batch")]
     pub max_batch_size: i64,
+    /// Batches are sized to take about this long (ms): the locks a batch takes
+    /// are held no longer than that.
+    #[serde(default = "default_target_batch_ms")]
+    pub target_batch_ms: f64,
+    /// Share of wall time the backfill works (0-1]; it rests for the rest, so
+    /// live traffic keeps its CPU and I/O.
+    #[serde(default = "default_duty_cycle")]
+    pub duty_cycle: f64,
     /// The throttle backs off when the probe query takes longer than this (ms).
     #[serde(default = "default_max_probe_ms")]
     pub max_probe_ms: f64,
@@ -73,11 +83,30 @@ fn default_batch() -> i64 {
 fn default_max_batch() -> i64 {
     10_000
 }
+fn default_target_batch_ms() -> f64 {
+    50.0
+}
+fn default_duty_cycle() -> f64 {
+    0.8
+}
 fn default_max_probe_ms() -> f64 {
     20.0
 }
 fn default_max_lag_s() -> f64 {
     5.0
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +180,14 @@ impl Plan {
             return Err(Error::Plan(
                 "backfill: need 1 <= batch_size <= max_batch_size".into(),
             ));
+        }
+        if plan.backfill.transform.is_empty() {
+            return Err(Error::Plan(
+                "backfill.transform: at least one statement".into(),
+            ));
+        }
+        if !(plan.backfill.duty_cycle > 0.0 && plan.backfill.duty_cycle <= 1.0) {
+            return Err(Error::Plan("backfill.duty_cycle: must be in (0, 1]".into()));
         }
         if plan.switch.shadow_percent > 100 {
             return Err(Error::Plan("switch.shadow_percent: must be 0-100".into()));

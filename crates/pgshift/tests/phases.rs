@@ -33,7 +33,7 @@ max_batch_size = 500
 transform = """
 insert into accounts_v2 (id, balance_cents)
 select id, round(balance * 100)::bigint from accounts where id > $1 and id <= $2
-on conflict (id) do update set balance_cents = excluded.balance_cents
+on conflict (id) do nothing
 """
 
 [switch]

@@ -39,12 +39,16 @@ async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
     // Baseline: the whole copy as one statement, nothing else running.
     println!("plain INSERT … SELECT of {} rows, no load", opts.rows);
     let started = Instant::now();
-    sqlx::query(&transform)
-        .bind(i64::MIN)
-        .bind(i64::MAX)
-        .execute(&h.owner)
-        .await
-        .context("plain copy")?;
+    let mut tx = h.owner.begin().await?;
+    for statement in &transform {
+        sqlx::query(statement)
+            .bind(i64::MIN)
+            .bind(i64::MAX)
+            .execute(&mut *tx)
+            .await
+            .context("plain copy")?;
+    }
+    tx.commit().await?;
     let plain_seconds = started.elapsed().as_secs_f64();
     sqlx::query("truncate order_records, customers")
         .execute(&h.owner)
