@@ -24,12 +24,15 @@ pub enum Error {
     },
     #[error("{step} failed: {detail}")]
     Command { step: &'static str, detail: String },
+    #[error("data directory {path} is in use by process {pid}; stop it first (or delete {path}/localpg.pid if that process is not ours)")]
+    InUse { path: PathBuf, pid: u32 },
 }
 
 /// A running private cluster. Dropping it stops the server.
 #[derive(Debug)]
 pub struct LocalPg {
     bindir: PathBuf,
+    dir: PathBuf,
     data_dir: PathBuf,
     port: u16,
     run_as_postgres: bool,
@@ -39,8 +42,17 @@ pub struct LocalPg {
 const SUPERUSER: &str = "postgres";
 
 impl LocalPg {
-    /// Starts (creating if needed) a cluster whose files live in `dir/pgdata`.
+    /// Starts (creating if needed) a durable cluster whose files live in `dir/pgdata`.
     pub fn start(dir: &Path) -> Result<Self, Error> {
+        Self::start_with(dir, true)
+    }
+
+    /// A cluster for throw-away data (tests): no fsync, so much faster.
+    pub fn start_ephemeral(dir: &Path) -> Result<Self, Error> {
+        Self::start_with(dir, false)
+    }
+
+    fn start_with(dir: &Path, durable: bool) -> Result<Self, Error> {
         let bindir = find_bindir()?;
         let run_as_postgres = is_root();
         std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
@@ -51,9 +63,11 @@ impl LocalPg {
             path: dir.to_path_buf(),
             source,
         })?;
+        claim(&dir)?;
         let data_dir = dir.join("pgdata");
         let mut pg = LocalPg {
             bindir,
+            dir: dir.clone(),
             data_dir,
             port: 0,
             run_as_postgres,
@@ -66,15 +80,20 @@ impl LocalPg {
             pg.initdb()?;
         }
         // A previous owner killed with SIGKILL leaves its server running: stop it first.
-        if pg.data_dir.join("postmaster.pid").exists() {
+        if pg.data_dir.join("postmaster.pid").exists()
+            && pg
+                .pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"])
+                .is_err()
+        {
             let _ = pg.pg_ctl(&["stop", "-m", "immediate", "-w"]);
         }
         pg.port = free_port().map_err(|source| Error::DataDir {
             path: dir.clone(),
             source,
         })?;
+        let fsync = if durable { "on" } else { "off" };
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off -c max_connections=300",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync={fsync} -c max_connections=300",
             pg.port
         );
         let log = dir.join("postgres.log");
@@ -150,8 +169,32 @@ impl LocalPg {
 
 impl Drop for LocalPg {
     fn drop(&mut self) {
-        let _ = self.stop();
+        if self.stop().is_ok() {
+            let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+        }
     }
+}
+
+const LOCK_FILE: &str = "localpg.pid";
+
+/// Takes `dir` for this process, unless another live process holds it.
+fn claim(dir: &Path) -> Result<(), Error> {
+    let lock = dir.join(LOCK_FILE);
+    let me = std::process::id();
+    if let Ok(text) = std::fs::read_to_string(&lock) {
+        if let Ok(pid) = text.trim().parse::<u32>() {
+            if pid != me && Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(Error::InUse {
+                    path: dir.to_path_buf(),
+                    pid,
+                });
+            }
+        }
+    }
+    std::fs::write(&lock, me.to_string()).map_err(|source| Error::DataDir {
+        path: lock.clone(),
+        source,
+    })
 }
 
 fn is_root() -> bool {
@@ -228,6 +271,17 @@ mod tests {
         let pg = LocalPg::start(&dir).expect("second start");
         assert_eq!(psql(&pg, "select v from kept"), "42");
         drop(pg);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_directory_held_by_another_live_process_is_refused() {
+        let dir = temp_dir("held");
+        std::fs::create_dir_all(&dir).unwrap();
+        // PID 1 is always alive and never us.
+        std::fs::write(dir.join(LOCK_FILE), "1").unwrap();
+        let err = LocalPg::start_ephemeral(&dir).unwrap_err();
+        assert!(matches!(err, Error::InUse { pid: 1, .. }), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

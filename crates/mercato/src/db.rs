@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::tenancy::MerchantId;
 
@@ -56,6 +56,19 @@ pub async fn prepare(owner_url: &str, max_connections: u32) -> Result<Db, DbErro
 /// Opens a pool; a database that does not answer fails start-up within seconds.
 pub async fn connect(opts: PgConnectOptions, max: u32) -> Result<PgPool, DbError> {
     let url = redacted_url(&opts);
+    // One direct attempt first: a pool only says "timed out", this says why.
+    match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&opts)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+        Ok(Err(source)) => return Err(DbError::Connect { url, source }),
+        Err(_) => {
+            return Err(DbError::Connect {
+                url,
+                source: sqlx::Error::PoolTimedOut,
+            })
+        }
+    }
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10))

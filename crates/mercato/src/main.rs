@@ -148,10 +148,10 @@ struct ServeArgs {
     #[arg(long, env = "MERCATO_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Size of the database connection pool.
-    #[arg(long, env = "MERCATO_DB_POOL", default_value_t = 32)]
+    #[arg(long, env = "MERCATO_DB_POOL", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     db_pool: u32,
     /// Seconds a checkout's reservation holds its units.
-    #[arg(long, env = "MERCATO_CHECKOUT_TTL", default_value_t = 900)]
+    #[arg(long, env = "MERCATO_CHECKOUT_TTL", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     checkout_ttl: u64,
     /// Seconds after which a pending checkout is resumed by the recovery worker.
     #[arg(long, env = "MERCATO_RECOVERY_GRACE", default_value_t = 30.0)]
@@ -218,8 +218,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line on stderr: the error and each cause it does not already spell out.
 fn fail(err: anyhow::Error) -> ExitCode {
-    eprintln!("mercato: {err:#}");
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    eprintln!("mercato: {}", line.replace('\n', " "));
     ExitCode::FAILURE
 }
 
@@ -230,10 +238,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database_url: args.database_url,
         admin_token: args.admin_token,
         max_connections: args.db_pool,
-        checkout_ttl: seconds("--checkout-ttl", args.checkout_ttl as f64)?,
-        recovery_grace: seconds("--recovery-grace", args.recovery_grace)?,
-        worker_interval: seconds("--worker-interval", args.worker_interval)?,
-        payment_delay: seconds("--payment-delay", args.payment_delay)?,
+        checkout_ttl: Duration::from_secs(args.checkout_ttl),
+        recovery_grace: seconds("--recovery-grace", args.recovery_grace, 0.0)?,
+        worker_interval: seconds("--worker-interval", args.worker_interval, 0.01)?,
+        payment_delay: seconds("--payment-delay", args.payment_delay, 0.0)?,
         shadow_percent: args.shadow_percent,
     };
     let app = App::build(config).await?;
@@ -274,9 +282,12 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     mercato::shift::run(&url, &args.plan, command).await
 }
 
-fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+fn seconds(flag: &str, value: f64, min: f64) -> anyhow::Result<Duration> {
+    if !(value >= min && value <= 86_400.0) {
+        anyhow::bail!("{flag} must be from {min} to 86400 seconds");
+    }
     Duration::try_from_secs_f64(value)
-        .map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds"))
+        .map_err(|_| anyhow::anyhow!("{flag} must be a number of seconds"))
 }
 
 async fn shutdown_signal() {

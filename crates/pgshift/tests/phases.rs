@@ -60,7 +60,7 @@ sql = "drop table if exists accounts_v2; drop function if exists accounts_sync()
 async fn cluster(name: &str) -> (localpg::LocalPg, PgPool, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("pgshift-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let pg = localpg::LocalPg::start(&dir).expect("private cluster");
+    let pg = localpg::LocalPg::start_ephemeral(&dir).expect("private cluster");
     let pool = PgPool::connect(&pg.url("postgres")).await.unwrap();
     sqlx::raw_sql(
         "create table accounts (id bigserial primary key, balance numeric(12, 2) not null);

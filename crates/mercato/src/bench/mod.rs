@@ -46,9 +46,7 @@ impl Harness {
         tune(&mut config);
         let app = App::build(config).await.context("starting Mercato")?;
         let base = format!("http://{}", app.addr);
-        let owner = PgPool::connect(&app.owner_url)
-            .await
-            .context("connecting as the schema owner")?;
+        let owner = crate::db::connect(app.owner_url.parse()?, 8).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.serve(async {
             let _ = stopped.await;

@@ -120,12 +120,13 @@ pub async fn patch_product(
     product.map(Json).ok_or(ApiError::NotFound("product"))
 }
 
-/// Deletes a product and its variants.
+/// Deletes a product and its variants (409 while any of its units are reserved).
 #[utoipa::path(delete, path = "/v1/products/{id}", params(("id" = String, Path)),
     security(("api_key" = [])),
     responses(
         (status = 204),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "units reserved"),
     ))]
 pub async fn delete_product(
     tenant: Tenant,
@@ -133,6 +134,19 @@ pub async fn delete_product(
 ) -> Result<StatusCode, ApiError> {
     let id = product_id(&id)?;
     let mut tx = tenant.begin().await?;
+    let product = store::get_product(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("product"))?;
+    let skus: Vec<String> = product.variants.iter().map(|v| v.sku.clone()).collect();
+    if crate::inventory::lock_reserved_units(&mut tx, &skus).await? > 0 {
+        return Err(ApiError::Conflict {
+            kind: "product-has-reservations",
+            title: "Product has reserved units",
+            detail: "units of this product are reserved; release them or let them expire first"
+                .into(),
+            errors: vec![],
+        });
+    }
     let deleted = store::delete_product(&mut tx, id).await?;
     tx.commit().await?;
     if deleted {

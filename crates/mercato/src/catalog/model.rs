@@ -5,6 +5,10 @@ use utoipa::ToSchema;
 
 use crate::http::FieldErrors;
 
+/// The largest price (minor units). With at most 10,000 units a line and 100
+/// lines an order, no order total can overflow an i64.
+pub const MAX_PRICE: i64 = 1_000_000_000_000;
+
 /// An amount in integer minor units of an ISO 4217 currency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -20,10 +24,10 @@ impl Money {
     pub fn parse_price(raw: &Money, field: &str, errors: &mut FieldErrors) -> Option<Money> {
         let amount = errors.check(
             format!("{field}.amount"),
-            if raw.amount >= 0 {
+            if (0..=MAX_PRICE).contains(&raw.amount) {
                 Ok(raw.amount)
             } else {
-                Err("must not be negative".to_owned())
+                Err(format!("must be from 0 to {MAX_PRICE} minor units"))
             },
         );
         let currency_ok =
@@ -100,7 +104,10 @@ pub struct VariantBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchProductBody {
-    pub name: Option<String>,
+    /// Absent: unchanged. `null` is refused (a product always has a name).
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
     /// `null` clears the description.
     #[serde(default, with = "double_option")]
     #[schema(value_type = Option<String>)]
@@ -190,7 +197,8 @@ impl ProductPatch {
         let mut errors = FieldErrors::default();
         let name = match &body.name {
             None => Some(None),
-            Some(n) => errors.check("name", parse_name(n)).map(Some),
+            Some(None) => errors.check("name", Err("cannot be null".to_owned())),
+            Some(Some(n)) => errors.check("name", parse_name(n)).map(Some),
         };
         let description = match &body.description {
             Some(Some(d)) => errors

@@ -113,7 +113,14 @@ pub struct NewOrder<'a> {
 /// holds the idempotency key.
 pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<bool, sqlx::Error> {
     let merchant = tx.merchant_id().0;
-    let total: i64 = order.items.iter().map(|(_, q, unit)| q * unit).sum();
+    // Bounded by MAX_PRICE and MAX_QUANTITY; checked all the same, never wrapped.
+    let total = order
+        .items
+        .iter()
+        .try_fold(0i64, |sum, (_, q, unit)| {
+            q.checked_mul(*unit).and_then(|line| sum.checked_add(line))
+        })
+        .ok_or_else(|| sqlx::Error::Protocol("order total overflows".into()))?;
     let inserted = sqlx::query(
         "insert into orders (merchant_id, id, idempotency_key, status, saga_step, customer_email, payment_method,
                              promo_code, reservation_id, total_amount, currency)

@@ -42,6 +42,10 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("expected a JSON body with Content-Type: application/json")]
     UnsupportedMediaType,
+    #[error("the request body is larger than the limit (2 MB)")]
+    PayloadTooLarge,
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
     #[error("the request has invalid fields")]
     Validation(Vec<FieldError>),
     #[error("missing or invalid credentials")]
@@ -89,6 +93,16 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "Unsupported media type",
+            ),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
             ),
             ApiError::Validation(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -20,7 +20,8 @@ use crate::db::TenantTx;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
-const MAX_BODY: usize = 1 << 20;
+/// axum's default body limit, which the handlers enforce too.
+const MAX_BODY: usize = 2 << 20;
 /// An in-flight key older than this belongs to a request that died with its process.
 const ABANDONED_AFTER_SECONDS: f64 = 60.0;
 
@@ -70,13 +71,17 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
         Err(_) => return Ok(next.run(req).await),
     };
     let (mut parts, body) = req.into_parts();
-    let bytes = to_bytes(body, MAX_BODY).await.map_err(|e| {
-        ApiError::MalformedJson(format!("cannot read the body: {e}")).into_response()
-    })?;
+    let bytes = to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge.into_response())?;
     let mut hasher = Sha256::new();
     hasher.update(parts.method.as_str());
     hasher.update(parts.uri.to_string());
-    hasher.update(&bytes);
+    // The same JSON with other whitespace or key order is the same request.
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(json) => hasher.update(json.to_string()),
+        Err(_) => hasher.update(&bytes),
+    }
     let hash = hasher.finalize().to_vec();
 
     match claim(&tenant, &key, &hash)

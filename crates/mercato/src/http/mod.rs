@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
             get(move || std::future::ready(metrics_handle.render())),
         )
         .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::idempotency,

@@ -13,8 +13,8 @@ use sqlx::PgPool;
 pub use admission::Admission;
 pub use model::{parse_lines, parse_ttl, ItemBody, Line, Strategy};
 pub use store::{
-    get_reservation, get_stock, set_on_hand, settle_reservation, InventoryError, Reservation,
-    ReserveError, Settlement, StockLevel,
+    get_reservation, get_stock, lock_reserved_units, set_on_hand, settle_reservation,
+    InventoryError, Reservation, ReserveError, Settlement, StockLevel,
 };
 
 use crate::db::TenantTx;

@@ -131,6 +131,19 @@ pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel
     .await
 }
 
+/// Units reserved on `skus`, with their stock rows locked until the transaction
+/// ends (so nothing can be reserved between this check and what follows it).
+pub async fn lock_reserved_units(tx: &mut TenantTx, skus: &[String]) -> Result<i64, sqlx::Error> {
+    let reserved: Vec<i64> = sqlx::query_scalar(
+        "select reserved from stock where merchant_id = $1 and sku = any($2) for update",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(skus)
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(reserved.iter().sum())
+}
+
 /// Why a SKU could not be reserved: not in the catalog, or not enough of it.
 async fn shortage(conn: &mut PgConnection, merchant: MerchantId, sku: &str) -> ReserveError {
     let exists: Result<bool, _> = sqlx::query_scalar(

@@ -206,3 +206,77 @@ async fn bad_input_names_the_field_and_writes_nothing() {
         .unwrap();
     assert_eq!(count, 0);
 }
+
+#[tokio::test]
+async fn a_product_with_reserved_units_cannot_be_deleted() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 5).await;
+    let id = app.get("/v1/products", &m.key).await.body["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .post(
+            "/v1/reservations",
+            &m.key,
+            json!({"items": [{"sku": "TEE", "quantity": 1}]}),
+        )
+        .await;
+    let path = format!("/v1/products/{id}");
+    app.request(Method::DELETE, &path, Some(&m.key), None)
+        .await
+        .assert_problem(409, "product-has-reservations");
+    let release = format!(
+        "/v1/reservations/{}/release",
+        r.body["id"].as_str().unwrap()
+    );
+    app.post(&release, &m.key, json!({})).await;
+    assert_eq!(
+        app.request(Method::DELETE, &path, Some(&m.key), None)
+            .await
+            .status,
+        204
+    );
+}
+
+#[tokio::test]
+async fn edge_requests_get_problems_too() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("acme").await;
+    // Prices are capped so no order total can overflow.
+    let huge = app
+        .post(
+            "/v1/products",
+            &m.key,
+            json!({"name": "Yacht", "variants": [{"sku": "Y", "price": {"amount": 4611686018427388104i64, "currency": "EUR"}}]}),
+        )
+        .await;
+    huge.assert_problem(422, "validation-error");
+    assert_eq!(huge.error_fields(), ["variants[0].price.amount"]);
+    let id = app.create_product(&m, "TEE", 100).await;
+    let null_name = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/products/{id}"),
+            Some(&m.key),
+            Some(json!({"name": null})),
+        )
+        .await;
+    assert_eq!(null_name.error_fields(), ["name"]);
+    app.request(Method::PUT, "/v1/products", Some(&m.key), Some(json!({})))
+        .await
+        .assert_problem(405, "method-not-allowed");
+    let big = format!(r#"{{"name": "{}", "variants": []}}"#, "x".repeat(3 << 20));
+    app.post_raw("/v1/products", &m.key, &big)
+        .await
+        .assert_problem(413, "payload-too-large");
+    // The auth scheme is case-insensitive.
+    let lower = app
+        .client
+        .get(format!("{}/v1/products", app.base))
+        .header("authorization", format!("bearer {}", m.key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
+}

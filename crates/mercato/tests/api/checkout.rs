@@ -126,6 +126,19 @@ async fn an_idempotency_key_replays_refuses_reuse_and_guards_in_flight() {
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), first_body);
+    // The same JSON with other spacing is the same request.
+    let spaced = app
+        .client
+        .post(format!("{}/v1/checkouts", app.base))
+        .bearer_auth(&m.key)
+        .header("Idempotency-Key", "k1")
+        .header("content-type", "application/json")
+        .body(serde_json::to_string_pretty(&checkout("TEE", 1, "pm_card_ok")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spaced.status(), 201);
+    assert_eq!(spaced.headers()["idempotent-replayed"], "true");
     let reused = send("k1", checkout("TEE", 2, "pm_card_ok")).await.unwrap();
     assert_eq!(reused.status(), 422);
     assert_eq!(

@@ -109,7 +109,8 @@ impl TestDatabase {
             Err(_) => {
                 let dir =
                     std::env::temp_dir().join(format!("mercato-test-{}", Uuid::now_v7().simple()));
-                let pg = localpg::LocalPg::start(&dir).expect("start a private PostgreSQL");
+                let pg =
+                    localpg::LocalPg::start_ephemeral(&dir).expect("start a private PostgreSQL");
                 let url = pg.url("postgres");
                 (url, Database::Private { _pg: pg, dir })
             }
