@@ -160,6 +160,14 @@ async fn shortage(conn: &mut PgConnection, merchant: MerchantId, sku: &str) -> R
     }
 }
 
+/// Lines in SKU order: every path that locks several stock rows takes them in
+/// this order, so concurrent multi-SKU requests cannot deadlock.
+fn in_sku_order(lines: &[Line]) -> Vec<&Line> {
+    let mut sorted: Vec<&Line> = lines.iter().collect();
+    sorted.sort_by(|a, b| a.sku.as_str().cmp(b.sku.as_str()));
+    sorted
+}
+
 /// Pessimistic: lock the stock rows (in SKU order, so concurrent buyers of
 /// several SKUs cannot deadlock), check, then take.
 pub async fn reserve_locking(
@@ -168,8 +176,7 @@ pub async fn reserve_locking(
     ttl_seconds: i64,
 ) -> Result<Reservation, ReserveError> {
     let merchant = tx.merchant_id();
-    let mut sorted: Vec<&Line> = lines.iter().collect();
-    sorted.sort_by(|a, b| a.sku.as_str().cmp(b.sku.as_str()));
+    let sorted = in_sku_order(lines);
     let skus: Vec<&str> = sorted.iter().map(|l| l.sku.as_str()).collect();
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "select sku, on_hand - reserved from stock where merchant_id = $1 and sku = any($2)
@@ -209,8 +216,7 @@ pub async fn reserve_conditional(
     ttl_seconds: i64,
 ) -> Result<Reservation, ReserveError> {
     let merchant = tx.merchant_id();
-    let mut sorted: Vec<&Line> = lines.iter().collect();
-    sorted.sort_by(|a, b| a.sku.as_str().cmp(b.sku.as_str()));
+    let sorted = in_sku_order(lines);
     for line in sorted {
         let taken = sqlx::query(
             "update stock set reserved = reserved + $3, updated_at = now()
