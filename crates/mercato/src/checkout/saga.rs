@@ -93,7 +93,6 @@ impl Checkout {
             .reserve(merchant, strategy, &new.lines, self.reservation_ttl_seconds)
             .await?;
         let order_id = Uuid::now_v7();
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         let order = NewOrder {
             id: order_id,
             idempotency_key,
@@ -104,11 +103,21 @@ impl Checkout {
             currency: &currency,
             items,
         };
-        if !store::insert_order(&mut tx, &order).await? {
-            // A concurrent request with the same key won: give back our units, answer with its order.
-            drop(tx);
+        let inserted = async {
+            let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+            let inserted = store::insert_order(&mut tx, &order).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(inserted)
+        }
+        .await;
+        if !matches!(inserted, Ok(true)) {
+            // No order holds these units: give them back now rather than at expiry.
             let mut tx = TenantTx::begin(&self.pool, merchant).await?;
             settle_reservation(&mut tx, reservation.id, Settlement::Released).await?;
+            tx.commit().await?;
+            inserted?;
+            // A concurrent request with the same key won: answer with its order.
+            let mut tx = TenantTx::begin(&self.pool, merchant).await?;
             let existing =
                 store::find_by_idempotency_key(&mut tx, idempotency_key.unwrap_or_default())
                     .await?;
@@ -117,7 +126,6 @@ impl Checkout {
                 .load(merchant, existing.ok_or(sqlx::Error::RowNotFound)?)
                 .await;
         }
-        tx.commit().await?;
         self.advance(merchant, order_id, Driver::Request).await
     }
 
