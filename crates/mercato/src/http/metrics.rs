@@ -30,6 +30,13 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Prometheus text exposition of every metric (bind to localhost in production).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn render() -> String {
+    handle().render()
+}
+
 pub async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = req

@@ -41,7 +41,8 @@ pub struct AppState {
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
-    let metrics_handle = metrics::handle();
+    // Install the recorder now, so the first requests are counted too.
+    metrics::handle();
     let api = Router::new()
         .merge(crate::tenancy::http::routes())
         .merge(crate::catalog::http::routes())
@@ -52,10 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route_layer(middleware::from_fn(metrics::track));
     api.route("/openapi.json", get(openapi::document))
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics_handle.render())),
-        )
+        .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
@@ -90,12 +88,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
-#[utoipa::path(get, path = "/readyz", responses(
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "The database answers"),
     (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
 ))]

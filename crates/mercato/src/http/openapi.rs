@@ -10,6 +10,8 @@ use utoipa::{Modify, OpenApi};
     paths(
         super::healthz,
         super::readyz,
+        super::metrics::render,
+        document,
         crate::tenancy::http::post_merchant,
         crate::catalog::http::post_product,
         crate::catalog::http::list_products,
@@ -52,6 +54,9 @@ impl Modify for BearerAuth {
     }
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

@@ -56,6 +56,8 @@ async fn openapi_document_is_3_1_and_covers_every_route() {
     );
     let expected = [
         ("/healthz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
         ("/readyz", "get"),
         ("/v1/merchants", "post"),
         ("/v1/products", "get"),
