@@ -199,7 +199,13 @@ async fn hammer(
             next.clone(),
             progress.clone(),
         );
-        let skus = skus.to_vec();
+        // Bodies are serialised once, outside the timed loop.
+        let bodies: Vec<String> = skus
+            .iter()
+            .map(|sku| {
+                json!({"items": [{"sku": sku, "quantity": 1}], "ttl_seconds": 3600}).to_string()
+            })
+            .collect();
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             loop {
@@ -207,10 +213,22 @@ async fn hammer(
                 if i >= requests {
                     return outcomes;
                 }
-                let body = json!({"items": [{"sku": skus[i % skus.len()], "quantity": 1}], "ttl_seconds": 3600});
+                let body = bodies[i % bodies.len()].clone();
                 let sent = Instant::now();
-                let status = match client.post(&url).bearer_auth(&key).json(&body).send().await {
-                    Ok(resp) => resp.status().as_u16(),
+                let request = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body);
+                let status = match request.send().await {
+                    // Read the body: a connection goes back to the pool only once it is drained.
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        match resp.bytes().await {
+                            Ok(_) => status,
+                            Err(_) => 0,
+                        }
+                    }
                     Err(_) => 0,
                 };
                 outcomes.push((status, sent.elapsed()));
