@@ -76,7 +76,7 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(&'static str),
     #[error("internal error")]
-    Internal(#[from] sqlx::Error),
+    Internal(sqlx::Error),
 }
 
 impl ApiError {
@@ -137,6 +137,19 @@ impl ApiError {
                 "internal",
                 "Internal error",
             ),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    /// A database that cannot be reached is a 503 to retry, not a 500.
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                ApiError::Unavailable("the database is unavailable; retry shortly")
+            }
+            other => ApiError::Internal(other),
         }
     }
 }
