@@ -9,18 +9,34 @@ use crate::http::FieldErrors;
 /// lines an order, no order total can overflow an i64.
 pub const MAX_PRICE: i64 = 1_000_000_000_000;
 
+/// Active ISO 4217 currency codes (funds, metals and test codes left out).
+const ISO_4217: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD",
+    "CDF", "CHF", "CLP", "CNY", "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD",
+    "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ",
+    "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD",
+    "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR",
+    "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR",
+    "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN",
+    "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR",
+    "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB",
+    "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS",
+    "VES", "VND", "VUV", "WST", "XAF", "XCD", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWL",
+];
+
 /// An amount in integer minor units of an ISO 4217 currency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Money {
     /// Minor units (cents), never negative for a price.
     pub amount: i64,
-    /// Three upper-case letters, e.g. `EUR`.
+    /// An ISO 4217 code, e.g. `EUR`.
     pub currency: String,
 }
 
 impl Money {
-    /// A price: non-negative amount, currency of three upper-case ASCII letters.
+    /// A price: 0 to MAX_PRICE minor units of an ISO 4217 currency.
     pub fn parse_price(raw: &Money, field: &str, errors: &mut FieldErrors) -> Option<Money> {
         let amount = errors.check(
             format!("{field}.amount"),
@@ -30,14 +46,13 @@ impl Money {
                 Err(format!("must be from 0 to {MAX_PRICE} minor units"))
             },
         );
-        let currency_ok =
-            raw.currency.len() == 3 && raw.currency.bytes().all(|b| b.is_ascii_uppercase());
+        let currency_ok = ISO_4217.contains(&raw.currency.as_str());
         let currency = errors.check(
             format!("{field}.currency"),
             if currency_ok {
                 Ok(raw.currency.clone())
             } else {
-                Err("must be an ISO 4217 code of three upper-case letters".to_owned())
+                Err("must be an ISO 4217 currency code, e.g. EUR".to_owned())
             },
         );
         amount

@@ -62,6 +62,10 @@ fn shape_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     {
         Some(name) if path == "." => name.to_owned(),
         Some(name) => format!("{path}.{name}"),
+        // The body itself has the wrong shape (an array, a string, ...).
+        None if path == "." => {
+            return ApiError::field("body", "must be a JSON object with the documented fields")
+        }
         None => path,
     };
     ApiError::field(field, message)
@@ -109,6 +113,8 @@ mod tests {
         assert_eq!(fields(missing), ["items[0].amount"]);
         let unknown = parse::<Body>(br#"{"items":[],"extra":1}"#).unwrap_err();
         assert_eq!(fields(unknown), ["extra"]);
+        let not_an_object = parse::<Body>(b"[]").unwrap_err();
+        assert_eq!(fields(not_an_object), ["body"]);
     }
 
     #[test]

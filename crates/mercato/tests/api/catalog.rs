@@ -175,6 +175,10 @@ async fn bad_input_names_the_field_and_writes_nothing() {
             variant(json!("OK"), json!(1), "EURO"),
             "variants[0].price.currency",
         ),
+        (
+            variant(json!("OK"), json!(1), "XYZ"),
+            "variants[0].price.currency",
+        ),
         (variant(json!(""), json!(1), "EUR"), "variants[0].sku"),
         (
             variant(json!("A".repeat(65)), json!(1), "EUR"),
