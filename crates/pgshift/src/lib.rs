@@ -361,7 +361,9 @@ impl Migrator {
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         let base = *baseline_ms.get_or_insert(ms);
         let b = &self.plan.backfill;
-        Ok(ms > b.max_probe_ms.max(base * 4.0) || waiting > 0 || lag > b.max_replication_lag_s)
+        Ok(ms > b.max_probe_ms.max(base * 4.0)
+            || waiting > b.max_lock_waiters
+            || lag > b.max_replication_lag_s)
     }
 
     fn progress_bar(&self, len: u64, what: &str) -> ProgressBar {

@@ -72,6 +72,9 @@ pub struct Backfill {
     /// The throttle backs off when the probe query takes longer than this (ms).
     #[serde(default = "default_max_probe_ms")]
     pub max_probe_ms: f64,
+    /// ... or when more sessions than this wait on locks ...
+    #[serde(default = "default_max_lock_waiters")]
+    pub max_lock_waiters: i64,
     /// ... or when replicas lag more than this (seconds).
     #[serde(default = "default_max_lag_s")]
     pub max_replication_lag_s: f64,
@@ -91,6 +94,9 @@ fn default_duty_cycle() -> f64 {
 }
 fn default_max_probe_ms() -> f64 {
     20.0
+}
+fn default_max_lock_waiters() -> i64 {
+    4
 }
 fn default_max_lag_s() -> f64 {
     5.0

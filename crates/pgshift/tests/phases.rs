@@ -230,3 +230,43 @@ async fn ddl_that_hits_lock_timeout_is_retried_not_left_in_the_queue() {
     drop(pool);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn the_backfill_throttles_while_sessions_wait_on_locks() {
+    let (_pg, pool, dir) = cluster("throttle").await;
+    let mut plan = Plan::parse(PLAN).unwrap();
+    plan.backfill.max_lock_waiters = 0;
+    let migrator = Migrator::open(pool.clone(), plan).await.unwrap();
+    migrator.expand().await.unwrap();
+    // Someone holds a lock another session is queued behind: the database is under pressure.
+    sqlx::query("create table unrelated (x int)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("lock table unrelated in access exclusive mode")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waiter_pool = pool.clone();
+    let waiter = tokio::spawn(async move {
+        let _ = sqlx::query("select count(*) from unrelated")
+            .execute(&waiter_pool)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        holder.commit().await.unwrap();
+    };
+    let (report, ()) = tokio::join!(migrator.backfill(), release);
+    let report = report.unwrap();
+    waiter.await.unwrap();
+    assert!(report.throttled > 0, "the throttle backed off: {report:?}");
+    assert!(
+        report.rows >= 5000,
+        "and the backfill still finished: {report:?}"
+    );
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
