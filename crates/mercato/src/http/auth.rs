@@ -55,6 +55,12 @@ impl KeyCache {
             .map(|(m, s, _)| (*m, *s))
     }
 
+    /// Drops a merchant's cached keys, so its next request reads its settings afresh.
+    pub fn forget(&self, merchant: MerchantId) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (m, _, _)| *m != merchant);
+    }
+
     fn put(&self, hash: Vec<u8>, merchant: MerchantId, strategy: Strategy) {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= KEY_CACHE_MAX {

@@ -13,6 +13,7 @@ use utoipa::{Modify, OpenApi};
         super::metrics::render,
         document,
         crate::tenancy::http::post_merchant,
+        crate::tenancy::http::patch_merchant,
         crate::catalog::http::post_product,
         crate::catalog::http::list_products,
         crate::catalog::http::get_product,

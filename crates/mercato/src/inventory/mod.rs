@@ -44,6 +44,8 @@ impl Inventory {
         lines: &[Line],
         ttl_seconds: i64,
     ) -> Result<Reservation, ReserveError> {
+        metrics::counter!("reservations_requested_total", "strategy" => strategy.as_str())
+            .increment(1);
         if let (Strategy::Reservation, [line]) = (strategy, lines) {
             return self
                 .admission

@@ -1,17 +1,65 @@
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{patch, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{create_merchant, CreateMerchantError, MerchantName, Slug};
+use super::{
+    create_merchant, set_stock_strategy, CreateMerchantError, MerchantId, MerchantName, Slug,
+};
 use crate::http::auth::Admin;
 use crate::http::{ApiError, ApiJson, AppState, FieldError, FieldErrors};
+use crate::inventory::Strategy;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/merchants", post(post_merchant))
+    Router::new()
+        .route("/v1/merchants", post(post_merchant))
+        .route("/v1/merchants/{id}", patch(patch_merchant))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchMerchant {
+    /// How this merchant's stock is taken: `pessimistic`, `optimistic` or `reservation`.
+    pub stock_strategy: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MerchantSettings {
+    pub id: Uuid,
+    pub stock_strategy: Strategy,
+}
+
+/// Changes a merchant's settings (platform admin only). Other processes pick
+/// the change up within 30 s (their key cache).
+#[utoipa::path(patch, path = "/v1/merchants/{id}", params(("id" = String, Path)),
+    request_body = PatchMerchant, security(("admin_token" = [])),
+    responses(
+        (status = 200, body = MerchantSettings),
+        (status = 404, body = crate::http::Problem, content_type = "application/problem+json"),
+        (status = 422, body = crate::http::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn patch_merchant(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PatchMerchant>,
+) -> Result<Json<MerchantSettings>, ApiError> {
+    let id = Uuid::try_parse(&id)
+        .map(MerchantId)
+        .map_err(|_| ApiError::NotFound("merchant"))?;
+    let strategy =
+        Strategy::parse(&body.stock_strategy).map_err(|m| ApiError::field("stock_strategy", m))?;
+    if !set_stock_strategy(&state.db.app, id, strategy.as_str()).await? {
+        return Err(ApiError::NotFound("merchant"));
+    }
+    state.keys.forget(id);
+    Ok(Json(MerchantSettings {
+        id: id.0,
+        stock_strategy: strategy,
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -6,5 +6,6 @@ mod store;
 
 pub use model::{ApiKey, MerchantId, MerchantName, Slug};
 pub use store::{
-    authenticate_key, create_merchant, find_merchant_by_slug, issue_api_key, CreateMerchantError,
+    authenticate_key, create_merchant, find_merchant_by_slug, issue_api_key, set_stock_strategy,
+    CreateMerchantError,
 };

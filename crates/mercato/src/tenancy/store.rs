@@ -46,6 +46,20 @@ pub async fn issue_api_key(tx: &mut TenantTx) -> Result<ApiKey, sqlx::Error> {
     Ok(key)
 }
 
+/// Sets a merchant's stock strategy; `false` if there is no such merchant.
+pub async fn set_stock_strategy(
+    pool: &PgPool,
+    id: MerchantId,
+    strategy: &str,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query("update merchants set stock_strategy = $2 where id = $1")
+        .bind(id.0)
+        .bind(strategy)
+        .execute(pool)
+        .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 pub async fn find_merchant_by_slug(
     pool: &PgPool,
     slug: &Slug,

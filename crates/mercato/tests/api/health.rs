@@ -60,6 +60,7 @@ async fn openapi_document_is_3_1_and_covers_every_route() {
         ("/openapi.json", "get"),
         ("/readyz", "get"),
         ("/v1/merchants", "post"),
+        ("/v1/merchants/{id}", "patch"),
         ("/v1/products", "get"),
         ("/v1/products", "post"),
         ("/v1/products/{id}", "get"),

@@ -79,3 +79,61 @@ async fn forged_or_missing_keys_are_401() {
         .await
         .assert_problem(401, "unauthorized");
 }
+
+#[tokio::test]
+async fn the_admin_sets_a_merchants_stock_strategy() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 5).await;
+    let path = format!("/v1/merchants/{}", m.id);
+    let app = &app;
+    let patch = |key: String, body: serde_json::Value| {
+        let path = path.clone();
+        async move {
+            app.request(Method::PATCH, &path, Some(&key), Some(body))
+                .await
+        }
+    };
+    let set = patch(
+        ADMIN_TOKEN.to_owned(),
+        json!({"stock_strategy": "pessimistic"}),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(set.body["stock_strategy"], "pessimistic");
+    let reserved = app
+        .post(
+            "/v1/reservations",
+            &m.key,
+            json!({"items": [{"sku": "TEE", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(reserved.status, 201);
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"reservations_requested_total{strategy="pessimistic"} 1"#)),
+        "the next reservation used it: {metrics}"
+    );
+    let bad = patch(ADMIN_TOKEN.to_owned(), json!({"stock_strategy": "magic"})).await;
+    assert_eq!(bad.error_fields(), ["stock_strategy"]);
+    patch(m.key.clone(), json!({"stock_strategy": "optimistic"}))
+        .await
+        .assert_problem(401, "unauthorized");
+    app.request(
+        Method::PATCH,
+        &format!("/v1/merchants/{}", uuid::Uuid::now_v7()),
+        Some(ADMIN_TOKEN),
+        Some(json!({"stock_strategy": "optimistic"})),
+    )
+    .await
+    .assert_problem(404, "not-found");
+}
