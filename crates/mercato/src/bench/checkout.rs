@@ -68,6 +68,19 @@ async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
         create_sku(h, sku, plenty).await?;
     }
 
+    // Warm-up (untimed): open the client's connections and the server's pools, so
+    // the first timed run (the baseline) does not pay for them.
+    create_sku(h, "WARMUP", plenty).await?;
+    hammer(
+        h,
+        "reservation",
+        "warm-up",
+        &["WARMUP".to_owned()],
+        opts.buyers,
+        opts.buyers * 8,
+    )
+    .await?;
+
     let mut runs: Vec<RunResult> = Vec::new();
     for (target, spread) in [("one hot SKU", false), ("many SKUs", true)] {
         for strategy in STRATEGIES {
