@@ -15,7 +15,7 @@ use crate::checkout::{self, Checkout};
 use crate::config::Config;
 use crate::db::{self, Db, DbError};
 use crate::demo::{self, DemoError};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Services};
 use crate::inventory::{self, Inventory};
 use crate::legacy_orders;
 use crate::payments::SandboxProvider;
@@ -110,14 +110,14 @@ impl App {
             payments: Arc::new(SandboxProvider::new(db.app.clone(), config.payment_delay)),
             reservation_ttl_seconds: config.checkout_ttl.as_secs().max(1) as i64,
         };
-        let state = AppState {
+        let state = AppState::new(Services {
             db: db.clone(),
             admin_token: Arc::from(admin_token.as_str()),
             keys: Default::default(),
             inventory,
             checkout: checkout.clone(),
             migration: migration.clone(),
-        };
+        });
         Ok(App {
             migration,
             checkout,
