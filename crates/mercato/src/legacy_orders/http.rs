@@ -106,17 +106,21 @@ pub async fn get_legacy_order(
     } else {
         store::read_old(&mut tx, id).await?
     };
+    // The shadow read is a diagnostic: if it fails, the request still succeeds.
     let shadow = if view.shadows(&key) {
         let other = if new_first {
-            store::read_old(&mut tx, id).await?
+            store::read_old(&mut tx, id).await
         } else {
-            store::read_new(&mut tx, id).await?
+            store::read_new(&mut tx, id).await
         };
-        Some(other)
+        other
+            .map_err(|e| tracing::warn!(error = %e, "shadow read failed"))
+            .ok()
     } else {
         None
     };
-    tx.commit().await?;
+    // Read-only: a transaction a failed shadow read aborted has nothing to lose.
+    let _ = tx.commit().await;
     if let Some(other) = shadow {
         let fingerprint =
             |o: &Option<LegacyOrder>| o.as_ref().map(LegacyOrder::fingerprint).unwrap_or_default();
@@ -125,11 +129,16 @@ pub async fn get_legacy_order(
         } else {
             (&primary, &other)
         };
-        let mismatch = switch
+        match switch
             .compare(&key, &fingerprint(old), &fingerprint(new))
-            .await?;
-        let result = if mismatch { "mismatch" } else { "match" };
-        metrics::counter!("shadow_reads_total", "result" => result).increment(1);
+            .await
+        {
+            Ok(mismatch) => {
+                let result = if mismatch { "mismatch" } else { "match" };
+                metrics::counter!("shadow_reads_total", "result" => result).increment(1);
+            }
+            Err(e) => tracing::warn!(error = %e, "recording a shadow read failed"),
+        }
     }
     primary.map(Json).ok_or(ApiError::NotFound("order"))
 }
