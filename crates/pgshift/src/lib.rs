@@ -277,9 +277,7 @@ impl Migrator {
                 .fetch_one(&self.pool)
                 .await?;
         let bar = self.progress_bar(remaining as u64, "backfill");
-        let window = format!(
-            "select count(*), max(k) from (select {key} as k from {source} where {key} > $1 order by {key} limit $2) w"
-        );
+        let window = keyset_window(&source, &key);
         let started = Instant::now();
         let mut report = BackfillReport::default();
         let mut batch = b.batch_size;
@@ -429,9 +427,7 @@ impl Migrator {
             .fetch_one(&self.pool)
             .await?;
         let bar = self.progress_bar(total as u64, "validate");
-        let window = format!(
-            "select count(*), max(k) from (select {key} as k from {source} where {key} > $1 order by {key} limit $2) w"
-        );
+        let window = keyset_window(&source, &key);
         let mut report = ValidationReport::default();
         let mut lo = i64::MIN;
         loop {
@@ -552,6 +548,13 @@ impl Migrator {
         }
         Ok(())
     }
+}
+
+/// The next keyset window of the source after `$1`, at most `$2` keys: how many
+/// rows it holds and its last key (NULL past the end). Backfill batches and
+/// validation ranges both walk the key space with it.
+fn keyset_window(source: &str, key: &str) -> String {
+    format!("select count(*), max(k) from (select {key} as k from {source} where {key} > $1 order by {key} limit $2) w")
 }
 
 /// Quotes an identifier for SQL (names from the plan are not trusted text).

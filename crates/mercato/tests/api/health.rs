@@ -19,15 +19,7 @@ async fn health_and_readiness_answer() {
 async fn metrics_count_requests_by_route_and_status() {
     let app = TestApp::spawn().await;
     app.request(Method::GET, "/v1/products", None, None).await;
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics
             .lines()

@@ -267,6 +267,17 @@ impl TestApp {
         resp.body["id"].as_str().expect("product id").to_owned()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics answer");
+        resp.text().await.expect("metrics body reads")
+    }
+
     /// A transaction as the service runs it: app role, tenant set.
     pub async fn tenant_tx(&self, merchant: &Merchant) -> TenantTx {
         TenantTx::begin(&self.app_pool, merchant.id)

@@ -108,15 +108,7 @@ async fn the_admin_sets_a_merchants_stock_strategy() {
         )
         .await;
     assert_eq!(reserved.status, 201);
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics
             .lines()
