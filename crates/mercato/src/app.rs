@@ -15,10 +15,11 @@ use crate::checkout::{self, Checkout};
 use crate::config::Config;
 use crate::db::{self, Db, DbError};
 use crate::demo::{self, DemoError};
-use crate::http::{self, AppState, Services};
 use crate::inventory::{self, Inventory};
 use crate::legacy_orders;
 use crate::payments::SandboxProvider;
+use crate::routes;
+use crate::state::{AppState, Services};
 use pgshift::ReadSwitch;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +124,7 @@ impl App {
             checkout,
             config,
             listener,
-            router: http::router(state),
+            router: routes::router(state),
             addr,
             db,
             owner_url,

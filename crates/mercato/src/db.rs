@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Transaction};
 
-use crate::tenancy::MerchantId;
+use uuid::Uuid;
 
 pub const APP_ROLE: &str = "mercato_app";
 /// The role of background workers that act across tenants, only where a policy names it.
@@ -138,6 +138,29 @@ fn owner_password(opts: &PgConnectOptions) -> Option<String> {
     url.password().map(str::to_owned)
 }
 
+/// The tenant every tenant-owned row belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct MerchantId(pub Uuid);
+
+impl MerchantId {
+    pub fn new() -> Self {
+        MerchantId(Uuid::now_v7())
+    }
+}
+
+impl Default for MerchantId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for MerchantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A transaction on which `app.merchant_id` is set (transaction-locally, so a
 /// pooled connection never carries a tenant into the next request). Every
 /// tenant-owned query takes one, so none can be written without a tenant.
@@ -172,4 +195,100 @@ impl TenantTx {
 /// `true` when `err` is a unique violation of the named constraint.
 pub fn violates(err: &sqlx::Error, constraint: &str) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.constraint() == Some(constraint))
+}
+
+/// Text from the database that names no value of the enum it should decode to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownValue {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// Declares a state enum stored as `text` (each table backs it with a CHECK
+/// constraint listing the same values). Text that names no variant is an
+/// error, in Rust and in SQL alike, never a silent default.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant ),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// Parses input, with a message that lists the values allowed.
+            #[allow(dead_code)]
+            pub fn parse(raw: &str) -> Result<Self, String> {
+                raw.parse().map_err(|_| {
+                    let all: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("must be one of {}", all.join(", "))
+                })
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::db::UnknownValue;
+            fn from_str(raw: &str) -> Result<Self, Self::Err> {
+                match raw {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err($crate::db::UnknownValue {
+                        kind: stringify!($name),
+                        value: raw.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
+            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let raw = <&str as sqlx::Decode<'r, sqlx::Postgres>>::decode(value)?;
+                Ok(raw.parse::<$name>()?)
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
+/// One round trip to the database: does it answer?
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("select 1").execute(pool).await.map(|_| ())
 }

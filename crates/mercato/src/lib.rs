@@ -1,4 +1,30 @@
 //! Mercato: a multi-tenant e-commerce backend on PostgreSQL.
+//!
+//! ## Where things are
+//! - A request enters through `routes::router` (every route, mounted with its
+//!   OpenAPI docs), passes the tower layers of `http::with_plumbing` (request id,
+//!   tracing, timeout, idempotency keys), and reaches a handler in a context's
+//!   `http.rs`. Handlers authenticate (`http::auth::Tenant` / `Admin`), parse the
+//!   body into domain types (`validation`), and call the context's functions.
+//! - `app.rs` wires config → database → router → background workers; `main.rs`
+//!   is only the command line.
+//! - Each context keeps the same files: `model.rs` (types and rules, no I/O, no
+//!   HTTP), `store.rs` (its SQL), `http.rs` (its routes), `worker.rs` (its loops).
+//!   Contexts call each other through the functions their `mod.rs` exports,
+//!   never by querying another context's tables.
+//!
+//! ## Who owns which tables
+//! | context | tables |
+//! |---|---|
+//! | `tenancy` | `merchants`, `api_keys` |
+//! | `catalog` | `products`, `variants` |
+//! | `inventory` | `stock`, `reservations`, `reservation_items` |
+//! | `checkout` | `orders`, `order_items` |
+//! | `payments` (sandbox provider) | `payments` |
+//! | `legacy_orders` | `legacy_orders`, `order_records`, `customers` (the pgshift demo migration) |
+//! | `http::idempotency` | `idempotency_keys` |
+//!
+//! pgshift keeps its own state in schema `pgshift`.
 
 pub mod app;
 pub mod bench;
@@ -10,10 +36,14 @@ pub mod demo;
 pub mod http;
 pub mod inventory;
 pub mod legacy_orders;
+pub mod pagination;
 pub mod payments;
+pub mod routes;
 pub mod shift;
+pub mod state;
 pub mod telemetry;
 pub mod tenancy;
+pub mod validation;
 
 pub use app::App;
 pub use config::Config;

@@ -1,23 +1,23 @@
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::model::{CreateProductBody, PatchProductBody};
 use super::store::{self, CatalogError, Product};
 use super::{NewProduct, ProductPatch};
 use crate::http::auth::Tenant;
-use crate::http::pagination::{List, Page, PageParams};
-use crate::http::{ApiError, ApiJson, AppState, FieldError, Problem};
+use crate::http::{ApiError, ApiJson, Problem};
+use crate::pagination::{List, Page, PageParams};
+use crate::state::AppState;
+use crate::validation::FieldError;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/products", get(list_products).post(post_product))
-        .route(
-            "/v1/products/{id}",
-            get(get_product).patch(patch_product).delete(delete_product),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_products, post_product))
+        .routes(routes!(get_product, patch_product, delete_product))
 }
 
 /// An id that does not parse names no object of this merchant: 404, like any other.

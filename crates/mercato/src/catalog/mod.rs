@@ -1,8 +1,11 @@
 //! Products and their variants (SKUs with a price).
+//!
+//! Owns tables `products` and `variants`. Other contexts ask it for prices
+//! (`prices`) and whether a SKU exists (`sku_exists`).
 
 pub mod http;
 mod model;
 mod store;
 
 pub use model::{Money, NewProduct, NewVariant, ProductPatch, Sku};
-pub use store::{create_product, CatalogError};
+pub use store::{create_product, prices, sku_exists, CatalogError, Price};

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::http::FieldErrors;
+use crate::validation::{display_name, FieldErrors, Invalid};
 
 /// The largest price (minor units). With at most 10,000 units a line and 100
 /// lines an order, no order total can overflow an i64.
@@ -85,14 +85,6 @@ impl Sku {
     }
 }
 
-fn parse_name(raw: &str) -> Result<String, String> {
-    let trimmed = raw.trim();
-    if trimmed.is_empty() || trimmed.chars().count() > 200 {
-        return Err("must be 1-200 characters".into());
-    }
-    Ok(trimmed.to_owned())
-}
-
 fn parse_description(raw: &str) -> Result<String, String> {
     if raw.chars().count() > 10_000 {
         return Err("must be at most 10000 characters".into());
@@ -156,9 +148,9 @@ pub struct NewProduct {
 pub const MAX_VARIANTS: usize = 100;
 
 impl NewProduct {
-    pub fn parse(body: &CreateProductBody) -> Result<Self, crate::http::ApiError> {
+    pub fn parse(body: &CreateProductBody) -> Result<Self, Invalid> {
         let mut errors = FieldErrors::default();
-        let name = errors.check("name", parse_name(&body.name));
+        let name = errors.check("name", display_name(&body.name));
         let description = match &body.description {
             None => Some(None),
             Some(d) => errors.check("description", parse_description(d)).map(Some),
@@ -208,12 +200,12 @@ pub struct ProductPatch {
 }
 
 impl ProductPatch {
-    pub fn parse(body: &PatchProductBody) -> Result<Self, crate::http::ApiError> {
+    pub fn parse(body: &PatchProductBody) -> Result<Self, Invalid> {
         let mut errors = FieldErrors::default();
         let name = match &body.name {
             None => Some(None),
             Some(None) => errors.check("name", Err("cannot be null".to_owned())),
-            Some(Some(n)) => errors.check("name", parse_name(n)).map(Some),
+            Some(Some(n)) => errors.check("name", display_name(n)).map(Some),
         };
         let description = match &body.description {
             Some(Some(d)) => errors
@@ -251,13 +243,9 @@ mod tests {
             ]
         }))
         .unwrap();
-        let crate::http::ApiError::Validation(errors) = NewProduct::parse(&body).unwrap_err()
-        else {
-            panic!("expected validation error");
-        };
-        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        let invalid = NewProduct::parse(&body).unwrap_err();
         assert_eq!(
-            fields,
+            invalid.fields(),
             [
                 "name",
                 "variants[0].price.amount",

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{Money, NewProduct, ProductPatch};
 use crate::db::{violates, TenantTx};
-use crate::http::pagination::Page;
+use crate::pagination::Page;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -191,4 +191,40 @@ async fn with_variants(
             updated_at: r.updated_at,
         })
         .collect())
+}
+
+/// A catalog price: the unit price of one SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    pub sku: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// Unit prices of those of `skus` that are in the catalog.
+pub async fn prices(tx: &mut TenantTx, skus: &[&str]) -> Result<Vec<Price>, sqlx::Error> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "select sku, price_amount, currency from variants where merchant_id = $1 and sku = any($2)",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(skus)
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sku, amount, currency)| Price {
+            sku,
+            amount,
+            currency,
+        })
+        .collect())
+}
+
+/// Whether `sku` is one of the merchant's variants.
+pub async fn sku_exists(tx: &mut TenantTx, sku: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists (select 1 from variants where merchant_id = $1 and sku = $2)")
+        .bind(tx.merchant_id().0)
+        .bind(sku)
+        .fetch_one(tx.conn())
+        .await
 }

@@ -1,23 +1,44 @@
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::model::{CheckoutBody, NewCheckout};
 use super::saga::CheckoutError;
-use super::store::{self, Order};
+use super::store::{self, Order, OrderStatus};
 use crate::http::auth::Tenant;
 use crate::http::idempotency::IDEMPOTENCY_KEY;
-use crate::http::pagination::{List, Page, PageParams};
-use crate::http::{ApiError, ApiJson, AppState, FieldErrors, Problem};
-use crate::inventory::http::{item_field, StrategyParam};
+use crate::http::{ApiError, ApiJson, Problem};
+use crate::inventory::StrategyParam;
+use crate::pagination::{List, Page, PageParams};
+use crate::state::AppState;
+use crate::validation::FieldErrors;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/checkouts", post(post_checkout))
-        .route("/v1/orders", get(list_orders))
-        .route("/v1/orders/{id}", get(get_order))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(post_checkout))
+        .routes(routes!(list_orders))
+        .routes(routes!(get_order))
+}
+
+impl From<CheckoutError> for ApiError {
+    fn from(err: CheckoutError) -> Self {
+        match err {
+            CheckoutError::Reserve(e) => e.into(),
+            CheckoutError::MixedCurrencies => {
+                ApiError::field("items", "all items must be priced in one currency")
+            }
+            CheckoutError::Payment(e) => {
+                tracing::error!(error = %e, "payment call failed");
+                ApiError::Unavailable(
+                    "the payment provider failed; retry with the same Idempotency-Key",
+                )
+            }
+            CheckoutError::Db(e) => e.into(),
+        }
+    }
 }
 
 /// Reserves the items, takes payment and confirms the order.
@@ -42,31 +63,18 @@ pub async fn post_checkout(
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
     let new = NewCheckout::parse(&body)?;
     let mut errors = FieldErrors::default();
-    let strategy = strategy.resolve(&tenant, &mut errors);
+    let strategy = strategy.resolve(tenant.stock_strategy, &mut errors);
     let strategy = errors.finish(strategy)?;
     let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok());
     let order = tenant
         .state()
         .checkout
         .start(tenant.merchant_id, strategy, &new, key)
-        .await
-        .map_err(|e| match e {
-            CheckoutError::Reserve(e) => e.into_api_error(|sku| item_field(&new.lines, sku)),
-            CheckoutError::MixedCurrencies => {
-                ApiError::field("items", "all items must be priced in one currency")
-            }
-            CheckoutError::Payment(e) => {
-                tracing::error!(error = %e, "payment call failed");
-                ApiError::Unavailable(
-                    "the payment provider failed; retry with the same Idempotency-Key",
-                )
-            }
-            CheckoutError::Db(e) => e.into(),
-        })?;
-    match order.status.as_str() {
-        "confirmed" => Ok((StatusCode::CREATED, Json(order))),
-        "pending" => Ok((StatusCode::ACCEPTED, Json(order))),
-        _ => Err(ApiError::PaymentFailed {
+        .await?;
+    match order.status {
+        OrderStatus::Confirmed => Ok((StatusCode::CREATED, Json(order))),
+        OrderStatus::Pending => Ok((StatusCode::ACCEPTED, Json(order))),
+        OrderStatus::Failed => Err(ApiError::PaymentFailed {
             order_id: order.id,
             reason: order.failure_reason.unwrap_or_default(),
         }),

@@ -1,4 +1,8 @@
 //! Checkout: orders, and the saga that turns a cart into a paid order.
+//!
+//! Owns tables `orders` and `order_items`. Prices come from the catalog
+//! (`catalog::prices`), units from inventory (`Inventory::reserve`,
+//! `hold_for_order`, `settle_reservation`), money from a `PaymentProvider`.
 
 pub mod http;
 mod model;
@@ -8,4 +12,4 @@ pub mod worker;
 
 pub use model::{CheckoutBody, NewCheckout};
 pub use saga::{Checkout, CheckoutError, Driver};
-pub use store::Order;
+pub use store::{Order, OrderStatus, Step};

@@ -3,9 +3,9 @@
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::http::FieldErrors;
 use crate::inventory::{parse_lines, ItemBody, Line};
 use crate::payments::SandboxMethod;
+use crate::validation::{self, FieldErrors, Invalid};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -31,20 +31,6 @@ pub struct NewCheckout {
     pub promo_code: Option<String>,
 }
 
-fn parse_email(raw: &str) -> Result<String, String> {
-    let email = raw.trim();
-    let valid = (3..=254).contains(&email.len())
-        && !email.chars().any(char::is_whitespace)
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
-    if valid {
-        Ok(email.to_owned())
-    } else {
-        Err("must be an email address".into())
-    }
-}
-
 fn parse_promo(raw: &str) -> Result<String, String> {
     if raw.is_empty() || raw.len() > 64 {
         return Err("must be 1-64 characters".into());
@@ -53,9 +39,9 @@ fn parse_promo(raw: &str) -> Result<String, String> {
 }
 
 impl NewCheckout {
-    pub fn parse(body: &CheckoutBody) -> Result<Self, crate::http::ApiError> {
+    pub fn parse(body: &CheckoutBody) -> Result<Self, Invalid> {
         let mut errors = FieldErrors::default();
-        let email = errors.check("customer.email", parse_email(&body.customer.email));
+        let email = errors.check("customer.email", validation::email(&body.customer.email));
         let lines = parse_lines(&body.items, &mut errors);
         let method = errors
             .check("payment_method", SandboxMethod::parse(&body.payment_method))
@@ -73,24 +59,5 @@ impl NewCheckout {
             },
         );
         errors.finish(parsed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emails_are_checked() {
-        assert!(parse_email("ann@example.com").is_ok());
-        for bad in [
-            "",
-            "ann",
-            "@example.com",
-            "ann@localhost",
-            "a b@example.com",
-        ] {
-            assert!(parse_email(bad).is_err(), "{bad}");
-        }
     }
 }

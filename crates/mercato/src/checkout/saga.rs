@@ -13,9 +13,12 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::model::NewCheckout;
-use super::store::{self, NewOrder, Order, Step};
+use super::store::{self, NewOrder, Order, OrderStatus, Step};
+use crate::catalog;
 use crate::db::TenantTx;
-use crate::inventory::{settle_reservation, Inventory, ReserveError, Settlement, Strategy};
+use crate::inventory::{
+    hold_for_order, settle_reservation, Inventory, ReserveError, Settlement, Strategy,
+};
 use crate::payments::{ChargeRequest, PaymentError, PaymentProvider, PaymentStatus};
 use crate::tenancy::MerchantId;
 
@@ -70,21 +73,21 @@ impl Checkout {
             }
         }
         let skus: Vec<&str> = new.lines.iter().map(|l| l.sku.as_str()).collect();
-        let prices = store::prices(&mut tx, &skus).await?;
+        let prices = catalog::prices(&mut tx, &skus).await?;
         tx.commit().await?;
         let mut items = Vec::with_capacity(new.lines.len());
         for line in &new.lines {
-            let (_, unit, _) = prices
+            let price = prices
                 .iter()
-                .find(|(sku, ..)| sku == line.sku.as_str())
-                .ok_or_else(|| ReserveError::UnknownSku(line.sku.as_str().into()))?;
-            items.push((line.sku.as_str().to_owned(), line.quantity, *unit));
+                .find(|p| p.sku == line.sku.as_str())
+                .ok_or_else(|| ReserveError::unknown_sku(line.sku.as_str()).locate(&new.lines))?;
+            items.push((line.sku.as_str().to_owned(), line.quantity, price.amount));
         }
         let currency = prices
             .first()
-            .map(|(_, _, c)| c.clone())
+            .map(|p| p.currency.clone())
             .unwrap_or_default();
-        if prices.iter().any(|(_, _, c)| *c != currency) {
+        if prices.iter().any(|p| p.currency != currency) {
             return Err(CheckoutError::MixedCurrencies);
         }
 
@@ -106,6 +109,10 @@ impl Checkout {
         let inserted = async {
             let mut tx = TenantTx::begin(&self.pool, merchant).await?;
             let inserted = store::insert_order(&mut tx, &order).await?;
+            if inserted {
+                // From here the order's saga, not the expiry worker, settles the units.
+                hold_for_order(&mut tx, reservation.id, order_id).await?;
+            }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(inserted)
         }
@@ -148,7 +155,7 @@ impl Checkout {
     ) -> Result<Order, CheckoutError> {
         loop {
             let order = self.load(merchant, id).await?;
-            if order.status != "pending" {
+            if order.status != OrderStatus::Pending {
                 return Ok(order);
             }
             match order.step {

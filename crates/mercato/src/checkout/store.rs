@@ -7,41 +7,33 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::catalog::Money;
-use crate::db::{violates, TenantTx};
-use crate::http::pagination::Page;
+use crate::db::{text_enum, violates, TenantTx};
+use crate::pagination::Page;
 
-/// Where a pending checkout stands; each step is persisted before the next begins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Units reserved; payment not yet known to be authorized.
-    Reserved,
-    Authorized,
-    Captured,
-    /// Reservation consumed, order confirmed.
-    Confirmed,
-    /// Rolled back: reservation released, payment voided or refunded.
-    Compensated,
+text_enum! {
+    /// Where a pending checkout stands; each step is persisted before the next begins.
+    pub enum Step {
+        /// Units reserved; payment not yet known to be authorized.
+        Reserved = "reserved",
+        Authorized = "authorized",
+        Captured = "captured",
+        /// Reservation consumed, order confirmed.
+        Confirmed = "confirmed",
+        /// Rolled back: reservation released, payment voided or refunded.
+        Compensated = "compensated",
+    }
 }
 
-impl Step {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Reserved => "reserved",
-            Step::Authorized => "authorized",
-            Step::Captured => "captured",
-            Step::Confirmed => "confirmed",
-            Step::Compensated => "compensated",
-        }
-    }
-
-    fn parse(raw: &str) -> Step {
-        match raw {
-            "authorized" => Step::Authorized,
-            "captured" => Step::Captured,
-            "confirmed" => Step::Confirmed,
-            "compensated" => Step::Compensated,
-            _ => Step::Reserved,
-        }
+text_enum! {
+    /// What an order's buyer sees of its saga.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum OrderStatus {
+        /// The saga is running, or waits on a payment outcome being reconciled.
+        Pending = "pending",
+        Confirmed = "confirmed",
+        /// Compensated: nothing stays reserved or charged.
+        Failed = "failed",
     }
 }
 
@@ -60,8 +52,7 @@ pub struct Customer {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Order {
     pub id: Uuid,
-    /// `pending` (payment outcome being reconciled), `confirmed` or `failed`.
-    pub status: String,
+    pub status: OrderStatus,
     pub total: Money,
     pub items: Vec<OrderItem>,
     pub customer: Customer,
@@ -79,8 +70,8 @@ pub struct Order {
 #[derive(FromRow)]
 struct OrderRow {
     id: Uuid,
-    status: String,
-    saga_step: String,
+    status: OrderStatus,
+    saga_step: Step,
     customer_email: String,
     payment_method: String,
     promo_code: Option<String>,
@@ -179,8 +170,8 @@ pub async fn advance_step(
     payment_id: Option<Uuid>,
 ) -> Result<bool, sqlx::Error> {
     let status = match to {
-        Step::Confirmed => "confirmed",
-        _ => "pending",
+        Step::Confirmed => OrderStatus::Confirmed,
+        _ => OrderStatus::Pending,
     };
     let moved = sqlx::query(
         "update orders set saga_step = $4, status = $5, payment_id = coalesce($6, payment_id), updated_at = now()
@@ -188,8 +179,8 @@ pub async fn advance_step(
     )
     .bind(tx.merchant_id().0)
     .bind(id)
-    .bind(from.as_str())
-    .bind(to.as_str())
+    .bind(from)
+    .bind(to)
     .bind(status)
     .bind(payment_id)
     .execute(tx.conn())
@@ -272,7 +263,7 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
                 .collect(),
             id: r.id,
             status: r.status,
-            step: Step::parse(&r.saga_step),
+            step: r.saga_step,
             total: Money {
                 amount: r.total_amount,
                 currency: r.currency,
@@ -305,19 +296,5 @@ pub async fn stalled_orders(
     .bind(grace_seconds)
     .bind(limit)
     .fetch_all(conn)
-    .await
-}
-
-/// Unit prices of `skus` in the catalog: (sku, amount, currency).
-pub async fn prices(
-    tx: &mut TenantTx,
-    skus: &[&str],
-) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "select sku, price_amount, currency from variants where merchant_id = $1 and sku = any($2)",
-    )
-    .bind(tx.merchant_id().0)
-    .bind(skus)
-    .fetch_all(tx.conn())
     .await
 }

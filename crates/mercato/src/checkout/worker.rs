@@ -35,7 +35,7 @@ pub async fn recover_stalled_checkouts(
                 .await
             {
                 Ok(o) => {
-                    metrics::counter!("checkouts_recovered_total", "status" => o.status.clone())
+                    metrics::counter!("checkouts_recovered_total", "status" => o.status.as_str())
                         .increment(1);
                     tracing::info!(%order, status = %o.status, "recovered checkout");
                 }

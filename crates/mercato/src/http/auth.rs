@@ -1,18 +1,14 @@
 //! Authentication: `Tenant` for merchant keys, `Admin` for the platform token.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
 use super::error::ApiError;
-use super::AppState;
 use crate::db::TenantTx;
-use crate::inventory::{Inventory, Strategy};
-use crate::tenancy::{authenticate_key, ApiKey, MerchantId};
+use crate::inventory::Inventory;
+use crate::state::AppState;
+use crate::tenancy::{authenticate_key, ApiKey, MerchantId, Strategy};
 
 /// The authenticated merchant of a request. Handlers open tenant transactions
 /// through it, so a request can only ever touch its own merchant's rows.
@@ -37,42 +33,6 @@ impl Tenant {
     }
 }
 
-/// How long a verified key is trusted without asking the database again.
-/// A revoked key stops working within this time.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
-const KEY_CACHE_MAX: usize = 10_000;
-
-/// Verified key hashes, so the hot path costs no query for authentication.
-#[derive(Default)]
-pub struct KeyCache(Mutex<HashMap<Vec<u8>, (MerchantId, Strategy, Instant)>>);
-
-impl KeyCache {
-    fn get(&self, hash: &[u8]) -> Option<(MerchantId, Strategy)> {
-        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(hash)
-            .filter(|(_, _, at)| at.elapsed() < KEY_CACHE_TTL)
-            .map(|(m, s, _)| (*m, *s))
-    }
-
-    /// Drops a merchant's cached keys, so its next request reads its settings afresh.
-    pub fn forget(&self, merchant: MerchantId) {
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, (m, _, _)| *m != merchant);
-    }
-
-    fn put(&self, hash: Vec<u8>, merchant: MerchantId, strategy: Strategy) {
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= KEY_CACHE_MAX {
-            cache.retain(|_, (_, _, at)| at.elapsed() < KEY_CACHE_TTL);
-            if cache.len() >= KEY_CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(hash, (merchant, strategy, Instant::now()));
-    }
-}
-
 /// The token of an `Authorization: Bearer …` header (the scheme is case-insensitive).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -94,7 +54,6 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenan
                 .await?
                 .ok_or(ApiError::Unauthorized)?;
             tx.commit().await?;
-            let strategy = Strategy::parse(&strategy).unwrap_or(Strategy::Reservation);
             state.keys.put(hash, key.merchant_id, strategy);
             (key.merchant_id, strategy)
         }

@@ -5,23 +5,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+pub use crate::validation::FieldError;
+use crate::validation::Invalid;
+
 const PROBLEM_BASE: &str = "https://mercato.dev/problems/";
-
-/// One invalid input field, named by its JSON path (`variants[0].price.amount`).
-#[derive(Clone, Debug, Serialize, ToSchema, PartialEq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// RFC 9457 problem details.
 #[derive(Debug, Serialize, ToSchema)]
@@ -141,6 +128,13 @@ impl ApiError {
     }
 }
 
+/// Input that did not parse is a 422 naming each bad field.
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        ApiError::Validation(invalid.0)
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     /// A database that cannot be reached is a 503 to retry, not a 500.
     fn from(err: sqlx::Error) -> Self {
@@ -189,31 +183,5 @@ impl IntoResponse for ApiError {
             );
         }
         response
-    }
-}
-
-/// Collects field errors while a request body is parsed into domain types, so one
-/// response names every bad field.
-#[derive(Default)]
-pub struct FieldErrors(Vec<FieldError>);
-
-impl FieldErrors {
-    /// Keeps the value of `parsed`, or records its message against `field`.
-    pub fn check<T>(&mut self, field: impl Into<String>, parsed: Result<T, String>) -> Option<T> {
-        parsed
-            .map_err(|message| self.0.push(FieldError::new(field, message)))
-            .ok()
-    }
-
-    pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError::new(field, message));
-    }
-
-    /// `Ok(value)` when no error was recorded and the value was fully built.
-    pub fn finish<T>(self, value: Option<T>) -> Result<T, ApiError> {
-        match value {
-            Some(value) if self.0.is_empty() => Ok(value),
-            _ => Err(ApiError::Validation(self.0)),
-        }
     }
 }

@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::auth::{authenticate, Tenant};
-use super::{ApiError, AppState};
-use crate::db::TenantTx;
+use super::ApiError;
+use crate::db::{text_enum, TenantTx};
+use crate::state::AppState;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
@@ -25,10 +26,20 @@ const MAX_BODY: usize = 2 << 20;
 /// An in-flight key older than this belongs to a request that died with its process.
 const ABANDONED_AFTER_SECONDS: f64 = 60.0;
 
+text_enum! {
+    /// Where the request under a key stands.
+    enum KeyStatus {
+        /// Running (or died with its process: see `ABANDONED_AFTER_SECONDS`).
+        InFlight = "in_flight",
+        /// Finished; the stored response is replayed.
+        Done = "done",
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct StoredKey {
     request_hash: Vec<u8>,
-    status: String,
+    status: KeyStatus,
     response_status: Option<i32>,
     response_content_type: Option<String>,
     response_body: Option<Vec<u8>>,
@@ -113,7 +124,20 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
     let (parts, body) = response.into_parts();
-    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let body = match to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(err) => {
+            // Storing an empty body would replay it for 24 h: forget the key so a retry runs.
+            tracing::error!(error = %err, "reading the response to store it failed");
+            if let Err(err) = finish(&tenant, &key, None).await {
+                tracing::error!(error = %err, "forgetting the idempotency key failed");
+            }
+            return Err(ApiError::Unavailable(
+                "the response could not be recorded; retry with the same Idempotency-Key",
+            )
+            .into_response());
+        }
+    };
     let keep = !parts.status.is_server_error() && parts.status != StatusCode::ACCEPTED;
     let content_type = parts
         .headers
@@ -168,7 +192,7 @@ async fn claim(tenant: &Tenant, key: &str, hash: &[u8]) -> Result<Claim, sqlx::E
     tx.commit().await?;
     Ok(if stored.request_hash != hash {
         Claim::Reused
-    } else if stored.status == "in_flight" {
+    } else if stored.status == KeyStatus::InFlight {
         Claim::InFlight
     } else {
         Claim::Replay {

@@ -1,35 +1,15 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//! The frame of the OpenAPI 3.1 document; its paths come from the routes
+//! themselves (each context registers a handler and its docs in one call).
 
-use axum::Json;
+use std::sync::Arc;
+
+use axum::{Extension, Json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Mercato", description = "Multi-tenant e-commerce backend"),
-    paths(
-        super::healthz,
-        super::readyz,
-        super::metrics::render,
-        document,
-        crate::tenancy::http::post_merchant,
-        crate::tenancy::http::patch_merchant,
-        crate::catalog::http::post_product,
-        crate::catalog::http::list_products,
-        crate::catalog::http::get_product,
-        crate::catalog::http::patch_product,
-        crate::catalog::http::delete_product,
-        crate::inventory::http::get_inventory,
-        crate::inventory::http::put_inventory,
-        crate::inventory::http::post_reservation,
-        crate::inventory::http::get_reservation,
-        crate::inventory::http::release_reservation,
-        crate::checkout::http::post_checkout,
-        crate::checkout::http::list_orders,
-        crate::checkout::http::get_order,
-        crate::legacy_orders::http::post_legacy_order,
-        crate::legacy_orders::http::get_legacy_order,
-    ),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -55,9 +35,12 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The finished document, handed to `document` as a request extension.
+pub type Document = Arc<utoipa::openapi::OpenApi>;
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn document(Extension(doc): Extension<Document>) -> Json<utoipa::openapi::OpenApi> {
+    Json(doc.as_ref().clone())
 }

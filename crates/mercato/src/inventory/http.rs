@@ -1,23 +1,26 @@
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::model::{parse_lines, parse_ttl, ItemBody, Strategy};
+use super::model::{parse_lines, parse_ttl, ItemBody, ReservationStatus, StrategyParam};
 use super::store::{self, InventoryError, Reservation, ReserveError, Settlement, StockLevel};
 use crate::catalog::Sku;
 use crate::http::auth::Tenant;
-use crate::http::{ApiError, ApiJson, AppState, FieldError, FieldErrors, Problem};
+use crate::http::{ApiError, ApiJson, Problem};
+use crate::state::AppState;
+use crate::validation::{FieldError, FieldErrors};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/inventory/{sku}", get(get_inventory).put(put_inventory))
-        .route("/v1/reservations", post(post_reservation))
-        .route("/v1/reservations/{id}", get(get_reservation))
-        .route("/v1/reservations/{id}/release", post(release_reservation))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_inventory, put_inventory))
+        .routes(routes!(post_reservation))
+        .routes(routes!(get_reservation))
+        .routes(routes!(release_reservation))
 }
 
 impl From<InventoryError> for ApiError {
@@ -40,35 +43,28 @@ impl From<InventoryError> for ApiError {
     }
 }
 
-impl ReserveError {
-    /// The problem for this error; `field` names the request item it concerns.
-    pub fn into_api_error(self, field_of: impl Fn(&str) -> String) -> ApiError {
-        match self {
-            ReserveError::OutOfStock { sku } => ApiError::Conflict {
+impl From<ReserveError> for ApiError {
+    fn from(err: ReserveError) -> Self {
+        // The JSON path of the request item the error is about.
+        let field = |line: Option<usize>| match line {
+            Some(i) => format!("items[{i}].sku"),
+            None => "items".into(),
+        };
+        match err {
+            ReserveError::OutOfStock { sku, line } => ApiError::Conflict {
                 kind: "out-of-stock",
                 title: "Out of stock",
                 detail: format!("SKU {sku:?} does not have enough units available"),
-                errors: vec![FieldError::new(
-                    field_of(&sku),
-                    "not enough units available",
-                )],
+                errors: vec![FieldError::new(field(line), "not enough units available")],
             },
-            ReserveError::UnknownSku(sku) => {
-                ApiError::field(field_of(&sku), "no such SKU in the catalog")
+            ReserveError::UnknownSku { line, .. } => {
+                ApiError::field(field(line), "no such SKU in the catalog")
             }
             ReserveError::Busy => {
                 ApiError::Unavailable("too many requests are queued for this SKU; retry shortly")
             }
             ReserveError::Db(e) => e.into(),
         }
-    }
-}
-
-/// The JSON path of the item with `sku` (for problems about one item).
-pub fn item_field(lines: &[super::Line], sku: &str) -> String {
-    match lines.iter().position(|l| l.sku.as_str() == sku) {
-        Some(i) => format!("items[{i}].sku"),
-        None => "items".into(),
     }
 }
 
@@ -132,21 +128,6 @@ pub struct CreateReservation {
     pub ttl_seconds: Option<i64>,
 }
 
-#[derive(Deserialize, IntoParams)]
-pub struct StrategyParam {
-    /// Overrides the merchant's stock strategy for this request (for comparison).
-    pub strategy: Option<String>,
-}
-
-impl StrategyParam {
-    pub fn resolve(&self, tenant: &Tenant, errors: &mut FieldErrors) -> Option<Strategy> {
-        match &self.strategy {
-            None => Some(tenant.stock_strategy),
-            Some(raw) => errors.check("strategy", Strategy::parse(raw)),
-        }
-    }
-}
-
 /// Reserves all items or none; units stay reserved until released, expired or sold.
 #[utoipa::path(post, path = "/v1/reservations", params(StrategyParam),
     request_body = CreateReservation, security(("api_key" = [])),
@@ -163,13 +144,12 @@ pub async fn post_reservation(
     let mut errors = FieldErrors::default();
     let lines = parse_lines(&body.items, &mut errors);
     let ttl = parse_ttl(body.ttl_seconds, &mut errors);
-    let strategy = strategy.resolve(&tenant, &mut errors);
+    let strategy = strategy.resolve(tenant.stock_strategy, &mut errors);
     let ((lines, ttl), strategy) = errors.finish(lines.zip(ttl).zip(strategy))?;
     let reservation = tenant
         .inventory()
         .reserve(tenant.merchant_id, strategy, &lines, ttl)
-        .await
-        .map_err(|e| e.into_api_error(|sku| item_field(&lines, sku)))?;
+        .await?;
     Ok((StatusCode::CREATED, Json(reservation)))
 }
 
@@ -216,7 +196,7 @@ pub async fn release_reservation(
         .await?
         .ok_or(ApiError::NotFound("reservation"))?;
     tx.commit().await?;
-    if reservation.status == "consumed" {
+    if reservation.status == ReservationStatus::Consumed {
         return Err(ApiError::Conflict {
             kind: "reservation-consumed",
             title: "Reservation already sold",

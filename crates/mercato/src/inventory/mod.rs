@@ -1,4 +1,8 @@
 //! Stock, reservations with a TTL, and the three ways to take stock.
+//!
+//! Owns tables `stock`, `reservations` and `reservation_items`. Asks the
+//! catalog whether a SKU exists; checkout marks the reservation its order holds
+//! (`hold_for_order`) and settles it (`settle_reservation`).
 
 mod admission;
 pub mod http;
@@ -10,11 +14,14 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+pub use crate::tenancy::Strategy;
 pub use admission::Admission;
-pub use model::{parse_lines, parse_ttl, ItemBody, Line, Strategy};
+pub use model::{
+    allocate_in_order, parse_lines, parse_ttl, ItemBody, Line, ReservationStatus, StrategyParam,
+};
 pub use store::{
-    get_reservation, get_stock, lock_reserved_units, set_on_hand, settle_reservation,
-    InventoryError, Reservation, ReserveError, Settlement, StockLevel,
+    get_reservation, get_stock, hold_for_order, lock_reserved_units, set_on_hand,
+    settle_reservation, InventoryError, Reservation, ReserveError, Settlement, StockLevel,
 };
 
 use crate::db::TenantTx;
@@ -46,6 +53,18 @@ impl Inventory {
     ) -> Result<Reservation, ReserveError> {
         metrics::counter!("reservations_requested_total", "strategy" => strategy.as_str())
             .increment(1);
+        self.reserve_unlocated(merchant, strategy, lines, ttl_seconds)
+            .await
+            .map_err(|e| e.locate(lines))
+    }
+
+    async fn reserve_unlocated(
+        &self,
+        merchant: MerchantId,
+        strategy: Strategy,
+        lines: &[Line],
+        ttl_seconds: i64,
+    ) -> Result<Reservation, ReserveError> {
         if let (Strategy::Reservation, [line]) = (strategy, lines) {
             return self
                 .admission

@@ -1,10 +1,12 @@
 //! Inventory domain types: what a reservation asks for, and how stock is taken.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::catalog::Sku;
-use crate::http::FieldErrors;
+use crate::db::text_enum;
+use crate::tenancy::Strategy;
+use crate::validation::FieldErrors;
 
 pub const MAX_QUANTITY: i64 = 10_000;
 pub const MAX_LINES: usize = 100;
@@ -73,36 +75,54 @@ pub fn parse_ttl(raw: Option<i64>, errors: &mut FieldErrors) -> Option<i64> {
     )
 }
 
-/// How units are taken from stock. All three leave the same rows behind (a
-/// reservation); they differ in how concurrent buyers of one SKU are serialised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    /// `SELECT … FOR UPDATE` the stock rows, check, update.
-    Pessimistic,
-    /// One conditional `UPDATE … WHERE on_hand - reserved >= q` per SKU.
-    Optimistic,
-    /// Per-SKU FIFO admission: one task per hot SKU grants whole batches in one transaction.
-    Reservation,
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct StrategyParam {
+    /// Overrides the merchant's stock strategy for this request (for comparison).
+    pub strategy: Option<String>,
 }
 
-impl Strategy {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        match raw {
-            "pessimistic" => Ok(Strategy::Pessimistic),
-            "optimistic" => Ok(Strategy::Optimistic),
-            "reservation" => Ok(Strategy::Reservation),
-            _ => Err("must be one of pessimistic, optimistic, reservation".into()),
+impl StrategyParam {
+    /// The strategy asked for, or the merchant's own when none is.
+    pub fn resolve(&self, merchants: Strategy, errors: &mut FieldErrors) -> Option<Strategy> {
+        match &self.strategy {
+            None => Some(merchants),
+            Some(raw) => errors.check("strategy", Strategy::parse(raw)),
         }
     }
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Pessimistic => "pessimistic",
-            Strategy::Optimistic => "optimistic",
-            Strategy::Reservation => "reservation",
-        }
+text_enum! {
+    /// Where a reservation stands. Only `active` holds units; the other three
+    /// are final, and a reservation reaches one of them exactly once.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum ReservationStatus {
+        Active = "active",
+        /// The buyer (or a failed checkout) gave the units back.
+        Released = "released",
+        /// The TTL ran out; the units went back.
+        Expired = "expired",
+        /// Sold: the units left stock with an order.
+        Consumed = "consumed",
     }
+}
+
+/// FIFO allocation of one SKU's available units to a batch of requests, in
+/// arrival order: each request gets all it asks for or nothing, and a request
+/// that does not fit does not stop a later, smaller one from being served.
+/// Returns, per request, whether it is granted.
+pub fn allocate_in_order(available: i64, quantities: &[i64]) -> Vec<bool> {
+    let mut left = available.max(0);
+    quantities
+        .iter()
+        .map(|&q| {
+            let granted = q > 0 && q <= left;
+            if granted {
+                left -= q;
+            }
+            granted
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -121,13 +141,9 @@ mod tests {
         let mut errors = FieldErrors::default();
         let items = [item("A", 0), item("B", 10_001), item("A", 1), item("", 1)];
         assert!(parse_lines(&items, &mut errors).is_none());
-        let err = errors.finish(Some(())).unwrap_err();
-        let crate::http::ApiError::Validation(fields) = err else {
-            panic!()
-        };
-        let fields: Vec<_> = fields.iter().map(|f| f.field.as_str()).collect();
+        let invalid = errors.finish(Some(())).unwrap_err();
         assert_eq!(
-            fields,
+            invalid.fields(),
             [
                 "items[0].quantity",
                 "items[1].quantity",
@@ -143,5 +159,56 @@ mod tests {
         assert_eq!(parse_ttl(None, &mut errors), Some(DEFAULT_TTL_SECONDS));
         assert_eq!(parse_ttl(Some(0), &mut errors), None);
         assert_eq!(parse_ttl(Some(3_601), &mut errors), None);
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn allocation_never_grants_more_than_available(
+            available in -5i64..200,
+            quantities in proptest::collection::vec(1i64..40, 0..64),
+        ) {
+            let granted = allocate_in_order(available, &quantities);
+            prop_assert_eq!(granted.len(), quantities.len());
+            let total: i64 = quantities.iter().zip(&granted).filter(|(_, g)| **g).map(|(q, _)| *q).sum();
+            prop_assert!(total <= available.max(0));
+        }
+
+        #[test]
+        fn allocation_serves_in_arrival_order(
+            available in 0i64..200,
+            quantities in proptest::collection::vec(1i64..40, 0..64),
+        ) {
+            // Each request is refused only if what earlier grants left is too little:
+            // no later request ever jumps ahead of an earlier one that fits.
+            let granted = allocate_in_order(available, &quantities);
+            let mut left = available;
+            for (q, g) in quantities.iter().zip(&granted) {
+                prop_assert_eq!(*g, *q <= left, "request of {} with {} left", q, left);
+                if *g {
+                    left -= q;
+                }
+            }
+        }
+
+        #[test]
+        fn allocation_is_all_or_nothing_per_request(
+            available in 0i64..200,
+            quantities in proptest::collection::vec(1i64..40, 1..64),
+        ) {
+            // A grant is a whole request: the units handed out are exactly the sum
+            // of the granted requests' quantities, and with enough stock all are served.
+            let granted = allocate_in_order(available, &quantities);
+            let wanted: i64 = quantities.iter().sum();
+            if wanted <= available {
+                prop_assert!(granted.iter().all(|g| *g));
+            }
+            let first_refused = granted.iter().position(|g| !g);
+            if let Some(i) = first_refused {
+                let before: i64 = quantities[..i].iter().zip(&granted).filter(|(_, g)| **g).map(|(q, _)| *q).sum();
+                prop_assert!(quantities[i] > available - before);
+            }
+        }
     }
 }

@@ -12,8 +12,8 @@ use sqlx::{FromRow, PgConnection};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::model::Line;
-use crate::catalog::Sku;
+use super::model::{allocate_in_order, Line, ReservationStatus};
+use crate::catalog::{self, Sku};
 use crate::db::{violates, TenantTx};
 use crate::tenancy::MerchantId;
 
@@ -27,16 +27,50 @@ pub enum InventoryError {
     Db(#[from] sqlx::Error),
 }
 
+/// Why units could not be reserved. `line` is the index of the request line
+/// concerned, once known (see `ReserveError::locate`).
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
     #[error("SKU {sku:?} is out of stock")]
-    OutOfStock { sku: String },
-    #[error("SKU {0:?} is not in the catalog")]
-    UnknownSku(String),
+    OutOfStock { sku: String, line: Option<usize> },
+    #[error("SKU {sku:?} is not in the catalog")]
+    UnknownSku { sku: String, line: Option<usize> },
     #[error("too many requests are queued for this SKU")]
     Busy,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+}
+
+impl ReserveError {
+    pub fn out_of_stock(sku: &str) -> Self {
+        ReserveError::OutOfStock {
+            sku: sku.into(),
+            line: None,
+        }
+    }
+
+    pub fn unknown_sku(sku: &str) -> Self {
+        ReserveError::UnknownSku {
+            sku: sku.into(),
+            line: None,
+        }
+    }
+
+    /// Names the line of `lines` whose SKU this error is about.
+    pub fn locate(self, lines: &[Line]) -> Self {
+        let find = |sku: &str| lines.iter().position(|l| l.sku.as_str() == sku);
+        match self {
+            ReserveError::OutOfStock { line: None, sku } => ReserveError::OutOfStock {
+                line: find(&sku),
+                sku,
+            },
+            ReserveError::UnknownSku { line: None, sku } => ReserveError::UnknownSku {
+                line: find(&sku),
+                sku,
+            },
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema, FromRow)]
@@ -56,8 +90,7 @@ pub struct ReservedItem {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Reservation {
     pub id: Uuid,
-    /// `active`, `released`, `expired` or `consumed` (by an order).
-    pub status: String,
+    pub status: ReservationStatus,
     pub expires_at: DateTime<Utc>,
     pub items: Vec<ReservedItem>,
 }
@@ -74,11 +107,11 @@ pub enum Settlement {
 }
 
 impl Settlement {
-    fn status(self) -> &'static str {
+    fn status(self) -> ReservationStatus {
         match self {
-            Settlement::Released => "released",
-            Settlement::Expired => "expired",
-            Settlement::Consumed => "consumed",
+            Settlement::Released => ReservationStatus::Released,
+            Settlement::Expired => ReservationStatus::Expired,
+            Settlement::Consumed => ReservationStatus::Consumed,
         }
     }
 }
@@ -119,16 +152,26 @@ pub async fn set_on_hand(
 
 /// The stock of a catalog SKU (zero if never set); `None` for a SKU not in the catalog.
 pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel>, sqlx::Error> {
-    sqlx::query_as(
-        "select v.sku, coalesce(s.on_hand, 0) as on_hand, coalesce(s.reserved, 0) as reserved,
-                coalesce(s.on_hand - s.reserved, 0) as available
-         from variants v left join stock s on s.merchant_id = v.merchant_id and s.sku = v.sku
-         where v.merchant_id = $1 and v.sku = $2",
+    let level: Option<StockLevel> = sqlx::query_as(
+        "select sku, on_hand, reserved, on_hand - reserved as available
+         from stock where merchant_id = $1 and sku = $2",
     )
     .bind(tx.merchant_id().0)
     .bind(sku.as_str())
     .fetch_optional(tx.conn())
-    .await
+    .await?;
+    if level.is_some() {
+        return Ok(level);
+    }
+    // A stock row exists only for a catalog SKU (foreign key): without one, ask the catalog.
+    Ok(catalog::sku_exists(tx, sku.as_str())
+        .await?
+        .then(|| StockLevel {
+            sku: sku.as_str().into(),
+            on_hand: 0,
+            reserved: 0,
+            available: 0,
+        }))
 }
 
 /// Units reserved on `skus`, with their stock rows locked until the transaction
@@ -145,17 +188,10 @@ pub async fn lock_reserved_units(tx: &mut TenantTx, skus: &[String]) -> Result<i
 }
 
 /// Why a SKU could not be reserved: not in the catalog, or not enough of it.
-async fn shortage(conn: &mut PgConnection, merchant: MerchantId, sku: &str) -> ReserveError {
-    let exists: Result<bool, _> = sqlx::query_scalar(
-        "select exists (select 1 from variants where merchant_id = $1 and sku = $2)",
-    )
-    .bind(merchant.0)
-    .bind(sku)
-    .fetch_one(conn)
-    .await;
-    match exists {
-        Ok(true) => ReserveError::OutOfStock { sku: sku.into() },
-        Ok(false) => ReserveError::UnknownSku(sku.into()),
+async fn shortage(tx: &mut TenantTx, sku: &str) -> ReserveError {
+    match catalog::sku_exists(tx, sku).await {
+        Ok(true) => ReserveError::out_of_stock(sku),
+        Ok(false) => ReserveError::unknown_sku(sku),
         Err(e) => e.into(),
     }
 }
@@ -192,7 +228,7 @@ pub async fn reserve_locking(
             .find(|(sku, _)| sku == line.sku.as_str())
             .map(|(_, a)| *a);
         if available.is_none_or(|a| a < line.quantity) {
-            return Err(shortage(tx.conn(), merchant, line.sku.as_str()).await);
+            return Err(shortage(tx, line.sku.as_str()).await);
         }
     }
     let quantities: Vec<i64> = sorted.iter().map(|l| l.quantity).collect();
@@ -228,7 +264,7 @@ pub async fn reserve_conditional(
         .execute(tx.conn())
         .await?;
         if taken.rows_affected() == 0 {
-            return Err(shortage(tx.conn(), merchant, line.sku.as_str()).await);
+            return Err(shortage(tx, line.sku.as_str()).await);
         }
     }
     insert_reservation(tx.conn(), merchant, Uuid::now_v7(), lines, ttl_seconds).await
@@ -257,17 +293,8 @@ pub async fn grant_batch(
     .bind(sku.as_str())
     .fetch_optional(tx.conn())
     .await?;
-    let mut left = available.unwrap_or(0);
-    let granted: Vec<bool> = batch
-        .iter()
-        .map(|r| {
-            let ok = r.quantity <= left;
-            if ok {
-                left -= r.quantity;
-            }
-            ok
-        })
-        .collect();
+    let quantities: Vec<i64> = batch.iter().map(|r| r.quantity).collect();
+    let granted = allocate_in_order(available.unwrap_or(0), &quantities);
     let wanted: i64 = batch
         .iter()
         .zip(&granted)
@@ -323,14 +350,14 @@ pub async fn grant_batch(
     }
     let refusal = match available {
         Some(_) => None,
-        None => Some(shortage(tx.conn(), merchant, sku.as_str()).await),
+        None => Some(shortage(tx, sku.as_str()).await),
     };
     Ok(batch
         .iter()
         .map(|r| match expiries.get(&r.id) {
             Some(expires_at) => Ok(Reservation {
                 id: r.id,
-                status: "active".into(),
+                status: ReservationStatus::Active,
                 expires_at: *expires_at,
                 items: vec![ReservedItem {
                     sku: sku.as_str().into(),
@@ -338,10 +365,8 @@ pub async fn grant_batch(
                 }],
             }),
             None => Err(match &refusal {
-                Some(ReserveError::UnknownSku(s)) => ReserveError::UnknownSku(s.clone()),
-                _ => ReserveError::OutOfStock {
-                    sku: sku.as_str().into(),
-                },
+                Some(ReserveError::UnknownSku { .. }) => ReserveError::unknown_sku(sku.as_str()),
+                _ => ReserveError::out_of_stock(sku.as_str()),
             }),
         })
         .collect())
@@ -377,7 +402,7 @@ async fn insert_reservation(
     .await?;
     Ok(Reservation {
         id,
-        status: "active".into(),
+        status: ReservationStatus::Active,
         expires_at,
         items: lines
             .iter()
@@ -394,7 +419,7 @@ pub async fn get_reservation(
     id: Uuid,
 ) -> Result<Option<Reservation>, sqlx::Error> {
     let merchant = tx.merchant_id().0;
-    let head: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+    let head: Option<(ReservationStatus, DateTime<Utc>)> = sqlx::query_as(
         "select status, expires_at from reservations where merchant_id = $1 and id = $2",
     )
     .bind(merchant)
@@ -469,9 +494,29 @@ pub async fn settle_reservation(
     settle(tx.conn(), merchant, id, how).await
 }
 
+/// Marks an active reservation as held by an order: from now on only that
+/// order's checkout settles it (consumed when it is confirmed, released when it
+/// fails), never the expiry worker. `false` if the reservation is not active.
+pub async fn hold_for_order(
+    tx: &mut TenantTx,
+    reservation: Uuid,
+    order: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let held = sqlx::query(
+        "update reservations set held_by_order = $3
+         where merchant_id = $1 and id = $2 and status = 'active'",
+    )
+    .bind(tx.merchant_id().0)
+    .bind(reservation)
+    .bind(order)
+    .execute(tx.conn())
+    .await?;
+    Ok(held.rows_affected() == 1)
+}
+
 /// Expires up to `limit` reservations past their TTL, across merchants (worker
-/// role). Reservations held by a checkout still in progress are left to the saga
-/// recovery, which settles them one way or the other. Safe to run in several
+/// role). Reservations held by an order are left to its checkout (and the saga
+/// recovery), which settles them one way or the other. Safe to run in several
 /// processes: claimed rows are locked and skipped by the others.
 pub async fn expire_due_reservations(
     conn: &mut PgConnection,
@@ -479,9 +524,7 @@ pub async fn expire_due_reservations(
 ) -> Result<u64, sqlx::Error> {
     let due: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "select r.merchant_id, r.id from reservations r
-         where r.status = 'active' and r.expires_at < now()
-           and not exists (select 1 from orders o
-                           where o.merchant_id = r.merchant_id and o.reservation_id = r.id and o.status = 'pending')
+         where r.status = 'active' and r.expires_at < now() and r.held_by_order is null
          order by r.expires_at
          limit $1
          for update of r skip locked",

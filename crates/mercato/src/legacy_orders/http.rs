@@ -1,19 +1,22 @@
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::store::{self, LegacyOrder, NewLegacyOrder};
 use crate::catalog::Money;
 use crate::http::auth::Tenant;
-use crate::http::{ApiError, ApiJson, AppState, FieldErrors, Problem};
+use crate::http::{ApiError, ApiJson, Problem};
+use crate::state::AppState;
+use crate::validation::{self, FieldErrors, Invalid};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/legacy-orders", post(post_legacy_order))
-        .route("/v1/legacy-orders/{id}", get(get_legacy_order))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(post_legacy_order))
+        .routes(routes!(get_legacy_order))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -33,21 +36,23 @@ pub struct CreateLegacyOrder {
 /// The legacy shape holds numeric(12,2): at most 999,999,999,999 minor units.
 const MAX_AMOUNT: i64 = 999_999_999_999;
 
-fn parse(body: &CreateLegacyOrder) -> Result<NewLegacyOrder, ApiError> {
+fn parse(body: &CreateLegacyOrder) -> Result<NewLegacyOrder, Invalid> {
     let mut errors = FieldErrors::default();
-    let email = body.customer.email.trim().to_lowercase();
-    if !email.contains('@') || email.len() > 254 {
-        errors.push("customer.email", "must be an email address");
-    }
-    let name = body.customer.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 200 {
-        errors.push("customer.name", "must be 1-200 characters");
-    }
+    let email = errors.check("customer.email", validation::email(&body.customer.email));
+    let name = errors.check(
+        "customer.name",
+        validation::display_name(&body.customer.name),
+    );
     let total = Money::parse_price(&body.total, "total", &mut errors);
     if body.total.amount > MAX_AMOUNT {
         errors.push("total.amount", format!("must be at most {MAX_AMOUNT}"));
     }
-    errors.finish(total.map(|total| NewLegacyOrder { email, name, total }))
+    let parsed = email.zip(name).zip(total);
+    errors.finish(parsed.map(|((email, name), total)| NewLegacyOrder {
+        email: email.to_lowercase(),
+        name,
+        total,
+    }))
 }
 
 /// Records an order. While the migration runs, it is written to both shapes

@@ -15,40 +15,21 @@ use uuid::Uuid;
 
 pub use sandbox::{SandboxMethod, SandboxProvider};
 
+use crate::db::text_enum;
 use crate::tenancy::MerchantId;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PaymentStatus {
-    Authorized,
-    Captured,
-    Voided,
-    Refunded,
-    Failed,
-}
-
-impl PaymentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentStatus::Authorized => "authorized",
-            PaymentStatus::Captured => "captured",
-            PaymentStatus::Voided => "voided",
-            PaymentStatus::Refunded => "refunded",
-            PaymentStatus::Failed => "failed",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "authorized" => PaymentStatus::Authorized,
-            "captured" => PaymentStatus::Captured,
-            "voided" => PaymentStatus::Voided,
-            "refunded" => PaymentStatus::Refunded,
-            "failed" => PaymentStatus::Failed,
-            _ => return None,
-        })
+text_enum! {
+    /// Where a payment stands at the provider.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum PaymentStatus {
+        Authorized = "authorized",
+        Captured = "captured",
+        Voided = "voided",
+        Refunded = "refunded",
+        Failed = "failed",
     }
 }
 

@@ -53,7 +53,7 @@ pub struct SandboxProvider {
 #[derive(FromRow)]
 struct PaymentRow {
     id: Uuid,
-    status: String,
+    status: PaymentStatus,
     amount: i64,
     currency: String,
     failure_code: Option<String>,
@@ -63,7 +63,7 @@ impl From<PaymentRow> for Payment {
     fn from(r: PaymentRow) -> Self {
         Payment {
             id: r.id,
-            status: PaymentStatus::parse(&r.status).unwrap_or(PaymentStatus::Failed),
+            status: r.status,
             amount: r.amount,
             currency: r.currency,
             failure_code: r.failure_code,
@@ -91,10 +91,10 @@ impl SandboxProvider {
             tokio::time::sleep(self.delay).await;
         }
         let (status, failure) = match (method, capture) {
-            (SandboxMethod::Declined, _) => ("failed", Some("card_declined")),
-            (SandboxMethod::Expired, _) => ("failed", Some("expired_card")),
-            (_, true) => ("captured", None),
-            (_, false) => ("authorized", None),
+            (SandboxMethod::Declined, _) => (PaymentStatus::Failed, Some("card_declined")),
+            (SandboxMethod::Expired, _) => (PaymentStatus::Failed, Some("expired_card")),
+            (_, true) => (PaymentStatus::Captured, None),
+            (_, false) => (PaymentStatus::Authorized, None),
         };
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         sqlx::query(
@@ -150,8 +150,8 @@ impl SandboxProvider {
         )
         .bind(merchant.0)
         .bind(id)
-        .bind(from.as_str())
-        .bind(to.as_str())
+        .bind(from)
+        .bind(to)
         .execute(tx.conn())
         .await?;
         let payment: Option<Payment> = sqlx::query_as::<_, PaymentRow>(&format!(

@@ -1,22 +1,25 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{patch, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{
     create_merchant, set_stock_strategy, CreateMerchantError, MerchantId, MerchantName, Slug,
+    Strategy,
 };
 use crate::http::auth::Admin;
-use crate::http::{ApiError, ApiJson, AppState, FieldError, FieldErrors};
-use crate::inventory::Strategy;
+use crate::http::{ApiError, ApiJson};
+use crate::state::AppState;
+use crate::validation::{FieldError, FieldErrors};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/merchants", post(post_merchant))
-        .route("/v1/merchants/{id}", patch(patch_merchant))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(post_merchant))
+        .routes(routes!(patch_merchant))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -52,7 +55,7 @@ pub async fn patch_merchant(
         .map_err(|_| ApiError::NotFound("merchant"))?;
     let strategy =
         Strategy::parse(&body.stock_strategy).map_err(|m| ApiError::field("stock_strategy", m))?;
-    if !set_stock_strategy(&state.db.app, id, strategy.as_str()).await? {
+    if !set_stock_strategy(&state.db.app, id, strategy).await? {
         return Err(ApiError::NotFound("merchant"));
     }
     state.keys.forget(id);

@@ -1,10 +1,14 @@
-//! Merchants (tenants) and their API keys.
+//! Merchants (tenants), their settings and their API keys.
+//!
+//! Owns tables `merchants` and `api_keys`.
 
 pub mod http;
+mod key_cache;
 mod model;
 mod store;
 
-pub use model::{ApiKey, MerchantId, MerchantName, Slug};
+pub use key_cache::KeyCache;
+pub use model::{ApiKey, MerchantId, MerchantName, Slug, Strategy};
 pub use store::{
     authenticate_key, create_merchant, find_merchant_by_slug, issue_api_key, set_stock_strategy,
     CreateMerchantError,

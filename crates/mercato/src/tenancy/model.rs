@@ -4,26 +4,22 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// The tenant every tenant-owned row belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(transparent)]
-pub struct MerchantId(pub Uuid);
+use crate::db::text_enum;
+pub use crate::db::MerchantId;
 
-impl MerchantId {
-    pub fn new() -> Self {
-        MerchantId(Uuid::now_v7())
-    }
-}
-
-impl Default for MerchantId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for MerchantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+text_enum! {
+    /// How a merchant's units are taken from stock. All three leave the same
+    /// rows behind (a reservation); they differ in how concurrent buyers of one
+    /// SKU are serialised. A merchant setting (column `merchants.stock_strategy`).
+    #[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Strategy {
+        /// `SELECT … FOR UPDATE` the stock rows, check, update.
+        Pessimistic = "pessimistic",
+        /// One conditional `UPDATE … WHERE on_hand - reserved >= q` per SKU.
+        Optimistic = "optimistic",
+        /// Per-SKU FIFO admission: one task per hot SKU grants whole batches in one transaction.
+        Reservation = "reservation",
     }
 }
 

@@ -1,6 +1,6 @@
 use sqlx::PgPool;
 
-use super::{ApiKey, MerchantId, MerchantName, Slug};
+use super::{ApiKey, MerchantId, MerchantName, Slug, Strategy};
 use crate::db::{violates, TenantTx};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub async fn issue_api_key(tx: &mut TenantTx) -> Result<ApiKey, sqlx::Error> {
 pub async fn set_stock_strategy(
     pool: &PgPool,
     id: MerchantId,
-    strategy: &str,
+    strategy: Strategy,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query("update merchants set stock_strategy = $2 where id = $1")
         .bind(id.0)
@@ -76,7 +76,7 @@ pub async fn find_merchant_by_slug(
 pub async fn authenticate_key(
     tx: &mut TenantTx,
     key: &ApiKey,
-) -> Result<Option<String>, sqlx::Error> {
+) -> Result<Option<Strategy>, sqlx::Error> {
     sqlx::query_scalar(
         "select m.stock_strategy from api_keys k join merchants m on m.id = k.merchant_id
          where k.merchant_id = $1 and k.key_hash = $2 and k.revoked_at is null",

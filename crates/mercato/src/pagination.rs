@@ -1,11 +1,11 @@
-//! `?limit=&cursor=` list parameters and the `{data, next_cursor}` envelope.
+//! Keyset pagination: `?limit=&cursor=` list parameters and the
+//! `{data, next_cursor}` envelope. Lists are ordered by id (UUIDv7, so by time).
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::error::FieldErrors;
-use super::ApiError;
+use crate::validation::{FieldErrors, Invalid};
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 500;
@@ -27,7 +27,7 @@ pub struct Page {
 }
 
 impl Page {
-    pub fn parse(params: &PageParams) -> Result<Self, ApiError> {
+    pub fn parse(params: &PageParams) -> Result<Self, Invalid> {
         let mut errors = FieldErrors::default();
         let limit = match params.limit.as_deref() {
             None => Some(DEFAULT_LIMIT),

@@ -1,0 +1,59 @@
+//! Where every route is mounted. Each context registers its handlers together
+//! with their OpenAPI docs (`OpenApiRouter` + `routes!`), so what is served and
+//! what `/openapi.json` documents cannot drift apart.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::{middleware, Extension, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::http::openapi::{self, ApiDoc};
+use crate::http::{self, metrics, ApiError, Problem};
+use crate::state::AppState;
+use crate::{catalog, checkout, inventory, legacy_orders, tenancy};
+
+/// The whole service: every context's routes inside the web plumbing.
+pub fn router(state: AppState) -> Router {
+    // Install the recorder now, so the first requests are counted too.
+    metrics::handle();
+    let (api, api_doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(tenancy::http::routes())
+        .merge(catalog::http::routes())
+        .merge(inventory::http::routes())
+        .merge(checkout::http::routes())
+        .merge(legacy_orders::http::routes())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .split_for_parts();
+    // Operators' endpoints: documented, but not counted in the request metrics.
+    let (operations, operations_doc) = OpenApiRouter::new()
+        .routes(routes!(openapi::document))
+        .routes(routes!(metrics::render))
+        .split_for_parts();
+    let mut doc = api_doc;
+    doc.merge(operations_doc);
+    let routes = api
+        .route_layer(middleware::from_fn(metrics::track))
+        .merge(operations.layer(Extension(Arc::new(doc))));
+    http::with_plumbing(routes, state)
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "The database answers"),
+    (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
+))]
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    crate::db::ping(&state.db.app).await.map_err(|err| {
+        tracing::warn!(error = %err, "readiness check failed");
+        ApiError::Unavailable("the database does not answer")
+    })?;
+    Ok("ready")
+}

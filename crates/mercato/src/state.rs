@@ -1,0 +1,35 @@
+//! What every request handler can reach: the services `App::build` wires up.
+
+use std::sync::Arc;
+
+use crate::checkout::Checkout;
+use crate::db::Db;
+use crate::inventory::Inventory;
+use crate::tenancy::KeyCache;
+
+/// Cloned for every request and extractor, so it is one reference-counted pointer.
+#[derive(Clone)]
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
+    pub db: Db,
+    pub admin_token: Arc<str>,
+    pub keys: KeyCache,
+    pub inventory: Inventory,
+    pub checkout: Checkout,
+    /// The online migration of legacy orders: which shapes to write and read.
+    pub migration: Arc<pgshift::ReadSwitch>,
+}

@@ -1,0 +1,43 @@
+//! Verified API keys, cached so the hot path costs no query for authentication.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{MerchantId, Strategy};
+
+/// How long a verified key is trusted without asking the database again.
+/// A revoked key stops working within this time.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// Verified key hashes, so the hot path costs no query for authentication.
+#[derive(Default)]
+pub struct KeyCache(Mutex<HashMap<Vec<u8>, (MerchantId, Strategy, Instant)>>);
+
+impl KeyCache {
+    pub fn get(&self, hash: &[u8]) -> Option<(MerchantId, Strategy)> {
+        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(hash)
+            .filter(|(_, _, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(m, s, _)| (*m, *s))
+    }
+
+    /// Drops a merchant's cached keys, so its next request reads its settings afresh.
+    pub fn forget(&self, merchant: MerchantId) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (m, _, _)| *m != merchant);
+    }
+
+    pub fn put(&self, hash: Vec<u8>, merchant: MerchantId, strategy: Strategy) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= KEY_CACHE_MAX {
+            cache.retain(|_, (_, _, at)| at.elapsed() < KEY_CACHE_TTL);
+            if cache.len() >= KEY_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(hash, (merchant, strategy, Instant::now()));
+    }
+}
