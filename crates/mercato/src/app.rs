@@ -12,7 +12,7 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 
 use crate::checkout::{self, Checkout};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::db::{self, Db, DbError};
 use crate::demo::{self, DemoError};
 use crate::inventory::{self, Inventory};
@@ -24,6 +24,8 @@ use pgshift::ReadSwitch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -64,6 +66,7 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
+        config.validate()?;
         // Bind first: a taken port should fail before anything else starts.
         let listener =
             TcpListener::bind(config.listen)

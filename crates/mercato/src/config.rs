@@ -1,45 +1,151 @@
-//! The one typed configuration, built once at start-up (by the CLI or by tests).
+//! The one typed configuration. `mercato serve` fills it from flags and
+//! environment variables (clap, below); tests and benchmarks start from
+//! `Config::new` and change fields. Defaults are written once, here, and
+//! `App::build` validates every configuration the same way (`Config::validate`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Clone, Debug)]
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_DATA_DIR: &str = ".mercato";
+const DEFAULT_DB_POOL: u32 = 32;
+const DEFAULT_CHECKOUT_TTL: &str = "900";
+const DEFAULT_RECOVERY_GRACE: &str = "30";
+const DEFAULT_WORKER_INTERVAL: &str = "1";
+const DEFAULT_PAYMENT_DELAY: &str = "2";
+const DEFAULT_SHADOW_PERCENT: u8 = 10;
+/// The longest any configured duration may be: one day.
+const MAX_SECONDS: f64 = 86_400.0;
+
+#[derive(Clone, Debug, clap::Args)]
 pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "MERCATO_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Where the private PostgreSQL and demo files live when no database is given.
+    /// Directory of the private PostgreSQL cluster and demo files (used when no database is given).
+    #[arg(long, env = "MERCATO_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// The owner's connection (runs migrations). `None`: start a private cluster.
+    /// PostgreSQL URL of the schema owner (runs migrations); the service itself
+    /// connects as role `mercato_app`. Unset: start a private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// The platform admin token. `None`: generate one for this run.
+    /// Platform admin token; generated and printed when unset.
+    #[arg(long, env = "MERCATO_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Size of the app role's connection pool.
+    /// Size of the service's database connection pool (1 to 1000).
+    #[arg(long = "db-pool", env = "MERCATO_DB_POOL", default_value_t = DEFAULT_DB_POOL)]
     pub max_connections: u32,
-    /// How long a checkout's reservation holds its units.
+    /// Seconds a checkout's reservation holds its units (1 to 86400).
+    #[arg(long, env = "MERCATO_CHECKOUT_TTL", default_value = DEFAULT_CHECKOUT_TTL, value_parser = seconds)]
     pub checkout_ttl: Duration,
-    /// A pending checkout untouched this long is resumed by the recovery worker.
+    /// Seconds after which a pending checkout is resumed by the recovery worker (0 to 86400).
+    #[arg(long, env = "MERCATO_RECOVERY_GRACE", default_value = DEFAULT_RECOVERY_GRACE, value_parser = seconds)]
     pub recovery_grace: Duration,
-    /// How often the expiry and recovery workers look for work.
+    /// Seconds between background-worker passes: reservation expiry, checkout recovery (0.01 to 86400).
+    #[arg(long, env = "MERCATO_WORKER_INTERVAL", default_value = DEFAULT_WORKER_INTERVAL, value_parser = seconds)]
     pub worker_interval: Duration,
-    /// The sandbox provider's delay for `pm_card_slow` and `pm_card_timeout`.
+    /// Seconds the sandbox takes for pm_card_slow and hangs for pm_card_timeout (0 to 86400).
+    #[arg(long, env = "MERCATO_PAYMENT_DELAY", default_value = DEFAULT_PAYMENT_DELAY, value_parser = seconds)]
     pub payment_delay: Duration,
-    /// Share of legacy-order reads that also read the other shape and compare (0-100).
+    /// Percentage of migrating reads that also read the other shape and compare (0 to 100).
+    #[arg(long, env = "MERCATO_SHADOW_PERCENT", default_value_t = DEFAULT_SHADOW_PERCENT)]
     pub shadow_percent: u8,
 }
 
+/// A configuration that cannot work, named by its flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag} {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+fn seconds(raw: &str) -> Result<Duration, String> {
+    let value: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(value).map_err(|_| format!("{raw:?} is not a number of seconds"))
+}
+
 impl Config {
+    /// The defaults, listening on `listen`.
     pub fn new(listen: SocketAddr) -> Self {
+        let default = |raw: &str| seconds(raw).expect("default durations parse");
         Config {
             listen,
-            data_dir: PathBuf::from(".mercato"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             database_url: None,
             admin_token: None,
-            max_connections: 32,
-            checkout_ttl: Duration::from_secs(900),
-            recovery_grace: Duration::from_secs(30),
-            worker_interval: Duration::from_secs(1),
-            payment_delay: Duration::from_secs(2),
-            shadow_percent: 10,
+            max_connections: DEFAULT_DB_POOL,
+            checkout_ttl: default(DEFAULT_CHECKOUT_TTL),
+            recovery_grace: default(DEFAULT_RECOVERY_GRACE),
+            worker_interval: default(DEFAULT_WORKER_INTERVAL),
+            payment_delay: default(DEFAULT_PAYMENT_DELAY),
+            shadow_percent: DEFAULT_SHADOW_PERCENT,
         }
+    }
+
+    /// Checks ranges; the first value out of range is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |flag, message: String| Err(ConfigError { flag, message });
+        if !(1..=1000).contains(&self.max_connections) {
+            return fail("db-pool", "must be from 1 to 1000 connections".into());
+        }
+        for (flag, value, min) in [
+            ("checkout-ttl", self.checkout_ttl, 1.0),
+            ("recovery-grace", self.recovery_grace, 0.0),
+            ("worker-interval", self.worker_interval, 0.01),
+            ("payment-delay", self.payment_delay, 0.0),
+        ] {
+            let secs = value.as_secs_f64();
+            if !(min..=MAX_SECONDS).contains(&secs) {
+                return fail(flag, format!("must be from {min} to {MAX_SECONDS} seconds"));
+            }
+        }
+        if self.shadow_percent > 100 {
+            return fail("shadow-percent", "must be from 0 to 100".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn the_cli_defaults_are_the_library_defaults() {
+        let parsed = Cli::try_parse_from(["mercato"]).expect("defaults parse");
+        let mut config = parsed.config;
+        // The test runner may set these in the environment; they have no default.
+        config.database_url = None;
+        config.admin_token = None;
+        let expected = Config::new(config.listen);
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_flag() {
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+        config.max_connections = 0;
+        assert_eq!(config.validate().unwrap_err().flag, "db-pool");
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+        config.worker_interval = Duration::ZERO;
+        assert_eq!(config.validate().unwrap_err().flag, "worker-interval");
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+        config.checkout_ttl = Duration::from_secs(86_401);
+        assert_eq!(config.validate().unwrap_err().flag, "checkout-ttl");
+        assert!(Cli::try_parse_from(["mercato", "--recovery-grace", "soon"]).is_err());
     }
 }

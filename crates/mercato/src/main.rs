@@ -1,6 +1,5 @@
 //! The `mercato` command line. Parsing only; the work is in the library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,7 +24,7 @@ struct Cli {
 enum Command {
     /// Run the HTTP service. Without DATABASE_URL it starts a private PostgreSQL
     /// under --data-dir, migrates it and seeds a demo merchant.
-    Serve(ServeArgs),
+    Serve(Config),
     /// Run a benchmark; prints ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -41,33 +40,10 @@ struct MigrateArgs {
     /// The plan (TOML), e.g. crates/mercato/migrations/plans/orders_money_customers.toml
     plan: PathBuf,
     #[command(subcommand)]
-    phase: MigratePhase,
+    phase: mercato::shift::Command,
     /// PostgreSQL URL of the schema owner (superuser or BYPASSRLS).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
-}
-
-#[derive(Subcommand)]
-enum MigratePhase {
-    /// Check the plan against the rules for live tables; runs nothing.
-    Lint,
-    /// Create the new shape; writers dual-write from here on.
-    Expand,
-    /// Copy the old rows in throttled, resumable batches.
-    Backfill,
-    /// Serve this percentage of reads from the new shape (0 rolls back).
-    Switch {
-        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
-        percent: u8,
-    },
-    /// Compare counts and checksums of both shapes, range by range.
-    Validate,
-    /// Drop the old shape (irreversible; needs validation and 100% reads for a while).
-    Contract,
-    /// Where the migration stands.
-    Status,
-    /// Roll back to the old shape (before contract only).
-    Abort,
 }
 
 #[derive(Subcommand)]
@@ -138,41 +114,6 @@ struct BenchCheckoutArgs {
     database_url: Option<String>,
 }
 
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "MERCATO_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Directory of the private PostgreSQL cluster (used when DATABASE_URL is unset).
-    #[arg(long, env = "MERCATO_DATA_DIR", default_value = ".mercato")]
-    data_dir: PathBuf,
-    /// PostgreSQL URL of the schema owner; the service itself connects as role `mercato_app`.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    /// Platform admin token; generated and printed when unset.
-    #[arg(long, env = "MERCATO_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// Size of the database connection pool.
-    #[arg(long, env = "MERCATO_DB_POOL", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    db_pool: u32,
-    /// Seconds a checkout's reservation holds its units.
-    #[arg(long, env = "MERCATO_CHECKOUT_TTL", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    checkout_ttl: u64,
-    /// Seconds after which a pending checkout is resumed by the recovery worker.
-    #[arg(long, env = "MERCATO_RECOVERY_GRACE", default_value_t = 30.0)]
-    recovery_grace: f64,
-    /// Seconds between background-worker passes (reservation expiry, checkout recovery).
-    #[arg(long, env = "MERCATO_WORKER_INTERVAL", default_value_t = 1.0)]
-    worker_interval: f64,
-    /// Seconds the sandbox takes for pm_card_slow and hangs for pm_card_timeout.
-    #[arg(long, env = "MERCATO_PAYMENT_DELAY", default_value_t = 2.0)]
-    payment_delay: f64,
-    /// Percentage of migrating reads that also read the other shape and compare.
-    #[arg(long, env = "MERCATO_SHADOW_PERCENT", default_value_t = 10,
-          value_parser = clap::value_parser!(u8).range(0..=100))]
-    shadow_percent: u8,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     mercato::telemetry::init();
@@ -236,19 +177,7 @@ fn fail(err: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        database_url: args.database_url,
-        admin_token: args.admin_token,
-        max_connections: args.db_pool,
-        checkout_ttl: Duration::from_secs(args.checkout_ttl),
-        recovery_grace: seconds("--recovery-grace", args.recovery_grace, 0.0)?,
-        worker_interval: seconds("--worker-interval", args.worker_interval, 0.01)?,
-        payment_delay: seconds("--payment-delay", args.payment_delay, 0.0)?,
-        shadow_percent: args.shadow_percent,
-    };
+async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     let base = format!("http://{}", app.addr);
     println!("Mercato listening on {base}");
@@ -270,29 +199,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    use mercato::shift::Command as C;
-    let command = match args.phase {
-        MigratePhase::Lint => C::Lint,
-        MigratePhase::Expand => C::Expand,
-        MigratePhase::Backfill => C::Backfill,
-        MigratePhase::Switch { percent } => C::Switch(percent),
-        MigratePhase::Validate => C::Validate,
-        MigratePhase::Contract => C::Contract,
-        MigratePhase::Status => C::Status,
-        MigratePhase::Abort => C::Abort,
-    };
     let url = args.database_url.ok_or_else(|| {
         anyhow::anyhow!("DATABASE_URL (or --database-url) must name the database to migrate")
     })?;
-    mercato::shift::run(&url, &args.plan, command).await
-}
-
-fn seconds(flag: &str, value: f64, min: f64) -> anyhow::Result<Duration> {
-    if !(value >= min && value <= 86_400.0) {
-        anyhow::bail!("{flag} must be from {min} to 86400 seconds");
-    }
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| anyhow::anyhow!("{flag} must be a number of seconds"))
+    mercato::shift::run(&url, &args.plan, args.phase).await
 }
 
 async fn shutdown_signal() {

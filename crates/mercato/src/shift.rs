@@ -5,15 +5,27 @@ use std::path::Path;
 use anyhow::Context;
 use pgshift::{Migrator, Plan};
 
-#[derive(Debug, Clone, Copy)]
+/// The phases of a plan, each one command.
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
 pub enum Command {
+    /// Check the plan against the rules for live tables; runs nothing.
     Lint,
+    /// Create the new shape; writers dual-write from here on.
     Expand,
+    /// Copy the old rows in throttled, resumable batches.
     Backfill,
-    Switch(u8),
+    /// Serve this percentage of reads from the new shape (0 rolls back).
+    Switch {
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+    },
+    /// Compare counts and checksums of both shapes, range by range.
     Validate,
+    /// Drop the old shape (irreversible; needs validation and 100% reads for a while).
     Contract,
+    /// Where the migration stands.
     Status,
+    /// Roll back to the old shape (before contract only).
     Abort,
 }
 
@@ -60,7 +72,7 @@ pub async fn run(database_url: &str, plan_path: &Path, command: Command) -> anyh
                 report.throttled
             );
         }
-        Command::Switch(percent) => {
+        Command::Switch { percent } => {
             migrator.switch(percent).await?;
             println!("{name}: {percent}% of reads now use the new shape");
         }

@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::TestApp;
+use crate::helpers::{Body, TestApp};
 
 #[tokio::test]
 async fn a_product_is_created_read_updated_and_deleted() {
@@ -51,10 +51,7 @@ async fn a_product_is_created_read_updated_and_deleted() {
     app.get(&format!("/v1/products/{id}"), &m.key)
         .await
         .assert_problem(404, "not-found");
-    let variants: i64 = sqlx::query_scalar("select count(*) from variants")
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
+    let variants: i64 = app.count("variants").await;
     assert_eq!(variants, 0, "variants go with their product");
 }
 
@@ -204,10 +201,7 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     assert_eq!(limit.error_fields(), ["limit"]);
     let cursor = app.get("/v1/products?cursor=not-a-cursor", &m.key).await;
     assert_eq!(cursor.error_fields(), ["cursor"]);
-    let count: i64 = sqlx::query_scalar("select count(*) from products")
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
+    let count: i64 = app.count("products").await;
     assert_eq!(count, 0);
 }
 
@@ -275,12 +269,15 @@ async fn edge_requests_get_problems_too() {
         .await
         .assert_problem(413, "payload-too-large");
     // The auth scheme is case-insensitive.
+    let lower_case = format!("bearer {}", m.key);
     let lower = app
-        .client
-        .get(format!("{}/v1/products", app.base))
-        .header("authorization", format!("bearer {}", m.key))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(lower.status(), 200);
+        .request_with(
+            Method::GET,
+            "/v1/products",
+            None,
+            &[("authorization", &lower_case)],
+            Body::Empty,
+        )
+        .await;
+    assert_eq!(lower.status, 200);
 }

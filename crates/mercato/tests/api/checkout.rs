@@ -1,8 +1,8 @@
 use futures_util::future::join_all;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_inventory_consistent, post_to, wait_until_zero, TestApp};
+use crate::helpers::{assert_inventory_consistent, post_to, wait_until_zero, Body, TestApp};
 
 fn checkout(sku: &str, quantity: i64, method: &str) -> Value {
     json!({"customer": {"email": "ann@example.com"}, "items": [{"sku": sku, "quantity": quantity}], "payment_method": method})
@@ -53,12 +53,9 @@ async fn a_failed_payment_is_402_and_leaves_nothing_reserved() {
         app.get("/v1/inventory/TEE", &m.key).await.body["available"],
         5
     );
-    let failed: i64 = sqlx::query_scalar(
-        "select count(*) from orders where status = 'failed' and saga_step = 'compensated'",
-    )
-    .fetch_one(&app.owner)
-    .await
-    .unwrap();
+    let failed: i64 = app
+        .count("orders where status = 'failed' and saga_step = 'compensated'")
+        .await;
     assert_eq!(failed, 2);
     assert_inventory_consistent(&app.owner, &[("TEE", 5)]).await;
 }
@@ -76,12 +73,7 @@ async fn a_payment_timeout_is_reconciled_by_the_recovery_worker() {
         .await;
     assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.body);
     assert_eq!(resp.body["status"], "pending");
-    let pending = wait_until_zero(
-        &app.owner,
-        "select count(*) from orders where status = 'pending'",
-        15,
-    )
-    .await;
+    let pending = wait_until_zero(&app.owner, "orders where status = 'pending'", 15).await;
     assert_eq!(pending, 0, "recovery settled the order");
     let id = resp.body["id"].as_str().unwrap();
     assert_eq!(
@@ -100,10 +92,7 @@ async fn out_of_stock_is_409_and_charges_nothing() {
         .await;
     resp.assert_problem(409, "out-of-stock");
     assert_eq!(resp.error_fields(), ["items[0].sku"]);
-    let payments: i64 = sqlx::query_scalar("select count(*) from payments")
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
+    let payments: i64 = app.count("payments").await;
     assert_eq!(payments, 0);
 }
 
@@ -111,51 +100,46 @@ async fn out_of_stock_is_409_and_charges_nothing() {
 async fn an_idempotency_key_replays_refuses_reuse_and_guards_in_flight() {
     let app = TestApp::spawn().await;
     let m = app.merchant_with_stock("acme", "TEE", 5).await;
-    let send = |key: &'static str, body: Value| {
-        app.client
-            .post(format!("{}/v1/checkouts", app.base))
-            .bearer_auth(&m.key)
-            .header("Idempotency-Key", key)
-            .json(&body)
-            .send()
+    let send = |key: &'static str, body: Body| {
+        let m = &m;
+        let app = &app;
+        async move {
+            app.request_with(
+                Method::POST,
+                "/v1/checkouts",
+                Some(&m.key),
+                &[("Idempotency-Key", key)],
+                body,
+            )
+            .await
+        }
     };
-    let first = send("k1", checkout("TEE", 1, "pm_card_ok")).await.unwrap();
-    assert_eq!(first.status(), 201);
-    let first_body: Value = first.json().await.unwrap();
-    let again = send("k1", checkout("TEE", 1, "pm_card_ok")).await.unwrap();
-    assert_eq!(again.status(), 201);
-    assert_eq!(again.headers()["idempotent-replayed"], "true");
-    assert_eq!(again.json::<Value>().await.unwrap(), first_body);
+    let first = send("k1", Body::Json(checkout("TEE", 1, "pm_card_ok"))).await;
+    assert_eq!(first.status, 201);
+    let again = send("k1", Body::Json(checkout("TEE", 1, "pm_card_ok"))).await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body, first.body);
     // The same JSON with other spacing is the same request.
-    let spaced = app
-        .client
-        .post(format!("{}/v1/checkouts", app.base))
-        .bearer_auth(&m.key)
-        .header("Idempotency-Key", "k1")
-        .header("content-type", "application/json")
-        .body(serde_json::to_string_pretty(&checkout("TEE", 1, "pm_card_ok")).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(spaced.status(), 201);
-    assert_eq!(spaced.headers()["idempotent-replayed"], "true");
-    let reused = send("k1", checkout("TEE", 2, "pm_card_ok")).await.unwrap();
-    assert_eq!(reused.status(), 422);
+    let pretty = serde_json::to_string_pretty(&checkout("TEE", 1, "pm_card_ok")).unwrap();
+    let spaced = send("k1", Body::RawJson(pretty)).await;
+    assert_eq!(spaced.status, 201);
+    assert_eq!(spaced.headers["idempotent-replayed"], "true");
+    let reused = send("k1", Body::Json(checkout("TEE", 2, "pm_card_ok"))).await;
+    assert_eq!(reused.status, 422);
     assert_eq!(
-        reused.json::<Value>().await.unwrap()["type"],
+        reused.body["type"],
         "https://mercato.dev/problems/idempotency-key-reused"
     );
     // A slow payment keeps the first request in flight while the second arrives.
-    let (slow, racing) = tokio::join!(send("k2", checkout("TEE", 1, "pm_card_slow")), async {
+    let slow_checkout = || Body::Json(checkout("TEE", 1, "pm_card_slow"));
+    let (slow, racing) = tokio::join!(send("k2", slow_checkout()), async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        send("k2", checkout("TEE", 1, "pm_card_slow")).await
+        send("k2", slow_checkout()).await
     });
-    assert_eq!(slow.unwrap().status(), 201);
-    assert_eq!(racing.unwrap().status(), 409);
-    let orders: i64 = sqlx::query_scalar("select count(*) from orders")
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
+    assert_eq!(slow.status, 201);
+    assert_eq!(racing.status, 409);
+    let orders: i64 = app.count("orders").await;
     assert_eq!(orders, 2, "one order per key");
     assert_inventory_consistent(&app.owner, &[("TEE", 5)]).await;
 }
@@ -197,10 +181,7 @@ async fn bad_checkout_input_names_the_field_and_reserves_nothing() {
         resp.assert_problem(422, "validation-error");
         assert_eq!(resp.error_fields(), [field], "for {body}");
     }
-    let reservations: i64 = sqlx::query_scalar("select count(*) from reservations")
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
+    let reservations: i64 = app.count("reservations").await;
     assert_eq!(reservations, 0);
 }
 

@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_inventory_consistent, post_to, wait_until_zero, TestDatabase, ADMIN_TOKEN,
+    assert_inventory_consistent, count, post_to, wait_until_zero, TestDatabase, ADMIN_TOKEN,
 };
 
 /// The `mercato` binary serving the test database; killed (SIGKILL) on drop.
@@ -154,34 +154,17 @@ async fn a_server_killed_mid_storm_recovers_every_checkout() {
     );
 
     let owner = sqlx::PgPool::connect(&db.owner_url).await.unwrap();
-    let in_flight: i64 = sqlx::query_scalar("select count(*) from orders where status = 'pending'")
-        .fetch_one(&owner)
-        .await
-        .unwrap();
+    let in_flight: i64 = count(&owner, "orders where status = 'pending'").await;
     eprintln!("killed with {answered} answered, {in_flight} checkouts pending");
 
     let _restarted = Server::start(&db, free_port()).await;
-    let pending = wait_until_zero(
-        &owner,
-        "select count(*) from orders where status = 'pending'",
-        60,
-    )
-    .await;
+    let pending = wait_until_zero(&owner, "orders where status = 'pending'", 60).await;
     assert_eq!(pending, 0, "recovery finished every checkout");
-    let active = wait_until_zero(
-        &owner,
-        "select count(*) from reservations where status = 'active'",
-        60,
-    )
-    .await;
+    let active = wait_until_zero(&owner, "reservations where status = 'active'", 60).await;
     assert_eq!(active, 0, "orphaned reservations expired");
     let initial: Vec<(&str, i64)> = SKUS.iter().map(|s| (*s, STOCK)).collect();
     assert_inventory_consistent(&owner, &initial).await;
-    let authorized: i64 =
-        sqlx::query_scalar("select count(*) from payments where status = 'authorized'")
-            .fetch_one(&owner)
-            .await
-            .unwrap();
+    let authorized: i64 = count(&owner, "payments where status = 'authorized'").await;
     assert_eq!(
         authorized, 0,
         "no payment is left holding money: captured, voided or refunded"

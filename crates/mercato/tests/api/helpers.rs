@@ -182,27 +182,22 @@ impl TestApp {
         key: Option<&str>,
         body: Option<Value>,
     ) -> Response {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(key) = key {
-            req = req.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("request is answered");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("body reads");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Response {
-            status,
-            headers,
-            body,
-        }
+        let body = body.map(Body::Json).unwrap_or(Body::Empty);
+        self.request_with(method, path, key, &[], body).await
+    }
+
+    /// A request with extra headers (`Idempotency-Key`, a hand-made `Authorization`, …).
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> Response {
+        send(&self.client, &self.base, method, path, key, headers, body)
+            .await
+            .expect("request is answered")
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Response {
@@ -216,23 +211,14 @@ impl TestApp {
 
     /// Sends a raw body with a JSON content type (for malformed input).
     pub async fn post_raw(&self, path: &str, key: &str, body: &str) -> Response {
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
+        let body = Body::RawJson(body.to_owned());
+        self.request_with(Method::POST, path, Some(key), &[], body)
             .await
-            .expect("request is answered");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.json().await.unwrap_or(Value::Null);
-        Response {
-            status,
-            headers,
-            body,
-        }
+    }
+
+    /// Rows of `what` (a table, optionally with joins and a `where`), counted as the owner.
+    pub async fn count(&self, what: &str) -> i64 {
+        count(&self.owner, what).await
     }
 
     pub async fn create_merchant(&self, slug: &str) -> Merchant {
@@ -269,13 +255,11 @@ impl TestApp {
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
-        let resp = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics answer");
-        resp.text().await.expect("metrics body reads")
+        let resp = self.request(Method::GET, "/metrics", None, None).await;
+        match resp.body {
+            Value::String(text) => text,
+            other => panic!("metrics are text, not {other}"),
+        }
     }
 
     /// A transaction as the service runs it: app role, tenant set.
@@ -337,7 +321,56 @@ impl TestApp {
     }
 }
 
-/// Posts `body` to `base + path` with an API key; returns status and JSON body.
+/// What a test request carries.
+pub enum Body {
+    Empty,
+    Json(Value),
+    /// Sent as is, labelled `application/json` (for malformed input).
+    RawJson(String),
+}
+
+/// The one way tests send a request: to `base + path`, with an optional bearer
+/// key; the answer's body is parsed as JSON when it is JSON. `None` when no
+/// answer came (a server killed mid-request).
+pub async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Option<Response> {
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req = match body {
+        Body::Empty => req,
+        Body::Json(json) => req.json(&json),
+        Body::RawJson(raw) => req.header("content-type", "application/json").body(raw),
+    };
+    let resp = req.send().await.ok()?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.ok()?;
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Posts `body` to `base + path` with an API key; returns status and JSON body,
+/// or status 0 when no answer came (only the crash test kills servers mid-request).
 pub async fn post_to(
     client: &reqwest::Client,
     base: &str,
@@ -345,20 +378,19 @@ pub async fn post_to(
     key: &str,
     body: &Value,
 ) -> (u16, Value) {
-    match client
-        .post(format!("{base}{path}"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-    {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            (status, resp.json().await.unwrap_or(Value::Null))
-        }
-        // Only the crash test kills servers mid-request; 0 marks "no answer".
-        Err(_) => (0, Value::Null),
+    let body = Body::Json(body.clone());
+    match send(client, base, Method::POST, path, Some(key), &[], body).await {
+        Some(resp) => (resp.status.as_u16(), resp.body),
+        None => (0, Value::Null),
     }
+}
+
+/// Rows of `what` (a table, optionally with joins and a `where`).
+pub async fn count(pool: &PgPool, what: &str) -> i64 {
+    sqlx::query_scalar(&format!("select count(*) from {what}"))
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("counting {what}: {e}"))
 }
 
 /// The stock invariants, checked in SQL: for every SKU of `initial` (sku, on_hand
@@ -429,14 +461,11 @@ pub async fn assert_inventory_consistent(owner: &PgPool, initial: &[(&str, i64)]
     );
 }
 
-/// Polls `sql` (a `select count(*)`) until it returns 0, for up to `seconds`.
-pub async fn wait_until_zero(owner: &PgPool, sql: &str, seconds: u64) -> i64 {
+/// Counts `what` (see `count`) until there are none, for up to `seconds`.
+pub async fn wait_until_zero(owner: &PgPool, what: &str, seconds: u64) -> i64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
     loop {
-        let n: i64 = sqlx::query_scalar(sql)
-            .fetch_one(owner)
-            .await
-            .expect("poll query");
+        let n = count(owner, what).await;
         if n == 0 || std::time::Instant::now() > deadline {
             return n;
         }

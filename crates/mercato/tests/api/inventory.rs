@@ -110,12 +110,7 @@ async fn expired_reservations_are_released_by_the_worker() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    let left = wait_until_zero(
-        &app.owner,
-        "select count(*) from reservations where status = 'active'",
-        10,
-    )
-    .await;
+    let left = wait_until_zero(&app.owner, "reservations where status = 'active'", 10).await;
     assert_eq!(left, 0, "the worker expired the reservation");
     assert_eq!(
         app.get("/v1/inventory/A", &m.key).await.body["available"],
@@ -207,10 +202,7 @@ async fn bad_reservation_input_names_the_field_and_reserves_nothing() {
         )
         .await;
     assert_eq!(bad_strategy.error_fields(), ["strategy"]);
-    let count: i64 = sqlx::query_scalar("select count(*) from reservations")
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
+    let count: i64 = app.count("reservations").await;
     assert_eq!(count, 0);
 }
 
@@ -233,11 +225,7 @@ async fn race_for_the_last_units(strategy: &str, buyers: usize, units: i64) {
         buyers,
         "{strategy}: every other buyer was told out-of-stock"
     );
-    let reservations: i64 =
-        sqlx::query_scalar("select count(*) from reservations where status = 'active'")
-            .fetch_one(&app.owner)
-            .await
-            .unwrap();
+    let reservations: i64 = app.count("reservations where status = 'active'").await;
     assert_eq!(reservations, units);
     assert_inventory_consistent(&app.owner, &[("HOT", units)]).await;
 }

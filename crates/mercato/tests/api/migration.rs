@@ -132,10 +132,7 @@ async fn a_backfill_killed_with_sigkill_resumes_exactly_where_it_stopped() {
         "{}",
         String::from_utf8_lossy(&validate.stderr)
     );
-    let copied: i64 = sqlx::query_scalar("select count(*) from order_records")
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
+    let copied: i64 = app.count("order_records").await;
     assert_eq!(copied, rows);
 }
 

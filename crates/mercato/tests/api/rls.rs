@@ -65,13 +65,12 @@ async fn the_service_role_is_bound_by_rls() {
     .unwrap();
     assert_eq!(user, "mercato_app");
     assert!(!superuser && !bypass);
-    let owned: i64 = sqlx::query_scalar(
-        "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    let owned: i64 = app
+        .count(
+            "pg_class c join pg_namespace n on n.oid = c.relnamespace
          where n.nspname = 'public' and pg_get_userbyid(c.relowner) = 'mercato_app'",
-    )
-    .fetch_one(&app.owner)
-    .await
-    .unwrap();
+        )
+        .await;
     assert_eq!(owned, 0, "the service role owns no table");
 }
 

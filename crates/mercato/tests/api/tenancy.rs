@@ -55,10 +55,7 @@ async fn a_taken_or_malformed_slug_is_refused_with_the_field() {
         .await;
     bad.assert_problem(422, "validation-error");
     assert_eq!(bad.error_fields(), ["name", "slug"]);
-    let count: i64 = sqlx::query_scalar("select count(*) from merchants")
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
+    let count: i64 = app.count("merchants").await;
     assert_eq!(count, 1);
 }
 
