@@ -8,26 +8,37 @@
 //! data it moves; the application reads the phase and the read switch through
 //! [`ReadSwitch`].
 //!
+//! Each job has its module: `ddl` runs one plan step under `lock_timeout`,
+//! `backfill` copies in throttled batches, `validate` compares the shapes,
+//! `state` holds every statement on pgshift's own tables, and `switch` is the
+//! application's side. This file orders the phases.
+//!
 //! pgshift runs as the schema owner. With row-level security on the tables it
 //! moves, that role must be a superuser or have BYPASSRLS.
 
+mod backfill;
+mod ddl;
 pub mod lint;
 pub mod plan;
 pub mod state;
 pub mod switch;
+mod validate;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+pub use backfill::BackfillReport;
 pub use lint::Finding;
 pub use plan::Plan;
-pub use state::{Phase, Status};
+pub use state::{Phase, Status, UnknownPhase};
 pub use switch::{ReadSwitch, View};
+pub use validate::ValidationReport;
 
 use plan::Step;
+use state::ExpandStep;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,26 +55,12 @@ pub enum Error {
     Step { step: String, source: sqlx::Error },
     #[error("validation failed: {0}")]
     Validation(String),
+    /// The state row names a phase this pgshift does not know (written by a
+    /// newer pgshift, or by hand): no command guesses what it means.
+    #[error("migration {migration} has unknown phase '{phase}' in pgshift.migrations")]
+    UnknownPhase { migration: String, phase: String },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
-}
-
-/// What one backfill run did.
-#[derive(Debug, Clone, Default)]
-pub struct BackfillReport {
-    pub rows: i64,
-    pub batches: u64,
-    pub seconds: f64,
-    /// Batches the throttle shrank or paused for.
-    pub throttled: u64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ValidationReport {
-    pub ranges: u64,
-    pub rows: i64,
-    /// Key ranges `(lo, hi]` whose count or checksum differs.
-    pub mismatched: Vec<(i64, i64)>,
 }
 
 pub struct Migrator {
@@ -75,30 +72,15 @@ pub struct Migrator {
 
 /// Longer than any application caches its view: after a phase change that
 /// writers must see, pgshift waits this long before acting on it.
-/// The throttle never shrinks a batch below this many rows.
-const MIN_BATCH: i64 = 100;
-
 const SETTLE: Duration = Duration::from_millis(switch::CACHE_TTL.as_millis() as u64 * 3);
 
 impl Migrator {
     /// Opens the migration's state (creating pgshift's schema if needed).
     pub async fn open(pool: PgPool, plan: Plan) -> Result<Migrator, Error> {
         state::ensure_schema(&pool).await?;
-        sqlx::query(
-            "insert into pgshift.migrations (name) values ($1) on conflict (name) do nothing",
-        )
-        .bind(&plan.name)
-        .execute(&pool)
-        .await?;
+        state::register(&pool, &plan.name).await?;
         for role in &plan.readers {
-            let role = quote_ident(role);
-            sqlx::raw_sql(&format!(
-                "grant usage on schema pgshift to {role};
-                 grant select on pgshift.migrations to {role};
-                 grant select, insert, update on pgshift.shadow_counts, pgshift.shadow_mismatches to {role};"
-            ))
-            .execute(&pool)
-            .await?;
+            state::grant_reader(&pool, role).await?;
         }
         Ok(Migrator {
             pool,
@@ -130,7 +112,7 @@ impl Migrator {
         let mut findings = lint::lint(&self.plan, &live);
         let status = self.status().await?;
         // After contract the old shape is gone by design; nothing more to check.
-        if status.phase() >= Phase::Contracting {
+        if status.phase >= Phase::Contracting {
             return Ok(findings);
         }
         let source = &self.plan.backfill.source;
@@ -185,66 +167,69 @@ impl Migrator {
     }
 
     /// Creates the new shape (and any sync triggers). Writers dual-write from here.
+    ///
+    /// Each step is recorded as it commits, so an expand that stopped part-way
+    /// (a failed step, a lost connection) is simply run again: the steps already
+    /// done are skipped. A done step whose SQL has changed since is refused.
     pub async fn expand(&self) -> Result<(), Error> {
         let status = self.status().await?;
-        if !matches!(status.phase(), Phase::Planned | Phase::Aborted) {
+        if !matches!(status.phase, Phase::Planned | Phase::Aborted) {
             return Err(Self::out_of_order(
                 "expand",
                 format!("the migration is already {}", status.phase),
             ));
         }
         self.require_clean_lint().await?;
-        sqlx::query(
-            "update pgshift.migrations set backfill_cursor = null, rows_backfilled = 0, switch_percent = 0,
-                    switch_full_since = null, validated_at = null where name = $1",
-        )
-        .bind(&self.plan.name)
-        .execute(&self.pool)
-        .await?;
+        state::reset_progress(&self.pool, &self.plan.name).await?;
+        let done = state::expand_steps_done(&self.pool, &self.plan.name).await?;
         for (section, steps) in [
             ("expand", &self.plan.expand),
             ("dual_write", &self.plan.dual_write),
         ] {
             for (i, step) in steps.iter().enumerate() {
-                self.run_ddl(&format!("{section}[{i}] {:?}", step.name), step)
-                    .await?;
+                let label = format!("{section}[{i}] {:?}", step.name);
+                let record = ExpandStep {
+                    migration: &self.plan.name,
+                    section,
+                    index: i32::try_from(i)
+                        .map_err(|_| Error::Plan(format!("{section}: too many steps")))?,
+                    name: &step.name,
+                    sql_sha256: sha256_hex(&step.sql),
+                };
+                match done.get(&(section.to_owned(), record.index)) {
+                    None => self.run_ddl(&label, step, Some(&record)).await?,
+                    Some(ran) if *ran == record.sql_sha256 => {
+                        tracing::info!(step = label, "done in an earlier run; skipped");
+                    }
+                    Some(_) => {
+                        return Err(Self::out_of_order(
+                            "expand",
+                            format!(
+                                "{label} already ran with other SQL; restore the step as it ran, or abort and expand again"
+                            ),
+                        ))
+                    }
+                }
             }
         }
         state::set_phase(&self.pool, &self.plan.name, Phase::Expanded).await?;
         Ok(())
     }
 
-    /// Runs one DDL step with `lock_timeout`; on a lock timeout it backs off and
-    /// retries rather than wait in the lock queue (where it would block everyone).
-    async fn run_ddl(&self, label: &str, step: &Step) -> Result<(), Error> {
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1.. {
-            let mut conn = self.pool.acquire().await?;
-            sqlx::raw_sql(&format!("set lock_timeout = {}", self.plan.lock_timeout_ms))
-                .execute(&mut *conn)
-                .await?;
-            let result = sqlx::raw_sql(&step.sql).execute(&mut *conn).await;
-            let _ = sqlx::raw_sql("reset lock_timeout")
-                .execute(&mut *conn)
-                .await;
-            match result {
-                Ok(_) => return Ok(()),
-                Err(sqlx::Error::Database(db))
-                    if db.code().as_deref() == Some("55P03") && attempt < 20 =>
-                {
-                    tracing::warn!(step = label, attempt, "lock timeout; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(source) => {
-                    return Err(Error::Step {
-                        step: label.to_owned(),
-                        source,
-                    })
-                }
-            }
-        }
-        unreachable!("the loop returns")
+    async fn run_ddl(
+        &self,
+        label: &str,
+        step: &Step,
+        record: Option<&ExpandStep<'_>>,
+    ) -> Result<(), Error> {
+        ddl::run_step(
+            &self.pool,
+            self.plan.lock_timeout_ms,
+            label,
+            &step.sql,
+            record,
+        )
+        .await
     }
 
     /// Copies every old row into the new shape in keyset batches. Each batch
@@ -253,13 +238,13 @@ impl Migrator {
     /// database's probe latency, lock waits or replication lag rise.
     pub async fn backfill(&self) -> Result<BackfillReport, Error> {
         let status = self.status().await?;
-        match status.phase() {
+        match status.phase {
             Phase::Expanded => {}
             Phase::Backfilled | Phase::Validated => return Ok(BackfillReport::default()),
             other => {
                 return Err(Self::out_of_order(
                     "backfill",
-                    format!("the migration is {}; run expand first", other.as_str()),
+                    format!("the migration is {other}; run expand first"),
                 ))
             }
         }
@@ -268,116 +253,16 @@ impl Migrator {
         if since < SETTLE.as_secs_f64() {
             tokio::time::sleep(SETTLE - Duration::from_secs_f64(since)).await;
         }
-        let b = &self.plan.backfill;
-        let (source, key) = (quote_ident(&b.source), quote_ident(&b.key));
-        let cursor = status.backfill_cursor.unwrap_or(i64::MIN);
-        let remaining: i64 =
-            sqlx::query_scalar(&format!("select count(*) from {source} where {key} > $1"))
-                .bind(cursor)
-                .fetch_one(&self.pool)
-                .await?;
-        let bar = self.progress_bar(remaining as u64, "backfill");
-        let window = keyset_window(&source, &key);
-        let started = Instant::now();
-        let mut report = BackfillReport::default();
-        let mut batch = b.batch_size;
-        let mut baseline_ms: Option<f64> = None;
-        loop {
-            if self.under_pressure(&mut baseline_ms).await? {
-                batch = (batch / 2).max(MIN_BATCH);
-                report.throttled += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let batch_started = Instant::now();
-            let mut tx = self.pool.begin().await?;
-            // Locking the state row also keeps two backfills of one plan in single file.
-            let cursor: Option<i64> = sqlx::query_scalar(
-                "select backfill_cursor from pgshift.migrations where name = $1 for update",
-            )
-            .bind(&self.plan.name)
-            .fetch_one(&mut *tx)
-            .await?;
-            let lo = cursor.unwrap_or(i64::MIN);
-            let (rows, hi): (i64, Option<i64>) = sqlx::query_as(&window)
-                .bind(lo)
-                .bind(batch)
-                .fetch_one(&mut *tx)
-                .await?;
-            let Some(hi) = hi else {
-                tx.commit().await?;
-                break;
-            };
-            for (i, statement) in b.transform.iter().enumerate() {
-                sqlx::query(statement)
-                    .bind(lo)
-                    .bind(hi)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|source| Error::Step {
-                        step: format!("backfill.transform[{i}]"),
-                        source,
-                    })?;
-            }
-            sqlx::query(
-                "update pgshift.migrations set backfill_cursor = $2, rows_backfilled = rows_backfilled + $3,
-                        updated_at = now() where name = $1",
-            )
-            .bind(&self.plan.name)
-            .bind(hi)
-            .bind(rows)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            report.rows += rows;
-            report.batches += 1;
-            bar.inc(rows as u64);
-            // Size the next batch to take about `target_batch_ms`, then rest.
-            let took = batch_started.elapsed();
-            let ms = took.as_secs_f64() * 1000.0;
-            let scaled = (batch as f64 * (b.target_batch_ms / ms.max(0.1)))
-                .clamp(batch as f64 / 2.0, batch as f64 * 1.5);
-            batch = (scaled as i64).clamp(MIN_BATCH.min(b.batch_size), b.max_batch_size);
-            if b.duty_cycle < 1.0 {
-                tokio::time::sleep(took.mul_f64(1.0 / b.duty_cycle - 1.0)).await;
-            }
-        }
-        bar.finish_and_clear();
-        report.seconds = started.elapsed().as_secs_f64();
+        let report = backfill::copy_rows(
+            &self.pool,
+            &self.plan.name,
+            &self.plan.backfill,
+            status.backfill_cursor,
+            self.progress,
+        )
+        .await?;
         state::set_phase(&self.pool, &self.plan.name, Phase::Backfilled).await?;
         Ok(report)
-    }
-
-    /// Probe latency against the first probe seen, lock waiters, replica lag.
-    async fn under_pressure(&self, baseline_ms: &mut Option<f64>) -> Result<bool, Error> {
-        let t = Instant::now();
-        let (waiting, lag): (i64, f64) = sqlx::query_as(
-            "select (select count(*) from pg_locks where not granted),
-                    coalesce((select extract(epoch from max(replay_lag)) from pg_stat_replication), 0)::float8",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
-        let base = *baseline_ms.get_or_insert(ms);
-        let b = &self.plan.backfill;
-        Ok(ms > b.max_probe_ms.max(base * 4.0)
-            || waiting > b.max_lock_waiters
-            || lag > b.max_replication_lag_s)
-    }
-
-    fn progress_bar(&self, len: u64, what: &str) -> ProgressBar {
-        if !self.progress {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::new(len);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(what.to_owned());
-        bar
     }
 
     /// Sets the share of reads served from the new shape (0 rolls back at once).
@@ -386,7 +271,7 @@ impl Migrator {
             return Err(Self::out_of_order("switch", "the percentage must be 0-100"));
         }
         let status = self.status().await?;
-        if !matches!(status.phase(), Phase::Backfilled | Phase::Validated) {
+        if !matches!(status.phase, Phase::Backfilled | Phase::Validated) {
             return Err(Self::out_of_order(
                 "switch",
                 format!(
@@ -395,15 +280,7 @@ impl Migrator {
                 ),
             ));
         }
-        sqlx::query(
-            "update pgshift.migrations set switch_percent = $2, updated_at = now(),
-                    switch_full_since = case when $2 = 100 then coalesce(switch_full_since, now()) end
-             where name = $1",
-        )
-        .bind(&self.plan.name)
-        .bind(i32::from(percent))
-        .execute(&self.pool)
-        .await?;
+        state::set_switch_percent(&self.pool, &self.plan.name, percent).await?;
         Ok(())
     }
 
@@ -411,7 +288,7 @@ impl Migrator {
     /// range in one snapshot; passes only if every range agrees.
     pub async fn validate(&self) -> Result<ValidationReport, Error> {
         let status = self.status().await?;
-        if !matches!(status.phase(), Phase::Backfilled | Phase::Validated) {
+        if !matches!(status.phase, Phase::Backfilled | Phase::Validated) {
             return Err(Self::out_of_order(
                 "validate",
                 format!(
@@ -420,72 +297,15 @@ impl Migrator {
                 ),
             ));
         }
-        let b = &self.plan.backfill;
-        let v = &self.plan.validate;
-        let (source, key) = (quote_ident(&b.source), quote_ident(&b.key));
-        let total: i64 = sqlx::query_scalar(&format!("select count(*) from {source}"))
-            .fetch_one(&self.pool)
-            .await?;
-        let bar = self.progress_bar(total as u64, "validate");
-        let window = keyset_window(&source, &key);
-        let mut report = ValidationReport::default();
-        let mut lo = i64::MIN;
-        loop {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("set transaction isolation level repeatable read")
-                .execute(&mut *tx)
-                .await?;
-            let (rows, hi): (i64, Option<i64>) = sqlx::query_as(&window)
-                .bind(lo)
-                .bind(v.chunk_size)
-                .fetch_one(&mut *tx)
-                .await?;
-            // The last range runs to the end of the key space: the new shape must hold nothing more.
-            let hi_bound = hi.unwrap_or(i64::MAX);
-            let old: (i64, Option<String>) = sqlx::query_as(&v.source)
-                .bind(lo)
-                .bind(hi_bound)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|source| Error::Step {
-                    step: "validate.source".into(),
-                    source,
-                })?;
-            let new: (i64, Option<String>) = sqlx::query_as(&v.target)
-                .bind(lo)
-                .bind(hi_bound)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|source| Error::Step {
-                    step: "validate.target".into(),
-                    source,
-                })?;
-            tx.commit().await?;
-            report.ranges += 1;
-            report.rows += rows;
-            if old != new {
-                report.mismatched.push((lo, hi_bound));
-            }
-            bar.inc(rows as u64);
-            match hi {
-                Some(hi) => lo = hi,
-                None => break,
-            }
-        }
-        bar.finish_and_clear();
-        if !report.mismatched.is_empty() {
+        let report = validate::compare_ranges(&self.pool, &self.plan, self.progress).await?;
+        if let Some((lo, hi)) = report.mismatched.first() {
             return Err(Error::Validation(format!(
-                "{} of {} key ranges differ, first ({}, {}]",
+                "{} of {} key ranges differ, first ({lo}, {hi}]",
                 report.mismatched.len(),
                 report.ranges,
-                report.mismatched[0].0,
-                report.mismatched[0].1
             )));
         }
-        sqlx::query("update pgshift.migrations set validated_at = now(), phase = 'validated', updated_at = now() where name = $1")
-            .bind(&self.plan.name)
-            .execute(&self.pool)
-            .await?;
+        state::mark_validated(&self.pool, &self.plan.name).await?;
         Ok(report)
     }
 
@@ -493,11 +313,11 @@ impl Migrator {
     /// passed validation and with reads at 100% for `switch.min_full_seconds`.
     pub async fn contract(&self) -> Result<(), Error> {
         let status = self.status().await?;
-        if status.phase() == Phase::Contracted {
+        if status.phase == Phase::Contracted {
             return Ok(());
         }
-        if status.phase() != Phase::Contracting {
-            if status.phase() != Phase::Validated {
+        if status.phase != Phase::Contracting {
+            if status.phase != Phase::Validated {
                 return Err(Self::out_of_order(
                     "contract",
                     format!("the migration is {}; validate first", status.phase),
@@ -519,7 +339,7 @@ impl Migrator {
             tokio::time::sleep(SETTLE).await;
         }
         for (i, step) in self.plan.contract.iter().enumerate() {
-            self.run_ddl(&format!("contract[{i}] {:?}", step.name), step)
+            self.run_ddl(&format!("contract[{i}] {:?}", step.name), step, None)
                 .await?;
         }
         state::set_phase(&self.pool, &self.plan.name, Phase::Contracted).await?;
@@ -527,34 +347,31 @@ impl Migrator {
     }
 
     /// Rolls back before contract: reads and writes go back to the old shape
-    /// only, then the plan's abort steps remove the new shape.
+    /// only, then the plan's abort steps remove the new shape (and the next
+    /// expand runs every step again).
     pub async fn abort(&self) -> Result<(), Error> {
         let status = self.status().await?;
-        if status.phase() >= Phase::Contracting && status.phase() != Phase::Aborted {
+        if status.phase >= Phase::Contracting && status.phase != Phase::Aborted {
             return Err(Self::out_of_order(
                 "abort",
                 "contract has run; the old shape is gone",
             ));
         }
-        sqlx::query("update pgshift.migrations set switch_percent = 0, switch_full_since = null where name = $1")
-            .bind(&self.plan.name)
-            .execute(&self.pool)
-            .await?;
-        state::set_phase(&self.pool, &self.plan.name, Phase::Aborted).await?;
+        state::begin_abort(&self.pool, &self.plan.name).await?;
         tokio::time::sleep(SETTLE).await;
         for (i, step) in self.plan.abort.iter().enumerate() {
-            self.run_ddl(&format!("abort[{i}] {:?}", step.name), step)
+            self.run_ddl(&format!("abort[{i}] {:?}", step.name), step, None)
                 .await?;
         }
         Ok(())
     }
 }
 
-/// The next keyset window of the source after `$1`, at most `$2` keys: how many
-/// rows it holds and its last key (NULL past the end). Backfill batches and
-/// validation ranges both walk the key space with it.
-fn keyset_window(source: &str, key: &str) -> String {
-    format!("select count(*), max(k) from (select {key} as k from {source} where {key} > $1 order by {key} limit $2) w")
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Quotes an identifier for SQL (names from the plan are not trusted text).

@@ -31,7 +31,7 @@ impl fmt::Display for Finding {
 }
 
 /// Words of a statement, lower-cased, with `(`, `)` and `,` as words of their own.
-fn words(sql: &str) -> Vec<String> {
+pub(crate) fn words(sql: &str) -> Vec<String> {
     sql.replace('(', " ( ")
         .replace(')', " ) ")
         .replace(',', " , ")

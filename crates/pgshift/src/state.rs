@@ -1,10 +1,17 @@
 //! pgshift's own schema: one row per migration with its phase, backfill cursor
-//! and read-switch percentage, plus shadow-read counts and samples.
+//! and read-switch percentage, the expand steps already run, plus shadow-read
+//! counts and samples. Every statement on these tables is in this file.
 
-use sqlx::{FromRow, PgPool};
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::{FromRow, PgConnection, PgPool};
+
+use crate::Error;
 
 /// Where a migration stands. Phases only move forward, except `abort`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
     Planned,
     /// New shape created; writers dual-write from here on.
@@ -19,7 +26,23 @@ pub enum Phase {
     Aborted,
 }
 
+/// Text in `pgshift.migrations.phase` that names no [`Phase`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown phase '{0}'")]
+pub struct UnknownPhase(pub String);
+
 impl Phase {
+    /// Every phase; the `migrations_phase_known` constraint admits exactly these.
+    pub const ALL: [Phase; 7] = [
+        Phase::Planned,
+        Phase::Expanded,
+        Phase::Backfilled,
+        Phase::Validated,
+        Phase::Contracting,
+        Phase::Contracted,
+        Phase::Aborted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Planned => "planned",
@@ -32,16 +55,14 @@ impl Phase {
         }
     }
 
-    pub fn parse(raw: &str) -> Phase {
-        match raw {
-            "expanded" => Phase::Expanded,
-            "backfilled" => Phase::Backfilled,
-            "validated" => Phase::Validated,
-            "contracting" => Phase::Contracting,
-            "contracted" => Phase::Contracted,
-            "aborted" => Phase::Aborted,
-            _ => Phase::Planned,
-        }
+    /// Refuses unknown text: reading it as some default phase could let a
+    /// command run out of order (an unknown phase read as `planned` would let
+    /// `expand` run again).
+    pub fn parse(raw: &str) -> Result<Phase, UnknownPhase> {
+        Phase::ALL
+            .into_iter()
+            .find(|phase| phase.as_str() == raw)
+            .ok_or_else(|| UnknownPhase(raw.to_owned()))
     }
 
     /// Whether writers must keep the old shape up to date as well as the new.
@@ -67,10 +88,31 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, FromRow)]
+impl FromStr for Phase {
+    type Err = UnknownPhase;
+
+    fn from_str(raw: &str) -> Result<Phase, UnknownPhase> {
+        Phase::parse(raw)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// As the text stored in the database (`"contracted"`), for status reports.
+impl serde::Serialize for Phase {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Status {
     pub name: String,
-    pub phase: String,
+    pub phase: Phase,
     pub backfill_cursor: Option<i64>,
     pub rows_backfilled: i64,
     pub switch_percent: i32,
@@ -83,12 +125,38 @@ pub struct Status {
 
 impl Status {
     pub fn phase(&self) -> Phase {
-        Phase::parse(&self.phase)
+        self.phase
     }
 }
 
-pub async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(
+/// A `Status` as stored, before its phase is parsed.
+#[derive(FromRow)]
+struct StatusRow {
+    name: String,
+    phase: String,
+    backfill_cursor: Option<i64>,
+    rows_backfilled: i64,
+    switch_percent: i32,
+    full_switch_seconds: Option<f64>,
+    validated: bool,
+    shadow_compared: i64,
+    shadow_mismatched: i64,
+    seconds_since_expand: Option<f64>,
+}
+
+/// Creates pgshift's schema, or brings an older one up to date. Every statement
+/// is idempotent: each command runs it on open.
+pub(crate) async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let known = Phase::ALL
+        .iter()
+        .map(|p| format!("'{}'", p.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The phase constraint is looked up before it is added: ADD CONSTRAINT takes
+    // an ACCESS EXCLUSIVE lock on the table every application instance polls.
+    // `duplicate_object` covers two opens racing. A new phase needs a new
+    // constraint name (or a drop first), as an existing one is left as it is.
+    sqlx::raw_sql(&format!(
         "create schema if not exists pgshift;
          create table if not exists pgshift.migrations (
              name text primary key,
@@ -101,6 +169,25 @@ pub async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
              validated_at timestamptz,
              updated_at timestamptz not null default now()
          );
+         do $$
+         begin
+             if not exists (select 1 from pg_constraint
+                            where conname = 'migrations_phase_known'
+                              and conrelid = 'pgshift.migrations'::regclass) then
+                 alter table pgshift.migrations
+                     add constraint migrations_phase_known check (phase in ({known}));
+             end if;
+         exception when duplicate_object then null;
+         end $$;
+         create table if not exists pgshift.expand_steps (
+             migration text not null references pgshift.migrations (name) on delete cascade,
+             section text not null,
+             step_index integer not null,
+             name text not null,
+             sql_sha256 text not null,
+             done_at timestamptz not null default now(),
+             primary key (migration, section, step_index)
+         );
          create table if not exists pgshift.shadow_counts (
              migration text primary key,
              compared bigint not null default 0,
@@ -112,15 +199,38 @@ pub async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
              old_value text,
              new_value text,
              seen_at timestamptz not null default now()
-         );",
-    )
+         );"
+    ))
     .execute(pool)
     .await?;
     Ok(())
 }
 
-pub async fn status(pool: &PgPool, name: &str) -> Result<Option<Status>, sqlx::Error> {
-    sqlx::query_as(
+/// Adds the migration's row (phase `planned`) if it is not there yet.
+pub(crate) async fn register(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("insert into pgshift.migrations (name) values ($1) on conflict (name) do nothing")
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Lets `role` (the application) read the phase and switch and record shadow reads.
+pub(crate) async fn grant_reader(pool: &PgPool, role: &str) -> Result<(), sqlx::Error> {
+    let role = crate::quote_ident(role);
+    sqlx::raw_sql(&format!(
+        "grant usage on schema pgshift to {role};
+         grant select on pgshift.migrations to {role};
+         grant select, insert, update on pgshift.shadow_counts, pgshift.shadow_mismatches to {role};"
+    ))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The migration's state; an unknown phase in the row is an error.
+pub(crate) async fn status(pool: &PgPool, name: &str) -> Result<Option<Status>, Error> {
+    let row: Option<StatusRow> = sqlx::query_as(
         "select m.name, m.phase, m.backfill_cursor, m.rows_backfilled, m.switch_percent,
                 extract(epoch from now() - m.switch_full_since)::float8 as full_switch_seconds,
                 m.validated_at is not null as validated,
@@ -131,10 +241,29 @@ pub async fn status(pool: &PgPool, name: &str) -> Result<Option<Status>, sqlx::E
     )
     .bind(name)
     .fetch_optional(pool)
-    .await
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let phase = Phase::parse(&row.phase).map_err(|UnknownPhase(phase)| Error::UnknownPhase {
+        migration: row.name.clone(),
+        phase,
+    })?;
+    Ok(Some(Status {
+        name: row.name,
+        phase,
+        backfill_cursor: row.backfill_cursor,
+        rows_backfilled: row.rows_backfilled,
+        switch_percent: row.switch_percent,
+        full_switch_seconds: row.full_switch_seconds,
+        validated: row.validated,
+        shadow_compared: row.shadow_compared,
+        shadow_mismatched: row.shadow_mismatched,
+        seconds_since_expand: row.seconds_since_expand,
+    }))
 }
 
-pub async fn set_phase(pool: &PgPool, name: &str, phase: Phase) -> Result<(), sqlx::Error> {
+pub(crate) async fn set_phase(pool: &PgPool, name: &str, phase: Phase) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update pgshift.migrations set phase = $2, updated_at = now(),
                 expanded_at = case when $2 = 'expanded' then now() else expanded_at end
@@ -145,4 +274,228 @@ pub async fn set_phase(pool: &PgPool, name: &str, phase: Phase) -> Result<(), sq
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Forgets the progress of an earlier attempt before expand (after an abort).
+pub(crate) async fn reset_progress(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update pgshift.migrations set backfill_cursor = null, rows_backfilled = 0, switch_percent = 0,
+                switch_full_since = null, validated_at = null where name = $1",
+    )
+    .bind(name)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One expand (or dual-write) step, as recorded once it has run.
+pub(crate) struct ExpandStep<'a> {
+    pub migration: &'a str,
+    /// `expand` or `dual_write`.
+    pub section: &'static str,
+    pub index: i32,
+    pub name: &'a str,
+    /// Of the SQL that ran: a step edited after it ran is caught on resume.
+    pub sql_sha256: String,
+}
+
+/// The steps of `migration` that have run, by `(section, index)`, with the
+/// SHA-256 of the SQL each ran.
+pub(crate) async fn expand_steps_done(
+    pool: &PgPool,
+    migration: &str,
+) -> Result<HashMap<(String, i32), String>, sqlx::Error> {
+    let rows: Vec<(String, i32, String)> = sqlx::query_as(
+        "select section, step_index, sql_sha256 from pgshift.expand_steps where migration = $1",
+    )
+    .bind(migration)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(section, index, sha)| ((section, index), sha))
+        .collect())
+}
+
+/// Records a step as run; called in the step's own transaction where it has one.
+pub(crate) async fn record_expand_step(
+    conn: &mut PgConnection,
+    step: &ExpandStep<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into pgshift.expand_steps (migration, section, step_index, name, sql_sha256)
+         values ($1, $2, $3, $4, $5)",
+    )
+    .bind(step.migration)
+    .bind(step.section)
+    .bind(step.index)
+    .bind(step.name)
+    .bind(&step.sql_sha256)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The backfill cursor, with the state row locked until the transaction ends
+/// (which also keeps two backfills of one plan in single file).
+pub(crate) async fn lock_backfill_cursor(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("select backfill_cursor from pgshift.migrations where name = $1 for update")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+}
+
+/// Moves the cursor past a copied batch, in the batch's transaction.
+pub(crate) async fn advance_backfill(
+    conn: &mut PgConnection,
+    name: &str,
+    cursor: i64,
+    rows: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update pgshift.migrations set backfill_cursor = $2, rows_backfilled = rows_backfilled + $3,
+                updated_at = now() where name = $1",
+    )
+    .bind(name)
+    .bind(cursor)
+    .bind(rows)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets the read switch; 100% starts the clock contract waits on.
+pub(crate) async fn set_switch_percent(
+    pool: &PgPool,
+    name: &str,
+    percent: u8,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update pgshift.migrations set switch_percent = $2, updated_at = now(),
+                switch_full_since = case when $2 = 100 then coalesce(switch_full_since, now()) end
+         where name = $1",
+    )
+    .bind(name)
+    .bind(i32::from(percent))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn mark_validated(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update pgshift.migrations set validated_at = now(), phase = $2, updated_at = now()
+         where name = $1",
+    )
+    .bind(name)
+    .bind(Phase::Validated.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Reads back to the old shape only and phase `aborted`, in one transaction.
+/// The record of expand steps goes too: the abort steps undo them, so the next
+/// expand must run every step again.
+pub(crate) async fn begin_abort(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "update pgshift.migrations set switch_percent = 0, switch_full_since = null,
+                phase = $2, updated_at = now()
+         where name = $1",
+    )
+    .bind(name)
+    .bind(Phase::Aborted.as_str())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from pgshift.expand_steps where migration = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Whether `pgshift.migrations` exists. Asked first so that an application
+/// polling before any migration ran does not fill the server log with errors.
+pub(crate) async fn migrations_table_exists(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select to_regclass('pgshift.migrations') is not null")
+        .fetch_one(pool)
+        .await
+}
+
+/// The phase text (unparsed: the read switch decides what an unknown one
+/// means) and the switch percentage.
+pub(crate) async fn read_switch(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<(String, i32)>, sqlx::Error> {
+    sqlx::query_as("select phase, switch_percent from pgshift.migrations where name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
+pub(crate) async fn record_shadow_mismatch(
+    pool: &PgPool,
+    migration: &str,
+    key: &str,
+    old: &str,
+    new: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into pgshift.shadow_mismatches (migration, key, old_value, new_value) values ($1, $2, $3, $4)",
+    )
+    .bind(migration)
+    .bind(key)
+    .bind(old)
+    .bind(new)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn add_shadow_counts(
+    pool: &PgPool,
+    migration: &str,
+    compared: i64,
+    mismatched: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into pgshift.shadow_counts (migration, compared, mismatched) values ($1, $2, $3)
+         on conflict (migration) do update set compared = shadow_counts.compared + excluded.compared,
+                                               mismatched = shadow_counts.mismatched + excluded.mismatched",
+    )
+    .bind(migration)
+    .bind(compared)
+    .bind(mismatched)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_phase_text_is_an_error_not_planned() {
+        assert_eq!(Phase::parse("bogus"), Err(UnknownPhase("bogus".into())));
+        assert!(Phase::parse("").is_err());
+        assert!(Phase::parse("Expanded").is_err(), "no case folding");
+        assert_eq!(
+            "bogus".parse::<Phase>().unwrap_err().to_string(),
+            "unknown phase 'bogus'"
+        );
+    }
+
+    #[test]
+    fn every_phase_reads_back_as_itself() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::parse(phase.as_str()), Ok(phase));
+            assert_eq!(phase.to_string(), phase.as_str());
+        }
+    }
 }

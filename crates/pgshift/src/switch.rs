@@ -2,14 +2,14 @@
 //! and the read-switch percentage (which shape to read), cached briefly; and
 //! the tally of shadow-read comparisons.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::state::Phase;
+use crate::state::{self, Phase};
 
 /// How long the application trusts its cached view. pgshift waits longer than
 /// this after each phase change that writers must see before acting on it.
@@ -27,6 +27,11 @@ pub struct ReadSwitch {
     name: String,
     shadow_percent: u8,
     cached: Mutex<Option<(Instant, View)>>,
+    /// `pgshift.migrations` has been seen; until then each refresh asks
+    /// whether it exists instead of querying it (and logging an error).
+    table_seen: AtomicBool,
+    /// An unknown phase has been warned about (once, until a known one is read).
+    warned_unknown: AtomicBool,
     compared: AtomicU64,
     mismatched: AtomicU64,
 }
@@ -45,56 +50,87 @@ impl ReadSwitch {
             name: name.into(),
             shadow_percent,
             cached: Mutex::new(None),
+            table_seen: AtomicBool::new(false),
+            warned_unknown: AtomicBool::new(false),
             compared: AtomicU64::new(0),
             mismatched: AtomicU64::new(0),
         }
     }
 
     /// The current view, from cache when fresh. A migration not started yet
-    /// (or pgshift's schema absent) reads as `Planned`, 0%.
+    /// (or pgshift's schema absent) reads as `Planned`, 0%. An unknown phase
+    /// or a failed read keeps the last view. Never fails, never panics.
     pub async fn view(&self) -> View {
         if let Some((at, view)) = *self.cached.lock().unwrap_or_else(|p| p.into_inner()) {
             if at.elapsed() < CACHE_TTL {
                 return view;
             }
         }
-        let row: Result<Option<(String, i32)>, _> =
-            sqlx::query_as("select phase, switch_percent from pgshift.migrations where name = $1")
-                .bind(&self.name)
-                .fetch_optional(&self.pool)
-                .await;
-        let view = match row {
-            Ok(Some((phase, percent))) => View {
-                phase: Phase::parse(&phase),
-                percent: percent.clamp(0, 100) as u8,
-                shadow_percent: self.shadow_percent,
-            },
-            Ok(None) => View {
-                phase: Phase::Planned,
-                percent: 0,
-                shadow_percent: self.shadow_percent,
-            },
-            Err(err) => {
-                // No pgshift schema yet means no migration yet; any other error:
-                // keep serving on the last known view rather than fail requests.
-                let undefined = matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"));
-                if !undefined {
-                    tracing::warn!(error = %err, "reading the migration state failed");
+        let not_started = View {
+            phase: Phase::Planned,
+            percent: 0,
+            shadow_percent: self.shadow_percent,
+        };
+        let view = match self.read_state().await {
+            Ok(Some((phase, percent))) => match Phase::parse(&phase) {
+                Ok(phase) => {
+                    self.warned_unknown.store(false, Ordering::Relaxed);
+                    View {
+                        phase,
+                        percent: percent.clamp(0, 100) as u8,
+                        shadow_percent: self.shadow_percent,
+                    }
                 }
-                let last = self
-                    .cached
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .map(|(_, v)| v);
-                last.unwrap_or(View {
-                    phase: Phase::Planned,
-                    percent: 0,
-                    shadow_percent: self.shadow_percent,
-                })
+                Err(unknown) => {
+                    // A phase this build does not know (a newer pgshift wrote it,
+                    // or someone edited the row). Keep doing what this process
+                    // last did: jumping to `Planned` mid-migration would stop the
+                    // dual-writes and leave the new shape silently behind. With no
+                    // view yet, `Planned`: the old shape only, which exists until
+                    // contract, is the one safe guess.
+                    if !self.warned_unknown.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            migration = %self.name,
+                            "{unknown} in pgshift.migrations; keeping the last known view"
+                        );
+                    }
+                    self.last_view().unwrap_or(not_started)
+                }
+            },
+            Ok(None) => not_started,
+            Err(err) => {
+                // Any error: keep serving on the last known view rather than fail requests.
+                tracing::warn!(error = %err, "reading the migration state failed");
+                self.last_view().unwrap_or(not_started)
             }
         };
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), view));
         view
+    }
+
+    fn last_view(&self) -> Option<View> {
+        self.cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(_, v)| v)
+    }
+
+    /// The raw phase and percentage; `None` when there is no migration (yet).
+    async fn read_state(&self) -> Result<Option<(String, i32)>, sqlx::Error> {
+        if !self.table_seen.load(Ordering::Relaxed) {
+            if !state::migrations_table_exists(&self.pool).await? {
+                return Ok(None);
+            }
+            self.table_seen.store(true, Ordering::Relaxed);
+        }
+        match state::read_switch(&self.pool, &self.name).await {
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
+                // Dropped since (pgshift's schema removed): no migration again.
+                self.table_seen.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            other => other,
+        }
     }
 }
 
@@ -124,15 +160,7 @@ impl ReadSwitch {
             return Ok(false);
         }
         self.mismatched.fetch_add(1, Ordering::Relaxed);
-        sqlx::query(
-            "insert into pgshift.shadow_mismatches (migration, key, old_value, new_value) values ($1, $2, $3, $4)",
-        )
-        .bind(&self.name)
-        .bind(key)
-        .bind(old)
-        .bind(new)
-        .execute(&self.pool)
-        .await?;
+        state::record_shadow_mismatch(&self.pool, &self.name, key, old, new).await?;
         Ok(true)
     }
 
@@ -143,22 +171,15 @@ impl ReadSwitch {
         if compared == 0 {
             return Ok(());
         }
-        let written = sqlx::query(
-            "insert into pgshift.shadow_counts (migration, compared, mismatched) values ($1, $2, $3)
-             on conflict (migration) do update set compared = shadow_counts.compared + excluded.compared,
-                                                   mismatched = shadow_counts.mismatched + excluded.mismatched",
-        )
-        .bind(&self.name)
-        .bind(compared as i64)
-        .bind(mismatched as i64)
-        .execute(&self.pool)
-        .await;
+        let written =
+            state::add_shadow_counts(&self.pool, &self.name, compared as i64, mismatched as i64)
+                .await;
         if written.is_err() {
             // Keep the counts for the next flush.
             self.compared.fetch_add(compared, Ordering::Relaxed);
             self.mismatched.fetch_add(mismatched, Ordering::Relaxed);
         }
-        written.map(|_| ())
+        written
     }
 }
 

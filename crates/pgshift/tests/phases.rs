@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use pgshift::{Error, Migrator, Phase, Plan};
+use pgshift::switch::CACHE_TTL;
+use pgshift::{Error, Migrator, Phase, Plan, ReadSwitch};
 use sqlx::PgPool;
 
 const PLAN: &str = r#"
@@ -267,6 +268,200 @@ async fn the_backfill_throttles_while_sessions_wait_on_locks() {
         report.rows >= 5000,
         "and the backfill still finished: {report:?}"
     );
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn exists(pool: &PgPool, sql: &str) -> bool {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// The plan with its expand split in two: step 1 cannot run twice (no IF NOT
+/// EXISTS), step 2 fails until the table it references exists.
+fn plan_whose_second_expand_step_fails_first() -> Plan {
+    let text = PLAN.replace(
+        r#"name = "accounts_v2"
+sql = "create table accounts_v2 (id bigint primary key, balance_cents bigint not null)""#,
+        r#"name = "note"
+sql = "alter table accounts add column note text"
+
+[[expand]]
+name = "accounts_v2"
+sql = "create table accounts_v2 (id bigint primary key, balance_cents bigint not null, kind text references account_kinds (code))""#,
+    );
+    let plan = Plan::parse(&text).unwrap();
+    assert_eq!(plan.expand.len(), 2, "the replacement applied");
+    plan
+}
+
+#[tokio::test]
+async fn an_interrupted_expand_resumes_after_the_steps_already_done() {
+    let (_pg, pool, dir) = cluster("resume").await;
+    let migrator = Migrator::open(pool.clone(), plan_whose_second_expand_step_fails_first())
+        .await
+        .unwrap();
+
+    let failed = migrator.expand().await.unwrap_err();
+    assert!(
+        matches!(&failed, Error::Step { step, .. } if step.starts_with("expand[1]")),
+        "{failed}"
+    );
+    assert_eq!(migrator.status().await.unwrap().phase(), Phase::Planned);
+    let column = "select exists (select 1 from information_schema.columns where table_name = 'accounts' and column_name = 'note')";
+    assert!(exists(&pool, column).await, "step 1 ran and stays");
+    let twice = sqlx::query("alter table accounts add column note text")
+        .execute(&pool)
+        .await;
+    assert!(twice.is_err(), "step 1 fails if it runs again");
+    let mut edited = plan_whose_second_expand_step_fails_first();
+    edited.expand[0].sql = "alter table accounts add column note varchar".into();
+    let edited = Migrator::open(pool.clone(), edited).await.unwrap();
+    let refused = edited.expand().await.unwrap_err();
+    assert!(
+        refused.to_string().contains("already ran with other SQL"),
+        "{refused}"
+    );
+
+    sqlx::query("create table account_kinds (code text primary key)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    migrator
+        .expand()
+        .await
+        .expect("expand runs again from step 2");
+    assert_eq!(migrator.status().await.unwrap().phase(), Phase::Expanded);
+    assert!(exists(&pool, "select to_regclass('accounts_v2') is not null").await);
+    let done: Vec<(String, i32)> = sqlx::query_as(
+        "select section, step_index from pgshift.expand_steps
+         where migration = 'accounts_cents' order by section, step_index",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let done: Vec<(&str, i32)> = done.iter().map(|(s, i)| (s.as_str(), *i)).collect();
+    assert_eq!(done, [("dual_write", 0), ("expand", 0), ("expand", 1)]);
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn expand_after_abort_runs_every_step_again() {
+    let (_pg, pool, dir) = cluster("reexpand").await;
+    let migrator = Migrator::open(pool.clone(), Plan::parse(PLAN).unwrap())
+        .await
+        .unwrap();
+    migrator.expand().await.unwrap();
+    migrator.abort().await.unwrap();
+    assert!(exists(&pool, "select to_regclass('accounts_v2') is null").await);
+
+    migrator.expand().await.unwrap();
+    assert_eq!(migrator.status().await.unwrap().phase(), Phase::Expanded);
+    sqlx::query("insert into accounts (balance) values (1.25)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        exists(
+            &pool,
+            "select exists (select 1 from accounts_v2 where balance_cents = 125)"
+        )
+        .await,
+        "the new table and its sync trigger are back"
+    );
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_unknown_phase_is_refused_by_the_database_and_by_pgshift() {
+    let (_pg, pool, dir) = cluster("unknown").await;
+    let migrator = Migrator::open(pool.clone(), Plan::parse(PLAN).unwrap())
+        .await
+        .unwrap();
+    migrator.expand().await.unwrap();
+    let app = ReadSwitch::new(pool.clone(), "accounts_cents", 0);
+    assert_eq!(app.view().await.phase, Phase::Expanded);
+
+    let refused =
+        sqlx::query("update pgshift.migrations set phase = 'bogus' where name = 'accounts_cents'")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+    assert!(
+        refused.to_string().contains("migrations_phase_known"),
+        "{refused}"
+    );
+
+    // Without the constraint the row can hold anything; pgshift still refuses to guess.
+    sqlx::raw_sql(
+        "alter table pgshift.migrations drop constraint migrations_phase_known;
+         update pgshift.migrations set phase = 'bogus' where name = 'accounts_cents';",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = migrator.status().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "migration accounts_cents has unknown phase 'bogus' in pgshift.migrations"
+    );
+    assert!(
+        matches!(migrator.expand().await, Err(Error::UnknownPhase { .. })),
+        "expand does not run again"
+    );
+    assert!(
+        Migrator::open(pool.clone(), Plan::parse(PLAN).unwrap())
+            .await
+            .is_err(),
+        "open cannot put the constraint back over the bad row"
+    );
+
+    // The application keeps the view it had, and one with none reads the old shape.
+    tokio::time::sleep(CACHE_TTL + Duration::from_millis(100)).await;
+    assert_eq!(app.view().await.phase, Phase::Expanded);
+    let fresh = ReadSwitch::new(pool.clone(), "accounts_cents", 0);
+    let view = fresh.view().await;
+    assert_eq!((view.phase, view.percent), (Phase::Planned, 0));
+    assert!(!view.reads_new("1"));
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_read_switch_does_not_query_pgshift_tables_before_they_exist() {
+    let (_pg, pool, dir) = cluster("noschema").await;
+    let app = ReadSwitch::new(pool.clone(), "accounts_cents", 0);
+    for _ in 0..3 {
+        assert_eq!(app.view().await.phase, Phase::Planned);
+        tokio::time::sleep(CACHE_TTL + Duration::from_millis(50)).await;
+    }
+    // An error of our own marks how far the server log has been written.
+    let _ = sqlx::query("select * from log_marker_xyz")
+        .execute(&pool)
+        .await;
+    let log_path = dir.join("postgres.log");
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("log_marker_xyz") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log.contains("log_marker_xyz"), "the log is read: {log}");
+    assert!(
+        !log.contains("pgshift.migrations"),
+        "no failed query on pgshift's table: {log}"
+    );
+
+    // Once a migration exists, the same switch sees it.
+    let migrator = Migrator::open(pool.clone(), Plan::parse(PLAN).unwrap())
+        .await
+        .unwrap();
+    migrator.expand().await.unwrap();
+    tokio::time::sleep(CACHE_TTL + Duration::from_millis(50)).await;
+    assert_eq!(app.view().await.phase, Phase::Expanded);
     drop(pool);
     let _ = std::fs::remove_dir_all(dir);
 }
