@@ -1,8 +1,13 @@
 //! Starts a private PostgreSQL cluster from the system's binaries.
 //!
 //! `LocalPg::start(dir)` runs `initdb` the first time (data survives restarts),
-//! starts the server on a free loopback port with trust auth, and stops it with
+//! starts the server on a free loopback port, and stops it with
 //! `pg_ctl stop -m fast` when the handle is dropped.
+//!
+//! Every connection authenticates with a password (SCRAM-SHA-256): loopback is
+//! shared by every local user, so trust would make each of them superuser. The
+//! superuser's password is generated at `initdb` and kept in
+//! `dir/superuser.password` (mode 0600); `url()` carries it.
 //!
 //! PostgreSQL refuses to run as root; when we are root the binaries run as the
 //! `postgres` system user (via `runuser`) and the data directory is handed to it.
@@ -35,11 +40,13 @@ pub struct LocalPg {
     dir: PathBuf,
     data_dir: PathBuf,
     port: u16,
+    password: String,
     run_as_postgres: bool,
     stopped: bool,
 }
 
 const SUPERUSER: &str = "postgres";
+const PASSWORD_FILE: &str = "superuser.password";
 
 impl LocalPg {
     /// Starts (creating if needed) a durable cluster whose files live in `dir/pgdata`.
@@ -70,13 +77,18 @@ impl LocalPg {
             dir: dir.clone(),
             data_dir,
             port: 0,
+            password: String::new(),
             run_as_postgres,
             stopped: true,
         };
         if run_as_postgres {
             pg.run("chown", Command::new("chown").arg("postgres").arg(&dir))?;
         }
-        if !pg.data_dir.join("PG_VERSION").exists() {
+        let fresh = !pg.data_dir.join("PG_VERSION").exists();
+        // A cluster made before passwords were used has none on file: it gets one below.
+        let legacy_trust = !fresh && !dir.join(PASSWORD_FILE).exists();
+        pg.password = read_or_create_password(&dir.join(PASSWORD_FILE))?;
+        if fresh {
             pg.initdb()?;
         }
         // A previous owner killed with SIGKILL leaves its server running: stop it first.
@@ -100,16 +112,58 @@ impl LocalPg {
         let log = log.to_string_lossy().into_owned();
         pg.pg_ctl(&["start", "-w", "-t", "60", "-l", &log, "-o", &options])?;
         pg.stopped = false;
+        if legacy_trust {
+            pg.require_passwords()?;
+        }
         Ok(pg)
+    }
+
+    /// Moves a cluster made with trust auth to passwords: sets the superuser's
+    /// (over the still-trusted connection), then makes every line of
+    /// `pg_hba.conf` ask for SCRAM and reloads.
+    fn require_passwords(&self) -> Result<(), Error> {
+        let escaped = self.password.replace('\'', "''");
+        let trusted_url = format!("postgres://{SUPERUSER}@127.0.0.1:{}/postgres", self.port);
+        let mut psql = Command::new(self.bindir.join("psql"));
+        psql.args([
+            &trusted_url,
+            "-XAtqc",
+            &format!("set password_encryption = 'scram-sha-256'; alter role {SUPERUSER} password '{escaped}'"),
+        ]);
+        self.run("set the superuser's password", &mut psql)?;
+        let hba = self.data_dir.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).map_err(|source| Error::DataDir {
+            path: hba.clone(),
+            source,
+        })?;
+        let scram: String = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with('#') {
+                    l.to_owned()
+                } else {
+                    l.replace("trust", "scram-sha-256")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&hba, scram + "\n").map_err(|source| Error::DataDir {
+            path: hba.clone(),
+            source,
+        })?;
+        self.pg_ctl(&["reload"]).map(|_| ())
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// URL of the superuser connection to database `db`.
+    /// URL of the superuser connection to database `db`, password included.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{db}", self.port)
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{db}",
+            self.password, self.port
+        )
     }
 
     pub fn stop(&mut self) -> Result<(), Error> {
@@ -121,18 +175,30 @@ impl LocalPg {
     }
 
     fn initdb(&self) -> Result<(), Error> {
+        // initdb reads the password from a file; it runs as `postgres` when we are root.
+        let pwfile = self.dir.join("initdb.pwfile");
+        write_private(&pwfile, &self.password)?;
+        if self.run_as_postgres {
+            self.run("chown", Command::new("chown").arg("postgres").arg(&pwfile))?;
+        }
         let mut cmd = self.command("initdb");
-        cmd.arg("-D").arg(&self.data_dir).args([
-            "-A",
-            "trust",
-            "-U",
-            SUPERUSER,
-            "-E",
-            "UTF8",
-            "--no-instructions",
-            "-N",
-        ]);
-        self.run("initdb", &mut cmd).map(|_| ())
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("--pwfile")
+            .arg(&pwfile)
+            .args([
+                "-A",
+                "scram-sha-256",
+                "-U",
+                SUPERUSER,
+                "-E",
+                "UTF8",
+                "--no-instructions",
+                "-N",
+            ]);
+        let result = self.run("initdb", &mut cmd).map(|_| ());
+        let _ = std::fs::remove_file(&pwfile);
+        result
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<Output, Error> {
@@ -178,6 +244,44 @@ impl Drop for LocalPg {
 const LOCK_FILE: &str = "localpg.pid";
 
 /// Takes `dir` for this process, unless another live process holds it.
+/// The password kept in `path`, or a new random one written there (mode 0600).
+fn read_or_create_password(path: &Path) -> Result<String, Error> {
+    if let Ok(kept) = std::fs::read_to_string(path) {
+        let kept = kept.trim().to_owned();
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
+    }
+    let mut bytes = [0u8; 24];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    random.map_err(|source| Error::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, &password)?;
+    Ok(password)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let written = options
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()));
+    written.map_err(|source| Error::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 fn claim(dir: &Path) -> Result<(), Error> {
     let lock = dir.join(LOCK_FILE);
     let me = std::process::id();
@@ -270,6 +374,64 @@ mod tests {
         }
         let pg = LocalPg::start(&dir).expect("second start");
         assert_eq!(psql(&pg, "select v from kept"), "42");
+        drop(pg);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn connections_need_the_password_kept_in_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("password");
+        let pg = LocalPg::start_ephemeral(&dir).expect("start");
+        assert_eq!(psql(&pg, "select 1"), "1");
+        let mode = std::fs::metadata(dir.join(PASSWORD_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "password file mode {mode:o}");
+        let without = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port());
+        let out = Command::new(pg.bindir.join("psql"))
+            .args([&without, "-XAtc", "select 1"])
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/nonexistent")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("psql runs");
+        assert!(
+            !out.status.success(),
+            "a connection without the password is refused"
+        );
+        let wrong = format!("postgres://postgres:wrong@127.0.0.1:{}/postgres", pg.port());
+        let out = Command::new(pg.bindir.join("psql"))
+            .args([&wrong, "-XAtc", "select 1"])
+            .output()
+            .expect("psql runs");
+        assert!(!out.status.success(), "a wrong password is refused");
+        drop(pg);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cluster_made_with_trust_auth_moves_to_passwords_and_keeps_its_data() {
+        let dir = temp_dir("legacy");
+        {
+            let pg = LocalPg::start_ephemeral(&dir).expect("start");
+            psql(
+                &pg,
+                "create table kept (v int); insert into kept values (7)",
+            );
+        }
+        // Make it look like a cluster of the trust era: trust in pg_hba, no password file.
+        let hba = dir.join("pgdata").join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, text.replace("scram-sha-256", "trust")).unwrap();
+        std::fs::remove_file(dir.join(PASSWORD_FILE)).unwrap();
+        let pg = LocalPg::start_ephemeral(&dir).expect("restart moves to passwords");
+        assert_eq!(psql(&pg, "select v from kept"), "7");
+        let hba = std::fs::read_to_string(&hba).unwrap();
+        assert!(!hba
+            .lines()
+            .any(|l| !l.starts_with('#') && l.contains("trust")));
         drop(pg);
         let _ = std::fs::remove_dir_all(&dir);
     }
