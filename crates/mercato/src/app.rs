@@ -57,6 +57,8 @@ pub struct App {
     /// The schema owner's connection URL (for migrations and tools).
     pub owner_url: String,
     pub admin_token: String,
+    /// Whether this run made the admin token up (then, and only then, it is printed).
+    pub admin_token_generated: bool,
     /// The demo merchant's key, when this run seeded (or found) the demo.
     pub demo_api_key: Option<String>,
     pub database: DatabaseSource,
@@ -98,6 +100,7 @@ impl App {
             },
             None => DatabaseSource::External,
         };
+        let admin_token_generated = config.admin_token.is_none();
         let admin_token = config
             .admin_token
             .clone()
@@ -132,6 +135,7 @@ impl App {
             db,
             owner_url,
             admin_token,
+            admin_token_generated,
             demo_api_key,
             database,
             _localpg: localpg,

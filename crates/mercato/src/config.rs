@@ -15,6 +15,8 @@ const DEFAULT_RECOVERY_GRACE: &str = "30";
 const DEFAULT_WORKER_INTERVAL: &str = "1";
 const DEFAULT_PAYMENT_DELAY: &str = "2";
 const DEFAULT_SHADOW_PERCENT: u8 = 10;
+/// The shortest admin token accepted: 32 characters (a generated one has 52).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 /// The longest any configured duration may be: one day.
 const MAX_SECONDS: f64 = 86_400.0;
 
@@ -104,6 +106,17 @@ impl Config {
                 return fail(flag, format!("must be from {min} to {MAX_SECONDS} seconds"));
             }
         }
+        if let Some(token) = &self.admin_token {
+            let chars = token.chars().count();
+            if chars < MIN_ADMIN_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
+                return fail(
+                    "admin-token",
+                    format!(
+                        "must be at least {MIN_ADMIN_TOKEN_CHARS} characters with no spaces (got {chars}); unset it to have one generated"
+                    ),
+                );
+            }
+        }
         if self.shadow_percent > 100 {
             return fail("shadow-percent", "must be from 0 to 100".into());
         }
@@ -146,6 +159,13 @@ mod tests {
         let mut config = Config::new("127.0.0.1:0".parse().unwrap());
         config.checkout_ttl = Duration::from_secs(86_401);
         assert_eq!(config.validate().unwrap_err().flag, "checkout-ttl");
+        for short in ["", "x", &"y".repeat(MIN_ADMIN_TOKEN_CHARS - 1)] {
+            let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+            config.admin_token = Some(short.to_owned());
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.flag, "admin-token");
+            assert!(!err.to_string().contains(short) || short.is_empty());
+        }
         assert!(Cli::try_parse_from(["mercato", "--recovery-grace", "soon"]).is_err());
     }
 }

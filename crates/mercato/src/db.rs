@@ -172,10 +172,12 @@ pub struct TenantTx {
 impl TenantTx {
     pub async fn begin(pool: &PgPool, merchant_id: MerchantId) -> Result<Self, sqlx::Error> {
         let mut tx = pool.begin().await?;
-        sqlx::query("select set_config('app.merchant_id', $1, true)")
-            .bind(merchant_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query_scalar!(
+            "select set_config('app.merchant_id', $1, true)",
+            merchant_id.to_string()
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         Ok(TenantTx { tx, merchant_id })
     }
 
@@ -290,5 +292,8 @@ pub(crate) use text_enum;
 
 /// One round trip to the database: does it answer?
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("select 1").execute(pool).await.map(|_| ())
+    sqlx::query_scalar!("select 1")
+        .fetch_one(pool)
+        .await
+        .map(|_| ())
 }

@@ -187,7 +187,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         DatabaseSource::External => println!("  database:     DATABASE_URL"),
     }
-    println!("  admin token:  {}", app.admin_token);
+    if app.admin_token_generated {
+        println!("  admin token:  {}", app.admin_token);
+    } else {
+        // Never echo a secret the operator supplied.
+        println!("  admin token:  as given (MERCATO_ADMIN_TOKEN / --admin-token)");
+    }
     if let Some(key) = &app.demo_api_key {
         println!("  demo merchant API key: {key}");
         println!("  try: curl -H 'Authorization: Bearer {key}' {base}/v1/products");

@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     let mut doc = api_doc;
     doc.merge(operations_doc);
+    openapi::document_common_answers(&mut doc);
     let routes = api
         .route_layer(middleware::from_fn(metrics::track))
         .merge(operations.layer(Extension(Arc::new(doc))));

@@ -38,23 +38,23 @@ pub async fn seed_legacy_orders(
     let mut done = 0;
     while done < rows {
         let n = CHUNK.min(rows - done);
-        sqlx::query(
+        sqlx::query!(
             "insert into legacy_orders (merchant_id, customer_email, customer_name, total, currency, placed_at)
              select $1, 'customer' || (g % 5000) || '@example.com', 'Customer ' || (g % 5000),
                     (g % 100000) / 100.0, 'EUR', now() - g * interval '1 second'
              from generate_series($2::bigint, $3::bigint) g",
+            merchant,
+            done + 1,
+            done + n,
         )
-        .bind(merchant)
-        .bind(done + 1)
-        .bind(done + n)
         .execute(owner)
         .await?;
         done += n;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
-    sqlx::query("analyze legacy_orders").execute(owner).await?;
-    sqlx::query_scalar("select coalesce(max(id), 0) from legacy_orders")
+    sqlx::query!("analyze legacy_orders").execute(owner).await?;
+    sqlx::query_scalar!(r#"select coalesce(max(id), 0) as "max_id!" from legacy_orders"#)
         .fetch_one(owner)
         .await
 }

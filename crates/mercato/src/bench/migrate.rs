@@ -50,10 +50,10 @@ async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
     }
     tx.commit().await?;
     let plain_seconds = started.elapsed().as_secs_f64();
-    sqlx::query("truncate order_records, customers")
+    sqlx::query!("truncate order_records, customers")
         .execute(&h.owner)
         .await?;
-    sqlx::query("vacuum analyze legacy_orders")
+    sqlx::query!("vacuum analyze legacy_orders")
         .execute(&h.owner)
         .await?;
 

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::{App, Config};
 
-const ADMIN: &str = "bench-admin-token";
+const ADMIN: &str = "bench-admin-token-0123456789abcdef";
 
 /// A running Mercato (private cluster unless a database URL is given) with one
 /// fresh merchant, for benchmarks and demos.

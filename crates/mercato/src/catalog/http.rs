@@ -1,4 +1,4 @@
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
@@ -9,7 +9,7 @@ use super::model::{CreateProductBody, PatchProductBody};
 use super::store::{self, CatalogError, Product};
 use super::{NewProduct, ProductPatch};
 use crate::http::auth::Tenant;
-use crate::http::{ApiError, ApiJson, Problem};
+use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
 use crate::validation::FieldError;
@@ -72,7 +72,7 @@ pub async fn post_product(
     ))]
 pub async fn list_products(
     tenant: Tenant,
-    Query(params): Query<PageParams>,
+    ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<List<Product>>, ApiError> {
     let page = Page::parse(&params)?;
     let mut tx = tenant.begin().await?;

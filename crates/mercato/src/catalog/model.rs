@@ -5,9 +5,10 @@ use utoipa::ToSchema;
 
 use crate::validation::{display_name, FieldErrors, Invalid};
 
-/// The largest price (minor units). With at most 10,000 units a line and 100
-/// lines an order, no order total can overflow an i64.
-pub const MAX_PRICE: i64 = 1_000_000_000_000;
+/// The largest amount of money the API takes (minor units): 12 digits, what the
+/// legacy orders' numeric(12,2) holds too. With at most 10,000 units a line and
+/// 100 lines an order, no order total can overflow an i64.
+pub const MAX_PRICE: i64 = 999_999_999_999;
 
 /// Active ISO 4217 currency codes (funds, metals and test codes left out).
 const ISO_4217: &[&str] = &[
@@ -156,10 +157,14 @@ impl NewProduct {
             Some(d) => errors.check("description", parse_description(d)).map(Some),
         };
         if body.variants.is_empty() || body.variants.len() > MAX_VARIANTS {
+            // The length first: thousands of bad variants are one error.
             errors.push(
                 "variants",
                 format!("must hold 1 to {MAX_VARIANTS} variants"),
             );
+            if body.variants.len() > MAX_VARIANTS {
+                return errors.finish(None);
+            }
         }
         let mut seen = std::collections::HashSet::new();
         // Parse every variant (no short-circuit), so each bad field is reported.

@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::FromRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -35,7 +34,6 @@ pub struct Variant {
     pub price: Money,
 }
 
-#[derive(FromRow)]
 struct ProductRow {
     id: Uuid,
     name: String,
@@ -44,7 +42,6 @@ struct ProductRow {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(FromRow)]
 struct VariantRow {
     id: Uuid,
     product_id: Uuid,
@@ -53,31 +50,29 @@ struct VariantRow {
     currency: String,
 }
 
-const PRODUCT_COLUMNS: &str = "id, name, description, created_at, updated_at";
-
 pub async fn create_product(tx: &mut TenantTx, new: &NewProduct) -> Result<Product, CatalogError> {
     let merchant = tx.merchant_id().0;
     let id = Uuid::now_v7();
-    sqlx::query(
+    sqlx::query!(
         "insert into products (merchant_id, id, name, description) values ($1, $2, $3, $4)",
+        merchant,
+        id,
+        new.name,
+        new.description,
     )
-    .bind(merchant)
-    .bind(id)
-    .bind(&new.name)
-    .bind(&new.description)
     .execute(tx.conn())
     .await?;
     for (index, variant) in new.variants.iter().enumerate() {
-        sqlx::query(
+        sqlx::query!(
             "insert into variants (merchant_id, id, product_id, sku, price_amount, currency)
              values ($1, $2, $3, $4, $5, $6)",
+            merchant,
+            Uuid::now_v7(),
+            id,
+            variant.sku.as_str(),
+            variant.price.amount,
+            variant.price.currency,
         )
-        .bind(merchant)
-        .bind(Uuid::now_v7())
-        .bind(id)
-        .bind(variant.sku.as_str())
-        .bind(variant.price.amount)
-        .bind(&variant.price.currency)
         .execute(tx.conn())
         .await
         .map_err(|e| match violates(&e, "variants_sku_unique") {
@@ -92,11 +87,13 @@ pub async fn create_product(tx: &mut TenantTx, new: &NewProduct) -> Result<Produ
 }
 
 pub async fn get_product(tx: &mut TenantTx, id: Uuid) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<ProductRow> = sqlx::query_as(&format!(
-        "select {PRODUCT_COLUMNS} from products where merchant_id = $1 and id = $2"
-    ))
-    .bind(tx.merchant_id().0)
-    .bind(id)
+    let row = sqlx::query_as!(
+        ProductRow,
+        "select id, name, description, created_at, updated_at
+         from products where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+    )
     .fetch_optional(tx.conn())
     .await?;
     match row {
@@ -107,14 +104,15 @@ pub async fn get_product(tx: &mut TenantTx, id: Uuid) -> Result<Option<Product>,
 
 /// Products in id order (creation order), after the page's cursor.
 pub async fn list_products(tx: &mut TenantTx, page: Page) -> Result<Vec<Product>, sqlx::Error> {
-    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
-        "select {PRODUCT_COLUMNS} from products
+    let rows = sqlx::query_as!(
+        ProductRow,
+        "select id, name, description, created_at, updated_at from products
          where merchant_id = $1 and ($2::uuid is null or id > $2)
-         order by id limit $3"
-    ))
-    .bind(tx.merchant_id().0)
-    .bind(page.after)
-    .bind(page.fetch_limit())
+         order by id limit $3",
+        tx.merchant_id().0,
+        page.after,
+        page.fetch_limit(),
+    )
     .fetch_all(tx.conn())
     .await?;
     with_variants(tx, rows).await
@@ -125,18 +123,18 @@ pub async fn update_product(
     id: Uuid,
     patch: &ProductPatch,
 ) -> Result<Option<Product>, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "update products set
              name = coalesce($3, name),
              description = case when $4 then $5 else description end,
              updated_at = now()
          where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+        patch.name,
+        patch.description.is_some(),
+        patch.description.clone().flatten(),
     )
-    .bind(tx.merchant_id().0)
-    .bind(id)
-    .bind(&patch.name)
-    .bind(patch.description.is_some())
-    .bind(patch.description.clone().flatten())
     .execute(tx.conn())
     .await?;
     if updated.rows_affected() == 0 {
@@ -147,11 +145,13 @@ pub async fn update_product(
 
 /// Deletes a product and its variants; `false` when there was none.
 pub async fn delete_product(tx: &mut TenantTx, id: Uuid) -> Result<bool, sqlx::Error> {
-    let deleted = sqlx::query("delete from products where merchant_id = $1 and id = $2")
-        .bind(tx.merchant_id().0)
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
+    let deleted = sqlx::query!(
+        "delete from products where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+    )
+    .execute(tx.conn())
+    .await?;
     Ok(deleted.rows_affected() > 0)
 }
 
@@ -160,12 +160,13 @@ async fn with_variants(
     rows: Vec<ProductRow>,
 ) -> Result<Vec<Product>, sqlx::Error> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let variants: Vec<VariantRow> = sqlx::query_as(
+    let variants = sqlx::query_as!(
+        VariantRow,
         "select id, product_id, sku, price_amount, currency from variants
          where merchant_id = $1 and product_id = any($2) order by id",
+        tx.merchant_id().0,
+        &ids,
     )
-    .bind(tx.merchant_id().0)
-    .bind(&ids)
     .fetch_all(tx.conn())
     .await?;
     let mut by_product: std::collections::HashMap<Uuid, Vec<Variant>> =
@@ -203,28 +204,24 @@ pub struct Price {
 
 /// Unit prices of those of `skus` that are in the catalog.
 pub async fn prices(tx: &mut TenantTx, skus: &[&str]) -> Result<Vec<Price>, sqlx::Error> {
-    let rows: Vec<(String, i64, String)> = sqlx::query_as(
-        "select sku, price_amount, currency from variants where merchant_id = $1 and sku = any($2)",
+    sqlx::query_as!(
+        Price,
+        "select sku, price_amount as amount, currency from variants
+         where merchant_id = $1 and sku = any($2)",
+        tx.merchant_id().0,
+        skus as &[&str],
     )
-    .bind(tx.merchant_id().0)
-    .bind(skus)
     .fetch_all(tx.conn())
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(sku, amount, currency)| Price {
-            sku,
-            amount,
-            currency,
-        })
-        .collect())
+    .await
 }
 
 /// Whether `sku` is one of the merchant's variants.
 pub async fn sku_exists(tx: &mut TenantTx, sku: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("select exists (select 1 from variants where merchant_id = $1 and sku = $2)")
-        .bind(tx.merchant_id().0)
-        .bind(sku)
-        .fetch_one(tx.conn())
-        .await
+    sqlx::query_scalar!(
+        r#"select exists (select 1 from variants where merchant_id = $1 and sku = $2) as "exists!""#,
+        tx.merchant_id().0,
+        sku,
+    )
+    .fetch_one(tx.conn())
+    .await
 }

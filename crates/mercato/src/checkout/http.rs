@@ -1,4 +1,4 @@
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
@@ -10,7 +10,7 @@ use super::saga::CheckoutError;
 use super::store::{self, Order, OrderStatus};
 use crate::http::auth::Tenant;
 use crate::http::idempotency::IDEMPOTENCY_KEY;
-use crate::http::{ApiError, ApiJson, Problem};
+use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::inventory::StrategyParam;
 use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
@@ -58,7 +58,7 @@ impl From<CheckoutError> for ApiError {
 pub async fn post_checkout(
     tenant: Tenant,
     headers: HeaderMap,
-    Query(strategy): Query<StrategyParam>,
+    ApiQuery(strategy): ApiQuery<StrategyParam>,
     ApiJson(body): ApiJson<CheckoutBody>,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
     let new = NewCheckout::parse(&body)?;
@@ -85,7 +85,7 @@ pub async fn post_checkout(
     responses((status = 200, body = List<Order>)))]
 pub async fn list_orders(
     tenant: Tenant,
-    Query(params): Query<PageParams>,
+    ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<List<Order>>, ApiError> {
     let page = Page::parse(&params)?;
     let mut tx = tenant.begin().await?;

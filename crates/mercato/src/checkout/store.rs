@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgConnection};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -67,7 +67,6 @@ pub struct Order {
     pub step: Step,
 }
 
-#[derive(FromRow)]
 struct OrderRow {
     id: Uuid,
     status: OrderStatus,
@@ -83,10 +82,6 @@ struct OrderRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
-
-const ORDER_COLUMNS: &str =
-    "id, status, saga_step, customer_email, payment_method, promo_code, reservation_id,
-    payment_id, total_amount, currency, failure_reason, created_at, updated_at";
 
 pub struct NewOrder<'a> {
     pub id: Uuid,
@@ -112,20 +107,20 @@ pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<boo
             q.checked_mul(*unit).and_then(|line| sum.checked_add(line))
         })
         .ok_or_else(|| sqlx::Error::Protocol("order total overflows".into()))?;
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "insert into orders (merchant_id, id, idempotency_key, status, saga_step, customer_email, payment_method,
                              promo_code, reservation_id, total_amount, currency)
          values ($1, $2, $3, 'pending', 'reserved', $4, $5, $6, $7, $8, $9)",
+        merchant,
+        order.id,
+        order.idempotency_key,
+        order.email,
+        order.payment_method,
+        order.promo_code,
+        order.reservation_id,
+        total,
+        order.currency,
     )
-    .bind(merchant)
-    .bind(order.id)
-    .bind(order.idempotency_key)
-    .bind(order.email)
-    .bind(order.payment_method)
-    .bind(order.promo_code)
-    .bind(order.reservation_id)
-    .bind(total)
-    .bind(order.currency)
     .execute(tx.conn())
     .await;
     match inserted {
@@ -135,15 +130,15 @@ pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<boo
     let skus: Vec<&str> = order.items.iter().map(|(s, _, _)| s.as_str()).collect();
     let quantities: Vec<i64> = order.items.iter().map(|(_, q, _)| *q).collect();
     let units: Vec<i64> = order.items.iter().map(|(_, _, u)| *u).collect();
-    sqlx::query(
+    sqlx::query!(
         "insert into order_items (merchant_id, order_id, sku, quantity, unit_amount)
          select $1, $2, x.sku, x.quantity, x.unit from unnest($3::text[], $4::bigint[], $5::bigint[]) as x(sku, quantity, unit)",
+        merchant,
+        order.id,
+        &skus as &[&str],
+        &quantities,
+        &units,
     )
-    .bind(merchant)
-    .bind(order.id)
-    .bind(&skus)
-    .bind(&quantities)
-    .bind(&units)
     .execute(tx.conn())
     .await?;
     Ok(true)
@@ -153,11 +148,13 @@ pub async fn find_by_idempotency_key(
     tx: &mut TenantTx,
     key: &str,
 ) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("select id from orders where merchant_id = $1 and idempotency_key = $2")
-        .bind(tx.merchant_id().0)
-        .bind(key)
-        .fetch_optional(tx.conn())
-        .await
+    sqlx::query_scalar!(
+        "select id from orders where merchant_id = $1 and idempotency_key = $2",
+        tx.merchant_id().0,
+        key,
+    )
+    .fetch_optional(tx.conn())
+    .await
 }
 
 /// Moves a pending order from one step to the next; `false` if someone else
@@ -173,16 +170,16 @@ pub async fn advance_step(
         Step::Confirmed => OrderStatus::Confirmed,
         _ => OrderStatus::Pending,
     };
-    let moved = sqlx::query(
+    let moved = sqlx::query!(
         "update orders set saga_step = $4, status = $5, payment_id = coalesce($6, payment_id), updated_at = now()
          where merchant_id = $1 and id = $2 and saga_step = $3 and status = 'pending'",
+        tx.merchant_id().0,
+        id,
+        from.as_str(),
+        to.as_str(),
+        status.as_str(),
+        payment_id,
     )
-    .bind(tx.merchant_id().0)
-    .bind(id)
-    .bind(from)
-    .bind(to)
-    .bind(status)
-    .bind(payment_id)
     .execute(tx.conn())
     .await?;
     Ok(moved.rows_affected() == 1)
@@ -195,26 +192,30 @@ pub async fn mark_failed(
     reason: &str,
     payment_id: Option<Uuid>,
 ) -> Result<bool, sqlx::Error> {
-    let failed = sqlx::query(
+    let failed = sqlx::query!(
         "update orders set status = 'failed', saga_step = 'compensated', failure_reason = $3,
                            payment_id = coalesce($4, payment_id), updated_at = now()
          where merchant_id = $1 and id = $2 and status = 'pending'",
+        tx.merchant_id().0,
+        id,
+        reason,
+        payment_id,
     )
-    .bind(tx.merchant_id().0)
-    .bind(id)
-    .bind(reason)
-    .bind(payment_id)
     .execute(tx.conn())
     .await?;
     Ok(failed.rows_affected() == 1)
 }
 
 pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    let row: Option<OrderRow> = sqlx::query_as(&format!(
-        "select {ORDER_COLUMNS} from orders where merchant_id = $1 and id = $2"
-    ))
-    .bind(tx.merchant_id().0)
-    .bind(id)
+    let row = sqlx::query_as!(
+        OrderRow,
+        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
+                  payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
+                  failure_reason, created_at, updated_at
+         from orders where merchant_id = $1 and id = $2"#,
+        tx.merchant_id().0,
+        id,
+    )
     .fetch_optional(tx.conn())
     .await?;
     match row {
@@ -224,13 +225,17 @@ pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sql
 }
 
 pub async fn list_orders(tx: &mut TenantTx, page: Page) -> Result<Vec<Order>, sqlx::Error> {
-    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "select {ORDER_COLUMNS} from orders where merchant_id = $1 and ($2::uuid is null or id > $2)
-         order by id limit $3"
-    ))
-    .bind(tx.merchant_id().0)
-    .bind(page.after)
-    .bind(page.fetch_limit())
+    let rows = sqlx::query_as!(
+        OrderRow,
+        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
+                  payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
+                  failure_reason, created_at, updated_at
+         from orders where merchant_id = $1 and ($2::uuid is null or id > $2)
+         order by id limit $3"#,
+        tx.merchant_id().0,
+        page.after,
+        page.fetch_limit(),
+    )
     .fetch_all(tx.conn())
     .await?;
     with_items(tx, rows).await
@@ -238,12 +243,12 @@ pub async fn list_orders(tx: &mut TenantTx, page: Page) -> Result<Vec<Order>, sq
 
 async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let items: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
+    let items = sqlx::query!(
         "select order_id, sku, quantity, unit_amount from order_items
          where merchant_id = $1 and order_id = any($2) order by sku",
+        tx.merchant_id().0,
+        &ids,
     )
-    .bind(tx.merchant_id().0)
-    .bind(&ids)
     .fetch_all(tx.conn())
     .await?;
     Ok(rows
@@ -251,12 +256,12 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
         .map(|r| Order {
             items: items
                 .iter()
-                .filter(|(order, ..)| *order == r.id)
-                .map(|(_, sku, quantity, unit)| OrderItem {
-                    sku: sku.clone(),
-                    quantity: *quantity,
+                .filter(|item| item.order_id == r.id)
+                .map(|item| OrderItem {
+                    sku: item.sku.clone(),
+                    quantity: item.quantity,
                     unit_price: Money {
-                        amount: *unit,
+                        amount: item.unit_amount,
                         currency: r.currency.clone(),
                     },
                 })
@@ -288,13 +293,14 @@ pub async fn stalled_orders(
     grace_seconds: f64,
     limit: i64,
 ) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
-    sqlx::query_as(
+    let stalled = sqlx::query!(
         "select merchant_id, id from orders
          where status = 'pending' and updated_at < now() - make_interval(secs => $1)
          order by updated_at limit $2",
+        grace_seconds,
+        limit,
     )
-    .bind(grace_seconds)
-    .bind(limit)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(stalled.into_iter().map(|o| (o.merchant_id, o.id)).collect())
 }

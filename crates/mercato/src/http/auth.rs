@@ -94,6 +94,11 @@ impl FromRequestParts<AppState> for Admin {
         let given = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         if constant_time_eq(given.as_bytes(), state.admin_token.as_bytes()) {
             Ok(Admin)
+        } else if ApiKey::parse(given).is_some() {
+            // A merchant's key, however valid, is the wrong kind of credential here.
+            Err(ApiError::Forbidden(
+                "this needs the platform admin token, not a merchant key",
+            ))
         } else {
             Err(ApiError::Unauthorized)
         }

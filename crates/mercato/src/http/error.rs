@@ -21,7 +21,14 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Field errors left out of `errors` (at most `MAX_FIELD_ERRORS` are listed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors_omitted: Option<usize>,
 }
+
+/// The most field errors one answer lists; a body with thousands of bad fields
+/// must not make an answer thousands of times its size.
+pub const MAX_FIELD_ERRORS: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -37,6 +44,8 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("missing or invalid credentials")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     /// A request that conflicts with the current state (duplicate SKU, out of stock, ...).
@@ -62,6 +71,11 @@ pub enum ApiError {
     IdempotencyKeyInFlight,
     #[error("{0}")]
     Unavailable(&'static str),
+    #[error("the request target is longer than {} bytes", super::MAX_URI_BYTES)]
+    UriTooLong,
+    /// An error answer made outside Mercato's handlers (framework, tower layers).
+    #[error("{}", .0.canonical_reason().unwrap_or("error"))]
+    Bare(StatusCode),
     #[error("internal error")]
     Internal(sqlx::Error),
 }
@@ -97,6 +111,7 @@ impl ApiError {
                 "Invalid request",
             ),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict { kind, title, .. } => (StatusCode::CONFLICT, kind, title),
             ApiError::PaymentFailed { .. } => (
@@ -118,6 +133,21 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            ApiError::UriTooLong => (StatusCode::URI_TOO_LONG, "uri-too-long", "URI too long"),
+            ApiError::Bare(status) => (
+                *status,
+                match status.as_u16() {
+                    400 => "bad-request",
+                    404 => "not-found",
+                    405 => "method-not-allowed",
+                    408 | 503 | 504 => "unavailable",
+                    413 => "payload-too-large",
+                    415 => "unsupported-media-type",
+                    500 => "internal",
+                    _ => "http-error",
+                },
+                status.canonical_reason().unwrap_or("Error"),
             ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -155,16 +185,22 @@ impl IntoResponse for ApiError {
         }
         let (status, kind, title) = self.parts();
         let detail = self.to_string();
-        let errors = match self {
+        let mut errors = match self {
             ApiError::Validation(errors) | ApiError::Conflict { errors, .. } => errors,
             _ => Vec::new(),
         };
+        let errors_omitted = (errors.len() > MAX_FIELD_ERRORS).then(|| {
+            let omitted = errors.len() - MAX_FIELD_ERRORS;
+            errors.truncate(MAX_FIELD_ERRORS);
+            omitted
+        });
         let problem = Problem {
             kind: format!("{PROBLEM_BASE}{kind}"),
             title: title.to_owned(),
             status: status.as_u16(),
             detail,
             errors,
+            errors_omitted,
         };
         let mut response = (status, axum::Json(problem)).into_response();
         response.headers_mut().insert(

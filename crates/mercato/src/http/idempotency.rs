@@ -36,7 +36,6 @@ text_enum! {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct StoredKey {
     request_hash: Vec<u8>,
     status: KeyStatus,
@@ -159,7 +158,7 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
 async fn claim(tenant: &Tenant, key: &str, hash: &[u8]) -> Result<Claim, sqlx::Error> {
     let mut tx = TenantTx::begin(&tenant.state().db.app, tenant.merchant_id).await?;
     let merchant = tx.merchant_id().0;
-    let claimed = sqlx::query(
+    let claimed = sqlx::query!(
         "insert into idempotency_keys (merchant_id, key, request_hash, status, expires_at)
          values ($1, $2, $3, 'in_flight', now() + interval '24 hours')
          on conflict (merchant_id, key) do update
@@ -170,23 +169,25 @@ async fn claim(tenant: &Tenant, key: &str, hash: &[u8]) -> Result<Claim, sqlx::E
              or (idempotency_keys.status = 'in_flight'
                  and idempotency_keys.request_hash = excluded.request_hash
                  and idempotency_keys.created_at < now() - make_interval(secs => $4))",
+        merchant,
+        key,
+        hash,
+        ABANDONED_AFTER_SECONDS,
     )
-    .bind(merchant)
-    .bind(key)
-    .bind(hash)
-    .bind(ABANDONED_AFTER_SECONDS)
     .execute(tx.conn())
     .await?;
     if claimed.rows_affected() == 1 {
         tx.commit().await?;
         return Ok(Claim::Claimed);
     }
-    let stored: StoredKey = sqlx::query_as(
-        "select request_hash, status, response_status, response_content_type, response_body
-         from idempotency_keys where merchant_id = $1 and key = $2",
+    let stored = sqlx::query_as!(
+        StoredKey,
+        r#"select request_hash, status as "status: KeyStatus", response_status,
+                  response_content_type, response_body
+         from idempotency_keys where merchant_id = $1 and key = $2"#,
+        merchant,
+        key,
     )
-    .bind(merchant)
-    .bind(key)
     .fetch_one(tx.conn())
     .await?;
     tx.commit().await?;
@@ -213,25 +214,27 @@ async fn finish(
     let merchant = tx.merchant_id().0;
     match response {
         Some((status, content_type, body)) => {
-            sqlx::query(
+            sqlx::query!(
                 "update idempotency_keys set status = 'done', response_status = $3,
                         response_content_type = $4, response_body = $5
                  where merchant_id = $1 and key = $2",
+                merchant,
+                key,
+                i32::from(status),
+                content_type,
+                body,
             )
-            .bind(merchant)
-            .bind(key)
-            .bind(i32::from(status))
-            .bind(content_type)
-            .bind(body)
             .execute(tx.conn())
             .await?;
         }
         None => {
-            sqlx::query("delete from idempotency_keys where merchant_id = $1 and key = $2")
-                .bind(merchant)
-                .bind(key)
-                .execute(tx.conn())
-                .await?;
+            sqlx::query!(
+                "delete from idempotency_keys where merchant_id = $1 and key = $2",
+                merchant,
+                key,
+            )
+            .execute(tx.conn())
+            .await?;
         }
     }
     tx.commit().await

@@ -9,10 +9,14 @@ pub mod idempotency;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
+pub mod query;
 
 use std::time::Duration;
 
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::extract::Request as AnyRequest;
+use axum::http::{header, HeaderName, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::{middleware, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -20,6 +24,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, Problem};
 pub use json::ApiJson;
+pub use query::ApiQuery;
 
 use crate::state::AppState;
 
@@ -38,6 +43,8 @@ pub fn with_plumbing(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(
             tower::ServiceBuilder::new()
+                .layer(middleware::map_response(problem_for_bare_errors))
+                .layer(middleware::from_fn(refuse_long_uris))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -62,4 +69,37 @@ pub fn with_plumbing(routes: Router<AppState>, state: AppState) -> Router {
                 )),
         )
         .with_state(state)
+}
+
+/// The longest request target served. hyper itself answers 414 with an empty
+/// body only past 64 KiB; below that, this limit answers with a problem.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+async fn refuse_long_uris(req: AnyRequest, next: Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > MAX_URI_BYTES {
+        return ApiError::UriTooLong.into_response();
+    }
+    next.run(req).await
+}
+
+/// Every error leaves as problem+json, also those the framework and tower
+/// layers make themselves (a query-string rejection, a timeout's bare 503).
+async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/problem+json"));
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    let mut problem = ApiError::Bare(status).into_response();
+    // Keep what the layers said about the request (request id, Retry-After, Allow).
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    problem
 }

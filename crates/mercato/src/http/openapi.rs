@@ -44,3 +44,91 @@ pub type Document = Arc<utoipa::openapi::OpenApi>;
 pub async fn document(Extension(doc): Extension<Document>) -> Json<utoipa::openapi::OpenApi> {
     Json(doc.as_ref().clone())
 }
+
+/// Adds what the plumbing does to every operation it applies to, so the
+/// document says it once for all: `Idempotency-Key` on POSTs, and the problems
+/// any operation may answer (400 bad JSON or query, 401 / 403 credentials,
+/// 413 / 415 bodies, 414 long URIs, 429 rate limits, 503 unavailable).
+pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
+
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    let idempotency_key = ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Retry-safe key (1-255 characters): the same key and body answer the first \
+             response again with `Idempotent-Replayed: true`; another body is a 422; \
+             while the first is running, a 409 with `Retry-After`. Kept 24 hours.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255)),
+        ))
+        .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let is_api = path.starts_with("/v1/");
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.put, false),
+            (&mut item.post, true),
+            (&mut item.patch, false),
+            (&mut item.delete, false),
+        ];
+        for (operation, is_post) in operations {
+            let Some(op) = operation.as_mut() else {
+                continue;
+            };
+            let Operation {
+                responses,
+                parameters,
+                request_body,
+                security,
+                ..
+            } = op;
+            let security = serde_json::to_string(security).unwrap_or_default();
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem(description).into());
+            };
+            add("414", "The request target is too long");
+            if !is_api {
+                continue;
+            }
+            add("400", "Malformed JSON body or query string");
+            add("401", "Missing or invalid credentials");
+            if security.contains("admin_token") {
+                add("403", "A merchant key where the admin token is needed");
+            }
+            if request_body.is_some() {
+                add("413", "The body is larger than 2 MB");
+                add("415", "The body is not JSON");
+                add("422", "Invalid fields, named in `errors`");
+            }
+            add("429", "Rate limited; see Retry-After");
+            add("503", "The database or a dependency is unavailable; retry");
+            if is_post {
+                add("409", "A request with this Idempotency-Key is in flight");
+                parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(idempotency_key.clone());
+            }
+        }
+    }
+}

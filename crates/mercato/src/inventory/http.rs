@@ -1,4 +1,4 @@
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use super::model::{parse_lines, parse_ttl, ItemBody, ReservationStatus, Strategy
 use super::store::{self, InventoryError, Reservation, ReserveError, Settlement, StockLevel};
 use crate::catalog::Sku;
 use crate::http::auth::Tenant;
-use crate::http::{ApiError, ApiJson, Problem};
+use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::state::AppState;
 use crate::validation::{FieldError, FieldErrors};
 
@@ -138,7 +138,7 @@ pub struct CreateReservation {
     ))]
 pub async fn post_reservation(
     tenant: Tenant,
-    Query(strategy): Query<StrategyParam>,
+    ApiQuery(strategy): ApiQuery<StrategyParam>,
     ApiJson(body): ApiJson<CreateReservation>,
 ) -> Result<(StatusCode, Json<Reservation>), ApiError> {
     let mut errors = FieldErrors::default();

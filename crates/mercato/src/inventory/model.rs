@@ -34,7 +34,11 @@ pub struct Line {
 /// are recorded against `items[i].…`.
 pub fn parse_lines(items: &[ItemBody], errors: &mut FieldErrors) -> Option<Vec<Line>> {
     if items.is_empty() || items.len() > MAX_LINES {
+        // The length first: 20,000 bad lines are one error, not 20,000.
         errors.push("items", format!("must hold 1 to {MAX_LINES} items"));
+        if items.len() > MAX_LINES {
+            return None;
+        }
     }
     let mut seen = std::collections::HashSet::new();
     let lines: Vec<Option<Line>> = items

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgConnection};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -73,7 +73,7 @@ impl ReserveError {
     }
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema, FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StockLevel {
     pub sku: String,
     pub on_hand: i64,
@@ -123,15 +123,16 @@ pub async fn set_on_hand(
 ) -> Result<StockLevel, InventoryError> {
     let merchant = tx.merchant_id().0;
     // The `where` turns "below reserved" into no row rather than an aborted transaction.
-    let row: Result<Option<StockLevel>, sqlx::Error> = sqlx::query_as(
-        "insert into stock (merchant_id, sku, on_hand) values ($1, $2, $3)
+    let row = sqlx::query_as!(
+        StockLevel,
+        r#"insert into stock (merchant_id, sku, on_hand) values ($1, $2, $3)
          on conflict (merchant_id, sku) do update set on_hand = excluded.on_hand, updated_at = now()
          where stock.reserved <= excluded.on_hand
-         returning sku, on_hand, reserved, on_hand - reserved as available",
+         returning sku, on_hand, reserved, on_hand - reserved as "available!""#,
+        merchant,
+        sku.as_str(),
+        on_hand,
     )
-    .bind(merchant)
-    .bind(sku.as_str())
-    .bind(on_hand)
     .fetch_optional(tx.conn())
     .await;
     match row {
@@ -152,12 +153,13 @@ pub async fn set_on_hand(
 
 /// The stock of a catalog SKU (zero if never set); `None` for a SKU not in the catalog.
 pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel>, sqlx::Error> {
-    let level: Option<StockLevel> = sqlx::query_as(
-        "select sku, on_hand, reserved, on_hand - reserved as available
-         from stock where merchant_id = $1 and sku = $2",
+    let level = sqlx::query_as!(
+        StockLevel,
+        r#"select sku, on_hand, reserved, on_hand - reserved as "available!"
+         from stock where merchant_id = $1 and sku = $2"#,
+        tx.merchant_id().0,
+        sku.as_str(),
     )
-    .bind(tx.merchant_id().0)
-    .bind(sku.as_str())
     .fetch_optional(tx.conn())
     .await?;
     if level.is_some() {
@@ -177,11 +179,11 @@ pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel
 /// Units reserved on `skus`, with their stock rows locked until the transaction
 /// ends (so nothing can be reserved between this check and what follows it).
 pub async fn lock_reserved_units(tx: &mut TenantTx, skus: &[String]) -> Result<i64, sqlx::Error> {
-    let reserved: Vec<i64> = sqlx::query_scalar(
+    let reserved = sqlx::query_scalar!(
         "select reserved from stock where merchant_id = $1 and sku = any($2) for update",
+        tx.merchant_id().0,
+        skus,
     )
-    .bind(tx.merchant_id().0)
-    .bind(skus)
     .fetch_all(tx.conn())
     .await?;
     Ok(reserved.iter().sum())
@@ -214,32 +216,33 @@ pub async fn reserve_locking(
     let merchant = tx.merchant_id();
     let sorted = in_sku_order(lines);
     let skus: Vec<&str> = sorted.iter().map(|l| l.sku.as_str()).collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "select sku, on_hand - reserved from stock where merchant_id = $1 and sku = any($2)
-         order by sku for update",
+    let rows = sqlx::query!(
+        r#"select sku, on_hand - reserved as "available!" from stock
+         where merchant_id = $1 and sku = any($2)
+         order by sku for update"#,
+        merchant.0,
+        &skus as &[&str],
     )
-    .bind(merchant.0)
-    .bind(&skus)
     .fetch_all(tx.conn())
     .await?;
     for line in &sorted {
         let available = rows
             .iter()
-            .find(|(sku, _)| sku == line.sku.as_str())
-            .map(|(_, a)| *a);
+            .find(|row| row.sku == line.sku.as_str())
+            .map(|row| row.available);
         if available.is_none_or(|a| a < line.quantity) {
             return Err(shortage(tx, line.sku.as_str()).await);
         }
     }
     let quantities: Vec<i64> = sorted.iter().map(|l| l.quantity).collect();
-    sqlx::query(
+    sqlx::query!(
         "update stock s set reserved = s.reserved + x.quantity, updated_at = now()
          from unnest($2::text[], $3::bigint[]) as x(sku, quantity)
          where s.merchant_id = $1 and s.sku = x.sku",
+        merchant.0,
+        &skus as &[&str],
+        &quantities,
     )
-    .bind(merchant.0)
-    .bind(&skus)
-    .bind(&quantities)
     .execute(tx.conn())
     .await?;
     insert_reservation(tx.conn(), merchant, Uuid::now_v7(), lines, ttl_seconds).await
@@ -254,13 +257,13 @@ pub async fn reserve_conditional(
     let merchant = tx.merchant_id();
     let sorted = in_sku_order(lines);
     for line in sorted {
-        let taken = sqlx::query(
+        let taken = sqlx::query!(
             "update stock set reserved = reserved + $3, updated_at = now()
              where merchant_id = $1 and sku = $2 and on_hand - reserved >= $3",
+            merchant.0,
+            line.sku.as_str(),
+            line.quantity,
         )
-        .bind(merchant.0)
-        .bind(line.sku.as_str())
-        .bind(line.quantity)
         .execute(tx.conn())
         .await?;
         if taken.rows_affected() == 0 {
@@ -286,11 +289,12 @@ pub async fn grant_batch(
     batch: &[BatchRequest],
 ) -> Result<Vec<Result<Reservation, ReserveError>>, sqlx::Error> {
     let merchant = tx.merchant_id();
-    let available: Option<i64> = sqlx::query_scalar(
-        "select on_hand - reserved from stock where merchant_id = $1 and sku = $2 for update",
+    let available = sqlx::query_scalar!(
+        r#"select on_hand - reserved as "available!" from stock
+         where merchant_id = $1 and sku = $2 for update"#,
+        merchant.0,
+        sku.as_str(),
     )
-    .bind(merchant.0)
-    .bind(sku.as_str())
     .fetch_optional(tx.conn())
     .await?;
     let quantities: Vec<i64> = batch.iter().map(|r| r.quantity).collect();
@@ -305,13 +309,13 @@ pub async fn grant_batch(
     if wanted > 0 {
         // The row is locked, so this cannot fail on stock; the condition guards
         // against a future change of the code above all the same.
-        let taken = sqlx::query(
+        let taken = sqlx::query!(
             "update stock set reserved = reserved + $3, updated_at = now()
              where merchant_id = $1 and sku = $2 and on_hand - reserved >= $3",
+            merchant.0,
+            sku.as_str(),
+            wanted,
         )
-        .bind(merchant.0)
-        .bind(sku.as_str())
-        .bind(wanted)
         .execute(tx.conn())
         .await?;
         if taken.rows_affected() != 1 {
@@ -325,28 +329,28 @@ pub async fn grant_batch(
             ttls.push(r.ttl_seconds as f64);
             quantities.push(r.quantity);
         }
-        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        let rows = sqlx::query!(
             "insert into reservations (merchant_id, id, expires_at)
              select $1, x.id, now() + make_interval(secs => x.ttl)
              from unnest($2::uuid[], $3::float8[]) as x(id, ttl)
              returning id, expires_at",
+            merchant.0,
+            &ids,
+            &ttls,
         )
-        .bind(merchant.0)
-        .bind(&ids)
-        .bind(&ttls)
         .fetch_all(tx.conn())
         .await?;
-        sqlx::query(
+        sqlx::query!(
             "insert into reservation_items (merchant_id, reservation_id, sku, quantity)
              select $1, x.id, $3, x.quantity from unnest($2::uuid[], $4::bigint[]) as x(id, quantity)",
+            merchant.0,
+            &ids,
+            sku.as_str(),
+            &quantities,
         )
-        .bind(merchant.0)
-        .bind(&ids)
-        .bind(sku.as_str())
-        .bind(&quantities)
         .execute(tx.conn())
         .await?;
-        expiries.extend(rows);
+        expiries.extend(rows.into_iter().map(|r| (r.id, r.expires_at)));
     }
     let refusal = match available {
         Some(_) => None,
@@ -379,25 +383,25 @@ async fn insert_reservation(
     lines: &[Line],
     ttl_seconds: i64,
 ) -> Result<Reservation, ReserveError> {
-    let expires_at: DateTime<Utc> = sqlx::query_scalar(
+    let expires_at = sqlx::query_scalar!(
         "insert into reservations (merchant_id, id, expires_at)
          values ($1, $2, now() + make_interval(secs => $3)) returning expires_at",
+        merchant.0,
+        id,
+        ttl_seconds as f64,
     )
-    .bind(merchant.0)
-    .bind(id)
-    .bind(ttl_seconds as f64)
     .fetch_one(&mut *conn)
     .await?;
     let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
     let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
-    sqlx::query(
+    sqlx::query!(
         "insert into reservation_items (merchant_id, reservation_id, sku, quantity)
          select $1, $2, x.sku, x.quantity from unnest($3::text[], $4::bigint[]) as x(sku, quantity)",
+        merchant.0,
+        id,
+        &skus as &[&str],
+        &quantities,
     )
-    .bind(merchant.0)
-    .bind(id)
-    .bind(&skus)
-    .bind(&quantities)
     .execute(&mut *conn)
     .await?;
     Ok(Reservation {
@@ -419,31 +423,30 @@ pub async fn get_reservation(
     id: Uuid,
 ) -> Result<Option<Reservation>, sqlx::Error> {
     let merchant = tx.merchant_id().0;
-    let head: Option<(ReservationStatus, DateTime<Utc>)> = sqlx::query_as(
-        "select status, expires_at from reservations where merchant_id = $1 and id = $2",
+    let head = sqlx::query!(
+        r#"select status as "status: ReservationStatus", expires_at
+         from reservations where merchant_id = $1 and id = $2"#,
+        merchant,
+        id,
     )
-    .bind(merchant)
-    .bind(id)
     .fetch_optional(tx.conn())
     .await?;
-    let Some((status, expires_at)) = head else {
+    let Some(head) = head else {
         return Ok(None);
     };
-    let items: Vec<(String, i64)> = sqlx::query_as(
+    let items = sqlx::query_as!(
+        ReservedItem,
         "select sku, quantity from reservation_items where merchant_id = $1 and reservation_id = $2 order by sku",
+        merchant,
+        id,
     )
-    .bind(merchant)
-    .bind(id)
     .fetch_all(tx.conn())
     .await?;
     Ok(Some(Reservation {
         id,
-        status,
-        expires_at,
-        items: items
-            .into_iter()
-            .map(|(sku, quantity)| ReservedItem { sku, quantity })
-            .collect(),
+        status: head.status,
+        expires_at: head.expires_at,
+        items,
     }))
 }
 
@@ -455,30 +458,30 @@ pub(crate) async fn settle(
     id: Uuid,
     how: Settlement,
 ) -> Result<bool, sqlx::Error> {
-    let settled = sqlx::query(
+    let settled = sqlx::query!(
         "update reservations set status = $3, settled_at = now()
          where merchant_id = $1 and id = $2 and status = 'active'",
+        merchant.0,
+        id,
+        how.status().as_str(),
     )
-    .bind(merchant.0)
-    .bind(id)
-    .bind(how.status())
     .execute(&mut *conn)
     .await?;
     if settled.rows_affected() == 0 {
         return Ok(false);
     }
     let sold = how == Settlement::Consumed;
-    sqlx::query(
+    sqlx::query!(
         "update stock s set reserved = s.reserved - i.quantity,
                             on_hand = s.on_hand - case when $3 then i.quantity else 0 end,
                             updated_at = now()
          from reservation_items i
          where i.merchant_id = $1 and i.reservation_id = $2
            and s.merchant_id = i.merchant_id and s.sku = i.sku",
+        merchant.0,
+        id,
+        sold,
     )
-    .bind(merchant.0)
-    .bind(id)
-    .bind(sold)
     .execute(&mut *conn)
     .await?;
     Ok(true)
@@ -502,13 +505,13 @@ pub async fn hold_for_order(
     reservation: Uuid,
     order: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    let held = sqlx::query(
+    let held = sqlx::query!(
         "update reservations set held_by_order = $3
          where merchant_id = $1 and id = $2 and status = 'active'",
+        tx.merchant_id().0,
+        reservation,
+        order,
     )
-    .bind(tx.merchant_id().0)
-    .bind(reservation)
-    .bind(order)
     .execute(tx.conn())
     .await?;
     Ok(held.rows_affected() == 1)
@@ -522,19 +525,19 @@ pub async fn expire_due_reservations(
     conn: &mut PgConnection,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let due: Vec<(Uuid, Uuid)> = sqlx::query_as(
+    let due = sqlx::query!(
         "select r.merchant_id, r.id from reservations r
          where r.status = 'active' and r.expires_at < now() and r.held_by_order is null
          order by r.expires_at
          limit $1
          for update of r skip locked",
+        limit,
     )
-    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
     let mut expired = 0;
-    for (merchant, id) in due {
-        if settle(conn, MerchantId(merchant), id, Settlement::Expired).await? {
+    for r in due {
+        if settle(conn, MerchantId(r.merchant_id), r.id, Settlement::Expired).await? {
             expired += 1;
         }
     }

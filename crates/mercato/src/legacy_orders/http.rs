@@ -33,9 +33,6 @@ pub struct CreateLegacyOrder {
     pub total: Money,
 }
 
-/// The legacy shape holds numeric(12,2): at most 999,999,999,999 minor units.
-const MAX_AMOUNT: i64 = 999_999_999_999;
-
 fn parse(body: &CreateLegacyOrder) -> Result<NewLegacyOrder, Invalid> {
     let mut errors = FieldErrors::default();
     let email = errors.check("customer.email", validation::email(&body.customer.email));
@@ -43,10 +40,8 @@ fn parse(body: &CreateLegacyOrder) -> Result<NewLegacyOrder, Invalid> {
         "customer.name",
         validation::display_name(&body.customer.name),
     );
+    // MAX_PRICE is also what the legacy shape's numeric(12,2) holds.
     let total = Money::parse_price(&body.total, "total", &mut errors);
-    if body.total.amount > MAX_AMOUNT {
-        errors.push("total.amount", format!("must be at most {MAX_AMOUNT}"));
-    }
     let parsed = email.zip(name).zip(total);
     errors.finish(parsed.map(|((email, name), total)| NewLegacyOrder {
         email: email.to_lowercase(),

@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::FromRow;
 use utoipa::ToSchema;
 
 use crate::catalog::Money;
@@ -39,7 +38,6 @@ impl LegacyOrder {
     }
 }
 
-#[derive(FromRow)]
 struct Row {
     id: i64,
     email: String,
@@ -74,7 +72,7 @@ pub struct NewLegacyOrder {
 
 /// A fresh order id (one sequence serves both shapes, so ids never collide).
 pub async fn next_id(tx: &mut TenantTx) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("select nextval('legacy_orders_id_seq')")
+    sqlx::query_scalar!(r#"select nextval('legacy_orders_id_seq') as "id!""#)
         .fetch_one(tx.conn())
         .await
 }
@@ -84,16 +82,18 @@ pub async fn insert_old(
     id: i64,
     order: &NewLegacyOrder,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    // `$5::bigint::numeric`: the parameter is minor units (a bigint), converted in SQL;
+    // typed numeric it would need a Rust decimal type.
+    sqlx::query!(
         "insert into legacy_orders (merchant_id, id, customer_email, customer_name, total, currency, placed_at)
-         values ($1, $2, $3, $4, $5::numeric / 100, $6, now())",
+         values ($1, $2, $3, $4, $5::bigint::numeric / 100, $6, now())",
+        tx.merchant_id().0,
+        id,
+        order.email,
+        order.name,
+        order.total.amount,
+        order.total.currency,
     )
-    .bind(tx.merchant_id().0)
-    .bind(id)
-    .bind(&order.email)
-    .bind(&order.name)
-    .bind(order.total.amount)
-    .bind(&order.total.currency)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -105,7 +105,7 @@ pub async fn upsert_new(
     id: i64,
     order: &NewLegacyOrder,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "with c as (
              insert into customers (merchant_id, email, name) values ($1, $3, $4)
              on conflict (merchant_id, email) do update set name = excluded.name
@@ -116,39 +116,41 @@ pub async fn upsert_new(
          on conflict (merchant_id, id) do update
              set customer_id = excluded.customer_id, total_minor = excluded.total_minor,
                  currency = excluded.currency, placed_at = excluded.placed_at",
+        tx.merchant_id().0,
+        id,
+        order.email,
+        order.name,
+        order.total.amount,
+        order.total.currency,
     )
-    .bind(tx.merchant_id().0)
-    .bind(id)
-    .bind(&order.email)
-    .bind(&order.name)
-    .bind(order.total.amount)
-    .bind(&order.total.currency)
     .execute(tx.conn())
     .await?;
     Ok(())
 }
 
 pub async fn read_old(tx: &mut TenantTx, id: i64) -> Result<Option<LegacyOrder>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(
-        "select id, lower(customer_email) as email, customer_name as name, round(total * 100)::bigint as amount,
-                currency, placed_at
-         from legacy_orders where merchant_id = $1 and id = $2",
+    let row = sqlx::query_as!(
+        Row,
+        r#"select id, lower(customer_email) as "email!", customer_name as name,
+                round(total * 100)::bigint as "amount!", currency, placed_at
+         from legacy_orders where merchant_id = $1 and id = $2"#,
+        tx.merchant_id().0,
+        id,
     )
-    .bind(tx.merchant_id().0)
-    .bind(id)
     .fetch_optional(tx.conn())
     .await?;
     Ok(row.map(Into::into))
 }
 
 pub async fn read_new(tx: &mut TenantTx, id: i64) -> Result<Option<LegacyOrder>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(
+    let row = sqlx::query_as!(
+        Row,
         "select o.id, c.email, c.name, o.total_minor as amount, o.currency, o.placed_at
          from order_records o join customers c on c.merchant_id = o.merchant_id and c.id = o.customer_id
          where o.merchant_id = $1 and o.id = $2",
+        tx.merchant_id().0,
+        id,
     )
-    .bind(tx.merchant_id().0)
-    .bind(id)
     .fetch_optional(tx.conn())
     .await?;
     Ok(row.map(Into::into))

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::{FromRow, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{BoxFuture, ChargeRequest, Payment, PaymentError, PaymentProvider, PaymentStatus};
@@ -50,7 +50,6 @@ pub struct SandboxProvider {
     delay: Duration,
 }
 
-#[derive(FromRow)]
 struct PaymentRow {
     id: Uuid,
     status: PaymentStatus,
@@ -70,8 +69,6 @@ impl From<PaymentRow> for Payment {
         }
     }
 }
-
-const COLUMNS: &str = "id, status, amount, currency, failure_code";
 
 impl SandboxProvider {
     pub fn new(pool: PgPool, delay: Duration) -> Self {
@@ -97,27 +94,29 @@ impl SandboxProvider {
             (_, false) => (PaymentStatus::Authorized, None),
         };
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-        sqlx::query(
+        sqlx::query!(
             "insert into payments (merchant_id, id, idempotency_key, payment_method, amount, currency, status, failure_code, off_session)
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              on conflict (merchant_id, idempotency_key) do nothing",
+            merchant.0,
+            Uuid::now_v7(),
+            req.idempotency_key,
+            req.payment_method,
+            req.amount,
+            req.currency,
+            status.as_str(),
+            failure,
+            capture,
         )
-        .bind(merchant.0)
-        .bind(Uuid::now_v7())
-        .bind(&req.idempotency_key)
-        .bind(&req.payment_method)
-        .bind(req.amount)
-        .bind(&req.currency)
-        .bind(status)
-        .bind(failure)
-        .bind(capture)
         .execute(tx.conn())
         .await?;
-        let payment: Payment = sqlx::query_as::<_, PaymentRow>(&format!(
-            "select {COLUMNS} from payments where merchant_id = $1 and idempotency_key = $2"
-        ))
-        .bind(merchant.0)
-        .bind(&req.idempotency_key)
+        let payment: Payment = sqlx::query_as!(
+            PaymentRow,
+            r#"select id, status as "status: PaymentStatus", amount, currency, failure_code
+             from payments where merchant_id = $1 and idempotency_key = $2"#,
+            merchant.0,
+            req.idempotency_key,
+        )
         .fetch_one(tx.conn())
         .await?
         .into();
@@ -144,21 +143,23 @@ impl SandboxProvider {
         action: &'static str,
     ) -> Result<Payment, PaymentError> {
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-        sqlx::query(
+        sqlx::query!(
             "update payments set status = $4, updated_at = now()
              where merchant_id = $1 and id = $2 and status = $3",
+            merchant.0,
+            id,
+            from.as_str(),
+            to.as_str(),
         )
-        .bind(merchant.0)
-        .bind(id)
-        .bind(from)
-        .bind(to)
         .execute(tx.conn())
         .await?;
-        let payment: Option<Payment> = sqlx::query_as::<_, PaymentRow>(&format!(
-            "select {COLUMNS} from payments where merchant_id = $1 and id = $2"
-        ))
-        .bind(merchant.0)
-        .bind(id)
+        let payment: Option<Payment> = sqlx::query_as!(
+            PaymentRow,
+            r#"select id, status as "status: PaymentStatus", amount, currency, failure_code
+             from payments where merchant_id = $1 and id = $2"#,
+            merchant.0,
+            id,
+        )
         .fetch_optional(tx.conn())
         .await?
         .map(Into::into);
@@ -242,11 +243,13 @@ impl PaymentProvider for SandboxProvider {
     ) -> BoxFuture<'a, Result<Option<Payment>, PaymentError>> {
         Box::pin(async move {
             let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-            let payment = sqlx::query_as::<_, PaymentRow>(&format!(
-                "select {COLUMNS} from payments where merchant_id = $1 and idempotency_key = $2"
-            ))
-            .bind(merchant.0)
-            .bind(idempotency_key)
+            let payment = sqlx::query_as!(
+                PaymentRow,
+                r#"select id, status as "status: PaymentStatus", amount, currency, failure_code
+                 from payments where merchant_id = $1 and idempotency_key = $2"#,
+                merchant.0,
+                idempotency_key,
+            )
             .fetch_optional(tx.conn())
             .await?;
             tx.commit().await?;

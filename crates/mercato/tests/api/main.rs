@@ -3,6 +3,7 @@
 mod catalog;
 mod checkout;
 mod crash;
+mod hardening;
 mod health;
 mod helpers;
 mod inventory;
