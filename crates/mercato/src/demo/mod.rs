@@ -8,7 +8,9 @@ use std::path::Path;
 use crate::catalog::{create_product, Money, NewProduct, NewVariant, Sku};
 use crate::db::{Db, TenantTx};
 use crate::inventory::{set_on_hand, InventoryError};
-use crate::tenancy::{create_merchant, find_merchant_by_slug, issue_api_key, MerchantName, Slug};
+use crate::tenancy::{
+    create_merchant, find_merchant_by_slug, issue_api_key, Created, MerchantName, Slug,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -50,13 +52,17 @@ pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
             return Ok(key.trim().to_owned());
         }
         let mut tx = TenantTx::begin(&db.app, merchant).await?;
-        let key = issue_api_key(&mut tx).await?.to_string();
+        let key = issue_api_key(&mut tx).await?.key.to_string();
         tx.commit().await?;
-        std::fs::write(&key_file, &key).map_err(key_error)?;
+        write_private(&key_file, &key).map_err(key_error)?;
         return Ok(key);
     }
     let name = MerchantName::parse("Demo Coffee Shop").expect("valid demo name");
-    let (merchant, key) = create_merchant(&db.app, &name, &slug).await?;
+    // Without a creation key, a creation is never a replay.
+    let Created::New { id: merchant, key } = create_merchant(&db.app, &name, &slug, None).await?
+    else {
+        return Err(DemoError::Db(sqlx::Error::RowNotFound));
+    };
     let mut tx = TenantTx::begin(&db.app, merchant).await?;
     for (name, variants) in DEMO_PRODUCTS {
         let variants = variants
@@ -81,6 +87,22 @@ pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
     }
     tx.commit().await?;
     let key = key.to_string();
-    std::fs::write(&key_file, &key).map_err(key_error)?;
+    write_private(&key_file, &key).map_err(key_error)?;
     Ok(key)
+}
+
+/// Writes a secret to a file only its owner can read (0600).
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    // A file from an earlier version may have been created wider: narrow it too.
+    #[cfg(unix)]
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())
 }

@@ -67,8 +67,8 @@ pub enum ApiError {
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
     /// Same Idempotency-Key while the first request is still running.
-    #[error("a request with this Idempotency-Key is still in flight")]
-    IdempotencyKeyInFlight,
+    #[error("a request with this Idempotency-Key is still in flight; retry in {retry_after} s")]
+    IdempotencyKeyInFlight { retry_after: u64 },
     #[error("{0}")]
     Unavailable(&'static str),
     #[error("the request target is longer than {} bytes", super::MAX_URI_BYTES)]
@@ -124,7 +124,7 @@ impl ApiError {
                 "idempotency-key-reused",
                 "Idempotency key reused",
             ),
-            ApiError::IdempotencyKeyInFlight => (
+            ApiError::IdempotencyKeyInFlight { .. } => (
                 StatusCode::CONFLICT,
                 "idempotency-key-in-flight",
                 "Request in flight",
@@ -184,6 +184,11 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %err, "request failed");
         }
         let (status, kind, title) = self.parts();
+        let retry_after = match &self {
+            ApiError::IdempotencyKeyInFlight { retry_after } => Some(*retry_after),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
         let detail = self.to_string();
         let mut errors = match self {
             ApiError::Validation(errors) | ApiError::Conflict { errors, .. } => errors,
@@ -207,10 +212,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

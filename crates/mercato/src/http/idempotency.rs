@@ -3,9 +3,13 @@
 //! with another body is a 422; the same key while the first is running is a 409.
 //! Keys belong to a merchant and expire after 24 hours.
 //!
-//! 5xx and 202 (outcome still pending) responses are not stored, so a retry runs
-//! again; the checkout itself also keys its order by the idempotency key, so a
-//! retry after a crash finds the order instead of placing a second one.
+//! As Stripe does, a response is stored once the operation has started to act:
+//! 2xx (202 pending included), 402 (payment failed) and 409 (a conflict with the
+//! state, such as out of stock). Nothing is stored when the request never got
+//! that far (400, 401, 403, 404, 413, 415, 422 invalid input) or failed on our
+//! side (5xx): a corrected or later retry under the same key runs afresh. The
+//! checkout itself also keys its order by the idempotency key, so a retry after
+//! a crash finds the order instead of placing a second one.
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -42,6 +46,8 @@ struct StoredKey {
     response_status: Option<i32>,
     response_content_type: Option<String>,
     response_body: Option<Vec<u8>>,
+    /// For a key in flight: seconds until it counts as abandoned.
+    retry_after: i64,
 }
 
 enum Claim {
@@ -52,7 +58,13 @@ enum Claim {
         body: Vec<u8>,
     },
     Reused,
-    InFlight,
+    /// Seconds until the running request is presumed dead and the key can be retried.
+    InFlight(u64),
+}
+
+/// Whether a response means the operation acted, so its answer is the key's for good.
+fn worth_storing(status: StatusCode) -> bool {
+    status.is_success() || status == StatusCode::PAYMENT_REQUIRED || status == StatusCode::CONFLICT
 }
 
 pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -99,7 +111,9 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
         .map_err(|e| ApiError::from(e).into_response())?
     {
         Claim::Reused => return Err(ApiError::IdempotencyKeyReused.into_response()),
-        Claim::InFlight => return Err(ApiError::IdempotencyKeyInFlight.into_response()),
+        Claim::InFlight(retry_after) => {
+            return Err(ApiError::IdempotencyKeyInFlight { retry_after }.into_response())
+        }
         Claim::Replay {
             status,
             content_type,
@@ -137,7 +151,7 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
             .into_response());
         }
     };
-    let keep = !parts.status.is_server_error() && parts.status != StatusCode::ACCEPTED;
+    let keep = worth_storing(parts.status);
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -183,10 +197,13 @@ async fn claim(tenant: &Tenant, key: &str, hash: &[u8]) -> Result<Claim, sqlx::E
     let stored = sqlx::query_as!(
         StoredKey,
         r#"select request_hash, status as "status: KeyStatus", response_status,
-                  response_content_type, response_body
+                  response_content_type, response_body,
+                  greatest(1, ceil(extract(epoch from
+                      created_at + make_interval(secs => $3) - now())))::bigint as "retry_after!"
          from idempotency_keys where merchant_id = $1 and key = $2"#,
         merchant,
         key,
+        ABANDONED_AFTER_SECONDS,
     )
     .fetch_one(tx.conn())
     .await?;
@@ -194,7 +211,7 @@ async fn claim(tenant: &Tenant, key: &str, hash: &[u8]) -> Result<Claim, sqlx::E
     Ok(if stored.request_hash != hash {
         Claim::Reused
     } else if stored.status == KeyStatus::InFlight {
-        Claim::InFlight
+        Claim::InFlight(stored.retry_after.max(1) as u64)
     } else {
         Claim::Replay {
             status: stored.response_status.unwrap_or(200),

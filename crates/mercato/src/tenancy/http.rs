@@ -1,18 +1,23 @@
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{
-    create_merchant, set_stock_strategy, CreateMerchantError, MerchantId, MerchantName, Slug,
-    Strategy,
+    create_merchant, issue_api_key, list_api_keys, merchant_exists, revoke_api_key,
+    set_stock_strategy, ApiKeyInfo, CreateMerchantError, Created, CreationKey, MerchantId,
+    MerchantName, Slug, Strategy,
 };
+use crate::db::TenantTx;
 use crate::http::auth::Admin;
-use crate::http::{ApiError, ApiJson};
+use crate::http::idempotency::IDEMPOTENCY_KEY;
+use crate::http::{ApiError, ApiJson, Problem};
 use crate::state::AppState;
 use crate::validation::{FieldError, FieldErrors};
 
@@ -20,6 +25,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_merchant))
         .routes(routes!(patch_merchant))
+        .routes(routes!(post_api_key, list_keys))
+        .routes(routes!(delete_api_key))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -41,8 +48,8 @@ pub struct MerchantSettings {
     request_body = PatchMerchant, security(("admin_token" = [])),
     responses(
         (status = 200, body = MerchantSettings),
-        (status = 404, body = crate::http::Problem, content_type = "application/problem+json"),
-        (status = 422, body = crate::http::Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn patch_merchant(
     _: Admin,
@@ -77,29 +84,43 @@ pub struct CreateMerchant {
 pub struct MerchantCreated {
     pub id: Uuid,
     pub slug: String,
-    /// Shown once; only its hash is stored.
-    pub api_key: String,
+    /// Shown once; only its hash is stored. `null` when this answer replays an
+    /// earlier creation (same `Idempotency-Key`): issue a new key with
+    /// `POST /v1/merchants/{id}/api-keys`.
+    pub api_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_note: Option<String>,
 }
 
 /// Creates a merchant and its first API key (platform admin only).
+///
+/// With an `Idempotency-Key`, a retry of the same request answers the same
+/// merchant (`Idempotent-Replayed: true`) without its key: a key is shown once
+/// and never stored, so a lost answer is repaired by issuing a new key, not by
+/// keeping secrets in a replay cache.
 #[utoipa::path(post, path = "/v1/merchants", request_body = CreateMerchant,
     security(("admin_token" = [])),
     responses(
         (status = 201, body = MerchantCreated),
-        (status = 401, body = crate::http::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::http::Problem, content_type = "application/problem+json", description = "slug taken"),
-        (status = 422, body = crate::http::Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "slug taken"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "invalid fields, or the Idempotency-Key was used with another request"),
     ))]
 pub async fn post_merchant(
     _: Admin,
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateMerchant>,
-) -> Result<(StatusCode, Json<MerchantCreated>), ApiError> {
+) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
     let name = errors.check("name", MerchantName::parse(&body.name));
     let slug = errors.check("slug", Slug::parse(&body.slug));
     let (name, slug) = errors.finish(name.zip(slug))?;
-    let (id, key) = create_merchant(&state.db.app, &name, &slug)
+    let key = idempotency_key(&headers)?;
+    let creation = key.map(|key| CreationKey {
+        key,
+        request_hash: Sha256::digest(format!("{}\0{}", name.as_str(), slug.as_str())).to_vec(),
+    });
+    let created = create_merchant(&state.db.app, &name, &slug, creation.as_ref())
         .await
         .map_err(|e| match e {
             CreateMerchantError::SlugTaken(slug) => ApiError::Conflict {
@@ -108,14 +129,148 @@ pub async fn post_merchant(
                 detail: format!("a merchant with slug {slug:?} already exists"),
                 errors: vec![FieldError::new("slug", "already taken")],
             },
+            CreateMerchantError::KeyReused => ApiError::IdempotencyKeyReused,
             CreateMerchantError::Db(e) => e.into(),
         })?;
+    let (created, replayed) = match created {
+        Created::New { id, key } => (
+            MerchantCreated {
+                id: id.0,
+                slug: slug.as_str().to_owned(),
+                api_key: Some(key.to_string()),
+                api_key_note: None,
+            },
+            false,
+        ),
+        Created::Replayed { id, slug } => (
+            MerchantCreated {
+                id: id.0,
+                api_key: None,
+                api_key_note: Some(format!(
+                    "this replays an earlier creation: its API key was shown then and is not kept; issue a new one with POST /v1/merchants/{}/api-keys",
+                    id.0
+                )),
+                slug,
+            },
+            true,
+        ),
+    };
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The request's `Idempotency-Key`, if it sent one (1-255 visible characters).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .filter(|k| (1..=255).contains(&k.len()))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::field("Idempotency-Key", "must be 1-255 visible ASCII characters")
+            }),
+    }
+}
+
+fn merchant_param(raw: &str) -> Result<MerchantId, ApiError> {
+    Uuid::try_parse(raw)
+        .map(MerchantId)
+        .map_err(|_| ApiError::NotFound("merchant"))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyIssued {
+    pub id: Uuid,
+    /// Shown once; only its hash is stored.
+    pub api_key: String,
+}
+
+/// Issues another API key for a merchant (platform admin only). A merchant may
+/// hold several live keys, so a key is rotated by issuing the new one, moving
+/// clients over, then revoking the old.
+#[utoipa::path(post, path = "/v1/merchants/{id}/api-keys", params(("id" = String, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, body = ApiKeyIssued),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn post_api_key(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<ApiKeyIssued>), ApiError> {
+    let merchant = merchant_param(&id)?;
+    if !merchant_exists(&state.db.app, merchant).await? {
+        return Err(ApiError::NotFound("merchant"));
+    }
+    let mut tx = TenantTx::begin(&state.db.app, merchant).await?;
+    let issued = issue_api_key(&mut tx).await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(MerchantCreated {
-            id: id.0,
-            slug: slug.as_str().to_owned(),
-            api_key: key.to_string(),
+        Json(ApiKeyIssued {
+            id: issued.id,
+            api_key: issued.key.to_string(),
         }),
     ))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyList {
+    pub data: Vec<ApiKeyInfo>,
+}
+
+/// A merchant's API keys, live and revoked, oldest first (platform admin only).
+#[utoipa::path(get, path = "/v1/merchants/{id}/api-keys", params(("id" = String, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = ApiKeyList),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_keys(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ApiKeyList>, ApiError> {
+    let merchant = merchant_param(&id)?;
+    if !merchant_exists(&state.db.app, merchant).await? {
+        return Err(ApiError::NotFound("merchant"));
+    }
+    let mut tx = TenantTx::begin(&state.db.app, merchant).await?;
+    let data = list_api_keys(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Json(ApiKeyList { data }))
+}
+
+/// Revokes one of a merchant's API keys (platform admin only). This process
+/// stops accepting it at once; other instances within their 30 s key cache.
+#[utoipa::path(delete, path = "/v1/merchants/{id}/api-keys/{key_id}",
+    params(("id" = String, Path), ("key_id" = String, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "revoked (or already revoked)"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_api_key(
+    _: Admin,
+    State(state): State<AppState>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let merchant = merchant_param(&id)?;
+    let key_id = Uuid::try_parse(&key_id).map_err(|_| ApiError::NotFound("api key"))?;
+    let mut tx = TenantTx::begin(&state.db.app, merchant).await?;
+    let revoked = revoke_api_key(&mut tx, key_id).await?;
+    tx.commit().await?;
+    if !revoked {
+        return Err(ApiError::NotFound("api key"));
+    }
+    state.keys.forget(merchant);
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -10,6 +10,7 @@ mod store;
 pub use key_cache::KeyCache;
 pub use model::{ApiKey, MerchantId, MerchantName, Slug, Strategy};
 pub use store::{
-    authenticate_key, create_merchant, find_merchant_by_slug, issue_api_key, set_stock_strategy,
-    CreateMerchantError,
+    authenticate_key, create_merchant, find_merchant_by_slug, issue_api_key, list_api_keys,
+    merchant_exists, revoke_api_key, set_stock_strategy, ApiKeyInfo, CreateMerchantError, Created,
+    CreationKey, IssuedKey,
 };

@@ -51,11 +51,7 @@ pub struct MerchantName(String);
 
 impl MerchantName {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.chars().count() > 200 {
-            return Err("must be 1-200 characters".into());
-        }
-        Ok(MerchantName(trimmed.to_owned()))
+        crate::validation::display_name(raw).map(MerchantName)
     }
 
     pub fn as_str(&self) -> &str {

@@ -1,4 +1,10 @@
+//! Tenancy SQL: merchants (a platform table) and their API keys.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::{ApiKey, MerchantId, MerchantName, Slug, Strategy};
 use crate::db::{violates, TenantTx};
@@ -7,47 +13,168 @@ use crate::db::{violates, TenantTx};
 pub enum CreateMerchantError {
     #[error("a merchant with slug {0:?} already exists")]
     SlugTaken(String),
+    /// The creation key was used before, for a different request.
+    #[error("this creation key was used for another merchant request")]
+    KeyReused,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
-/// Creates a merchant and its first API key in one transaction.
+/// The retry key of a merchant creation (`Idempotency-Key`) and a hash of what
+/// the request asked for.
+pub struct CreationKey<'a> {
+    pub key: &'a str,
+    pub request_hash: Vec<u8>,
+}
+
+/// What creating a merchant did.
+pub enum Created {
+    /// A new merchant, with its first key (shown this once).
+    New { id: MerchantId, key: ApiKey },
+    /// The merchant this creation key made before; its key is not kept, so
+    /// it cannot be shown again.
+    Replayed { id: MerchantId, slug: String },
+}
+
+/// Creates a merchant and its first API key in one transaction. Under a
+/// creation key seen before, answers that merchant instead (or refuses, when
+/// the key came with another request).
 pub async fn create_merchant(
     pool: &PgPool,
     name: &MerchantName,
     slug: &Slug,
-) -> Result<(MerchantId, ApiKey), CreateMerchantError> {
+    creation: Option<&CreationKey<'_>>,
+) -> Result<Created, CreateMerchantError> {
+    if let Some(created) = created_before(pool, creation).await? {
+        return Ok(created);
+    }
     let id = MerchantId::new();
     let mut tx = TenantTx::begin(pool, id).await?;
-    sqlx::query!(
-        "insert into merchants (id, slug, name) values ($1, $2, $3)",
+    let inserted = sqlx::query!(
+        "insert into merchants (id, slug, name, creation_key, creation_hash)
+         values ($1, $2, $3, $4, $5)",
         id.0,
         slug.as_str(),
         name.as_str(),
+        creation.map(|c| c.key),
+        creation.map(|c| c.request_hash.as_slice()),
     )
     .execute(tx.conn())
-    .await
-    .map_err(|e| match violates(&e, "merchants_slug_key") {
-        true => CreateMerchantError::SlugTaken(slug.as_str().to_owned()),
-        false => e.into(),
-    })?;
-    let key = issue_api_key(&mut tx).await?;
+    .await;
+    match inserted {
+        Err(e) if violates(&e, "merchants_slug_key") => {
+            drop(tx);
+            // The same request retried after its first try committed finds that merchant.
+            return match created_before(pool, creation).await? {
+                Some(created) => Ok(created),
+                None => Err(CreateMerchantError::SlugTaken(slug.as_str().to_owned())),
+            };
+        }
+        Err(e) if violates(&e, "merchants_creation_key") => {
+            drop(tx);
+            // A concurrent request with the same key won the race: answer as it did.
+            return created_before(pool, creation)
+                .await?
+                .ok_or(CreateMerchantError::Db(sqlx::Error::RowNotFound));
+        }
+        other => other?,
+    };
+    let key = issue_api_key(&mut tx).await?.key;
     tx.commit().await?;
-    Ok((id, key))
+    Ok(Created::New { id, key })
+}
+
+async fn created_before(
+    pool: &PgPool,
+    creation: Option<&CreationKey<'_>>,
+) -> Result<Option<Created>, CreateMerchantError> {
+    let Some(creation) = creation else {
+        return Ok(None);
+    };
+    let found = sqlx::query!(
+        "select id, slug, creation_hash from merchants where creation_key = $1",
+        creation.key,
+    )
+    .fetch_optional(pool)
+    .await?;
+    match found {
+        None => Ok(None),
+        Some(m) if m.creation_hash.as_deref() == Some(creation.request_hash.as_slice()) => {
+            Ok(Some(Created::Replayed {
+                id: MerchantId(m.id),
+                slug: m.slug,
+            }))
+        }
+        Some(_) => Err(CreateMerchantError::KeyReused),
+    }
+}
+
+/// A key just issued: its id, and the key itself (shown once).
+pub struct IssuedKey {
+    pub id: Uuid,
+    pub key: ApiKey,
 }
 
 /// Creates a new API key for the transaction's merchant.
-pub async fn issue_api_key(tx: &mut TenantTx) -> Result<ApiKey, sqlx::Error> {
+pub async fn issue_api_key(tx: &mut TenantTx) -> Result<IssuedKey, sqlx::Error> {
     let key = ApiKey::generate(tx.merchant_id());
+    let id = Uuid::now_v7();
     sqlx::query!(
         "insert into api_keys (merchant_id, id, key_hash) values ($1, $2, $3)",
         tx.merchant_id().0,
-        uuid::Uuid::now_v7(),
+        id,
         key.hash(),
     )
     .execute(tx.conn())
     .await?;
-    Ok(key)
+    Ok(IssuedKey { id, key })
+}
+
+/// What is known of an API key (never the key: only its hash is stored).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    /// When a request last authenticated with it (to within the key cache's 30 s).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Set once revoked: the key no longer authenticates.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The transaction merchant's keys, oldest first.
+pub async fn list_api_keys(tx: &mut TenantTx) -> Result<Vec<ApiKeyInfo>, sqlx::Error> {
+    sqlx::query_as!(
+        ApiKeyInfo,
+        "select id, created_at, last_used_at, revoked_at from api_keys
+         where merchant_id = $1 order by id",
+        tx.merchant_id().0,
+    )
+    .fetch_all(tx.conn())
+    .await
+}
+
+/// Revokes a key (revoking a revoked key changes nothing); `false` if the
+/// merchant has no such key.
+pub async fn revoke_api_key(tx: &mut TenantTx, id: Uuid) -> Result<bool, sqlx::Error> {
+    let found = sqlx::query_scalar!(
+        r#"update api_keys set revoked_at = coalesce(revoked_at, now())
+           where merchant_id = $1 and id = $2 returning id as "id!""#,
+        tx.merchant_id().0,
+        id,
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(found.is_some())
+}
+
+/// Whether a merchant with this id exists.
+pub async fn merchant_exists(pool: &PgPool, id: MerchantId) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select exists (select 1 from merchants where id = $1) as "exists!""#,
+        id.0
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Sets a merchant's stock strategy; `false` if there is no such merchant.
@@ -77,15 +204,18 @@ pub async fn find_merchant_by_slug(
 }
 
 /// The stock strategy of `key`'s merchant if `key` is one of its live keys
-/// (checked under that merchant's RLS); `None` for a dead or unknown key.
+/// (checked under that merchant's RLS), noting that it was used; `None` for a
+/// dead or unknown key.
 pub async fn authenticate_key(
     tx: &mut TenantTx,
     key: &ApiKey,
 ) -> Result<Option<Strategy>, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"select m.stock_strategy as "stock_strategy: Strategy"
-         from api_keys k join merchants m on m.id = k.merchant_id
-         where k.merchant_id = $1 and k.key_hash = $2 and k.revoked_at is null"#,
+        r#"update api_keys k set last_used_at = now()
+           from merchants m
+           where m.id = k.merchant_id and k.merchant_id = $1 and k.key_hash = $2
+             and k.revoked_at is null
+           returning m.stock_strategy as "stock_strategy: Strategy""#,
         tx.merchant_id().0,
         key.hash(),
     )

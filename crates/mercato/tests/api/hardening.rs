@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use crate::helpers::{TestApp, ADMIN_TOKEN};
+use crate::helpers::{Body, TestApp, ADMIN_TOKEN};
 
 /// A body that matches `schema` (resolving `$ref`s in `doc`): one item per
 /// array, every property present, `"x"` for strings, 1 for numbers.
@@ -368,4 +368,170 @@ async fn a_short_admin_token_is_refused_at_start_with_one_line() {
         .output()
         .expect("mercato runs");
     assert!(!blank.status.success());
+}
+
+fn checkout_body(method: &str, email: &str) -> Value {
+    json!({"customer": {"email": email}, "items": [{"sku": "TEE", "quantity": 1}], "payment_method": method})
+}
+
+#[tokio::test]
+async fn idempotency_stores_what_acted_and_nothing_that_was_refused() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 5).await;
+    let send = |key: &'static str, body: Value| {
+        let (app, m) = (&app, &m);
+        async move {
+            app.request_with(
+                Method::POST,
+                "/v1/checkouts",
+                Some(&m.key),
+                &[("Idempotency-Key", key)],
+                Body::Json(body),
+            )
+            .await
+        }
+    };
+    // A pending (202) checkout is an answer: kept, replayed, and the key is taken.
+    let pending = send(
+        "k-pending",
+        checkout_body("pm_card_timeout", "ann@example.com"),
+    )
+    .await;
+    assert_eq!(pending.status, 202, "{}", pending.body);
+    let again = send(
+        "k-pending",
+        checkout_body("pm_card_timeout", "ann@example.com"),
+    )
+    .await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body["id"], pending.body["id"]);
+    send("k-pending", checkout_body("pm_card_ok", "ann@example.com"))
+        .await
+        .assert_problem(422, "idempotency-key-reused");
+    // A request refused for its input is not kept: the corrected one runs.
+    send("k-fixed", checkout_body("pm_card_ok", "not-an-email"))
+        .await
+        .assert_problem(422, "validation-error");
+    let fixed = send("k-fixed", checkout_body("pm_card_ok", "ann@example.com")).await;
+    assert_eq!(fixed.status, 201, "{}", fixed.body);
+    assert!(!fixed.headers.contains_key("idempotent-replayed"));
+    // A payment that failed did act (it was tried): kept.
+    let declined = send(
+        "k-declined",
+        checkout_body("pm_card_declined", "ann@example.com"),
+    )
+    .await;
+    declined.assert_problem(402, "payment-failed");
+    let replay = send(
+        "k-declined",
+        checkout_body("pm_card_declined", "ann@example.com"),
+    )
+    .await;
+    assert_eq!(replay.status, 402);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+}
+
+#[tokio::test]
+async fn a_key_in_flight_says_when_to_retry() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 5).await;
+    let send = || {
+        app.request_with(
+            Method::POST,
+            "/v1/checkouts",
+            Some(&m.key),
+            &[("Idempotency-Key", "k-slow")],
+            Body::Json(checkout_body("pm_card_slow", "ann@example.com")),
+        )
+    };
+    let (first, second) = tokio::join!(send(), async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        send().await
+    });
+    assert_eq!(first.status, 201);
+    second.assert_problem(409, "idempotency-key-in-flight");
+    let retry_after: u64 = second.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+}
+
+#[tokio::test]
+async fn merchant_creation_is_idempotent_and_keys_are_managed_by_the_admin() {
+    let app = TestApp::spawn().await;
+    let create = |key: &'static str, slug: &str| {
+        let body = json!({"name": "Acme", "slug": slug});
+        let app = &app;
+        async move {
+            app.request_with(
+                Method::POST,
+                "/v1/merchants",
+                Some(ADMIN_TOKEN),
+                &[("Idempotency-Key", key)],
+                Body::Json(body),
+            )
+            .await
+        }
+    };
+    let first = create("m-1", "acme").await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let first_key = first.body["api_key"].as_str().unwrap().to_owned();
+    let replay = create("m-1", "acme").await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(replay.body["id"], first.body["id"]);
+    assert!(replay.body["api_key"].is_null(), "a key is shown once");
+    assert!(replay.body["api_key_note"]
+        .as_str()
+        .unwrap()
+        .contains("api-keys"));
+    create("m-1", "other")
+        .await
+        .assert_problem(422, "idempotency-key-reused");
+    assert_eq!(app.count("merchants").await, 1);
+
+    // The lost key is repaired by issuing another; both work; the old one is revoked.
+    let id = first.body["id"].as_str().unwrap();
+    let keys_path = format!("/v1/merchants/{id}/api-keys");
+    let issued = app.post(&keys_path, ADMIN_TOKEN, json!({})).await;
+    assert_eq!(issued.status, 201, "{}", issued.body);
+    let second_key = issued.body["api_key"].as_str().unwrap().to_owned();
+    assert_eq!(app.get("/v1/products", &first_key).await.status, 200);
+    assert_eq!(app.get("/v1/products", &second_key).await.status, 200);
+    let listed = app.get(&keys_path, ADMIN_TOKEN).await;
+    let keys = listed.body["data"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    assert!(
+        keys.iter().all(|k| !k["last_used_at"].is_null()),
+        "{keys:?}"
+    );
+    let first_id = keys[0]["id"].as_str().unwrap();
+    let revoke = format!("{keys_path}/{first_id}");
+    let revoked = app
+        .request(Method::DELETE, &revoke, Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(revoked.status, 204);
+    app.get("/v1/products", &first_key)
+        .await
+        .assert_problem(401, "unauthorized");
+    assert_eq!(app.get("/v1/products", &second_key).await.status, 200);
+    let again = app
+        .request(Method::DELETE, &revoke, Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(again.status, 204, "revoking twice is harmless");
+    let unknown = format!("{keys_path}/{}", uuid::Uuid::now_v7());
+    app.request(Method::DELETE, &unknown, Some(ADMIN_TOKEN), None)
+        .await
+        .assert_problem(404, "not-found");
+    let nobody = format!("/v1/merchants/{}/api-keys", uuid::Uuid::now_v7());
+    app.post(&nobody, ADMIN_TOKEN, json!({}))
+        .await
+        .assert_problem(404, "not-found");
+    // A merchant cannot manage keys.
+    app.post(&keys_path, &second_key, json!({}))
+        .await
+        .assert_problem(403, "forbidden");
 }
