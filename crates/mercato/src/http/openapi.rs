@@ -125,6 +125,10 @@ pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
             add("503", "The database or a dependency is unavailable; retry");
             if is_post {
                 add("409", "A request with this Idempotency-Key is in flight");
+                add(
+                    "422",
+                    "Invalid fields, named in `errors` (or a bad Idempotency-Key)",
+                );
                 parameters
                     .get_or_insert_with(Vec::new)
                     .push(idempotency_key.clone());
