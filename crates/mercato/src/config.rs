@@ -63,7 +63,8 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn seconds(raw: &str) -> Result<Duration, String> {
+/// A number of seconds (fractions allowed), as the command line gives it.
+pub fn seconds(raw: &str) -> Result<Duration, String> {
     let value: f64 = raw
         .trim()
         .parse()

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mercato::app::DatabaseSource;
@@ -49,69 +48,15 @@ struct MigrateArgs {
 #[derive(Subcommand)]
 enum DemoCommand {
     /// Seed legacy orders and migrate them online under live HTTP traffic; prints a JSON summary.
-    Migration(DemoMigrationArgs),
-}
-
-#[derive(clap::Args)]
-struct DemoMigrationArgs {
-    /// Legacy order rows to seed.
-    #[arg(long, default_value_t = 100_000)]
-    rows: i64,
-    /// Requests per second of the live load.
-    #[arg(long, default_value_t = 200)]
-    rate: u32,
-    /// Seconds of traffic before, after, and at each read-switch step.
-    #[arg(long, default_value_t = 3)]
-    dwell: u64,
-    /// Also write the summary to this file.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Use this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    Migration(mercato::demo::migration::Options),
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Concurrent buyers reserve one hot SKU, then many SKUs, with each stock strategy.
-    Checkout(BenchCheckoutArgs),
+    Checkout(mercato::bench::checkout::Options),
     /// Backfill rows/s under live load versus a plain INSERT … SELECT, and the load's p99.
-    Migrate(BenchMigrateArgs),
-}
-
-#[derive(clap::Args)]
-struct BenchMigrateArgs {
-    /// Legacy order rows to migrate.
-    #[arg(long, default_value_t = 5_000_000)]
-    rows: i64,
-    /// Requests per second of the live load.
-    #[arg(long, default_value_t = 200)]
-    rate: u32,
-    /// Where the JSON figures go.
-    #[arg(long, default_value = "bench-migrate.json")]
-    out: PathBuf,
-    /// Benchmark against this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-}
-
-#[derive(clap::Args)]
-struct BenchCheckoutArgs {
-    /// Concurrent buyers.
-    #[arg(long, default_value_t = 256)]
-    buyers: usize,
-    /// Requests per strategy and target.
-    #[arg(long, default_value_t = 20_000)]
-    requests: usize,
-    /// SKUs in the many-SKU runs.
-    #[arg(long, default_value_t = 64)]
-    skus: usize,
-    /// Where the JSON figures go.
-    #[arg(long, default_value = "bench-checkout.json")]
-    out: PathBuf,
-    /// Benchmark against this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    Migrate(mercato::bench::migrate::Options),
 }
 
 fn main() -> ExitCode {
@@ -125,36 +70,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Migrate(args) => migrate(args).await,
-            Command::Demo(DemoCommand::Migration(args)) => {
-                mercato::demo::migration::run(mercato::demo::migration::Options {
-                    rows: args.rows,
-                    rate: args.rate,
-                    dwell: Duration::from_secs(args.dwell),
-                    out: args.out,
-                    database_url: args.database_url,
-                    progress: true,
-                })
-                .await
-                .map(|_| ())
+            Command::Demo(DemoCommand::Migration(opts)) => {
+                mercato::demo::migration::run(opts).await.map(|_| ())
             }
-            Command::Bench(BenchCommand::Migrate(args)) => {
-                mercato::bench::migrate::run(mercato::bench::migrate::Options {
-                    rows: args.rows,
-                    rate: args.rate,
-                    out: args.out,
-                    database_url: args.database_url,
-                })
-                .await
-            }
-            Command::Bench(BenchCommand::Checkout(args)) => {
-                mercato::bench::checkout::run(mercato::bench::checkout::Options {
-                    buyers: args.buyers,
-                    requests: args.requests,
-                    skus: args.skus,
-                    out: args.out,
-                    database_url: args.database_url,
-                })
-                .await
+            Command::Bench(BenchCommand::Migrate(opts)) => mercato::bench::migrate::run(opts).await,
+            Command::Bench(BenchCommand::Checkout(opts)) => {
+                mercato::bench::checkout::run(opts).await
             }
         }
     });

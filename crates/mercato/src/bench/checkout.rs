@@ -15,11 +15,22 @@ use serde_json::{json, Value};
 
 use super::{interruptible, Harness, Percentiles};
 
+#[derive(Debug, clap::Args)]
 pub struct Options {
+    /// Concurrent buyers.
+    #[arg(long, default_value_t = 256)]
     pub buyers: usize,
+    /// Requests per strategy and target.
+    #[arg(long, default_value_t = 20_000)]
     pub requests: usize,
+    /// SKUs in the many-SKU runs.
+    #[arg(long, default_value_t = 64)]
     pub skus: usize,
+    /// Where the JSON figures go.
+    #[arg(long, default_value = "bench-checkout.json")]
     pub out: PathBuf,
+    /// Benchmark against this database (schema owner) instead of a private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 

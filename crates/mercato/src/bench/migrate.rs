@@ -13,10 +13,19 @@ use super::load::{seed_legacy_orders, Load};
 use super::{interruptible, Harness};
 use crate::legacy_orders;
 
+#[derive(Debug, clap::Args)]
 pub struct Options {
+    /// Legacy order rows to migrate.
+    #[arg(long, default_value_t = 5_000_000)]
     pub rows: i64,
+    /// Requests per second of the live load.
+    #[arg(long, default_value_t = 200)]
     pub rate: u32,
+    /// Where the JSON figures go.
+    #[arg(long, default_value = "bench-migrate.json")]
     pub out: PathBuf,
+    /// Benchmark against this database (schema owner) instead of a private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 

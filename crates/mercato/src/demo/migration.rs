@@ -15,14 +15,25 @@ use crate::bench::load::{seed_legacy_orders, Load};
 use crate::bench::{interruptible, Harness};
 use crate::legacy_orders;
 
+#[derive(Debug, clap::Args)]
 pub struct Options {
+    /// Legacy order rows to seed.
+    #[arg(long, default_value_t = 100_000)]
     pub rows: i64,
-    /// Requests per second of the load generator.
+    /// Requests per second of the live load.
+    #[arg(long, default_value_t = 200)]
     pub rate: u32,
-    /// Seconds of traffic before and after the migration, and at each switch step.
+    /// Seconds of traffic before, after, and at each read-switch step.
+    #[arg(long, default_value = "3", value_parser = crate::config::seconds)]
     pub dwell: Duration,
+    /// Also write the summary to this file.
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Use this database (schema owner) instead of a private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Show progress bars (the command line does; tests do not).
+    #[arg(skip = true)]
     pub progress: bool,
 }
 

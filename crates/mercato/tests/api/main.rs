@@ -9,4 +9,5 @@ mod helpers;
 mod inventory;
 mod migration;
 mod rls;
+mod states;
 mod tenancy;
