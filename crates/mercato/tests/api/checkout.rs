@@ -1,5 +1,5 @@
 use futures_util::future::join_all;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_inventory_consistent, post_to, wait_until_zero, Body, TestApp};
@@ -100,20 +100,8 @@ async fn out_of_stock_is_409_and_charges_nothing() {
 async fn an_idempotency_key_replays_refuses_reuse_and_guards_in_flight() {
     let app = TestApp::spawn().await;
     let m = app.merchant_with_stock("acme", "TEE", 5).await;
-    let send = |key: &'static str, body: Body| {
-        let m = &m;
-        let app = &app;
-        async move {
-            app.request_with(
-                Method::POST,
-                "/v1/checkouts",
-                Some(&m.key),
-                &[("Idempotency-Key", key)],
-                body,
-            )
-            .await
-        }
-    };
+    let send =
+        |key: &'static str, body: Body| app.post_idempotent("/v1/checkouts", &m.key, key, body);
     let first = send("k1", Body::Json(checkout("TEE", 1, "pm_card_ok"))).await;
     assert_eq!(first.status, 201);
     let again = send("k1", Body::Json(checkout("TEE", 1, "pm_card_ok"))).await;

@@ -379,17 +379,7 @@ async fn idempotency_stores_what_acted_and_nothing_that_was_refused() {
     let app = TestApp::spawn().await;
     let m = app.merchant_with_stock("acme", "TEE", 5).await;
     let send = |key: &'static str, body: Value| {
-        let (app, m) = (&app, &m);
-        async move {
-            app.request_with(
-                Method::POST,
-                "/v1/checkouts",
-                Some(&m.key),
-                &[("Idempotency-Key", key)],
-                Body::Json(body),
-            )
-            .await
-        }
+        app.post_idempotent("/v1/checkouts", &m.key, key, Body::Json(body))
     };
     // A pending (202) checkout is an answer: kept, replayed, and the key is taken.
     let pending = send(
@@ -437,13 +427,8 @@ async fn a_key_in_flight_says_when_to_retry() {
     let app = TestApp::spawn().await;
     let m = app.merchant_with_stock("acme", "TEE", 5).await;
     let send = || {
-        app.request_with(
-            Method::POST,
-            "/v1/checkouts",
-            Some(&m.key),
-            &[("Idempotency-Key", "k-slow")],
-            Body::Json(checkout_body("pm_card_slow", "ann@example.com")),
-        )
+        let body = Body::Json(checkout_body("pm_card_slow", "ann@example.com"));
+        app.post_idempotent("/v1/checkouts", &m.key, "k-slow", body)
     };
     let (first, second) = tokio::join!(send(), async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -463,18 +448,8 @@ async fn a_key_in_flight_says_when_to_retry() {
 async fn merchant_creation_is_idempotent_and_keys_are_managed_by_the_admin() {
     let app = TestApp::spawn().await;
     let create = |key: &'static str, slug: &str| {
-        let body = json!({"name": "Acme", "slug": slug});
-        let app = &app;
-        async move {
-            app.request_with(
-                Method::POST,
-                "/v1/merchants",
-                Some(ADMIN_TOKEN),
-                &[("Idempotency-Key", key)],
-                Body::Json(body),
-            )
-            .await
-        }
+        let body = Body::Json(json!({"name": "Acme", "slug": slug}));
+        app.post_idempotent("/v1/merchants", ADMIN_TOKEN, key, body)
     };
     let first = create("m-1", "acme").await;
     assert_eq!(first.status, 201, "{}", first.body);

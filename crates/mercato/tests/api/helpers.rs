@@ -209,6 +209,19 @@ impl TestApp {
             .await
     }
 
+    /// A POST with an `Idempotency-Key`, as a client that retries safely sends it.
+    pub async fn post_idempotent(
+        &self,
+        path: &str,
+        key: &str,
+        idempotency_key: &str,
+        body: Body,
+    ) -> Response {
+        let headers = [("Idempotency-Key", idempotency_key)];
+        self.request_with(Method::POST, path, Some(key), &headers, body)
+            .await
+    }
+
     /// Sends a raw body with a JSON content type (for malformed input).
     pub async fn post_raw(&self, path: &str, key: &str, body: &str) -> Response {
         let body = Body::RawJson(body.to_owned());

@@ -45,17 +45,12 @@ async fn every_state_column_has_a_check_that_refuses_unknown_text() {
     let app = TestApp::spawn().await;
     let m = app.merchant_with_stock("acme", "TEE", 5).await;
     // One row in each table, so a bad update has something to refuse.
+    let body = crate::helpers::Body::Json(serde_json::json!({
+        "customer": {"email": "ann@example.com"},
+        "items": [{"sku": "TEE", "quantity": 1}],
+        "payment_method": "pm_card_ok"}));
     let checkout = app
-        .request_with(
-            reqwest::Method::POST,
-            "/v1/checkouts",
-            Some(&m.key),
-            &[("Idempotency-Key", "state-test")],
-            crate::helpers::Body::Json(serde_json::json!({
-                "customer": {"email": "ann@example.com"},
-                "items": [{"sku": "TEE", "quantity": 1}],
-                "payment_method": "pm_card_ok"})),
-        )
+        .post_idempotent("/v1/checkouts", &m.key, "state-test", body)
         .await;
     assert_eq!(checkout.status, 201, "{}", checkout.body);
     for (table, column, values) in state_columns() {
