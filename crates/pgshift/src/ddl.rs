@@ -4,48 +4,76 @@
 //! A DDL statement waiting for its lock blocks every later query on the table
 //! while it waits. So each step runs with the plan's `lock_timeout`, and on a
 //! lock timeout it backs off and tries again rather than wait in the queue.
+//! What a step says it creates (tables, columns, indexes, functions,
+//! triggers) is looked up in the catalog before the step counts as done: a
+//! statement that ran without error but did nothing (`ALTER TABLE IF EXISTS`
+//! on a name in another schema) fails the step instead of passing silently.
 
 use std::time::Duration;
 
 use sqlx::{Acquire, PgConnection, PgPool};
 
+use crate::sql::{self, Effect};
 use crate::state::{self, ExpandStep};
 use crate::Error;
 
 /// Lock timeouts tolerated before the step fails.
 const MAX_ATTEMPTS: u32 = 20;
 
-/// Runs `sql` (one step of the plan, `label` in messages). With `record`, the
-/// step is also recorded as run, in the step's own transaction, so an
-/// interrupted expand resumes after the last step that committed.
+/// One step of the plan as it is run.
+pub(crate) struct StepRun<'a> {
+    /// For messages: `expand[0] "customers"`.
+    pub label: &'a str,
+    pub sql: &'a str,
+    /// With a record, the step is also recorded as run, in the step's own
+    /// transaction, so an interrupted expand resumes after the last step
+    /// that committed.
+    pub record: Option<&'a ExpandStep<'a>>,
+    /// What the step says it creates: looked up in the catalog after it ran
+    /// (in its transaction, before it is recorded); anything missing fails
+    /// the step.
+    pub effects: &'a [Effect],
+    /// More SQL to run after the step's own, in the step's transaction, so
+    /// that other sessions see both or neither. Run only if the step has a
+    /// transaction; the result says whether it ran.
+    pub then: Option<&'a str>,
+}
+
+/// Runs one step under the plan's `lock_timeout`, retrying on lock timeouts.
+/// Returns whether `then` ran with it.
 pub(crate) async fn run_step(
     pool: &PgPool,
     lock_timeout_ms: u64,
-    label: &str,
-    sql: &str,
-    record: Option<&ExpandStep<'_>>,
-) -> Result<(), Error> {
+    step: &StepRun<'_>,
+) -> Result<bool, Error> {
+    let label = step.label;
     let mut delay = Duration::from_millis(100);
     for attempt in 1.. {
         let mut conn = pool.acquire().await?;
         sqlx::raw_sql(&format!("set lock_timeout = {lock_timeout_ms}"))
             .execute(&mut *conn)
             .await?;
-        let result = execute(&mut conn, sql, record).await;
+        let result = execute(&mut conn, step).await;
         let _ = sqlx::raw_sql("reset lock_timeout")
             .execute(&mut *conn)
             .await;
         match result {
-            Ok(()) => return Ok(()),
-            Err(err) if has_sqlstate(&err, "55P03") && attempt < MAX_ATTEMPTS => {
+            Ok(then_ran) => return Ok(then_ran),
+            Err(Failure::Db(err)) if has_sqlstate(&err, "55P03") && attempt < MAX_ATTEMPTS => {
                 tracing::warn!(step = label, attempt, "lock timeout; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(source) => {
+            Err(Failure::Db(source)) => {
                 return Err(Error::Step {
                     step: label.to_owned(),
                     source,
+                })
+            }
+            Err(Failure::Missing(missing)) => {
+                return Err(Error::NoEffect {
+                    step: label.to_owned(),
+                    missing,
                 })
             }
         }
@@ -53,39 +81,127 @@ pub(crate) async fn run_step(
     unreachable!("the loop returns")
 }
 
-async fn execute(
-    conn: &mut PgConnection,
-    sql: &str,
-    record: Option<&ExpandStep<'_>>,
-) -> Result<(), sqlx::Error> {
-    let Some(record) = record else {
-        sqlx::raw_sql(sql).execute(&mut *conn).await?;
-        return Ok(());
-    };
-    if !needs_no_transaction(sql) {
+enum Failure {
+    Db(sqlx::Error),
+    /// What the step should have created and did not.
+    Missing(Vec<String>),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(err: sqlx::Error) -> Self {
+        Failure::Db(err)
+    }
+}
+
+async fn execute(conn: &mut PgConnection, step: &StepRun<'_>) -> Result<bool, Failure> {
+    if !sql::needs_no_transaction(step.sql) {
         let mut tx = conn.begin().await?;
-        match sqlx::raw_sql(sql).execute(&mut *tx).await {
+        match sqlx::raw_sql(step.sql).execute(&mut *tx).await {
             Ok(_) => {
-                state::record_expand_step(&mut tx, record).await?;
-                return tx.commit().await;
+                if let Some(then) = step.then {
+                    sqlx::raw_sql(then).execute(&mut *tx).await?;
+                }
+                let missing = missing_effects(&mut tx, step.effects).await?;
+                if !missing.is_empty() {
+                    tx.rollback().await?;
+                    return Err(Failure::Missing(missing));
+                }
+                if let Some(record) = step.record {
+                    state::record_expand_step(&mut tx, record).await?;
+                }
+                tx.commit().await?;
+                return Ok(step.then.is_some());
             }
             // Some other statement that refuses a transaction block (VACUUM, …):
             // it ran nothing, so run it the way below.
             Err(err) if has_sqlstate(&err, "25001") => tx.rollback().await?,
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
         }
     }
     // CONCURRENTLY cannot run in a transaction, so the step and its record are
     // two commits: interrupted between them, the step runs again on resume
     // (write it with IF NOT EXISTS).
-    sqlx::raw_sql(sql).execute(&mut *conn).await?;
-    state::record_expand_step(conn, record).await
+    sqlx::raw_sql(step.sql).execute(&mut *conn).await?;
+    let missing = missing_effects(conn, step.effects).await?;
+    if !missing.is_empty() {
+        return Err(Failure::Missing(missing));
+    }
+    if let Some(record) = step.record {
+        state::record_expand_step(conn, record).await?;
+    }
+    Ok(false)
 }
 
-/// `CREATE INDEX CONCURRENTLY` and the like refuse a transaction block. Lint
-/// keeps such a statement in a step of its own.
-fn needs_no_transaction(sql: &str) -> bool {
-    crate::lint::words(sql).iter().any(|w| w == "concurrently")
+/// The effects the catalog does not show, described for the error.
+async fn missing_effects(
+    conn: &mut PgConnection,
+    effects: &[Effect],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut missing = Vec::new();
+    for effect in effects {
+        let found: Option<bool> = match effect {
+            Effect::Table(table) => {
+                sqlx::query_scalar(
+                    "select exists (select 1 from pg_class where oid = to_regclass($1) and relkind in ('r', 'p'))",
+                )
+                .bind(table.sql())
+                .fetch_one(&mut *conn)
+                .await?
+            }
+            Effect::Column { table, column } => {
+                sqlx::query_scalar(
+                    "select exists (select 1 from pg_attribute
+                                    where attrelid = to_regclass($1) and attname = $2
+                                      and attnum > 0 and not attisdropped)",
+                )
+                .bind(table.sql())
+                .bind(column)
+                .fetch_one(&mut *conn)
+                .await?
+            }
+            // NULL: the index exists but is invalid (a failed concurrent build).
+            Effect::Index { name, table } => {
+                sqlx::query_scalar(
+                    "select case when count(*) = 0 then false when bool_or(i.indisvalid) then true end
+                     from pg_index i join pg_class c on c.oid = i.indexrelid
+                     where i.indrelid = to_regclass($1) and c.relname = $2",
+                )
+                .bind(table.sql())
+                .bind(&name.name)
+                .fetch_one(&mut *conn)
+                .await?
+            }
+            Effect::Function { name, .. } => {
+                sqlx::query_scalar(
+                    "select exists (select 1 from pg_proc p
+                                    where p.proname = $2
+                                      and case when $1::text is null then pg_function_is_visible(p.oid)
+                                               else p.pronamespace = to_regnamespace($1) end)",
+                )
+                .bind(name.schema.as_deref().map(crate::quote_ident))
+                .bind(&name.name)
+                .fetch_one(&mut *conn)
+                .await?
+            }
+            Effect::Trigger { name, table } => {
+                sqlx::query_scalar(
+                    "select exists (select 1 from pg_trigger where tgrelid = to_regclass($1) and tgname = $2)",
+                )
+                .bind(table.sql())
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await?
+            }
+        };
+        match found {
+            Some(true) => {}
+            Some(false) => missing.push(format!("{effect} does not exist")),
+            None => missing.push(format!(
+                "{effect} is INVALID (a failed concurrent build): drop it, then run expand again"
+            )),
+        }
+    }
+    Ok(missing)
 }
 
 fn has_sqlstate(err: &sqlx::Error, code: &str) -> bool {

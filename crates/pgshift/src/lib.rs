@@ -10,8 +10,13 @@
 //!
 //! Each job has its module: `ddl` runs one plan step under `lock_timeout`,
 //! `backfill` copies in throttled batches, `validate` compares the shapes,
-//! `state` holds every statement on pgshift's own tables, and `switch` is the
-//! application's side. This file orders the phases.
+//! `state` holds every statement on pgshift's own tables, `sql` reads a step's
+//! statements (transaction control, what it creates, the dual-write triggers
+//! and functions pgshift owns), and `switch` is the application's side. This
+//! file orders the phases.
+//!
+//! `lint` and `status` only read; pgshift's schema is created by the first
+//! command that changes state.
 //!
 //! pgshift runs as the schema owner. With row-level security on the tables it
 //! moves, that role must be a superuser or have BYPASSRLS.
@@ -20,6 +25,7 @@ mod backfill;
 mod ddl;
 pub mod lint;
 pub mod plan;
+mod sql;
 pub mod state;
 pub mod switch;
 mod validate;
@@ -37,7 +43,9 @@ pub use state::{Phase, Status, UnknownPhase};
 pub use switch::{ReadSwitch, View};
 pub use validate::ValidationReport;
 
+use ddl::StepRun;
 use plan::Step;
+use sql::Effect;
 use state::ExpandStep;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +61,10 @@ pub enum Error {
     },
     #[error("step {step}: {source}")]
     Step { step: String, source: sqlx::Error },
+    /// A step ran without error but what it says it creates is not there
+    /// (an `IF EXISTS` that skipped, a name in another schema, …).
+    #[error("step {step} ran but did not take effect: {}. It is not recorded as done (and was rolled back unless it ran outside a transaction); check the names it uses (schema, quoting, IF [NOT] EXISTS) and run expand again", .missing.join("; "))]
+    NoEffect { step: String, missing: Vec<String> },
     #[error("validation failed: {0}")]
     Validation(String),
     /// The state row names a phase this pgshift does not know (written by a
@@ -75,13 +87,11 @@ pub struct Migrator {
 const SETTLE: Duration = Duration::from_millis(switch::CACHE_TTL.as_millis() as u64 * 3);
 
 impl Migrator {
-    /// Opens the migration's state (creating pgshift's schema if needed).
+    /// A migrator for `plan` on `pool`. Writes nothing: pgshift's schema and
+    /// the migration's row are created by the first command that changes
+    /// state (`expand`, or `abort`); until then the migration reads as
+    /// `planned`, and `lint` and `status` only read.
     pub async fn open(pool: PgPool, plan: Plan) -> Result<Migrator, Error> {
-        state::ensure_schema(&pool).await?;
-        state::register(&pool, &plan.name).await?;
-        for role in &plan.readers {
-            state::grant_reader(&pool, role).await?;
-        }
         Ok(Migrator {
             pool,
             plan,
@@ -89,17 +99,32 @@ impl Migrator {
         })
     }
 
+    /// Creates pgshift's schema (or brings it up to date), the migration's
+    /// row and the readers' grants. Run by every command that writes state,
+    /// once its phase check has passed: a refused command writes nothing.
+    async fn ensure_state(&self) -> Result<(), Error> {
+        state::ensure_schema(&self.pool).await?;
+        state::register(&self.pool, &self.plan.name).await?;
+        for role in &self.plan.readers {
+            state::grant_reader(&self.pool, role).await?;
+        }
+        Ok(())
+    }
+
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
 
+    /// Where the migration stands; one with no state yet (or no pgshift
+    /// schema at all) is `planned`. Only reads.
     pub async fn status(&self) -> Result<Status, Error> {
-        state::status(&self.pool, &self.plan.name)
+        Ok(state::status(&self.pool, &self.plan.name)
             .await?
-            .ok_or_else(|| Error::Plan("migration state missing".into()))
+            .unwrap_or_else(|| Status::planned(&self.plan.name)))
     }
 
-    /// Lints the plan against the live catalog.
+    /// Lints the plan against the live catalog. Only reads: it creates no
+    /// schema, table, row or constraint.
     pub async fn lint(&self) -> Result<Vec<Finding>, Error> {
         let live: HashSet<String> = sqlx::query_scalar::<_, String>(
             "select c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -180,6 +205,7 @@ impl Migrator {
             ));
         }
         self.require_clean_lint().await?;
+        self.ensure_state().await?;
         state::reset_progress(&self.pool, &self.plan.name).await?;
         let done = state::expand_steps_done(&self.pool, &self.plan.name).await?;
         for (section, steps) in [
@@ -197,7 +223,17 @@ impl Migrator {
                     sql_sha256: sha256_hex(&step.sql),
                 };
                 match done.get(&(section.to_owned(), record.index)) {
-                    None => self.run_ddl(&label, step, Some(&record)).await?,
+                    None => {
+                        let effects = sql::effects(&step.sql);
+                        self.run_ddl(StepRun {
+                            label: &label,
+                            sql: &step.sql,
+                            record: Some(&record),
+                            effects: &effects,
+                            then: None,
+                        })
+                        .await?;
+                    }
                     Some(ran) if *ran == record.sql_sha256 => {
                         tracing::info!(step = label, "done in an earlier run; skipped");
                     }
@@ -216,20 +252,57 @@ impl Migrator {
         Ok(())
     }
 
-    async fn run_ddl(
-        &self,
-        label: &str,
-        step: &Step,
-        record: Option<&ExpandStep<'_>>,
-    ) -> Result<(), Error> {
-        ddl::run_step(
-            &self.pool,
-            self.plan.lock_timeout_ms,
-            label,
-            &step.sql,
-            record,
-        )
-        .await
+    async fn run_ddl(&self, step: StepRun<'_>) -> Result<bool, Error> {
+        ddl::run_step(&self.pool, self.plan.lock_timeout_ms, &step).await
+    }
+
+    /// The triggers and functions the plan's dual_write steps create: pgshift
+    /// owns them, and contract and abort drop them.
+    fn owned_objects(&self) -> Vec<Effect> {
+        self.plan
+            .dual_write
+            .iter()
+            .flat_map(|step| sql::owned_objects(&step.sql))
+            .collect()
+    }
+
+    /// Runs the contract or abort steps, and drops the dual-write triggers and
+    /// functions with the first of them that runs in a transaction, after its
+    /// SQL: a concurrent writer then sees the old trigger with the old shape,
+    /// or neither, never a trigger naming a column that is gone. (A step that
+    /// drops them itself is fine: pgshift's drops say IF EXISTS.) With no such
+    /// step they are dropped on their own after the steps.
+    async fn run_final_steps(&self, section: &'static str, steps: &[Step]) -> Result<(), Error> {
+        refuse_transaction_control(section, steps)?;
+        let owned = self.owned_objects();
+        let mut drops = sql::drop_owned(&owned);
+        for (i, step) in steps.iter().enumerate() {
+            let label = format!("{section}[{i}] {:?}", step.name);
+            let dropped = self
+                .run_ddl(StepRun {
+                    label: &label,
+                    sql: &step.sql,
+                    record: None,
+                    effects: &[],
+                    then: drops.as_deref(),
+                })
+                .await?;
+            if dropped {
+                drops = None;
+            }
+        }
+        if let Some(drops) = drops {
+            let label = format!("{section}: drop the dual_write triggers and functions");
+            self.run_ddl(StepRun {
+                label: &label,
+                sql: &drops,
+                record: None,
+                effects: &[],
+                then: None,
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Copies every old row into the new shape in keyset batches. Each batch
@@ -248,6 +321,7 @@ impl Migrator {
                 ))
             }
         }
+        self.ensure_state().await?;
         // Writers must be dual-writing before the copy starts.
         let since = status.seconds_since_expand.unwrap_or(0.0);
         if since < SETTLE.as_secs_f64() {
@@ -280,6 +354,7 @@ impl Migrator {
                 ),
             ));
         }
+        self.ensure_state().await?;
         state::set_switch_percent(&self.pool, &self.plan.name, percent).await?;
         Ok(())
     }
@@ -297,12 +372,14 @@ impl Migrator {
                 ),
             ));
         }
+        self.ensure_state().await?;
         let report = validate::compare_ranges(&self.pool, &self.plan, self.progress).await?;
-        if let Some((lo, hi)) = report.mismatched.first() {
+        if !report.mismatched.is_empty() {
+            // An earlier pass no longer holds: contract must not rely on it.
+            state::clear_validated(&self.pool, &self.plan.name).await?;
             return Err(Error::Validation(format!(
-                "{} of {} key ranges differ, first ({lo}, {hi}]",
-                report.mismatched.len(),
-                report.ranges,
+                "{}; the migration is back to backfilled. Repair those rows, then validate again (or abort)",
+                report.describe_mismatch()
             )));
         }
         state::mark_validated(&self.pool, &self.plan.name).await?;
@@ -310,7 +387,11 @@ impl Migrator {
     }
 
     /// Drops the old shape. The only irreversible step: it runs only after a
-    /// passed validation and with reads at 100% for `switch.min_full_seconds`.
+    /// passed validation and with reads at 100% for `switch.min_full_seconds`,
+    /// and it validates again first (while writers still dual-write): rows
+    /// that diverged since the last validation stop it before anything is
+    /// dropped, and clear the validation. The plan's dual-write triggers and
+    /// functions go with the old shape.
     pub async fn contract(&self) -> Result<(), Error> {
         let status = self.status().await?;
         if status.phase == Phase::Contracted {
@@ -334,21 +415,37 @@ impl Migrator {
                     ),
                 ));
             }
-            // Writers stop touching the old shape before it goes.
-            state::set_phase(&self.pool, &self.plan.name, Phase::Contracting).await?;
+            refuse_transaction_control("contract", &self.plan.contract)?;
+            self.ensure_state().await?;
+            let report = validate::compare_ranges(&self.pool, &self.plan, self.progress).await?;
+            if !report.mismatched.is_empty() {
+                state::clear_validated(&self.pool, &self.plan.name).await?;
+                return Err(Error::Validation(format!(
+                    "contract refused, nothing was dropped: the shapes diverged since the last validation, {}; \
+                     the migration is back to backfilled. Repair those rows, validate again, then contract (or abort)",
+                    report.describe_mismatch()
+                )));
+            }
+            // Writers stop touching the old shape before it goes. Only from
+            // `validated`: a validation failing meanwhile keeps it.
+            if !state::begin_contract(&self.pool, &self.plan.name).await? {
+                return Err(Self::out_of_order(
+                    "contract",
+                    "the validation was cleared meanwhile; validate first",
+                ));
+            }
             tokio::time::sleep(SETTLE).await;
         }
-        for (i, step) in self.plan.contract.iter().enumerate() {
-            self.run_ddl(&format!("contract[{i}] {:?}", step.name), step, None)
-                .await?;
-        }
+        self.run_final_steps("contract", &self.plan.contract)
+            .await?;
         state::set_phase(&self.pool, &self.plan.name, Phase::Contracted).await?;
         Ok(())
     }
 
     /// Rolls back before contract: reads and writes go back to the old shape
-    /// only, then the plan's abort steps remove the new shape (and the next
-    /// expand runs every step again).
+    /// only, then the plan's abort steps remove the new shape, with the
+    /// dual-write triggers and functions (and the next expand runs every step
+    /// again).
     pub async fn abort(&self) -> Result<(), Error> {
         let status = self.status().await?;
         if status.phase >= Phase::Contracting && status.phase != Phase::Aborted {
@@ -357,13 +454,24 @@ impl Migrator {
                 "contract has run; the old shape is gone",
             ));
         }
+        refuse_transaction_control("abort", &self.plan.abort)?;
+        self.ensure_state().await?;
         state::begin_abort(&self.pool, &self.plan.name).await?;
         tokio::time::sleep(SETTLE).await;
-        for (i, step) in self.plan.abort.iter().enumerate() {
-            self.run_ddl(&format!("abort[{i}] {:?}", step.name), step, None)
-                .await?;
-        }
+        self.run_final_steps("abort", &self.plan.abort).await
+    }
+}
+
+/// Contract and abort are not linted as a whole when they run (the live
+/// tables have changed since expand), but a transaction control statement in
+/// their steps is refused all the same: it would split the transaction the
+/// dual-write objects are dropped in.
+fn refuse_transaction_control(section: &str, steps: &[Step]) -> Result<(), Error> {
+    let findings = lint::transaction_control(section, steps);
+    if findings.is_empty() {
         Ok(())
+    } else {
+        Err(Error::Lint(findings))
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use crate::plan::{Plan, Step};
+use crate::sql;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -81,6 +82,36 @@ const VOLATILE_DEFAULTS: &[&str] = &[
     "timeofday",
     "nextval",
 ];
+
+fn transaction_control_finding(step: String) -> Finding {
+    Finding {
+        step,
+        rule: "transaction-control",
+        why: "BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT, RELEASE or PREPARE TRANSACTION in a step ends or splits \
+              the transaction pgshift runs it in: a step can report success while its work was rolled back, \
+              or commit apart from its record",
+        instead: "leave transactions to pgshift: each step runs in one transaction (split work into steps)",
+    }
+}
+
+/// A finding for each step of `section` holding a transaction control
+/// statement (outside function bodies, strings and comments).
+pub(crate) fn transaction_control(section: &str, steps: &[Step]) -> Vec<Finding> {
+    steps
+        .iter()
+        .enumerate()
+        .filter(|(_, step)| !sql::transaction_controls(&step.sql).is_empty())
+        .map(|(i, step)| transaction_control_finding(format!("{section}[{i}] {:?}", step.name)))
+        .collect()
+}
+
+/// Where pgshift drops the dual-write objects: with the first step of a
+/// contract or abort that runs in a transaction.
+fn owned_drop_step(steps: &[Step]) -> Option<usize> {
+    steps
+        .iter()
+        .position(|step| !sql::needs_no_transaction(&step.sql))
+}
 
 /// Lints every step. `live` holds the tables that exist before the migration.
 pub fn lint(plan: &Plan, live: &HashSet<String>) -> Vec<Finding> {
@@ -232,7 +263,37 @@ pub fn lint(plan: &Plan, live: &HashSet<String>) -> Vec<Finding> {
             }
         }
     }
+    for (section, steps) in sections {
+        findings.extend(transaction_control(section, steps));
+    }
+    // pgshift drops the dual-write triggers and functions itself (IF EXISTS);
+    // a later step dropping one without IF EXISTS would then fail.
+    let owned: Vec<_> = plan
+        .dual_write
+        .iter()
+        .flat_map(|step| sql::owned_objects(&step.sql))
+        .collect();
+    for (section, steps) in [("contract", &plan.contract), ("abort", &plan.abort)] {
+        let Some(first) = owned_drop_step(steps) else {
+            continue;
+        };
+        for (i, step) in steps.iter().enumerate().skip(first + 1) {
+            if !sql::drops_without_if_exists(&step.sql, &owned).is_empty() {
+                findings.push(Finding {
+                    step: format!("{section}[{i}] {:?}", step.name),
+                    rule: "drops-dual-write-object",
+                    why: "pgshift drops the dual_write triggers and functions itself, with the first step of the section; this DROP would then fail",
+                    instead: "leave the drop to pgshift, or write DROP … IF EXISTS",
+                });
+            }
+        }
+    }
     for (i, statement) in plan.backfill.transform.iter().enumerate() {
+        if !sql::transaction_controls(statement).is_empty() {
+            findings.push(transaction_control_finding(format!(
+                "backfill.transform[{i}]"
+            )));
+        }
         let w = words(statement);
         if contains_seq(&w, &["do", "update"]) {
             findings.push(Finding {
@@ -330,6 +391,102 @@ mod tests {
             .map(|f| f.rule)
             .collect();
         assert_eq!(found, ["backfill-overwrites"]);
+    }
+
+    #[test]
+    fn transaction_control_is_refused_in_every_section_but_not_in_bodies() {
+        assert_eq!(
+            rules(&["BEGIN; alter table orders add column note text"], &[]),
+            ["transaction-control"]
+        );
+        assert_eq!(
+            rules(&[], &["drop table orders; commit"]),
+            ["transaction-control"]
+        );
+        let mut p = plan(&[], &[]);
+        p.backfill.transform = vec!["commit".into()];
+        let found: Vec<_> = lint(&p, &HashSet::new())
+            .into_iter()
+            .map(|f| (f.rule, f.step))
+            .collect();
+        assert_eq!(
+            found,
+            [("transaction-control", "backfill.transform[0]".to_owned())]
+        );
+        assert!(rules(
+            &[
+                "do $$ begin perform 1; end $$",
+                "create function f() returns int language plpgsql as $$ begin return 1; end $$"
+            ],
+            &[]
+        )
+        .is_empty());
+        let findings = lint(
+            &plan(
+                &["alter table orders add column a int", "start transaction"],
+                &[],
+            ),
+            &["orders".to_owned()].into(),
+        );
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].step, r#"expand[1] "s1""#);
+    }
+
+    #[test]
+    fn a_later_step_dropping_a_dual_write_object_without_if_exists_is_refused() {
+        let mut p = plan(
+            &[],
+            &[
+                "alter table orders drop column total",
+                "drop trigger sync on orders",
+            ],
+        );
+        p.dual_write = vec![Step {
+            name: "sync".into(),
+            sql: "create function sync() returns trigger language plpgsql as $$ begin return new; end $$;
+                  create trigger sync before insert on orders for each row execute function sync();"
+                .into(),
+        }];
+        let live: HashSet<String> = ["orders".to_owned()].into();
+        let found: Vec<_> = lint(&p, &live)
+            .into_iter()
+            .map(|f| (f.rule, f.step))
+            .collect();
+        assert_eq!(
+            found,
+            [("drops-dual-write-object", r#"contract[1] "s1""#.to_owned())]
+        );
+        // In the first step (pgshift's drops run after it) or with IF EXISTS: fine.
+        p.contract[1].sql = "drop trigger if exists sync on orders".into();
+        assert!(lint(&p, &live).is_empty());
+        p.contract.swap(0, 1);
+        p.contract[0].sql = "drop trigger sync on orders".into();
+        assert!(lint(&p, &live).is_empty());
+    }
+
+    #[test]
+    fn the_shipped_orders_plan_is_clean_and_its_effects_are_known() {
+        let plan = Plan::parse(include_str!(
+            "../../mercato/migrations/plans/orders_money_customers.toml"
+        ))
+        .expect("the shipped plan parses");
+        let live: HashSet<String> = ["legacy_orders".to_owned(), "merchants".to_owned()].into();
+        assert_eq!(lint(&plan, &live), []);
+        let effects: Vec<String> = plan
+            .expand
+            .iter()
+            .flat_map(|s| sql::effects(&s.sql))
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            effects,
+            [
+                "table customers",
+                "table order_records",
+                "index order_records_by_id on order_records"
+            ]
+        );
+        assert!(plan.dual_write.is_empty());
     }
 
     #[test]

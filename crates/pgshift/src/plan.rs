@@ -20,6 +20,11 @@ pub struct Plan {
     #[serde(default)]
     pub expand: Vec<Step>,
     /// Sync triggers for writers that cannot dual-write themselves (optional).
+    /// pgshift owns the triggers and functions these steps create (read from
+    /// their `CREATE [OR REPLACE] FUNCTION name (…)` and `CREATE TRIGGER name
+    /// … ON table`): contract and abort drop them, in the transaction of
+    /// their first step, so no writer is left with a trigger naming a column
+    /// that is gone.
     #[serde(default)]
     pub dual_write: Vec<Step>,
     pub backfill: Backfill,

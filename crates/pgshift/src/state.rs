@@ -127,6 +127,22 @@ impl Status {
     pub fn phase(&self) -> Phase {
         self.phase
     }
+
+    /// A migration with no state yet: nothing has run.
+    pub fn planned(name: &str) -> Status {
+        Status {
+            name: name.to_owned(),
+            phase: Phase::Planned,
+            backfill_cursor: None,
+            rows_backfilled: 0,
+            switch_percent: 0,
+            full_switch_seconds: None,
+            validated: false,
+            shadow_compared: 0,
+            shadow_mismatched: 0,
+            seconds_since_expand: None,
+        }
+    }
 }
 
 /// A `Status` as stored, before its phase is parsed.
@@ -145,7 +161,8 @@ struct StatusRow {
 }
 
 /// Creates pgshift's schema, or brings an older one up to date. Every statement
-/// is idempotent: each command runs it on open.
+/// is idempotent: each command that writes state runs it first (lint and
+/// status never do).
 pub(crate) async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
     let known = Phase::ALL
         .iter()
@@ -228,8 +245,13 @@ pub(crate) async fn grant_reader(pool: &PgPool, role: &str) -> Result<(), sqlx::
     Ok(())
 }
 
-/// The migration's state; an unknown phase in the row is an error.
+/// The migration's state; `None` when it has none yet, or pgshift's schema
+/// does not exist (nothing is created to find that out). An unknown phase in
+/// the row is an error.
 pub(crate) async fn status(pool: &PgPool, name: &str) -> Result<Option<Status>, Error> {
+    if !migrations_table_exists(pool).await? {
+        return Ok(None);
+    }
     let row: Option<StatusRow> = sqlx::query_as(
         "select m.name, m.phase, m.backfill_cursor, m.rows_backfilled, m.switch_percent,
                 extract(epoch from now() - m.switch_full_since)::float8 as full_switch_seconds,
@@ -385,13 +407,45 @@ pub(crate) async fn set_switch_percent(
     Ok(())
 }
 
-pub(crate) async fn mark_validated(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+/// Forgets a passed validation after one failed: `validated` goes back to
+/// `backfilled`, and contract is refused until a validation passes again.
+pub(crate) async fn clear_validated(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update pgshift.migrations set validated_at = now(), phase = $2, updated_at = now()
-         where name = $1",
+        "update pgshift.migrations set validated_at = null, updated_at = now(),
+                phase = case when phase = $2 then $3 else phase end
+         where name = $1 and phase in ($2, $3)",
     )
     .bind(name)
     .bind(Phase::Validated.as_str())
+    .bind(Phase::Backfilled.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `validated` → `contracting`, only if still validated (a validation that
+/// failed in between has cleared it). Whether it moved.
+pub(crate) async fn begin_contract(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "update pgshift.migrations set phase = $3, updated_at = now()
+         where name = $1 and phase = $2 and validated_at is not null",
+    )
+    .bind(name)
+    .bind(Phase::Validated.as_str())
+    .bind(Phase::Contracting.as_str())
+    .execute(pool)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+pub(crate) async fn mark_validated(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update pgshift.migrations set validated_at = now(), phase = $2, updated_at = now()
+         where name = $1 and phase in ($2, $3)",
+    )
+    .bind(name)
+    .bind(Phase::Validated.as_str())
+    .bind(Phase::Backfilled.as_str())
     .execute(pool)
     .await?;
     Ok(())

@@ -15,6 +15,28 @@ pub struct ValidationReport {
     pub mismatched: Vec<(i64, i64)>,
 }
 
+impl ValidationReport {
+    /// "2 of 40 key ranges differ: (0, 500], (1000, 1500]" (at most ten named).
+    pub fn describe_mismatch(&self) -> String {
+        const NAMED: usize = 10;
+        let mut ranges: Vec<String> = self
+            .mismatched
+            .iter()
+            .take(NAMED)
+            .map(|(lo, hi)| format!("({lo}, {hi}]"))
+            .collect();
+        if self.mismatched.len() > NAMED {
+            ranges.push(format!("and {} more", self.mismatched.len() - NAMED));
+        }
+        format!(
+            "{} of {} key ranges differ: {}",
+            self.mismatched.len(),
+            self.ranges,
+            ranges.join(", ")
+        )
+    }
+}
+
 /// Runs the plan's `validate.source` and `validate.target` over every key
 /// range of the backfill source; the report lists the ranges that differ.
 pub(crate) async fn compare_ranges(

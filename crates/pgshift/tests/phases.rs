@@ -410,11 +410,16 @@ async fn an_unknown_phase_is_refused_by_the_database_and_by_pgshift() {
         matches!(migrator.expand().await, Err(Error::UnknownPhase { .. })),
         "expand does not run again"
     );
+    let reopened = Migrator::open(pool.clone(), Plan::parse(PLAN).unwrap())
+        .await
+        .expect("open writes nothing, so it cannot fail on the row");
     assert!(
-        Migrator::open(pool.clone(), Plan::parse(PLAN).unwrap())
-            .await
-            .is_err(),
-        "open cannot put the constraint back over the bad row"
+        matches!(reopened.status().await, Err(Error::UnknownPhase { .. })),
+        "but every command reading the state refuses"
+    );
+    assert!(
+        matches!(reopened.abort().await, Err(Error::UnknownPhase { .. })),
+        "abort reads the phase before it writes anything"
     );
 
     // The application keeps the view it had, and one with none reads the old shape.
@@ -462,6 +467,39 @@ async fn the_read_switch_does_not_query_pgshift_tables_before_they_exist() {
     migrator.expand().await.unwrap();
     tokio::time::sleep(CACHE_TTL + Duration::from_millis(50)).await;
     assert_eq!(app.view().await.phase, Phase::Expanded);
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn contract_drops_the_sync_function_even_when_the_plan_only_drops_the_old_table() {
+    let (_pg, pool, dir) = cluster("owned").await;
+    // No step drops the trigger or the function: pgshift owns them.
+    let text = PLAN.replace(
+        r#"[[contract]]
+name = "drop trigger"
+sql = "drop trigger accounts_sync on accounts"
+"#,
+        "",
+    );
+    let plan = Plan::parse(&text).unwrap();
+    assert_eq!(plan.contract.len(), 1, "the replacement applied");
+    let migrator = Migrator::open(pool.clone(), plan).await.unwrap();
+    migrator.expand().await.unwrap();
+    migrator.backfill().await.unwrap();
+    migrator.validate().await.unwrap();
+    migrator.switch(100).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    migrator.contract().await.unwrap();
+    assert!(exists(&pool, "select to_regclass('accounts') is null").await);
+    assert!(
+        exists(
+            &pool,
+            "select not exists (select 1 from pg_proc where proname = 'accounts_sync')"
+        )
+        .await,
+        "the sync function went with the old table"
+    );
     drop(pool);
     let _ = std::fs::remove_dir_all(dir);
 }
