@@ -21,10 +21,12 @@
 //! | `inventory` | `stock`, `reservations`, `reservation_items` |
 //! | `checkout` | `orders`, `order_items` |
 //! | `payments` (sandbox provider) | `payments` |
+//! | `pricing` | `pricing_settings`, `pricing_rule_revisions`, `pricing_rule_usage`, `pricing_customer_usage`, `pricing_order_uses` |
 //! | `legacy_orders` | `legacy_orders`, `order_records`, `customers` (the pgshift demo migration) |
 //! | `http::idempotency` | `idempotency_keys` |
 //!
-//! pgshift keeps its own state in schema `pgshift`.
+//! pgshift keeps its own state in schema `pgshift`. The pure pricing arithmetic
+//! is the `pricing` crate (`::pricing`); `crate::pricing` is its service.
 
 pub mod app;
 pub mod bench;
@@ -38,6 +40,7 @@ pub mod inventory;
 pub mod legacy_orders;
 pub mod pagination;
 pub mod payments;
+pub mod pricing;
 pub mod routes;
 pub mod shift;
 pub mod state;

@@ -17,6 +17,16 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("checkout", &["orders", "order_items"]),
     ("payments", &["payments"]),
     (
+        "pricing",
+        &[
+            "pricing_settings",
+            "pricing_rule_revisions",
+            "pricing_rule_usage",
+            "pricing_customer_usage",
+            "pricing_order_uses",
+        ],
+    ),
+    (
         "legacy_orders",
         &["legacy_orders", "order_records", "customers"],
     ),

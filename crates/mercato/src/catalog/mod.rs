@@ -7,5 +7,5 @@ pub mod http;
 mod model;
 mod store;
 
-pub use model::{Money, NewProduct, NewVariant, ProductPatch, Sku};
+pub use model::{is_currency, Money, NewProduct, NewVariant, ProductPatch, Sku, MAX_PRICE};
 pub use store::{create_product, prices, sku_exists, CatalogError, Price};

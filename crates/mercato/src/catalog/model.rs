@@ -26,6 +26,11 @@ const ISO_4217: &[&str] = &[
     "VES", "VND", "VUV", "WST", "XAF", "XCD", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWL",
 ];
 
+/// Whether `code` is an active ISO 4217 currency code.
+pub fn is_currency(code: &str) -> bool {
+    ISO_4217.contains(&code)
+}
+
 /// An amount in integer minor units of an ISO 4217 currency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +52,7 @@ impl Money {
                 Err(format!("must be from 0 to {MAX_PRICE} minor units"))
             },
         );
-        let currency_ok = ISO_4217.contains(&raw.currency.as_str());
+        let currency_ok = is_currency(&raw.currency);
         let currency = errors.check(
             format!("{field}.currency"),
             if currency_ok {

@@ -14,7 +14,7 @@ use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::inventory::StrategyParam;
 use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
-use crate::validation::FieldErrors;
+use crate::validation::{FieldError, FieldErrors};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -30,6 +30,15 @@ impl From<CheckoutError> for ApiError {
             CheckoutError::MixedCurrencies => {
                 ApiError::field("items", "all items must be priced in one currency")
             }
+            CheckoutError::Pricing(e) => ApiError::field("items", format!("cannot be priced: {e}")),
+            CheckoutError::PromoExhausted(rule) => ApiError::Conflict {
+                kind: "promo-code-exhausted",
+                title: "Promo code used up",
+                detail: format!(
+                    "the promotion this code names ({rule}) has reached its limit; nothing was reserved or charged"
+                ),
+                errors: vec![FieldError::new("promo_code", "is used up")],
+            },
             CheckoutError::Payment(e) => {
                 tracing::error!(error = %e, "payment call failed");
                 ApiError::Unavailable(

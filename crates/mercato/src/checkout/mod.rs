@@ -10,6 +10,6 @@ mod saga;
 mod store;
 pub mod worker;
 
-pub use model::{CheckoutBody, NewCheckout};
-pub use saga::{Checkout, CheckoutError, Driver};
-pub use store::{Order, OrderStatus, Step};
+pub use model::{parse_promo, CheckoutBody, CustomerBody, NewCheckout};
+pub use saga::{cart_for, Checkout, CheckoutError, Driver};
+pub use store::{recorded_pricing, Order, OrderStatus, Step};

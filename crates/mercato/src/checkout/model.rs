@@ -31,7 +31,8 @@ pub struct NewCheckout {
     pub promo_code: Option<String>,
 }
 
-fn parse_promo(raw: &str) -> Result<String, String> {
+/// A promo code as typed: 1 to 64 characters.
+pub fn parse_promo(raw: &str) -> Result<String, String> {
     if raw.is_empty() || raw.len() > 64 {
         return Err("must be 1-64 characters".into());
     }

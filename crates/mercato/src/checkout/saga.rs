@@ -14,10 +14,12 @@ use uuid::Uuid;
 
 use super::model::NewCheckout;
 use super::store::{self, NewOrder, Order, OrderStatus, Step};
+use ::pricing::{Cart, Currency};
+
 use crate::catalog;
 use crate::db::TenantTx;
 use crate::inventory::{
-    hold_for_order, settle_reservation, Inventory, ReserveError, Settlement, Strategy,
+    hold_for_order, settle_reservation, Inventory, Line, ReserveError, Settlement, Strategy,
 };
 use crate::payments::{ChargeRequest, PaymentError, PaymentProvider, PaymentStatus};
 use crate::tenancy::MerchantId;
@@ -28,6 +30,12 @@ pub enum CheckoutError {
     Reserve(#[from] ReserveError),
     #[error("items have different currencies")]
     MixedCurrencies,
+    /// The cart cannot be priced (currency other than the rules', settings, overflow).
+    #[error(transparent)]
+    Pricing(#[from] ::pricing::PricingError),
+    /// The buyer's promo code names a rule whose limit is reached.
+    #[error("promo code rule {0:?} is used up")]
+    PromoExhausted(String),
     #[error(transparent)]
     Payment(#[from] PaymentError),
     #[error(transparent)]
@@ -55,6 +63,65 @@ fn authorize_key(order: Uuid) -> String {
     format!("order:{order}:authorize")
 }
 
+/// What recording a new order came to.
+enum Recorded {
+    Placed,
+    /// Another order holds the idempotency key.
+    KeyTaken,
+    /// A limited rule the price relied on was used up meanwhile.
+    Exhausted(String),
+}
+
+/// The cart to price for `lines`: catalog prices, and the customer with whether
+/// this would be their first confirmed order. Priced as of now.
+pub async fn cart_for(
+    tx: &mut TenantTx,
+    lines: &[Line],
+    email: Option<&str>,
+    promo_code: Option<&str>,
+) -> Result<Cart, CheckoutError> {
+    let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
+    let prices = catalog::prices(tx, &skus).await?;
+    let mut priced_lines = Vec::with_capacity(lines.len());
+    for line in lines {
+        let price = prices
+            .iter()
+            .find(|p| p.sku == line.sku.as_str())
+            .ok_or_else(|| ReserveError::unknown_sku(line.sku.as_str()).locate(lines))?;
+        // Quantities are at most MAX_QUANTITY (10,000): they fit.
+        let quantity = u32::try_from(line.quantity).unwrap_or(u32::MAX);
+        priced_lines.push(::pricing::Line::new(
+            line.sku.as_str(),
+            quantity,
+            price.amount,
+        ));
+    }
+    let currency = prices
+        .first()
+        .map(|p| p.currency.clone())
+        .unwrap_or_default();
+    if prices.iter().any(|p| p.currency != currency) {
+        return Err(CheckoutError::MixedCurrencies);
+    }
+    let currency = Currency::parse(&currency)
+        .map_err(|e| sqlx::Error::Decode(format!("catalog currency: {e}").into()))?;
+    let customer = match email {
+        Some(email) => Some(::pricing::Customer {
+            email: email.to_owned(),
+            first_order: !store::has_confirmed_order(tx, email).await?,
+        }),
+        None => None,
+    };
+    Ok(Cart {
+        currency,
+        lines: priced_lines,
+        customer,
+        promo_code: promo_code.map(str::to_owned),
+        country: None,
+        at: chrono::Utc::now(),
+    })
+}
+
 impl Checkout {
     /// Runs a new checkout as far as it can go now. An `idempotency_key` seen
     /// before returns that checkout's order instead of starting another.
@@ -72,24 +139,33 @@ impl Checkout {
                 return self.load(merchant, existing).await;
             }
         }
-        let skus: Vec<&str> = new.lines.iter().map(|l| l.sku.as_str()).collect();
-        let prices = catalog::prices(&mut tx, &skus).await?;
+        let cart = cart_for(
+            &mut tx,
+            &new.lines,
+            Some(&new.email),
+            new.promo_code.as_deref(),
+        )
+        .await?;
+        let quote = crate::pricing::price_cart(&mut tx, cart)
+            .await
+            .map_err(|e| match e {
+                crate::pricing::PriceError::Pricing(e) => CheckoutError::Pricing(e),
+                crate::pricing::PriceError::Db(e) => CheckoutError::Db(e),
+            })?;
         tx.commit().await?;
-        let mut items = Vec::with_capacity(new.lines.len());
-        for line in &new.lines {
-            let price = prices
-                .iter()
-                .find(|p| p.sku == line.sku.as_str())
-                .ok_or_else(|| ReserveError::unknown_sku(line.sku.as_str()).locate(&new.lines))?;
-            items.push((line.sku.as_str().to_owned(), line.quantity, price.amount));
+        // A customer is never charged a price other than the one their code promised.
+        if let Some(rule) = quote.exhausted_promo_rule() {
+            return Err(CheckoutError::PromoExhausted(rule));
         }
-        let currency = prices
-            .first()
-            .map(|p| p.currency.clone())
-            .unwrap_or_default();
-        if prices.iter().any(|p| p.currency != currency) {
-            return Err(CheckoutError::MixedCurrencies);
-        }
+        let priced = &quote.priced;
+        let items = priced
+            .cart
+            .lines
+            .iter()
+            .map(|l| (l.sku.to_string(), i64::from(l.quantity), l.unit_price))
+            .collect();
+        let pricing_json =
+            serde_json::to_string(priced).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
 
         let reservation = self
             .inventory
@@ -103,26 +179,36 @@ impl Checkout {
             payment_method: &new.payment_method,
             promo_code: new.promo_code.as_deref(),
             reservation_id: reservation.id,
-            currency: &currency,
+            currency: priced.cart.currency.as_str(),
             items,
+            total: priced.breakdown.total.amount,
+            calculator_version: priced.calculator_version.as_str(),
+            ruleset_revision: i64::try_from(priced.ruleset_revision).unwrap_or(i64::MAX),
+            pricing: pricing_json,
         };
         let inserted = async {
             let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-            let inserted = store::insert_order(&mut tx, &order).await?;
-            if inserted {
-                // From here the order's saga, not the expiry worker, settles the units.
-                hold_for_order(&mut tx, reservation.id, order_id).await?;
+            if !store::insert_order(&mut tx, &order).await? {
+                return Ok(Recorded::KeyTaken);
             }
+            // Limited rules: the uses are taken with the order, or neither is recorded.
+            if let Err(rule) = crate::pricing::take_uses(&mut tx, order_id, &quote).await? {
+                return Ok(Recorded::Exhausted(rule));
+            }
+            // From here the order's saga, not the expiry worker, settles the units.
+            hold_for_order(&mut tx, reservation.id, order_id).await?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(inserted)
+            Ok::<_, sqlx::Error>(Recorded::Placed)
         }
         .await;
-        if !matches!(inserted, Ok(true)) {
+        if !matches!(inserted, Ok(Recorded::Placed)) {
             // No order holds these units: give them back now rather than at expiry.
             let mut tx = TenantTx::begin(&self.pool, merchant).await?;
             settle_reservation(&mut tx, reservation.id, Settlement::Released).await?;
             tx.commit().await?;
-            inserted?;
+            if let Recorded::Exhausted(rule) = inserted? {
+                return Err(CheckoutError::PromoExhausted(rule));
+            }
             // A concurrent request with the same key won: answer with its order.
             let mut tx = TenantTx::begin(&self.pool, merchant).await?;
             let existing =
@@ -297,6 +383,7 @@ impl Checkout {
         }
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         settle_reservation(&mut tx, order.reservation_id, Settlement::Released).await?;
+        crate::pricing::release_uses(&mut tx, order.id).await?;
         store::mark_failed(&mut tx, order.id, reason, payment).await?;
         tx.commit().await?;
         metrics::counter!("checkouts_failed_total", "reason" => reason.to_owned()).increment(1);

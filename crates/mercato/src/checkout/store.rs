@@ -61,10 +61,24 @@ pub struct Order {
     pub reservation_id: Uuid,
     pub payment_id: Option<Uuid>,
     pub failure_reason: Option<String>,
+    /// How the total was computed (absent on orders placed before pricing existed).
+    pub pricing: Option<OrderPricing>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(skip)]
     pub step: Step,
+}
+
+/// The price an order was charged, and how to reproduce it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrderPricing {
+    /// The calculator that priced it (`v1`, `v2`, …).
+    pub version: String,
+    /// The merchant's rule-set revision it was priced with.
+    pub ruleset_revision: i64,
+    /// Every line, discount, shipping and tax amount, and why each rule did or did not apply.
+    #[schema(value_type = Object)]
+    pub breakdown: serde_json::Value,
 }
 
 struct OrderRow {
@@ -81,6 +95,9 @@ struct OrderRow {
     failure_reason: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    calculator_version: Option<String>,
+    ruleset_revision: Option<i64>,
+    pricing: Option<String>,
 }
 
 pub struct NewOrder<'a> {
@@ -93,24 +110,23 @@ pub struct NewOrder<'a> {
     pub currency: &'a str,
     /// (sku, quantity, unit amount)
     pub items: Vec<(String, i64, i64)>,
+    /// What the customer is charged: the pricing breakdown's total.
+    pub total: i64,
+    pub calculator_version: &'a str,
+    pub ruleset_revision: i64,
+    /// The `PricedOrder` as JSON.
+    pub pricing: String,
 }
 
 /// Inserts a pending order at step `reserved`; `false` if another order already
 /// holds the idempotency key.
 pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<bool, sqlx::Error> {
     let merchant = tx.merchant_id().0;
-    // Bounded by MAX_PRICE and MAX_QUANTITY; checked all the same, never wrapped.
-    let total = order
-        .items
-        .iter()
-        .try_fold(0i64, |sum, (_, q, unit)| {
-            q.checked_mul(*unit).and_then(|line| sum.checked_add(line))
-        })
-        .ok_or_else(|| sqlx::Error::Protocol("order total overflows".into()))?;
     let inserted = sqlx::query!(
         "insert into orders (merchant_id, id, idempotency_key, status, saga_step, customer_email, payment_method,
-                             promo_code, reservation_id, total_amount, currency)
-         values ($1, $2, $3, 'pending', 'reserved', $4, $5, $6, $7, $8, $9)",
+                             promo_code, reservation_id, total_amount, currency, calculator_version,
+                             ruleset_revision, pricing)
+         values ($1, $2, $3, 'pending', 'reserved', $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)",
         merchant,
         order.id,
         order.idempotency_key,
@@ -118,8 +134,11 @@ pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<boo
         order.payment_method,
         order.promo_code,
         order.reservation_id,
-        total,
+        order.total,
         order.currency,
+        order.calculator_version,
+        order.ruleset_revision,
+        order.pricing,
     )
     .execute(tx.conn())
     .await;
@@ -211,7 +230,8 @@ pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sql
         OrderRow,
         r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
                   payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
-                  failure_reason, created_at, updated_at
+                  failure_reason, created_at, updated_at, calculator_version, ruleset_revision,
+                  pricing::text as pricing
          from orders where merchant_id = $1 and id = $2"#,
         tx.merchant_id().0,
         id,
@@ -229,7 +249,8 @@ pub async fn list_orders(tx: &mut TenantTx, page: Page) -> Result<Vec<Order>, sq
         OrderRow,
         r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
                   payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
-                  failure_reason, created_at, updated_at
+                  failure_reason, created_at, updated_at, calculator_version, ruleset_revision,
+                  pricing::text as pricing
          from orders where merchant_id = $1 and ($2::uuid is null or id > $2)
          order by id limit $3"#,
         tx.merchant_id().0,
@@ -281,10 +302,54 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
             reservation_id: r.reservation_id,
             payment_id: r.payment_id,
             failure_reason: r.failure_reason,
+            pricing: order_pricing(
+                r.calculator_version,
+                r.ruleset_revision,
+                r.pricing.as_deref(),
+            ),
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
         .collect())
+}
+
+fn order_pricing(
+    version: Option<String>,
+    revision: Option<i64>,
+    pricing: Option<&str>,
+) -> Option<OrderPricing> {
+    let mut recorded: serde_json::Value = serde_json::from_str(pricing?).ok()?;
+    Some(OrderPricing {
+        version: version?,
+        ruleset_revision: revision?,
+        breakdown: recorded.get_mut("breakdown")?.take(),
+    })
+}
+
+/// Whether the customer already has a confirmed order (pricing's `first_order`).
+pub async fn has_confirmed_order(tx: &mut TenantTx, email: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select exists (
+               select 1 from orders
+               where merchant_id = $1 and lower(customer_email) = lower($2) and status = 'confirmed'
+           ) as "exists!""#,
+        tx.merchant_id().0,
+        email,
+    )
+    .fetch_one(tx.conn())
+    .await
+}
+
+/// The recorded pricing of an order (`PricedOrder` JSON), for re-pricing.
+pub async fn recorded_pricing(tx: &mut TenantTx, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    let row = sqlx::query_scalar!(
+        "select pricing::text from orders where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(row.flatten())
 }
 
 /// Pending orders untouched for `grace_seconds`, across merchants (worker role).

@@ -16,6 +16,8 @@ use crate::tenancy::{authenticate_key, ApiKey, MerchantId, Strategy};
 pub struct Tenant {
     pub merchant_id: MerchantId,
     pub stock_strategy: Strategy,
+    /// Names the API key used (a prefix of its hash, never the key): for audit logs.
+    pub key_fingerprint: String,
     state: AppState,
 }
 
@@ -46,6 +48,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenan
         .and_then(ApiKey::parse)
         .ok_or(ApiError::Unauthorized)?;
     let hash = key.hash();
+    let key_fingerprint = format!("key:{}", hex::encode(&hash[..6]));
     let (merchant_id, stock_strategy) = match state.keys.get(&hash) {
         Some(hit) => hit,
         None => {
@@ -62,6 +65,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenan
     Ok(Tenant {
         merchant_id,
         stock_strategy,
+        key_fingerprint,
         state: state.clone(),
     })
 }

@@ -8,6 +8,7 @@ mod health;
 mod helpers;
 mod inventory;
 mod migration;
+mod pricing;
 mod rls;
 mod states;
 mod tenancy;
