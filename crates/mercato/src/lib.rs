@@ -41,6 +41,7 @@ pub mod legacy_orders;
 pub mod pagination;
 pub mod payments;
 pub mod pricing;
+pub mod reprice;
 pub mod routes;
 pub mod shift;
 pub mod state;

@@ -32,6 +32,9 @@ enum Command {
     /// Demonstrations.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// Price a stored order again: with its recorded calculator version and rule-set
+    /// revision it reproduces what was charged; with others, what they would charge.
+    Reprice(mercato::reprice::Options),
 }
 
 #[derive(clap::Args)]
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
                 mercato::demo::migration::run(opts).await.map(|_| ())
             }
             Command::Bench(BenchCommand::Migrate(opts)) => mercato::bench::migrate::run(opts).await,
+            Command::Reprice(opts) => mercato::reprice::run(opts).await,
             Command::Bench(BenchCommand::Checkout(opts)) => {
                 mercato::bench::checkout::run(opts).await
             }

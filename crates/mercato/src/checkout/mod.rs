@@ -12,4 +12,4 @@ pub mod worker;
 
 pub use model::{parse_promo, CheckoutBody, CustomerBody, NewCheckout};
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
-pub use store::{recorded_pricing, Order, OrderStatus, Step};
+pub use store::{merchant_of_order, recorded_pricing, Order, OrderStatus, Step};

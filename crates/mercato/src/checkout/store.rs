@@ -369,3 +369,15 @@ pub async fn stalled_orders(
     .await?;
     Ok(stalled.into_iter().map(|o| (o.merchant_id, o.id)).collect())
 }
+
+/// The merchant an order belongs to, looked up across merchants (owner or
+/// worker connections only: under the app role RLS hides other merchants).
+pub async fn merchant_of_order(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+) -> Result<Option<crate::tenancy::MerchantId>, sqlx::Error> {
+    let merchant = sqlx::query_scalar!("select merchant_id from orders where id = $1", id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(merchant.map(crate::tenancy::MerchantId))
+}

@@ -236,3 +236,62 @@ pub async fn take_uses(
 pub async fn release_uses(tx: &mut TenantTx, order: Uuid) -> Result<(), sqlx::Error> {
     store::release_uses(tx, order).await.map(|_| ())
 }
+
+/// An order priced again: what it recorded, and what the chosen calculator and
+/// rules give for the same inputs.
+#[derive(Debug, serde::Serialize)]
+pub struct Repriced {
+    pub order_id: Uuid,
+    pub recorded: ::pricing::Breakdown,
+    pub repriced: ::pricing::Breakdown,
+    /// `repriced.total − recorded.total`: positive when the customer paid too little.
+    pub delta: i64,
+    /// Whether the two breakdowns are the same in every amount and reason.
+    pub identical: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepriceError {
+    #[error("order {0} not found, or priced before pricing was recorded")]
+    NotRecorded(Uuid),
+    #[error("rule-set revision {0} not found")]
+    UnknownRevision(i64),
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Re-prices a stored order from its recorded inputs with `version` and the
+/// rules of `revision` (each defaulting to what the order recorded). With both
+/// defaulted, the result is identical to the recorded breakdown.
+pub async fn reprice_order(
+    tx: &mut TenantTx,
+    order: Uuid,
+    version: Option<::pricing::CalculatorVersion>,
+    revision: Option<i64>,
+) -> Result<Repriced, RepriceError> {
+    let recorded = crate::checkout::recorded_pricing(tx, order)
+        .await?
+        .ok_or(RepriceError::NotRecorded(order))?;
+    let recorded: PricedOrder =
+        serde_json::from_str(&recorded).map_err(|e| corrupt("order pricing", e))?;
+    let n =
+        revision.unwrap_or_else(|| i64::try_from(recorded.ruleset_revision).unwrap_or(i64::MAX));
+    let rules = if n == 0 {
+        RuleSet::empty(recorded.cart.currency)
+    } else {
+        self::revision(tx, n)
+            .await?
+            .ok_or(RepriceError::UnknownRevision(n))?
+            .rules
+    };
+    let repriced = recorded.reprice(&rules, version.unwrap_or(recorded.calculator_version))?;
+    Ok(Repriced {
+        order_id: order,
+        delta: repriced.total.amount - recorded.breakdown.total.amount,
+        identical: repriced == recorded.breakdown,
+        recorded: recorded.breakdown,
+        repriced,
+    })
+}
