@@ -60,6 +60,8 @@ enum BenchCommand {
     Checkout(mercato::bench::checkout::Options),
     /// Backfill rows/s under live load versus a plain INSERT … SELECT, and the load's p99.
     Migrate(mercato::bench::migrate::Options),
+    /// The pure calculator on realistic carts (one core) versus quotes over HTTP.
+    Pricing(mercato::bench::pricing::Options),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             }
             Command::Bench(BenchCommand::Migrate(opts)) => mercato::bench::migrate::run(opts).await,
             Command::Reprice(opts) => mercato::reprice::run(opts).await,
+            Command::Bench(BenchCommand::Pricing(opts)) => mercato::bench::pricing::run(opts).await,
             Command::Bench(BenchCommand::Checkout(opts)) => {
                 mercato::bench::checkout::run(opts).await
             }

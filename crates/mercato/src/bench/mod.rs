@@ -4,6 +4,7 @@
 pub mod checkout;
 pub mod load;
 pub mod migrate;
+pub mod pricing;
 
 use std::path::PathBuf;
 use std::time::Duration;
