@@ -167,6 +167,7 @@ pub fn price(
     }
 
     // Shipping, quoted on the discounted goods.
+    let subtotal = state.subtotal;
     let mut lines = state.out;
     let goods_total: i64 = lines.iter().map(|line| line.net.amount).sum();
     let shipping_base = ctx
@@ -220,8 +221,8 @@ pub fn price(
         ruleset_revision: rules.revision(),
         currency,
         lines,
-        subtotal: money(state.subtotal),
-        discount_total: money(state.subtotal - goods_total),
+        subtotal: money(subtotal),
+        discount_total: money(subtotal - goods_total),
         shipping: ShippingBreakdown {
             base: shipping_base,
             discount: money(shipping_discount),

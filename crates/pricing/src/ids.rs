@@ -12,12 +12,29 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Texts up to this many bytes are stored inline.
-const INLINE: usize = 22;
+const INLINE: usize = 23;
 
-#[derive(Clone)]
+/// Inline text: 24 bytes, 8-aligned, so that copying it is three plain word moves
+/// (an odd layout made copies stall on store forwarding in the hot loop).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct InlineText {
+    bytes: [u8; INLINE],
+    len: u8,
+}
+
 enum Text {
-    Inline { len: u8, bytes: [u8; INLINE] },
+    Inline(InlineText),
     Shared(Arc<str>),
+}
+
+impl Clone for Text {
+    fn clone(&self) -> Self {
+        match self {
+            Text::Inline(inline) => Text::Inline(*inline),
+            Text::Shared(text) => Text::Shared(Arc::clone(text)),
+        }
+    }
 }
 
 impl Text {
@@ -26,7 +43,7 @@ impl Text {
             Ok(len) if text.len() <= INLINE => {
                 let mut bytes = [0; INLINE];
                 bytes[..text.len()].copy_from_slice(text.as_bytes());
-                Text::Inline { len, bytes }
+                Text::Inline(InlineText { bytes, len })
             }
             _ => Text::Shared(text.into()),
         }
@@ -34,7 +51,7 @@ impl Text {
 
     fn as_bytes(&self) -> &[u8] {
         match self {
-            Text::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Text::Inline(inline) => &inline.bytes[..usize::from(inline.len)],
             Text::Shared(text) => text.as_bytes(),
         }
     }
@@ -43,7 +60,7 @@ impl Text {
         match self {
             // Copied from a whole `&str`, so always UTF-8; checked rather than assumed
             // to keep the crate free of `unsafe`.
-            Text::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            Text::Inline(_) => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
             Text::Shared(text) => text,
         }
     }
@@ -193,7 +210,7 @@ mod tests {
     #[test]
     fn short_and_long_identifiers_behave_like_their_text() {
         let long = "A-VERY-LONG-SKU-THAT-DOES-NOT-FIT-INLINE";
-        for text in ["", "SHOE-01", "exactly-22-bytes-long!", long, "ünïcødé"] {
+        for text in ["", "SHOE-01", "exactly-23-bytes-long!!", long, "ünïcødé"] {
             let sku = Sku::from(text);
             assert_eq!(sku.as_str(), text);
             assert_eq!(sku, Sku::from(text.to_owned()));

@@ -70,9 +70,9 @@
 //! **Conditions** (`when`) look at the cart as submitted, before any discount:
 //! - `promo_code`: the cart's code equals it, ignoring ASCII case and surrounding spaces;
 //! - `min_subtotal` (Money): Σ unit price × quantity ≥ it;
-//! - `sku_in` ([sku], non-empty): some line has one of these SKUs;
+//! - `sku_in` (list of SKUs, non-empty): some line has one of these SKUs;
 //! - `min_quantity` (≥ 1): units of the `sku_in` SKUs if given, else of the whole cart, ≥ it;
-//! - `customer_email_in` ([email]): the customer's email is listed, ignoring ASCII case;
+//! - `customer_email_in` (list of emails): the customer's email is listed, ignoring ASCII case;
 //! - `first_order` (bool): the customer's `first_order` flag equals it;
 //! - `valid_from`, `valid_until` (RFC 3339): `valid_from ≤ cart.at < valid_until`.
 //!
@@ -89,8 +89,11 @@
 //! - `buy_x_get_y` (`{"buy", "get", "sku_in", "percent_off"?}`, `percent_off` defaults
 //!   to 100 = free): among the units of the `sku_in` SKUs — and only those — every
 //!   `buy + get` units make `get` units discounted, and the discounted ones are the
-//!   **cheapest** qualifying units (by what is left per unit; ties by SKU). Units of
-//!   other SKUs are never discounted and do not count.
+//!   **cheapest** qualifying units (by what is left per unit after earlier rules;
+//!   equal ones in the line content order below). Units of other SKUs are never
+//!   discounted and do not count. Example: buy 2 get 1 on socks, with socks at 5.00 ×3
+//!   and 9.00 ×1 and a key ring at 0.50: 4 qualifying units, so one 5.00 sock is free;
+//!   the key ring is not a sock and is never the free item.
 //! - `tiers` (`[{"min_quantity" | "min_subtotal", "percent_off"}, …]`): among the tiers
 //!   whose threshold the cart reaches (units and subtotal before discounts, over the
 //!   `target` lines if a target is given), the largest `percent_off` applies: order
@@ -143,9 +146,13 @@
 //! - Order-level discounts (`amount_off`, untargeted `percent_off` and `tiers`) are
 //!   computed once on the order (a percentage rounded once), then **allocated to the
 //!   lines in whole minor units by largest remainder**, in proportion to what is left
-//!   of each line; leftover units go to the largest remainders (ties by SKU, then
-//!   price, then quantity). So line nets always add up to the order exactly: no
-//!   one-cent drift.
+//!   of each line; leftover units go to the largest remainders. So line nets always
+//!   add up to the order exactly: no one-cent drift (three lines of 3.33 with 10 %
+//!   off: 1.00 off the order, split 0.34 / 0.33 / 0.33).
+//! - Equal remainders (and equally cheap buy-X-get-Y units) are ordered by **line
+//!   content**: unit price, then quantity, then SKU, then position in the cart. Lines
+//!   that tie on all of that are identical, so the breakdown is the same, line for
+//!   line, whatever order the cart lists its lines in.
 //! - The rounding mode of percentages is the calculator version's: `v1` rounds half
 //!   to even, `v2` half up ([`CalculatorVersion`]).
 //! - A budget cap ([`RuleUsage::budget_left`]) scales a rule's line shares down by
@@ -164,6 +171,12 @@
 //!    inclusive or exclusive of tax, computes the tax once per rate on the sum and
 //!    allocates it to the lines by largest remainder (rounded half to even).
 //! 4. `total = Σ line nets + shipping + tax` (tax not added again when prices include it).
+//!
+//! With tax-inclusive prices a discount comes off the gross price and the tax in it
+//! is worked out on what is left; with tax-exclusive prices tax is added to what is
+//! left. Either way no tax is charged on money the customer did not pay. The
+//! built-in rate table rounds half to even in every calculator version; a version
+//! changes the discount arithmetic only.
 //!
 //! ## Versions and re-pricing
 //!

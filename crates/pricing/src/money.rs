@@ -205,6 +205,13 @@ impl Rounding {
     /// `num / den` rounded to an integer. `den` must be positive.
     pub fn div(self, num: i128, den: i128) -> i128 {
         debug_assert!(den > 0);
+        // Percentages divide by 10,000: a constant divisor compiles to a multiplication.
+        if den == i128::from(Percent::FULL_BPS) {
+            if let Ok(num) = u64::try_from(num) {
+                let (quotient, remainder) = (num / 10_000, num % 10_000);
+                return self.round(i128::from(quotient), i128::from(remainder) * 2 - 10_000);
+            }
+        }
         // 64-bit division is several times faster; amounts nearly always fit.
         if let (Ok(num), Ok(den)) = (u64::try_from(num), u64::try_from(den)) {
             let quotient = num / den;
@@ -258,7 +265,7 @@ impl Amount for Money {
 }
 
 /// Lines up to this many are allocated without touching the heap.
-const STACK_LINES: usize = 32;
+const STACK_LINES: usize = 16;
 
 /// Splits `total` minor units over `values` in proportion to them, in whole minor
 /// units, so the shares sum to `total` exactly (largest-remainder method). On entry
@@ -278,18 +285,17 @@ pub(crate) fn allocate<T: Amount>(
         values.iter_mut().for_each(|v| v.set_amount(0));
         return;
     }
-    let mut stack = [0u128; STACK_LINES];
+    let mut stack = [0u64; STACK_LINES];
     let mut heap = Vec::new();
-    let keys: &mut [u128] = if values.len() <= STACK_LINES {
+    let remainders: &mut [u64] = if values.len() <= STACK_LINES {
         &mut stack[..values.len()]
     } else {
         heap.resize(values.len(), 0);
         &mut heap
     };
-    let mut count = 0;
     let total_wide = i128::from(total);
     let mut given: i128 = 0;
-    for (index, value) in values.iter_mut().enumerate() {
+    for (value, slot) in values.iter_mut().zip(remainders.iter_mut()) {
         let exact = total_wide * i128::from(value.amount());
         // 64-bit division when it fits: several times faster, and nearly always the case.
         let (floor, remainder) = match (u64::try_from(exact), u64::try_from(sum)) {
@@ -299,31 +305,46 @@ pub(crate) fn allocate<T: Amount>(
         // floor ≤ weight because total ≤ sum.
         value.set_amount(i64::try_from(floor).unwrap_or(i64::MAX));
         given += floor;
-        if remainder > 0 {
-            // Remainder and index in one integer. A remainder is below Σ weights, so
-            // below 2^64 unless the weights add up to 2^64 or more (never for real
-            // prices); then it saturates, which can only change who gets a leftover
-            // unit, never the sum.
-            let remainder = u64::try_from(remainder).unwrap_or(u64::MAX);
-            keys[count] = (u128::from(remainder) << 64) | index as u128;
-            count += 1;
-        }
+        // A remainder is below Σ weights, so below 2^64 unless the weights add up to
+        // 2^64 or more (never for real prices); then it saturates, which can only
+        // change who gets a leftover unit, never the sum.
+        *slot = u64::try_from(remainder).unwrap_or(u64::MAX);
     }
-    // Fewer units are left than there are non-zero remainders (each remainder < 1 unit).
+    // Fewer units are left than there are non-zero remainders (each remainder < 1 unit),
+    // so a zero remainder never gets one.
     let left = usize::try_from(total_wide - given).unwrap_or(0);
     if left == 0 {
         return;
     }
-    let keys = &mut keys[..count];
-    let index_of = |key: u128| (key & u128::from(u64::MAX)) as usize;
-    keys.sort_unstable_by(|a, b| {
-        (b >> 64)
-            .cmp(&(a >> 64))
-            .then_with(|| tie(index_of(*a), index_of(*b)))
-    });
-    for &key in keys.iter().take(left) {
-        if let Some(value) = values.get_mut(index_of(key)) {
-            value.set_amount(value.amount() + 1);
+    // A share gets a unit when fewer than `left` shares come before it: those with a
+    // larger remainder, then those with an equal one that `tie` puts first. Counting
+    // (no sort) keeps this branch-free for the short lists carts make.
+    let remainders = &*remainders;
+    for (index, &remainder) in remainders.iter().enumerate() {
+        if remainder == 0 {
+            continue;
+        }
+        let larger = remainders.iter().filter(|&&r| r > remainder).count();
+        if larger >= left {
+            continue;
+        }
+        let equal = remainders.iter().filter(|&&r| r == remainder).count();
+        let ahead = if larger + equal <= left {
+            larger
+        } else {
+            let equal_first = (0..remainders.len())
+                .filter(|&other| {
+                    other != index
+                        && remainders[other] == remainder
+                        && tie(other, index) == Ordering::Less
+                })
+                .count();
+            larger + equal_first
+        };
+        if ahead < left {
+            if let Some(value) = values.get_mut(index) {
+                value.set_amount(value.amount() + 1);
+            }
         }
     }
 }
@@ -340,7 +361,7 @@ pub(crate) fn content_order(lines: &[crate::cart::Line], a: usize, b: usize) -> 
             .then_with(|| x.sku.cmp(&y.sku))
             .then(a.cmp(&b)),
         // Past the lines (e.g. shipping in a tax allocation): last.
-        _ => b.cmp(&a).reverse(),
+        _ => a.cmp(&b),
     }
 }
 
@@ -414,6 +435,23 @@ mod tests {
         let mut values = [i64::MAX / 2, i64::MAX / 2];
         allocate(3, &mut values, first);
         assert_eq!(values, [2, 1]);
+    }
+
+    #[test]
+    fn long_carts_allocate_exactly_too() {
+        // More lines than fit on the stack: the heap path.
+        let weights: Vec<i64> = (1..=40).map(|i| i * 37 % 101 + 1).collect();
+        let sum: i64 = weights.iter().sum();
+        for total in [0, 1, 39, 40, 41, sum / 3, sum - 1, sum] {
+            let mut values = weights.clone();
+            allocate(total, &mut values, |a, b| a.cmp(&b));
+            assert_eq!(values.iter().sum::<i64>(), total);
+            for (share, weight) in values.iter().zip(&weights) {
+                // Within one unit of total × weight / sum.
+                assert!((share * sum - total * weight).abs() < sum, "{share}");
+                assert!(share <= weight);
+            }
+        }
     }
 
     #[test]

@@ -146,43 +146,53 @@ impl Limits {
 /// A set of SKUs, never empty. Looked up by fingerprint first, so a SKU that is not
 /// in the set costs no string comparison.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SkuSet(Vec<(u64, Sku)>);
+pub struct SkuSet {
+    /// Sorted, and in step with `skus`: `fingerprints[i]` is `skus[i]`'s.
+    fingerprints: Vec<u64>,
+    skus: Vec<Sku>,
+}
 
 impl SkuSet {
     fn new(skus: Vec<Sku>) -> Self {
         let mut entries: Vec<(u64, Sku)> = skus.into_iter().map(|s| (s.fingerprint(), s)).collect();
         entries.sort_unstable();
         entries.dedup();
-        SkuSet(entries)
+        let (fingerprints, skus) = entries.into_iter().unzip();
+        SkuSet { fingerprints, skus }
     }
 
     pub fn contains(&self, sku: &Sku) -> bool {
         let fingerprint = sku.fingerprint();
-        if self.0.len() <= 16 {
-            // Promotion lists are short: a scan of fingerprints beats a binary search.
-            return self.0.iter().any(|(f, s)| *f == fingerprint && s == sku);
-        }
-        let start = self.0.partition_point(|(f, _)| *f < fingerprint);
-        self.0[start..]
+        // Promotion lists are short: a scan of packed fingerprints beats a binary search.
+        let start = if self.fingerprints.len() <= 16 {
+            match self.fingerprints.iter().position(|&f| f == fingerprint) {
+                Some(start) => start,
+                None => return false,
+            }
+        } else {
+            self.fingerprints.partition_point(|&f| f < fingerprint)
+        };
+        self.fingerprints[start..]
             .iter()
-            .take_while(|(f, _)| *f == fingerprint)
+            .zip(&self.skus[start..])
+            .take_while(|(&f, _)| f == fingerprint)
             .any(|(_, s)| s == sku)
     }
 
     /// The SKUs in ascending order.
     pub fn skus(&self) -> Vec<&Sku> {
-        let mut skus: Vec<&Sku> = self.0.iter().map(|(_, s)| s).collect();
+        let mut skus: Vec<&Sku> = self.skus.iter().collect();
         skus.sort_unstable();
         skus
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.skus.len()
     }
 
     /// Always false: the parser refuses empty lists.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.skus.is_empty()
     }
 }
 

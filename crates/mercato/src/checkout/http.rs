@@ -1,13 +1,17 @@
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::model::{CheckoutBody, NewCheckout};
+use super::model::{parse_refund, CheckoutBody, NewCheckout, RefundBody};
+use super::refund::RefundError;
 use super::saga::CheckoutError;
-use super::store::{self, Order, OrderStatus};
+use super::store::{self, Order, OrderStatus, RefundStatus};
+use crate::catalog::Money;
 use crate::http::auth::Tenant;
 use crate::http::idempotency::IDEMPOTENCY_KEY;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
@@ -21,6 +25,101 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(post_checkout))
         .routes(routes!(list_orders))
         .routes(routes!(get_order))
+        .routes(routes!(post_refund))
+}
+
+/// A refund of some of an order's units.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Refund {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub status: RefundStatus,
+    /// What goes back to the customer: the refunded units' share of what was paid
+    /// (discounts and tax included), plus shipping on the refund that returns the last units.
+    pub amount: Money,
+    pub lines: Vec<RefundLine>,
+    pub includes_shipping: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundLine {
+    pub sku: String,
+    pub quantity: i64,
+    pub amount: Money,
+}
+
+/// Refunds some units of a confirmed order: exactly what the customer paid for
+/// them, discount share included. All refunds of an order never exceed what was
+/// captured. Use an `Idempotency-Key`: a retry resumes the same refund.
+#[utoipa::path(post, path = "/v1/orders/{id}/refunds", params(("id" = String, Path)),
+    request_body = RefundBody, security(("api_key" = [])),
+    responses(
+        (status = 201, body = Refund),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "the order is not confirmed, or the provider refused"),
+    ))]
+pub async fn post_refund(
+    tenant: Tenant,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RefundBody>,
+) -> Result<(StatusCode, Json<Refund>), ApiError> {
+    let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound("order"))?;
+    let lines = parse_refund(&body)?;
+    let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok());
+    let checkout = &tenant.state().checkout;
+    let refund = checkout
+        .refund(tenant.merchant_id, id, &lines, key)
+        .await
+        .map_err(|e| match e {
+            RefundError::NotFound => ApiError::NotFound("order"),
+            RefundError::NotRefundable(status) => ApiError::Conflict {
+                kind: "order-not-refundable",
+                title: "Order not refundable",
+                detail: format!("the order is {status}: only a confirmed order can be refunded"),
+                errors: vec![],
+            },
+            RefundError::Invalid(invalid) => invalid.into(),
+            RefundError::Refused(e) => ApiError::Conflict {
+                kind: "refund-refused",
+                title: "Refund refused",
+                detail: format!("the payment provider refused the refund: {e}"),
+                errors: vec![],
+            },
+            RefundError::Provider(e) => {
+                tracing::error!(error = %e, "refund call failed");
+                ApiError::Unavailable(
+                    "the payment provider failed; the refund is pending: retry with the same Idempotency-Key",
+                )
+            }
+            RefundError::Db(e) => e.into(),
+        })?;
+    let currency = refund.currency.clone();
+    let money = |amount| Money {
+        amount,
+        currency: currency.clone(),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(Refund {
+            id: refund.id,
+            order_id: refund.order_id,
+            status: refund.status,
+            amount: money(refund.amount),
+            lines: refund
+                .lines
+                .iter()
+                .map(|(sku, quantity, amount)| RefundLine {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                    amount: money(*amount),
+                })
+                .collect(),
+            includes_shipping: refund.includes_shipping,
+            created_at: refund.created_at,
+        }),
+    ))
 }
 
 impl From<CheckoutError> for ApiError {

@@ -6,10 +6,14 @@
 
 pub mod http;
 mod model;
+mod refund;
 mod saga;
 mod store;
 pub mod worker;
 
-pub use model::{parse_promo, CheckoutBody, CustomerBody, NewCheckout};
+pub use model::{parse_promo, parse_refund, CheckoutBody, CustomerBody, NewCheckout, RefundBody};
+pub use refund::RefundError;
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
-pub use store::{merchant_of_order, recorded_pricing, Order, OrderStatus, Step};
+pub use store::{
+    merchant_of_order, recorded_pricing, Order, OrderStatus, RefundStatus, Step, StoredRefund,
+};

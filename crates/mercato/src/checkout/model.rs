@@ -62,3 +62,98 @@ impl NewCheckout {
         errors.finish(parsed)
     }
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    /// The units to return: each SKU once, 1 to 10,000 units.
+    pub lines: Vec<ItemBody>,
+}
+
+/// The units a refund returns, parsed: 1 to 100 lines, no SKU twice.
+pub fn parse_refund(body: &RefundBody) -> Result<Vec<Line>, Invalid> {
+    let mut errors = FieldErrors::default();
+    // parse_lines names fields `items[i]`; a refund's are `lines[i]`.
+    let lines = parse_lines(&body.lines, &mut errors);
+    errors.finish(lines).map_err(|Invalid(fields)| {
+        Invalid(
+            fields
+                .into_iter()
+                .map(|mut f| {
+                    f.field = f.field.replacen("items", "lines", 1);
+                    f
+                })
+                .collect(),
+        )
+    })
+}
+
+/// What refunding `quantity` more units of a line returns, given what the whole
+/// line was paid (`paid`), its units (`bought`) and the units refunded before
+/// (`refunded`): the paid amount spread over the units by rounding the running
+/// total down, so refunding every unit, in any steps, returns exactly `paid`.
+pub fn refund_share(paid: i64, bought: i64, refunded: i64, quantity: i64) -> i64 {
+    if bought <= 0 {
+        return 0;
+    }
+    let paid_for = |units: i64| {
+        let units = units.clamp(0, bought);
+        // paid * units / bought ≤ paid: it fits an i64 again.
+        i64::try_from(i128::from(paid) * i128::from(units) / i128::from(bought)).unwrap_or(paid)
+    };
+    paid_for(refunded + quantity) - paid_for(refunded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn refunds_of_every_unit_return_exactly_what_was_paid(
+            paid in 0i64..10_000_000_000,
+            steps in proptest::collection::vec(1i64..5, 1..20),
+        ) {
+            let bought: i64 = steps.iter().sum();
+            let mut refunded = 0;
+            let mut returned = 0;
+            for q in steps {
+                let share = refund_share(paid, bought, refunded, q);
+                prop_assert!(share >= 0);
+                prop_assert!(share <= paid);
+                returned += share;
+                refunded += q;
+            }
+            prop_assert_eq!(returned, paid);
+        }
+
+        #[test]
+        fn no_refund_returns_more_than_its_units_cost_rounded_up(
+            (paid, bought, refunded, quantity) in (0i64..1_000_000, 1i64..50)
+                .prop_flat_map(|(paid, bought)| (Just(paid), Just(bought), 0..bought))
+                .prop_flat_map(|(paid, bought, refunded)| {
+                    (Just(paid), Just(bought), Just(refunded), 1..=(bought - refunded))
+                }),
+        ) {
+            let share = refund_share(paid, bought, refunded, quantity);
+            // Within one minor unit of the exact share.
+            let exact = paid as f64 * quantity as f64 / bought as f64;
+            prop_assert!((share as f64 - exact).abs() < 1.0 + 1e-9);
+        }
+    }
+
+    #[test]
+    fn refund_fields_are_named_lines() {
+        let body = RefundBody {
+            lines: vec![crate::inventory::ItemBody {
+                sku: "A".into(),
+                quantity: 0,
+            }],
+        };
+        assert_eq!(
+            parse_refund(&body).unwrap_err().fields(),
+            ["lines[0].quantity"]
+        );
+    }
+}

@@ -101,6 +101,15 @@ pub trait PaymentProvider: Send + Sync {
         merchant: MerchantId,
         payment: Uuid,
     ) -> BoxFuture<'_, Result<Payment, PaymentError>>;
+    /// Returns `amount` of a captured payment; the same `idempotency_key` again
+    /// changes nothing. Refunds never exceed what was captured.
+    fn refund_amount<'a>(
+        &'a self,
+        merchant: MerchantId,
+        payment: Uuid,
+        amount: i64,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), PaymentError>>;
     /// Authorizes and captures at once, without the customer present.
     fn charge_off_session<'a>(
         &'a self,

@@ -133,6 +133,65 @@ impl SandboxProvider {
         }
     }
 
+    /// Returns `amount` of a captured payment, once per idempotency key: the
+    /// conditional update never lets refunds exceed what was captured.
+    async fn refund_part(
+        &self,
+        merchant: MerchantId,
+        payment: Uuid,
+        amount: i64,
+        idempotency_key: &str,
+    ) -> Result<(), PaymentError> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let recorded = sqlx::query_scalar!(
+            r#"insert into payment_refunds (merchant_id, id, payment_id, idempotency_key, amount)
+               values ($1, $2, $3, $4, $5)
+               on conflict (merchant_id, idempotency_key) do nothing
+               returning 1 as "recorded!""#,
+            merchant.0,
+            Uuid::now_v7(),
+            payment,
+            idempotency_key,
+            amount,
+        )
+        .fetch_optional(tx.conn())
+        .await?;
+        if recorded.is_none() {
+            // Refunded before under this key: the same answer again.
+            return Ok(());
+        }
+        let refunded = sqlx::query_scalar!(
+            r#"update payments set refunded_amount = refunded_amount + $3, updated_at = now(),
+                      status = case when refunded_amount + $3 = amount then 'refunded' else status end
+               where merchant_id = $1 and id = $2 and status = 'captured'
+                 and refunded_amount + $3 <= amount
+               returning 1 as "refunded!""#,
+            merchant.0,
+            payment,
+            amount,
+        )
+        .fetch_optional(tx.conn())
+        .await?;
+        if refunded.is_none() {
+            let status = sqlx::query_scalar!(
+                r#"select status as "status: PaymentStatus" from payments
+                   where merchant_id = $1 and id = $2"#,
+                merchant.0,
+                payment,
+            )
+            .fetch_optional(tx.conn())
+            .await?
+            .ok_or(PaymentError::NotFound(payment))?;
+            return Err(PaymentError::InvalidState {
+                id: payment,
+                status,
+                action: "refund this much of",
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Moves a payment `from` → `to` once; already in `to` is success.
     async fn transition(
         &self,
@@ -144,8 +203,9 @@ impl SandboxProvider {
     ) -> Result<Payment, PaymentError> {
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         sqlx::query!(
-            "update payments set status = $4, updated_at = now()
-             where merchant_id = $1 and id = $2 and status = $3",
+            "update payments set status = $4, updated_at = now(),
+                    refunded_amount = case when $4 = 'refunded' then amount else refunded_amount end
+             where merchant_id = $1 and id = $2 and status = $3 and refunded_amount = 0",
             merchant.0,
             id,
             from.as_str(),
@@ -226,6 +286,16 @@ impl PaymentProvider for SandboxProvider {
             PaymentStatus::Refunded,
             "refund",
         ))
+    }
+
+    fn refund_amount<'a>(
+        &'a self,
+        merchant: MerchantId,
+        payment: Uuid,
+        amount: i64,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(self.refund_part(merchant, payment, amount, idempotency_key))
     }
 
     fn charge_off_session<'a>(

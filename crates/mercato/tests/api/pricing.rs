@@ -287,7 +287,16 @@ async fn three_hundred_buyers_race_for_a_code_limited_to_ten_uses() {
             *s == 409 && b["type"] == "https://mercato.dev/problems/promo-code-exhausted"
         })
         .count();
-    assert_eq!(discounted, 10, "exactly the limit got the discount");
+    let mut statuses: std::collections::BTreeMap<String, usize> = Default::default();
+    for (status, body) in &results {
+        *statuses
+            .entry(format!("{status} {}", body["type"].as_str().unwrap_or("")))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        discounted, 10,
+        "exactly the limit got the discount: {statuses:?}"
+    );
     assert_eq!(
         refused, 290,
         "every other buyer was refused, not charged full price"
@@ -355,4 +364,195 @@ async fn a_failed_checkout_gives_its_use_back_once() {
         .await;
     assert_eq!(full.body["total"]["amount"], 1000);
     assert_inventory_consistent(&app.owner, &[("TEE", 10)]).await;
+}
+
+async fn ten_percent_off(app: &TestApp, m: &Merchant, limits: Option<Value>) {
+    let mut rule =
+        json!({"id": "ten", "priority": 1, "stackable": true, "then": {"percent_off": 10}});
+    if let Some(limits) = limits {
+        rule["when"] = json!({"promo_code": "TEN"});
+        rule["limits"] = limits;
+    }
+    let put = put_rules(app, m, json!({ "rules": [rule] })).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+}
+
+#[tokio::test]
+async fn partial_refunds_return_what_was_paid_and_never_more_than_captured() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("acme").await;
+    app.create_product(&m, "ODD", 333).await;
+    app.set_stock(&m, "ODD", 10).await;
+    ten_percent_off(&app, &m, None).await;
+    let order = app
+        .post(
+            "/v1/checkouts",
+            &m.key,
+            checkout("ODD", 3, None, "pm_card_ok", "ann@example.com"),
+        )
+        .await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    let total = order.body["total"]["amount"].as_i64().unwrap();
+    assert_eq!(total, 999 - 100, "10 % of 999, rounded half to even");
+    let id = order.body["id"].as_str().unwrap();
+    let path = format!("/v1/orders/{id}/refunds");
+    let refund = |quantity: i64| {
+        app.post(
+            &path,
+            &m.key,
+            json!({"lines": [{"sku": "ODD", "quantity": quantity}]}),
+        )
+    };
+    let mut returned = 0;
+    for _ in 0..3 {
+        let one = refund(1).await;
+        assert_eq!(one.status, 201, "{}", one.body);
+        assert_eq!(one.body["status"], "succeeded");
+        returned += one.body["amount"]["amount"].as_i64().unwrap();
+    }
+    assert_eq!(
+        returned, total,
+        "three one-unit refunds return exactly what was paid"
+    );
+    let (captured, refunded, status): (i64, i64, String) =
+        sqlx::query_as("select amount, refunded_amount, status from payments")
+            .fetch_one(&app.owner)
+            .await
+            .unwrap();
+    assert_eq!(
+        (captured, refunded, status.as_str()),
+        (total, total, "refunded")
+    );
+    let more = refund(1).await;
+    more.assert_problem(422, "validation-error");
+    assert_eq!(more.error_fields(), ["lines[0].quantity"]);
+    let other_sku = app
+        .post(
+            &path,
+            &m.key,
+            json!({"lines": [{"sku": "NOPE", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(other_sku.error_fields(), ["lines[0].sku"]);
+    let stranger = app.create_merchant("stranger").await;
+    app.post(
+        &path,
+        &stranger.key,
+        json!({"lines": [{"sku": "ODD", "quantity": 1}]}),
+    )
+    .await
+    .assert_problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn two_refunds_racing_for_the_last_unit_return_it_once() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let order = app
+        .post(
+            "/v1/checkouts",
+            &m.key,
+            checkout("TEE", 2, None, "pm_card_ok", "ann@example.com"),
+        )
+        .await;
+    let id = order.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/orders/{id}/refunds");
+    assert_eq!(
+        app.post(
+            &path,
+            &m.key,
+            json!({"lines": [{"sku": "TEE", "quantity": 1}]})
+        )
+        .await
+        .status,
+        201
+    );
+    let body = json!({"lines": [{"sku": "TEE", "quantity": 1}]});
+    let results =
+        join_all((0..2).map(|_| post_to(&app.client, &app.base, &path, &m.key, &body))).await;
+    let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 422).count(),
+        1,
+        "{statuses:?}"
+    );
+    let refunded: i64 = sqlx::query_scalar("select refunded_amount from payments")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
+    assert_eq!(refunded, 2000);
+}
+
+#[tokio::test]
+async fn a_code_used_up_is_free_again_once_an_order_is_refunded_in_full() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 30).await;
+    ten_percent_off(&app, &m, Some(json!({"uses": 10}))).await;
+    let mut orders = Vec::new();
+    for i in 0..10 {
+        let placed = app
+            .post(
+                "/v1/checkouts",
+                &m.key,
+                checkout(
+                    "TEE",
+                    1,
+                    Some("TEN"),
+                    "pm_card_ok",
+                    &format!("c{i}@example.com"),
+                ),
+            )
+            .await;
+        assert_eq!(placed.body["total"]["amount"], 900, "{}", placed.body);
+        orders.push(placed.body["id"].as_str().unwrap().to_owned());
+    }
+    app.post(
+        "/v1/checkouts",
+        &m.key,
+        checkout("TEE", 1, Some("TEN"), "pm_card_ok", "late@example.com"),
+    )
+    .await
+    .assert_problem(409, "promo-code-exhausted");
+    for id in &orders[..5] {
+        let refund = app
+            .post(
+                &format!("/v1/orders/{id}/refunds"),
+                &m.key,
+                json!({"lines": [{"sku": "TEE", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(refund.status, 201, "{}", refund.body);
+        assert_eq!(
+            refund.body["includes_shipping"], true,
+            "the last units: refunded in full"
+        );
+    }
+    for i in 0..5 {
+        let again = app
+            .post(
+                "/v1/checkouts",
+                &m.key,
+                checkout(
+                    "TEE",
+                    1,
+                    Some("TEN"),
+                    "pm_card_ok",
+                    &format!("again{i}@example.com"),
+                ),
+            )
+            .await;
+        assert_eq!(again.body["total"]["amount"], 900, "{}", again.body);
+    }
+    app.post(
+        "/v1/checkouts",
+        &m.key,
+        checkout("TEE", 1, Some("TEN"), "pm_card_ok", "later@example.com"),
+    )
+    .await
+    .assert_problem(409, "promo-code-exhausted");
 }

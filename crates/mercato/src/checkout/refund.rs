@@ -1,0 +1,187 @@
+//! Partial refunds: a refund names the units it returns, and returns what the
+//! customer paid for them, discount share and tax included (`refund_share`), so
+//! all refunds of an order together never exceed what was captured. The refund
+//! that returns the last units also returns the shipping charge, and gives back
+//! the order's uses of limited pricing rules.
+//!
+//! The refund is recorded (`pending`, its units claimed) before the provider is
+//! called, outside any transaction, with a key derived from the refund; a retry
+//! under the same `Idempotency-Key` finds the pending refund and resumes it, so
+//! a crash between the two never refunds twice.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::model::refund_share;
+use super::saga::Checkout;
+use super::store::{self, OrderStatus, RefundStatus, StoredRefund};
+use crate::db::TenantTx;
+use crate::inventory::Line;
+use crate::payments::PaymentError;
+use crate::tenancy::MerchantId;
+use crate::validation::{FieldErrors, Invalid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefundError {
+    #[error("order not found")]
+    NotFound,
+    #[error("the order is {0}: only a confirmed order can be refunded")]
+    NotRefundable(OrderStatus),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The provider refused (e.g. the payment was already refunded in full).
+    #[error("the payment provider refused the refund: {0}")]
+    Refused(PaymentError),
+    /// The provider did not answer: the refund stays pending; retry with the same key.
+    #[error("the payment provider failed: {0}")]
+    Provider(PaymentError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Per SKU: units bought and what they cost in all.
+type PaidLines = BTreeMap<String, (i64, i64)>;
+
+/// What each order line and the shipping cost the customer: from the recorded
+/// pricing (net, plus tax when prices exclude it), or unit × quantity for an
+/// order priced before pricing was recorded.
+fn paid(order: &store::RefundableOrder) -> Result<(PaidLines, i64), sqlx::Error> {
+    let mut lines: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let Some(recorded) = &order.pricing else {
+        for (sku, quantity, unit) in &order.items {
+            lines.insert(sku.clone(), (*quantity, quantity.saturating_mul(*unit)));
+        }
+        return Ok((lines, 0));
+    };
+    let recorded: crate::pricing::PricedOrder = serde_json::from_str(recorded)
+        .map_err(|e| sqlx::Error::Decode(format!("order pricing: {e}").into()))?;
+    let breakdown = &recorded.breakdown;
+    let exclusive = !breakdown.tax.inclusive;
+    for line in &breakdown.lines {
+        let tax = if exclusive { line.tax.amount } else { 0 };
+        let entry = lines.entry(line.sku.to_string()).or_insert((0, 0));
+        entry.0 += i64::from(line.quantity);
+        entry.1 += line.net.amount + tax;
+    }
+    let shipping_tax = if exclusive {
+        breakdown.tax.shipping.amount
+    } else {
+        0
+    };
+    Ok((lines, breakdown.shipping.amount.amount + shipping_tax))
+}
+
+impl Checkout {
+    /// Refunds `lines` of a confirmed order. With an idempotency key seen before
+    /// for this order, answers (or resumes) that refund instead.
+    pub async fn refund(
+        &self,
+        merchant: MerchantId,
+        order_id: Uuid,
+        lines: &[Line],
+        idempotency_key: Option<&str>,
+    ) -> Result<StoredRefund, RefundError> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let order = store::lock_for_refund(&mut tx, order_id)
+            .await?
+            .ok_or(RefundError::NotFound)?;
+        if let Some(key) = idempotency_key {
+            if let Some(existing) =
+                store::find_refund(&mut tx, order_id, &order.currency, Some(key), None).await?
+            {
+                tx.commit().await?;
+                return match existing.status {
+                    RefundStatus::Pending => self.pay_back(merchant, &order, existing).await,
+                    _ => Ok(existing),
+                };
+            }
+        }
+        if order.status != OrderStatus::Confirmed {
+            return Err(RefundError::NotRefundable(order.status));
+        }
+        let (paid_lines, shipping_paid) = paid(&order)?;
+        let (so_far, shipping_refunded) = store::refunded_so_far(&mut tx, order_id).await?;
+        let mut errors = FieldErrors::default();
+        let mut refund_lines = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let sku = line.sku.as_str();
+            let Some(&(bought, paid)) = paid_lines.get(sku) else {
+                errors.push(format!("lines[{i}].sku"), "is not in this order");
+                continue;
+            };
+            let refunded = so_far.get(sku).copied().unwrap_or(0);
+            let left = bought - refunded;
+            if line.quantity > left {
+                errors.push(
+                    format!("lines[{i}].quantity"),
+                    format!("at most {left} units of {sku} are left to refund"),
+                );
+                continue;
+            }
+            let amount = refund_share(paid, bought, refunded, line.quantity);
+            refund_lines.push((sku.to_owned(), line.quantity, amount));
+        }
+        errors.finish(Some(()))?;
+        let everything_back = paid_lines.iter().all(|(sku, (bought, _))| {
+            let now = refund_lines
+                .iter()
+                .find(|(s, _, _)| s == sku)
+                .map_or(0, |(_, q, _)| *q);
+            so_far.get(sku).copied().unwrap_or(0) + now == *bought
+        });
+        let includes_shipping = everything_back && !shipping_refunded;
+        let amount: i64 = refund_lines.iter().map(|(_, _, a)| a).sum::<i64>()
+            + if includes_shipping { shipping_paid } else { 0 };
+        let refund = StoredRefund {
+            id: Uuid::now_v7(),
+            order_id,
+            status: RefundStatus::Pending,
+            amount,
+            includes_shipping,
+            lines: refund_lines,
+            currency: order.currency.clone(),
+            created_at: chrono::Utc::now(),
+        };
+        store::insert_refund(&mut tx, &refund, idempotency_key).await?;
+        tx.commit().await?;
+        self.pay_back(merchant, &order, refund).await
+    }
+
+    /// Has the provider return a pending refund's amount, then settles it.
+    async fn pay_back(
+        &self,
+        merchant: MerchantId,
+        order: &store::RefundableOrder,
+        mut refund: StoredRefund,
+    ) -> Result<StoredRefund, RefundError> {
+        if refund.amount > 0 {
+            let payment = order.payment_id.ok_or(RefundError::NotFound)?;
+            let key = format!("refund:{}", refund.id);
+            match self
+                .payments
+                .refund_amount(merchant, payment, refund.amount, &key)
+                .await
+            {
+                Ok(()) => {}
+                Err(refused @ PaymentError::InvalidState { .. }) => {
+                    let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+                    store::settle_refund(&mut tx, refund.id, RefundStatus::Failed).await?;
+                    tx.commit().await?;
+                    return Err(RefundError::Refused(refused));
+                }
+                Err(other) => return Err(RefundError::Provider(other)),
+            }
+        }
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        store::settle_refund(&mut tx, refund.id, RefundStatus::Succeeded).await?;
+        if refund.includes_shipping {
+            // Refunded in full: the order's uses of limited rules are free again.
+            crate::pricing::release_uses(&mut tx, refund.order_id).await?;
+        }
+        tx.commit().await?;
+        refund.status = RefundStatus::Succeeded;
+        metrics::counter!("refunds_total").increment(1);
+        Ok(refund)
+    }
+}
