@@ -1,14 +1,15 @@
 //! Copying the old rows into the new shape: keyset batches, each committed
 //! with the cursor, sized to a time budget and throttled when the database is
-//! under pressure; plus the progress bar it (and validation) shows.
+//! under pressure. The key may be any key (`key.rs`).
 
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
+use crate::key::Key;
 use crate::plan::Backfill;
-use crate::{quote_ident, state, Error};
+use crate::progress::Progress;
+use crate::{quote_ident, state, Error, Phase};
 
 /// What one backfill run did.
 #[derive(Debug, Clone, Default)]
@@ -30,17 +31,24 @@ pub(crate) async fn copy_rows(
     pool: &PgPool,
     migration: &str,
     b: &Backfill,
-    cursor: Option<i64>,
     progress: bool,
+    progress_every: Duration,
 ) -> Result<BackfillReport, Error> {
-    let (source, key) = (quote_ident(&b.source), quote_ident(&b.key));
-    let remaining: i64 =
-        sqlx::query_scalar(&format!("select count(*) from {source} where {key} > $1"))
-            .bind(cursor.unwrap_or(i64::MIN))
-            .fetch_one(pool)
-            .await?;
-    let bar = progress_bar(progress, remaining as u64, "backfill");
-    let window = keyset_window(&source, &key);
+    let source = quote_ident(&b.source);
+    let key = Key::resolve(pool, &b.source, &b.key).await?;
+    let remaining = {
+        let mut conn = pool.acquire().await?;
+        let cursor = current_cursor(&key, &mut conn, migration).await?.1;
+        let after = cursor.as_deref();
+        let count: i64 = sqlx::query_scalar_with(
+            &key.count_after_sql(&source, after.is_some()),
+            key.window_args(after, None)?,
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        count
+    };
+    let mut bar = Progress::new(progress, progress_every, remaining as u64, "backfill");
     let started = Instant::now();
     let mut report = BackfillReport::default();
     let mut batch = b.batch_size;
@@ -53,30 +61,44 @@ pub(crate) async fn copy_rows(
         }
         let batch_started = Instant::now();
         let mut tx = pool.begin().await?;
-        let lo = state::lock_backfill_cursor(&mut tx, migration)
-            .await?
-            .unwrap_or(i64::MIN);
-        let (rows, hi): (i64, Option<i64>) = sqlx::query_as(&window)
-            .bind(lo)
-            .bind(batch)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (phase, lo) = current_cursor(&key, &mut tx, migration).await?;
+        if phase == Phase::Backfilled.as_str() || phase == Phase::Validated.as_str() {
+            // Another backfill of the plan, run at the same time, finished it.
+            tx.commit().await?;
+            break;
+        }
+        if phase != Phase::Expanded.as_str() {
+            // An abort got in between: the new shape is going away.
+            return Err(Error::OutOfOrder {
+                command: "backfill",
+                reason: format!("the migration became {phase} while the backfill ran"),
+            });
+        }
+        let lo = lo.as_deref();
+        let (rows, hi): (i64, Option<Vec<String>>) = sqlx::query_as_with(
+            &key.window_sql(&source, lo.is_some()),
+            key.window_args(lo, Some(batch))?,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let Some(hi) = hi else {
             tx.commit().await?;
             break;
         };
         for (i, statement) in b.transform.iter().enumerate() {
-            sqlx::query(statement)
-                .bind(lo)
-                .bind(hi)
+            let step = format!("backfill.transform[{i}]");
+            let (sql, args) = key.bind(&step, statement, lo, Some(&hi))?;
+            sqlx::query_with(&sql, args)
                 .execute(&mut *tx)
                 .await
-                .map_err(|source| Error::Step {
-                    step: format!("backfill.transform[{i}]"),
-                    source,
-                })?;
+                .map_err(|source| Error::Step { step, source })?;
         }
-        state::advance_backfill(&mut tx, migration, hi, rows).await?;
+        let as_int = if key.integer {
+            hi[0].parse::<i64>().ok()
+        } else {
+            None
+        };
+        state::advance_backfill(&mut tx, migration, &hi, as_int, rows).await?;
         tx.commit().await?;
         report.rows += rows;
         report.batches += 1;
@@ -91,9 +113,34 @@ pub(crate) async fn copy_rows(
             tokio::time::sleep(took.mul_f64(1.0 / b.duty_cycle - 1.0)).await;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The phase and the backfill cursor, the state row locked until the
+/// transaction ends. For a key of one integer column the bigint cursor is
+/// the one to trust: older pgshift kept only that (a backfill they started
+/// resumes from it), and it is kept with every batch.
+async fn current_cursor(
+    key: &Key,
+    conn: &mut PgConnection,
+    migration: &str,
+) -> Result<(String, Option<Vec<String>>), Error> {
+    let state = state::lock_backfill_cursor(conn, migration).await?;
+    let cursor = match (key.integer, state.cursor_int, state.cursor_key) {
+        (true, Some(int), _) => Some(vec![int.to_string()]),
+        (_, _, Some(position)) => Some(position),
+        (false, Some(int), None) => {
+            let why = format!(
+                "backfill.key: the backfill started with a key of one integer column (cursor {int}) \
+                 and the key changed since; abort and expand again"
+            );
+            return Err(Error::Plan(why));
+        }
+        (_, None, None) => None,
+    };
+    Ok((state.phase, cursor))
 }
 
 /// Probe latency against the first probe seen, lock waiters, replica lag.
@@ -114,27 +161,4 @@ async fn under_pressure(
     Ok(ms > b.max_probe_ms.max(base * 4.0)
         || waiting > b.max_lock_waiters
         || lag > b.max_replication_lag_s)
-}
-
-/// The next keyset window of the source after `$1`, at most `$2` keys: how many
-/// rows it holds and its last key (NULL past the end). Backfill batches and
-/// validation ranges both walk the key space with it.
-pub(crate) fn keyset_window(source: &str, key: &str) -> String {
-    format!("select count(*), max(k) from (select {key} as k from {source} where {key} > $1 order by {key} limit $2) w")
-}
-
-/// A bar of `len` rows, or a hidden one when `show` is off (tests and
-/// machine-readable runs).
-pub(crate) fn progress_bar(show: bool, len: u64, what: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_owned());
-    bar
 }

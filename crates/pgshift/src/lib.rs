@@ -10,10 +10,14 @@
 //!
 //! Each job has its module: `ddl` runs one plan step under `lock_timeout`,
 //! `backfill` copies in throttled batches, `validate` compares the shapes,
-//! `state` holds every statement on pgshift's own tables, `sql` reads a step's
-//! statements (transaction control, what it creates, the dual-write triggers
-//! and functions pgshift owns), and `switch` is the application's side. This
-//! file orders the phases.
+//! `key` walks any key (one column or several, any ordered type) in keyset
+//! windows, `state` holds every statement on pgshift's own tables, `sql`
+//! reads a step's statements (transaction control, what it creates, the
+//! dual-write triggers and functions pgshift owns), `switch` is the
+//! application's side, `progress` reports on stderr and `cli` is the command
+//! line's work (the `pgshift` binary and `mercato migrate` parse, then call
+//! it). This file orders the phases. The plan format, privileges and a
+//! walk-through are in README.md.
 //!
 //! `lint` and `status` only read; pgshift's schema is created by the first
 //! command that changes state.
@@ -22,9 +26,12 @@
 //! moves, that role must be a superuser or have BYPASSRLS.
 
 mod backfill;
+pub mod cli;
 mod ddl;
+mod key;
 pub mod lint;
 pub mod plan;
+mod progress;
 mod sql;
 pub mod state;
 pub mod switch;
@@ -37,11 +44,12 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 pub use backfill::BackfillReport;
+pub use key::Position;
 pub use lint::Finding;
 pub use plan::Plan;
 pub use state::{Phase, Status, UnknownPhase};
 pub use switch::{ReadSwitch, View};
-pub use validate::ValidationReport;
+pub use validate::{KeyRange, ValidationReport};
 
 use ddl::StepRun;
 use plan::Step;
@@ -71,6 +79,15 @@ pub enum Error {
     /// newer pgshift, or by hand): no command guesses what it means.
     #[error("migration {migration} has unknown phase '{phase}' in pgshift.migrations")]
     UnknownPhase { migration: String, phase: String },
+    /// The database named on the command line cannot be reached.
+    #[error("{0}")]
+    Connect(String),
+    /// A phase stopped by Ctrl-C; what it did so far is kept.
+    #[error("{0}")]
+    Interrupted(String),
+    /// Writing the command line's output failed (other than a closed pipe).
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -78,8 +95,10 @@ pub enum Error {
 pub struct Migrator {
     pool: PgPool,
     plan: Plan,
-    /// Show progress bars (off in tests and for machine-readable runs).
+    /// Show progress on stderr (off in tests and for machine-readable runs):
+    /// a bar on a terminal, otherwise a plain line every `progress_every`.
     pub progress: bool,
+    pub progress_every: Duration,
 }
 
 /// Longer than any application caches its view: after a phase change that
@@ -96,6 +115,7 @@ impl Migrator {
             pool,
             plan,
             progress: false,
+            progress_every: Duration::from_secs(5),
         })
     }
 
@@ -149,27 +169,102 @@ impl Migrator {
                 instead: "name an existing table",
             });
         } else {
-            let key_type: Option<String> = sqlx::query_scalar(
-                "select data_type::text from information_schema.columns where table_name = $1 and column_name = $2",
+            findings.extend(self.lint_key().await?);
+        }
+        Ok(findings)
+    }
+
+    /// The backfill key on the live source table: its columns exist, are NOT
+    /// NULL (a row with a NULL key would be neither copied nor compared) and
+    /// have an order; statements that select their rows with `$1`/`$2`
+    /// need a key of one integer column, others say `{{key_range}}`.
+    async fn lint_key(&self) -> Result<Vec<Finding>, Error> {
+        let b = &self.plan.backfill;
+        let mut findings = Vec::new();
+        let mut found = true;
+        for column in &b.key {
+            let not_null: Option<bool> = sqlx::query_scalar(
+                "select a.attnotnull from pg_attribute a
+                 where a.attrelid = to_regclass($1) and a.attname = $2 and a.attnum > 0 and not a.attisdropped",
             )
-            .bind(source)
-            .bind(&self.plan.backfill.key)
+            .bind(quote_ident(&b.source))
+            .bind(column)
             .fetch_optional(&self.pool)
             .await?;
-            match key_type.as_deref() {
-                Some("bigint" | "integer" | "smallint") => {}
-                Some(_) => findings.push(Finding {
+            match not_null {
+                None => {
+                    found = false;
+                    findings.push(Finding {
+                        step: format!("backfill.key {column}"),
+                        rule: "missing-column",
+                        why: "the backfill key column does not exist on the source table",
+                        instead: "name an existing column",
+                    });
+                }
+                Some(false) => findings.push(Finding {
+                    step: format!("backfill.key {column}"),
+                    rule: "key-nullable",
+                    why: "a row whose key is NULL is never copied nor validated",
+                    instead: "use NOT NULL key columns (the primary key)",
+                }),
+                Some(true) => {}
+            }
+        }
+        if !found {
+            return Ok(findings);
+        }
+        let columns: Vec<String> = b.key.iter().map(|c| quote_ident(c)).collect();
+        let columns = columns.join(", ");
+        let ordered = sqlx::query(&format!(
+            "select {columns} from {} order by {columns} limit 0",
+            quote_ident(&b.source)
+        ))
+        .execute(&self.pool)
+        .await;
+        match ordered {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42883") => {
+                findings.push(Finding {
                     step: "backfill.key".into(),
+                    rule: "key-not-orderable",
+                    why: "keyset batches need a key with a btree order; this type has none",
+                    instead:
+                        "use key columns of an ordered type (integer, uuid, text, timestamp, …)",
+                });
+                return Ok(findings);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let key = key::Key::resolve(&self.pool, &b.source, &b.key).await?;
+        let statements = b
+            .transform
+            .iter()
+            .enumerate()
+            .map(|(i, sql)| (format!("backfill.transform[{i}]"), sql))
+            .chain([
+                ("validate.source".to_owned(), &self.plan.validate.source),
+                ("validate.target".to_owned(), &self.plan.validate.target),
+            ]);
+        for (step, sql) in statements {
+            if key::uses_key_range(sql) {
+                continue;
+            }
+            let words = sql::tokens(sql);
+            let binds = |n: &str| words.iter().any(|t| *t == sql::Token::Word(n.into()));
+            if !(binds("$1") && binds("$2")) {
+                findings.push(Finding {
+                    step,
+                    rule: "no-key-range",
+                    why: "the statement does not select the batch's rows: it would read (or copy) the whole table every batch",
+                    instead: "select the rows with {{key_range}} (or key > $1 and key <= $2 for one integer key column)",
+                });
+            } else if !key.integer {
+                findings.push(Finding {
+                    step,
                     rule: "key-not-integer",
-                    why: "keyset batches need an integer key",
-                    instead: "use an integer column (a bigint id) as the backfill key",
-                }),
-                None => findings.push(Finding {
-                    step: "backfill.key".into(),
-                    rule: "missing-column",
-                    why: "the backfill key column does not exist on the source table",
-                    instead: "name an existing column",
-                }),
+                    why: "$1 and $2 are bigint bounds, for a key of one integer column",
+                    instead: "select the rows with {{key_range}} (or {{key_range alias}}): pgshift binds each key column with its own type",
+                });
             }
         }
         Ok(findings)
@@ -206,7 +301,7 @@ impl Migrator {
         }
         self.require_clean_lint().await?;
         self.ensure_state().await?;
-        state::reset_progress(&self.pool, &self.plan.name).await?;
+        state::reset_progress(&mut *self.pool.acquire().await?, &self.plan.name).await?;
         let done = state::expand_steps_done(&self.pool, &self.plan.name).await?;
         for (section, steps) in [
             ("expand", &self.plan.expand),
@@ -331,11 +426,11 @@ impl Migrator {
             &self.pool,
             &self.plan.name,
             &self.plan.backfill,
-            status.backfill_cursor,
             self.progress,
+            self.progress_every,
         )
         .await?;
-        state::set_phase(&self.pool, &self.plan.name, Phase::Backfilled).await?;
+        state::finish_backfill(&self.pool, &self.plan.name).await?;
         Ok(report)
     }
 
@@ -373,7 +468,9 @@ impl Migrator {
             ));
         }
         self.ensure_state().await?;
-        let report = validate::compare_ranges(&self.pool, &self.plan, self.progress).await?;
+        let report =
+            validate::compare_ranges(&self.pool, &self.plan, self.progress, self.progress_every)
+                .await?;
         if !report.mismatched.is_empty() {
             // An earlier pass no longer holds: contract must not rely on it.
             state::clear_validated(&self.pool, &self.plan.name).await?;
@@ -417,7 +514,13 @@ impl Migrator {
             }
             refuse_transaction_control("contract", &self.plan.contract)?;
             self.ensure_state().await?;
-            let report = validate::compare_ranges(&self.pool, &self.plan, self.progress).await?;
+            let report = validate::compare_ranges(
+                &self.pool,
+                &self.plan,
+                self.progress,
+                self.progress_every,
+            )
+            .await?;
             if !report.mismatched.is_empty() {
                 state::clear_validated(&self.pool, &self.plan.name).await?;
                 return Err(Error::Validation(format!(

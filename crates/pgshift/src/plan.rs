@@ -56,10 +56,17 @@ pub struct Step {
 pub struct Backfill {
     /// The old shape's table.
     pub source: String,
-    /// Its integer key column, read in keyset order.
-    pub key: String,
-    /// Idempotent SQL copying source rows with `$1 < key <= $2` into the new
-    /// shape: one statement, or a list run in order in the batch's transaction.
+    /// Its key, read in keyset order: one column (`key = "id"`) or several
+    /// (`key = ["merchant_id", "id"]`), of any type with a btree order
+    /// (integer, uuid, text, timestamp, …), NOT NULL, unique together (a
+    /// primary key is).
+    #[serde(deserialize_with = "one_or_many")]
+    pub key: Vec<String>,
+    /// Idempotent SQL copying the batch's source rows into the new shape:
+    /// one statement, or a list run in order in the batch's transaction. It
+    /// selects the batch with `{{key_range}}` (any key; `{{key_range o}}`
+    /// qualifies the columns with alias `o`), or, for a key of one integer
+    /// column, with `key > $1 and key <= $2`.
     #[serde(deserialize_with = "one_or_many")]
     pub transform: Vec<String>,
     #[serde(default = "default_batch")]
@@ -150,9 +157,13 @@ fn default_shadow() -> u8 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Validate {
-    /// `select count(*), <checksum text>` over the old shape, keys `$1 < key <= $2`.
+    /// `select count(*), <checksum text>` over the old shape's rows in the
+    /// range, selected like the backfill's (`{{key_range}}`, or `$1 < key <= $2`).
     pub source: String,
-    /// The same over the new shape; must agree range by range.
+    /// The same over the new shape; must agree range by range. A range's
+    /// rows are those of the new shape with their key in the range (the new
+    /// shape has the key columns under the same names), so a row left in
+    /// the new shape after its delete from the old one fails the range.
     pub target: String,
     #[serde(default = "default_chunk")]
     pub chunk_size: i64,
@@ -191,6 +202,29 @@ impl Plan {
             return Err(Error::Plan(
                 "backfill: need 1 <= batch_size <= max_batch_size".into(),
             ));
+        }
+        let key = &plan.backfill.key;
+        if key.is_empty() || key.iter().any(String::is_empty) {
+            return Err(Error::Plan("backfill.key: name at least one column".into()));
+        }
+        if let Some(twice) = key.iter().enumerate().find(|(i, c)| key[..*i].contains(c)) {
+            return Err(Error::Plan(format!(
+                "backfill.key: column {} named twice",
+                twice.1
+            )));
+        }
+        let statements = plan
+            .backfill
+            .transform
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("backfill.transform[{i}]"), s))
+            .chain([
+                ("validate.source".to_owned(), &plan.validate.source),
+                ("validate.target".to_owned(), &plan.validate.target),
+            ]);
+        for (step, sql) in statements {
+            crate::key::check_placeholders(sql).map_err(|e| Error::Plan(format!("{step}: {e}")))?;
         }
         if plan.backfill.transform.is_empty() {
             return Err(Error::Plan(

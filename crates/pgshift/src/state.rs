@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use sqlx::{FromRow, PgConnection, PgPool};
 
-use crate::Error;
+use crate::{Error, Position};
 
 /// Where a migration stands. Phases only move forward, except `abort`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,7 +113,9 @@ impl serde::Serialize for Phase {
 pub struct Status {
     pub name: String,
     pub phase: Phase,
-    pub backfill_cursor: Option<i64>,
+    /// The key of the last row the backfill copied (each key column as
+    /// text); `None` before the first batch.
+    pub backfill_cursor: Option<Position>,
     pub rows_backfilled: i64,
     pub switch_percent: i32,
     pub full_switch_seconds: Option<f64>,
@@ -150,7 +152,7 @@ impl Status {
 struct StatusRow {
     name: String,
     phase: String,
-    backfill_cursor: Option<i64>,
+    backfill_cursor: Option<Vec<String>>,
     rows_backfilled: i64,
     switch_percent: i32,
     full_switch_seconds: Option<f64>,
@@ -173,12 +175,15 @@ pub(crate) async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
     // an ACCESS EXCLUSIVE lock on the table every application instance polls.
     // `duplicate_object` covers two opens racing. A new phase needs a new
     // constraint name (or a drop first), as an existing one is left as it is.
+    // The same for `backfill_cursor_key` (the cursor of any key, as text; a
+    // schema made before it has only the bigint `backfill_cursor`).
     sqlx::raw_sql(&format!(
         "create schema if not exists pgshift;
          create table if not exists pgshift.migrations (
              name text primary key,
              phase text not null default 'planned',
              backfill_cursor bigint,
+             backfill_cursor_key text[],
              rows_backfilled bigint not null default 0,
              switch_percent integer not null default 0 check (switch_percent between 0 and 100),
              switch_full_since timestamptz,
@@ -195,6 +200,14 @@ pub(crate) async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
                      add constraint migrations_phase_known check (phase in ({known}));
              end if;
          exception when duplicate_object then null;
+         end $$;
+         do $$
+         begin
+             if not exists (select 1 from pg_attribute
+                            where attrelid = 'pgshift.migrations'::regclass
+                              and attname = 'backfill_cursor_key' and not attisdropped) then
+                 alter table pgshift.migrations add column if not exists backfill_cursor_key text[];
+             end if;
          end $$;
          create table if not exists pgshift.expand_steps (
              migration text not null references pgshift.migrations (name) on delete cascade,
@@ -252,15 +265,24 @@ pub(crate) async fn status(pool: &PgPool, name: &str) -> Result<Option<Status>, 
     if !migrations_table_exists(pool).await? {
         return Ok(None);
     }
-    let row: Option<StatusRow> = sqlx::query_as(
-        "select m.name, m.phase, m.backfill_cursor, m.rows_backfilled, m.switch_percent,
+    // A schema an older pgshift made has no `backfill_cursor_key` until the
+    // next command that writes state; status only reads, so it asks first.
+    // For a key of one integer column the bigint `backfill_cursor` is the
+    // cursor (older pgshift wrote only that); for any other, the text array.
+    let cursor = if has_cursor_key(pool).await? {
+        "case when m.backfill_cursor is not null then array[m.backfill_cursor::text] else m.backfill_cursor_key end"
+    } else {
+        "case when m.backfill_cursor is not null then array[m.backfill_cursor::text] end"
+    };
+    let row: Option<StatusRow> = sqlx::query_as(&format!(
+        "select m.name, m.phase, {cursor} as backfill_cursor, m.rows_backfilled, m.switch_percent,
                 extract(epoch from now() - m.switch_full_since)::float8 as full_switch_seconds,
                 m.validated_at is not null as validated,
                 coalesce(c.compared, 0) as shadow_compared, coalesce(c.mismatched, 0) as shadow_mismatched,
                 extract(epoch from now() - m.expanded_at)::float8 as seconds_since_expand
          from pgshift.migrations m left join pgshift.shadow_counts c on c.migration = m.name
-         where m.name = $1",
-    )
+         where m.name = $1"
+    ))
     .bind(name)
     .fetch_optional(pool)
     .await?;
@@ -298,15 +320,20 @@ pub(crate) async fn set_phase(pool: &PgPool, name: &str, phase: Phase) -> Result
     Ok(())
 }
 
-/// Forgets the progress of an earlier attempt before expand (after an abort).
-pub(crate) async fn reset_progress(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+/// Forgets the progress of an attempt: at abort, and before expand.
+pub(crate) async fn reset_progress(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update pgshift.migrations set backfill_cursor = null, rows_backfilled = 0, switch_percent = 0,
+        "update pgshift.migrations set backfill_cursor = null, backfill_cursor_key = null,
+                rows_backfilled = 0, switch_percent = 0,
                 switch_full_since = null, validated_at = null where name = $1",
     )
     .bind(name)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
+    sqlx::query("delete from pgshift.shadow_counts where migration = $1")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -358,34 +385,75 @@ pub(crate) async fn record_expand_step(
     Ok(())
 }
 
-/// The backfill cursor, with the state row locked until the transaction ends
-/// (which also keeps two backfills of one plan in single file).
+async fn has_cursor_key(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from pg_attribute
+                        where attrelid = 'pgshift.migrations'::regclass
+                          and attname = 'backfill_cursor_key' and not attisdropped)",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Where a backfill stands, read with the state row locked.
+#[derive(FromRow)]
+pub(crate) struct BackfillState {
+    pub phase: String,
+    /// The cursor as older pgshift kept it, and as it is still kept for a
+    /// key of one integer column.
+    pub cursor_int: Option<i64>,
+    /// The cursor of any key: each key column as text.
+    pub cursor_key: Option<Vec<String>>,
+}
+
+/// The phase and backfill cursor, with the state row locked until the
+/// transaction ends (which also keeps two backfills of one plan in single
+/// file, and an abort waits for the batch in flight).
 pub(crate) async fn lock_backfill_cursor(
     conn: &mut PgConnection,
     name: &str,
-) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("select backfill_cursor from pgshift.migrations where name = $1 for update")
-        .bind(name)
-        .fetch_one(conn)
-        .await
+) -> Result<BackfillState, sqlx::Error> {
+    sqlx::query_as(
+        "select phase, backfill_cursor as cursor_int, backfill_cursor_key as cursor_key
+         from pgshift.migrations where name = $1 for update",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await
 }
 
-/// Moves the cursor past a copied batch, in the batch's transaction.
+/// Moves the cursor past a copied batch, in the batch's transaction. For a
+/// key of one integer column the bigint column is kept too (`as_int`):
+/// tools and older pgshift read it.
 pub(crate) async fn advance_backfill(
     conn: &mut PgConnection,
     name: &str,
-    cursor: i64,
+    position: &[String],
+    as_int: Option<i64>,
     rows: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update pgshift.migrations set backfill_cursor = $2, rows_backfilled = rows_backfilled + $3,
-                updated_at = now() where name = $1",
+        "update pgshift.migrations set backfill_cursor_key = $2, backfill_cursor = $3,
+                rows_backfilled = rows_backfilled + $4, updated_at = now() where name = $1",
     )
     .bind(name)
-    .bind(cursor)
+    .bind(position)
+    .bind(as_int)
     .bind(rows)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// `expanded` → `backfilled` (only from `expanded`: another backfill run at
+/// the same time may have finished first, and a validation since passed).
+pub(crate) async fn finish_backfill(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("update pgshift.migrations set phase = $2, updated_at = now() where name = $1 and phase = $3")
+        .bind(name)
+        .bind(Phase::Backfilled.as_str())
+        .bind(Phase::Expanded.as_str())
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -453,7 +521,10 @@ pub(crate) async fn mark_validated(pool: &PgPool, name: &str) -> Result<(), sqlx
 
 /// Reads back to the old shape only and phase `aborted`, in one transaction.
 /// The record of expand steps goes too: the abort steps undo them, so the next
-/// expand must run every step again.
+/// expand must run every step again. So does the progress of the attempt
+/// (backfill cursor and count, validation, shadow-read counts): the new shape
+/// it describes is being dropped, and `status` must not show it as current.
+/// The shadow-read mismatch samples stay, as history.
 pub(crate) async fn begin_abort(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query(
@@ -465,6 +536,7 @@ pub(crate) async fn begin_abort(pool: &PgPool, name: &str) -> Result<(), sqlx::E
     .bind(Phase::Aborted.as_str())
     .execute(&mut *tx)
     .await?;
+    reset_progress(&mut tx, name).await?;
     sqlx::query("delete from pgshift.expand_steps where migration = $1")
         .bind(name)
         .execute(&mut *tx)

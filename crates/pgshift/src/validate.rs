@@ -1,18 +1,50 @@
 //! Validation: the old and new shape must agree on count and checksum, key
 //! range by key range, each range read in one snapshot.
 
+use std::fmt;
+use std::time::Duration;
+
 use sqlx::PgPool;
 
-use crate::backfill::{keyset_window, progress_bar};
+use crate::key::{self, Key};
 use crate::plan::Plan;
-use crate::{quote_ident, Error};
+use crate::progress::Progress;
+use crate::{quote_ident, Error, Position};
 
 #[derive(Debug, Clone, Default)]
 pub struct ValidationReport {
     pub ranges: u64,
     pub rows: i64,
-    /// Key ranges `(lo, hi]` whose count or checksum differs.
-    pub mismatched: Vec<(i64, i64)>,
+    /// Key ranges whose count or checksum differs.
+    pub mismatched: Vec<KeyRange>,
+}
+
+/// The keys in `(after, upto]`; `None` is open at that end (the start or
+/// the end of the key space).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub after: Option<Position>,
+    pub upto: Option<Position>,
+    /// Open ends read as `i64::MIN` and `i64::MAX`, the bounds bound for
+    /// `$1`/`$2` (a key of one integer column).
+    integer: bool,
+}
+
+impl fmt::Display for KeyRange {
+    /// `(0, 500]`, `(-9223372036854775808, 500]`, `((a, 7), (b, 2)]`, `(start, (a, 7)]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bound = |p: &Option<Position>, open: i64, word: &str| match p {
+            Some(p) => key::show(p),
+            None if self.integer => open.to_string(),
+            None => word.to_owned(),
+        };
+        write!(
+            f,
+            "({}, {}]",
+            bound(&self.after, i64::MIN, "start"),
+            bound(&self.upto, i64::MAX, "end")
+        )
+    }
 }
 
 impl ValidationReport {
@@ -23,7 +55,7 @@ impl ValidationReport {
             .mismatched
             .iter()
             .take(NAMED)
-            .map(|(lo, hi)| format!("({lo}, {hi}]"))
+            .map(ToString::to_string)
             .collect();
         if self.mismatched.len() > NAMED {
             ranges.push(format!("and {} more", self.mismatched.len() - NAMED));
@@ -38,64 +70,69 @@ impl ValidationReport {
 }
 
 /// Runs the plan's `validate.source` and `validate.target` over every key
-/// range of the backfill source; the report lists the ranges that differ.
+/// range of the backfill source, keyset windows of `validate.chunk_size`
+/// rows; the last range runs to the end of the key space, so rows the new
+/// shape holds past the old shape's last key fail it too. The report lists
+/// the ranges that differ.
 pub(crate) async fn compare_ranges(
     pool: &PgPool,
     plan: &Plan,
     progress: bool,
+    progress_every: Duration,
 ) -> Result<ValidationReport, Error> {
     let b = &plan.backfill;
     let v = &plan.validate;
-    let (source, key) = (quote_ident(&b.source), quote_ident(&b.key));
+    let source = quote_ident(&b.source);
+    let key = Key::resolve(pool, &b.source, &b.key).await?;
     let total: i64 = sqlx::query_scalar(&format!("select count(*) from {source}"))
         .fetch_one(pool)
         .await?;
-    let bar = progress_bar(progress, total as u64, "validate");
-    let window = keyset_window(&source, &key);
+    let mut bar = Progress::new(progress, progress_every, total as u64, "validate");
     let mut report = ValidationReport::default();
-    let mut lo = i64::MIN;
+    let mut after: Option<Position> = None;
     loop {
         let mut tx = pool.begin().await?;
         sqlx::query("set transaction isolation level repeatable read")
             .execute(&mut *tx)
             .await?;
-        let (rows, hi): (i64, Option<i64>) = sqlx::query_as(&window)
-            .bind(lo)
-            .bind(v.chunk_size)
-            .fetch_one(&mut *tx)
-            .await?;
-        // The last range runs to the end of the key space: the new shape must hold nothing more.
-        let hi_bound = hi.unwrap_or(i64::MAX);
-        let old: (i64, Option<String>) = sqlx::query_as(&v.source)
-            .bind(lo)
-            .bind(hi_bound)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|source| Error::Step {
-                step: "validate.source".into(),
-                source,
-            })?;
-        let new: (i64, Option<String>) = sqlx::query_as(&v.target)
-            .bind(lo)
-            .bind(hi_bound)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|source| Error::Step {
-                step: "validate.target".into(),
-                source,
-            })?;
+        let lo = after.as_deref();
+        let (rows, upto): (i64, Option<Position>) = sqlx::query_as_with(
+            &key.window_sql(&source, lo.is_some()),
+            key.window_args(lo, Some(v.chunk_size))?,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut sides = Vec::with_capacity(2);
+        for (step, statement) in [
+            ("validate.source", &v.source),
+            ("validate.target", &v.target),
+        ] {
+            let (sql, args) = key.bind(step, statement, lo, upto.as_deref())?;
+            let side: (i64, Option<String>) = sqlx::query_as_with(&sql, args)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|source| Error::Step {
+                    step: step.into(),
+                    source,
+                })?;
+            sides.push(side);
+        }
         tx.commit().await?;
         report.ranges += 1;
         report.rows += rows;
-        if old != new {
-            report.mismatched.push((lo, hi_bound));
+        if sides[0] != sides[1] {
+            report.mismatched.push(KeyRange {
+                after: after.clone(),
+                upto: upto.clone(),
+                integer: key.integer,
+            });
         }
         bar.inc(rows as u64);
-        match hi {
-            Some(hi) => lo = hi,
+        match upto {
+            Some(upto) => after = Some(upto),
             None => break,
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok(report)
 }
