@@ -19,24 +19,29 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::{Error, Migrator, Plan, Status};
 
-/// The phases of a plan, each one command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The phases of a plan, each one command (the `pgshift` binary's and
+/// `mercato migrate`'s subcommands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
-    /// Check the plan against the rules for live tables; runs nothing.
+    /// Check the plan against the rules for live tables and the live catalog; runs nothing.
     Lint,
-    /// Create the new shape; writers dual-write from here on.
+    /// Create the new shape (and the dual_write triggers); writers dual-write from here on.
     Expand,
-    /// Copy the old rows in throttled, resumable batches.
+    /// Copy the old rows in throttled, resumable keyset batches (Ctrl-C or kill -9 safe).
     Backfill,
-    /// Serve this percentage of reads from the new shape (0 rolls back).
-    Switch { percent: u8 },
-    /// Compare counts and checksums of both shapes, range by range.
+    /// Serve this percentage of reads from the new shape (0 rolls back at once).
+    Switch {
+        /// Share of reads on the new shape, 0-100.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+    },
+    /// Compare counts and checksums of both shapes, key range by key range.
     Validate,
-    /// Drop the old shape (irreversible; needs validation and 100% reads for a while).
+    /// Drop the old shape (irreversible; needs a passed validation and 100% reads for a while).
     Contract,
-    /// Where the migration stands.
+    /// Where the migration stands; only reads.
     Status,
-    /// Roll back to the old shape (before contract only).
+    /// Roll back to the old shape and remove the new one (before contract only).
     Abort,
 }
 

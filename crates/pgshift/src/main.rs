@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use pgshift::cli;
 
 #[derive(Parser)]
@@ -24,52 +24,13 @@ struct Args {
     /// The plan (TOML), e.g. examples/walkthrough.toml
     plan: PathBuf,
     #[command(subcommand)]
-    phase: Phase,
+    phase: cli::Command,
     /// PostgreSQL URL of the role that runs the migration (it owns the tables it changes).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
     /// Seconds between progress lines when stderr is not a terminal (backfill, validate, contract).
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0, global = true, value_parser = positive_seconds)]
     progress_every: f64,
-}
-
-#[derive(Subcommand)]
-enum Phase {
-    /// Check the plan against the rules for live tables and the live catalog; runs nothing.
-    Lint,
-    /// Create the new shape (and the dual_write triggers); writers dual-write from here on.
-    Expand,
-    /// Copy the old rows in throttled, resumable keyset batches (Ctrl-C or kill -9 safe).
-    Backfill,
-    /// Serve this percentage of reads from the new shape (0 rolls back at once).
-    Switch {
-        /// Share of reads on the new shape, 0-100.
-        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
-        percent: u8,
-    },
-    /// Compare counts and checksums of both shapes, key range by key range.
-    Validate,
-    /// Drop the old shape (irreversible; needs a passed validation and 100% reads for a while).
-    Contract,
-    /// Where the migration stands; only reads.
-    Status,
-    /// Roll back to the old shape and remove the new one (before contract only).
-    Abort,
-}
-
-impl From<Phase> for cli::Command {
-    fn from(phase: Phase) -> Self {
-        match phase {
-            Phase::Lint => cli::Command::Lint,
-            Phase::Expand => cli::Command::Expand,
-            Phase::Backfill => cli::Command::Backfill,
-            Phase::Switch { percent } => cli::Command::Switch { percent },
-            Phase::Validate => cli::Command::Validate,
-            Phase::Contract => cli::Command::Contract,
-            Phase::Status => cli::Command::Status,
-            Phase::Abort => cli::Command::Abort,
-        }
-    }
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -103,7 +64,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(cli::run_url(
         &url,
         &args.plan,
-        args.phase.into(),
+        args.phase,
         Duration::from_secs_f64(args.progress_every),
         &mut std::io::stdout(),
     ));
