@@ -11,7 +11,9 @@ mod saga;
 mod store;
 pub mod worker;
 
-pub use model::{parse_promo, parse_refund, CheckoutBody, CustomerBody, NewCheckout, RefundBody};
+pub use model::{
+    parse_country, parse_promo, parse_refund, CheckoutBody, CustomerBody, NewCheckout, RefundBody,
+};
 pub use refund::RefundError;
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
 pub use store::{

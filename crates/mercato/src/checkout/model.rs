@@ -21,6 +21,8 @@ pub struct CheckoutBody {
     /// A payment-method token; the sandbox's are listed in API.md (`pm_card_ok`, …).
     pub payment_method: String,
     pub promo_code: Option<String>,
+    /// Ship-to country (ISO 3166-1 alpha-2, e.g. `DE`): the tax rate follows it.
+    pub ship_to_country: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +31,17 @@ pub struct NewCheckout {
     pub lines: Vec<Line>,
     pub payment_method: String,
     pub promo_code: Option<String>,
+    pub country: Option<String>,
+}
+
+/// A ship-to country: two letters (ISO 3166-1 alpha-2), kept upper-case.
+pub fn parse_country(raw: &str) -> Result<String, String> {
+    let code = raw.trim().to_ascii_uppercase();
+    if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(code)
+    } else {
+        Err("must be a two-letter country code (ISO 3166-1 alpha-2), e.g. DE".into())
+    }
 }
 
 /// A promo code as typed: 1 to 64 characters.
@@ -51,12 +64,17 @@ impl NewCheckout {
             None => Some(None),
             Some(p) => errors.check("promo_code", parse_promo(p)).map(Some),
         };
-        let parsed = email.zip(lines).zip(method).zip(promo).map(
-            |(((email, lines), payment_method), promo_code)| NewCheckout {
+        let country = match &body.ship_to_country {
+            None => Some(None),
+            Some(c) => errors.check("ship_to_country", parse_country(c)).map(Some),
+        };
+        let parsed = email.zip(lines).zip(method).zip(promo).zip(country).map(
+            |((((email, lines), payment_method), promo_code), country)| NewCheckout {
                 email,
                 lines,
                 payment_method,
                 promo_code,
+                country,
             },
         );
         errors.finish(parsed)

@@ -79,6 +79,7 @@ pub async fn cart_for(
     lines: &[Line],
     email: Option<&str>,
     promo_code: Option<&str>,
+    country: Option<&str>,
 ) -> Result<Cart, CheckoutError> {
     let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
     let prices = catalog::prices(tx, &skus).await?;
@@ -117,7 +118,7 @@ pub async fn cart_for(
         lines: priced_lines,
         customer,
         promo_code: promo_code.map(str::to_owned),
-        country: None,
+        country: country.map(str::to_owned),
         at: chrono::Utc::now(),
     })
 }
@@ -144,6 +145,7 @@ impl Checkout {
             &new.lines,
             Some(&new.email),
             new.promo_code.as_deref(),
+            new.country.as_deref(),
         )
         .await?;
         let quote = crate::pricing::price_cart(&mut tx, cart)

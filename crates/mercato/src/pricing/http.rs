@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::{PriceError, Revision, RulesDiff, Settings, Shipping};
 use crate::catalog::{is_currency, Money, MAX_PRICE};
-use crate::checkout::{cart_for, parse_promo};
+use crate::checkout::{cart_for, parse_country, parse_promo};
 use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiJson, Problem};
 use crate::inventory::{parse_lines, ItemBody};
@@ -158,6 +158,8 @@ pub struct QuoteBody {
     pub items: Vec<ItemBody>,
     pub customer: Option<crate::checkout::CustomerBody>,
     pub promo_code: Option<String>,
+    /// Ship-to country (ISO 3166-1 alpha-2): the tax rate follows it.
+    pub ship_to_country: Option<String>,
 }
 
 /// Prices a cart as a checkout would now, with no side effects: every line,
@@ -182,9 +184,21 @@ pub async fn post_quote(
         None => Some(None),
         Some(p) => errors.check("promo_code", parse_promo(p)).map(Some),
     };
-    let ((lines, email), promo) = errors.finish(lines.zip(email).zip(promo))?;
+    let country = match &body.ship_to_country {
+        None => Some(None),
+        Some(c) => errors.check("ship_to_country", parse_country(c)).map(Some),
+    };
+    let (((lines, email), promo), country) =
+        errors.finish(lines.zip(email).zip(promo).zip(country))?;
     let mut tx = tenant.begin().await?;
-    let cart = cart_for(&mut tx, &lines, email.as_deref(), promo.as_deref()).await?;
+    let cart = cart_for(
+        &mut tx,
+        &lines,
+        email.as_deref(),
+        promo.as_deref(),
+        country.as_deref(),
+    )
+    .await?;
     let quote = super::price_cart(&mut tx, cart)
         .await
         .map_err(|e| match e {

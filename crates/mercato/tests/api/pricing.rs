@@ -556,3 +556,48 @@ async fn a_code_used_up_is_free_again_once_an_order_is_refunded_in_full() {
     .await
     .assert_problem(409, "promo-code-exhausted");
 }
+
+#[tokio::test]
+async fn the_tax_rate_follows_the_ship_to_country() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let settings = json!({
+        "currency": "EUR", "calculator_version": "v1",
+        "tax": {"inclusive": false, "rates_bps": {"DE": 1900, "FR": 2000}, "default_rate_bps": 0},
+        "shipping": {"kind": "free"}
+    });
+    let put = app
+        .request(
+            Method::PUT,
+            "/v1/pricing/settings",
+            Some(&m.key),
+            Some(settings),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let tax_for = |country: Option<&str>| {
+        let mut body = json!({"items": [{"sku": "TEE", "quantity": 1}]});
+        if let Some(c) = country {
+            body["ship_to_country"] = json!(c);
+        }
+        app.post("/v1/pricing/quote", &m.key, body)
+    };
+    assert_eq!(
+        tax_for(Some("de")).await.body["tax"]["amount"]["amount"],
+        190
+    );
+    assert_eq!(
+        tax_for(Some("FR")).await.body["tax"]["amount"]["amount"],
+        200
+    );
+    assert_eq!(tax_for(None).await.body["tax"]["amount"]["amount"], 0);
+    let bad = tax_for(Some("Germany")).await;
+    bad.assert_problem(422, "validation-error");
+    assert_eq!(bad.error_fields(), ["ship_to_country"]);
+    // A checkout charges the same as its quote.
+    let mut body = checkout("TEE", 1, None, "pm_card_ok", "ann@example.com");
+    body["ship_to_country"] = json!("FR");
+    let order = app.post("/v1/checkouts", &m.key, body).await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    assert_eq!(order.body["total"]["amount"], 1200);
+}
