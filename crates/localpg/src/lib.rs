@@ -177,7 +177,7 @@ impl LocalPg {
     fn initdb(&self) -> Result<(), Error> {
         // initdb reads the password from a file; it runs as `postgres` when we are root.
         let pwfile = self.dir.join("initdb.pwfile");
-        write_private(&pwfile, &self.password)?;
+        write_secret(&pwfile, &self.password)?;
         if self.run_as_postgres {
             self.run("chown", Command::new("chown").arg("postgres").arg(&pwfile))?;
         }
@@ -260,23 +260,28 @@ fn read_or_create_password(path: &Path) -> Result<String, Error> {
         source,
     })?;
     let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(path, &password)?;
+    write_secret(path, &password)?;
     Ok(password)
 }
 
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+/// Writes a secret to a file only its owner can read (0600); a file that
+/// existed with wider permissions is narrowed too.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     options.mode(0o600);
-    let written = options
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()));
-    written.map_err(|source| Error::DataDir {
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())
+}
+
+fn write_secret(path: &Path, contents: &str) -> Result<(), Error> {
+    write_private(path, contents).map_err(|source| Error::DataDir {
         path: path.to_path_buf(),
         source,
     })

@@ -13,7 +13,7 @@ use super::saga::CheckoutError;
 use super::store::{self, Order, OrderStatus, RefundStatus};
 use crate::catalog::Money;
 use crate::http::auth::Tenant;
-use crate::http::idempotency::IDEMPOTENCY_KEY;
+use crate::http::idempotency::idempotency_key;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::inventory::StrategyParam;
 use crate::pagination::{List, Page, PageParams};
@@ -67,7 +67,7 @@ pub async fn post_refund(
 ) -> Result<(StatusCode, Json<Refund>), ApiError> {
     let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound("order"))?;
     let lines = parse_refund(&body)?;
-    let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok());
+    let key = idempotency_key(&headers)?;
     let checkout = &tenant.state().checkout;
     let refund = checkout
         .refund(tenant.merchant_id, id, &lines, key)
@@ -173,7 +173,7 @@ pub async fn post_checkout(
     let mut errors = FieldErrors::default();
     let strategy = strategy.resolve(tenant.stock_strategy, &mut errors);
     let strategy = errors.finish(strategy)?;
-    let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok());
+    let key = idempotency_key(&headers)?;
     let order = tenant
         .state()
         .checkout

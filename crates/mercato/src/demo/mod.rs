@@ -54,7 +54,7 @@ pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
         let mut tx = TenantTx::begin(&db.app, merchant).await?;
         let key = issue_api_key(&mut tx).await?.key.to_string();
         tx.commit().await?;
-        write_private(&key_file, &key).map_err(key_error)?;
+        localpg::write_private(&key_file, &key).map_err(key_error)?;
         return Ok(key);
     }
     let name = MerchantName::parse("Demo Coffee Shop").expect("valid demo name");
@@ -87,22 +87,6 @@ pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
     }
     tx.commit().await?;
     let key = key.to_string();
-    write_private(&key_file, &key).map_err(key_error)?;
+    localpg::write_private(&key_file, &key).map_err(key_error)?;
     Ok(key)
-}
-
-/// Writes a secret to a file only its owner can read (0600).
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(path)?;
-    // A file from an earlier version may have been created wider: narrow it too.
-    #[cfg(unix)]
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(contents.as_bytes())
 }

@@ -13,7 +13,7 @@
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -76,17 +76,29 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     }
 }
 
+/// The request's `Idempotency-Key`, if it sent one; a key that is not 1-255
+/// visible ASCII characters is a 422.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .filter(|k| (1..=255).contains(&k.len()))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::field("Idempotency-Key", "must be 1-255 visible ASCII characters")
+            }),
+    }
+}
+
 async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, Response> {
-    let key = req
-        .headers()
-        .get(IDEMPOTENCY_KEY)
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| (1..=255).contains(&k.len()))
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            ApiError::field("Idempotency-Key", "must be 1-255 visible ASCII characters")
-                .into_response()
-        })?;
+    let key = match idempotency_key(req.headers()) {
+        Ok(Some(key)) => key.to_owned(),
+        // The layer runs only for requests that carry the header.
+        Ok(None) => return Ok(next.run(req).await),
+        Err(invalid) => return Err(invalid.into_response()),
+    };
     // Keys are per merchant; a request that is not a merchant's gets no idempotency.
     let tenant = match authenticate(state, req.headers()).await {
         Ok(tenant) => tenant,

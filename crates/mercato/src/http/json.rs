@@ -40,10 +40,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // Syntax first: a truncated body is malformed, whatever its first fields say.
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(malformed)?;
+    // A body that is not JSON at all is malformed, whatever its first fields say;
+    // checked only once something is wrong, so a good body is parsed once.
+    let syntax = || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(malformed);
     // serde would read a JSON array as a struct (its fields in order): refuse it.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        syntax()?;
         return Err(ApiError::field("body", "must be a JSON object"));
     }
     // PostgreSQL text cannot hold NUL: refuse it here, naming the field, for every body.
@@ -54,7 +56,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(shape_error)?;
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|err| syntax().err().unwrap_or_else(|| shape_error(err)))?;
     de.end().map_err(malformed)?;
     Ok(value)
 }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::db::TenantTx;
 use crate::http::auth::Admin;
-use crate::http::idempotency::IDEMPOTENCY_KEY;
+use crate::http::idempotency::idempotency_key;
 use crate::http::{ApiError, ApiJson, Problem};
 use crate::state::AppState;
 use crate::validation::{FieldError, FieldErrors};
@@ -162,21 +162,6 @@ pub async fn post_merchant(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
-}
-
-/// The request's `Idempotency-Key`, if it sent one (1-255 visible characters).
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    match headers.get(IDEMPOTENCY_KEY) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .filter(|k| (1..=255).contains(&k.len()))
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::field("Idempotency-Key", "must be 1-255 visible ASCII characters")
-            }),
-    }
 }
 
 fn merchant_param(raw: &str) -> Result<MerchantId, ApiError> {
