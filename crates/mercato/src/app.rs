@@ -170,6 +170,12 @@ impl App {
                 config.recovery_grace,
             )),
             tokio::spawn(flush_shadow_counts(migration, config.worker_interval)),
+            tokio::spawn(crate::pricing::rollout::watch_anomalies(
+                db.app.clone(),
+                db.worker.clone(),
+                config.anomaly_interval,
+                crate::pricing::rollout::Periods::default(),
+            )),
         ];
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)

@@ -14,6 +14,7 @@ const DEFAULT_CHECKOUT_TTL: &str = "900";
 const DEFAULT_RECOVERY_GRACE: &str = "30";
 const DEFAULT_WORKER_INTERVAL: &str = "1";
 const DEFAULT_PAYMENT_DELAY: &str = "2";
+const DEFAULT_ANOMALY_INTERVAL: &str = "60";
 const DEFAULT_SHADOW_PERCENT: u8 = 10;
 /// The shortest admin token accepted: 32 characters (a generated one has 52).
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
@@ -50,6 +51,10 @@ pub struct Config {
     /// Seconds the sandbox takes for pm_card_slow and hangs for pm_card_timeout (0 to 86400).
     #[arg(long, env = "MERCATO_PAYMENT_DELAY", default_value = DEFAULT_PAYMENT_DELAY, value_parser = seconds)]
     pub payment_delay: Duration,
+    /// Seconds between pricing anomaly checks of every merchant with orders in the last hour
+    /// (each merchant's last hour against its 7 days before; 1 to 86400).
+    #[arg(long, env = "MERCATO_ANOMALY_INTERVAL", default_value = DEFAULT_ANOMALY_INTERVAL, value_parser = seconds)]
+    pub anomaly_interval: Duration,
     /// Percentage of migrating reads that also read the other shape and compare (0 to 100).
     #[arg(long, env = "MERCATO_SHADOW_PERCENT", default_value_t = DEFAULT_SHADOW_PERCENT)]
     pub shadow_percent: u8,
@@ -86,6 +91,7 @@ impl Config {
             recovery_grace: default(DEFAULT_RECOVERY_GRACE),
             worker_interval: default(DEFAULT_WORKER_INTERVAL),
             payment_delay: default(DEFAULT_PAYMENT_DELAY),
+            anomaly_interval: default(DEFAULT_ANOMALY_INTERVAL),
             shadow_percent: DEFAULT_SHADOW_PERCENT,
         }
     }
@@ -101,6 +107,7 @@ impl Config {
             ("recovery-grace", self.recovery_grace, 0.0),
             ("worker-interval", self.worker_interval, 0.01),
             ("payment-delay", self.payment_delay, 0.0),
+            ("anomaly-interval", self.anomaly_interval, 1.0),
         ] {
             let secs = value.as_secs_f64();
             if !(min..=MAX_SECONDS).contains(&secs) {

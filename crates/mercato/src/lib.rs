@@ -21,7 +21,7 @@
 //! | `inventory` | `stock`, `reservations`, `reservation_items` |
 //! | `checkout` | `orders`, `order_items` |
 //! | `payments` (sandbox provider) | `payments` |
-//! | `pricing` | `pricing_settings`, `pricing_rule_revisions`, `pricing_rule_usage`, `pricing_customer_usage`, `pricing_order_uses` |
+//! | `pricing` | `pricing_settings`, `pricing_rule_revisions`, `pricing_rule_usage`, `pricing_customer_usage`, `pricing_order_uses`, `pricing_rollouts`, `pricing_rollout_orders`, `pricing_alerts` |
 //! | `legacy_orders` | `legacy_orders`, `order_records`, `customers` (the pgshift demo migration) |
 //! | `http::idempotency` | `idempotency_keys` |
 //!

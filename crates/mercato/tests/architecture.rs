@@ -24,6 +24,9 @@ const OWNERS: &[(&str, &[&str])] = &[
             "pricing_rule_usage",
             "pricing_customer_usage",
             "pricing_order_uses",
+            "pricing_rollouts",
+            "pricing_rollout_orders",
+            "pricing_alerts",
         ],
     ),
     (

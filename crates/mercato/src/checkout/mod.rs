@@ -17,5 +17,6 @@ pub use model::{
 pub use refund::RefundError;
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
 pub use store::{
-    merchant_of_order, recorded_pricing, Order, OrderStatus, RefundStatus, Step, StoredRefund,
+    merchant_of_order, merchants_with_orders_since, recorded_pricing, revenue, Order, OrderStatus,
+    RefundStatus, Step, StoredRefund,
 };

@@ -194,7 +194,7 @@ impl Checkout {
                 return Ok(Recorded::KeyTaken);
             }
             // Limited rules: the uses are taken with the order, or neither is recorded.
-            if let Err(rule) = crate::pricing::take_uses(&mut tx, order_id, &quote).await? {
+            if let Err(rule) = crate::pricing::record_order(&mut tx, order_id, &quote).await? {
                 return Ok(Recorded::Exhausted(rule));
             }
             // From here the order's saga, not the expiry worker, settles the units.

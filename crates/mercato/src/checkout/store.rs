@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::catalog::Money;
 use crate::db::{text_enum, violates, TenantTx};
 use crate::pagination::Page;
+use crate::pricing::anomaly::OrderStats;
 
 text_enum! {
     /// Where a pending checkout stands; each step is persisted before the next begins.
@@ -352,6 +353,61 @@ pub async fn recorded_pricing(tx: &mut TenantTx, id: Uuid) -> Result<Option<Stri
     .fetch_optional(tx.conn())
     .await?;
     Ok(row.flatten())
+}
+
+/// Confirmed, priced orders of one currency over a period (pricing's anomaly check).
+pub struct Revenue {
+    pub currency: String,
+    pub stats: OrderStats,
+}
+
+/// What confirmed, priced orders placed in `[from, to)` add up to, per currency.
+pub async fn revenue(
+    tx: &mut TenantTx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Revenue>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select currency,
+                  count(*) as "orders!",
+                  coalesce(sum((pricing->'breakdown'->'subtotal'->>'amount')::bigint), 0)::bigint as "subtotal!",
+                  coalesce(sum((pricing->'breakdown'->'discount_total'->>'amount')::bigint), 0)::bigint as "discount!",
+                  coalesce(sum(total_amount), 0)::bigint as "total!"
+           from orders
+           where merchant_id = $1 and status = 'confirmed' and pricing is not null
+             and created_at >= $2 and created_at < $3
+           group by currency order by currency"#,
+        tx.merchant_id().0,
+        from,
+        to,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Revenue {
+            currency: r.currency,
+            stats: OrderStats {
+                orders: r.orders,
+                subtotal: r.subtotal,
+                discount: r.discount,
+                total: r.total,
+            },
+        })
+        .collect())
+}
+
+/// Merchants with orders placed since `since`, across merchants (worker role).
+pub async fn merchants_with_orders_since(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select distinct merchant_id from orders where created_at >= $1",
+        since,
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// Pending orders untouched for `grace_seconds`, across merchants (worker role).

@@ -4,19 +4,25 @@
 //! `pricing` crate's.
 //!
 //! Owns tables `pricing_settings`, `pricing_rule_revisions`, `pricing_rule_usage`,
-//! `pricing_customer_usage` and `pricing_order_uses`. Checkout prices each order
-//! with `price_cart`, takes the order's uses of limited rules with `take_uses` in
-//! the transaction that records the order, and gives them back with
-//! `release_uses` when the order fails.
+//! `pricing_customer_usage`, `pricing_order_uses`, `pricing_rollouts`,
+//! `pricing_rollout_orders` and `pricing_alerts`. Checkout prices each order with
+//! `price_cart`, records what pricing keeps of it (uses of limited rules, the
+//! rollout comparison) with `record_order` in the transaction that records the
+//! order, and gives the uses back with `release_uses` when the order fails.
+//! Rollouts and the anomaly check are in `rollout`.
 
+pub mod anomaly;
 pub mod http;
 mod model;
+pub mod rollout;
 mod store;
 
 use ::pricing::{Cart, Currency, PricingError, RuleSet};
 use uuid::Uuid;
 
+pub use anomaly::{AlertKind, Bands, OrderStats};
 pub use model::{diff, PricedOrder, RulesDiff, Settings, Shipping};
+pub use store::{Arm, Stage};
 
 use crate::db::TenantTx;
 
@@ -53,6 +59,15 @@ pub async fn put_settings(tx: &mut TenantTx, settings: &Settings) -> Result<(), 
     store::put_settings(tx, &row).await
 }
 
+/// Writes the default settings for a merchant that never set any, so that what
+/// is in force can be recorded in them.
+async fn ensure_settings(tx: &mut TenantTx) -> Result<(), sqlx::Error> {
+    if store::settings(tx).await?.is_none() {
+        put_settings(tx, &Settings::default()).await?;
+    }
+    Ok(())
+}
+
 /// A stored revision, parsed.
 pub struct Revision {
     pub rules: RuleSet,
@@ -79,8 +94,9 @@ fn parse_revision(row: store::Revision) -> Result<Revision, sqlx::Error> {
     })
 }
 
-/// The rules in force: the newest revision, or none (revision 0, no rules) in
-/// the merchant's currency.
+/// The rules in force: the revision the settings name (the newest, for a
+/// merchant that never staged one), or none (revision 0, no rules) in the
+/// merchant's currency.
 pub async fn current_rules(
     tx: &mut TenantTx,
     settings: &Settings,
@@ -119,12 +135,14 @@ pub async fn revisions(
 }
 
 /// Records `rules` (already parsed from `document`) as the next revision, with
-/// `actor` and the diff against the one in force. Returns the new revision.
+/// `actor` and the diff against the one in force, and puts it in force when
+/// `activate` (else it waits for a rollout). Returns the new revision.
 pub async fn put_rules(
     tx: &mut TenantTx,
     settings: &Settings,
     document: &serde_json::Value,
     actor: &str,
+    activate: bool,
 ) -> Result<Revision, sqlx::Error> {
     store::lock_rules(tx).await?;
     let before = current_rules(tx, settings).await?;
@@ -138,6 +156,10 @@ pub async fn put_rules(
         &diff_json,
     )
     .await?;
+    if activate {
+        ensure_settings(tx).await?;
+        store::set_live_revision(tx, n).await?;
+    }
     revision(tx, n).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
@@ -150,10 +172,14 @@ pub enum PriceError {
 }
 
 /// A cart priced as of now: the rules in force, the settings, and the usage of
-/// limited rules.
+/// limited rules; during a rollout, priced by the candidate too.
 pub struct Quote {
+    /// What the customer is charged.
     pub priced: PricedOrder,
+    /// The rules that priced it.
     rules: RuleSet,
+    /// The comparison with the rollout's other side, while one runs.
+    pub shadow: Option<rollout::ShadowPrice>,
 }
 
 impl Quote {
@@ -163,26 +189,97 @@ impl Quote {
     }
 }
 
+/// Rules as parsed, in the cart's currency when they are empty (nothing is
+/// written in a currency, so any catalog currency prices).
+fn rules_for(rules: RuleSet, cart: &Cart) -> RuleSet {
+    if rules.rules().is_empty() && rules.currency() != cart.currency {
+        RuleSet::empty(cart.currency).with_revision(rules.revision())
+    } else {
+        rules
+    }
+}
+
 /// Prices `cart` with the merchant's rules in force (the rules' currency must be
-/// the cart's, unless the merchant has no rules).
+/// the cart's, unless the merchant has no rules). While a rollout runs, the
+/// candidate prices it too: in shadow the live price is charged; at a percentage,
+/// customers in the share are charged the candidate's. A candidate that cannot
+/// price the cart never fails it: the live price is charged.
 pub async fn price_cart(tx: &mut TenantTx, cart: Cart) -> Result<Quote, PriceError> {
     let settings = settings(tx).await?;
-    let mut rules = current_rules(tx, &settings).await?.rules;
-    if rules.rules().is_empty() && rules.currency() != cart.currency {
-        // No rules: nothing is written in a currency, so any catalog currency prices.
-        rules = RuleSet::empty(cart.currency).with_revision(rules.revision());
-    }
-    let limited: Vec<String> = rules
-        .rules()
-        .iter()
+    let live = rules_for(current_rules(tx, &settings).await?.rules, &cart);
+    let running = store::running_rollout(tx).await?;
+    let candidate = match &running {
+        None => None,
+        Some(r) => {
+            let rules = match r.candidate_revision {
+                0 => RuleSet::empty(cart.currency),
+                n => {
+                    revision(tx, n)
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)?
+                        .rules
+                }
+            };
+            let version: ::pricing::CalculatorVersion = r
+                .candidate_version
+                .parse()
+                .map_err(|e| corrupt("calculator version", e))?;
+            Some((r, rules_for(rules, &cart), version))
+        }
+    };
+    let limited: Vec<String> = std::iter::once(&live)
+        .chain(candidate.as_ref().map(|(_, rules, _)| rules))
+        .flat_map(|rules| rules.rules())
         .filter(|r| !r.limits.is_empty())
         .map(|r| r.id.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
     let email = cart.customer.as_ref().map(|c| usage_key(&c.email));
     let counted = store::counted(tx, &limited, email.as_deref()).await?;
-    let usage = model::rule_usage(&rules, &counted);
-    let priced = PricedOrder::price(cart, &rules, &settings, settings.calculator_version, usage)?;
-    Ok(Quote { priced, rules })
+    let price = |cart: Cart, rules: &RuleSet, version| {
+        let usage = model::rule_usage(rules, &counted);
+        PricedOrder::price(cart, rules, &settings, version, usage)
+    };
+    let Some((running, candidate_rules, candidate_version)) = candidate else {
+        let priced = price(cart, &live, settings.calculator_version)?;
+        return Ok(Quote {
+            priced,
+            rules: live,
+            shadow: None,
+        });
+    };
+    let in_share = match running.stage {
+        Stage::Percentage => cart.customer.as_ref().is_some_and(|c| {
+            i32::from(model::rollout_bucket(running.id, &c.email)) < running.percent
+        }),
+        _ => false,
+    };
+    let live_priced = price(cart.clone(), &live, settings.calculator_version)?;
+    let candidate_priced = price(cart, &candidate_rules, candidate_version).ok();
+    let shadow = rollout::ShadowPrice {
+        rollout: running.id,
+        charged: if in_share && candidate_priced.is_some() {
+            Arm::Candidate
+        } else {
+            Arm::Live
+        },
+        live_total: live_priced.breakdown.total,
+        candidate_total: candidate_priced.as_ref().map(|p| p.breakdown.total),
+        same_charge: candidate_priced
+            .as_ref()
+            .is_some_and(|p| model::same_charge(&p.breakdown, &live_priced.breakdown)),
+    };
+    shadow.observe();
+    let (priced, rules) = match candidate_priced {
+        Some(priced) if shadow.charged == Arm::Candidate => (priced, candidate_rules),
+        _ => (live_priced, live),
+    };
+    Ok(Quote {
+        priced,
+        rules,
+        shadow: Some(shadow),
+    })
 }
 
 /// Customers are counted by e-mail, case-insensitively (as rules compare them).
@@ -190,10 +287,12 @@ fn usage_key(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// Takes, for order `order`, one use (and the discount given, from the budget) of
-/// every limited rule the quote applied. `Err(rule)` when a limit was reached by
-/// another checkout since the quote: the caller must not record the order.
-pub async fn take_uses(
+/// Records what pricing keeps of order `order`, in the transaction that records
+/// the order: one use (and the discount given, from the budget) of every limited
+/// rule the quote applied, and the rollout comparison, if one ran. `Err(rule)`
+/// when a limit was reached by another checkout since the quote: the caller must
+/// not record the order.
+pub async fn record_order(
     tx: &mut TenantTx,
     order: Uuid,
     quote: &Quote,
@@ -228,6 +327,9 @@ pub async fn take_uses(
         if !taken {
             return Ok(Err(rule.id.to_string()));
         }
+    }
+    if let Some(shadow) = &quote.shadow {
+        shadow.record(tx, order).await?;
     }
     Ok(Ok(()))
 }

@@ -201,6 +201,35 @@ pub fn diff(before: &serde_json::Value, after: &serde_json::Value) -> RulesDiff 
     }
 }
 
+/// A customer's place in a rollout, 0 to 99: stable for the rollout's life, so a
+/// customer charged the candidate at 10 % still is at 50 %, and independent of
+/// other rollouts (each draws its own cohort). Customers are their e-mail,
+/// case-insensitively.
+pub fn rollout_bucket(rollout: uuid::Uuid, email: &str) -> u8 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(rollout.as_bytes());
+    h.update(email.trim().to_lowercase().as_bytes());
+    let d = h.finalize();
+    let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    // 2^64 is not a multiple of 100; the bias (< 1e-17) is far below any share asked.
+    (n % 100) as u8
+}
+
+/// Whether two breakdowns charge the customer the same: every line's net and
+/// tax, shipping, tax and total (which rules gave it, and why others did not,
+/// may differ).
+pub fn same_charge(a: &Breakdown, b: &Breakdown) -> bool {
+    a.total == b.total
+        && a.shipping.amount == b.shipping.amount
+        && a.tax.amount == b.tax.amount
+        && a.lines.len() == b.lines.len()
+        && a.lines
+            .iter()
+            .zip(&b.lines)
+            .all(|(x, y)| x.sku == y.sku && x.net == y.net && x.tax == y.tax)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +327,35 @@ mod tests {
         assert_eq!(d.added, ["c"]);
         assert_eq!(d.removed, ["a"]);
         assert_eq!(d.changed, ["b"]);
+    }
+
+    proptest::proptest! {
+        /// A customer's bucket is below 100 and ignores case and surrounding spaces.
+        #[test]
+        fn rollout_buckets_are_per_customer(email in "[a-z]{1,12}@[a-z]{1,8}\\.test", seed in proptest::prelude::any::<u128>()) {
+            let rollout = uuid::Uuid::from_u128(seed);
+            let b = rollout_bucket(rollout, &email);
+            proptest::prop_assert!(b < 100);
+            proptest::prop_assert_eq!(b, rollout_bucket(rollout, &format!(" {} ", email.to_uppercase())));
+        }
+    }
+
+    #[test]
+    fn a_rollout_percentage_takes_about_that_share_of_customers() {
+        let rollout = uuid::Uuid::from_u128(7);
+        let charged = (0..10_000)
+            .filter(|i| rollout_bucket(rollout, &format!("c{i}@example.test")) < 10)
+            .count();
+        assert!(
+            (900..=1_100).contains(&charged),
+            "{charged} of 10,000 at 10 %"
+        );
+        // Another rollout draws another cohort: about 10 % of 10 % overlap.
+        let other = uuid::Uuid::from_u128(8);
+        let both = (0..10_000)
+            .map(|i| format!("c{i}@example.test"))
+            .filter(|e| rollout_bucket(rollout, e) < 10 && rollout_bucket(other, e) < 10)
+            .count();
+        assert!(both < 250, "{both} customers in both 10 % cohorts");
     }
 }

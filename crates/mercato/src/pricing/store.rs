@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::anomaly::AlertKind;
 use super::model::Counted;
-use crate::db::TenantTx;
+use crate::db::{text_enum, TenantTx};
 
 /// A settings row, as stored (JSON columns as text; the caller parses).
 pub struct SettingsRow {
@@ -56,17 +57,45 @@ pub struct Revision {
     pub created_at: DateTime<Utc>,
 }
 
-/// The newest revision, if the merchant ever wrote rules.
+/// The revision in force: the one the settings name, else the newest; none when
+/// the merchant never wrote rules (or put revision 0, no rules, in force).
 pub async fn current_revision(tx: &mut TenantTx) -> Result<Option<Revision>, sqlx::Error> {
     sqlx::query_as!(
         Revision,
         r#"select revision, currency, rules::text as "rules!", actor, diff::text as "diff!", created_at
-           from pricing_rule_revisions where merchant_id = $1
-           order by revision desc limit 1"#,
+           from pricing_rule_revisions
+           where merchant_id = $1
+             and revision = coalesce(
+                 (select live_revision from pricing_settings where merchant_id = $1),
+                 (select max(revision) from pricing_rule_revisions where merchant_id = $1))"#,
         tx.merchant_id().0,
     )
     .fetch_optional(tx.conn())
     .await
+}
+
+/// Puts revision `n` in force (0: no rules). The settings row must exist.
+pub async fn set_live_revision(tx: &mut TenantTx, n: i64) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update pricing_settings set live_revision = $2, updated_at = now() where merchant_id = $1",
+        tx.merchant_id().0,
+        n,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Sets the calculator that charges. The settings row must exist.
+pub async fn set_calculator_version(tx: &mut TenantTx, version: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update pricing_settings set calculator_version = $2, updated_at = now() where merchant_id = $1",
+        tx.merchant_id().0,
+        version,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }
 
 pub async fn revision(tx: &mut TenantTx, n: i64) -> Result<Option<Revision>, sqlx::Error> {
@@ -278,4 +307,281 @@ pub async fn release_uses(tx: &mut TenantTx, order: Uuid) -> Result<u64, sqlx::E
         .await?;
     }
     Ok(released.len() as u64)
+}
+
+text_enum! {
+    /// Where a rollout stands. `shadow` and `percentage` are running (at most one
+    /// per merchant); `complete` and `rolled_back` are over.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Stage {
+        /// The candidate is priced beside the rules in force and never charged.
+        Shadow = "shadow",
+        /// The candidate is charged to a stable share of customers.
+        Percentage = "percentage",
+        /// The candidate is in force for everyone.
+        Complete = "complete",
+        /// Stopped; what was in force before it stays (or is restored) in force.
+        RolledBack = "rolled_back",
+    }
+}
+
+impl Stage {
+    pub fn is_running(self) -> bool {
+        matches!(self, Stage::Shadow | Stage::Percentage)
+    }
+}
+
+text_enum! {
+    /// Which price an order was charged during a rollout.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Arm {
+        /// The rules and calculator in force.
+        Live = "live",
+        Candidate = "candidate",
+    }
+}
+
+pub struct RolloutRow {
+    pub id: Uuid,
+    pub candidate_revision: i64,
+    pub candidate_version: String,
+    pub previous_revision: i64,
+    pub previous_version: String,
+    pub stage: Stage,
+    pub percent: i32,
+    pub actor: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn insert_rollout(tx: &mut TenantTx, row: &RolloutRow) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "insert into pricing_rollouts (merchant_id, id, candidate_revision, candidate_version,
+                                       previous_revision, previous_version, stage, percent, actor)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        tx.merchant_id().0,
+        row.id,
+        row.candidate_revision,
+        row.candidate_version,
+        row.previous_revision,
+        row.previous_version,
+        row.stage as Stage,
+        row.percent,
+        row.actor,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+pub async fn set_rollout_stage(
+    tx: &mut TenantTx,
+    id: Uuid,
+    stage: Stage,
+    percent: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update pricing_rollouts set stage = $3, percent = $4, updated_at = now()
+         where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+        stage as Stage,
+        percent,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+pub async fn rollout(tx: &mut TenantTx, id: Uuid) -> Result<Option<RolloutRow>, sqlx::Error> {
+    sqlx::query_as!(
+        RolloutRow,
+        r#"select id, candidate_revision, candidate_version, previous_revision, previous_version,
+                  stage as "stage: Stage", percent, actor, created_at, updated_at
+           from pricing_rollouts where merchant_id = $1 and id = $2"#,
+        tx.merchant_id().0,
+        id,
+    )
+    .fetch_optional(tx.conn())
+    .await
+}
+
+/// The rollout in shadow or percentage stage, if any.
+pub async fn running_rollout(tx: &mut TenantTx) -> Result<Option<RolloutRow>, sqlx::Error> {
+    sqlx::query_as!(
+        RolloutRow,
+        r#"select id, candidate_revision, candidate_version, previous_revision, previous_version,
+                  stage as "stage: Stage", percent, actor, created_at, updated_at
+           from pricing_rollouts
+           where merchant_id = $1 and stage in ('shadow', 'percentage')"#,
+        tx.merchant_id().0,
+    )
+    .fetch_optional(tx.conn())
+    .await
+}
+
+/// The newest rollouts first, at most `limit`.
+pub async fn rollouts(tx: &mut TenantTx, limit: i64) -> Result<Vec<RolloutRow>, sqlx::Error> {
+    sqlx::query_as!(
+        RolloutRow,
+        r#"select id, candidate_revision, candidate_version, previous_revision, previous_version,
+                  stage as "stage: Stage", percent, actor, created_at, updated_at
+           from pricing_rollouts where merchant_id = $1
+           order by created_at desc, id desc limit $2"#,
+        tx.merchant_id().0,
+        limit,
+    )
+    .fetch_all(tx.conn())
+    .await
+}
+
+/// One order priced during a rollout: both totals and which was charged.
+pub struct RolloutOrderRow {
+    pub order_id: Uuid,
+    pub charged: Arm,
+    pub currency: String,
+    pub live_total: i64,
+    pub candidate_total: Option<i64>,
+    pub same_charge: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn insert_rollout_order(
+    tx: &mut TenantTx,
+    rollout: Uuid,
+    row: &RolloutOrderRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "insert into pricing_rollout_orders (merchant_id, rollout_id, order_id, charged, currency,
+                                             live_total, candidate_total, same_charge)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        tx.merchant_id().0,
+        rollout,
+        row.order_id,
+        row.charged as Arm,
+        row.currency,
+        row.live_total,
+        row.candidate_total,
+        row.same_charge,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// The orders priced during `rollout`, oldest first, after order `after`.
+pub async fn rollout_orders(
+    tx: &mut TenantTx,
+    rollout: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<RolloutOrderRow>, sqlx::Error> {
+    sqlx::query_as!(
+        RolloutOrderRow,
+        r#"select order_id, charged as "charged: Arm", currency, live_total, candidate_total,
+                  same_charge, created_at
+           from pricing_rollout_orders
+           where merchant_id = $1 and rollout_id = $2 and ($3::uuid is null or order_id > $3)
+           order by order_id limit $4"#,
+        tx.merchant_id().0,
+        rollout,
+        after,
+        limit,
+    )
+    .fetch_all(tx.conn())
+    .await
+}
+
+/// What a rollout's orders add up to.
+pub struct RolloutTally {
+    pub orders: i64,
+    pub different: i64,
+    pub charged_candidate: i64,
+    pub candidate_failed: i64,
+    /// Σ (candidate − live) over the orders the candidate priced.
+    pub delta_sum: i64,
+    pub delta_min: Option<i64>,
+    pub delta_max: Option<i64>,
+}
+
+pub async fn rollout_tally(tx: &mut TenantTx, rollout: Uuid) -> Result<RolloutTally, sqlx::Error> {
+    sqlx::query_as!(
+        RolloutTally,
+        r#"select count(*) as "orders!",
+                  count(*) filter (where not same_charge) as "different!",
+                  count(*) filter (where charged = 'candidate') as "charged_candidate!",
+                  count(*) filter (where candidate_total is null) as "candidate_failed!",
+                  coalesce(sum(candidate_total - live_total), 0)::bigint as "delta_sum!",
+                  min(candidate_total - live_total) as delta_min,
+                  max(candidate_total - live_total) as delta_max
+           from pricing_rollout_orders where merchant_id = $1 and rollout_id = $2"#,
+        tx.merchant_id().0,
+        rollout,
+    )
+    .fetch_one(tx.conn())
+    .await
+}
+
+pub struct AlertRow {
+    pub id: Uuid,
+    pub kind: AlertKind,
+    pub currency: String,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub baseline_start: DateTime<Utc>,
+    pub observed: i64,
+    pub expected: i64,
+    pub window_orders: i64,
+    pub baseline_orders: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Stores an alert unless one of the same kind and currency was raised since
+/// `quiet_since` (a check every minute raises one alert per incident, not one a minute).
+pub async fn insert_alert(
+    tx: &mut TenantTx,
+    row: &AlertRow,
+    quiet_since: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query_scalar!(
+        r#"insert into pricing_alerts (merchant_id, id, kind, currency, window_start, window_end,
+                                     baseline_start, observed, expected, window_orders, baseline_orders)
+           select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+           where not exists (
+               select 1 from pricing_alerts
+               where merchant_id = $1 and kind = $3 and currency = $4 and created_at >= $12)
+           returning 1 as "inserted!""#,
+        tx.merchant_id().0,
+        row.id,
+        row.kind as AlertKind,
+        row.currency,
+        row.window_start,
+        row.window_end,
+        row.baseline_start,
+        row.observed,
+        row.expected,
+        row.window_orders,
+        row.baseline_orders,
+        quiet_since,
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(inserted.is_some())
+}
+
+/// Alerts, newest first, at most `limit`.
+pub async fn alerts(tx: &mut TenantTx, limit: i64) -> Result<Vec<AlertRow>, sqlx::Error> {
+    sqlx::query_as!(
+        AlertRow,
+        r#"select id, kind as "kind: AlertKind", currency, window_start, window_end, baseline_start,
+                  observed, expected, window_orders, baseline_orders, created_at
+           from pricing_alerts where merchant_id = $1
+           order by created_at desc, id desc limit $2"#,
+        tx.merchant_id().0,
+        limit,
+    )
+    .fetch_all(tx.conn())
+    .await
 }

@@ -10,5 +10,6 @@ mod inventory;
 mod migration;
 mod pricing;
 mod rls;
+mod rollout;
 mod states;
 mod tenancy;

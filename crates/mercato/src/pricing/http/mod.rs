@@ -5,7 +5,7 @@ use axum::extract::Path;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -13,13 +13,16 @@ use super::{PriceError, Revision, RulesDiff, Settings, Shipping};
 use crate::catalog::{is_currency, Money, MAX_PRICE};
 use crate::checkout::{cart_for, parse_country, parse_promo};
 use crate::http::auth::Tenant;
-use crate::http::{ApiError, ApiJson, Problem};
+use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::inventory::{parse_lines, ItemBody};
 use crate::state::AppState;
 use crate::validation::{self, FieldError, FieldErrors};
 
+mod rollouts;
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .merge(rollouts::routes())
         .routes(routes!(get_rules, put_rules))
         .routes(routes!(list_revisions))
         .routes(routes!(get_revision))
@@ -85,21 +88,43 @@ fn rule_errors(errors: Vec<RuleError>) -> ApiError {
     )
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateParam {
+    /// `false`: record the revision without putting it in force, to try it with
+    /// a rollout (`POST /v1/pricing/rollouts`). Default `true`.
+    pub activate: Option<String>,
+}
+
 /// Replaces the merchant's rules with a new revision (audited: who, when, diff).
 /// Invalid rules are refused, naming each rule and field, and the revision in
-/// force stays.
-#[utoipa::path(put, path = "/v1/pricing/rules", request_body = RulesBody,
+/// force stays. With `?activate=false` the revision is only recorded, to be
+/// tried in shadow or on a share of customers first.
+#[utoipa::path(put, path = "/v1/pricing/rules", request_body = RulesBody, params(ActivateParam),
     security(("api_key" = [])), tag = "pricing",
     responses((status = 200, body = RuleSetRevision)))]
 pub async fn put_rules(
     tenant: Tenant,
+    ApiQuery(param): ApiQuery<ActivateParam>,
     ApiJson(body): ApiJson<RulesBody>,
 ) -> Result<Json<RuleSetRevision>, ApiError> {
+    let activate = match param.activate.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(ApiError::field("activate", "must be true or false")),
+    };
     let document = serde_json::json!({ "rules": body.rules });
     let mut tx = tenant.begin().await?;
     let settings = super::settings(&mut tx).await?;
     RuleSet::from_value(&document, settings.currency).map_err(rule_errors)?;
-    let revision = super::put_rules(&mut tx, &settings, &document, &tenant.key_fingerprint).await?;
+    let revision = super::put_rules(
+        &mut tx,
+        &settings,
+        &document,
+        &tenant.key_fingerprint,
+        activate,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(revision.into()))
 }
