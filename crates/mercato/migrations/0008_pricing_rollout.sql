@@ -81,3 +81,11 @@ end $$;
 -- merchants that sold recently.
 create index orders_by_time on orders (merchant_id, created_at);
 create index orders_recent on orders (created_at, merchant_id);
+
+-- Which counters an order's use of a limited rule took: the rule-wide one only for
+-- rules with a total limit (`uses` or `budget`), the customer's only for rules
+-- with `uses_per_customer`. A rule limited per customer alone no longer makes
+-- every checkout queue on one counter row; giving a use back undoes exactly what
+-- was taken.
+alter table pricing_order_uses add column took_total boolean not null default true;
+alter table pricing_order_uses add column took_customer boolean not null default true;

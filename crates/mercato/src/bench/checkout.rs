@@ -4,16 +4,13 @@
 //! same run; every figure is written to a JSON file.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{interruptible, Harness, Percentiles};
+use super::{fire, interruptible, Harness, Percentiles};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -204,68 +201,13 @@ async fn hammer(
     buyers: usize,
     requests: usize,
 ) -> anyhow::Result<RunResult> {
-    let progress = ProgressBar::new(requests as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{prefix:>26} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    progress.set_prefix(format!("{target} / {strategy}"));
-    let next = Arc::new(AtomicUsize::new(0));
     let url = format!("{}/v1/reservations?strategy={strategy}", h.base);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(buyers);
-    for _ in 0..buyers {
-        let (client, url, key, next, progress) = (
-            h.client.clone(),
-            url.clone(),
-            h.key.clone(),
-            next.clone(),
-            progress.clone(),
-        );
-        // Bodies are serialised once, outside the timed loop.
-        let bodies: Vec<String> = skus
-            .iter()
-            .map(|sku| {
-                json!({"items": [{"sku": sku, "quantity": 1}], "ttl_seconds": 3600}).to_string()
-            })
-            .collect();
-        tasks.push(tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests {
-                    return outcomes;
-                }
-                let body = bodies[i % bodies.len()].clone();
-                let sent = Instant::now();
-                let request = client
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(body);
-                let status = match request.send().await {
-                    // Read the body: a connection goes back to the pool only once it is drained.
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        match resp.bytes().await {
-                            Ok(_) => status,
-                            Err(_) => 0,
-                        }
-                    }
-                    Err(_) => 0,
-                };
-                outcomes.push((status, sent.elapsed()));
-                progress.inc(1);
-            }
-        }));
-    }
-    let mut outcomes = Vec::with_capacity(requests);
-    for task in tasks {
-        outcomes.extend(task.await?);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    progress.finish_and_clear();
+    let bodies: Vec<String> = skus
+        .iter()
+        .map(|sku| json!({"items": [{"sku": sku, "quantity": 1}], "ttl_seconds": 3600}).to_string())
+        .collect();
+    let label = format!("{target} / {strategy}");
+    let (outcomes, seconds) = fire(h, &url, Arc::new(bodies), requests, buyers, &label).await?;
     let granted = outcomes.iter().filter(|(s, _)| *s == 201).count();
     let refused = outcomes.iter().filter(|(s, _)| *s == 409).count();
     Ok(RunResult {

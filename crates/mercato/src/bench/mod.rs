@@ -7,7 +7,11 @@ pub mod migrate;
 pub mod pricing;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -127,6 +131,78 @@ async fn send(
         anyhow::bail!("{method} {url} answered {status}: {body}");
     }
     Ok(body)
+}
+
+/// What each request of a [`fire`] run answered (0: no answer) and how long it took.
+pub type Outcomes = Vec<(u16, Duration)>;
+
+/// POSTs `total` requests to `url` as the harness's merchant from `connections`
+/// concurrent clients, the i-th with `bodies[i % len]` (serialised beforehand, so
+/// the timed loop only sends), with a progress bar labelled `label`. Returns
+/// every outcome and the wall time in seconds.
+pub async fn fire(
+    h: &Harness,
+    url: &str,
+    bodies: Arc<Vec<String>>,
+    total: usize,
+    connections: usize,
+    label: &str,
+) -> anyhow::Result<(Outcomes, f64)> {
+    let progress = ProgressBar::new(total as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{prefix:>26} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    progress.set_prefix(label.to_owned());
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (client, url, key, next, bodies, progress) = (
+            h.client.clone(),
+            url.to_owned(),
+            h.key.clone(),
+            next.clone(),
+            bodies.clone(),
+            progress.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return outcomes;
+                }
+                let sent = Instant::now();
+                let request = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(bodies[i % bodies.len()].clone());
+                let status = match request.send().await {
+                    // Read the body: a connection goes back to the pool only once it is drained.
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        match resp.bytes().await {
+                            Ok(_) => status,
+                            Err(_) => 0,
+                        }
+                    }
+                    Err(_) => 0,
+                };
+                outcomes.push((status, sent.elapsed()));
+                progress.inc(1);
+            }
+        }));
+    }
+    let mut outcomes = Vec::with_capacity(total);
+    for task in tasks {
+        outcomes.extend(task.await?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    Ok((outcomes, seconds))
 }
 
 /// Runs `work` unless Ctrl-C comes first.

@@ -1,10 +1,11 @@
 //! `mercato bench pricing`: the pure calculator on realistic carts (10 lines, 8
 //! rules of every kind) on one core — the raw baseline — then the same carts as
-//! `POST /v1/pricing/quote` over HTTP; prints both and their ratio.
+//! `POST /v1/pricing/quote` over HTTP; prints both and their ratio. Then what
+//! pricing costs a checkout: hot-SKU checkouts over HTTP with no rules (the
+//! baseline) and with the 8 rules, runs alternated, and their ratio.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{interruptible, Harness, Percentiles};
+use super::{fire, interruptible, Harness, Percentiles};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -26,6 +27,9 @@ pub struct Options {
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// Hot-SKU checkouts in each of the four checkout runs (0 skips them).
+    #[arg(long, default_value_t = 2_000)]
+    pub checkouts: usize,
     /// Where the JSON figures go.
     #[arg(long, default_value = "bench-pricing.json")]
     pub out: PathBuf,
@@ -48,6 +52,29 @@ struct Report {
     http_failed: usize,
     http_latency: Percentiles,
     pure_to_http_ratio: f64,
+    checkout: Option<CheckoutCost>,
+}
+
+/// Hot-SKU checkouts with no rules against the same with the 8 rules.
+#[derive(Serialize)]
+struct CheckoutCost {
+    checkouts_per_run: usize,
+    connections: usize,
+    /// In the order run: no rules, rules, rules, no rules.
+    runs: Vec<CheckoutRun>,
+    without_rules_per_second: f64,
+    with_rules_per_second: f64,
+    /// with / without: 1.0 is free, 0.9 is the floor.
+    ratio: f64,
+}
+
+#[derive(Serialize)]
+struct CheckoutRun {
+    rules: bool,
+    confirmed: usize,
+    failed: usize,
+    checkouts_per_second: f64,
+    latency: Percentiles,
 }
 
 const CARTS: usize = 1_000;
@@ -126,7 +153,7 @@ async fn http_run(opts: &Options, h: &Harness, pure_per_second: f64) -> anyhow::
         .await?;
     }
     let rules: serde_json::Value = serde_json::from_str(::pricing::bench::RULES_JSON)?;
-    h.send("PUT", "/v1/pricing/rules", rules).await?;
+    h.send("PUT", "/v1/pricing/rules", rules.clone()).await?;
     let shipping = &workload.shipping;
     h.send(
         "PUT",
@@ -173,51 +200,8 @@ async fn http_run(opts: &Options, h: &Harness, pure_per_second: f64) -> anyhow::
             .bytes()
             .await?;
     }
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(opts.connections);
-    for _ in 0..opts.connections {
-        let (client, url, key, next, bodies, quotes) = (
-            h.client.clone(),
-            url.clone(),
-            h.key.clone(),
-            next.clone(),
-            bodies.clone(),
-            opts.quotes,
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= quotes {
-                    return outcomes;
-                }
-                let sent = Instant::now();
-                let request = client
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(bodies[i % bodies.len()].clone());
-                let status = match request.send().await {
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        if resp.bytes().await.is_ok() {
-                            status
-                        } else {
-                            0
-                        }
-                    }
-                    Err(_) => 0,
-                };
-                outcomes.push((status, sent.elapsed()));
-            }
-        }));
-    }
-    let mut outcomes = Vec::with_capacity(opts.quotes);
-    for task in tasks {
-        outcomes.extend(task.await?);
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let (outcomes, seconds) =
+        fire(h, &url, bodies, opts.quotes, opts.connections, "quotes").await?;
     let failed = outcomes.iter().filter(|(status, _)| *status != 200).count();
     if let Some((status, _)) = outcomes.iter().find(|(status, _)| *status != 200) {
         eprintln!("{failed} quotes failed, e.g. with status {status}");
@@ -246,9 +230,105 @@ async fn http_run(opts: &Options, h: &Harness, pure_per_second: f64) -> anyhow::
         http_failed: failed,
         http_latency: latency,
         pure_to_http_ratio: pure_per_second / http_per_second,
+        checkout: if opts.checkouts == 0 {
+            None
+        } else {
+            Some(checkout_cost(opts, h, &rules).await?)
+        },
     };
     std::fs::write(&opts.out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", opts.out.display()))?;
     println!("figures written to {}", opts.out.display());
     Ok(())
+}
+
+/// Hot-SKU checkouts (one unit of one SKU, a new customer each, `pm_card_ok`)
+/// with an empty rule set and with the benchmark's 8 rules, in the order A B B A
+/// so that a steady drift (the tables grow with every run) weighs on both alike.
+async fn checkout_cost(
+    opts: &Options,
+    h: &Harness,
+    rules: &serde_json::Value,
+) -> anyhow::Result<CheckoutCost> {
+    let hot = "HOT-SKU";
+    h.send(
+        "POST",
+        "/v1/products",
+        json!({"name": hot, "variants": [{"sku": hot, "price": {"amount": 2500, "currency": "EUR"}}]}),
+    )
+    .await?;
+    let units = opts.checkouts * 4 + 1_000;
+    h.send(
+        "PUT",
+        &format!("/v1/inventory/{hot}"),
+        json!({"on_hand": units}),
+    )
+    .await?;
+    let url = format!("{}/v1/checkouts", h.base);
+    let mut runs = Vec::new();
+    for (round, with_rules) in [false, true, true, false].into_iter().enumerate() {
+        let set = if with_rules {
+            rules.clone()
+        } else {
+            json!({"rules": []})
+        };
+        h.send("PUT", "/v1/pricing/rules", set).await?;
+        // A new customer per checkout: `first_order` and per-customer limits apply.
+        let bodies: Vec<String> = (0..opts.checkouts)
+            .map(|i| {
+                json!({"customer": {"email": format!("buyer{round}-{i}@example.com")},
+                       "items": [{"sku": hot, "quantity": 1}], "payment_method": "pm_card_ok"})
+                .to_string()
+            })
+            .collect();
+        let label = if with_rules {
+            "checkouts, 8 rules"
+        } else {
+            "checkouts, no rules"
+        };
+        let (outcomes, seconds) = fire(
+            h,
+            &url,
+            Arc::new(bodies),
+            opts.checkouts,
+            opts.connections,
+            label,
+        )
+        .await?;
+        let confirmed = outcomes.iter().filter(|(s, _)| *s == 201).count();
+        let run = CheckoutRun {
+            rules: with_rules,
+            confirmed,
+            failed: outcomes.len() - confirmed,
+            checkouts_per_second: confirmed as f64 / seconds.max(1e-9),
+            latency: Percentiles::of(outcomes.into_iter().map(|(_, d)| d).collect()),
+        };
+        println!(
+            "{label:>20}: {:.0} checkouts/s, p50 {:.1} ms, p99 {:.1} ms, {} failed",
+            run.checkouts_per_second, run.latency.p50_ms, run.latency.p99_ms, run.failed
+        );
+        runs.push(run);
+    }
+    let mean = |with: bool| {
+        let picked: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.rules == with)
+            .map(|r| r.checkouts_per_second)
+            .collect();
+        picked.iter().sum::<f64>() / picked.len().max(1) as f64
+    };
+    let (without, with) = (mean(false), mean(true));
+    let ratio = with / without.max(1e-9);
+    println!(
+        "checkouts with the 8 rules: {:.0}/s against {:.0}/s without: ratio {:.2} (floor 0.90)",
+        with, without, ratio
+    );
+    Ok(CheckoutCost {
+        checkouts_per_run: opts.checkouts,
+        connections: opts.connections,
+        runs,
+        without_rules_per_second: without,
+        with_rules_per_second: with,
+        ratio,
+    })
 }

@@ -17,6 +17,9 @@ mod model;
 pub mod rollout;
 mod store;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use ::pricing::{Cart, Currency, PricingError, RuleSet};
 use uuid::Uuid;
 
@@ -33,7 +36,11 @@ fn corrupt(what: &str, err: impl std::fmt::Display) -> sqlx::Error {
 
 /// The merchant's settings, or the defaults when it never set any.
 pub async fn settings(tx: &mut TenantTx) -> Result<Settings, sqlx::Error> {
-    let Some(row) = store::settings(tx).await? else {
+    parse_settings(store::settings(tx).await?)
+}
+
+fn parse_settings(row: Option<store::SettingsRow>) -> Result<Settings, sqlx::Error> {
+    let Some(row) = row else {
         return Ok(Settings::default());
     };
     Ok(Settings {
@@ -177,7 +184,7 @@ pub struct Quote {
     /// What the customer is charged.
     pub priced: PricedOrder,
     /// The rules that priced it.
-    rules: RuleSet,
+    rules: Arc<RuleSet>,
     /// The comparison with the rollout's other side, while one runs.
     pub shadow: Option<rollout::ShadowPrice>,
 }
@@ -191,12 +198,49 @@ impl Quote {
 
 /// Rules as parsed, in the cart's currency when they are empty (nothing is
 /// written in a currency, so any catalog currency prices).
-fn rules_for(rules: RuleSet, cart: &Cart) -> RuleSet {
+fn rules_for(rules: Arc<RuleSet>, cart: &Cart) -> Arc<RuleSet> {
     if rules.rules().is_empty() && rules.currency() != cart.currency {
-        RuleSet::empty(cart.currency).with_revision(rules.revision())
+        Arc::new(RuleSet::empty(cart.currency).with_revision(rules.revision()))
     } else {
         rules
     }
+}
+
+/// Revisions parsed once per process: a revision never changes, so the merchant
+/// and its number name its rules for good.
+static PARSED: OnceLock<Mutex<ParsedRevisions>> = OnceLock::new();
+/// (merchant, revision) → its rules.
+type ParsedRevisions = HashMap<(Uuid, i64), Arc<RuleSet>>;
+/// Parsed revisions kept before the cache starts over (a few MB at most).
+const PARSED_MAX: usize = 4_096;
+
+/// The rules of revision `n` (0: none, in `currency`), parsed once per process.
+async fn rules_of(
+    tx: &mut TenantTx,
+    n: i64,
+    currency: Currency,
+) -> Result<Arc<RuleSet>, sqlx::Error> {
+    if n == 0 {
+        return Ok(Arc::new(RuleSet::empty(currency)));
+    }
+    let key = (tx.merchant_id().0, n);
+    let cache = PARSED.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let parsed = Arc::new(
+        revision(tx, n)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?
+            .rules,
+    );
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= PARSED_MAX {
+            c.clear();
+        }
+        c.insert(key, parsed.clone());
+    }
+    Ok(parsed)
 }
 
 /// Prices `cart` with the merchant's rules in force (the rules' currency must be
@@ -205,21 +249,16 @@ fn rules_for(rules: RuleSet, cart: &Cart) -> RuleSet {
 /// customers in the share are charged the candidate's. A candidate that cannot
 /// price the cart never fails it: the live price is charged.
 pub async fn price_cart(tx: &mut TenantTx, cart: Cart) -> Result<Quote, PriceError> {
-    let settings = settings(tx).await?;
-    let live = rules_for(current_rules(tx, &settings).await?.rules, &cart);
-    let running = store::running_rollout(tx).await?;
-    let candidate = match &running {
+    let state = store::pricing_state(tx).await?;
+    let settings = parse_settings(state.settings)?;
+    let live = rules_for(
+        rules_of(tx, state.live_revision, settings.currency).await?,
+        &cart,
+    );
+    let candidate = match &state.rollout {
         None => None,
         Some(r) => {
-            let rules = match r.candidate_revision {
-                0 => RuleSet::empty(cart.currency),
-                n => {
-                    revision(tx, n)
-                        .await?
-                        .ok_or(sqlx::Error::RowNotFound)?
-                        .rules
-                }
-            };
+            let rules = rules_of(tx, r.candidate_revision, cart.currency).await?;
             let version: ::pricing::CalculatorVersion = r
                 .candidate_version
                 .parse()
@@ -229,6 +268,7 @@ pub async fn price_cart(tx: &mut TenantTx, cart: Cart) -> Result<Quote, PriceErr
     };
     let limited: Vec<String> = std::iter::once(&live)
         .chain(candidate.as_ref().map(|(_, rules, _)| rules))
+        .map(|rules| rules.as_ref())
         .flat_map(|rules| rules.rules())
         .filter(|r| !r.limits.is_empty())
         .map(|r| r.id.to_string())

@@ -47,6 +47,80 @@ pub async fn put_settings(tx: &mut TenantTx, row: &SettingsRow) -> Result<(), sq
     Ok(())
 }
 
+/// What pricing a cart needs to know first, in one round trip: the settings (if
+/// ever set), the revision in force (0: none) and the running rollout, if any.
+pub struct PricingState {
+    pub settings: Option<SettingsRow>,
+    pub live_revision: i64,
+    pub rollout: Option<RunningRollout>,
+}
+
+pub struct RunningRollout {
+    pub id: Uuid,
+    pub candidate_revision: i64,
+    pub candidate_version: String,
+    pub stage: Stage,
+    pub percent: i32,
+}
+
+pub async fn pricing_state(tx: &mut TenantTx) -> Result<PricingState, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"select s.currency as "currency?", s.calculator_version as "calculator_version?",
+                  s.tax::text as "tax?", s.shipping::text as "shipping?",
+                  coalesce(s.live_revision,
+                           (select max(revision) from pricing_rule_revisions where merchant_id = $1),
+                           0) as "live_revision!",
+                  r.id as "rollout_id?", r.candidate_revision as "candidate_revision?",
+                  r.candidate_version as "candidate_version?", r.stage as "stage?: Stage",
+                  r.percent as "percent?"
+           from (select $1::uuid as merchant_id) as m
+           left join pricing_settings s on s.merchant_id = m.merchant_id
+           left join pricing_rollouts r
+                  on r.merchant_id = m.merchant_id and r.stage in ('shadow', 'percentage')"#,
+        tx.merchant_id().0,
+    )
+    .fetch_one(tx.conn())
+    .await?;
+    let settings = match (row.currency, row.calculator_version, row.tax, row.shipping) {
+        (Some(currency), Some(calculator_version), Some(tax), Some(shipping)) => {
+            Some(SettingsRow {
+                currency,
+                calculator_version,
+                tax,
+                shipping,
+            })
+        }
+        _ => None,
+    };
+    let rollout = match (
+        row.rollout_id,
+        row.candidate_revision,
+        row.candidate_version,
+        row.stage,
+        row.percent,
+    ) {
+        (
+            Some(id),
+            Some(candidate_revision),
+            Some(candidate_version),
+            Some(stage),
+            Some(percent),
+        ) => Some(RunningRollout {
+            id,
+            candidate_revision,
+            candidate_version,
+            stage,
+            percent,
+        }),
+        _ => None,
+    };
+    Ok(PricingState {
+        settings,
+        live_revision: row.live_revision,
+        rollout,
+    })
+}
+
 /// A stored rule-set revision (its rules as the DSL's JSON text).
 pub struct Revision {
     pub revision: i64,
@@ -222,26 +296,32 @@ pub async fn take_use(
     budget: Option<i64>,
 ) -> Result<bool, sqlx::Error> {
     let merchant = tx.merchant_id().0;
-    let taken = sqlx::query_scalar!(
-        r#"insert into pricing_rule_usage as u (merchant_id, rule_id, uses, spent)
-           select $1, $2, 1, $3
-           where ($4::bigint is null or 1 <= $4) and ($5::bigint is null or $3 <= $5)
-           on conflict (merchant_id, rule_id) do update
-              set uses = u.uses + 1, spent = u.spent + $3
-            where ($4::bigint is null or u.uses < $4) and ($5::bigint is null or u.spent + $3 <= $5)
-           returning 1 as "taken!""#,
-        merchant,
-        rule_id,
-        amount,
-        max_uses,
-        budget,
-    )
-    .fetch_optional(tx.conn())
-    .await?;
-    if taken.is_none() {
-        return Ok(false);
+    // Only the counters a limit reads are taken: a rule limited per customer
+    // alone does not queue every checkout on its rule-wide row.
+    let took_total = max_uses.is_some() || budget.is_some();
+    if took_total {
+        let taken = sqlx::query_scalar!(
+            r#"insert into pricing_rule_usage as u (merchant_id, rule_id, uses, spent)
+               select $1, $2, 1, $3
+               where ($4::bigint is null or 1 <= $4) and ($5::bigint is null or $3 <= $5)
+               on conflict (merchant_id, rule_id) do update
+                  set uses = u.uses + 1, spent = u.spent + $3
+                where ($4::bigint is null or u.uses < $4) and ($5::bigint is null or u.spent + $3 <= $5)
+               returning 1 as "taken!""#,
+            merchant,
+            rule_id,
+            amount,
+            max_uses,
+            budget,
+        )
+        .fetch_optional(tx.conn())
+        .await?;
+        if taken.is_none() {
+            return Ok(false);
+        }
     }
-    if max_customer_uses.is_some() {
+    let took_customer = max_customer_uses.is_some();
+    if took_customer {
         let taken = sqlx::query_scalar!(
             r#"insert into pricing_customer_usage as c (merchant_id, rule_id, customer_email, uses)
                select $1, $2, $3, 1 where $4::bigint >= 1
@@ -260,13 +340,16 @@ pub async fn take_use(
         }
     }
     sqlx::query!(
-        "insert into pricing_order_uses (merchant_id, order_id, rule_id, customer_email, amount)
-         values ($1, $2, $3, $4, $5)",
+        "insert into pricing_order_uses
+             (merchant_id, order_id, rule_id, customer_email, amount, took_total, took_customer)
+         values ($1, $2, $3, $4, $5, $6, $7)",
         merchant,
         order,
         rule_id,
         email,
         amount,
+        took_total,
+        took_customer,
     )
     .execute(tx.conn())
     .await?;
@@ -280,31 +363,35 @@ pub async fn release_uses(tx: &mut TenantTx, order: Uuid) -> Result<u64, sqlx::E
     let released = sqlx::query!(
         "update pricing_order_uses set released_at = now()
          where merchant_id = $1 and order_id = $2 and released_at is null
-         returning rule_id, customer_email, amount",
+         returning rule_id, customer_email, amount, took_total, took_customer",
         merchant,
         order,
     )
     .fetch_all(tx.conn())
     .await?;
     for row in &released {
-        sqlx::query!(
-            "update pricing_rule_usage set uses = uses - 1, spent = spent - $3
-             where merchant_id = $1 and rule_id = $2",
-            merchant,
-            row.rule_id,
-            row.amount,
-        )
-        .execute(tx.conn())
-        .await?;
-        sqlx::query!(
-            "update pricing_customer_usage set uses = uses - 1
-             where merchant_id = $1 and rule_id = $2 and customer_email = $3 and uses > 0",
-            merchant,
-            row.rule_id,
-            row.customer_email,
-        )
-        .execute(tx.conn())
-        .await?;
+        if row.took_total {
+            sqlx::query!(
+                "update pricing_rule_usage set uses = uses - 1, spent = spent - $3
+                 where merchant_id = $1 and rule_id = $2",
+                merchant,
+                row.rule_id,
+                row.amount,
+            )
+            .execute(tx.conn())
+            .await?;
+        }
+        if row.took_customer {
+            sqlx::query!(
+                "update pricing_customer_usage set uses = uses - 1
+                 where merchant_id = $1 and rule_id = $2 and customer_email = $3 and uses > 0",
+                merchant,
+                row.rule_id,
+                row.customer_email,
+            )
+            .execute(tx.conn())
+            .await?;
+        }
     }
     Ok(released.len() as u64)
 }

@@ -248,6 +248,16 @@ async fn settings_choose_tax_and_shipping_without_code() {
     );
 }
 
+/// Answers that are neither a 201 nor the 409 of an exhausted code: requests
+/// that ended before their order did (503, or 202 pending).
+fn statuses_other(statuses: &std::collections::BTreeMap<String, usize>) -> usize {
+    statuses
+        .iter()
+        .filter(|(k, _)| k.starts_with("503") || k.starts_with("202"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 async fn limited_code(app: &TestApp, m: &Merchant, uses: u64) {
     let rules = json!({"rules": [{"id": "ten-off", "priority": 1, "stackable": true,
         "when": {"promo_code": "LIMITED"}, "then": {"percent_off": 10}, "limits": {"uses": uses}}]});
@@ -293,15 +303,27 @@ async fn three_hundred_buyers_race_for_a_code_limited_to_ten_uses() {
             .entry(format!("{status} {}", body["type"].as_str().unwrap_or("")))
             .or_default() += 1;
     }
+    // Under this load a request can end before its order does (a 503 when no
+    // connection came in time, or a 202 while the payment is reconciled): such an
+    // order is finished by the recovery worker. What counts is what the orders end
+    // as; every answer is a discounted order, a refusal, or one of those.
+    assert!(
+        discounted <= 10
+            && refused >= 280
+            && discounted + refused + statuses_other(&statuses) == 300,
+        "{statuses:?}"
+    );
     assert_eq!(
-        discounted, 10,
+        crate::helpers::wait_until_zero(&app.owner, "orders where status = 'pending'", 30).await,
+        0
+    );
+    assert_eq!(
+        app.count("orders where status = 'confirmed' and total_amount = 900")
+            .await,
+        10,
         "exactly the limit got the discount: {statuses:?}"
     );
-    assert_eq!(
-        refused, 290,
-        "every other buyer was refused, not charged full price"
-    );
-    assert_eq!(results.iter().filter(|(s, _)| *s == 201).count(), 10);
+    assert_eq!(app.count("orders where status = 'confirmed'").await, 10);
     let uses: i64 =
         sqlx::query_scalar("select uses from pricing_rule_usage where rule_id = 'ten-off'")
             .fetch_one(&app.owner)
