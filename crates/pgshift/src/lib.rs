@@ -37,7 +37,6 @@ pub mod state;
 pub mod switch;
 mod validate;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -146,15 +145,9 @@ impl Migrator {
     /// Lints the plan against the live catalog. Only reads: it creates no
     /// schema, table, row or constraint.
     pub async fn lint(&self) -> Result<Vec<Finding>, Error> {
-        let live: HashSet<String> = sqlx::query_scalar::<_, String>(
-            "select c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
-             where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema', 'pgshift')",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .collect();
-        let mut findings = lint::lint(&self.plan, &live);
+        let catalog = lint::Catalog::load(&self.pool).await?;
+        let live = &catalog.tables;
+        let mut findings = lint::lint(&self.plan, &catalog);
         let status = self.status().await?;
         // After contract the old shape is gone by design; nothing more to check.
         if status.phase >= Phase::Contracting {
@@ -167,6 +160,7 @@ impl Migrator {
                 rule: "missing-table",
                 why: "the backfill reads a table that does not exist",
                 instead: "name an existing table",
+                ..Default::default()
             });
         } else {
             findings.extend(self.lint_key().await?);
@@ -199,6 +193,7 @@ impl Migrator {
                         rule: "missing-column",
                         why: "the backfill key column does not exist on the source table",
                         instead: "name an existing column",
+                        ..Default::default()
                     });
                 }
                 Some(false) => findings.push(Finding {
@@ -206,6 +201,7 @@ impl Migrator {
                     rule: "key-nullable",
                     why: "a row whose key is NULL is never copied nor validated",
                     instead: "use NOT NULL key columns (the primary key)",
+                    ..Default::default()
                 }),
                 Some(true) => {}
             }
@@ -230,6 +226,7 @@ impl Migrator {
                     why: "keyset batches need a key with a btree order; this type has none",
                     instead:
                         "use key columns of an ordered type (integer, uuid, text, timestamp, …)",
+                    ..Default::default()
                 });
                 return Ok(findings);
             }
@@ -257,6 +254,7 @@ impl Migrator {
                     rule: "no-key-range",
                     why: "the statement does not select the batch's rows: it would read (or copy) the whole table every batch",
                     instead: "select the rows with {{key_range}} (or key > $1 and key <= $2 for one integer key column)",
+                    ..Default::default()
                 });
             } else if !key.integer {
                 findings.push(Finding {
@@ -264,6 +262,7 @@ impl Migrator {
                     rule: "key-not-integer",
                     why: "$1 and $2 are bigint bounds, for a key of one integer column",
                     instead: "select the rows with {{key_range}} (or {{key_range alias}}): pgshift binds each key column with its own type",
+                    ..Default::default()
                 });
             }
         }

@@ -23,7 +23,7 @@ pub(crate) enum Token {
 }
 
 impl Token {
-    fn is_word(&self, word: &str) -> bool {
+    pub(crate) fn is_word(&self, word: &str) -> bool {
         matches!(self, Token::Word(w) if w == word)
     }
 
