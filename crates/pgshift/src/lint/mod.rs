@@ -171,6 +171,8 @@ pub struct Catalog {
     pub not_null_checks: HashSet<(String, String)>,
     /// Function name → its most volatile overload (`i`, `s` or `v`).
     pub volatility: HashMap<String, char>,
+    /// Names of PRIMARY KEY, UNIQUE and EXCLUDE constraints: what writers rely on.
+    pub keys: HashSet<String>,
 }
 
 impl Catalog {
@@ -242,11 +244,20 @@ impl Catalog {
         .into_iter()
         .filter_map(|(name, v)| Some((name, v.chars().next()?)))
         .collect();
+        let keys = sqlx::query_scalar::<_, String>(&format!(
+            "select k.conname::text from pg_constraint k join pg_namespace n on n.oid = k.connamespace
+             where k.contype in ('p', 'u', 'x') and {USER_SCHEMAS}"
+        ))
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
         Ok(Catalog {
             tables,
             columns,
             not_null_checks,
             volatility,
+            keys,
         })
     }
 }

@@ -128,11 +128,9 @@ pub(super) fn check(
                 hits.push(hit(&super::REINDEX_WITHOUT_CONCURRENTLY, None));
             }
         }
-        ast::Stmt::Refresh(refresh) => {
-            if refresh.concurrently_token().is_none() {
-                let view = refresh.view_ref().and_then(|v| bare_name(v.syntax()));
-                hits.push(hit(&super::REFRESH_WITHOUT_CONCURRENTLY, view.as_deref()));
-            }
+        ast::Stmt::Refresh(refresh) if refresh.concurrently_token().is_none() => {
+            let view = refresh.view_ref().and_then(|v| bare_name(v.syntax()));
+            hits.push(hit(&super::REFRESH_WITHOUT_CONCURRENTLY, view.as_deref()));
         }
         ast::Stmt::AlterTable(alter) => {
             let table = alter
@@ -196,13 +194,11 @@ pub(super) fn check(
                 first_name(lock.syntax()).as_deref(),
             ));
         }
-        ast::Stmt::Vacuum(vacuum) => {
-            if is_vacuum_full(vacuum) {
-                hits.push(hit(
-                    &super::VACUUM_FULL,
-                    first_name(vacuum.syntax()).as_deref(),
-                ));
-            }
+        ast::Stmt::Vacuum(vacuum) if is_vacuum_full(vacuum) => {
+            hits.push(hit(
+                &super::VACUUM_FULL,
+                first_name(vacuum.syntax()).as_deref(),
+            ));
         }
         ast::Stmt::Cluster(cluster) => {
             hits.push(hit(
@@ -211,12 +207,10 @@ pub(super) fn check(
             ));
         }
         ast::Stmt::DropDatabase(_) => hits.push(hit(&super::DROP_DATABASE, None)),
-        ast::Stmt::DropTable(drop) => {
-            if before_contract {
-                for name in drop.table_name_refs().filter_map(|t| bare_name(t.syntax())) {
-                    if live(&name, state) {
-                        hits.push(hit(&super::DROP_BEFORE_CONTRACT, Some(&name)));
-                    }
+        ast::Stmt::DropTable(drop) if before_contract => {
+            for name in drop.table_name_refs().filter_map(|t| bare_name(t.syntax())) {
+                if live(&name, state) {
+                    hits.push(hit(&super::DROP_BEFORE_CONTRACT, Some(&name)));
                 }
             }
         }
@@ -364,10 +358,20 @@ fn alter_table_action(
                 hits.push(hit(&super::DROP_BEFORE_CONTRACT, t));
             }
         }
-        ast::AlterTableAction::DropColumn(_) | ast::AlterTableAction::DropConstraint(_)
-            if is_live && before_contract =>
-        {
+        ast::AlterTableAction::DropColumn(_) if is_live && before_contract => {
             hits.push(hit(&super::DROP_BEFORE_CONTRACT, t));
+        }
+        // Dropping a CHECK only relaxes; dropping a key changes what writers rely on.
+        ast::AlterTableAction::DropConstraint(drop) if is_live && before_contract => {
+            let name = bare_name(drop.syntax()).or_else(|| {
+                drop.syntax()
+                    .descendants()
+                    .find_map(ast::NameRef::cast)
+                    .map(|n| n.text())
+            });
+            if name.is_some_and(|n| catalog.keys.contains(&n)) {
+                hits.push(hit(&super::DROP_BEFORE_CONTRACT, t));
+            }
         }
         ast::AlterTableAction::RenameColumn(_) | ast::AlterTableAction::TableRenameTo(_)
             if is_live && before_contract =>
