@@ -19,6 +19,9 @@ pub struct BackfillReport {
     pub seconds: f64,
     /// Batches the throttle shrank or paused for.
     pub throttled: u64,
+    /// Tables vacuumed after the last batch, and how long that took.
+    pub vacuumed: Vec<String>,
+    pub vacuum_seconds: f64,
 }
 
 /// The throttle never shrinks a batch below this many rows.
@@ -144,7 +147,7 @@ async fn current_cursor(
 }
 
 /// Probe latency against the first probe seen, lock waiters, replica lag.
-async fn under_pressure(
+pub(crate) async fn under_pressure(
     pool: &PgPool,
     b: &Backfill,
     baseline_ms: &mut Option<f64>,
@@ -161,4 +164,38 @@ async fn under_pressure(
     Ok(ms > b.max_probe_ms.max(base * 4.0)
         || waiting > b.max_lock_waiters
         || lag > b.max_replication_lag_s)
+}
+
+/// `VACUUM (ANALYZE)` of `tables`, throttled by `vacuum_cost_delay`: sets the
+/// hint bits and visibility map of the rows the backfill wrote, so the first
+/// live reads after it do not each pay for that at once. Best effort: a table
+/// that cannot be vacuumed (another owner) is skipped with a warning.
+pub(crate) async fn vacuum(
+    pool: &PgPool,
+    tables: &[crate::sql::Name],
+    cost_delay_ms: f64,
+    report: &mut BackfillReport,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    sqlx::query(&format!(
+        "set vacuum_cost_delay = {}",
+        cost_delay_ms.clamp(0.0, 100.0)
+    ))
+    .execute(&mut *conn)
+    .await?;
+    for table in tables {
+        match sqlx::query(&format!("vacuum (analyze) {}", table.sql()))
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => report.vacuumed.push(table.to_string()),
+            Err(e) => tracing::warn!(%table, error = %e, "vacuum after backfill skipped"),
+        }
+    }
+    sqlx::query("reset vacuum_cost_delay")
+        .execute(&mut *conn)
+        .await?;
+    report.vacuum_seconds = started.elapsed().as_secs_f64();
+    Ok(())
 }

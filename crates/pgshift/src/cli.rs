@@ -35,8 +35,13 @@ pub enum Command {
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
         percent: u8,
     },
-    /// Compare counts and checksums of both shapes, key range by key range.
-    Validate,
+    /// Compare counts and checksums of both shapes, key range by key range
+    /// (throttled; an interrupted run resumes where it stopped).
+    Validate {
+        /// Start over instead of resuming an interrupted validation.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Drop the old shape (irreversible; needs a passed validation and 100% reads for a while).
     Contract,
     /// Where the migration stands; only reads.
@@ -129,12 +134,17 @@ pub async fn run(
                 }
             };
             out.say(format_args!(
-                "{name}: backfilled {} rows in {} batches, {:.1} s ({:.0} rows/s, throttled {} times). Next: switch --percent 10",
+                "{name}: backfilled {} rows in {} batches, {:.1} s ({:.0} rows/s, throttled {} times){}. Next: switch --percent 10",
                 report.rows,
                 report.batches,
                 report.seconds,
                 report.rows as f64 / report.seconds.max(1e-9),
-                report.throttled
+                report.throttled,
+                if report.vacuumed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; vacuumed {} in {:.1} s", report.vacuumed.join(", "), report.vacuum_seconds)
+                }
             ))?;
         }
         Command::Switch { percent } => {
@@ -143,11 +153,28 @@ pub async fn run(
                 "{name}: {percent}% of reads now use the new shape"
             ))?;
         }
-        Command::Validate => {
-            let report = migrator.validate().await?;
+        Command::Validate { restart } => {
+            if restart {
+                migrator.restart_validation().await?;
+            }
+            let report = tokio::select! {
+                r = migrator.validate() => r?,
+                _ = tokio::signal::ctrl_c() => {
+                    return Err(Error::Interrupted(
+                        "validation interrupted; run validate again to resume (or validate --restart)".into(),
+                    ));
+                }
+            };
             out.say(format_args!(
-                "{name}: validated {} rows in {} key ranges: all match",
-                report.rows, report.ranges
+                "{name}: validated {} rows in {} key ranges{}: all match (throttled {} times)",
+                report.rows,
+                report.ranges,
+                if report.resumed {
+                    ", resuming an interrupted run"
+                } else {
+                    ""
+                },
+                report.throttled
             ))?;
         }
         Command::Contract => {

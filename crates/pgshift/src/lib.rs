@@ -421,7 +421,7 @@ impl Migrator {
         if since < SETTLE.as_secs_f64() {
             tokio::time::sleep(SETTLE - Duration::from_secs_f64(since)).await;
         }
-        let report = backfill::copy_rows(
+        let mut report = backfill::copy_rows(
             &self.pool,
             &self.plan.name,
             &self.plan.backfill,
@@ -430,7 +430,33 @@ impl Migrator {
         )
         .await?;
         state::finish_backfill(&self.pool, &self.plan.name).await?;
+        if self.plan.backfill.vacuum {
+            let tables = self.written_tables();
+            backfill::vacuum(
+                &self.pool,
+                &tables,
+                self.plan.backfill.vacuum_cost_delay_ms,
+                &mut report,
+            )
+            .await?;
+        }
         Ok(report)
+    }
+
+    /// The tables the backfill writes: those the expand steps create or add
+    /// columns to.
+    fn written_tables(&self) -> Vec<sql::Name> {
+        let mut tables: Vec<sql::Name> = Vec::new();
+        for effect in self.plan.expand.iter().flat_map(|s| sql::effects(&s.sql)) {
+            let table = match effect {
+                sql::Effect::Table(t) | sql::Effect::Column { table: t, .. } => t,
+                _ => continue,
+            };
+            if !tables.contains(&table) {
+                tables.push(table);
+            }
+        }
+        tables
     }
 
     /// Sets the share of reads served from the new shape (0 rolls back at once).
@@ -467,9 +493,14 @@ impl Migrator {
             ));
         }
         self.ensure_state().await?;
-        let report =
-            validate::compare_ranges(&self.pool, &self.plan, self.progress, self.progress_every)
-                .await?;
+        let report = validate::compare_ranges(
+            &self.pool,
+            &self.plan,
+            Some(&self.plan.name),
+            self.progress,
+            self.progress_every,
+        )
+        .await?;
         if !report.mismatched.is_empty() {
             // An earlier pass no longer holds: contract must not rely on it.
             state::clear_validated(&self.pool, &self.plan.name).await?;
@@ -480,6 +511,15 @@ impl Migrator {
         }
         state::mark_validated(&self.pool, &self.plan.name).await?;
         Ok(report)
+    }
+
+    /// Forgets an interrupted validation's progress: the next `validate`
+    /// compares every range again.
+    pub async fn restart_validation(&self) -> Result<(), Error> {
+        self.ensure_state().await?;
+        let mut conn = self.pool.acquire().await?;
+        state::forget_validation_progress(&mut conn, &self.plan.name).await?;
+        Ok(())
     }
 
     /// Drops the old shape. The only irreversible step: it runs only after a
@@ -516,6 +556,7 @@ impl Migrator {
             let report = validate::compare_ranges(
                 &self.pool,
                 &self.plan,
+                None,
                 self.progress,
                 self.progress_every,
             )

@@ -90,6 +90,15 @@ pub struct Backfill {
     /// ... or when replicas lag more than this (seconds).
     #[serde(default = "default_max_lag_s")]
     pub max_replication_lag_s: f64,
+    /// After the last batch, `VACUUM (ANALYZE)` the tables the expand steps
+    /// created or altered, throttled: otherwise the first reads after a large
+    /// backfill each set hint bits on millions of fresh row versions at once
+    /// (a stall of live traffic), and the planner does not know the new sizes.
+    #[serde(default = "default_true")]
+    pub vacuum: bool,
+    /// The vacuum's `vacuum_cost_delay` (ms): higher is gentler and slower.
+    #[serde(default = "default_vacuum_cost_delay_ms")]
+    pub vacuum_cost_delay_ms: f64,
 }
 
 fn default_batch() -> i64 {
@@ -112,6 +121,12 @@ fn default_max_lock_waiters() -> i64 {
 }
 fn default_max_lag_s() -> f64 {
     5.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_vacuum_cost_delay_ms() -> f64 {
+    2.0
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

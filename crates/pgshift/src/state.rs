@@ -218,6 +218,14 @@ pub(crate) async fn ensure_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
              done_at timestamptz not null default now(),
              primary key (migration, section, step_index)
          );
+         create table if not exists pgshift.validation_progress (
+             migration text primary key references pgshift.migrations (name) on delete cascade,
+             cursor_key text[] not null,
+             ranges bigint not null,
+             rows bigint not null,
+             mismatched text[] not null,
+             updated_at timestamptz not null default now()
+         );
          create table if not exists pgshift.shadow_counts (
              migration text primary key,
              compared bigint not null default 0,
@@ -333,6 +341,80 @@ pub(crate) async fn reset_progress(conn: &mut PgConnection, name: &str) -> Resul
     sqlx::query("delete from pgshift.shadow_counts where migration = $1")
         .bind(name)
         .execute(&mut *conn)
+        .await?;
+    forget_validation_progress(&mut *conn, name).await?;
+    Ok(())
+}
+
+/// Where an interrupted `validate` stopped, and what it had found.
+pub(crate) struct ValidationProgress {
+    pub cursor: Vec<String>,
+    pub ranges: i64,
+    pub rows: i64,
+    pub mismatched: Vec<String>,
+}
+
+/// The progress of an interrupted validation, if one is kept. A schema made by
+/// an older pgshift has none (and nothing to resume).
+pub(crate) async fn validation_progress(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<ValidationProgress>, sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("select to_regclass('pgshift.validation_progress') is not null")
+            .fetch_one(pool)
+            .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let row: Option<(Vec<String>, i64, i64, Vec<String>)> = sqlx::query_as(
+        "select cursor_key, ranges, rows, mismatched from pgshift.validation_progress where migration = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map(|(cursor, ranges, rows, mismatched)| ValidationProgress {
+            cursor,
+            ranges,
+            rows,
+            mismatched,
+        }),
+    )
+}
+
+/// Keeps the position after a compared range, in that range's transaction.
+pub(crate) async fn save_validation_progress(
+    conn: &mut PgConnection,
+    name: &str,
+    cursor: &[String],
+    report: &crate::ValidationReport,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into pgshift.validation_progress (migration, cursor_key, ranges, rows, mismatched)
+         values ($1, $2, $3, $4, $5)
+         on conflict (migration) do update
+            set cursor_key = excluded.cursor_key, ranges = excluded.ranges, rows = excluded.rows,
+                mismatched = excluded.mismatched, updated_at = now()",
+    )
+    .bind(name)
+    .bind(cursor)
+    .bind(i64::try_from(report.ranges).unwrap_or(i64::MAX))
+    .bind(report.rows)
+    .bind(&report.mismatched)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets a validation's progress: it finished, or the attempt is over.
+pub(crate) async fn forget_validation_progress(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from pgshift.validation_progress where migration = $1")
+        .bind(name)
+        .execute(conn)
         .await?;
     Ok(())
 }

@@ -1,22 +1,29 @@
 //! Validation: the old and new shape must agree on count and checksum, key
-//! range by key range, each range read in one snapshot.
+//! range by key range, each range read in one snapshot. Throttled like the
+//! backfill (ranges sized to a time budget, a rest between them, a pause when
+//! the database is under pressure) and, for `validate`, resumable: the
+//! position after each range is kept, so an interrupted run goes on from there.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
 use crate::key::{self, Key};
 use crate::plan::Plan;
 use crate::progress::Progress;
-use crate::{quote_ident, Error, Position};
+use crate::{backfill, quote_ident, state, Error, Position};
 
 #[derive(Debug, Clone, Default)]
 pub struct ValidationReport {
     pub ranges: u64,
     pub rows: i64,
-    /// Key ranges whose count or checksum differs.
-    pub mismatched: Vec<KeyRange>,
+    /// Key ranges whose count or checksum differs, as `(after, upto]`.
+    pub mismatched: Vec<String>,
+    /// Whether this run went on from where an interrupted one stopped.
+    pub resumed: bool,
+    /// Ranges the throttle shrank or paused for.
+    pub throttled: u64,
 }
 
 /// The keys in `(after, upto]`; `None` is open at that end (the start or
@@ -51,12 +58,7 @@ impl ValidationReport {
     /// "2 of 40 key ranges differ: (0, 500], (1000, 1500]" (at most ten named).
     pub fn describe_mismatch(&self) -> String {
         const NAMED: usize = 10;
-        let mut ranges: Vec<String> = self
-            .mismatched
-            .iter()
-            .take(NAMED)
-            .map(ToString::to_string)
-            .collect();
+        let mut ranges: Vec<String> = self.mismatched.iter().take(NAMED).cloned().collect();
         if self.mismatched.len() > NAMED {
             ranges.push(format!("and {} more", self.mismatched.len() - NAMED));
         }
@@ -70,13 +72,18 @@ impl ValidationReport {
 }
 
 /// Runs the plan's `validate.source` and `validate.target` over every key
-/// range of the backfill source, keyset windows of `validate.chunk_size`
-/// rows; the last range runs to the end of the key space, so rows the new
-/// shape holds past the old shape's last key fail it too. The report lists
-/// the ranges that differ.
+/// range of the backfill source, keyset windows of about `validate.chunk_size`
+/// rows (resized toward the backfill's `target_batch_ms`); the last range runs
+/// to the end of the key space, so rows the new shape holds past the old
+/// shape's last key fail it too. The report lists the ranges that differ.
+///
+/// With `resume_as` (the migration's name), progress is kept after every range
+/// and a run goes on from where an interrupted one stopped; a finished run
+/// forgets it. Without it (contract's check), every range is compared now.
 pub(crate) async fn compare_ranges(
     pool: &PgPool,
     plan: &Plan,
+    resume_as: Option<&str>,
     progress: bool,
     progress_every: Duration,
 ) -> Result<ValidationReport, Error> {
@@ -84,13 +91,38 @@ pub(crate) async fn compare_ranges(
     let v = &plan.validate;
     let source = quote_ident(&b.source);
     let key = Key::resolve(pool, &b.source, &b.key).await?;
-    let total: i64 = sqlx::query_scalar(&format!("select count(*) from {source}"))
-        .fetch_one(pool)
-        .await?;
-    let mut bar = Progress::new(progress, progress_every, total as u64, "validate");
     let mut report = ValidationReport::default();
     let mut after: Option<Position> = None;
+    if let Some(name) = resume_as {
+        if let Some(saved) = state::validation_progress(pool, name).await? {
+            after = Some(saved.cursor);
+            report.ranges = u64::try_from(saved.ranges).unwrap_or(0);
+            report.rows = saved.rows;
+            report.mismatched = saved.mismatched;
+            report.resumed = true;
+        }
+    }
+    let remaining: i64 = sqlx::query_scalar_with(
+        &key.count_after_sql(&source, after.is_some()),
+        key.window_args(after.as_deref(), None)?,
+    )
+    .fetch_one(pool)
+    .await?;
+    let mut bar = Progress::new(
+        progress,
+        progress_every,
+        remaining.max(0) as u64,
+        "validate",
+    );
+    let mut chunk = v.chunk_size;
+    let mut baseline_ms: Option<f64> = None;
     loop {
+        if backfill::under_pressure(pool, b, &mut baseline_ms).await? {
+            chunk = (chunk / 2).max(MIN_CHUNK.min(v.chunk_size));
+            report.throttled += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let started = Instant::now();
         let mut tx = pool.begin().await?;
         sqlx::query("set transaction isolation level repeatable read")
             .execute(&mut *tx)
@@ -98,7 +130,7 @@ pub(crate) async fn compare_ranges(
         let lo = after.as_deref();
         let (rows, upto): (i64, Option<Position>) = sqlx::query_as_with(
             &key.window_sql(&source, lo.is_some()),
-            key.window_args(lo, Some(v.chunk_size))?,
+            key.window_args(lo, Some(chunk))?,
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -117,22 +149,46 @@ pub(crate) async fn compare_ranges(
                 })?;
             sides.push(side);
         }
-        tx.commit().await?;
         report.ranges += 1;
         report.rows += rows;
         if sides[0] != sides[1] {
-            report.mismatched.push(KeyRange {
-                after: after.clone(),
-                upto: upto.clone(),
-                integer: key.integer,
-            });
+            report.mismatched.push(
+                KeyRange {
+                    after: after.clone(),
+                    upto: upto.clone(),
+                    integer: key.integer,
+                }
+                .to_string(),
+            );
         }
+        if let Some(name) = resume_as {
+            match &upto {
+                Some(upto) => state::save_validation_progress(&mut tx, name, upto, &report).await?,
+                None => state::forget_validation_progress(&mut tx, name).await?,
+            }
+        }
+        tx.commit().await?;
         bar.inc(rows as u64);
-        match upto {
-            Some(upto) => after = Some(upto),
-            None => break,
+        let Some(upto) = upto else {
+            break;
+        };
+        after = Some(upto);
+        // Size the next range to take about `target_batch_ms`, then rest.
+        let took = started.elapsed();
+        let ms = took.as_secs_f64() * 1000.0;
+        let scaled = (chunk as f64 * (b.target_batch_ms / ms.max(0.1)))
+            .clamp(chunk as f64 / 2.0, chunk as f64 * 1.5);
+        chunk = (scaled as i64).clamp(
+            MIN_CHUNK.min(v.chunk_size),
+            v.chunk_size.max(b.max_batch_size),
+        );
+        if b.duty_cycle < 1.0 {
+            tokio::time::sleep(took.mul_f64(1.0 / b.duty_cycle - 1.0)).await;
         }
     }
     bar.finish();
     Ok(report)
 }
+
+/// The throttle never shrinks a range below this many rows.
+const MIN_CHUNK: i64 = 100;

@@ -177,6 +177,70 @@ async fn validation_catches_a_row_the_new_shape_got_wrong() {
 }
 
 #[tokio::test]
+async fn an_interrupted_validation_resumes_and_the_backfill_leaves_the_table_vacuumed() {
+    let (_pg, pool, dir) = cluster("validate-resume").await;
+    // Small ranges and long rests: the validation takes a while.
+    let slow = PLAN
+        .replace("chunk_size = 700", "chunk_size = 20")
+        .replace(
+            "max_batch_size = 500",
+            "max_batch_size = 500\nduty_cycle = 0.05\ntarget_batch_ms = 1",
+        );
+    let migrator = Migrator::open(pool.clone(), Plan::parse(&slow).unwrap())
+        .await
+        .unwrap();
+    migrator.expand().await.unwrap();
+    let report = migrator.backfill().await.unwrap();
+    assert_eq!(report.vacuumed, ["accounts_v2"]);
+    // The vacuum set the visibility map: an index-only scan needs no heap.
+    let (vacuumed, all_visible): (i64, i32) = sqlx::query_as(
+        "select vacuum_count + autovacuum_count, (select relallvisible from pg_class where relname = 'accounts_v2')
+         from pg_stat_user_tables where relname = 'accounts_v2'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        vacuumed >= 1 && all_visible > 0,
+        "{vacuumed} vacuums, {all_visible} pages all-visible"
+    );
+
+    // Interrupted part-way (as Ctrl-C or a lost connection would).
+    let cut = tokio::time::timeout(Duration::from_millis(300), migrator.validate()).await;
+    assert!(
+        cut.is_err(),
+        "the validation finished before it could be interrupted"
+    );
+    let kept: i64 = sqlx::query_scalar("select ranges from pgshift.validation_progress")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(kept > 0 && kept < 200, "{kept} ranges kept");
+    // A row diverges behind the validation's back, in a range already compared:
+    // the resumed run does not see it, a restarted one does.
+    sqlx::query("update accounts_v2 set balance_cents = balance_cents + 1 where id = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let resumed = migrator.validate().await.unwrap();
+    assert!(resumed.resumed);
+    assert_eq!(resumed.rows, 5000, "every row compared once");
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("select count(*) from pgshift.validation_progress")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        0,
+        "a finished validation forgets its progress"
+    );
+    migrator.restart_validation().await.unwrap();
+    let err = migrator.validate().await.unwrap_err();
+    assert!(matches!(err, Error::Validation(_)), "{err}");
+    drop(pool);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
 async fn ddl_that_hits_lock_timeout_is_retried_not_left_in_the_queue() {
     let (_pg, pool, dir) = cluster("locks").await;
     let plan = PLAN
