@@ -180,12 +180,10 @@ async fn validation_catches_a_row_the_new_shape_got_wrong() {
 async fn an_interrupted_validation_resumes_and_the_backfill_leaves_the_table_vacuumed() {
     let (_pg, pool, dir) = cluster("validate-resume").await;
     // Small ranges and long rests: the validation takes a while.
-    let slow = PLAN
-        .replace("chunk_size = 700", "chunk_size = 20")
-        .replace(
-            "max_batch_size = 500",
-            "max_batch_size = 500\nduty_cycle = 0.05\ntarget_batch_ms = 1",
-        );
+    let slow = PLAN.replace("chunk_size = 700", "chunk_size = 20").replace(
+        "max_batch_size = 500",
+        "max_batch_size = 500\nduty_cycle = 0.05\ntarget_batch_ms = 1",
+    );
     let migrator = Migrator::open(pool.clone(), Plan::parse(&slow).unwrap())
         .await
         .unwrap();
