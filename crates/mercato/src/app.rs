@@ -50,6 +50,7 @@ pub struct App {
     config: Config,
     migration: Arc<ReadSwitch>,
     checkout: Checkout,
+    webhooks: crate::events::worker::DeliveryConfig,
     listener: TcpListener,
     router: Router,
     pub addr: SocketAddr,
@@ -117,7 +118,16 @@ impl App {
             payments: Arc::new(SandboxProvider::new(db.app.clone(), config.payment_delay)),
             reservation_ttl_seconds: config.checkout_ttl.as_secs().max(1) as i64,
         };
+        let webhooks = crate::events::worker::DeliveryConfig {
+            schedule: config.webhook_schedule.clone(),
+            timeout: config.webhook_timeout,
+            disable_after: config.webhook_disable_after.max(1),
+            // Development (the embedded database) may deliver to loopback receivers.
+            allow_internal: config.webhooks_allow_internal || localpg.is_some(),
+            ..Default::default()
+        };
         let state = AppState::new(Services {
+            webhooks: webhooks.clone(),
             db: db.clone(),
             admin_token: Arc::from(admin_token.as_str()),
             keys: Default::default(),
@@ -128,6 +138,7 @@ impl App {
         Ok(App {
             migration,
             checkout,
+            webhooks,
             config,
             listener,
             router: routes::router(state),
@@ -152,6 +163,7 @@ impl App {
             config,
             migration,
             checkout,
+            webhooks,
             listener,
             router,
             db,
@@ -170,6 +182,11 @@ impl App {
                 config.recovery_grace,
             )),
             tokio::spawn(flush_shadow_counts(migration, config.worker_interval)),
+            tokio::spawn(crate::events::worker::deliver_webhooks(
+                db.app.clone(),
+                db.worker.clone(),
+                webhooks,
+            )),
             tokio::spawn(crate::pricing::rollout::watch_anomalies(
                 db.app.clone(),
                 db.worker.clone(),

@@ -15,6 +15,8 @@ const DEFAULT_RECOVERY_GRACE: &str = "30";
 const DEFAULT_WORKER_INTERVAL: &str = "1";
 const DEFAULT_PAYMENT_DELAY: &str = "2";
 const DEFAULT_ANOMALY_INTERVAL: &str = "60";
+const DEFAULT_WEBHOOK_TIMEOUT: &str = "10";
+const DEFAULT_WEBHOOK_DISABLE_AFTER: i32 = 100;
 const DEFAULT_SHADOW_PERCENT: u8 = 10;
 /// The shortest admin token accepted: 32 characters (a generated one has 52).
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
@@ -58,6 +60,19 @@ pub struct Config {
     /// Percentage of migrating reads that also read the other shape and compare (0 to 100).
     #[arg(long, env = "MERCATO_SHADOW_PERCENT", default_value_t = DEFAULT_SHADOW_PERCENT)]
     pub shadow_percent: u8,
+    /// Allow webhook receivers on loopback, private and link-local addresses. Always on when
+    /// serving from the embedded database (development); off by default with --database-url.
+    #[arg(long, env = "MERCATO_WEBHOOKS_ALLOW_INTERNAL")]
+    pub webhooks_allow_internal: bool,
+    /// Seconds a webhook receiver has to answer (0.1 to 86400).
+    #[arg(long, env = "MERCATO_WEBHOOK_TIMEOUT", default_value = DEFAULT_WEBHOOK_TIMEOUT, value_parser = seconds)]
+    pub webhook_timeout: Duration,
+    /// Delays before each webhook attempt (Svix's schedule; tests shorten it).
+    #[arg(skip = crate::events::svix_schedule())]
+    pub webhook_schedule: Vec<Duration>,
+    /// Failed webhook attempts in a row after which an endpoint is disabled.
+    #[arg(skip = DEFAULT_WEBHOOK_DISABLE_AFTER)]
+    pub webhook_disable_after: i32,
 }
 
 /// A configuration that cannot work, named by its flag.
@@ -92,6 +107,10 @@ impl Config {
             worker_interval: default(DEFAULT_WORKER_INTERVAL),
             payment_delay: default(DEFAULT_PAYMENT_DELAY),
             anomaly_interval: default(DEFAULT_ANOMALY_INTERVAL),
+            webhooks_allow_internal: false,
+            webhook_timeout: default(DEFAULT_WEBHOOK_TIMEOUT),
+            webhook_schedule: crate::events::svix_schedule(),
+            webhook_disable_after: DEFAULT_WEBHOOK_DISABLE_AFTER,
             shadow_percent: DEFAULT_SHADOW_PERCENT,
         }
     }
@@ -108,6 +127,7 @@ impl Config {
             ("worker-interval", self.worker_interval, 0.01),
             ("payment-delay", self.payment_delay, 0.0),
             ("anomaly-interval", self.anomaly_interval, 1.0),
+            ("webhook-timeout", self.webhook_timeout, 0.1),
         ] {
             let secs = value.as_secs_f64();
             if !(min..=MAX_SECONDS).contains(&secs) {

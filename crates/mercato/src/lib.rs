@@ -22,6 +22,7 @@
 //! | `checkout` | `orders`, `order_items` |
 //! | `payments` (sandbox provider) | `payments` |
 //! | `pricing` | `pricing_settings`, `pricing_rule_revisions`, `pricing_rule_usage`, `pricing_customer_usage`, `pricing_order_uses`, `pricing_rollouts`, `pricing_rollout_orders`, `pricing_alerts` |
+//! | `events` | `events`, `webhook_endpoints`, `webhook_deliveries`, `webhook_attempts` |
 //! | `legacy_orders` | `legacy_orders`, `order_records`, `customers` (the pgshift demo migration) |
 //! | `http::idempotency` | `idempotency_keys` |
 //!
@@ -35,6 +36,7 @@ pub mod checkout;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod events;
 pub mod http;
 pub mod inventory;
 pub mod legacy_orders;

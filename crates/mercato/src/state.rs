@@ -32,4 +32,6 @@ pub struct Services {
     pub checkout: Checkout,
     /// The online migration of legacy orders: which shapes to write and read.
     pub migration: Arc<pgshift::ReadSwitch>,
+    /// How webhooks are delivered (and which receiver URLs are accepted).
+    pub webhooks: crate::events::worker::DeliveryConfig,
 }

@@ -30,6 +30,15 @@ const OWNERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "events",
+        &[
+            "events",
+            "webhook_endpoints",
+            "webhook_deliveries",
+            "webhook_attempts",
+        ],
+    ),
+    (
         "legacy_orders",
         &["legacy_orders", "order_records", "customers"],
     ),

@@ -175,6 +175,13 @@ impl Checkout {
         }
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         store::settle_refund(&mut tx, refund.id, RefundStatus::Succeeded).await?;
+        crate::events::emit(
+            &mut tx,
+            crate::events::EventType::OrderRefunded,
+            serde_json::json!({"order_id": refund.order_id, "refund_id": refund.id,
+                               "amount": refund.amount, "full": refund.includes_shipping}),
+        )
+        .await?;
         if refund.includes_shipping {
             // Refunded in full: the order's uses of limited rules are free again.
             crate::pricing::release_uses(&mut tx, refund.order_id).await?;

@@ -15,6 +15,9 @@ use uuid::Uuid;
 use super::model::NewCheckout;
 use super::store::{self, NewOrder, Order, OrderStatus, Step};
 use ::pricing::{Cart, Currency};
+use serde_json::json;
+
+use crate::events::EventType;
 
 use crate::catalog;
 use crate::db::TenantTx;
@@ -199,6 +202,13 @@ impl Checkout {
             }
             // From here the order's saga, not the expiry worker, settles the units.
             hold_for_order(&mut tx, reservation.id, order_id).await?;
+            crate::events::emit(
+                &mut tx,
+                EventType::OrderCreated,
+                json!({"order_id": order_id, "customer_email": new.email,
+                       "total": {"amount": order.total, "currency": order.currency}}),
+            )
+            .await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(Recorded::Placed)
         }
@@ -349,6 +359,12 @@ impl Checkout {
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         if settle_reservation(&mut tx, order.reservation_id, Settlement::Consumed).await? {
             store::advance_step(&mut tx, order.id, Step::Captured, Step::Confirmed, None).await?;
+            crate::events::emit(
+                &mut tx,
+                EventType::OrderConfirmed,
+                json!({"order_id": order.id, "total": order.total}),
+            )
+            .await?;
             tx.commit().await?;
             metrics::counter!("checkouts_confirmed_total").increment(1);
             return Ok(());
@@ -387,6 +403,12 @@ impl Checkout {
         settle_reservation(&mut tx, order.reservation_id, Settlement::Released).await?;
         crate::pricing::release_uses(&mut tx, order.id).await?;
         store::mark_failed(&mut tx, order.id, reason, payment).await?;
+        crate::events::emit(
+            &mut tx,
+            EventType::OrderFailed,
+            json!({"order_id": order.id, "reason": reason}),
+        )
+        .await?;
         tx.commit().await?;
         metrics::counter!("checkouts_failed_total", "reason" => reason.to_owned()).increment(1);
         Ok(())

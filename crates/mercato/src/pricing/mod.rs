@@ -167,6 +167,12 @@ pub async fn put_rules(
         ensure_settings(tx).await?;
         store::set_live_revision(tx, n).await?;
     }
+    crate::events::emit(
+        tx,
+        crate::events::EventType::PricingRulesChanged,
+        serde_json::json!({"revision": n, "in_force": activate, "actor": actor, "diff": diff}),
+    )
+    .await?;
     revision(tx, n).await?.ok_or(sqlx::Error::RowNotFound)
 }
 

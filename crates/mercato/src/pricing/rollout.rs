@@ -453,6 +453,14 @@ pub async fn check_anomalies(
                 created_at: now,
             };
             if store::insert_alert(tx, &row, window_start).await? {
+                crate::events::emit(
+                    tx,
+                    crate::events::EventType::PricingAnomaly,
+                    serde_json::json!({"alert_id": row.id, "kind": finding.kind.as_str(),
+                        "currency": row.currency, "observed": finding.observed,
+                        "expected": finding.expected}),
+                )
+                .await?;
                 metrics::counter!("pricing_anomalies_total", "kind" => finding.kind.as_str())
                     .increment(1);
                 tracing::warn!(merchant = %tx.merchant_id().0, kind = %finding.kind,

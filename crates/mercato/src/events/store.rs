@@ -1,0 +1,457 @@
+//! Events and webhook SQL. Tenant functions take a `TenantTx`; the delivery
+//! worker's take a connection of the worker role (across merchants).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::db::{text_enum, TenantTx};
+
+text_enum! {
+    /// Whether an endpoint receives deliveries.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum EndpointStatus {
+        Enabled = "enabled",
+        /// By the merchant, or automatically after a long run of failures.
+        Disabled = "disabled",
+    }
+}
+
+text_enum! {
+    /// Where a delivery stands.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum DeliveryStatus {
+        /// To be sent at `next_attempt_at`.
+        Pending = "pending",
+        Succeeded = "succeeded",
+        /// Every attempt of the retry schedule failed; `recover` sends it again.
+        Dead = "dead",
+    }
+}
+
+pub struct EventRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub version: i32,
+    /// JSON text.
+    pub payload: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Writes an event and one pending delivery for every enabled endpoint that
+/// subscribed to its type, in the caller's transaction.
+pub async fn insert_event(
+    tx: &mut TenantTx,
+    id: Uuid,
+    kind: &str,
+    version: i32,
+    payload: &str,
+) -> Result<(), sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    sqlx::query!(
+        "insert into events (merchant_id, id, type, version, payload)
+         values ($1, $2, $3, $4, $5::text::jsonb)",
+        merchant,
+        id,
+        kind,
+        version,
+        payload,
+    )
+    .execute(tx.conn())
+    .await?;
+    sqlx::query!(
+        "insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id)
+         select merchant_id, gen_random_uuid(), id, $2 from webhook_endpoints
+         where merchant_id = $1 and status = 'enabled' and $3 = any(event_types)",
+        merchant,
+        id,
+        kind,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Events newest last, after `after`, of `kind` if given.
+pub async fn events(
+    tx: &mut TenantTx,
+    kind: Option<&str>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EventRow,
+        r#"select id, type as kind, version, payload::text as "payload!", occurred_at from events
+           where merchant_id = $1 and ($2::text is null or type = $2) and ($3::uuid is null or id > $3)
+           order by id limit $4"#,
+        tx.merchant_id().0,
+        kind,
+        after,
+        limit,
+    )
+    .fetch_all(tx.conn())
+    .await
+}
+
+pub async fn event(tx: &mut TenantTx, id: Uuid) -> Result<Option<EventRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EventRow,
+        r#"select id, type as kind, version, payload::text as "payload!", occurred_at from events
+           where merchant_id = $1 and id = $2"#,
+        tx.merchant_id().0,
+        id,
+    )
+    .fetch_optional(tx.conn())
+    .await
+}
+
+pub struct EndpointRow {
+    pub id: Uuid,
+    pub url: String,
+    pub description: Option<String>,
+    pub event_types: Vec<String>,
+    pub secret: String,
+    pub status: EndpointStatus,
+    pub disabled_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn insert_endpoint(
+    tx: &mut TenantTx,
+    id: Uuid,
+    url: &str,
+    description: Option<&str>,
+    event_types: &[String],
+    secret: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "insert into webhook_endpoints (merchant_id, id, url, description, event_types, secret)
+         values ($1, $2, $3, $4, $5, $6)",
+        tx.merchant_id().0,
+        id,
+        url,
+        description,
+        event_types,
+        secret,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+pub async fn endpoints(tx: &mut TenantTx) -> Result<Vec<EndpointRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EndpointRow,
+        r#"select id, url, description, event_types, secret, status as "status: EndpointStatus",
+                  disabled_reason, created_at, updated_at
+           from webhook_endpoints where merchant_id = $1 order by created_at, id"#,
+        tx.merchant_id().0,
+    )
+    .fetch_all(tx.conn())
+    .await
+}
+
+pub async fn endpoint(tx: &mut TenantTx, id: Uuid) -> Result<Option<EndpointRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EndpointRow,
+        r#"select id, url, description, event_types, secret, status as "status: EndpointStatus",
+                  disabled_reason, created_at, updated_at
+           from webhook_endpoints where merchant_id = $1 and id = $2"#,
+        tx.merchant_id().0,
+        id,
+    )
+    .fetch_optional(tx.conn())
+    .await
+}
+
+/// Changes what is given (`None` keeps it); enabling clears the failure run.
+pub async fn update_endpoint(
+    tx: &mut TenantTx,
+    id: Uuid,
+    url: Option<&str>,
+    description: Option<&str>,
+    event_types: Option<&[String]>,
+    status: Option<EndpointStatus>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        "update webhook_endpoints set
+             url = coalesce($3, url),
+             description = coalesce($4, description),
+             event_types = coalesce($5, event_types),
+             status = coalesce($6, status),
+             disabled_reason = case when $6 = 'enabled' then null
+                                    when $6 = 'disabled' then 'disabled by the merchant'
+                                    else disabled_reason end,
+             consecutive_failures = case when $6 = 'enabled' then 0 else consecutive_failures end,
+             updated_at = now()
+         where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+        url,
+        description,
+        event_types,
+        status.map(|s| s.as_str()),
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// A new secret; the old one keeps signing (beside it) until `overlap_until`.
+pub async fn rotate_secret(
+    tx: &mut TenantTx,
+    id: Uuid,
+    secret: &str,
+    overlap_until: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        "update webhook_endpoints set previous_secret = secret, previous_secret_expires_at = $4,
+                secret = $3, updated_at = now()
+         where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+        secret,
+        overlap_until,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+pub async fn delete_endpoint(tx: &mut TenantTx, id: Uuid) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "delete from webhook_endpoints where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(deleted.rows_affected() == 1)
+}
+
+/// A delivery with its attempts, as the API lists it.
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub struct AttemptRow {
+    pub delivery_id: Uuid,
+    pub attempt: i32,
+    pub status_code: Option<i32>,
+    pub latency_ms: i32,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// An endpoint's deliveries, newest first (at most `limit`), with their attempts.
+pub async fn deliveries(
+    tx: &mut TenantTx,
+    endpoint: Uuid,
+    limit: i64,
+) -> Result<(Vec<DeliveryRow>, Vec<AttemptRow>), sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    let deliveries = sqlx::query_as!(
+        DeliveryRow,
+        r#"select d.id, d.event_id, e.type as event_type, d.status as "status: DeliveryStatus",
+                  d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at
+           from webhook_deliveries d
+           join events e on e.merchant_id = d.merchant_id and e.id = d.event_id
+           where d.merchant_id = $1 and d.endpoint_id = $2
+           order by d.created_at desc, d.id limit $3"#,
+        merchant,
+        endpoint,
+        limit,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+    let attempts = sqlx::query_as!(
+        AttemptRow,
+        "select delivery_id, attempt, status_code, latency_ms, error, response_excerpt, at
+         from webhook_attempts where merchant_id = $1 and delivery_id = any($2)
+         order by delivery_id, attempt",
+        merchant,
+        &ids,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    Ok((deliveries, attempts))
+}
+
+/// Sends dead (and, with `since`, failed-and-waiting) deliveries of an endpoint
+/// created since `since` again, now, with a fresh schedule. How many.
+pub async fn recover(
+    tx: &mut TenantTx,
+    endpoint: Uuid,
+    since: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let recovered = sqlx::query!(
+        "update webhook_deliveries set status = 'pending', attempts = 0, next_attempt_at = now(),
+                updated_at = now()
+         where merchant_id = $1 and endpoint_id = $2 and created_at >= $3
+           and (status = 'dead' or (status = 'pending' and attempts > 0))",
+        tx.merchant_id().0,
+        endpoint,
+        since,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(recovered.rows_affected())
+}
+
+/// A delivery the worker claimed, with what it needs to send it.
+pub struct Claimed {
+    pub merchant_id: Uuid,
+    pub delivery_id: Uuid,
+    pub endpoint_id: Uuid,
+    /// This attempt's number (1 for the first).
+    pub attempt: i32,
+    pub url: String,
+    pub secret: String,
+    /// The secret before a rotation, while it still signs.
+    pub previous_secret: Option<String>,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub version: i32,
+    /// JSON text.
+    pub payload: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due deliveries of enabled endpoints, at most
+/// `per_endpoint` of any one endpoint (a slow receiver cannot take every
+/// slot), oldest first. The claim is a lease: the delivery is due again after
+/// `lease_seconds` unless its attempt is recorded first, so a worker that dies
+/// mid-delivery loses nothing (at-least-once, same `webhook-id`).
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    limit: i64,
+    per_endpoint: i64,
+    lease_seconds: f64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as!(
+        Claimed,
+        r#"with due as (
+               select d.merchant_id, d.id from webhook_deliveries d
+               join webhook_endpoints w on w.merchant_id = d.merchant_id and w.id = d.endpoint_id
+               where d.status = 'pending' and d.next_attempt_at <= now() and w.status = 'enabled'
+               order by d.next_attempt_at
+               limit $1::bigint * 4
+               for update of d skip locked
+           ), ranked as (
+               select d.merchant_id, d.id,
+                      row_number() over (partition by d.merchant_id, d.endpoint_id order by d.next_attempt_at) as n
+               from webhook_deliveries d join due using (merchant_id, id)
+           ), picked as (
+               select merchant_id, id from ranked where n <= $2::bigint order by n limit $1::bigint
+           )
+           update webhook_deliveries d
+              set attempts = d.attempts + 1,
+                  next_attempt_at = now() + make_interval(secs => $3),
+                  updated_at = now()
+           from picked, webhook_endpoints w, events e
+           where d.merchant_id = picked.merchant_id and d.id = picked.id
+             and w.merchant_id = d.merchant_id and w.id = d.endpoint_id
+             and e.merchant_id = d.merchant_id and e.id = d.event_id
+           returning d.merchant_id, d.id as delivery_id, d.endpoint_id, d.attempts as attempt,
+                     w.url, w.secret,
+                     case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
+                     e.id as event_id, e.type as event_type, e.version, e.payload::text as "payload!",
+                     e.occurred_at"#,
+        limit,
+        per_endpoint,
+        lease_seconds,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// What one attempt came to.
+pub struct Attempt<'a> {
+    pub status_code: Option<i32>,
+    pub latency_ms: i32,
+    pub error: Option<&'a str>,
+    pub response_excerpt: Option<&'a str>,
+}
+
+/// Records an attempt and moves its delivery on: succeeded, due again at
+/// `retry_at`, or dead (no `retry_at`). Returns the endpoint's run of
+/// consecutive failed attempts.
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    claimed: &Claimed,
+    attempt: &Attempt<'_>,
+    succeeded: bool,
+    retry_at: Option<DateTime<Utc>>,
+) -> Result<i32, sqlx::Error> {
+    let status = match (succeeded, retry_at) {
+        (true, _) => DeliveryStatus::Succeeded,
+        (false, Some(_)) => DeliveryStatus::Pending,
+        (false, None) => DeliveryStatus::Dead,
+    };
+    sqlx::query!(
+        "insert into webhook_attempts (merchant_id, delivery_id, attempt, status_code, latency_ms, error, response_excerpt)
+         values ($1, $2, $3, $4, $5, $6, $7)
+         on conflict (merchant_id, delivery_id, attempt) do nothing",
+        claimed.merchant_id,
+        claimed.delivery_id,
+        claimed.attempt,
+        attempt.status_code,
+        attempt.latency_ms,
+        attempt.error,
+        attempt.response_excerpt,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "update webhook_deliveries set status = $3, next_attempt_at = coalesce($4, next_attempt_at),
+                last_status_code = $5, last_error = $6, updated_at = now()
+         where merchant_id = $1 and id = $2 and attempts = $7",
+        claimed.merchant_id,
+        claimed.delivery_id,
+        status as DeliveryStatus,
+        retry_at,
+        attempt.status_code,
+        attempt.error,
+        claimed.attempt,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_scalar!(
+        r#"update webhook_endpoints
+              set consecutive_failures = case when $3 then 0 else consecutive_failures + 1 end
+           where merchant_id = $1 and id = $2
+           returning consecutive_failures as "failures!""#,
+        claimed.merchant_id,
+        claimed.endpoint_id,
+        succeeded,
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Disables an enabled endpoint with `reason`; whether it was enabled.
+pub async fn auto_disable(tx: &mut TenantTx, id: Uuid, reason: &str) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        "update webhook_endpoints set status = 'disabled', disabled_reason = $3, updated_at = now()
+         where merchant_id = $1 and id = $2 and status = 'enabled'",
+        tx.merchant_id().0,
+        id,
+        reason,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}

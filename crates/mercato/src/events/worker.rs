@@ -1,0 +1,273 @@
+//! Delivers webhooks: claims due deliveries (`FOR UPDATE SKIP LOCKED`, so several
+//! processes share the work), signs each per Standard Webhooks, POSTs it with a
+//! timeout and without following redirects, records the attempt and schedules
+//! the retry (or parks a dead letter). An endpoint failing too long in a row
+//! is disabled, and the merchant is told with a `webhook_endpoint.disabled` event.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+
+use super::model::{is_internal, next_delay, sign, Envelope};
+use super::store::{self, Attempt, Claimed};
+use crate::db::{MerchantId, TenantTx};
+
+/// How the worker behaves; `Default` is production's.
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// Delays before each attempt (the first is normally 0).
+    pub schedule: Vec<Duration>,
+    /// Each request's timeout.
+    pub timeout: Duration,
+    /// Deliveries in flight at once, and at most this many of one endpoint.
+    pub concurrency: usize,
+    pub per_endpoint: usize,
+    /// Failed attempts in a row after which an endpoint is disabled.
+    pub disable_after: i32,
+    /// Whether receivers may be loopback, private or link-local addresses
+    /// (development: `serve` on its embedded database).
+    pub allow_internal: bool,
+    /// Pause when nothing was due.
+    pub idle: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            schedule: super::svix_schedule(),
+            timeout: Duration::from_secs(10),
+            concurrency: 64,
+            per_endpoint: 8,
+            disable_after: 100,
+            allow_internal: false,
+            idle: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A resolver that refuses names resolving only to internal addresses: checked
+/// when the connection is made, so a name cannot pass a check and then
+/// resolve elsewhere (DNS rebinding).
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| !is_internal(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(
+                    format!("{} resolves only to internal addresses", name.as_str()).into(),
+                );
+            }
+            Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP client deliveries use: a timeout, no redirects, and (outside
+/// development) no internal addresses.
+pub fn client(config: &DeliveryConfig) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent("Mercato-Webhooks/1");
+    let builder = if config.allow_internal {
+        builder
+    } else {
+        builder.dns_resolver(Arc::new(PublicOnly))
+    };
+    builder.build()
+}
+
+/// Runs until the process ends.
+pub async fn deliver_webhooks(app: PgPool, worker: PgPool, config: DeliveryConfig) {
+    let client = match client(&config) {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::error!(error = %err, "webhook client could not be built; no deliveries");
+            return;
+        }
+    };
+    let config = Arc::new(config);
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    loop {
+        while in_flight.try_join_next().is_some() {}
+        let free = config.concurrency.saturating_sub(in_flight.len());
+        if free == 0 {
+            let _ = in_flight.join_next().await;
+            continue;
+        }
+        let lease = config.timeout.as_secs_f64() + 30.0;
+        let claimed = match worker.acquire().await {
+            Ok(mut conn) => {
+                store::claim_due(&mut conn, free as i64, config.per_endpoint as i64, lease).await
+            }
+            Err(e) => Err(e),
+        };
+        let claimed = match claimed {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming webhook deliveries failed; retrying");
+                tokio::time::sleep(config.idle).await;
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            tokio::time::sleep(config.idle).await;
+            continue;
+        }
+        for delivery in claimed {
+            let (app, worker, client, config) =
+                (app.clone(), worker.clone(), client.clone(), config.clone());
+            in_flight.spawn(async move {
+                if let Err(err) = deliver(&app, &worker, &client, &config, &delivery).await {
+                    // The lease brings it back: delivered at least once.
+                    tracing::warn!(delivery = %delivery.delivery_id, error = %err, "recording a webhook attempt failed");
+                }
+            });
+        }
+    }
+}
+
+/// What a receiver answered, or why it did not.
+struct Outcome {
+    status: Option<u16>,
+    error: Option<String>,
+    excerpt: Option<String>,
+    latency: Duration,
+}
+
+async fn send(client: &reqwest::Client, config: &DeliveryConfig, d: &Claimed) -> Outcome {
+    let started = Instant::now();
+    let failed = |error: String| Outcome {
+        status: None,
+        error: Some(error),
+        excerpt: None,
+        latency: started.elapsed(),
+    };
+    let url = match reqwest::Url::parse(&d.url) {
+        Ok(u) => u,
+        Err(e) => return failed(format!("bad URL: {e}")),
+    };
+    // An IP literal never reaches the resolver: check it here.
+    if let Some(ip) = url
+        .host_str()
+        .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+    {
+        if !config.allow_internal && is_internal(ip) {
+            return failed(format!("{ip} is an internal address"));
+        }
+    }
+    let id = d.event_id.to_string();
+    let data: serde_json::Value = match serde_json::from_str(&d.payload) {
+        Ok(v) => v,
+        Err(e) => return failed(format!("stored payload: {e}")),
+    };
+    let envelope = Envelope {
+        id: &id,
+        kind: &d.event_type,
+        version: d.version,
+        timestamp: d
+            .occurred_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        data: &data,
+    };
+    let body = match serde_json::to_vec(&envelope) {
+        Ok(b) => b,
+        Err(e) => return failed(format!("payload: {e}")),
+    };
+    let timestamp = Utc::now().timestamp();
+    let signatures: Vec<String> = std::iter::once(&d.secret)
+        .chain(d.previous_secret.as_ref())
+        .filter_map(|secret| sign(secret, &id, timestamp, &body))
+        .collect();
+    let sent = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signatures.join(" "))
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let excerpt = String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]).into_owned();
+            Outcome {
+                status: Some(status),
+                error: (!(200..300).contains(&status)).then(|| format!("HTTP {status}")),
+                excerpt: Some(excerpt),
+                latency: started.elapsed(),
+            }
+        }
+        Err(e) => failed(if e.is_timeout() {
+            format!("timed out after {:?}", config.timeout)
+        } else {
+            format!("{e}")
+        }),
+    }
+}
+
+async fn deliver(
+    app: &PgPool,
+    worker: &PgPool,
+    client: &reqwest::Client,
+    config: &DeliveryConfig,
+    d: &Claimed,
+) -> Result<(), sqlx::Error> {
+    let outcome = send(client, config, d).await;
+    let succeeded = outcome.error.is_none();
+    let retry_at = if succeeded {
+        None
+    } else {
+        let attempts = usize::try_from(d.attempt).unwrap_or(usize::MAX);
+        next_delay(&config.schedule, attempts, rand::random::<f64>())
+            .map(|delay| Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
+    };
+    let attempt = Attempt {
+        status_code: outcome.status.map(i32::from),
+        latency_ms: i32::try_from(outcome.latency.as_millis()).unwrap_or(i32::MAX),
+        error: outcome.error.as_deref(),
+        response_excerpt: outcome.excerpt.as_deref(),
+    };
+    let mut conn = worker.acquire().await?;
+    let failures = store::record_attempt(&mut conn, d, &attempt, succeeded, retry_at).await?;
+    drop(conn);
+    let result = match (succeeded, retry_at) {
+        (true, _) => "succeeded",
+        (false, Some(_)) => "retrying",
+        (false, None) => "dead",
+    };
+    metrics::counter!("webhook_attempts_total", "result" => result).increment(1);
+    metrics::histogram!("webhook_attempt_seconds").record(outcome.latency.as_secs_f64());
+    if !succeeded && failures >= config.disable_after {
+        disable(app, d, failures).await?;
+    }
+    Ok(())
+}
+
+/// Disables an endpoint that failed `failures` times in a row and tells the
+/// merchant, once (only the attempt that flips it emits the event).
+async fn disable(app: &PgPool, d: &Claimed, failures: i32) -> Result<(), sqlx::Error> {
+    let mut tx = TenantTx::begin(app, MerchantId(d.merchant_id)).await?;
+    let reason = format!("{failures} failed attempts in a row");
+    if store::auto_disable(&mut tx, d.endpoint_id, &reason).await? {
+        super::emit(
+            &mut tx,
+            super::EventType::WebhookEndpointDisabled,
+            serde_json::json!({"endpoint_id": d.endpoint_id, "reason": reason}),
+        )
+        .await?;
+        tracing::warn!(endpoint = %d.endpoint_id, %reason, "webhook endpoint disabled");
+    }
+    tx.commit().await
+}
