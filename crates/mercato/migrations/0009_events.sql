@@ -43,6 +43,8 @@ create table webhook_deliveries (
     status text not null default 'pending' check (status in ('pending', 'succeeded', 'dead')),
     attempts integer not null default 0,
     next_attempt_at timestamptz not null default now(),
+    -- Set while an attempt is in flight (a lease: a worker that dies lets it lapse).
+    leased_until timestamptz,
     last_status_code integer,
     last_error text,
     created_at timestamptz not null default now(),
@@ -51,7 +53,8 @@ create table webhook_deliveries (
     foreign key (merchant_id, endpoint_id) references webhook_endpoints (merchant_id, id) on delete cascade,
     foreign key (merchant_id, event_id) references events (merchant_id, id)
 );
-create index webhook_deliveries_due on webhook_deliveries (next_attempt_at) where status = 'pending';
+create index webhook_deliveries_due on webhook_deliveries (merchant_id, endpoint_id, next_attempt_at)
+    where status = 'pending';
 create index webhook_deliveries_by_endpoint on webhook_deliveries (merchant_id, endpoint_id, created_at);
 
 create table webhook_attempts (

@@ -299,7 +299,7 @@ pub async fn recover(
 ) -> Result<u64, sqlx::Error> {
     let recovered = sqlx::query!(
         "update webhook_deliveries set status = 'pending', attempts = 0, next_attempt_at = now(),
-                updated_at = now()
+                leased_until = null, updated_at = now()
          where merchant_id = $1 and endpoint_id = $2 and created_at >= $3
            and (status = 'dead' or (status = 'pending' and attempts > 0))",
         tx.merchant_id().0,
@@ -330,11 +330,12 @@ pub struct Claimed {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// Claims up to `limit` due deliveries of enabled endpoints, at most
-/// `per_endpoint` of any one endpoint (a slow receiver cannot take every
-/// slot), oldest first. The claim is a lease: the delivery is due again after
-/// `lease_seconds` unless its attempt is recorded first, so a worker that dies
-/// mid-delivery loses nothing (at-least-once, same `webhook-id`).
+/// Claims up to `limit` due deliveries of enabled endpoints, taking endpoints
+/// in random order and at most `per_endpoint` in flight for any one, so a slow
+/// or dead receiver holds its own slots and no more: the others' deliveries
+/// are not queued behind it. The claim is a lease: the delivery is due again
+/// after `lease_seconds` unless its attempt is recorded first, so a worker that
+/// dies mid-delivery loses nothing (at-least-once, same `webhook-id`).
 pub async fn claim_due(
     conn: &mut PgConnection,
     limit: i64,
@@ -343,22 +344,35 @@ pub async fn claim_due(
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
         Claimed,
-        r#"with due as (
-               select d.merchant_id, d.id from webhook_deliveries d
-               join webhook_endpoints w on w.merchant_id = d.merchant_id and w.id = d.endpoint_id
-               where d.status = 'pending' and d.next_attempt_at <= now() and w.status = 'enabled'
-               order by d.next_attempt_at
-               limit $1::bigint * 4
-               for update of d skip locked
-           ), ranked as (
-               select d.merchant_id, d.id,
-                      row_number() over (partition by d.merchant_id, d.endpoint_id order by d.next_attempt_at) as n
-               from webhook_deliveries d join due using (merchant_id, id)
+        r#"with busy as (
+               select merchant_id, endpoint_id, count(*) as n from webhook_deliveries
+               where status = 'pending' and leased_until > now()
+               group by merchant_id, endpoint_id
+           ), ready as (
+               select w.merchant_id, w.id, $2::bigint - coalesce(b.n, 0) as room
+               from webhook_endpoints w
+               left join busy b on b.merchant_id = w.merchant_id and b.endpoint_id = w.id
+               where w.status = 'enabled' and coalesce(b.n, 0) < $2::bigint
+                 and exists (select 1 from webhook_deliveries d
+                             where d.merchant_id = w.merchant_id and d.endpoint_id = w.id
+                               and d.status = 'pending' and d.next_attempt_at <= now())
+               order by random()
+               limit $1::bigint
            ), picked as (
-               select merchant_id, id from ranked where n <= $2::bigint order by n limit $1::bigint
+               select d.merchant_id, d.id
+               from ready r, lateral (
+                   select d.merchant_id, d.id from webhook_deliveries d
+                   where d.merchant_id = r.merchant_id and d.endpoint_id = r.id
+                     and d.status = 'pending' and d.next_attempt_at <= now()
+                   order by d.next_attempt_at
+                   limit r.room
+                   for update skip locked
+               ) d
+               limit $1::bigint
            )
            update webhook_deliveries d
               set attempts = d.attempts + 1,
+                  leased_until = now() + make_interval(secs => $3),
                   next_attempt_at = now() + make_interval(secs => $3),
                   updated_at = now()
            from picked, webhook_endpoints w, events e
@@ -417,7 +431,7 @@ pub async fn record_attempt(
     .await?;
     sqlx::query!(
         "update webhook_deliveries set status = $3, next_attempt_at = coalesce($4, next_attempt_at),
-                last_status_code = $5, last_error = $6, updated_at = now()
+                leased_until = null, last_status_code = $5, last_error = $6, updated_at = now()
          where merchant_id = $1 and id = $2 and attempts = $7",
         claimed.merchant_id,
         claimed.delivery_id,

@@ -120,7 +120,16 @@ pub async fn deliver_webhooks(app: PgPool, worker: PgPool, config: DeliveryConfi
             }
         };
         if claimed.is_empty() {
-            tokio::time::sleep(config.idle).await;
+            // Nothing claimable: wait for a slot to free up (an endpoint at its
+            // bound may have more due) or for new work, whichever comes first.
+            if in_flight.is_empty() {
+                tokio::time::sleep(config.idle).await;
+            } else {
+                tokio::select! {
+                    _ = in_flight.join_next() => {}
+                    _ = tokio::time::sleep(config.idle) => {}
+                }
+            }
             continue;
         }
         for delivery in claimed {

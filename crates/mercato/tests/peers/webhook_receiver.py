@@ -6,18 +6,19 @@ Prints `PORT <n>` on its first line, then serves:
   POST /hook          a delivery: verified against every secret it was given;
                       answers `fail_next` times with `fail_status`, then 204
   POST /_secrets      {"secrets": ["whsec_…", …]}: the secrets to verify with
-  POST /_mode         {"fail_next": n, "fail_status": 500}
+  POST /_mode         {"fail_next": n, "fail_status": 500, "delay": seconds}
   GET  /_received     every delivery seen: id, type, verified, status answered
 """
 
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks.webhooks import Webhook
 
-state = {"secrets": [], "fail_next": 0, "fail_status": 500, "received": []}
+state = {"secrets": [], "fail_next": 0, "fail_status": 500, "delay": 0.0, "received": []}
 lock = threading.Lock()
 
 
@@ -66,6 +67,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/hook":
             return self.reply(404)
         headers = {k.lower(): v for k, v in self.headers.items()}
+        if state["delay"]:
+            time.sleep(state["delay"])
         with lock:
             ok = verified(body, headers)
             if state["fail_next"] > 0:
@@ -84,6 +87,7 @@ class Handler(BaseHTTPRequestHandler):
                     "verified": ok,
                     "signatures": len(headers.get("webhook-signature", "").split()),
                     "status": status,
+                    "at": time.time(),
                 }
             )
         self.reply(status, {"received": True} if status < 300 else {"error": "try again"})
