@@ -55,6 +55,9 @@ create table webhook_deliveries (
 );
 create index webhook_deliveries_due on webhook_deliveries (merchant_id, endpoint_id, next_attempt_at)
     where status = 'pending';
+-- What is in flight per endpoint (few rows: an attempt clears its lease).
+create index webhook_deliveries_leased on webhook_deliveries (merchant_id, endpoint_id)
+    where leased_until is not null;
 create index webhook_deliveries_by_endpoint on webhook_deliveries (merchant_id, endpoint_id, created_at);
 
 create table webhook_attempts (

@@ -49,7 +49,9 @@ pub async fn prepare(owner_url: &str, max_connections: u32) -> Result<Db, DbErro
     grant_service_roles(&owner).await?;
     owner.close().await;
     let app = connect(owner_opts.clone().username(APP_ROLE), max_connections).await?;
-    let worker = connect(owner_opts.username(WORKER_ROLE), 4).await?;
+    // Expiry, recovery, anomaly checks and webhook deliveries (each in-flight
+    // delivery records its attempt on one).
+    let worker = connect(owner_opts.username(WORKER_ROLE), 16).await?;
     Ok(Db { app, worker })
 }
 

@@ -62,6 +62,8 @@ enum BenchCommand {
     Migrate(mercato::bench::migrate::Options),
     /// The pure calculator on realistic carts (one core) versus quotes over HTTP.
     Pricing(mercato::bench::pricing::Options),
+    /// Events from the outbox to a local receiver, against the receiver's own ceiling.
+    Webhooks(mercato::bench::webhooks::Options),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +83,9 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Migrate(opts)) => mercato::bench::migrate::run(opts).await,
             Command::Reprice(opts) => mercato::reprice::run(opts).await,
             Command::Bench(BenchCommand::Pricing(opts)) => mercato::bench::pricing::run(opts).await,
+            Command::Bench(BenchCommand::Webhooks(opts)) => {
+                mercato::bench::webhooks::run(opts).await
+            }
             Command::Bench(BenchCommand::Checkout(opts)) => {
                 mercato::bench::checkout::run(opts).await
             }

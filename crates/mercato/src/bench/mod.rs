@@ -5,6 +5,7 @@ pub mod checkout;
 pub mod load;
 pub mod migrate;
 pub mod pricing;
+pub mod webhooks;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +29,8 @@ const ADMIN: &str = "bench-admin-token-0123456789abcdef";
 pub struct Harness {
     pub base: String,
     pub owner: PgPool,
+    /// The service's RLS-bound pool (to write events as the service would).
+    pub app_pool: PgPool,
     pub key: String,
     pub merchant: Uuid,
     pub client: reqwest::Client,
@@ -52,6 +55,7 @@ impl Harness {
         let app = App::build(config).await.context("starting Mercato")?;
         let base = format!("http://{}", app.addr);
         let owner = crate::db::connect(app.owner_url.parse()?, 8).await?;
+        let app_pool = app.db.app.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.serve(async {
             let _ = stopped.await;
@@ -79,6 +83,7 @@ impl Harness {
         Ok(Harness {
             base,
             owner,
+            app_pool,
             key,
             merchant,
             client,

@@ -346,7 +346,7 @@ pub async fn claim_due(
         Claimed,
         r#"with busy as (
                select merchant_id, endpoint_id, count(*) as n from webhook_deliveries
-               where status = 'pending' and leased_until > now()
+               where leased_until is not null and status = 'pending' and leased_until > now()
                group by merchant_id, endpoint_id
            ), ready as (
                select w.merchant_id, w.id, $2::bigint - coalesce(b.n, 0) as room
@@ -401,8 +401,9 @@ pub struct Attempt<'a> {
 }
 
 /// Records an attempt and moves its delivery on: succeeded, due again at
-/// `retry_at`, or dead (no `retry_at`). Returns the endpoint's run of
-/// consecutive failed attempts.
+/// `retry_at`, or dead (no `retry_at`), in one transaction. Returns the
+/// endpoint's run of consecutive failed attempts (0 after a success; the
+/// endpoint row is written only when that run changes).
 pub async fn record_attempt(
     conn: &mut PgConnection,
     claimed: &Claimed,
@@ -415,6 +416,13 @@ pub async fn record_attempt(
         (false, Some(_)) => DeliveryStatus::Pending,
         (false, None) => DeliveryStatus::Dead,
     };
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    // Not waiting for the WAL flush is safe here: a record lost in a crash only
+    // lets the lease lapse, and the delivery is sent again with the same
+    // webhook-id (at-least-once, which receivers must handle anyway).
+    sqlx::query!("set local synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query!(
         "insert into webhook_attempts (merchant_id, delivery_id, attempt, status_code, latency_ms, error, response_excerpt)
          values ($1, $2, $3, $4, $5, $6, $7)
@@ -427,7 +435,7 @@ pub async fn record_attempt(
         attempt.error,
         attempt.response_excerpt,
     )
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
     sqlx::query!(
         "update webhook_deliveries set status = $3, next_attempt_at = coalesce($4, next_attempt_at),
@@ -441,19 +449,32 @@ pub async fn record_attempt(
         attempt.error,
         claimed.attempt,
     )
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
-    sqlx::query_scalar!(
-        r#"update webhook_endpoints
-              set consecutive_failures = case when $3 then 0 else consecutive_failures + 1 end
-           where merchant_id = $1 and id = $2
-           returning consecutive_failures as "failures!""#,
-        claimed.merchant_id,
-        claimed.endpoint_id,
-        succeeded,
-    )
-    .fetch_one(conn)
-    .await
+    let failures = if succeeded {
+        // Most successes follow successes: no write (and no lock) on the endpoint then.
+        sqlx::query!(
+            "update webhook_endpoints set consecutive_failures = 0
+             where merchant_id = $1 and id = $2 and consecutive_failures <> 0",
+            claimed.merchant_id,
+            claimed.endpoint_id,
+        )
+        .execute(&mut *tx)
+        .await?;
+        0
+    } else {
+        sqlx::query_scalar!(
+            r#"update webhook_endpoints set consecutive_failures = consecutive_failures + 1
+               where merchant_id = $1 and id = $2
+               returning consecutive_failures as "failures!""#,
+            claimed.merchant_id,
+            claimed.endpoint_id,
+        )
+        .fetch_one(&mut *tx)
+        .await?
+    };
+    tx.commit().await?;
+    Ok(failures)
 }
 
 /// Disables an enabled endpoint with `reason`; whether it was enabled.
