@@ -87,3 +87,7 @@ begin
         execute format('create policy worker_access on %I to mercato_worker using (true) with check (true)', t);
     end loop;
 end $$;
+
+-- inventory.low_stock: an event when a sale takes a SKU's units on hand down to
+-- its threshold (null: no alert).
+alter table stock add column low_stock_threshold bigint check (low_stock_threshold >= 0);

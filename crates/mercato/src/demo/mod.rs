@@ -82,7 +82,7 @@ pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
         };
         create_product(&mut tx, &product).await?;
         for variant in &product.variants {
-            set_on_hand(&mut tx, &variant.sku, DEMO_STOCK).await?;
+            set_on_hand(&mut tx, &variant.sku, DEMO_STOCK, None).await?;
         }
     }
     tx.commit().await?;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 pub use model::{check_url, is_internal, next_delay, sign, svix_schedule, EventType};
 pub use store::{DeliveryStatus, EndpointStatus};
 
-use crate::db::TenantTx;
+use crate::db::{MerchantId, TenantTx};
 
 /// The largest payload an event may carry (serialised), refused at the source
 /// so no receiver is sent more.
@@ -29,6 +29,18 @@ pub async fn emit(
     kind: EventType,
     payload: serde_json::Value,
 ) -> Result<Uuid, sqlx::Error> {
+    let merchant = tx.merchant_id();
+    emit_on(tx.conn(), merchant, kind, payload).await
+}
+
+/// `emit` on a connection already in a transaction: a tenant's, or a
+/// cross-tenant worker's (the reservation expiry).
+pub async fn emit_on(
+    conn: &mut sqlx::PgConnection,
+    merchant: MerchantId,
+    kind: EventType,
+    payload: serde_json::Value,
+) -> Result<Uuid, sqlx::Error> {
     let text = payload.to_string();
     let size = text.len();
     if size > MAX_PAYLOAD_BYTES {
@@ -37,7 +49,7 @@ pub async fn emit(
         )));
     }
     let id = Uuid::now_v7();
-    store::insert_event(tx, id, kind.as_str(), 1, &text).await?;
+    store::insert_event(conn, merchant.0, id, kind.as_str(), 1, &text).await?;
     metrics::counter!("events_emitted_total", "type" => kind.as_str()).increment(1);
     Ok(id)
 }

@@ -20,6 +20,8 @@ text_enum! {
         OrderConfirmed = "order.confirmed",
         OrderFailed = "order.failed",
         OrderRefunded = "order.refunded",
+        ReservationExpired = "reservation.expired",
+        InventoryLowStock = "inventory.low_stock",
         PricingRulesChanged = "pricing.rules_changed",
         PricingAnomaly = "pricing.anomaly",
         WebhookEndpointDisabled = "webhook_endpoint.disabled",

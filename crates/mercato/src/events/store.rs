@@ -41,15 +41,16 @@ pub struct EventRow {
 }
 
 /// Writes an event and one pending delivery for every enabled endpoint that
-/// subscribed to its type, in the caller's transaction.
+/// subscribed to its type, in the caller's transaction (a tenant's, or the
+/// worker role's).
 pub async fn insert_event(
-    tx: &mut TenantTx,
+    conn: &mut PgConnection,
+    merchant: Uuid,
     id: Uuid,
     kind: &str,
     version: i32,
     payload: &str,
 ) -> Result<(), sqlx::Error> {
-    let merchant = tx.merchant_id().0;
     sqlx::query!(
         "insert into events (merchant_id, id, type, version, payload)
          values ($1, $2, $3, $4, $5::text::jsonb)",
@@ -59,7 +60,7 @@ pub async fn insert_event(
         version,
         payload,
     )
-    .execute(tx.conn())
+    .execute(&mut *conn)
     .await?;
     sqlx::query!(
         "insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id)
@@ -69,7 +70,7 @@ pub async fn insert_event(
         id,
         kind,
     )
-    .execute(tx.conn())
+    .execute(conn)
     .await?;
     Ok(())
 }

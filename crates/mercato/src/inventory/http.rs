@@ -77,6 +77,9 @@ fn sku_param(raw: &str) -> Result<Sku, ApiError> {
 pub struct PutInventory {
     /// Units physically in stock, 0 or more.
     pub on_hand: i64,
+    /// A sale that takes the units on hand down to this (0 or more) emits an
+    /// `inventory.low_stock` event. Absent: the threshold set before stays.
+    pub low_stock_threshold: Option<i64>,
 }
 
 /// Sets a SKU's units on hand (409 if below what is reserved).
@@ -97,8 +100,14 @@ pub async fn put_inventory(
     if body.on_hand < 0 {
         return Err(ApiError::field("on_hand", "must not be negative"));
     }
+    if body.low_stock_threshold.is_some_and(|t| t < 0) {
+        return Err(ApiError::field(
+            "low_stock_threshold",
+            "must not be negative",
+        ));
+    }
     let mut tx = tenant.begin().await?;
-    let level = store::set_on_hand(&mut tx, &sku, body.on_hand).await?;
+    let level = store::set_on_hand(&mut tx, &sku, body.on_hand, body.low_stock_threshold).await?;
     tx.commit().await?;
     Ok(Json(level))
 }

@@ -79,6 +79,9 @@ pub struct StockLevel {
     pub on_hand: i64,
     pub reserved: i64,
     pub available: i64,
+    /// A sale that takes `on_hand` down to this emits `inventory.low_stock` (absent: none set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub low_stock_threshold: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -116,22 +119,29 @@ impl Settlement {
     }
 }
 
+/// Sets a SKU's units on hand, and its low-stock threshold when one is given
+/// (`None` keeps the one set before).
 pub async fn set_on_hand(
     tx: &mut TenantTx,
     sku: &Sku,
     on_hand: i64,
+    low_stock_threshold: Option<i64>,
 ) -> Result<StockLevel, InventoryError> {
     let merchant = tx.merchant_id().0;
     // The `where` turns "below reserved" into no row rather than an aborted transaction.
     let row = sqlx::query_as!(
         StockLevel,
-        r#"insert into stock (merchant_id, sku, on_hand) values ($1, $2, $3)
-         on conflict (merchant_id, sku) do update set on_hand = excluded.on_hand, updated_at = now()
+        r#"insert into stock (merchant_id, sku, on_hand, low_stock_threshold) values ($1, $2, $3, $4)
+         on conflict (merchant_id, sku) do update
+            set on_hand = excluded.on_hand,
+                low_stock_threshold = coalesce($4, stock.low_stock_threshold),
+                updated_at = now()
          where stock.reserved <= excluded.on_hand
-         returning sku, on_hand, reserved, on_hand - reserved as "available!""#,
+         returning sku, on_hand, reserved, on_hand - reserved as "available!", low_stock_threshold"#,
         merchant,
         sku.as_str(),
         on_hand,
+        low_stock_threshold,
     )
     .fetch_optional(tx.conn())
     .await;
@@ -155,7 +165,7 @@ pub async fn set_on_hand(
 pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel>, sqlx::Error> {
     let level = sqlx::query_as!(
         StockLevel,
-        r#"select sku, on_hand, reserved, on_hand - reserved as "available!"
+        r#"select sku, on_hand, reserved, on_hand - reserved as "available!", low_stock_threshold
          from stock where merchant_id = $1 and sku = $2"#,
         tx.merchant_id().0,
         sku.as_str(),
@@ -173,6 +183,7 @@ pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel
             on_hand: 0,
             reserved: 0,
             available: 0,
+            low_stock_threshold: None,
         }))
 }
 
@@ -471,19 +482,42 @@ pub(crate) async fn settle(
         return Ok(false);
     }
     let sold = how == Settlement::Consumed;
-    sqlx::query!(
-        "update stock s set reserved = s.reserved - i.quantity,
+    // What a sale takes down to (or below) a SKU's low-stock threshold.
+    let crossed = sqlx::query!(
+        r#"update stock s set reserved = s.reserved - i.quantity,
                             on_hand = s.on_hand - case when $3 then i.quantity else 0 end,
                             updated_at = now()
          from reservation_items i
          where i.merchant_id = $1 and i.reservation_id = $2
-           and s.merchant_id = i.merchant_id and s.sku = i.sku",
+           and s.merchant_id = i.merchant_id and s.sku = i.sku
+         returning s.sku, s.on_hand, s.low_stock_threshold,
+                   coalesce($3 and s.on_hand <= s.low_stock_threshold
+                            and s.on_hand + i.quantity > s.low_stock_threshold, false) as "crossed!""#,
         merchant.0,
         id,
         sold,
     )
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    for row in crossed.into_iter().filter(|r| r.crossed) {
+        crate::events::emit_on(
+            conn,
+            merchant,
+            crate::events::EventType::InventoryLowStock,
+            serde_json::json!({"sku": row.sku, "on_hand": row.on_hand,
+                               "threshold": row.low_stock_threshold}),
+        )
+        .await?;
+    }
+    if how == Settlement::Expired {
+        crate::events::emit_on(
+            conn,
+            merchant,
+            crate::events::EventType::ReservationExpired,
+            serde_json::json!({"reservation_id": id}),
+        )
+        .await?;
+    }
     Ok(true)
 }
 

@@ -601,3 +601,66 @@ async fn a_slow_receiver_does_not_delay_another_merchants_deliveries() {
         "{in_flight} of A's deliveries in flight at once"
     );
 }
+
+#[tokio::test]
+async fn stock_running_low_and_reservations_expiring_are_events_too() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 5).await;
+    let set = app
+        .request(
+            Method::PUT,
+            "/v1/inventory/TEE",
+            Some(&m.key),
+            Some(json!({"on_hand": 5, "low_stock_threshold": 3})),
+        )
+        .await;
+    assert_eq!(set.body["low_stock_threshold"], 3, "{}", set.body);
+    let bad = app
+        .request(
+            Method::PUT,
+            "/v1/inventory/TEE",
+            Some(&m.key),
+            Some(json!({"on_hand": 5, "low_stock_threshold": -1})),
+        )
+        .await;
+    bad.assert_problem(422, "validation-error");
+    assert_eq!(bad.error_fields(), ["low_stock_threshold"]);
+    // 5 → 4: above. 4 → 3: crosses. 3 → 2: already low, no second event.
+    for email in ["a@example.com", "b@example.com", "c@example.com"] {
+        assert_eq!(buy(&app, &m, email, "pm_card_ok").await.status, 201);
+    }
+    let low = app.get("/v1/events?type=inventory.low_stock", &m.key).await;
+    assert_eq!(
+        low.body["data"].as_array().unwrap().len(),
+        1,
+        "{}",
+        low.body
+    );
+    assert_eq!(low.body["data"][0]["data"]["on_hand"], 3);
+    assert_eq!(low.body["data"][0]["data"]["threshold"], 3);
+
+    let held = app
+        .post(
+            "/v1/reservations",
+            &m.key,
+            json!({"items": [{"sku": "TEE", "quantity": 1}], "ttl_seconds": 1}),
+        )
+        .await;
+    assert_eq!(held.status, 201, "{}", held.body);
+    let mut expired = Value::Null;
+    for _ in 0..100 {
+        expired = app
+            .get("/v1/events?type=reservation.expired", &m.key)
+            .await
+            .body["data"]
+            .clone();
+        if expired.as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        expired[0]["data"]["reservation_id"], held.body["id"],
+        "{expired}"
+    );
+}
