@@ -104,7 +104,9 @@ pub async fn deliver_webhooks(app: PgPool, worker: PgPool, config: DeliveryConfi
             let _ = in_flight.join_next().await;
             continue;
         }
-        let lease = config.timeout.as_secs_f64() + 30.0;
+        // Past the request's timeout, with room to record the attempt: a delivery
+        // still leased after that belonged to a worker that died.
+        let lease = config.timeout.as_secs_f64() * 2.0 + 5.0;
         let claimed = match worker.acquire().await {
             Ok(mut conn) => {
                 store::claim_due(&mut conn, free as i64, config.per_endpoint as i64, lease).await

@@ -20,6 +20,10 @@ struct Server {
 
 impl Server {
     async fn start(db: &TestDatabase, port: u16) -> Server {
+        Server::start_with(db, port, &[]).await
+    }
+
+    async fn start_with(db: &TestDatabase, port: u16, extra: &[&str]) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_mercato"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args([
@@ -31,6 +35,7 @@ impl Server {
                 "0.1",
             ])
             .args(["--payment-delay", "0.3", "--db-pool", "20"])
+            .args(extra)
             .env("DATABASE_URL", &db.owner_url)
             .env("MERCATO_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
@@ -169,4 +174,92 @@ async fn a_server_killed_mid_storm_recovers_every_checkout() {
         authorized, 0,
         "no payment is left holding money: captured, voided or refunded"
     );
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_delivery_loses_no_webhook() {
+    let db = TestDatabase::create().await;
+    let port = free_port();
+    let args = ["--webhooks-allow-internal", "--webhook-timeout", "1"];
+    let mut server = Server::start_with(&db, port, &args).await;
+    let client = reqwest::Client::new();
+    let (_, merchant) = post_to(
+        &client,
+        &server.base,
+        "/v1/merchants",
+        ADMIN_TOKEN,
+        &json!({"name": "Acme", "slug": "acme"}),
+    )
+    .await;
+    let key = merchant["api_key"].as_str().expect("merchant").to_owned();
+    let receiver = crate::webhooks::Receiver::start().await;
+    let (status, endpoint) = post_to(
+        &client,
+        &server.base,
+        "/v1/webhook-endpoints",
+        &key,
+        &json!({"url": receiver.hook(), "event_types": ["pricing.rules_changed"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    receiver
+        .control("/_secrets", json!({"secrets": [endpoint["secret"]]}))
+        .await;
+    // A receiver slow enough that deliveries are in flight when the server dies.
+    receiver.control("/_mode", json!({"delay": 0.5})).await;
+    for i in 0..20 {
+        let resp = client
+            .put(format!("{}/v1/pricing/rules", server.base))
+            .bearer_auth(&key)
+            .json(&json!({"rules": [{"id": format!("r{i}"), "priority": 1, "stackable": true, "then": {"percent_off": 1}}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    for _ in 0..100 {
+        if !receiver.received().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    receiver.control("/_mode", json!({"delay": 0.0})).await;
+    let server = Server::start_with(&db, port, &args).await;
+
+    let events: Value = client
+        .get(format!("{}/v1/events?limit=100", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: std::collections::BTreeSet<String> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 20);
+    let mut delivered = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        delivered = receiver
+            .received()
+            .await
+            .iter()
+            .filter(|r| r["status"] == 204 && r["verified"] == true)
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        if delivered == ids {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        delivered, ids,
+        "every event reached the receiver, signed, after the crash"
+    );
+    drop(server);
 }

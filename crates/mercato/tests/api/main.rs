@@ -13,4 +13,4 @@ mod rls;
 mod rollout;
 mod states;
 mod tenancy;
-mod webhooks;
+pub mod webhooks;

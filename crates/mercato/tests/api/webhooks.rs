@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::helpers::{Merchant, TestApp, TestDatabase};
 
 /// The Python webhook receiver (`tests/peers/webhook_receiver.py`).
-struct Receiver {
+pub struct Receiver {
     _child: tokio::process::Child,
     base: String,
     client: reqwest::Client,
@@ -35,7 +35,7 @@ fn python() -> String {
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub async fn start() -> Receiver {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/peers/webhook_receiver.py"
@@ -64,11 +64,11 @@ impl Receiver {
         }
     }
 
-    fn hook(&self) -> String {
+    pub fn hook(&self) -> String {
         format!("{}/hook", self.base)
     }
 
-    async fn control(&self, path: &str, body: Value) {
+    pub async fn control(&self, path: &str, body: Value) {
         let resp = self
             .client
             .post(format!("{}{path}", self.base))
@@ -79,7 +79,7 @@ impl Receiver {
         assert!(resp.status().is_success());
     }
 
-    async fn received(&self) -> Vec<Value> {
+    pub async fn received(&self) -> Vec<Value> {
         self.client
             .get(format!("{}/_received", self.base))
             .send()
