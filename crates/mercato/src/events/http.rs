@@ -180,10 +180,13 @@ async fn receiver_url(raw: &str, allow_internal: bool) -> Result<String, String>
     if !allow_internal {
         let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
         let port = url.port_or_known_default().unwrap_or(443);
-        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| format!("host {host} does not resolve"))?
-            .collect();
+        let lookup = tokio::net::lookup_host((host, port));
+        let addrs: Vec<std::net::SocketAddr> =
+            tokio::time::timeout(std::time::Duration::from_secs(5), lookup)
+                .await
+                .map_err(|_| format!("host {host} did not resolve within 5 s"))?
+                .map_err(|_| format!("host {host} does not resolve"))?
+                .collect();
         if addrs.is_empty() || addrs.iter().any(|a| is_internal(a.ip())) {
             return Err(format!(
                 "host {host} resolves to an internal address (loopback, private, link-local or metadata)"
