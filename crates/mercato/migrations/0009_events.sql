@@ -14,6 +14,9 @@ create table events (
     primary key (merchant_id, id)
 );
 create index events_by_type on events (merchant_id, type, id);
+-- Waiting to be published on the bus (only when MERCATO_NATS_URL is set).
+alter table events add column bus_pending boolean not null default false;
+create index events_bus_pending on events (id) where bus_pending;
 
 create table webhook_endpoints (
     merchant_id uuid not null references merchants (id),

@@ -118,6 +118,9 @@ impl App {
             payments: Arc::new(SandboxProvider::new(db.app.clone(), config.payment_delay)),
             reservation_ttl_seconds: config.checkout_ttl.as_secs().max(1) as i64,
         };
+        if config.nats_url.is_some() {
+            crate::events::enable_bus();
+        }
         let webhooks = crate::events::worker::DeliveryConfig {
             schedule: config.webhook_schedule.clone(),
             timeout: config.webhook_timeout,
@@ -170,7 +173,7 @@ impl App {
             _localpg,
             ..
         } = self;
-        let workers = [
+        let mut workers = vec![
             tokio::spawn(inventory::worker::release_expired_reservations(
                 db.worker.clone(),
                 config.worker_interval,
@@ -194,6 +197,13 @@ impl App {
                 crate::pricing::rollout::Periods::default(),
             )),
         ];
+        if let Some(url) = config.nats_url.clone() {
+            workers.push(tokio::spawn(crate::events::bus::publish_events(
+                db.worker.clone(),
+                url,
+                config.worker_interval,
+            )));
+        }
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -70,6 +70,10 @@ pub struct Config {
     /// Delays before each webhook attempt (Svix's schedule; tests shorten it).
     #[arg(skip = crate::events::svix_schedule())]
     pub webhook_schedule: Vec<Duration>,
+    /// NATS server to publish every event to (JetStream stream MERCATO, subjects
+    /// mercato.<merchant>.<type>); unset: no bus.
+    #[arg(long, env = "MERCATO_NATS_URL")]
+    pub nats_url: Option<String>,
     /// Failed webhook attempts in a row after which an endpoint is disabled.
     #[arg(skip = DEFAULT_WEBHOOK_DISABLE_AFTER)]
     pub webhook_disable_after: i32,
@@ -108,6 +112,7 @@ impl Config {
             payment_delay: default(DEFAULT_PAYMENT_DELAY),
             anomaly_interval: default(DEFAULT_ANOMALY_INTERVAL),
             webhooks_allow_internal: false,
+            nats_url: None,
             webhook_timeout: default(DEFAULT_WEBHOOK_TIMEOUT),
             webhook_schedule: crate::events::svix_schedule(),
             webhook_disable_after: DEFAULT_WEBHOOK_DISABLE_AFTER,

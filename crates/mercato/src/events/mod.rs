@@ -6,6 +6,7 @@
 //! Owns tables `events`, `webhook_endpoints`, `webhook_deliveries` and
 //! `webhook_attempts`. Other contexts call `emit` in their own transaction.
 
+pub mod bus;
 pub mod http;
 mod model;
 mod store;
@@ -17,6 +18,18 @@ pub use model::{check_url, is_internal, next_delay, sign, svix_schedule, EventTy
 pub use store::{DeliveryStatus, EndpointStatus};
 
 use crate::db::{MerchantId, TenantTx};
+
+static BUS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, events are also queued for the bus (`MERCATO_NATS_URL` set).
+/// Per process: an event written while it is off never goes to the bus.
+pub fn enable_bus() {
+    BUS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn bus_enabled() -> bool {
+    BUS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The largest payload an event may carry (serialised), refused at the source
 /// so no receiver is sent more.

@@ -52,13 +52,14 @@ pub async fn insert_event(
     payload: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "insert into events (merchant_id, id, type, version, payload)
-         values ($1, $2, $3, $4, $5::text::jsonb)",
+        "insert into events (merchant_id, id, type, version, payload, bus_pending)
+         values ($1, $2, $3, $4, $5::text::jsonb, $6)",
         merchant,
         id,
         kind,
         version,
         payload,
+        super::bus_enabled(),
     )
     .execute(&mut *conn)
     .await?;
@@ -490,4 +491,44 @@ pub async fn auto_disable(tx: &mut TenantTx, id: Uuid, reason: &str) -> Result<b
     .execute(tx.conn())
     .await?;
     Ok(updated.rows_affected() == 1)
+}
+
+/// An event waiting to be published on the bus.
+pub struct BusEvent {
+    pub merchant_id: Uuid,
+    pub id: Uuid,
+    pub kind: String,
+    pub version: i32,
+    /// The receiver's body: the event as `GET /v1/events/{id}` shows it.
+    pub payload: String,
+}
+
+/// Up to `limit` events waiting for the bus, oldest first, locked until the
+/// transaction ends (several processes publish without sending one twice at once).
+pub async fn bus_pending(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<BusEvent>, sqlx::Error> {
+    sqlx::query_as!(
+        BusEvent,
+        r#"select merchant_id, id, type as kind, version,
+                  json_build_object('id', id, 'type', type, 'merchant_id', merchant_id, 'version', version,
+                                    'occurred_at', occurred_at, 'data', payload)::text as "payload!"
+           from events where bus_pending
+           order by id limit $1
+           for update skip locked"#,
+        limit,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn bus_published(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update events set bus_pending = false where bus_pending and id = any($1)",
+        ids,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }

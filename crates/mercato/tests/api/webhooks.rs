@@ -664,3 +664,58 @@ async fn stock_running_low_and_reservations_expiring_are_events_too() {
         "{expired}"
     );
 }
+
+#[tokio::test]
+async fn events_are_published_to_nats_jetstream_once_per_id() {
+    let db = TestDatabase::create().await;
+    let mut config = db.config();
+    config.nats_url = Some("nats://127.0.0.1:4222".into());
+    let app = TestApp::spawn_with(db, config).await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let order = buy(&app, &m, "a@example.com", "pm_card_ok").await;
+    assert_eq!(order.status, 201);
+    let events = app.get("/v1/events?type=order.confirmed", &m.key).await;
+    let event_id = events.body["data"][0]["id"].as_str().unwrap().to_owned();
+
+    let client = async_nats::connect("127.0.0.1:4222")
+        .await
+        .expect("NATS with JetStream at 127.0.0.1:4222 (.ci/run starts it)");
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("mercato.{}.order.confirmed", m.id.0);
+    let mut found = None;
+    for _ in 0..100 {
+        if let Ok(stream) = js.get_stream(mercato::events::bus::STREAM).await {
+            if let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await {
+                found = Some(message);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let message = found.expect("the event reached JetStream");
+    let body: Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(body["id"], event_id.as_str());
+    assert_eq!(body["type"], "order.confirmed");
+    assert_eq!(body["data"]["order_id"], order.body["id"]);
+    let msg_id = message
+        .headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|v| v.to_string());
+    assert_eq!(msg_id.as_deref(), Some(event_id.as_str()));
+    // A repeat of the same event (a publisher that died before marking it) is
+    // dropped by the stream's de-duplication.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id.as_str());
+    let ack = js
+        .publish_with_headers(subject, headers, message.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(ack.duplicate);
+    // Everything the outbox holds was published.
+    assert_eq!(
+        crate::helpers::wait_until_zero(&app.owner, "events where bus_pending", 10).await,
+        0
+    );
+}
