@@ -719,3 +719,29 @@ async fn events_are_published_to_nats_jetstream_once_per_id() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_payload_over_the_limit_is_refused_at_the_source() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("acme").await;
+    let mut tx = mercato::db::TenantTx::begin(&app.app_pool, m.id)
+        .await
+        .unwrap();
+    let big = "x".repeat(mercato::events::MAX_PAYLOAD_BYTES);
+    let refused = mercato::events::emit(
+        &mut tx,
+        mercato::events::EventType::PricingRulesChanged,
+        json!({"blob": big}),
+    )
+    .await;
+    assert!(refused.is_err(), "an oversized payload was accepted");
+    let fits = mercato::events::emit(
+        &mut tx,
+        mercato::events::EventType::PricingRulesChanged,
+        json!({"blob": "x".repeat(1_000)}),
+    )
+    .await;
+    assert!(fits.is_ok());
+    tx.commit().await.unwrap();
+    assert_eq!(app.count("events").await, 1);
+}
