@@ -71,6 +71,10 @@ impl ReadSwitch {
             percent: 0,
             shadow_percent: self.shadow_percent,
         };
+        // The view is as old as the read's start: a read that straddles a phase
+        // change must not make an old phase look fresh for a whole TTL more
+        // (contract counts on every process seeing `contracting` within SETTLE).
+        let read_at = Instant::now();
         let view = match self.read_state().await {
             Ok(Some((phase, percent))) => match Phase::parse(&phase) {
                 Ok(phase) => {
@@ -104,7 +108,7 @@ impl ReadSwitch {
                 self.last_view().unwrap_or(not_started)
             }
         };
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), view));
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((read_at, view));
         view
     }
 
