@@ -591,8 +591,10 @@ async fn a_slow_receiver_does_not_delay_another_merchants_deliveries() {
     );
     // A's receiver never had more than its bound in flight.
     let in_flight: i64 = sqlx::query_scalar(
-        "select count(*) from webhook_deliveries where status = 'pending' and leased_until > now()",
+        "select count(*) from webhook_deliveries
+         where merchant_id = $1 and status = 'pending' and leased_until > now()",
     )
+    .bind(a.id.0)
     .fetch_one(&app.owner)
     .await
     .unwrap();
