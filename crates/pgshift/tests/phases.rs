@@ -204,7 +204,27 @@ async fn an_interrupted_validation_resumes_and_the_backfill_leaves_the_table_vac
     );
 
     // Interrupted part-way (as Ctrl-C or a lost connection would).
-    let cut = tokio::time::timeout(Duration::from_millis(300), migrator.validate()).await;
+    // Cut once some ranges are done (the whole run takes about 5 s).
+    let mut validation = Box::pin(migrator.validate());
+    let mut cut = Ok(());
+    for _ in 0..100 {
+        let done: Option<i64> =
+            sqlx::query_scalar("select ranges from pgshift.validation_progress")
+                .fetch_optional(&pool)
+                .await
+                .unwrap_or(None);
+        if done.unwrap_or(0) >= 3 {
+            cut = Err(());
+            break;
+        }
+        if tokio::time::timeout(Duration::from_millis(50), &mut validation)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    drop(validation);
     assert!(
         cut.is_err(),
         "the validation finished before it could be interrupted"
