@@ -13,79 +13,11 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::anomaly::{self, AlertKind, Bands, OrderStats};
-use super::store::{self, Arm, RolloutOrderRow, RolloutRow, RolloutTally, Stage};
+use super::anomaly::{self, Bands, OrderStats};
+use super::store::{self, Arm, RolloutOrderRow, Stage};
+pub use super::store::{Alert, Rollout, RolloutSummary};
 use super::{corrupt, Settings};
 use crate::db::{MerchantId, TenantTx};
-
-/// A rollout as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Rollout {
-    pub id: Uuid,
-    /// The revision tried (0: no rules).
-    pub candidate_revision: i64,
-    /// The calculator tried.
-    pub candidate_version: String,
-    /// What was in force when it started (rolling back a completed rollout restores it).
-    pub previous_revision: i64,
-    pub previous_version: String,
-    pub stage: Stage,
-    /// Share of customers charged the candidate (stage `percentage`; 100 once complete).
-    pub percent: i32,
-    /// The API key that started it (a fingerprint).
-    pub actor: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<RolloutRow> for Rollout {
-    fn from(r: RolloutRow) -> Self {
-        Rollout {
-            id: r.id,
-            candidate_revision: r.candidate_revision,
-            candidate_version: r.candidate_version,
-            previous_revision: r.previous_revision,
-            previous_version: r.previous_version,
-            stage: r.stage,
-            percent: r.percent,
-            actor: r.actor,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }
-}
-
-/// What a rollout's orders show so far.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RolloutSummary {
-    /// Orders priced while it ran.
-    pub orders: i64,
-    /// Orders the candidate would have charged differently (any line, shipping or tax).
-    pub different: i64,
-    /// Orders charged the candidate's price.
-    pub charged_candidate: i64,
-    /// Orders the candidate could not price (charged the live price).
-    pub candidate_failed: i64,
-    /// Σ (candidate total − live total), minor units: positive when the
-    /// candidate charges more.
-    pub delta_sum: i64,
-    pub delta_min: Option<i64>,
-    pub delta_max: Option<i64>,
-}
-
-impl From<RolloutTally> for RolloutSummary {
-    fn from(t: RolloutTally) -> Self {
-        RolloutSummary {
-            orders: t.orders,
-            different: t.different,
-            charged_candidate: t.charged_candidate,
-            candidate_failed: t.candidate_failed,
-            delta_sum: t.delta_sum,
-            delta_min: t.delta_min,
-            delta_max: t.delta_max,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -171,7 +103,7 @@ pub async fn start(
             version: candidate_version.as_str().to_owned(),
         });
     }
-    let row = RolloutRow {
+    let row = Rollout {
         id: Uuid::now_v7(),
         candidate_revision,
         candidate_version: candidate_version.as_str().to_owned(),
@@ -184,10 +116,9 @@ pub async fn start(
         updated_at: Utc::now(),
     };
     store::insert_rollout(tx, &row).await?;
-    let row = store::rollout(tx, row.id)
+    Ok(store::rollout(tx, row.id)
         .await?
-        .ok_or(sqlx::Error::RowNotFound)?;
-    Ok(row.into())
+        .ok_or(sqlx::Error::RowNotFound)?)
 }
 
 /// Moves a rollout on: between `shadow` and `percentage` (any share), to
@@ -231,7 +162,7 @@ pub async fn change(
     let row = store::rollout(tx, id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
-    Ok(row.into())
+    Ok(row)
 }
 
 async fn put_in_force(tx: &mut TenantTx, revision: i64, version: &str) -> Result<(), sqlx::Error> {
@@ -248,17 +179,13 @@ pub async fn get(
     let Some(row) = store::rollout(tx, id).await? else {
         return Ok(None);
     };
-    let tally = store::rollout_tally(tx, id).await?;
-    Ok(Some((row.into(), tally.into())))
+    let summary = store::rollout_tally(tx, id).await?;
+    Ok(Some((row, summary)))
 }
 
 /// The newest rollouts first (at most 100).
 pub async fn list(tx: &mut TenantTx) -> Result<Vec<Rollout>, sqlx::Error> {
-    Ok(store::rollouts(tx, 100)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect())
+    store::rollouts(tx, 100).await
 }
 
 /// An order priced during a rollout.
@@ -351,44 +278,6 @@ impl ShadowPrice {
     }
 }
 
-/// A stored anomaly alert.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Alert {
-    pub id: Uuid,
-    pub kind: AlertKind,
-    pub currency: String,
-    /// The period judged (`window_start` to `window_end`) and the baseline it was
-    /// judged against (`baseline_start` to `window_start`).
-    pub window_start: DateTime<Utc>,
-    pub window_end: DateTime<Utc>,
-    pub baseline_start: DateTime<Utc>,
-    /// Average order value (minor units) or discount rate (basis points) in the window.
-    pub observed: i64,
-    /// The same measure over the baseline.
-    pub expected: i64,
-    pub window_orders: i64,
-    pub baseline_orders: i64,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<store::AlertRow> for Alert {
-    fn from(r: store::AlertRow) -> Self {
-        Alert {
-            id: r.id,
-            kind: r.kind,
-            currency: r.currency,
-            window_start: r.window_start,
-            window_end: r.window_end,
-            baseline_start: r.baseline_start,
-            observed: r.observed,
-            expected: r.expected,
-            window_orders: r.window_orders,
-            baseline_orders: r.baseline_orders,
-            created_at: r.created_at,
-        }
-    }
-}
-
 /// The periods an anomaly check compares.
 #[derive(Clone, Copy, Debug)]
 pub struct Periods {
@@ -439,7 +328,7 @@ pub async fn check_anomalies(
             .map(|b| b.stats)
             .unwrap_or_default();
         for finding in anomaly::assess(&w.stats, &b, bands) {
-            let row = store::AlertRow {
+            let row = Alert {
                 id: Uuid::now_v7(),
                 kind: finding.kind,
                 currency: w.currency.clone(),
@@ -465,7 +354,7 @@ pub async fn check_anomalies(
                     .increment(1);
                 tracing::warn!(merchant = %tx.merchant_id().0, kind = %finding.kind,
                     observed = finding.observed, expected = finding.expected, "pricing anomaly");
-                raised.push(row.into());
+                raised.push(row);
             }
         }
         measured.push(Measured {
@@ -479,11 +368,7 @@ pub async fn check_anomalies(
 
 /// Alerts, newest first (at most 100).
 pub async fn alerts(tx: &mut TenantTx) -> Result<Vec<Alert>, sqlx::Error> {
-    Ok(store::alerts(tx, 100)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect())
+    store::alerts(tx, 100).await
 }
 
 /// Runs the anomaly check for every merchant with orders in the window, each tick.

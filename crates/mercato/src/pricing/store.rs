@@ -430,20 +430,27 @@ text_enum! {
     }
 }
 
-pub struct RolloutRow {
+/// A rollout, as stored and as the API shows it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Rollout {
     pub id: Uuid,
+    /// The revision tried (0: no rules).
     pub candidate_revision: i64,
+    /// The calculator tried.
     pub candidate_version: String,
+    /// What was in force when it started (rolling back a completed rollout restores it).
     pub previous_revision: i64,
     pub previous_version: String,
     pub stage: Stage,
+    /// Share of customers charged the candidate (stage `percentage`; 100 once complete).
     pub percent: i32,
+    /// The API key that started it (a fingerprint).
     pub actor: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-pub async fn insert_rollout(tx: &mut TenantTx, row: &RolloutRow) -> Result<(), sqlx::Error> {
+pub async fn insert_rollout(tx: &mut TenantTx, row: &Rollout) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "insert into pricing_rollouts (merchant_id, id, candidate_revision, candidate_version,
                                        previous_revision, previous_version, stage, percent, actor)
@@ -482,9 +489,9 @@ pub async fn set_rollout_stage(
     Ok(())
 }
 
-pub async fn rollout(tx: &mut TenantTx, id: Uuid) -> Result<Option<RolloutRow>, sqlx::Error> {
+pub async fn rollout(tx: &mut TenantTx, id: Uuid) -> Result<Option<Rollout>, sqlx::Error> {
     sqlx::query_as!(
-        RolloutRow,
+        Rollout,
         r#"select id, candidate_revision, candidate_version, previous_revision, previous_version,
                   stage as "stage: Stage", percent, actor, created_at, updated_at
            from pricing_rollouts where merchant_id = $1 and id = $2"#,
@@ -496,9 +503,9 @@ pub async fn rollout(tx: &mut TenantTx, id: Uuid) -> Result<Option<RolloutRow>, 
 }
 
 /// The rollout in shadow or percentage stage, if any.
-pub async fn running_rollout(tx: &mut TenantTx) -> Result<Option<RolloutRow>, sqlx::Error> {
+pub async fn running_rollout(tx: &mut TenantTx) -> Result<Option<Rollout>, sqlx::Error> {
     sqlx::query_as!(
-        RolloutRow,
+        Rollout,
         r#"select id, candidate_revision, candidate_version, previous_revision, previous_version,
                   stage as "stage: Stage", percent, actor, created_at, updated_at
            from pricing_rollouts
@@ -510,9 +517,9 @@ pub async fn running_rollout(tx: &mut TenantTx) -> Result<Option<RolloutRow>, sq
 }
 
 /// The newest rollouts first, at most `limit`.
-pub async fn rollouts(tx: &mut TenantTx, limit: i64) -> Result<Vec<RolloutRow>, sqlx::Error> {
+pub async fn rollouts(tx: &mut TenantTx, limit: i64) -> Result<Vec<Rollout>, sqlx::Error> {
     sqlx::query_as!(
-        RolloutRow,
+        Rollout,
         r#"select id, candidate_revision, candidate_version, previous_revision, previous_version,
                   stage as "stage: Stage", percent, actor, created_at, updated_at
            from pricing_rollouts where merchant_id = $1
@@ -581,21 +588,30 @@ pub async fn rollout_orders(
     .await
 }
 
-/// What a rollout's orders add up to.
-pub struct RolloutTally {
+/// What a rollout's orders show so far.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RolloutSummary {
+    /// Orders priced while it ran.
     pub orders: i64,
+    /// Orders the candidate would have charged differently (any line, shipping or tax).
     pub different: i64,
+    /// Orders charged the candidate's price.
     pub charged_candidate: i64,
+    /// Orders the candidate could not price (charged the live price).
     pub candidate_failed: i64,
-    /// Σ (candidate − live) over the orders the candidate priced.
+    /// Σ (candidate total − live total), minor units, over the orders the
+    /// candidate priced: positive when the candidate charges more.
     pub delta_sum: i64,
     pub delta_min: Option<i64>,
     pub delta_max: Option<i64>,
 }
 
-pub async fn rollout_tally(tx: &mut TenantTx, rollout: Uuid) -> Result<RolloutTally, sqlx::Error> {
+pub async fn rollout_tally(
+    tx: &mut TenantTx,
+    rollout: Uuid,
+) -> Result<RolloutSummary, sqlx::Error> {
     sqlx::query_as!(
-        RolloutTally,
+        RolloutSummary,
         r#"select count(*) as "orders!",
                   count(*) filter (where not same_charge) as "different!",
                   count(*) filter (where charged = 'candidate') as "charged_candidate!",
@@ -611,14 +627,20 @@ pub async fn rollout_tally(tx: &mut TenantTx, rollout: Uuid) -> Result<RolloutTa
     .await
 }
 
-pub struct AlertRow {
+/// A stored anomaly alert.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Alert {
     pub id: Uuid,
     pub kind: AlertKind,
     pub currency: String,
+    /// The period judged (`window_start` to `window_end`) and the baseline it was
+    /// judged against (`baseline_start` to `window_start`).
     pub window_start: DateTime<Utc>,
     pub window_end: DateTime<Utc>,
     pub baseline_start: DateTime<Utc>,
+    /// Average order value (minor units) or discount rate (basis points) in the window.
     pub observed: i64,
+    /// The same measure over the baseline.
     pub expected: i64,
     pub window_orders: i64,
     pub baseline_orders: i64,
@@ -629,7 +651,7 @@ pub struct AlertRow {
 /// `quiet_since` (a check every minute raises one alert per incident, not one a minute).
 pub async fn insert_alert(
     tx: &mut TenantTx,
-    row: &AlertRow,
+    row: &Alert,
     quiet_since: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query_scalar!(
@@ -659,9 +681,9 @@ pub async fn insert_alert(
 }
 
 /// Alerts, newest first, at most `limit`.
-pub async fn alerts(tx: &mut TenantTx, limit: i64) -> Result<Vec<AlertRow>, sqlx::Error> {
+pub async fn alerts(tx: &mut TenantTx, limit: i64) -> Result<Vec<Alert>, sqlx::Error> {
     sqlx::query_as!(
-        AlertRow,
+        Alert,
         r#"select id, kind as "kind: AlertKind", currency, window_start, window_end, baseline_start,
                   observed, expected, window_orders, baseline_orders, created_at
            from pricing_alerts where merchant_id = $1
