@@ -54,14 +54,18 @@ pub(crate) async fn copy_rows(
     let mut bar = Progress::new(progress, progress_every, remaining as u64, "backfill");
     let started = Instant::now();
     let mut report = BackfillReport::default();
-    let mut batch = b.batch_size;
-    let mut baseline_ms: Option<f64> = None;
+    let mut pace = Pace {
+        size: b.batch_size,
+        pressure_floor: MIN_BATCH,
+        floor: MIN_BATCH.min(b.batch_size),
+        ceiling: b.max_batch_size,
+        baseline_ms: None,
+        throttled: 0,
+    };
     loop {
-        if under_pressure(pool, b, &mut baseline_ms).await? {
-            batch = (batch / 2).max(MIN_BATCH);
-            report.throttled += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        pace.check_pressure(pool, b).await?;
+        report.throttled = pace.throttled;
+        let batch = pace.size;
         let batch_started = Instant::now();
         let mut tx = pool.begin().await?;
         let (phase, lo) = current_cursor(&key, &mut tx, migration).await?;
@@ -106,15 +110,7 @@ pub(crate) async fn copy_rows(
         report.rows += rows;
         report.batches += 1;
         bar.inc(rows as u64);
-        // Size the next batch to take about `target_batch_ms`, then rest.
-        let took = batch_started.elapsed();
-        let ms = took.as_secs_f64() * 1000.0;
-        let scaled = (batch as f64 * (b.target_batch_ms / ms.max(0.1)))
-            .clamp(batch as f64 / 2.0, batch as f64 * 1.5);
-        batch = (scaled as i64).clamp(MIN_BATCH.min(b.batch_size), b.max_batch_size);
-        if b.duty_cycle < 1.0 {
-            tokio::time::sleep(took.mul_f64(1.0 / b.duty_cycle - 1.0)).await;
-        }
+        pace.after(b, batch_started.elapsed()).await;
     }
     bar.finish();
     report.seconds = started.elapsed().as_secs_f64();
@@ -146,8 +142,48 @@ async fn current_cursor(
     Ok((state.phase, cursor))
 }
 
+/// How big the next batch (or validation range) is, and the rests between
+/// them: halved and paused when the database is under pressure, resized toward
+/// `target_batch_ms` after each one, then a rest so the work takes
+/// `duty_cycle` of the time. Shared by the backfill and validation.
+pub(crate) struct Pace {
+    pub size: i64,
+    /// The smallest size a pause under pressure leaves.
+    pub pressure_floor: i64,
+    /// The size range the resizing keeps to.
+    pub floor: i64,
+    pub ceiling: i64,
+    pub baseline_ms: Option<f64>,
+    /// Times the pressure check halved the size and paused.
+    pub throttled: u64,
+}
+
+impl Pace {
+    /// Before a batch: halve and pause if the database is under pressure.
+    pub async fn check_pressure(&mut self, pool: &PgPool, b: &Backfill) -> Result<(), Error> {
+        if under_pressure(pool, b, &mut self.baseline_ms).await? {
+            self.size = (self.size / 2).max(self.pressure_floor);
+            self.throttled += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// After a batch that took `took`: size the next to take about
+    /// `target_batch_ms`, then rest.
+    pub async fn after(&mut self, b: &Backfill, took: Duration) {
+        let ms = took.as_secs_f64() * 1000.0;
+        let size = self.size as f64;
+        let scaled = (size * (b.target_batch_ms / ms.max(0.1))).clamp(size / 2.0, size * 1.5);
+        self.size = (scaled as i64).clamp(self.floor, self.ceiling);
+        if b.duty_cycle < 1.0 {
+            tokio::time::sleep(took.mul_f64(1.0 / b.duty_cycle - 1.0)).await;
+        }
+    }
+}
+
 /// Probe latency against the first probe seen, lock waiters, replica lag.
-pub(crate) async fn under_pressure(
+async fn under_pressure(
     pool: &PgPool,
     b: &Backfill,
     baseline_ms: &mut Option<f64>,

@@ -114,14 +114,18 @@ pub(crate) async fn compare_ranges(
         remaining.max(0) as u64,
         "validate",
     );
-    let mut chunk = v.chunk_size;
-    let mut baseline_ms: Option<f64> = None;
+    let mut pace = backfill::Pace {
+        size: v.chunk_size,
+        pressure_floor: MIN_CHUNK.min(v.chunk_size),
+        floor: MIN_CHUNK.min(v.chunk_size),
+        ceiling: v.chunk_size.max(b.max_batch_size),
+        baseline_ms: None,
+        throttled: report.throttled,
+    };
     loop {
-        if backfill::under_pressure(pool, b, &mut baseline_ms).await? {
-            chunk = (chunk / 2).max(MIN_CHUNK.min(v.chunk_size));
-            report.throttled += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        pace.check_pressure(pool, b).await?;
+        report.throttled = pace.throttled;
+        let chunk = pace.size;
         let started = Instant::now();
         let mut tx = pool.begin().await?;
         sqlx::query("set transaction isolation level repeatable read")
@@ -173,18 +177,7 @@ pub(crate) async fn compare_ranges(
             break;
         };
         after = Some(upto);
-        // Size the next range to take about `target_batch_ms`, then rest.
-        let took = started.elapsed();
-        let ms = took.as_secs_f64() * 1000.0;
-        let scaled = (chunk as f64 * (b.target_batch_ms / ms.max(0.1)))
-            .clamp(chunk as f64 / 2.0, chunk as f64 * 1.5);
-        chunk = (scaled as i64).clamp(
-            MIN_CHUNK.min(v.chunk_size),
-            v.chunk_size.max(b.max_batch_size),
-        );
-        if b.duty_cycle < 1.0 {
-            tokio::time::sleep(took.mul_f64(1.0 / b.duty_cycle - 1.0)).await;
-        }
+        pace.after(b, started.elapsed()).await;
     }
     bar.finish();
     Ok(report)
