@@ -22,7 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// An id that does not parse names no object of this merchant: 404, like any other.
 fn product_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| ApiError::NotFound("product"))
+    ApiError::path_id(raw, "product")
 }
 
 impl From<CatalogError> for ApiError {

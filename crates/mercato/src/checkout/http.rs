@@ -65,7 +65,7 @@ pub async fn post_refund(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RefundBody>,
 ) -> Result<(StatusCode, Json<Refund>), ApiError> {
-    let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound("order"))?;
+    let id = ApiError::path_id(&id, "order")?;
     let lines = parse_refund(&body)?;
     let key = idempotency_key(&headers)?;
     let checkout = &tenant.state().checkout;
@@ -208,7 +208,7 @@ pub async fn list_orders(
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_order(tenant: Tenant, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {
-    let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound("order"))?;
+    let id = ApiError::path_id(&id, "order")?;
     let mut tx = tenant.begin().await?;
     let order = store::get_order(&mut tx, id).await?;
     tx.commit().await?;

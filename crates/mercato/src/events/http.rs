@@ -114,7 +114,7 @@ pub async fn list_events(
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_event(tenant: Tenant, Path(id): Path<String>) -> Result<Json<Event>, ApiError> {
-    let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound("event"))?;
+    let id = ApiError::path_id(&id, "event")?;
     let mut tx = tenant.begin().await?;
     let event = store::event(&mut tx, id).await?;
     tx.commit().await?;
@@ -282,7 +282,7 @@ pub async fn list_endpoints(tenant: Tenant) -> Result<Json<EndpointList>, ApiErr
 }
 
 fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| ApiError::NotFound("webhook endpoint"))
+    ApiError::path_id(raw, "webhook endpoint")
 }
 
 #[utoipa::path(get, path = "/v1/webhook-endpoints/{id}", params(("id" = String, Path)),

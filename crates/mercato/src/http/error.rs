@@ -85,6 +85,11 @@ impl ApiError {
         ApiError::Validation(vec![FieldError::new(field, message)])
     }
 
+    /// The id in a path: anything that is not a UUID names no `what` (404).
+    pub fn path_id(raw: &str, what: &'static str) -> Result<uuid::Uuid, ApiError> {
+        uuid::Uuid::try_parse(raw).map_err(|_| ApiError::NotFound(what))
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::MalformedJson(_) => {

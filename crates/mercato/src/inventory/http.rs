@@ -163,7 +163,7 @@ pub async fn post_reservation(
 }
 
 fn reservation_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| ApiError::NotFound("reservation"))
+    ApiError::path_id(raw, "reservation")
 }
 
 #[utoipa::path(get, path = "/v1/reservations/{id}", params(("id" = String, Path)),

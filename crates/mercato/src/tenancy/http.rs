@@ -249,7 +249,7 @@ pub async fn delete_api_key(
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let merchant = merchant_param(&id)?;
-    let key_id = Uuid::try_parse(&key_id).map_err(|_| ApiError::NotFound("api key"))?;
+    let key_id = ApiError::path_id(&key_id, "api key")?;
     let mut tx = TenantTx::begin(&state.db.app, merchant).await?;
     let revoked = revoke_api_key(&mut tx, key_id).await?;
     tx.commit().await?;

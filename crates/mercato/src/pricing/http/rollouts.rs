@@ -152,7 +152,7 @@ pub struct RolloutView {
 }
 
 fn rollout_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| ApiError::NotFound("rollout"))
+    ApiError::path_id(raw, "rollout")
 }
 
 /// A rollout, with how many orders it priced, how many the candidate would
