@@ -346,15 +346,15 @@ pub async fn claim_due(
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
         Claimed,
-        r#"with busy as (
-               select merchant_id, endpoint_id, count(*) as n from webhook_deliveries
-               where leased_until is not null and status = 'pending' and leased_until > now()
-               group by merchant_id, endpoint_id
-           ), ready as (
-               select w.merchant_id, w.id, $2::bigint - coalesce(b.n, 0) as room
-               from webhook_endpoints w
-               left join busy b on b.merchant_id = w.merchant_id and b.endpoint_id = w.id
-               where w.status = 'enabled' and coalesce(b.n, 0) < $2::bigint
+        r#"with ready as (
+               select w.merchant_id, w.id, $2::bigint - busy.n as room
+               from webhook_endpoints w, lateral (
+                   -- Only pending deliveries hold a lease (recording clears it).
+                   select count(*) as n from webhook_deliveries d
+                   where d.merchant_id = w.merchant_id and d.endpoint_id = w.id
+                     and d.leased_until is not null and d.leased_until > now()
+               ) busy
+               where w.status = 'enabled' and busy.n < $2::bigint
                  and exists (select 1 from webhook_deliveries d
                              where d.merchant_id = w.merchant_id and d.endpoint_id = w.id
                                and d.status = 'pending' and d.next_attempt_at <= now())
@@ -394,30 +394,98 @@ pub async fn claim_due(
     .await
 }
 
-/// What one attempt came to.
-pub struct Attempt<'a> {
+/// One attempt, as the worker records it.
+pub struct Recorded {
+    pub merchant_id: Uuid,
+    pub delivery_id: Uuid,
+    pub endpoint_id: Uuid,
+    /// The attempt's number (the claim's `attempt`).
+    pub attempt: i32,
     pub status_code: Option<i32>,
     pub latency_ms: i32,
-    pub error: Option<&'a str>,
-    pub response_excerpt: Option<&'a str>,
+    /// Why it failed; `None` when it succeeded.
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    /// When to try again after a failure; `None` after a success, or when the
+    /// schedule is exhausted (a dead letter).
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
-/// Records an attempt and moves its delivery on: succeeded, due again at
-/// `retry_at`, or dead (no `retry_at`), in one transaction. Returns the
-/// endpoint's run of consecutive failed attempts (0 after a success; the
-/// endpoint row is written only when that run changes).
-pub async fn record_attempt(
+impl Recorded {
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none()
+    }
+
+    pub fn status(&self) -> DeliveryStatus {
+        match (self.succeeded(), self.retry_at) {
+            (true, _) => DeliveryStatus::Succeeded,
+            (false, Some(_)) => DeliveryStatus::Pending,
+            (false, None) => DeliveryStatus::Dead,
+        }
+    }
+}
+
+/// How a batch of attempts changes one endpoint's run of consecutive failures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunChange {
+    /// A success in the batch ended the run: it restarts from `failed`.
+    pub reset: bool,
+    /// Failures after the batch's last success (or all of them, without one).
+    pub failed: i32,
+}
+
+/// Each endpoint's change of its failure run over `batch`, in the order the
+/// attempts finished.
+pub fn run_changes(batch: &[Recorded]) -> Vec<((Uuid, Uuid), RunChange)> {
+    let mut changes: Vec<((Uuid, Uuid), RunChange)> = Vec::new();
+    for r in batch {
+        let key = (r.merchant_id, r.endpoint_id);
+        let i = match changes.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                changes.push((key, RunChange::default()));
+                changes.len() - 1
+            }
+        };
+        let change = &mut changes[i].1;
+        if r.succeeded() {
+            *change = RunChange {
+                reset: true,
+                failed: 0,
+            };
+        } else {
+            change.failed += 1;
+        }
+    }
+    changes.sort_by_key(|(k, _)| *k);
+    changes
+}
+
+/// Records a batch of attempts and moves each delivery on (succeeded, due again
+/// at `retry_at`, or dead) in one transaction: a few statements for the whole
+/// batch instead of four and a commit per delivery. Returns each endpoint
+/// whose run of consecutive failed attempts changed, with its new length (the
+/// endpoint row is written only when its run changes, and locked in key order
+/// so concurrent recorders cannot deadlock).
+pub async fn record_attempts(
     conn: &mut PgConnection,
-    claimed: &Claimed,
-    attempt: &Attempt<'_>,
-    succeeded: bool,
-    retry_at: Option<DateTime<Utc>>,
-) -> Result<i32, sqlx::Error> {
-    let status = match (succeeded, retry_at) {
-        (true, _) => DeliveryStatus::Succeeded,
-        (false, Some(_)) => DeliveryStatus::Pending,
-        (false, None) => DeliveryStatus::Dead,
-    };
+    batch: &[Recorded],
+) -> Result<Vec<(Uuid, Uuid, i32)>, sqlx::Error> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: fn(&Recorded) -> Uuid| batch.iter().map(f).collect::<Vec<_>>();
+    let merchants = column(|r| r.merchant_id);
+    let deliveries = column(|r| r.delivery_id);
+    let attempts: Vec<i32> = batch.iter().map(|r| r.attempt).collect();
+    let codes: Vec<Option<i32>> = batch.iter().map(|r| r.status_code).collect();
+    let latencies: Vec<i32> = batch.iter().map(|r| r.latency_ms).collect();
+    let errors: Vec<Option<String>> = batch.iter().map(|r| r.error.clone()).collect();
+    let excerpts: Vec<Option<String>> = batch.iter().map(|r| r.response_excerpt.clone()).collect();
+    let statuses: Vec<&str> = batch.iter().map(|r| r.status().as_str()).collect();
+    let retries: Vec<Option<DateTime<Utc>>> = batch.iter().map(|r| r.retry_at).collect();
+    let changes = run_changes(batch);
+
     let mut tx = sqlx::Connection::begin(conn).await?;
     // Not waiting for the WAL flush is safe here: a record lost in a crash only
     // lets the lease lapse, and the delivery is sent again with the same
@@ -427,56 +495,72 @@ pub async fn record_attempt(
         .await?;
     sqlx::query!(
         "insert into webhook_attempts (merchant_id, delivery_id, attempt, status_code, latency_ms, error, response_excerpt)
-         values ($1, $2, $3, $4, $5, $6, $7)
+         select * from unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::int[], $6::text[], $7::text[])
          on conflict (merchant_id, delivery_id, attempt) do nothing",
-        claimed.merchant_id,
-        claimed.delivery_id,
-        claimed.attempt,
-        attempt.status_code,
-        attempt.latency_ms,
-        attempt.error,
-        attempt.response_excerpt,
+        &merchants,
+        &deliveries,
+        &attempts,
+        &codes as &[Option<i32>],
+        &latencies,
+        &errors as &[Option<String>],
+        &excerpts as &[Option<String>],
     )
     .execute(&mut *tx)
     .await?;
+    // Only the claim this attempt belongs to (`attempts` still its number):
+    // a delivery re-claimed after its lease lapsed is the newer claim's.
     sqlx::query!(
-        "update webhook_deliveries set status = $3, next_attempt_at = coalesce($4, next_attempt_at),
-                leased_until = null, last_status_code = $5, last_error = $6, updated_at = now()
-         where merchant_id = $1 and id = $2 and attempts = $7",
-        claimed.merchant_id,
-        claimed.delivery_id,
-        status as DeliveryStatus,
-        retry_at,
-        attempt.status_code,
-        attempt.error,
-        claimed.attempt,
+        "update webhook_deliveries d
+            set status = u.status, next_attempt_at = coalesce(u.retry_at, d.next_attempt_at),
+                leased_until = null, last_status_code = u.code, last_error = u.error, updated_at = now()
+           from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[], $6::int[], $7::text[])
+                as u(merchant_id, id, attempt, status, retry_at, code, error)
+          where d.merchant_id = u.merchant_id and d.id = u.id and d.attempts = u.attempt",
+        &merchants,
+        &deliveries,
+        &attempts,
+        &statuses as &[&str],
+        &retries as &[Option<DateTime<Utc>>],
+        &codes as &[Option<i32>],
+        &errors as &[Option<String>],
     )
     .execute(&mut *tx)
     .await?;
-    let failures = if succeeded {
-        // Most successes follow successes: no write (and no lock) on the endpoint then.
-        sqlx::query!(
-            "update webhook_endpoints set consecutive_failures = 0
-             where merchant_id = $1 and id = $2 and consecutive_failures <> 0",
-            claimed.merchant_id,
-            claimed.endpoint_id,
-        )
-        .execute(&mut *tx)
-        .await?;
-        0
-    } else {
-        sqlx::query_scalar!(
-            r#"update webhook_endpoints set consecutive_failures = consecutive_failures + 1
-               where merchant_id = $1 and id = $2
-               returning consecutive_failures as "failures!""#,
-            claimed.merchant_id,
-            claimed.endpoint_id,
-        )
-        .fetch_one(&mut *tx)
-        .await?
-    };
+    let endpoint_merchants: Vec<Uuid> = changes.iter().map(|((m, _), _)| *m).collect();
+    let endpoints: Vec<Uuid> = changes.iter().map(|((_, e), _)| *e).collect();
+    let resets: Vec<bool> = changes.iter().map(|(_, c)| c.reset).collect();
+    let failed: Vec<i32> = changes.iter().map(|(_, c)| c.failed).collect();
+    // Most successes follow successes: no write (and no lock) on the endpoint then.
+    let runs = sqlx::query!(
+        r#"with u as (
+               select * from unnest($1::uuid[], $2::uuid[], $3::bool[], $4::int[])
+                   as u(merchant_id, id, reset, failed)
+           ), locked as materialized (
+               select w.merchant_id, w.id from webhook_endpoints w
+               join u on u.merchant_id = w.merchant_id and u.id = w.id
+               where u.failed > 0 or w.consecutive_failures <> 0
+               order by w.merchant_id, w.id
+               for update of w
+           )
+           update webhook_endpoints w
+              set consecutive_failures = case when u.reset then u.failed
+                                              else w.consecutive_failures + u.failed end
+             from u, locked
+            where w.merchant_id = u.merchant_id and w.id = u.id
+              and locked.merchant_id = w.merchant_id and locked.id = w.id
+           returning w.merchant_id, w.id, w.consecutive_failures as "failures!""#,
+        &endpoint_merchants,
+        &endpoints,
+        &resets,
+        &failed,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(failures)
+    Ok(runs
+        .into_iter()
+        .map(|r| (r.merchant_id, r.id, r.failures))
+        .collect())
 }
 
 /// Disables an enabled endpoint with `reason`; whether it was enabled.
@@ -531,4 +615,44 @@ pub async fn bus_published(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), 
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(endpoint: u128, ok: bool) -> Recorded {
+        Recorded {
+            merchant_id: Uuid::nil(),
+            delivery_id: Uuid::new_v4(),
+            endpoint_id: Uuid::from_u128(endpoint),
+            attempt: 1,
+            status_code: Some(if ok { 204 } else { 500 }),
+            latency_ms: 1,
+            error: (!ok).then(|| "HTTP 500".to_owned()),
+            response_excerpt: None,
+            retry_at: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_changes_each_endpoint_run_as_its_attempts_finished_in_order() {
+        let batch = [
+            attempt(2, false),
+            attempt(1, false),
+            attempt(1, true),
+            attempt(1, false),
+            attempt(2, false),
+            attempt(3, true),
+        ];
+        let changes: Vec<(u128, RunChange)> = run_changes(&batch)
+            .into_iter()
+            .map(|((_, e), c)| (e.as_u128(), c))
+            .collect();
+        let run = |reset, failed| RunChange { reset, failed };
+        assert_eq!(
+            changes,
+            [(1, run(true, 1)), (2, run(false, 2)), (3, run(true, 0))]
+        );
+    }
 }

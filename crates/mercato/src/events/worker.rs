@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::PgPool;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
 use super::model::{is_internal, next_delay, sign, Envelope};
-use super::store::{self, Attempt, Claimed};
+use super::store::{self, Claimed, DeliveryStatus, Recorded};
 use crate::db::{MerchantId, TenantTx};
 
 /// How the worker behaves; `Default` is production's.
@@ -96,12 +97,28 @@ pub async fn deliver_webhooks(app: PgPool, worker: PgPool, config: DeliveryConfi
         }
     };
     let config = Arc::new(config);
+    // Bounded: a recorder that falls behind holds the senders' slots, so no
+    // more is claimed than can be recorded.
+    let (recorder, finished) = mpsc::channel(RECORD_BATCH * 4);
+    let recorded = Arc::new(Notify::new());
+    tokio::spawn(record_attempts(
+        app,
+        worker.clone(),
+        config.disable_after,
+        finished,
+        recorded.clone(),
+    ));
     let mut in_flight: JoinSet<()> = JoinSet::new();
     loop {
         while in_flight.try_join_next().is_some() {}
         let free = config.concurrency.saturating_sub(in_flight.len());
-        if free == 0 {
-            let _ = in_flight.join_next().await;
+        // Claim in batches: one claim per freed slot would run the claim
+        // query once per delivery when receivers answer fast.
+        if free == 0 || (free < config.concurrency.div_ceil(4) && !in_flight.is_empty()) {
+            tokio::select! {
+                _ = in_flight.join_next() => {}
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
             continue;
         }
         // Past the request's timeout, with room to record the attempt: a delivery
@@ -122,27 +139,18 @@ pub async fn deliver_webhooks(app: PgPool, worker: PgPool, config: DeliveryConfi
             }
         };
         if claimed.is_empty() {
-            // Nothing claimable: wait for a slot to free up (an endpoint at its
-            // bound may have more due) or for new work, whichever comes first.
-            if in_flight.is_empty() {
-                tokio::time::sleep(config.idle).await;
-            } else {
-                tokio::select! {
-                    _ = in_flight.join_next() => {}
-                    _ = tokio::time::sleep(config.idle) => {}
-                }
+            // Nothing claimable: wait for recorded attempts to free their
+            // endpoints' slots (an endpoint at its bound may have more due) or
+            // for new work, whichever comes first.
+            tokio::select! {
+                _ = recorded.notified() => {}
+                _ = tokio::time::sleep(config.idle) => {}
             }
             continue;
         }
         for delivery in claimed {
-            let (app, worker, client, config) =
-                (app.clone(), worker.clone(), client.clone(), config.clone());
-            in_flight.spawn(async move {
-                if let Err(err) = deliver(&app, &worker, &client, &config, &delivery).await {
-                    // The lease brings it back: delivered at least once.
-                    tracing::warn!(delivery = %delivery.delivery_id, error = %err, "recording a webhook attempt failed");
-                }
-            });
+            let (client, config, recorder) = (client.clone(), config.clone(), recorder.clone());
+            in_flight.spawn(async move { deliver(&client, &config, &delivery, &recorder).await });
         }
     }
 }
@@ -228,57 +236,104 @@ async fn send(client: &reqwest::Client, config: &DeliveryConfig, d: &Claimed) ->
     }
 }
 
+/// Sends one delivery and hands what came of it to the recorder.
 async fn deliver(
-    app: &PgPool,
-    worker: &PgPool,
     client: &reqwest::Client,
     config: &DeliveryConfig,
     d: &Claimed,
-) -> Result<(), sqlx::Error> {
+    recorder: &mpsc::Sender<Recorded>,
+) {
     let outcome = send(client, config, d).await;
-    let succeeded = outcome.error.is_none();
-    let retry_at = if succeeded {
+    let retry_at = if outcome.error.is_none() {
         None
     } else {
         let attempts = usize::try_from(d.attempt).unwrap_or(usize::MAX);
         next_delay(&config.schedule, attempts, rand::random::<f64>())
             .map(|delay| Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
     };
-    let attempt = Attempt {
+    let recorded = Recorded {
+        merchant_id: d.merchant_id,
+        delivery_id: d.delivery_id,
+        endpoint_id: d.endpoint_id,
+        attempt: d.attempt,
         status_code: outcome.status.map(i32::from),
         latency_ms: i32::try_from(outcome.latency.as_millis()).unwrap_or(i32::MAX),
-        error: outcome.error.as_deref(),
-        response_excerpt: outcome.excerpt.as_deref(),
+        error: outcome.error,
+        response_excerpt: outcome.excerpt,
+        retry_at,
     };
-    let mut conn = worker.acquire().await?;
-    let failures = store::record_attempt(&mut conn, d, &attempt, succeeded, retry_at).await?;
-    drop(conn);
-    let result = match (succeeded, retry_at) {
-        (true, _) => "succeeded",
-        (false, Some(_)) => "retrying",
-        (false, None) => "dead",
+    let result = match recorded.status() {
+        DeliveryStatus::Succeeded => "succeeded",
+        DeliveryStatus::Pending => "retrying",
+        DeliveryStatus::Dead => "dead",
     };
     metrics::counter!("webhook_attempts_total", "result" => result).increment(1);
     metrics::histogram!("webhook_attempt_seconds").record(outcome.latency.as_secs_f64());
-    if !succeeded && failures >= config.disable_after {
-        disable(app, d, failures).await?;
+    // Only fails when the recorder is gone (the process is ending): the lease
+    // brings the delivery back.
+    let _ = recorder.send(recorded).await;
+}
+
+/// Attempts recorded in one transaction at most.
+const RECORD_BATCH: usize = 256;
+
+/// Records finished attempts in batches: whatever finished while the previous
+/// batch was being written goes in the next (group commit), so recording costs
+/// a few statements per batch rather than a transaction per delivery. Then
+/// disables the endpoints whose run of failures reached the bound.
+async fn record_attempts(
+    app: PgPool,
+    worker: PgPool,
+    disable_after: i32,
+    mut finished: mpsc::Receiver<Recorded>,
+    cleared: Arc<Notify>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let recorded = match worker.acquire().await {
+            Ok(mut conn) => store::record_attempts(&mut conn, &batch).await,
+            Err(e) => Err(e),
+        };
+        // Their leases are cleared: the claimer may take those endpoints' next.
+        cleared.notify_one();
+        match recorded {
+            Ok(runs) => {
+                for (merchant, endpoint, failures) in runs {
+                    if failures < disable_after {
+                        continue;
+                    }
+                    if let Err(err) = disable(&app, merchant, endpoint, failures).await {
+                        tracing::warn!(%endpoint, error = %err, "disabling a failing webhook endpoint failed");
+                    }
+                }
+            }
+            // The leases bring these deliveries back: delivered at least once.
+            Err(err) => {
+                tracing::warn!(attempts = batch.len(), error = %err, "recording webhook attempts failed")
+            }
+        }
+        batch.clear();
     }
-    Ok(())
 }
 
 /// Disables an endpoint that failed `failures` times in a row and tells the
-/// merchant, once (only the attempt that flips it emits the event).
-async fn disable(app: &PgPool, d: &Claimed, failures: i32) -> Result<(), sqlx::Error> {
-    let mut tx = TenantTx::begin(app, MerchantId(d.merchant_id)).await?;
+/// merchant, once (only the batch that flips it emits the event).
+async fn disable(
+    app: &PgPool,
+    merchant: uuid::Uuid,
+    endpoint: uuid::Uuid,
+    failures: i32,
+) -> Result<(), sqlx::Error> {
+    let mut tx = TenantTx::begin(app, MerchantId(merchant)).await?;
     let reason = format!("{failures} failed attempts in a row");
-    if store::auto_disable(&mut tx, d.endpoint_id, &reason).await? {
+    if store::auto_disable(&mut tx, endpoint, &reason).await? {
         super::emit(
             &mut tx,
             super::EventType::WebhookEndpointDisabled,
-            serde_json::json!({"endpoint_id": d.endpoint_id, "reason": reason}),
+            serde_json::json!({"endpoint_id": endpoint, "reason": reason}),
         )
         .await?;
-        tracing::warn!(endpoint = %d.endpoint_id, %reason, "webhook endpoint disabled");
+        tracing::warn!(%endpoint, %reason, "webhook endpoint disabled");
     }
     tx.commit().await
 }
