@@ -1,7 +1,11 @@
 //! `mercato bench checkout`: N concurrent buyers hammer reservations over HTTP,
 //! one hot SKU and then many SKUs, with each stock strategy. The baseline is the
 //! `optimistic` strategy, one conditional UPDATE per request, measured in the
-//! same run; every figure is written to a JSON file.
+//! same run. Then whole checkouts (reserve, price, authorize, capture, confirm)
+//! on one hot SKU and on many, FIFO admission against the row-lock
+//! (`pessimistic`) strategy, with the commits each checkout costs
+//! (`pg_stat_database.xact_commit`) and the server's HTTP ceiling on this box (a
+//! trivial authenticated GET). Every figure is written to a JSON file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,9 +21,15 @@ pub struct Options {
     /// Concurrent buyers.
     #[arg(long, default_value_t = 256)]
     pub buyers: usize,
-    /// Requests per strategy and target.
+    /// Reservations per strategy and target (0 skips the reservation-only runs).
     #[arg(long, default_value_t = 20_000)]
     pub requests: usize,
+    /// Whole checkouts per strategy and target (0 skips them).
+    #[arg(long, default_value_t = 3_000)]
+    pub checkouts: usize,
+    /// Concurrent buyers in the checkout runs.
+    #[arg(long, default_value_t = 64)]
+    pub checkout_buyers: usize,
     /// SKUs in the many-SKU runs.
     #[arg(long, default_value_t = 64)]
     pub skus: usize,
@@ -58,8 +68,8 @@ struct ScarcityCheck {
 const STRATEGIES: [&str; 3] = ["optimistic", "pessimistic", "reservation"];
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    if opts.buyers == 0 || opts.requests == 0 || opts.skus == 0 {
-        bail!("--buyers, --requests and --skus must be at least 1");
+    if opts.buyers == 0 || opts.skus == 0 || opts.checkout_buyers == 0 {
+        bail!("--buyers, --checkout-buyers and --skus must be at least 1");
     }
     let harness = Harness::start(opts.database_url.clone(), |_| {}).await?;
     let outcome = interruptible(measure(&opts, &harness)).await;
@@ -90,7 +100,12 @@ async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
     .await?;
 
     let mut runs: Vec<RunResult> = Vec::new();
-    for (target, spread) in [("one hot SKU", false), ("many SKUs", true)] {
+    let targets = if opts.requests == 0 {
+        vec![]
+    } else {
+        vec![("one hot SKU", false), ("many SKUs", true)]
+    };
+    for (target, spread) in targets {
         for strategy in STRATEGIES {
             let targets: Vec<String> = if spread {
                 skus[..opts.skus].to_vec()
@@ -161,8 +176,14 @@ async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
             c.strategy, c.buyers, c.stock, c.granted, c.oversold
         );
     }
+    let full = if opts.checkouts == 0 {
+        None
+    } else {
+        Some(full_checkouts(opts, h).await?)
+    };
     let report = json!({
         "benchmark": "checkout",
+        "checkouts": full,
         "endpoint": "POST /v1/reservations (quantity 1)",
         "buyers": opts.buyers,
         "requests_per_run": opts.requests,
@@ -207,7 +228,16 @@ async fn hammer(
         .map(|sku| json!({"items": [{"sku": sku, "quantity": 1}], "ttl_seconds": 3600}).to_string())
         .collect();
     let label = format!("{target} / {strategy}");
-    let (outcomes, seconds) = fire(h, &url, Arc::new(bodies), requests, buyers, &label).await?;
+    let (outcomes, seconds) = fire(
+        h,
+        reqwest::Method::POST,
+        &url,
+        Arc::new(bodies),
+        requests,
+        buyers,
+        &label,
+    )
+    .await?;
     let granted = outcomes.iter().filter(|(s, _)| *s == 201).count();
     let refused = outcomes.iter().filter(|(s, _)| *s == 409).count();
     Ok(RunResult {
@@ -221,5 +251,150 @@ async fn hammer(
         units_per_second: granted as f64 / seconds,
         latency: Percentiles::of(outcomes.into_iter().map(|(_, d)| d).collect()),
         ratio_to_baseline: 1.0,
+    })
+}
+
+/// One run of whole checkouts.
+#[derive(Debug, Serialize)]
+struct CheckoutRun {
+    strategy: &'static str,
+    target: &'static str,
+    checkouts: usize,
+    confirmed: usize,
+    failed: usize,
+    seconds: f64,
+    checkouts_per_second: f64,
+    latency: Percentiles,
+    /// Transactions committed in the benchmark's database per confirmed checkout
+    /// (the sandbox payment provider's included: it keeps its state there too).
+    commits_per_checkout: f64,
+    /// checkouts/s over the `pessimistic` strategy's on the same target.
+    ratio_to_pessimistic: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct FullCheckouts {
+    endpoint: &'static str,
+    buyers: usize,
+    /// A trivial authenticated GET (`GET /v1/inventory/{sku}`, one indexed read):
+    /// what this server answers at most on this box.
+    http_ceiling_requests_per_second: f64,
+    runs: Vec<CheckoutRun>,
+}
+
+/// Transactions committed so far in the benchmark's database. A backend
+/// reports its counts when idle, at most once a second: wait that out first.
+async fn commits(h: &Harness) -> anyhow::Result<i64> {
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let n: i64 = sqlx::query_scalar(
+        "select xact_commit from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(&h.owner)
+    .await?;
+    Ok(n)
+}
+
+async fn full_checkouts(opts: &Options, h: &Harness) -> anyhow::Result<FullCheckouts> {
+    let plenty = (opts.checkouts * 4) as i64;
+    let hot = vec!["CO-HOT".to_owned()];
+    let spread: Vec<String> = (0..opts.skus).map(|i| format!("CO-SKU-{i}")).collect();
+    for sku in hot.iter().chain(&spread) {
+        create_sku(h, sku, plenty).await?;
+    }
+    let ceiling_url = format!("{}/v1/inventory/CO-HOT", h.base);
+    let ceiling_n = 20_000;
+    let (outcomes, seconds) = fire(
+        h,
+        reqwest::Method::GET,
+        &ceiling_url,
+        Arc::new(vec![]),
+        ceiling_n,
+        opts.checkout_buyers,
+        "HTTP ceiling (GET)",
+    )
+    .await?;
+    let answered = outcomes.iter().filter(|(s, _)| *s == 200).count();
+    let ceiling = answered as f64 / seconds.max(1e-9);
+    println!("HTTP ceiling: {ceiling:.0} requests/s (GET /v1/inventory/{{sku}})");
+
+    let mut runs: Vec<CheckoutRun> = Vec::new();
+    let mut round = 0;
+    for (target, skus) in [("one hot SKU", &hot), ("many SKUs", &spread)] {
+        // Alternated, so that a steady drift (the tables grow) weighs on both alike.
+        for strategy in ["pessimistic", "reservation", "reservation", "pessimistic"] {
+            round += 1;
+            let bodies: Vec<String> = (0..opts.checkouts)
+                .map(|i| {
+                    json!({"customer": {"email": format!("buyer{round}-{i}@example.com")},
+                           "items": [{"sku": skus[i % skus.len()], "quantity": 1}],
+                           "payment_method": "pm_card_ok"})
+                    .to_string()
+                })
+                .collect();
+            let url = format!("{}/v1/checkouts?strategy={strategy}", h.base);
+            let before = commits(h).await?;
+            let label = format!("checkouts, {target} / {strategy}");
+            let (outcomes, seconds) = fire(
+                h,
+                reqwest::Method::POST,
+                &url,
+                Arc::new(bodies),
+                opts.checkouts,
+                opts.checkout_buyers,
+                &label,
+            )
+            .await?;
+            let after = commits(h).await?;
+            let confirmed = outcomes.iter().filter(|(s, _)| *s == 201).count();
+            let run = CheckoutRun {
+                strategy,
+                target,
+                checkouts: outcomes.len(),
+                confirmed,
+                failed: outcomes.len() - confirmed,
+                seconds,
+                checkouts_per_second: confirmed as f64 / seconds.max(1e-9),
+                latency: Percentiles::of(outcomes.into_iter().map(|(_, d)| d).collect()),
+                commits_per_checkout: (after - before) as f64 / confirmed.max(1) as f64,
+                ratio_to_pessimistic: 1.0,
+            };
+            println!(
+                "{label}: {:.0} checkouts/s, p50 {:.1} ms, p99 {:.1} ms, {:.1} commits each, {} failed",
+                run.checkouts_per_second,
+                run.latency.p50_ms,
+                run.latency.p99_ms,
+                run.commits_per_checkout,
+                run.failed
+            );
+            runs.push(run);
+        }
+    }
+    fn mean(runs: &[CheckoutRun], target: &str, strategy: &str) -> f64 {
+        let picked: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.target == target && r.strategy == strategy)
+            .map(|r| r.checkouts_per_second)
+            .collect();
+        picked.iter().sum::<f64>() / picked.len().max(1) as f64
+    }
+    for target in ["one hot SKU", "many SKUs"] {
+        let baseline = mean(&runs, target, "pessimistic").max(f64::EPSILON);
+        let fifo = mean(&runs, target, "reservation");
+        for r in runs.iter_mut().filter(|r| r.target == target) {
+            r.ratio_to_pessimistic = r.checkouts_per_second / baseline;
+        }
+        println!(
+            "checkouts, {target}: FIFO {:.0}/s against row lock {:.0}/s: {:.2}x (HTTP ceiling {ceiling:.0}/s)",
+            fifo,
+            baseline,
+            fifo / baseline
+        );
+    }
+    Ok(FullCheckouts {
+        endpoint:
+            "POST /v1/checkouts (quantity 1, pm_card_ok, a new customer each, no Idempotency-Key)",
+        buyers: opts.checkout_buyers,
+        http_ceiling_requests_per_second: ceiling,
+        runs,
     })
 }

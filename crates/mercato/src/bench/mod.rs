@@ -141,12 +141,14 @@ async fn send(
 /// What each request of a [`fire`] run answered (0: no answer) and how long it took.
 pub type Outcomes = Vec<(u16, Duration)>;
 
-/// POSTs `total` requests to `url` as the harness's merchant from `connections`
-/// concurrent clients, the i-th with `bodies[i % len]` (serialised beforehand, so
-/// the timed loop only sends), with a progress bar labelled `label`. Returns
-/// every outcome and the wall time in seconds.
+/// Sends `total` requests (`method`, normally POST) to `url` as the harness's
+/// merchant from `connections` concurrent clients, the i-th with
+/// `bodies[i % len]` (serialised beforehand, so the timed loop only sends; none
+/// for a GET), with a progress bar labelled `label`. Returns every outcome and
+/// the wall time in seconds.
 pub async fn fire(
     h: &Harness,
+    method: reqwest::Method,
     url: &str,
     bodies: Arc<Vec<String>>,
     total: usize,
@@ -164,8 +166,9 @@ pub async fn fire(
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let (client, url, key, next, bodies, progress) = (
+        let (client, method, url, key, next, bodies, progress) = (
             h.client.clone(),
+            method.clone(),
             url.to_owned(),
             h.key.clone(),
             next.clone(),
@@ -180,11 +183,12 @@ pub async fn fire(
                     return outcomes;
                 }
                 let sent = Instant::now();
-                let request = client
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(bodies[i % bodies.len()].clone());
+                let mut request = client.request(method.clone(), &url).bearer_auth(&key);
+                if !bodies.is_empty() {
+                    request = request
+                        .header("content-type", "application/json")
+                        .body(bodies[i % bodies.len()].clone());
+                }
                 let status = match request.send().await {
                     // Read the body: a connection goes back to the pool only once it is drained.
                     Ok(resp) => {

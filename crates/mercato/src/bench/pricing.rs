@@ -200,8 +200,16 @@ async fn http_run(opts: &Options, h: &Harness, pure_per_second: f64) -> anyhow::
             .bytes()
             .await?;
     }
-    let (outcomes, seconds) =
-        fire(h, &url, bodies, opts.quotes, opts.connections, "quotes").await?;
+    let (outcomes, seconds) = fire(
+        h,
+        reqwest::Method::POST,
+        &url,
+        bodies,
+        opts.quotes,
+        opts.connections,
+        "quotes",
+    )
+    .await?;
     let failed = outcomes.iter().filter(|(status, _)| *status != 200).count();
     if let Some((status, _)) = outcomes.iter().find(|(status, _)| *status != 200) {
         eprintln!("{failed} quotes failed, e.g. with status {status}");
@@ -288,6 +296,7 @@ async fn checkout_cost(
         };
         let (outcomes, seconds) = fire(
             h,
+            reqwest::Method::POST,
             &url,
             Arc::new(bodies),
             opts.checkouts,

@@ -152,7 +152,16 @@ async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
     );
     let raw_n = opts.events;
-    let (outcomes, raw_seconds) = fire(h, &url, bodies, raw_n, 64, "receiver ceiling").await?;
+    let (outcomes, raw_seconds) = fire(
+        h,
+        reqwest::Method::POST,
+        &url,
+        bodies,
+        raw_n,
+        64,
+        "receiver ceiling",
+    )
+    .await?;
     let raw_ok = outcomes.iter().filter(|(s, _)| *s == 204).count();
     let raw_rate = raw_ok as f64 / raw_seconds.max(1e-9);
     println!("receiver ceiling: {raw_rate:.0} requests/s (64 connections)");

@@ -1,10 +1,16 @@
 //! The checkout saga: reserve → authorize → capture → confirm.
 //!
-//! Each step is persisted on the order (`saga_step`) before the next begins, and
-//! moves by compare-and-set, so a request and a recovery worker (or two
-//! recovery workers) can drive one order at the same time without harm. Every
-//! payment call is idempotent (keyed by the order id), and the reservation is
-//! settled exactly once. Compensations: release the reservation, void an
+//! The order is written (with its reservation held, its idempotency key and its
+//! `order.created` event) before any payment call, and confirmed (the sale, the
+//! payment id and `order.confirmed`) in one transaction after the capture: two
+//! commits of the checkout's own on the way to a sale. The payment steps in
+//! between are not written to the order: every payment call is idempotent,
+//! keyed by the order id, so the provider's records are their log, and a
+//! recovery driving an order left at `reserved` asks the provider what was done
+//! under that key (`reconcile`) and goes on from there. Every write moves the
+//! order by compare-and-set on `pending`, so a request and a recovery worker (or
+//! two) can drive one order at the same time without harm, and the reservation
+//! is settled exactly once. Compensations: release the reservation, void an
 //! authorization, refund a capture.
 
 use std::sync::Arc;
@@ -68,7 +74,7 @@ fn authorize_key(order: Uuid) -> String {
 
 /// What recording a new order came to.
 enum Recorded {
-    Placed,
+    Placed(Box<Order>),
     /// Another order holds the idempotency key.
     KeyTaken,
     /// A limited rule the price relied on was used up meanwhile.
@@ -209,29 +215,36 @@ impl Checkout {
                        "total": {"amount": order.total, "currency": order.currency}}),
             )
             .await?;
+            // Read back in the same transaction: the saga starts from it without a reload.
+            let placed = store::get_order(&mut tx, order_id)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(Recorded::Placed)
+            Ok::<_, sqlx::Error>(Recorded::Placed(Box::new(placed)))
         }
         .await;
-        if !matches!(inserted, Ok(Recorded::Placed)) {
-            // No order holds these units: give them back now rather than at expiry.
-            let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-            settle_reservation(&mut tx, reservation.id, Settlement::Released).await?;
-            tx.commit().await?;
-            if let Recorded::Exhausted(rule) = inserted? {
-                return Err(CheckoutError::PromoExhausted(rule));
+        let placed = match inserted {
+            Ok(Recorded::Placed(placed)) => *placed,
+            other => {
+                // No order holds these units: give them back now rather than at expiry.
+                let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+                settle_reservation(&mut tx, reservation.id, Settlement::Released).await?;
+                tx.commit().await?;
+                if let Recorded::Exhausted(rule) = other? {
+                    return Err(CheckoutError::PromoExhausted(rule));
+                }
+                // A concurrent request with the same key won: answer with its order.
+                let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+                let existing =
+                    store::find_by_idempotency_key(&mut tx, idempotency_key.unwrap_or_default())
+                        .await?;
+                tx.commit().await?;
+                return self
+                    .load(merchant, existing.ok_or(sqlx::Error::RowNotFound)?)
+                    .await;
             }
-            // A concurrent request with the same key won: answer with its order.
-            let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-            let existing =
-                store::find_by_idempotency_key(&mut tx, idempotency_key.unwrap_or_default())
-                    .await?;
-            tx.commit().await?;
-            return self
-                .load(merchant, existing.ok_or(sqlx::Error::RowNotFound)?)
-                .await;
-        }
-        self.advance(merchant, order_id, Driver::Request).await
+        };
+        self.drive(merchant, placed, Driver::Request).await
     }
 
     async fn load(&self, merchant: MerchantId, id: Uuid) -> Result<Order, CheckoutError> {
@@ -251,8 +264,21 @@ impl Checkout {
         id: Uuid,
         driver: Driver,
     ) -> Result<Order, CheckoutError> {
+        let order = self.load(merchant, id).await?;
+        self.drive(merchant, order, driver).await
+    }
+
+    /// The saga from `order` as last read. The payment steps move it in memory
+    /// only (see the module's comment); it is read again only after a write
+    /// that lost a race or a failure.
+    async fn drive(
+        &self,
+        merchant: MerchantId,
+        mut order: Order,
+        driver: Driver,
+    ) -> Result<Order, CheckoutError> {
+        let id = order.id;
         loop {
-            let order = self.load(merchant, id).await?;
             if order.status != OrderStatus::Pending {
                 return Ok(order);
             }
@@ -270,45 +296,35 @@ impl Checkout {
                         }
                         Driver::Recovery => self.reconcile(merchant, id).await,
                     };
-                    match outcome {
+                    let reason = match outcome {
                         Ok(payment) => {
-                            self.step(
-                                merchant,
-                                id,
-                                Step::Reserved,
-                                Step::Authorized,
-                                Some(payment.id),
-                            )
-                            .await?
+                            order.payment_id = Some(payment.id);
+                            order.step = Step::Authorized;
+                            continue;
                         }
                         Err(PaymentError::Timeout) => return Ok(order),
-                        Err(PaymentError::Declined) => {
-                            self.fail(merchant, &order, "card_declined").await?
-                        }
-                        Err(PaymentError::Expired) => {
-                            self.fail(merchant, &order, "expired_card").await?
-                        }
-                        Err(PaymentError::NotFound(_)) => {
-                            self.fail(merchant, &order, "abandoned").await?
-                        }
+                        Err(PaymentError::Declined) => "card_declined",
+                        Err(PaymentError::Expired) => "expired_card",
+                        Err(PaymentError::NotFound(_)) => "abandoned",
                         Err(other) => return Err(other.into()),
-                    }
+                    };
+                    self.fail(merchant, &order, reason).await?;
+                    order = self.load(merchant, id).await?;
                 }
                 Step::Authorized => {
                     let payment = order.payment_id.ok_or(sqlx::Error::RowNotFound)?;
+                    // Capturing a captured payment is a success: a recovery may repeat it.
                     match self.payments.capture(merchant, payment).await {
-                        Ok(_) => {
-                            self.step(merchant, id, Step::Authorized, Step::Captured, None)
-                                .await?
-                        }
+                        Ok(_) => order.step = Step::Captured,
                         Err(PaymentError::InvalidState { .. }) => {
                             self.fail(merchant, &order, "payment_not_capturable")
-                                .await?
+                                .await?;
+                            order = self.load(merchant, id).await?;
                         }
                         Err(other) => return Err(other.into()),
                     }
                 }
-                Step::Captured => self.confirm(merchant, &order).await?,
+                Step::Captured => order = self.confirm(merchant, order).await?,
                 Step::Confirmed | Step::Compensated => return Ok(order),
             }
         }
@@ -340,37 +356,43 @@ impl Checkout {
         }
     }
 
-    async fn step(
+    /// Sells the reserved units and confirms the captured order in one
+    /// transaction. If the reservation is no longer active, the payment is
+    /// refunded and the order fails; if someone else failed the order meanwhile,
+    /// this capture is refunded.
+    async fn confirm(
         &self,
         merchant: MerchantId,
-        id: Uuid,
-        from: Step,
-        to: Step,
-        payment: Option<Uuid>,
-    ) -> Result<(), sqlx::Error> {
+        mut order: Order,
+    ) -> Result<Order, CheckoutError> {
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-        store::advance_step(&mut tx, id, from, to, payment).await?;
-        tx.commit().await
-    }
-
-    /// Sells the reserved units and confirms the order in one transaction. If the
-    /// reservation is no longer active, the payment is refunded and the order fails.
-    async fn confirm(&self, merchant: MerchantId, order: &Order) -> Result<(), CheckoutError> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-        if settle_reservation(&mut tx, order.reservation_id, Settlement::Consumed).await? {
-            store::advance_step(&mut tx, order.id, Step::Captured, Step::Confirmed, None).await?;
-            crate::events::emit(
-                &mut tx,
-                EventType::OrderConfirmed,
-                json!({"order_id": order.id, "total": order.total}),
-            )
-            .await?;
-            tx.commit().await?;
-            metrics::counter!("checkouts_confirmed_total").increment(1);
-            return Ok(());
+        let Some(confirmed_at) = store::confirm(&mut tx, order.id, order.payment_id).await? else {
+            drop(tx);
+            let current = self.load(merchant, order.id).await?;
+            if current.status == OrderStatus::Failed {
+                if let Some(payment) = order.payment_id {
+                    ignore_invalid_state(self.payments.refund(merchant, payment).await)?;
+                }
+            }
+            return Ok(current);
+        };
+        if !settle_reservation(&mut tx, order.reservation_id, Settlement::Consumed).await? {
+            drop(tx);
+            self.fail(merchant, &order, "reservation_lapsed").await?;
+            return self.load(merchant, order.id).await;
         }
-        drop(tx);
-        self.fail(merchant, order, "reservation_lapsed").await
+        crate::events::emit(
+            &mut tx,
+            EventType::OrderConfirmed,
+            json!({"order_id": order.id, "total": order.total}),
+        )
+        .await?;
+        tx.commit().await?;
+        metrics::counter!("checkouts_confirmed_total").increment(1);
+        order.status = OrderStatus::Confirmed;
+        order.step = Step::Confirmed;
+        order.updated_at = confirmed_at;
+        Ok(order)
     }
 
     /// Compensates whatever the order holds, then marks it failed.

@@ -179,32 +179,25 @@ pub async fn find_by_idempotency_key(
     .await
 }
 
-/// Moves a pending order from one step to the next; `false` if someone else
-/// (a concurrent recovery) moved it first.
-pub async fn advance_step(
+/// Confirms a pending order (whatever payment step it reached: those are not
+/// written, see the saga) with its payment; when it was confirmed, or `None` if
+/// it is no longer pending (a concurrent driver confirmed or failed it first).
+pub async fn confirm(
     tx: &mut TenantTx,
     id: Uuid,
-    from: Step,
-    to: Step,
     payment_id: Option<Uuid>,
-) -> Result<bool, sqlx::Error> {
-    let status = match to {
-        Step::Confirmed => OrderStatus::Confirmed,
-        _ => OrderStatus::Pending,
-    };
-    let moved = sqlx::query!(
-        "update orders set saga_step = $4, status = $5, payment_id = coalesce($6, payment_id), updated_at = now()
-         where merchant_id = $1 and id = $2 and saga_step = $3 and status = 'pending'",
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "update orders set saga_step = 'confirmed', status = 'confirmed',
+                           payment_id = coalesce($3, payment_id), updated_at = now()
+         where merchant_id = $1 and id = $2 and status = 'pending'
+         returning updated_at",
         tx.merchant_id().0,
         id,
-        from.as_str(),
-        to.as_str(),
-        status.as_str(),
         payment_id,
     )
-    .execute(tx.conn())
-    .await?;
-    Ok(moved.rows_affected() == 1)
+    .fetch_optional(tx.conn())
+    .await
 }
 
 /// Marks a pending order failed (its compensations are the caller's to run first).
@@ -334,7 +327,7 @@ pub async fn has_confirmed_order(tx: &mut TenantTx, email: &str) -> Result<bool,
     sqlx::query_scalar!(
         r#"select exists (
                select 1 from orders
-               where merchant_id = $1 and lower(customer_email) = lower($2) and status = 'confirmed'
+               where merchant_id = $1 and customer_key = lower($2) and status = 'confirmed'
            ) as "exists!""#,
         tx.merchant_id().0,
         email,

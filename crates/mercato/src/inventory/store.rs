@@ -105,7 +105,7 @@ pub enum Settlement {
     Released,
     /// Back to available (the TTL ran out).
     Expired,
-    /// Sold: out of on_hand and reserved both.
+    /// Sold: out of on_hand and reserved both, once `fold_sales` folds it.
     Consumed,
 }
 
@@ -128,6 +128,8 @@ pub async fn set_on_hand(
     low_stock_threshold: Option<i64>,
 ) -> Result<StockLevel, InventoryError> {
     let merchant = tx.merchant_id().0;
+    // On hand is what the merchant counts now: sales not yet folded are gone from it.
+    fold_sales(tx.conn(), MerchantId(merchant), sku.as_str()).await?;
     // The `where` turns "below reserved" into no row rather than an aborted transaction.
     let row = sqlx::query_as!(
         StockLevel,
@@ -165,8 +167,9 @@ pub async fn set_on_hand(
 pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel>, sqlx::Error> {
     let level = sqlx::query_as!(
         StockLevel,
-        r#"select sku, on_hand, reserved, on_hand - reserved as "available!", low_stock_threshold
-         from stock where merchant_id = $1 and sku = $2"#,
+        r#"select sku as "sku!", on_hand as "on_hand!", reserved as "reserved!",
+                  available as "available!", low_stock_threshold
+         from stock_levels where merchant_id = $1 and sku = $2"#,
         tx.merchant_id().0,
         sku.as_str(),
     )
@@ -190,6 +193,18 @@ pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel
 /// Units reserved on `skus`, with their stock rows locked until the transaction
 /// ends (so nothing can be reserved between this check and what follows it).
 pub async fn lock_reserved_units(tx: &mut TenantTx, skus: &[String]) -> Result<i64, sqlx::Error> {
+    sqlx::query!(
+        "select 1 as one from stock where merchant_id = $1 and sku = any($2) order by sku for update",
+        tx.merchant_id().0,
+        skus,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    // Sold units are not reserved ones: fold them out first.
+    let merchant = tx.merchant_id();
+    for sku in skus {
+        fold_sales(tx.conn(), merchant, sku).await?;
+    }
     let reserved = sqlx::query_scalar!(
         "select reserved from stock where merchant_id = $1 and sku = any($2) for update",
         tx.merchant_id().0,
@@ -308,6 +323,10 @@ pub async fn grant_batch(
     )
     .fetch_optional(tx.conn())
     .await?;
+    if available.is_some() {
+        // The row is locked for the batch anyway: fold the sales confirmed since the last one.
+        fold_sales(tx.conn(), merchant, sku.as_str()).await?;
+    }
     let quantities: Vec<i64> = batch.iter().map(|r| r.quantity).collect();
     let granted = allocate_in_order(available.unwrap_or(0), &quantities);
     let wanted: i64 = batch
@@ -481,34 +500,30 @@ pub(crate) async fn settle(
     if settled.rows_affected() == 0 {
         return Ok(false);
     }
-    let sold = how == Settlement::Consumed;
-    // What a sale takes down to (or below) a SKU's low-stock threshold.
-    let crossed = sqlx::query!(
-        r#"update stock s set reserved = s.reserved - i.quantity,
-                            on_hand = s.on_hand - case when $3 then i.quantity else 0 end,
-                            updated_at = now()
+    if how == Settlement::Consumed {
+        // The sale is recorded on its own rows, not on the SKU's stock row
+        // (the hot row): `fold_sales` moves it into `stock` in batches.
+        sqlx::query!(
+            "insert into stock_sales (merchant_id, sku, reservation_id, quantity)
+             select merchant_id, sku, reservation_id, quantity from reservation_items
+             where merchant_id = $1 and reservation_id = $2",
+            merchant.0,
+            id,
+        )
+        .execute(&mut *conn)
+        .await?;
+        return Ok(true);
+    }
+    sqlx::query!(
+        "update stock s set reserved = s.reserved - i.quantity, updated_at = now()
          from reservation_items i
          where i.merchant_id = $1 and i.reservation_id = $2
-           and s.merchant_id = i.merchant_id and s.sku = i.sku
-         returning s.sku, s.on_hand, s.low_stock_threshold,
-                   coalesce($3 and s.on_hand <= s.low_stock_threshold
-                            and s.on_hand + i.quantity > s.low_stock_threshold, false) as "crossed!""#,
+           and s.merchant_id = i.merchant_id and s.sku = i.sku",
         merchant.0,
         id,
-        sold,
     )
-    .fetch_all(&mut *conn)
+    .execute(&mut *conn)
     .await?;
-    for row in crossed.into_iter().filter(|r| r.crossed) {
-        crate::events::emit_on(
-            conn,
-            merchant,
-            crate::events::EventType::InventoryLowStock,
-            serde_json::json!({"sku": row.sku, "on_hand": row.on_hand,
-                               "threshold": row.low_stock_threshold}),
-        )
-        .await?;
-    }
     if how == Settlement::Expired {
         crate::events::emit_on(
             conn,
@@ -549,6 +564,82 @@ pub async fn hold_for_order(
     .execute(tx.conn())
     .await?;
     Ok(held.rows_affected() == 1)
+}
+
+/// Folds a SKU's confirmed sales into its stock row: `on_hand` and `reserved`
+/// both go down by their units, in one statement with the sales' removal, so
+/// every sale is folded exactly once (a concurrent fold waits for the rows it
+/// would delete, then skips them). Takes the stock row's lock: callers that
+/// already hold it (an admission batch) pay nothing more. Emits
+/// `inventory.low_stock` when the batch takes the SKU's units on hand down to
+/// its threshold. Returns the units folded.
+pub(crate) async fn fold_sales(
+    conn: &mut PgConnection,
+    merchant: MerchantId,
+    sku: &str,
+) -> Result<i64, sqlx::Error> {
+    let folded = sqlx::query!(
+        r#"with sold as (
+               delete from stock_sales where merchant_id = $1 and sku = $2 returning quantity
+           ), batch as (
+               select coalesce(sum(quantity), 0)::bigint as units from sold
+           )
+           update stock s set reserved = s.reserved - batch.units,
+                              on_hand = s.on_hand - batch.units,
+                              updated_at = now()
+           from batch
+           where s.merchant_id = $1 and s.sku = $2 and batch.units > 0
+           returning s.on_hand, s.low_stock_threshold, batch.units as "units!",
+                     coalesce(s.on_hand <= s.low_stock_threshold
+                              and s.on_hand + batch.units > s.low_stock_threshold, false) as "crossed!""#,
+        merchant.0,
+        sku,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(folded) = folded else {
+        return Ok(0);
+    };
+    if folded.crossed {
+        crate::events::emit_on(
+            conn,
+            merchant,
+            crate::events::EventType::InventoryLowStock,
+            serde_json::json!({"sku": sku, "on_hand": folded.on_hand,
+                               "threshold": folded.low_stock_threshold}),
+        )
+        .await?;
+    }
+    Ok(folded.units)
+}
+
+/// The background fold (worker role, across merchants): folds the sales of up
+/// to `limit` SKUs, each in its own transaction. A SKU whose stock row is
+/// locked is skipped: whoever holds it (an admission batch) folds it anyway,
+/// or the next round does.
+pub async fn fold_pending_sales(pool: &sqlx::PgPool, limit: i64) -> Result<i64, sqlx::Error> {
+    let skus = sqlx::query!(
+        "select distinct merchant_id, sku from stock_sales limit $1",
+        limit,
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut folded = 0;
+    for row in skus {
+        let mut tx = pool.begin().await?;
+        let free = sqlx::query_scalar!(
+            "select 1 as one from stock where merchant_id = $1 and sku = $2 for update skip locked",
+            row.merchant_id,
+            row.sku,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if free.is_some() {
+            folded += fold_sales(&mut tx, MerchantId(row.merchant_id), &row.sku).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(folded)
 }
 
 /// Expires up to `limit` reservations past their TTL, across merchants (worker

@@ -1,10 +1,11 @@
-//! Releases reservations whose TTL ran out.
+//! Releases reservations whose TTL ran out, and folds confirmed sales into
+//! the stock rows that no admission batch folded meanwhile.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::store::expire_due_reservations;
+use super::store::{expire_due_reservations, fold_pending_sales};
 
 const BATCH: i64 = 500;
 
@@ -26,6 +27,15 @@ pub async fn release_expired_reservations(pool: PgPool, every: Duration) {
                     tracing::warn!(error = %err, "expiring reservations failed; retrying next tick");
                     break;
                 }
+            }
+        }
+        match fold_pending_sales(&pool, BATCH).await {
+            Ok(units) if units > 0 => {
+                metrics::counter!("stock_sales_folded_total").increment(units as u64)
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "folding sales into stock failed; retrying next tick")
             }
         }
     }

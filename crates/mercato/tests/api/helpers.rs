@@ -408,8 +408,10 @@ pub async fn count(pool: &PgPool, what: &str) -> i64 {
 
 /// The stock invariants, checked in SQL: for every SKU of `initial` (sku, on_hand
 /// at the start), units sold + on hand = the start, reserved = what active
-/// reservations hold, each reservation consumed by exactly one confirmed order,
-/// and payments captured exactly for confirmed orders.
+/// reservations hold (both as `stock_levels` shows them: sales not yet folded
+/// into the stock row taken out; each of those a consumed reservation's),
+/// each reservation consumed by exactly one confirmed order, and payments
+/// captured exactly for confirmed orders.
 pub async fn assert_inventory_consistent(owner: &PgPool, initial: &[(&str, i64)]) {
     for (sku, start) in initial {
         let (on_hand, reserved, held, sold): (i64, i64, i64, i64) = sqlx::query_as(
@@ -420,7 +422,7 @@ pub async fn assert_inventory_consistent(owner: &PgPool, initial: &[(&str, i64)]
                     coalesce((select sum(i.quantity) from reservation_items i join reservations r
                               on r.merchant_id = i.merchant_id and r.id = i.reservation_id
                               where i.sku = s.sku and i.merchant_id = s.merchant_id and r.status = 'consumed'), 0)::bigint
-             from stock s where s.sku = $1",
+             from stock_levels s where s.sku = $1",
         )
         .bind(sku)
         .fetch_one(owner)
@@ -437,6 +439,16 @@ pub async fn assert_inventory_consistent(owner: &PgPool, initial: &[(&str, i64)]
         );
         assert!(on_hand >= reserved, "{sku}: available never negative");
     }
+    let unfolded_not_sold = count(
+        owner,
+        "stock_sales q where not exists (select 1 from reservations r where r.merchant_id = q.merchant_id
+           and r.id = q.reservation_id and r.status = 'consumed')",
+    )
+    .await;
+    assert_eq!(
+        unfolded_not_sold, 0,
+        "every unfolded sale is a consumed reservation's"
+    );
     let (consumed_without_order, confirmed_without_consumed, captured_without_order, confirmed_without_capture): (
         i64,
         i64,
