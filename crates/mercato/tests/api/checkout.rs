@@ -2,7 +2,9 @@ use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_inventory_consistent, post_to, wait_until_zero, Body, TestApp};
+use crate::helpers::{
+    assert_inventory_consistent, post_to, stock_violations, wait_until_zero, Body, TestApp,
+};
 
 fn checkout(sku: &str, quantity: i64, method: &str) -> Value {
     json!({"customer": {"email": "ann@example.com"}, "items": [{"sku": sku, "quantity": quantity}], "payment_method": method})
@@ -233,4 +235,71 @@ async fn checkouts_race_for_the_last_units_optimistic() {
 #[tokio::test]
 async fn checkouts_race_for_the_last_units_fifo_admission() {
     race_checkouts("reservation").await;
+}
+
+/// 64 SKUs of 3 units each, 6 buyers for each (one in ten declined), all at
+/// once through the FIFO admission: every SKU sells at most its 3, and the
+/// stock invariants hold for every SKU at every instant an observer looks
+/// while the checkouts run (each look one snapshot), and after.
+#[tokio::test]
+async fn checkouts_race_on_64_skus_and_the_stock_invariants_hold_throughout() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("acme").await;
+    let skus: Vec<String> = (0..64).map(|i| format!("SKU-{i:02}")).collect();
+    for sku in &skus {
+        app.create_product(&m, sku, 1000).await;
+        app.set_stock(&m, sku, 3).await;
+    }
+    let initial: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 3)).collect();
+    let bodies: Vec<Value> = (0..skus.len() * 6)
+        .map(|i| {
+            let method = if i % 10 == 0 { "pm_card_declined" } else { "pm_card_ok" };
+            json!({"customer": {"email": format!("buyer{i}@example.com")},
+                   "items": [{"sku": skus[i % skus.len()], "quantity": 1}], "payment_method": method})
+        })
+        .collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let race = async {
+        let results = join_all(bodies.iter().map(|b| {
+            post_to(
+                &app.client,
+                &app.base,
+                "/v1/checkouts?strategy=reservation",
+                &m.key,
+                b,
+            )
+        }))
+        .await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        results
+    };
+    let observe = async {
+        let mut looks = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let violations = stock_violations(&app.owner, &initial).await;
+            assert!(violations.is_empty(), "look {looks}: {violations:#?}");
+            looks += 1;
+        }
+        looks
+    };
+    let (results, looks) = tokio::join!(race, observe);
+    assert!(looks > 0, "the observer looked while checkouts ran");
+    assert!(
+        results.iter().all(|(s, _)| [201, 402, 409].contains(s)),
+        "only sold, declined or out of stock"
+    );
+    let mut sold = std::collections::HashMap::<String, usize>::new();
+    for ((status, body), i) in results.iter().zip(0..) {
+        if *status == 201 {
+            *sold.entry(skus[i % skus.len()].clone()).or_default() += 1;
+            assert_eq!(body["status"], "confirmed");
+        }
+    }
+    assert!(
+        sold.values().all(|n| *n <= 3),
+        "never more than 3 of a SKU: {sold:?}"
+    );
+    let total: usize = sold.values().sum();
+    assert!(total >= 64 * 2, "most units sell: {total}");
+    assert_inventory_consistent(&app.owner, &initial).await;
 }

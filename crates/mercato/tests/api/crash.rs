@@ -82,16 +82,16 @@ fn free_port() -> u16 {
 const SKUS: [&str; 3] = ["HOT-A", "HOT-B", "HOT-C"];
 const STOCK: i64 = 40;
 
-#[tokio::test]
-async fn a_server_killed_mid_storm_recovers_every_checkout() {
-    let db = TestDatabase::create().await;
-    let port = free_port();
-    let mut server = Server::start(&db, port).await;
-    let client = reqwest::Client::new();
-
+/// A merchant with a product and `stock` units for each of `skus`; its API key.
+async fn merchant_with_stock(
+    client: &reqwest::Client,
+    base: &str,
+    skus: &[&str],
+    stock: i64,
+) -> String {
     let (_, merchant) = post_to(
-        &client,
-        &server.base,
+        client,
+        base,
         "/v1/merchants",
         ADMIN_TOKEN,
         &json!({"name": "Acme", "slug": "acme"}),
@@ -101,23 +101,34 @@ async fn a_server_killed_mid_storm_recovers_every_checkout() {
         .as_str()
         .expect("merchant created")
         .to_owned();
-    for sku in SKUS {
+    for sku in skus {
         let product = json!({"name": sku, "variants": [{"sku": sku, "price": {"amount": 500, "currency": "EUR"}}]});
         assert_eq!(
-            post_to(&client, &server.base, "/v1/products", &key, &product)
+            post_to(client, base, "/v1/products", &key, &product)
                 .await
                 .0,
             201
         );
         let stock = client
-            .put(format!("{}/v1/inventory/{sku}", server.base))
+            .put(format!("{base}/v1/inventory/{sku}"))
             .bearer_auth(&key)
-            .json(&json!({"on_hand": STOCK}))
+            .json(&json!({"on_hand": stock}))
             .send()
             .await
             .unwrap();
         assert_eq!(stock.status(), 200);
     }
+    key
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_storm_recovers_every_checkout() {
+    let db = TestDatabase::create().await;
+    let port = free_port();
+    let mut server = Server::start(&db, port).await;
+    let client = reqwest::Client::new();
+
+    let key = merchant_with_stock(&client, &server.base, &SKUS, STOCK).await;
 
     // 300 buyers, every payment behaviour, fired at once; the server dies part-way.
     let methods = [
@@ -176,11 +187,100 @@ async fn a_server_killed_mid_storm_recovers_every_checkout() {
     );
 }
 
+/// One hot SKU sold through the FIFO admission, the server killed while
+/// batches of confirms are in flight (sales written, not yet folded into the
+/// stock row): after a restart every checkout is finished, every sale is folded
+/// exactly once, and the stock row itself adds up.
+#[tokio::test]
+async fn a_server_killed_mid_batched_confirms_folds_every_sale_once() {
+    const HOT: &str = "HOT";
+    const UNITS: i64 = 150;
+    let db = TestDatabase::create().await;
+    let mut server = Server::start(&db, free_port()).await;
+    let client = reqwest::Client::new();
+    let key = merchant_with_stock(&client, &server.base, &[HOT], UNITS).await;
+    let bodies: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({"customer": {"email": format!("buyer{i}@example.com")},
+                   "items": [{"sku": HOT, "quantity": 1}], "payment_method": "pm_card_ok"})
+        })
+        .collect();
+    let base = server.base.clone();
+    let owner = sqlx::PgPool::connect(&db.owner_url).await.unwrap();
+    let answers = AtomicUsize::new(0);
+    let storm = join_all(bodies.iter().map(|b| async {
+        let answer = post_to(
+            &client,
+            &base,
+            "/v1/checkouts?strategy=reservation",
+            &key,
+            b,
+        )
+        .await;
+        answers.fetch_add(1, Ordering::SeqCst);
+        answer
+    }));
+    // Kill once confirms have written sales that no batch has folded yet.
+    let kill = async {
+        let mut unfolded = 0;
+        for _ in 0..1_000 {
+            unfolded = count(&owner, "stock_sales").await;
+            if unfolded > 0 && answers.load(Ordering::SeqCst) >= 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        server.kill();
+        unfolded
+    };
+    let (results, unfolded) = tokio::join!(storm, kill);
+    let answered = results.iter().filter(|(status, _)| *status != 0).count();
+    assert!(
+        answered < 200,
+        "the kill landed mid-storm ({answered} of 200 answered)"
+    );
+    assert!(
+        unfolded > 0,
+        "sales were waiting to be folded when the server died"
+    );
+    eprintln!("killed with {answered} answered, {unfolded} sales unfolded");
+
+    let _restarted = Server::start(&db, free_port()).await;
+    assert_eq!(
+        wait_until_zero(&owner, "orders where status = 'pending'", 60).await,
+        0
+    );
+    assert_eq!(
+        wait_until_zero(&owner, "reservations where status = 'active'", 60).await,
+        0
+    );
+    assert_eq!(
+        wait_until_zero(&owner, "stock_sales", 30).await,
+        0,
+        "every sale folded"
+    );
+    assert_inventory_consistent(&owner, &[(HOT, UNITS)]).await;
+    let (on_hand, reserved): (i64, i64) =
+        sqlx::query_as("select on_hand, reserved from stock where sku = $1")
+            .bind(HOT)
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    let confirmed = count(&owner, "orders where status = 'confirmed'").await;
+    assert_eq!(
+        (on_hand, reserved),
+        (UNITS - confirmed, 0),
+        "the stock row itself: each confirmed unit folded out exactly once"
+    );
+}
+
 #[tokio::test]
 async fn a_server_killed_mid_delivery_loses_no_webhook() {
     let db = TestDatabase::create().await;
     let port = free_port();
-    let args = ["--webhooks-allow-internal", "--webhook-timeout", "1"];
+    // A timeout well above the receiver's delay, so that only the kill (not a
+    // loaded machine) makes attempts fail: a failure waits 5 s for its retry, two 5 min.
+    let args = ["--webhooks-allow-internal", "--webhook-timeout", "3"];
     let mut server = Server::start_with(&db, port, &args).await;
     let client = reqwest::Client::new();
     let (_, merchant) = post_to(
@@ -244,7 +344,9 @@ async fn a_server_killed_mid_delivery_loses_no_webhook() {
         .collect();
     assert_eq!(ids.len(), 20);
     let mut delivered = std::collections::BTreeSet::new();
-    for _ in 0..300 {
+    // Deliveries leased by the dead server come due when their lease lapses
+    // (twice the timeout + 5 s).
+    for _ in 0..600 {
         delivered = receiver
             .received()
             .await

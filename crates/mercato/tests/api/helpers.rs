@@ -413,32 +413,8 @@ pub async fn count(pool: &PgPool, what: &str) -> i64 {
 /// each reservation consumed by exactly one confirmed order, and payments
 /// captured exactly for confirmed orders.
 pub async fn assert_inventory_consistent(owner: &PgPool, initial: &[(&str, i64)]) {
-    for (sku, start) in initial {
-        let (on_hand, reserved, held, sold): (i64, i64, i64, i64) = sqlx::query_as(
-            "select s.on_hand, s.reserved,
-                    coalesce((select sum(i.quantity) from reservation_items i join reservations r
-                              on r.merchant_id = i.merchant_id and r.id = i.reservation_id
-                              where i.sku = s.sku and i.merchant_id = s.merchant_id and r.status = 'active'), 0)::bigint,
-                    coalesce((select sum(i.quantity) from reservation_items i join reservations r
-                              on r.merchant_id = i.merchant_id and r.id = i.reservation_id
-                              where i.sku = s.sku and i.merchant_id = s.merchant_id and r.status = 'consumed'), 0)::bigint
-             from stock_levels s where s.sku = $1",
-        )
-        .bind(sku)
-        .fetch_one(owner)
-        .await
-        .expect("stock row");
-        assert_eq!(
-            on_hand + sold,
-            *start,
-            "{sku}: on_hand {on_hand} + sold {sold} = start {start}"
-        );
-        assert_eq!(
-            reserved, held,
-            "{sku}: reserved matches active reservations"
-        );
-        assert!(on_hand >= reserved, "{sku}: available never negative");
-    }
+    let violations = stock_violations(owner, initial).await;
+    assert!(violations.is_empty(), "{violations:#?}");
     let unfolded_not_sold = count(
         owner,
         "stock_sales q where not exists (select 1 from reservations r where r.merchant_id = q.merchant_id
@@ -496,4 +472,61 @@ pub async fn wait_until_zero(owner: &PgPool, what: &str, seconds: u64) -> i64 {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The stock invariants of `initial` (sku, on_hand at the start) that do not
+/// hold, all SKUs read in one statement (one snapshot), so a test may look at
+/// any instant, also while checkouts run: units sold + on hand = the start,
+/// reserved = what active reservations hold, available never negative, and
+/// every sale not yet folded into its stock row a consumed reservation's.
+pub async fn stock_violations(owner: &PgPool, initial: &[(&str, i64)]) -> Vec<String> {
+    let skus: Vec<String> = initial.iter().map(|(s, _)| s.to_string()).collect();
+    let starts: Vec<i64> = initial.iter().map(|(_, n)| *n).collect();
+    let rows: Vec<(String, i64, Option<i64>, Option<i64>, i64, i64, i64)> = sqlx::query_as(
+        "select x.sku, x.start, s.on_hand, s.reserved,
+                coalesce((select sum(i.quantity) from reservation_items i join reservations r
+                          on r.merchant_id = i.merchant_id and r.id = i.reservation_id
+                          where i.sku = s.sku and i.merchant_id = s.merchant_id and r.status = 'active'), 0)::bigint,
+                coalesce((select sum(i.quantity) from reservation_items i join reservations r
+                          on r.merchant_id = i.merchant_id and r.id = i.reservation_id
+                          where i.sku = s.sku and i.merchant_id = s.merchant_id and r.status = 'consumed'), 0)::bigint,
+                (select count(*) from stock_sales q where q.sku = x.sku and not exists
+                   (select 1 from reservations r where r.merchant_id = q.merchant_id
+                      and r.id = q.reservation_id and r.status = 'consumed'))
+         from unnest($1::text[], $2::bigint[]) as x(sku, start)
+         left join stock_levels s on s.sku = x.sku",
+    )
+    .bind(&skus)
+    .bind(&starts)
+    .fetch_all(owner)
+    .await
+    .expect("stock invariants");
+    let mut violations = Vec::new();
+    for (sku, start, on_hand, reserved, held, sold, stray_sales) in rows {
+        let (Some(on_hand), Some(reserved)) = (on_hand, reserved) else {
+            violations.push(format!("{sku}: no stock row"));
+            continue;
+        };
+        if on_hand + sold != start {
+            violations.push(format!(
+                "{sku}: on_hand {on_hand} + sold {sold} != start {start}"
+            ));
+        }
+        if reserved != held {
+            violations.push(format!(
+                "{sku}: reserved {reserved} != held by active reservations {held}"
+            ));
+        }
+        if on_hand < reserved {
+            violations.push(format!(
+                "{sku}: available negative ({on_hand} - {reserved})"
+            ));
+        }
+        if stray_sales != 0 {
+            violations.push(format!(
+                "{sku}: {stray_sales} unfolded sales of no consumed reservation"
+            ));
+        }
+    }
+    violations
 }
