@@ -68,7 +68,8 @@ impl Money {
 }
 
 /// A stock-keeping unit code: 1 to 64 of `A-Z a-z 0-9 - _ .`; unique per merchant.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+/// Ordered as its code (the order stock rows are locked in).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Sku(String);
 

@@ -1,12 +1,16 @@
-//! Per-SKU FIFO admission: the fast path for hot products.
+//! FIFO admission: the fast path for hot products.
 //!
 //! Every buyer of one SKU would otherwise update one stock row, and the row
-//! lock serialises them at one commit each. Here requests for a SKU queue in
-//! arrival order inside the process; one task per SKU drains the queue in
-//! batches and grants a whole batch in one transaction (`grant_batch`). Each
-//! waiter hears its answer only after that transaction commits. Several
-//! processes may do this at once: the row lock and the conditional update in
-//! `grant_batch` (and the CHECK constraint) still rule out overselling.
+//! lock serialises them at one commit each. Here a merchant's single-SKU
+//! requests queue in arrival order inside the process; one task per merchant
+//! drains the queue in batches and grants a whole batch in one transaction:
+//! per SKU of the batch, in SKU order (so two processes doing this cannot
+//! deadlock), every waiter of that SKU at once (`grant_batch`). So one hot
+//! SKU's buyers share a commit, and so do the buyers of many warm SKUs, who
+//! would each have had a commit of their own with a queue per SKU. Each waiter
+//! hears its answer only after that transaction commits. Several processes may
+//! do this at once: the row lock and the conditional update in `grant_batch`
+//! (and the CHECK constraint) still rule out overselling.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,14 +27,15 @@ use crate::tenancy::MerchantId;
 
 /// Requests one drain takes at most in one transaction.
 const MAX_BATCH: usize = 512;
-/// Waiters one SKU's queue holds before new ones are turned away (503).
+/// Waiters one merchant's queue holds before new ones are turned away (503).
 const QUEUE_CAPACITY: usize = 8_192;
 /// A drain task with nothing to do for this long retires.
 const IDLE: Duration = Duration::from_secs(5);
 
-type Key = (MerchantId, Sku);
+type Key = MerchantId;
 
 struct Ticket {
+    sku: Sku,
     request: BatchRequest,
     reply: oneshot::Sender<Result<Reservation, ReserveError>>,
 }
@@ -58,6 +63,7 @@ impl Admission {
     ) -> Result<Reservation, ReserveError> {
         let (reply, answer) = oneshot::channel();
         let ticket = Ticket {
+            sku: sku.clone(),
             request: BatchRequest {
                 id: Uuid::now_v7(),
                 quantity,
@@ -65,7 +71,7 @@ impl Admission {
             },
             reply,
         };
-        self.enqueue((merchant, sku.clone()), ticket)?;
+        self.enqueue(merchant, ticket)?;
         // The drain task answers every ticket it takes; a dropped sender means it died.
         answer
             .await
@@ -88,7 +94,7 @@ impl Admission {
         }
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         queue.try_send(ticket).map_err(|_| ReserveError::Busy)?;
-        queues.insert(key.clone(), queue);
+        queues.insert(key, queue);
         tokio::spawn(Arc::clone(self).drain(key, receiver));
         Ok(())
     }
@@ -124,28 +130,41 @@ impl Admission {
         }
     }
 
-    async fn grant(&self, (merchant, sku): &Key, batch: Vec<Ticket>) {
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|t| (t.request, t.reply)).unzip();
+    async fn grant(&self, merchant: &Key, batch: Vec<Ticket>) {
+        // The batch's waiters by SKU, SKUs in order (the lock order), each SKU's
+        // waiters in arrival order.
+        let mut by_sku: std::collections::BTreeMap<Sku, Vec<Ticket>> = Default::default();
+        for ticket in batch {
+            by_sku.entry(ticket.sku.clone()).or_default().push(ticket);
+        }
+        metrics::histogram!("admission_batch_skus").record(by_sku.len() as f64);
         let outcome = async {
             let mut tx = TenantTx::begin(&self.pool, *merchant).await?;
-            let results = grant_batch(&mut tx, sku, &requests).await?;
+            let mut granted = Vec::with_capacity(by_sku.len());
+            for (sku, tickets) in &by_sku {
+                let requests: Vec<&BatchRequest> = tickets.iter().map(|t| &t.request).collect();
+                granted.push(grant_batch(&mut tx, sku, &requests).await?);
+            }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(results)
+            Ok::<_, sqlx::Error>(granted)
         }
         .await;
         match outcome {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
+            Ok(granted) => {
+                for (tickets, results) in by_sku.into_values().zip(granted) {
+                    for (ticket, result) in tickets.into_iter().zip(results) {
+                        let _ = ticket.reply.send(result);
+                    }
                 }
             }
             Err(err) => {
-                tracing::error!(error = %err, sku = sku.as_str(), "admission batch failed");
-                for reply in replies {
-                    let _ = reply.send(Err(ReserveError::Db(sqlx::Error::Protocol(format!(
-                        "admission batch failed: {err}"
-                    )))));
+                tracing::error!(error = %err, merchant = %merchant.0, "admission batch failed");
+                for ticket in by_sku.into_values().flatten() {
+                    let _ = ticket
+                        .reply
+                        .send(Err(ReserveError::Db(sqlx::Error::Protocol(format!(
+                            "admission batch failed: {err}"
+                        )))));
                 }
             }
         }

@@ -312,7 +312,7 @@ pub struct BatchRequest {
 pub async fn grant_batch(
     tx: &mut TenantTx,
     sku: &Sku,
-    batch: &[BatchRequest],
+    batch: &[&BatchRequest],
 ) -> Result<Vec<Result<Reservation, ReserveError>>, sqlx::Error> {
     let merchant = tx.merchant_id();
     let available = sqlx::query_scalar!(

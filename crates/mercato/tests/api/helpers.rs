@@ -482,7 +482,9 @@ pub async fn wait_until_zero(owner: &PgPool, what: &str, seconds: u64) -> i64 {
 pub async fn stock_violations(owner: &PgPool, initial: &[(&str, i64)]) -> Vec<String> {
     let skus: Vec<String> = initial.iter().map(|(s, _)| s.to_string()).collect();
     let starts: Vec<i64> = initial.iter().map(|(_, n)| *n).collect();
-    let rows: Vec<(String, i64, Option<i64>, Option<i64>, i64, i64, i64)> = sqlx::query_as(
+    /// sku, start, on_hand, reserved (none without a stock row), held, sold, stray sales.
+    type Row = (String, i64, Option<i64>, Option<i64>, i64, i64, i64);
+    let rows: Vec<Row> = sqlx::query_as(
         "select x.sku, x.start, s.on_hand, s.reserved,
                 coalesce((select sum(i.quantity) from reservation_items i join reservations r
                           on r.merchant_id = i.merchant_id and r.id = i.reservation_id
