@@ -173,13 +173,15 @@ pub struct TenantTx {
 
 impl TenantTx {
     pub async fn begin(pool: &PgPool, merchant_id: MerchantId) -> Result<Self, sqlx::Error> {
-        let mut tx = pool.begin().await?;
-        sqlx::query_scalar!(
-            "select set_config('app.merchant_id', $1, true)",
-            merchant_id.to_string()
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        // BEGIN and the tenant in one round trip (every request's transactions
+        // start here). Inlining is safe: a `Uuid` prints only hex digits and
+        // hyphens.
+        let tx = pool
+            .begin_with(format!(
+                "begin; select set_config('app.merchant_id', '{}', true)",
+                merchant_id.0
+            ))
+            .await?;
         Ok(TenantTx { tx, merchant_id })
     }
 

@@ -142,88 +142,26 @@ impl Checkout {
         new: &NewCheckout,
         idempotency_key: Option<&str>,
     ) -> Result<Order, CheckoutError> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         if let Some(key) = idempotency_key {
-            if let Some(existing) = store::find_by_idempotency_key(&mut tx, key).await? {
-                drop(tx);
+            // A retry of a checkout already placed reserves nothing: its order answers.
+            let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+            let existing = store::find_by_idempotency_key(&mut tx, key).await?;
+            drop(tx);
+            if let Some(existing) = existing {
                 return self.load(merchant, existing).await;
             }
         }
-        let cart = cart_for(
-            &mut tx,
-            &new.lines,
-            Some(&new.email),
-            new.promo_code.as_deref(),
-            new.country.as_deref(),
-        )
-        .await?;
-        let quote = crate::pricing::price_cart(&mut tx, cart)
-            .await
-            .map_err(|e| match e {
-                crate::pricing::PriceError::Pricing(e) => CheckoutError::Pricing(e),
-                crate::pricing::PriceError::Db(e) => CheckoutError::Db(e),
-            })?;
-        tx.commit().await?;
-        // A customer is never charged a price other than the one their code promised.
-        if let Some(rule) = quote.exhausted_promo_rule() {
-            return Err(CheckoutError::PromoExhausted(rule));
-        }
-        let priced = &quote.priced;
-        let items = priced
-            .cart
-            .lines
-            .iter()
-            .map(|l| (l.sku.to_string(), i64::from(l.quantity), l.unit_price))
-            .collect();
-        let pricing_json =
-            serde_json::to_string(priced).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-
         let reservation = self
             .inventory
             .reserve(merchant, strategy, &new.lines, self.reservation_ttl_seconds)
             .await?;
-        let order_id = Uuid::now_v7();
-        let order = NewOrder {
-            id: order_id,
-            idempotency_key,
-            email: &new.email,
-            payment_method: &new.payment_method,
-            promo_code: new.promo_code.as_deref(),
-            reservation_id: reservation.id,
-            currency: priced.cart.currency.as_str(),
-            items,
-            total: priced.breakdown.total.amount,
-            calculator_version: priced.calculator_version.as_str(),
-            ruleset_revision: i64::try_from(priced.ruleset_revision).unwrap_or(i64::MAX),
-            pricing: pricing_json,
-        };
-        let inserted = async {
-            let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-            if !store::insert_order(&mut tx, &order).await? {
-                return Ok(Recorded::KeyTaken);
-            }
-            // Limited rules: the uses are taken with the order, or neither is recorded.
-            if let Err(rule) = crate::pricing::record_order(&mut tx, order_id, &quote).await? {
-                return Ok(Recorded::Exhausted(rule));
-            }
-            // From here the order's saga, not the expiry worker, settles the units.
-            hold_for_order(&mut tx, reservation.id, order_id).await?;
-            crate::events::emit(
-                &mut tx,
-                EventType::OrderCreated,
-                json!({"order_id": order_id, "customer_email": new.email,
-                       "total": {"amount": order.total, "currency": order.currency}}),
-            )
-            .await?;
-            // Read back in the same transaction: the saga starts from it without a reload.
-            let placed = store::get_order(&mut tx, order_id)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(Recorded::Placed(Box::new(placed)))
-        }
-        .await;
-        let placed = match inserted {
+        // Priced and placed in one transaction: the cart's prices, the rules in
+        // force, the order, the limited rules' uses, the hold on the
+        // reservation and `order.created` commit together or not at all.
+        let placed = self
+            .place(merchant, new, idempotency_key, reservation.id)
+            .await;
+        let placed = match placed {
             Ok(Recorded::Placed(placed)) => *placed,
             other => {
                 // No order holds these units: give them back now rather than at expiry.
@@ -245,6 +183,79 @@ impl Checkout {
             }
         };
         self.drive(merchant, placed, Driver::Request).await
+    }
+
+    /// Prices the cart and records the order holding `reservation`, in one
+    /// transaction; the order as written (the saga starts from it without a reload).
+    async fn place(
+        &self,
+        merchant: MerchantId,
+        new: &NewCheckout,
+        idempotency_key: Option<&str>,
+        reservation: Uuid,
+    ) -> Result<Recorded, CheckoutError> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let cart = cart_for(
+            &mut tx,
+            &new.lines,
+            Some(&new.email),
+            new.promo_code.as_deref(),
+            new.country.as_deref(),
+        )
+        .await?;
+        let quote = crate::pricing::price_cart(&mut tx, cart)
+            .await
+            .map_err(|e| match e {
+                crate::pricing::PriceError::Pricing(e) => CheckoutError::Pricing(e),
+                crate::pricing::PriceError::Db(e) => CheckoutError::Db(e),
+            })?;
+        // A customer is never charged a price other than the one their code promised.
+        if let Some(rule) = quote.exhausted_promo_rule() {
+            return Ok(Recorded::Exhausted(rule));
+        }
+        let priced = &quote.priced;
+        let order_id = Uuid::now_v7();
+        let order = NewOrder {
+            id: order_id,
+            idempotency_key,
+            email: &new.email,
+            payment_method: &new.payment_method,
+            promo_code: new.promo_code.as_deref(),
+            reservation_id: reservation,
+            currency: priced.cart.currency.as_str(),
+            items: priced
+                .cart
+                .lines
+                .iter()
+                .map(|l| (l.sku.to_string(), i64::from(l.quantity), l.unit_price))
+                .collect(),
+            total: priced.breakdown.total.amount,
+            calculator_version: priced.calculator_version.as_str(),
+            ruleset_revision: i64::try_from(priced.ruleset_revision).unwrap_or(i64::MAX),
+            pricing: serde_json::to_string(priced)
+                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?,
+        };
+        if !store::insert_order(&mut tx, &order).await? {
+            return Ok(Recorded::KeyTaken);
+        }
+        // Limited rules: the uses are taken with the order, or neither is recorded.
+        if let Err(rule) = crate::pricing::record_order(&mut tx, order_id, &quote).await? {
+            return Ok(Recorded::Exhausted(rule));
+        }
+        // From here the order's saga, not the expiry worker, settles the units.
+        hold_for_order(&mut tx, reservation, order_id).await?;
+        crate::events::emit(
+            &mut tx,
+            EventType::OrderCreated,
+            json!({"order_id": order_id, "customer_email": new.email,
+                   "total": {"amount": order.total, "currency": order.currency}}),
+        )
+        .await?;
+        let placed = store::get_order(&mut tx, order_id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        tx.commit().await?;
+        Ok(Recorded::Placed(Box::new(placed)))
     }
 
     async fn load(&self, merchant: MerchantId, id: Uuid) -> Result<Order, CheckoutError> {
