@@ -51,25 +51,24 @@ pub async fn insert_event(
     version: i32,
     payload: &str,
 ) -> Result<(), sqlx::Error> {
+    // One statement (one round trip on every order's path): the event, and a
+    // delivery per subscribed endpoint.
     sqlx::query!(
-        "insert into events (merchant_id, id, type, version, payload, bus_pending)
-         values ($1, $2, $3, $4, $5::text::jsonb, $6)",
+        "with event as (
+             insert into events (merchant_id, id, type, version, payload, bus_pending)
+             values ($1, $2, $3, $4, $5::text::jsonb, $6)
+             returning merchant_id, id, type
+         )
+         insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id)
+         select w.merchant_id, gen_random_uuid(), w.id, event.id
+         from event join webhook_endpoints w
+           on w.merchant_id = event.merchant_id and w.status = 'enabled' and event.type = any(w.event_types)",
         merchant,
         id,
         kind,
         version,
         payload,
         super::bus_enabled(),
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query!(
-        "insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id)
-         select merchant_id, gen_random_uuid(), id, $2 from webhook_endpoints
-         where merchant_id = $1 and status = 'enabled' and $3 = any(event_types)",
-        merchant,
-        id,
-        kind,
     )
     .execute(conn)
     .await?;
