@@ -3,9 +3,9 @@
 //! Every buyer of one SKU would otherwise update one stock row, and the row
 //! lock serialises them at one commit each. Here a merchant's single-SKU
 //! requests queue in arrival order inside the process; one task per merchant
-//! drains the queue in batches and grants a whole batch in one transaction:
-//! per SKU of the batch, in SKU order (so two processes doing this cannot
-//! deadlock), every waiter of that SKU at once (`grant_batch`). So one hot
+//! drains the queue in batches and grants a whole batch in one transaction of
+//! a few statements, whatever the number of SKUs in it (`grant_batch`: the
+//! rows locked in SKU order, so two processes doing this cannot deadlock). So one hot
 //! SKU's buyers share a commit, and so do the buyers of many warm SKUs, who
 //! would each have had a commit of their own with a queue per SKU. Each waiter
 //! hears its answer only after that transaction commits. Several processes may
@@ -140,11 +140,11 @@ impl Admission {
         metrics::histogram!("admission_batch_skus").record(by_sku.len() as f64);
         let outcome = async {
             let mut tx = TenantTx::begin(&self.pool, *merchant).await?;
-            let mut granted = Vec::with_capacity(by_sku.len());
-            for (sku, tickets) in &by_sku {
-                let requests: Vec<&BatchRequest> = tickets.iter().map(|t| &t.request).collect();
-                granted.push(grant_batch(&mut tx, sku, &requests).await?);
-            }
+            let requests: Vec<(&Sku, Vec<&BatchRequest>)> = by_sku
+                .iter()
+                .map(|(sku, tickets)| (sku, tickets.iter().map(|t| &t.request).collect()))
+                .collect();
+            let granted = grant_batch(&mut tx, &requests).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(granted)
         }

@@ -129,7 +129,7 @@ pub async fn set_on_hand(
 ) -> Result<StockLevel, InventoryError> {
     let merchant = tx.merchant_id().0;
     // On hand is what the merchant counts now: sales not yet folded are gone from it.
-    fold_sales(tx.conn(), MerchantId(merchant), sku.as_str()).await?;
+    fold_sales(tx.conn(), MerchantId(merchant), &[sku.as_str().to_owned()]).await?;
     // The `where` turns "below reserved" into no row rather than an aborted transaction.
     let row = sqlx::query_as!(
         StockLevel,
@@ -202,9 +202,7 @@ pub async fn lock_reserved_units(tx: &mut TenantTx, skus: &[String]) -> Result<i
     .await?;
     // Sold units are not reserved ones: fold them out first.
     let merchant = tx.merchant_id();
-    for sku in skus {
-        fold_sales(tx.conn(), merchant, sku).await?;
-    }
+    fold_sales(tx.conn(), merchant, skus).await?;
     let reserved = sqlx::query_scalar!(
         "select reserved from stock where merchant_id = $1 and sku = any($2) for update",
         tx.merchant_id().0,
@@ -306,58 +304,74 @@ pub struct BatchRequest {
     pub ttl_seconds: i64,
 }
 
-/// Grants, in order, every request of a batch for one SKU that the stock can
-/// cover, in one transaction; the rest get `OutOfStock`. Nothing is returned
-/// before the transaction commits.
+/// Grants a batch of single-SKU requests across several SKUs of the merchant in
+/// a few statements whatever the number of SKUs: the stock rows locked in SKU
+/// order (so concurrent batches cannot deadlock), the sales confirmed since the
+/// last batch folded into them (`fold_sales`: the rows are locked anyway), then,
+/// per SKU, every request in arrival order that its stock can cover; the rest
+/// get `OutOfStock` (or `UnknownSku`). `batch` holds each SKU once, in SKU
+/// order, with its requests in arrival order; the answers come in that shape.
+/// Nothing is returned before the transaction commits.
 pub async fn grant_batch(
     tx: &mut TenantTx,
-    sku: &Sku,
-    batch: &[&BatchRequest],
-) -> Result<Vec<Result<Reservation, ReserveError>>, sqlx::Error> {
+    batch: &[(&Sku, Vec<&BatchRequest>)],
+) -> Result<Vec<Vec<Result<Reservation, ReserveError>>>, sqlx::Error> {
     let merchant = tx.merchant_id();
-    let available = sqlx::query_scalar!(
-        r#"select on_hand - reserved as "available!" from stock
-         where merchant_id = $1 and sku = $2 for update"#,
-        merchant.0,
-        sku.as_str(),
-    )
-    .fetch_optional(tx.conn())
-    .await?;
-    if available.is_some() {
-        // The row is locked for the batch anyway: fold the sales confirmed since the last one.
-        fold_sales(tx.conn(), merchant, sku.as_str()).await?;
-    }
-    let quantities: Vec<i64> = batch.iter().map(|r| r.quantity).collect();
-    let granted = allocate_in_order(available.unwrap_or(0), &quantities);
-    let wanted: i64 = batch
+    let skus: Vec<String> = batch
         .iter()
-        .zip(&granted)
-        .filter(|(_, g)| **g)
-        .map(|(r, _)| r.quantity)
-        .sum();
+        .map(|(sku, _)| sku.as_str().to_owned())
+        .collect();
+    let locked = sqlx::query!(
+        r#"select sku, on_hand - reserved as "available!" from stock
+         where merchant_id = $1 and sku = any($2) order by sku for update"#,
+        merchant.0,
+        &skus,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    fold_sales(tx.conn(), merchant, &skus).await?;
+    let available = |sku: &str| locked.iter().find(|r| r.sku == sku).map(|r| r.available);
+
+    // Per SKU: which requests the stock covers, in arrival order.
+    let mut granted: Vec<Vec<bool>> = Vec::with_capacity(batch.len());
+    let (mut take_skus, mut take_units) = (Vec::new(), Vec::new());
+    let (mut ids, mut ttls, mut item_skus, mut quantities) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (sku, requests) in batch {
+        let wanted: Vec<i64> = requests.iter().map(|r| r.quantity).collect();
+        let covered = allocate_in_order(available(sku.as_str()).unwrap_or(0), &wanted);
+        let mut units = 0;
+        for (r, _) in requests.iter().zip(&covered).filter(|(_, g)| **g) {
+            units += r.quantity;
+            ids.push(r.id);
+            ttls.push(r.ttl_seconds as f64);
+            item_skus.push(sku.as_str().to_owned());
+            quantities.push(r.quantity);
+        }
+        if units > 0 {
+            take_skus.push(sku.as_str().to_owned());
+            take_units.push(units);
+        }
+        granted.push(covered);
+    }
     let mut expiries = std::collections::HashMap::new();
-    if wanted > 0 {
-        // The row is locked, so this cannot fail on stock; the condition guards
+    if !ids.is_empty() {
+        // The rows are locked, so this cannot fail on stock; the condition guards
         // against a future change of the code above all the same.
         let taken = sqlx::query!(
-            "update stock set reserved = reserved + $3, updated_at = now()
-             where merchant_id = $1 and sku = $2 and on_hand - reserved >= $3",
+            "update stock s set reserved = s.reserved + x.units, updated_at = now()
+             from unnest($2::text[], $3::bigint[]) as x(sku, units)
+             where s.merchant_id = $1 and s.sku = x.sku and s.on_hand - s.reserved >= x.units",
             merchant.0,
-            sku.as_str(),
-            wanted,
+            &take_skus,
+            &take_units,
         )
         .execute(tx.conn())
         .await?;
-        if taken.rows_affected() != 1 {
+        if taken.rows_affected() != take_skus.len() as u64 {
             return Err(sqlx::Error::Protocol(
                 "stock changed under a row lock".into(),
             ));
-        }
-        let (mut ids, mut ttls, mut quantities) = (Vec::new(), Vec::new(), Vec::new());
-        for (r, _) in batch.iter().zip(&granted).filter(|(_, g)| **g) {
-            ids.push(r.id);
-            ttls.push(r.ttl_seconds as f64);
-            quantities.push(r.quantity);
         }
         let rows = sqlx::query!(
             "insert into reservations (merchant_id, id, expires_at)
@@ -372,38 +386,47 @@ pub async fn grant_batch(
         .await?;
         sqlx::query!(
             "insert into reservation_items (merchant_id, reservation_id, sku, quantity)
-             select $1, x.id, $3, x.quantity from unnest($2::uuid[], $4::bigint[]) as x(id, quantity)",
+             select $1, x.id, x.sku, x.quantity
+             from unnest($2::uuid[], $3::text[], $4::bigint[]) as x(id, sku, quantity)",
             merchant.0,
             &ids,
-            sku.as_str(),
+            &item_skus,
             &quantities,
         )
         .execute(tx.conn())
         .await?;
         expiries.extend(rows.into_iter().map(|r| (r.id, r.expires_at)));
     }
-    let refusal = match available {
-        Some(_) => None,
-        None => Some(shortage(tx, sku.as_str()).await),
-    };
-    Ok(batch
-        .iter()
-        .map(|r| match expiries.get(&r.id) {
-            Some(expires_at) => Ok(Reservation {
-                id: r.id,
-                status: ReservationStatus::Active,
-                expires_at: *expires_at,
-                items: vec![ReservedItem {
-                    sku: sku.as_str().into(),
-                    quantity: r.quantity,
-                }],
-            }),
-            None => Err(match &refusal {
-                Some(ReserveError::UnknownSku { .. }) => ReserveError::unknown_sku(sku.as_str()),
-                _ => ReserveError::out_of_stock(sku.as_str()),
-            }),
-        })
-        .collect())
+    let mut answers = Vec::with_capacity(batch.len());
+    for ((sku, requests), covered) in batch.iter().zip(granted) {
+        // A SKU without a stock row: not in the catalog, or never stocked.
+        let refusal = match available(sku.as_str()) {
+            Some(_) => ReserveError::out_of_stock(sku.as_str()),
+            None => shortage(tx, sku.as_str()).await,
+        };
+        answers.push(
+            requests
+                .iter()
+                .zip(covered)
+                .map(|(r, covered)| match expiries.get(&r.id) {
+                    Some(expires_at) if covered => Ok(Reservation {
+                        id: r.id,
+                        status: ReservationStatus::Active,
+                        expires_at: *expires_at,
+                        items: vec![ReservedItem {
+                            sku: sku.as_str().into(),
+                            quantity: r.quantity,
+                        }],
+                    }),
+                    _ => Err(match &refusal {
+                        ReserveError::UnknownSku { .. } => ReserveError::unknown_sku(sku.as_str()),
+                        _ => ReserveError::out_of_stock(sku.as_str()),
+                    }),
+                })
+                .collect(),
+        );
+    }
+    Ok(answers)
 }
 
 async fn insert_reservation(
@@ -566,51 +589,49 @@ pub async fn hold_for_order(
     Ok(held.rows_affected() == 1)
 }
 
-/// Folds a SKU's confirmed sales into its stock row: `on_hand` and `reserved`
-/// both go down by their units, in one statement with the sales' removal, so
-/// every sale is folded exactly once (a concurrent fold waits for the rows it
-/// would delete, then skips them). Takes the stock row's lock: callers that
-/// already hold it (an admission batch) pay nothing more. Emits
-/// `inventory.low_stock` when the batch takes the SKU's units on hand down to
-/// its threshold. Returns the units folded.
+/// Folds the confirmed sales of `skus` into their stock rows: `on_hand` and
+/// `reserved` both go down by their units, in one statement with the sales'
+/// removal, so every sale is folded exactly once (a concurrent fold waits for
+/// the rows it would delete, then skips them). Takes the stock rows' locks:
+/// callers that already hold them (an admission batch) pay nothing more; the
+/// others hold at most one SKU's, or take them in SKU order first. Emits
+/// `inventory.low_stock` for each SKU the fold takes down to its threshold.
+/// Returns the units folded.
 pub(crate) async fn fold_sales(
     conn: &mut PgConnection,
     merchant: MerchantId,
-    sku: &str,
+    skus: &[String],
 ) -> Result<i64, sqlx::Error> {
     let folded = sqlx::query!(
         r#"with sold as (
-               delete from stock_sales where merchant_id = $1 and sku = $2 returning quantity
+               delete from stock_sales where merchant_id = $1 and sku = any($2) returning sku, quantity
            ), batch as (
-               select coalesce(sum(quantity), 0)::bigint as units from sold
+               select sku, sum(quantity)::bigint as units from sold group by sku
            )
            update stock s set reserved = s.reserved - batch.units,
                               on_hand = s.on_hand - batch.units,
                               updated_at = now()
            from batch
-           where s.merchant_id = $1 and s.sku = $2 and batch.units > 0
-           returning s.on_hand, s.low_stock_threshold, batch.units as "units!",
+           where s.merchant_id = $1 and s.sku = batch.sku
+           returning s.sku, s.on_hand, s.low_stock_threshold, batch.units as "units!",
                      coalesce(s.on_hand <= s.low_stock_threshold
                               and s.on_hand + batch.units > s.low_stock_threshold, false) as "crossed!""#,
         merchant.0,
-        sku,
+        skus,
     )
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(folded) = folded else {
-        return Ok(0);
-    };
-    if folded.crossed {
+    for row in folded.iter().filter(|r| r.crossed) {
         crate::events::emit_on(
             conn,
             merchant,
             crate::events::EventType::InventoryLowStock,
-            serde_json::json!({"sku": sku, "on_hand": folded.on_hand,
-                               "threshold": folded.low_stock_threshold}),
+            serde_json::json!({"sku": row.sku, "on_hand": row.on_hand,
+                               "threshold": row.low_stock_threshold}),
         )
         .await?;
     }
-    Ok(folded.units)
+    Ok(folded.iter().map(|r| r.units).sum())
 }
 
 /// The background fold (worker role, across merchants): folds the sales of up
@@ -635,7 +656,7 @@ pub async fn fold_pending_sales(pool: &sqlx::PgPool, limit: i64) -> Result<i64, 
         .fetch_optional(&mut *tx)
         .await?;
         if free.is_some() {
-            folded += fold_sales(&mut tx, MerchantId(row.merchant_id), &row.sku).await?;
+            folded += fold_sales(&mut tx, MerchantId(row.merchant_id), &[row.sku]).await?;
         }
         tx.commit().await?;
     }
