@@ -33,15 +33,26 @@ const PHASES: &[&[&str]] = &[
     &["status"],
 ];
 
-fn pgshift(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgshift"))
-        .arg(PLAN_PATH)
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("pgshift runs")
+/// Runs the `pgshift` binary off the test's runtime thread: the application
+/// task shares that thread, and a blocking wait here would freeze it mid-way
+/// through its statements for the whole command. (It did: statements the
+/// application had decided on before `contract` then ran after the drop, and
+/// the test failed now and then for a cause that was not pgshift's.)
+async fn pgshift(url: &str, args: &[&str]) -> Output {
+    let url = url.to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pgshift"))
+            .arg(PLAN_PATH)
+            .args(&args)
+            .env("DATABASE_URL", url)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("pgshift runs")
+    })
+    .await
+    .expect("pgshift's thread")
 }
 
 #[derive(Default, Debug)]
@@ -138,7 +149,7 @@ async fn the_readme_walkthrough_runs_as_written() {
             // Reads at 100% for switch.min_full_seconds first.
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
-        let out = pgshift(&url, phase);
+        let out = pgshift(&url, phase).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -164,7 +175,7 @@ async fn the_readme_walkthrough_runs_as_written() {
     );
     assert!(log.new_shape_writes > 10, "{log:?}");
 
-    let status = pgshift(&url, &["status"]);
+    let status = pgshift(&url, &["status"]).await;
     assert!(String::from_utf8_lossy(&status.stdout).starts_with("status: phase contracted"));
     let gone: bool = sqlx::query_scalar("select to_regclass('members') is null")
         .fetch_one(&owner)
@@ -198,7 +209,13 @@ async fn the_readme_walkthrough_runs_as_written() {
     .fetch_one(&owner)
     .await
     .unwrap();
-    assert!(seeded > 19_000, "{seeded}");
+    // The setup seeds 20,000; the application deletes at most one a round of
+    // three statements, and kept writing throughout.
+    let rounds = (log.statements / 3) as i64;
+    assert!(
+        seeded >= 20_000 - rounds && seeded > 10_000,
+        "{seeded} after {rounds} rounds"
+    );
     assert_eq!(split_wrong, 0);
     let app_view = ReadSwitch::new(app_pool.clone(), "members_split_name_cents", 0);
     assert_eq!(app_view.view().await.phase, Phase::Contracted);

@@ -270,6 +270,37 @@ struct CheckoutRun {
     commits_per_checkout: f64,
     /// checkouts/s over the `pessimistic` strategy's on the same target.
     ratio_to_pessimistic: f64,
+    /// Where a checkout's time goes: mean milliseconds per phase, as the server
+    /// measured it (`checkout_phase_seconds`); the rest of the latency is HTTP,
+    /// JSON and waiting for a connection or a CPU.
+    phase_ms: std::collections::BTreeMap<String, f64>,
+}
+
+/// (sum of seconds, count) per phase of `checkout_phase_seconds` so far.
+fn phase_totals() -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut totals = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for line in crate::http::metrics::handle().render().lines() {
+        let Some(rest) = line.strip_prefix("checkout_phase_seconds_") else {
+            continue;
+        };
+        let (field, rest) = rest.split_once('{').unwrap_or((rest, ""));
+        let phase = rest
+            .split_once("phase=\"")
+            .and_then(|(_, p)| p.split_once('"'))
+            .map(|(p, _)| p.to_owned());
+        let value = line
+            .rsplit_once(' ')
+            .and_then(|(_, v)| v.parse::<f64>().ok());
+        if let (Some(phase), Some(value)) = (phase, value) {
+            let entry = totals.entry(phase).or_default();
+            match field {
+                "sum" => entry.0 = value,
+                "count" => entry.1 = value,
+                _ => {}
+            }
+        }
+    }
+    totals
 }
 
 #[derive(Debug, Serialize)]
@@ -333,6 +364,7 @@ async fn full_checkouts(opts: &Options, h: &Harness) -> anyhow::Result<FullCheck
                 .collect();
             let url = format!("{}/v1/checkouts?strategy={strategy}", h.base);
             let before = commits(h).await?;
+            let phases_before = phase_totals();
             let label = format!("checkouts, {target} / {strategy}");
             let (outcomes, seconds) = fire(
                 h,
@@ -345,6 +377,14 @@ async fn full_checkouts(opts: &Options, h: &Harness) -> anyhow::Result<FullCheck
             )
             .await?;
             let after = commits(h).await?;
+            let phase_ms = phase_totals()
+                .into_iter()
+                .map(|(phase, (sum, count))| {
+                    let (sum0, count0) = phases_before.get(&phase).copied().unwrap_or_default();
+                    let n = (count - count0).max(1.0);
+                    (phase, (sum - sum0) / n * 1000.0)
+                })
+                .collect();
             let confirmed = outcomes.iter().filter(|(s, _)| *s == 201).count();
             let run = CheckoutRun {
                 strategy,
@@ -357,6 +397,7 @@ async fn full_checkouts(opts: &Options, h: &Harness) -> anyhow::Result<FullCheck
                 latency: Percentiles::of(outcomes.into_iter().map(|(_, d)| d).collect()),
                 commits_per_checkout: (after - before) as f64 / confirmed.max(1) as f64,
                 ratio_to_pessimistic: 1.0,
+                phase_ms,
             };
             println!(
                 "{label}: {:.0} checkouts/s, p50 {:.1} ms, p99 {:.1} ms, {:.1} commits each, {} failed",
@@ -366,6 +407,12 @@ async fn full_checkouts(opts: &Options, h: &Harness) -> anyhow::Result<FullCheck
                 run.commits_per_checkout,
                 run.failed
             );
+            let phases: Vec<String> = run
+                .phase_ms
+                .iter()
+                .map(|(phase, ms)| format!("{phase} {ms:.1}"))
+                .collect();
+            println!("    mean ms per phase: {}", phases.join(", "));
             runs.push(run);
         }
     }

@@ -14,6 +14,7 @@
 //! authorization, refund a capture.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -66,6 +67,13 @@ pub struct Checkout {
     pub payments: Arc<dyn PaymentProvider>,
     /// How long a checkout's reservation holds its units.
     pub reservation_ttl_seconds: i64,
+}
+
+/// Time spent in one phase of a checkout (`checkout_phase_seconds{phase}`):
+/// where a checkout's time goes, for `mercato bench checkout`.
+fn phase_done(phase: &'static str, since: Instant) {
+    metrics::histogram!("checkout_phase_seconds", "phase" => phase)
+        .record(since.elapsed().as_secs_f64());
 }
 
 fn authorize_key(order: Uuid) -> String {
@@ -151,16 +159,20 @@ impl Checkout {
                 return self.load(merchant, existing).await;
             }
         }
+        let started = Instant::now();
         let reservation = self
             .inventory
             .reserve(merchant, strategy, &new.lines, self.reservation_ttl_seconds)
             .await?;
+        phase_done("reserve", started);
         // Priced and placed in one transaction: the cart's prices, the rules in
         // force, the order, the limited rules' uses, the hold on the
         // reservation and `order.created` commit together or not at all.
+        let started = Instant::now();
         let placed = self
             .place(merchant, new, idempotency_key, reservation.id)
             .await;
+        phase_done("place", started);
         let placed = match placed {
             Ok(Recorded::Placed(placed)) => *placed,
             other => {
@@ -295,6 +307,7 @@ impl Checkout {
             }
             match order.step {
                 Step::Reserved => {
+                    let started = Instant::now();
                     let outcome = match driver {
                         Driver::Request => {
                             let req = ChargeRequest {
@@ -307,6 +320,7 @@ impl Checkout {
                         }
                         Driver::Recovery => self.reconcile(merchant, id).await,
                     };
+                    phase_done("authorize", started);
                     let reason = match outcome {
                         Ok(payment) => {
                             order.payment_id = Some(payment.id);
@@ -325,7 +339,10 @@ impl Checkout {
                 Step::Authorized => {
                     let payment = order.payment_id.ok_or(sqlx::Error::RowNotFound)?;
                     // Capturing a captured payment is a success: a recovery may repeat it.
-                    match self.payments.capture(merchant, payment).await {
+                    let started = Instant::now();
+                    let captured = self.payments.capture(merchant, payment).await;
+                    phase_done("capture", started);
+                    match captured {
                         Ok(_) => order.step = Step::Captured,
                         Err(PaymentError::InvalidState { .. }) => {
                             self.fail(merchant, &order, "payment_not_capturable")
@@ -335,7 +352,11 @@ impl Checkout {
                         Err(other) => return Err(other.into()),
                     }
                 }
-                Step::Captured => order = self.confirm(merchant, order).await?,
+                Step::Captured => {
+                    let started = Instant::now();
+                    order = self.confirm(merchant, order).await?;
+                    phase_done("confirm", started);
+                }
                 Step::Confirmed | Step::Compensated => return Ok(order),
             }
         }
