@@ -94,10 +94,12 @@ impl SandboxProvider {
             (_, false) => (PaymentStatus::Authorized, None),
         };
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-        sqlx::query!(
-            "insert into payments (merchant_id, id, idempotency_key, payment_method, amount, currency, status, failure_code, off_session)
+        let inserted = sqlx::query_as!(
+            PaymentRow,
+            r#"insert into payments (merchant_id, id, idempotency_key, payment_method, amount, currency, status, failure_code, off_session)
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             on conflict (merchant_id, idempotency_key) do nothing",
+             on conflict (merchant_id, idempotency_key) do nothing
+             returning id, status as "status: PaymentStatus", amount, currency, failure_code"#,
             merchant.0,
             Uuid::now_v7(),
             req.idempotency_key,
@@ -108,18 +110,23 @@ impl SandboxProvider {
             failure,
             capture,
         )
-        .execute(tx.conn())
+        .fetch_optional(tx.conn())
         .await?;
-        let payment: Payment = sqlx::query_as!(
-            PaymentRow,
-            r#"select id, status as "status: PaymentStatus", amount, currency, failure_code
-             from payments where merchant_id = $1 and idempotency_key = $2"#,
-            merchant.0,
-            req.idempotency_key,
-        )
-        .fetch_one(tx.conn())
-        .await?
-        .into();
+        // A repeat under the key: the first attempt's outcome.
+        let payment: Payment =
+            match inserted {
+                Some(row) => row,
+                None => sqlx::query_as!(
+                    PaymentRow,
+                    r#"select id, status as "status: PaymentStatus", amount, currency, failure_code
+                     from payments where merchant_id = $1 and idempotency_key = $2"#,
+                    merchant.0,
+                    req.idempotency_key,
+                )
+                .fetch_one(tx.conn())
+                .await?,
+            }
+            .into();
         tx.commit().await?;
         if method == SandboxMethod::Timeout {
             // The provider did the work; its answer is lost on the way back.
@@ -202,27 +209,33 @@ impl SandboxProvider {
         action: &'static str,
     ) -> Result<Payment, PaymentError> {
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-        sqlx::query!(
-            "update payments set status = $4, updated_at = now(),
+        let moved = sqlx::query_as!(
+            PaymentRow,
+            r#"update payments set status = $4, updated_at = now(),
                     refunded_amount = case when $4 = 'refunded' then amount else refunded_amount end
-             where merchant_id = $1 and id = $2 and status = $3 and refunded_amount = 0",
+             where merchant_id = $1 and id = $2 and status = $3 and refunded_amount = 0
+             returning id, status as "status: PaymentStatus", amount, currency, failure_code"#,
             merchant.0,
             id,
             from.as_str(),
             to.as_str(),
         )
-        .execute(tx.conn())
-        .await?;
-        let payment: Option<Payment> = sqlx::query_as!(
-            PaymentRow,
-            r#"select id, status as "status: PaymentStatus", amount, currency, failure_code
-             from payments where merchant_id = $1 and id = $2"#,
-            merchant.0,
-            id,
-        )
         .fetch_optional(tx.conn())
-        .await?
-        .map(Into::into);
+        .await?;
+        // Not moved: already there (a repeat), or in a state that refuses it.
+        let payment: Option<Payment> = match moved {
+            Some(row) => Some(row.into()),
+            None => sqlx::query_as!(
+                PaymentRow,
+                r#"select id, status as "status: PaymentStatus", amount, currency, failure_code
+                 from payments where merchant_id = $1 and id = $2"#,
+                merchant.0,
+                id,
+            )
+            .fetch_optional(tx.conn())
+            .await?
+            .map(Into::into),
+        };
         tx.commit().await?;
         let payment = payment.ok_or(PaymentError::NotFound(id))?;
         if payment.status == to {
