@@ -1,13 +1,15 @@
 //! FIFO admission: the fast path for hot products.
 //!
 //! Every buyer of one SKU would otherwise update one stock row, and the row
-//! lock serialises them at one commit each. Here a merchant's single-SKU
-//! requests queue in arrival order inside the process; one task per merchant
+//! lock serialises them at one commit each. Here a merchant's requests (a
+//! cart of one SKU or several, all or nothing) queue in arrival order inside
+//! the process; one task per merchant
 //! drains the queue in batches and grants a whole batch in one transaction of
 //! a few statements, whatever the number of SKUs in it (`grant_batch`: the
 //! rows locked in SKU order, so two processes doing this cannot deadlock). So one hot
-//! SKU's buyers share a commit, and so do the buyers of many warm SKUs, who
-//! would each have had a commit of their own with a queue per SKU. Each waiter
+//! SKU's buyers share a commit, and so do the buyers of many warm SKUs and of
+//! carts that span them, who would each have had a commit of their own with a
+//! queue per SKU. Each waiter
 //! hears its answer only after that transaction commits. Several processes may
 //! do this at once: the row lock and the conditional update in `grant_batch`
 //! (and the CHECK constraint) still rule out overselling.
@@ -20,8 +22,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::model::Line;
 use super::store::{grant_batch, BatchRequest, Reservation, ReserveError};
-use crate::catalog::Sku;
 use crate::db::TenantTx;
 use crate::tenancy::MerchantId;
 
@@ -35,7 +37,6 @@ const IDLE: Duration = Duration::from_secs(5);
 type Key = MerchantId;
 
 struct Ticket {
-    sku: Sku,
     request: BatchRequest,
     reply: oneshot::Sender<Result<Reservation, ReserveError>>,
 }
@@ -53,20 +54,19 @@ impl Admission {
         })
     }
 
-    /// Queues a single-SKU reservation and waits for its committed answer.
+    /// Queues a reservation of `lines` (all or nothing) and waits for its
+    /// committed answer.
     pub async fn reserve(
         self: &Arc<Self>,
         merchant: MerchantId,
-        sku: &Sku,
-        quantity: i64,
+        lines: &[Line],
         ttl_seconds: i64,
     ) -> Result<Reservation, ReserveError> {
         let (reply, answer) = oneshot::channel();
         let ticket = Ticket {
-            sku: sku.clone(),
             request: BatchRequest {
                 id: Uuid::now_v7(),
-                quantity,
+                lines: lines.to_vec(),
                 ttl_seconds,
             },
             reply,
@@ -131,19 +131,9 @@ impl Admission {
     }
 
     async fn grant(&self, merchant: &Key, batch: Vec<Ticket>) {
-        // The batch's waiters by SKU, SKUs in order (the lock order), each SKU's
-        // waiters in arrival order.
-        let mut by_sku: std::collections::BTreeMap<Sku, Vec<Ticket>> = Default::default();
-        for ticket in batch {
-            by_sku.entry(ticket.sku.clone()).or_default().push(ticket);
-        }
-        metrics::histogram!("admission_batch_skus").record(by_sku.len() as f64);
         let outcome = async {
             let mut tx = TenantTx::begin(&self.pool, *merchant).await?;
-            let requests: Vec<(&Sku, Vec<&BatchRequest>)> = by_sku
-                .iter()
-                .map(|(sku, tickets)| (sku, tickets.iter().map(|t| &t.request).collect()))
-                .collect();
+            let requests: Vec<&BatchRequest> = batch.iter().map(|t| &t.request).collect();
             let granted = grant_batch(&mut tx, &requests).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(granted)
@@ -151,15 +141,13 @@ impl Admission {
         .await;
         match outcome {
             Ok(granted) => {
-                for (tickets, results) in by_sku.into_values().zip(granted) {
-                    for (ticket, result) in tickets.into_iter().zip(results) {
-                        let _ = ticket.reply.send(result);
-                    }
+                for (ticket, result) in batch.into_iter().zip(granted) {
+                    let _ = ticket.reply.send(result);
                 }
             }
             Err(err) => {
                 tracing::error!(error = %err, merchant = %merchant.0, "admission batch failed");
-                for ticket in by_sku.into_values().flatten() {
+                for ticket in batch {
                     let _ = ticket
                         .reply
                         .send(Err(ReserveError::Db(sqlx::Error::Protocol(format!(

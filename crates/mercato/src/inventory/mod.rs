@@ -27,9 +27,8 @@ pub use store::{
 use crate::db::TenantTx;
 use crate::tenancy::MerchantId;
 
-/// Takes stock with the chosen strategy. The FIFO admission path serves
-/// single-SKU requests (the hot-product case); a multi-SKU request under the
-/// `reservation` strategy takes the conditional-update path, all or nothing.
+/// Takes stock with the chosen strategy; every request under `reservation`
+/// goes through the FIFO admission, single-SKU or a whole cart (all or nothing).
 #[derive(Clone)]
 pub struct Inventory {
     pool: PgPool,
@@ -65,11 +64,8 @@ impl Inventory {
         lines: &[Line],
         ttl_seconds: i64,
     ) -> Result<Reservation, ReserveError> {
-        if let (Strategy::Reservation, [line]) = (strategy, lines) {
-            return self
-                .admission
-                .reserve(merchant, &line.sku, line.quantity, ttl_seconds)
-                .await;
+        if strategy == Strategy::Reservation {
+            return self.admission.reserve(merchant, lines, ttl_seconds).await;
         }
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         let reservation = match strategy {

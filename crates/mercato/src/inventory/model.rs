@@ -116,15 +116,29 @@ text_enum! {
 /// that does not fit does not stop a later, smaller one from being served.
 /// Returns, per request, whether it is granted.
 pub fn allocate_in_order(available: i64, quantities: &[i64]) -> Vec<bool> {
-    let mut left = available.max(0);
-    quantities
+    let carts: Vec<Vec<(usize, i64)>> = quantities.iter().map(|&q| vec![(0, q)]).collect();
+    allocate_carts_in_order(&[available], &carts)
+}
+
+/// FIFO allocation across SKUs: `available[i]` units of the i-th SKU, and
+/// carts in arrival order, each a list of (SKU index, quantity) lines. A cart
+/// gets every line or nothing; one that does not fit does not stop a later
+/// one from being served. Returns, per cart, whether it is granted.
+pub fn allocate_carts_in_order(available: &[i64], carts: &[Vec<(usize, i64)>]) -> Vec<bool> {
+    let mut left: Vec<i64> = available.iter().map(|&a| a.max(0)).collect();
+    carts
         .iter()
-        .map(|&q| {
-            let granted = q > 0 && q <= left;
-            if granted {
-                left -= q;
+        .map(|lines| {
+            let fits = !lines.is_empty()
+                && lines
+                    .iter()
+                    .all(|&(i, q)| q > 0 && left.get(i).is_some_and(|&l| q <= l));
+            if fits {
+                for &(i, q) in lines {
+                    left[i] -= q;
+                }
             }
-            granted
+            fits
         })
         .collect()
 }
@@ -168,6 +182,49 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn carts_never_take_more_than_available_and_are_all_or_nothing(
+            available in proptest::collection::vec(0i64..50, 1..6),
+            carts in proptest::collection::vec(
+                proptest::collection::vec((0usize..6, 1i64..20), 1..4), 0..40),
+        ) {
+            // One line per SKU in a cart, as parsed requests have.
+            let carts: Vec<Vec<(usize, i64)>> = carts
+                .into_iter()
+                .map(|lines| {
+                    let mut seen = std::collections::BTreeMap::new();
+                    for (i, q) in lines {
+                        seen.entry(i % available.len()).or_insert(q);
+                    }
+                    seen.into_iter().collect()
+                })
+                .collect();
+            let granted = allocate_carts_in_order(&available, &carts);
+            let mut taken = vec![0i64; available.len()];
+            for (cart, g) in carts.iter().zip(&granted) {
+                if *g {
+                    for &(i, q) in cart {
+                        taken[i] += q;
+                    }
+                }
+            }
+            for (t, a) in taken.iter().zip(&available) {
+                prop_assert!(t <= a, "took {t} of {a}");
+            }
+            // A refused cart did not fit at its turn: some line exceeded what
+            // the earlier grants left.
+            let mut left = available.clone();
+            for (cart, g) in carts.iter().zip(&granted) {
+                let fits = cart.iter().all(|&(i, q)| q <= left[i]);
+                prop_assert_eq!(fits, *g);
+                if *g {
+                    for &(i, q) in cart {
+                        left[i] -= q;
+                    }
+                }
+            }
+        }
+
         #[test]
         fn allocation_never_grants_more_than_available(
             available in -5i64..200,

@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::model::{allocate_in_order, Line, ReservationStatus};
+use super::model::{allocate_carts_in_order, Line, ReservationStatus};
 use crate::catalog::{self, Sku};
 use crate::db::{violates, TenantTx};
 use crate::tenancy::MerchantId;
@@ -297,30 +297,34 @@ pub async fn reserve_conditional(
     insert_reservation(tx.conn(), merchant, Uuid::now_v7(), lines, ttl_seconds).await
 }
 
-/// One waiter of a FIFO admission batch.
+/// One waiter of a FIFO admission batch: a cart, all of it or nothing.
 pub struct BatchRequest {
     pub id: Uuid,
-    pub quantity: i64,
+    /// No SKU twice (as `parse_lines` guarantees).
+    pub lines: Vec<Line>,
     pub ttl_seconds: i64,
 }
 
-/// Grants a batch of single-SKU requests across several SKUs of the merchant in
-/// a few statements whatever the number of SKUs: the stock rows locked in SKU
-/// order (so concurrent batches cannot deadlock), the sales confirmed since the
-/// last batch folded into them (`fold_sales`: the rows are locked anyway), then,
-/// per SKU, every request in arrival order that its stock can cover; the rest
-/// get `OutOfStock` (or `UnknownSku`). `batch` holds each SKU once, in SKU
-/// order, with its requests in arrival order; the answers come in that shape.
-/// Nothing is returned before the transaction commits.
+/// Grants a batch of requests (carts of one or several SKUs) across the
+/// merchant's SKUs in a few statements whatever their number: the stock rows
+/// locked in SKU order (so concurrent batches cannot deadlock), the sales
+/// confirmed since the last batch folded into them (`fold_sales`: the rows are
+/// locked anyway), then every request in arrival order whose lines all fit
+/// in what is left (`allocate_carts_in_order`); the others get `OutOfStock`
+/// (or `UnknownSku`) naming a line that did not fit. Answers in the batch's
+/// order. Nothing is returned before the transaction commits.
 pub async fn grant_batch(
     tx: &mut TenantTx,
-    batch: &[(&Sku, Vec<&BatchRequest>)],
-) -> Result<Vec<Vec<Result<Reservation, ReserveError>>>, sqlx::Error> {
+    batch: &[&BatchRequest],
+) -> Result<Vec<Result<Reservation, ReserveError>>, sqlx::Error> {
     let merchant = tx.merchant_id();
     let skus: Vec<String> = batch
         .iter()
-        .map(|(sku, _)| sku.as_str().to_owned())
+        .flat_map(|r| r.lines.iter().map(|l| l.sku.as_str().to_owned()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
+    let index = |sku: &Sku| skus.binary_search_by(|s| s.as_str().cmp(sku.as_str())).ok();
     let locked = sqlx::query!(
         r#"select sku, on_hand - reserved as "available!" from stock
          where merchant_id = $1 and sku = any($2) order by sku for update"#,
@@ -330,35 +334,48 @@ pub async fn grant_batch(
     .fetch_all(tx.conn())
     .await?;
     fold_sales(tx.conn(), merchant, &skus).await?;
-    let available = |sku: &str| locked.iter().find(|r| r.sku == sku).map(|r| r.available);
+    let stocked: Vec<Option<i64>> = skus
+        .iter()
+        .map(|sku| locked.iter().find(|r| &r.sku == sku).map(|r| r.available))
+        .collect();
+    let available: Vec<i64> = stocked.iter().map(|a| a.unwrap_or(0)).collect();
+    let carts: Vec<Vec<(usize, i64)>> = batch
+        .iter()
+        .map(|r| {
+            r.lines
+                .iter()
+                .filter_map(|l| index(&l.sku).map(|i| (i, l.quantity)))
+                .collect()
+        })
+        .collect();
+    let granted = allocate_carts_in_order(&available, &carts);
 
-    // Per SKU: which requests the stock covers, in arrival order.
-    let mut granted: Vec<Vec<bool>> = Vec::with_capacity(batch.len());
-    let (mut take_skus, mut take_units) = (Vec::new(), Vec::new());
-    let (mut ids, mut ttls, mut item_skus, mut quantities) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (sku, requests) in batch {
-        let wanted: Vec<i64> = requests.iter().map(|r| r.quantity).collect();
-        let covered = allocate_in_order(available(sku.as_str()).unwrap_or(0), &wanted);
-        let mut units = 0;
-        for (r, _) in requests.iter().zip(&covered).filter(|(_, g)| **g) {
-            units += r.quantity;
-            ids.push(r.id);
-            ttls.push(r.ttl_seconds as f64);
-            item_skus.push(sku.as_str().to_owned());
-            quantities.push(r.quantity);
+    let mut left = available.clone();
+    let mut taken = vec![0i64; skus.len()];
+    let (mut ids, mut ttls) = (Vec::new(), Vec::new());
+    let (mut item_ids, mut item_skus, mut quantities) = (Vec::new(), Vec::new(), Vec::new());
+    for ((r, cart), _) in batch.iter().zip(&carts).zip(&granted).filter(|(_, g)| **g) {
+        ids.push(r.id);
+        ttls.push(r.ttl_seconds as f64);
+        for (line, &(i, q)) in r.lines.iter().zip(cart) {
+            taken[i] += q;
+            left[i] -= q;
+            item_ids.push(r.id);
+            item_skus.push(line.sku.as_str().to_owned());
+            quantities.push(q);
         }
-        if units > 0 {
-            take_skus.push(sku.as_str().to_owned());
-            take_units.push(units);
-        }
-        granted.push(covered);
     }
     let mut expiries = std::collections::HashMap::new();
     if !ids.is_empty() {
+        let (take_skus, take_units): (Vec<String>, Vec<i64>) = skus
+            .iter()
+            .zip(&taken)
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| (s.clone(), *n))
+            .unzip();
         // The rows are locked, so this cannot fail on stock; the condition guards
         // against a future change of the code above all the same.
-        let taken = sqlx::query!(
+        let updated = sqlx::query!(
             "update stock s set reserved = s.reserved + x.units, updated_at = now()
              from unnest($2::text[], $3::bigint[]) as x(sku, units)
              where s.merchant_id = $1 and s.sku = x.sku and s.on_hand - s.reserved >= x.units",
@@ -368,7 +385,7 @@ pub async fn grant_batch(
         )
         .execute(tx.conn())
         .await?;
-        if taken.rows_affected() != take_skus.len() as u64 {
+        if updated.rows_affected() != take_skus.len() as u64 {
             return Err(sqlx::Error::Protocol(
                 "stock changed under a row lock".into(),
             ));
@@ -389,7 +406,7 @@ pub async fn grant_batch(
              select $1, x.id, x.sku, x.quantity
              from unnest($2::uuid[], $3::text[], $4::bigint[]) as x(id, sku, quantity)",
             merchant.0,
-            &ids,
+            &item_ids,
             &item_skus,
             &quantities,
         )
@@ -398,33 +415,42 @@ pub async fn grant_batch(
         expiries.extend(rows.into_iter().map(|r| (r.id, r.expires_at)));
     }
     let mut answers = Vec::with_capacity(batch.len());
-    for ((sku, requests), covered) in batch.iter().zip(granted) {
-        // A SKU without a stock row: not in the catalog, or never stocked.
-        let refusal = match available(sku.as_str()) {
-            Some(_) => ReserveError::out_of_stock(sku.as_str()),
-            None => shortage(tx, sku.as_str()).await,
-        };
-        answers.push(
-            requests
-                .iter()
-                .zip(covered)
-                .map(|(r, covered)| match expiries.get(&r.id) {
-                    Some(expires_at) if covered => Ok(Reservation {
-                        id: r.id,
-                        status: ReservationStatus::Active,
-                        expires_at: *expires_at,
-                        items: vec![ReservedItem {
-                            sku: sku.as_str().into(),
-                            quantity: r.quantity,
-                        }],
-                    }),
-                    _ => Err(match &refusal {
-                        ReserveError::UnknownSku { .. } => ReserveError::unknown_sku(sku.as_str()),
-                        _ => ReserveError::out_of_stock(sku.as_str()),
-                    }),
-                })
-                .collect(),
-        );
+    for (r, granted) in batch.iter().zip(granted) {
+        if let (true, Some(expires_at)) = (granted, expiries.get(&r.id)) {
+            answers.push(Ok(Reservation {
+                id: r.id,
+                status: ReservationStatus::Active,
+                expires_at: *expires_at,
+                items: r
+                    .lines
+                    .iter()
+                    .map(|l| ReservedItem {
+                        sku: l.sku.as_str().into(),
+                        quantity: l.quantity,
+                    })
+                    .collect(),
+            }));
+            continue;
+        }
+        // A line without a stock row (not in the catalog, or never stocked), or
+        // one that asks for more than the grants before it left.
+        let blamed = r
+            .lines
+            .iter()
+            .find(|l| index(&l.sku).is_none_or(|i| stocked[i].is_none()))
+            .or_else(|| {
+                r.lines
+                    .iter()
+                    .find(|l| index(&l.sku).is_some_and(|i| l.quantity > left[i]))
+            })
+            .or(r.lines.first());
+        answers.push(Err(match blamed {
+            Some(line) => match index(&line.sku).and_then(|i| stocked[i]) {
+                Some(_) => ReserveError::out_of_stock(line.sku.as_str()),
+                None => shortage(tx, line.sku.as_str()).await,
+            },
+            None => ReserveError::Db(sqlx::Error::Protocol("an empty cart".into())),
+        }));
     }
     Ok(answers)
 }

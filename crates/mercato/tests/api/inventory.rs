@@ -1,6 +1,6 @@
 use futures_util::future::join_all;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::{assert_inventory_consistent, post_to, wait_until_zero, TestApp};
 
@@ -264,4 +264,61 @@ async fn two_instances_on_one_database_never_oversell() {
     assert_eq!(won, 7);
     assert!(results.iter().all(|(s, _)| *s == 201 || *s == 409));
     assert_inventory_consistent(&app.owner, &[("HOT", 7)]).await;
+}
+
+/// Carts of two SKUs and single-SKU requests racing through the FIFO admission
+/// (batched together): never more than the stock of either SKU, every granted
+/// cart holds both its lines, and the invariants hold.
+#[tokio::test]
+async fn carts_of_several_skus_race_through_fifo_admission_all_or_nothing() {
+    let app = TestApp::spawn().await;
+    // A never runs out, B does: the carts refused for B must not take their A.
+    let m = app.merchant_with_stock("acme", "A", 200).await;
+    app.create_product(&m, "B", 100).await;
+    app.set_stock(&m, "B", 4).await;
+    let bodies: Vec<Value> = (0..90)
+        .map(|i| match i % 3 {
+            0 => json!({"items": [{"sku": "A", "quantity": 1}, {"sku": "B", "quantity": 1}]}),
+            1 => json!({"items": [{"sku": "B", "quantity": 1}, {"sku": "A", "quantity": 2}]}),
+            _ => json!({"items": [{"sku": "A", "quantity": 1}]}),
+        })
+        .collect();
+    let results = join_all(bodies.iter().map(|b| {
+        post_to(
+            &app.client,
+            &app.base,
+            "/v1/reservations?strategy=reservation",
+            &m.key,
+            b,
+        )
+    }))
+    .await;
+    assert!(
+        results.iter().all(|(s, _)| *s == 201 || *s == 409),
+        "granted or out of stock"
+    );
+    let (mut a, mut b) = (0, 0);
+    for ((status, body), request) in results.iter().zip(&bodies) {
+        if *status == 201 {
+            let items = body["items"].as_array().unwrap();
+            assert_eq!(
+                items.len(),
+                request["items"].as_array().unwrap().len(),
+                "{body}"
+            );
+            for item in items {
+                let n = item["quantity"].as_i64().unwrap();
+                match item["sku"].as_str().unwrap() {
+                    "A" => a += n,
+                    _ => b += n,
+                }
+            }
+        }
+    }
+    assert_eq!(b, 4, "B sells out, never over: 60 carts want it");
+    let singles = 30;
+    let carts_granted = results.iter().filter(|(s, _)| *s == 201).count() - singles;
+    assert_eq!(carts_granted, 4, "only the carts that got their B");
+    assert!(a <= singles as i64 + 4 * 2, "a refused cart took no A: {a}");
+    assert_inventory_consistent(&app.owner, &[("A", 200), ("B", 4)]).await;
 }
