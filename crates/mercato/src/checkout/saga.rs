@@ -333,8 +333,7 @@ impl Checkout {
                         Err(PaymentError::NotFound(_)) => "abandoned",
                         Err(other) => return Err(other.into()),
                     };
-                    self.fail(merchant, &order, reason).await?;
-                    order = self.load(merchant, id).await?;
+                    order = self.fail(merchant, &order, reason).await?;
                 }
                 Step::Authorized => {
                     let payment = order.payment_id.ok_or(sqlx::Error::RowNotFound)?;
@@ -345,9 +344,9 @@ impl Checkout {
                     match captured {
                         Ok(_) => order.step = Step::Captured,
                         Err(PaymentError::InvalidState { .. }) => {
-                            self.fail(merchant, &order, "payment_not_capturable")
+                            order = self
+                                .fail(merchant, &order, "payment_not_capturable")
                                 .await?;
-                            order = self.load(merchant, id).await?;
                         }
                         Err(other) => return Err(other.into()),
                     }
@@ -410,8 +409,7 @@ impl Checkout {
         };
         if !settle_reservation(&mut tx, order.reservation_id, Settlement::Consumed).await? {
             drop(tx);
-            self.fail(merchant, &order, "reservation_lapsed").await?;
-            return self.load(merchant, order.id).await;
+            return self.fail(merchant, &order, "reservation_lapsed").await;
         }
         crate::events::emit(
             &mut tx,
@@ -427,13 +425,14 @@ impl Checkout {
         Ok(order)
     }
 
-    /// Compensates whatever the order holds, then marks it failed.
+    /// Compensates whatever the order holds, then marks it failed; the order as
+    /// it stands after that, read in the same transaction.
     async fn fail(
         &self,
         merchant: MerchantId,
         order: &Order,
         reason: &str,
-    ) -> Result<(), CheckoutError> {
+    ) -> Result<Order, CheckoutError> {
         let payment = match order.payment_id {
             Some(id) => Some(id),
             None => self
@@ -463,9 +462,12 @@ impl Checkout {
             json!({"order_id": order.id, "reason": reason}),
         )
         .await?;
+        let failed = store::get_order(&mut tx, order.id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
         tx.commit().await?;
         metrics::counter!("checkouts_failed_total", "reason" => reason.to_owned()).increment(1);
-        Ok(())
+        Ok(failed)
     }
 }
 

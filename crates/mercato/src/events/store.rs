@@ -433,20 +433,13 @@ pub struct RunChange {
     pub failed: i32,
 }
 
-/// Each endpoint's change of its failure run over `batch`, in the order the
-/// attempts finished.
+/// Each endpoint's change of its failure run over `batch` (its attempts taken
+/// in the order they finished), endpoints in key order: the order
+/// `record_attempts` locks them in.
 pub fn run_changes(batch: &[Recorded]) -> Vec<((Uuid, Uuid), RunChange)> {
-    let mut changes: Vec<((Uuid, Uuid), RunChange)> = Vec::new();
+    let mut changes = std::collections::BTreeMap::<(Uuid, Uuid), RunChange>::new();
     for r in batch {
-        let key = (r.merchant_id, r.endpoint_id);
-        let i = match changes.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                changes.push((key, RunChange::default()));
-                changes.len() - 1
-            }
-        };
-        let change = &mut changes[i].1;
+        let change = changes.entry((r.merchant_id, r.endpoint_id)).or_default();
         if r.succeeded() {
             *change = RunChange {
                 reset: true,
@@ -456,8 +449,7 @@ pub fn run_changes(batch: &[Recorded]) -> Vec<((Uuid, Uuid), RunChange)> {
             change.failed += 1;
         }
     }
-    changes.sort_by_key(|(k, _)| *k);
-    changes
+    changes.into_iter().collect()
 }
 
 /// Records a batch of attempts and moves each delivery on (succeeded, due again

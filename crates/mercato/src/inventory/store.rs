@@ -193,24 +193,17 @@ pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel
 /// Units reserved on `skus`, with their stock rows locked until the transaction
 /// ends (so nothing can be reserved between this check and what follows it).
 pub async fn lock_reserved_units(tx: &mut TenantTx, skus: &[String]) -> Result<i64, sqlx::Error> {
-    sqlx::query!(
-        "select 1 as one from stock where merchant_id = $1 and sku = any($2) order by sku for update",
-        tx.merchant_id().0,
-        skus,
-    )
-    .fetch_all(tx.conn())
-    .await?;
-    // Sold units are not reserved ones: fold them out first.
     let merchant = tx.merchant_id();
-    fold_sales(tx.conn(), merchant, skus).await?;
     let reserved = sqlx::query_scalar!(
-        "select reserved from stock where merchant_id = $1 and sku = any($2) for update",
-        tx.merchant_id().0,
+        "select reserved from stock where merchant_id = $1 and sku = any($2) order by sku for update",
+        merchant.0,
         skus,
     )
     .fetch_all(tx.conn())
     .await?;
-    Ok(reserved.iter().sum())
+    // Sold units are not reserved ones: fold them out (the rows are locked).
+    let sold = fold_sales(tx.conn(), merchant, skus).await?;
+    Ok(reserved.iter().sum::<i64>() - sold)
 }
 
 /// Why a SKU could not be reserved: not in the catalog, or not enough of it.
@@ -350,7 +343,6 @@ pub async fn grant_batch(
         .collect();
     let granted = allocate_carts_in_order(&available, &carts);
 
-    let mut left = available.clone();
     let mut taken = vec![0i64; skus.len()];
     let (mut ids, mut ttls) = (Vec::new(), Vec::new());
     let (mut item_ids, mut item_skus, mut quantities) = (Vec::new(), Vec::new(), Vec::new());
@@ -359,7 +351,6 @@ pub async fn grant_batch(
         ttls.push(r.ttl_seconds as f64);
         for (line, &(i, q)) in r.lines.iter().zip(cart) {
             taken[i] += q;
-            left[i] -= q;
             item_ids.push(r.id);
             item_skus.push(line.sku.as_str().to_owned());
             quantities.push(q);
@@ -441,7 +432,7 @@ pub async fn grant_batch(
             .or_else(|| {
                 r.lines
                     .iter()
-                    .find(|l| index(&l.sku).is_some_and(|i| l.quantity > left[i]))
+                    .find(|l| index(&l.sku).is_some_and(|i| l.quantity > available[i] - taken[i]))
             })
             .or(r.lines.first());
         answers.push(Err(match blamed {
