@@ -108,22 +108,22 @@ pub async fn deliver_webhooks(app: PgPool, worker: PgPool, config: DeliveryConfi
         finished,
         recorded.clone(),
     ));
+    // Past the request's timeout, with room to record the attempt: a delivery
+    // still leased after that belonged to a worker that died.
+    let lease = config.timeout.as_secs_f64() * 2.0 + 5.0;
     let mut in_flight: JoinSet<()> = JoinSet::new();
     loop {
         while in_flight.try_join_next().is_some() {}
         let free = config.concurrency.saturating_sub(in_flight.len());
-        // Claim in batches: one claim per freed slot would run the claim
-        // query once per delivery when receivers answer fast.
-        if free == 0 || (free < config.concurrency.div_ceil(4) && !in_flight.is_empty()) {
+        // Claim in batches (no slot free counts too): one claim per freed slot
+        // would run the claim query once per delivery when receivers answer fast.
+        if free < config.concurrency.div_ceil(4) && !in_flight.is_empty() {
             tokio::select! {
                 _ = in_flight.join_next() => {}
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
             }
             continue;
         }
-        // Past the request's timeout, with room to record the attempt: a delivery
-        // still leased after that belonged to a worker that died.
-        let lease = config.timeout.as_secs_f64() * 2.0 + 5.0;
         let claimed = match worker.acquire().await {
             Ok(mut conn) => {
                 store::claim_due(&mut conn, free as i64, config.per_endpoint as i64, lease).await
