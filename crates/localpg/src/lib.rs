@@ -243,6 +243,42 @@ impl Drop for LocalPg {
 
 const LOCK_FILE: &str = "localpg.pid";
 
+/// The superuser URL of database `db` on the cluster another live process
+/// (a running `mercato serve`) keeps in `dir`, or `None` when no live process
+/// holds it (then `start` it). Commands use this to work beside a server.
+pub fn attach(dir: &Path, db: &str) -> Result<Option<String>, Error> {
+    let holder = std::fs::read_to_string(dir.join(LOCK_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists());
+    if holder.is_none() {
+        return Ok(None);
+    }
+    // postmaster.pid: pid, data directory, start time, port, ...
+    let pidfile = dir.join("pgdata").join("postmaster.pid");
+    let text = std::fs::read_to_string(&pidfile).map_err(|source| Error::DataDir {
+        path: pidfile.clone(),
+        source,
+    })?;
+    let port: u16 = text
+        .lines()
+        .nth(3)
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| Error::Command {
+            step: "attach",
+            detail: format!("{} names no port", pidfile.display()),
+        })?;
+    let password =
+        std::fs::read_to_string(dir.join(PASSWORD_FILE)).map_err(|source| Error::DataDir {
+            path: dir.join(PASSWORD_FILE),
+            source,
+        })?;
+    Ok(Some(format!(
+        "postgres://{SUPERUSER}:{}@127.0.0.1:{port}/{db}",
+        password.trim()
+    )))
+}
+
 /// Takes `dir` for this process, unless another live process holds it.
 /// The password kept in `path`, or a new random one written there (mode 0600).
 fn read_or_create_password(path: &Path) -> Result<String, Error> {

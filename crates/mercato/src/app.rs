@@ -197,6 +197,19 @@ impl App {
                 crate::pricing::rollout::Periods::default(),
             )),
         ];
+        match crate::mail::Transport::from_config(
+            config.smtp_url.as_deref(),
+            config.data_dir.join("mail"),
+            &config.mail_from,
+        ) {
+            Ok(transport) => workers.push(tokio::spawn(crate::mail::send_every_merchants_mail(
+                db.app.clone(),
+                db.worker.clone(),
+                transport,
+                config.worker_interval,
+            ))),
+            Err(err) => tracing::error!(error = %err, "customers' e-mail is not sent"),
+        }
         if let Some(url) = config.nats_url.clone() {
             workers.push(tokio::spawn(crate::events::bus::publish_events(
                 db.worker.clone(),
@@ -230,6 +243,47 @@ fn generate_admin_token() -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     format!("adm_{}", hex::encode(bytes))
+}
+
+/// A database for a command (`remediate`, `demo incident`): `DATABASE_URL`'s,
+/// else the embedded cluster of `data_dir`, joined while a `serve` runs on it
+/// or started (and migrated) for the command's duration.
+pub struct CommandDatabase {
+    /// The schema owner's pool (superuser on the embedded cluster).
+    pub owner: sqlx::PgPool,
+    /// Keeps a cluster this command started alive until it ends.
+    _localpg: Option<LocalPg>,
+}
+
+pub async fn command_database(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    max_connections: u32,
+) -> Result<CommandDatabase, StartError> {
+    let (url, localpg) = match database_url {
+        Some(url) => (url.to_owned(), None),
+        None => {
+            match localpg::attach(data_dir, "mercato").map_err(|source| StartError::LocalPg {
+                dir: data_dir.display().to_string(),
+                source,
+            })? {
+                Some(url) => (url, None),
+                None => {
+                    let pg = start_private_cluster(data_dir).await?;
+                    (pg.url("mercato"), Some(pg))
+                }
+            }
+        }
+    };
+    // Migrated (and the service roles made) like `serve` does, so a command may run first.
+    let db = db::prepare(&url, 2).await?;
+    db.app.close().await;
+    db.worker.close().await;
+    let owner = db::connect(url.parse().map_err(DbError::Url)?, max_connections).await?;
+    Ok(CommandDatabase {
+        owner,
+        _localpg: localpg,
+    })
 }
 
 /// Starts (or restarts) the private cluster and makes sure database `mercato` exists.

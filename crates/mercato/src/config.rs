@@ -77,7 +77,16 @@ pub struct Config {
     /// Failed webhook attempts in a row after which an endpoint is disabled.
     #[arg(skip = DEFAULT_WEBHOOK_DISABLE_AFTER)]
     pub webhook_disable_after: i32,
+    /// SMTP server for customers' e-mail (smtp://host:port); unset: `.eml` files
+    /// under <data-dir>/mail.
+    #[arg(long, env = "MERCATO_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The sender of customers' e-mail.
+    #[arg(long, env = "MERCATO_MAIL_FROM", default_value = DEFAULT_MAIL_FROM)]
+    pub mail_from: String,
 }
+
+const DEFAULT_MAIL_FROM: &str = "Mercato <no-reply@mercato.local>";
 
 /// A configuration that cannot work, named by its flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,6 +122,8 @@ impl Config {
             anomaly_interval: default(DEFAULT_ANOMALY_INTERVAL),
             webhooks_allow_internal: false,
             nats_url: None,
+            smtp_url: None,
+            mail_from: DEFAULT_MAIL_FROM.to_owned(),
             webhook_timeout: default(DEFAULT_WEBHOOK_TIMEOUT),
             webhook_schedule: crate::events::svix_schedule(),
             webhook_disable_after: DEFAULT_WEBHOOK_DISABLE_AFTER,

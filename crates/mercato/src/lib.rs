@@ -23,6 +23,9 @@
 //! | `payments` (sandbox provider) | `payments` |
 //! | `pricing` | `pricing_settings`, `pricing_rule_revisions`, `pricing_rule_usage`, `pricing_customer_usage`, `pricing_order_uses`, `pricing_rollouts`, `pricing_rollout_orders`, `pricing_alerts` |
 //! | `events` | `events`, `webhook_endpoints`, `webhook_deliveries`, `webhook_attempts` |
+//! | `remediation` | `remediation_incidents`, `order_adjustments`, `remediation_effects` |
+//! | `wallet` | `wallets`, `wallet_entries` |
+//! | `mail` | `mail_outbox` |
 //! | `legacy_orders` | `legacy_orders`, `order_records`, `customers` (the pgshift demo migration) |
 //! | `http::idempotency` | `idempotency_keys` |
 //!
@@ -40,9 +43,11 @@ pub mod events;
 pub mod http;
 pub mod inventory;
 pub mod legacy_orders;
+pub mod mail;
 pub mod pagination;
 pub mod payments;
 pub mod pricing;
+pub mod remediation;
 pub mod reprice;
 pub mod routes;
 pub mod shift;
@@ -50,6 +55,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tenancy;
 pub mod validation;
+pub mod wallet;
 
 pub use app::App;
 pub use config::Config;

@@ -35,6 +35,8 @@ enum Command {
     /// Price a stored order again: with its recorded calculator version and rule-set
     /// revision it reproduces what was charged; with others, what they would charge.
     Reprice(mercato::reprice::Options),
+    /// Repair a pricing incident: open, scan, report, settle, status.
+    Remediate(mercato::remediation::cli::Remediate),
 }
 
 #[derive(clap::Args)]
@@ -52,6 +54,8 @@ struct MigrateArgs {
 enum DemoCommand {
     /// Seed legacy orders and migrate them online under live HTTP traffic; prints a JSON summary.
     Migration(mercato::demo::migration::Options),
+    /// Seed a merchant whose orders a bad calculator version mis-priced in a window; prints the facts.
+    Incident(mercato::demo::incident::Options),
 }
 
 #[derive(Subcommand)]
@@ -82,6 +86,10 @@ fn main() -> ExitCode {
             }
             Command::Bench(BenchCommand::Migrate(opts)) => mercato::bench::migrate::run(opts).await,
             Command::Reprice(opts) => mercato::reprice::run(opts).await,
+            Command::Remediate(args) => mercato::remediation::cli::run(args).await,
+            Command::Demo(DemoCommand::Incident(opts)) => {
+                mercato::demo::incident::run(opts).await.map(|_| ())
+            }
             Command::Bench(BenchCommand::Pricing(opts)) => mercato::bench::pricing::run(opts).await,
             Command::Bench(BenchCommand::Webhooks(opts)) => {
                 mercato::bench::webhooks::run(opts).await

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use crate::http::openapi::{self, ApiDoc};
 use crate::http::{self, metrics, ApiError, Problem};
 use crate::state::AppState;
-use crate::{catalog, checkout, events, inventory, legacy_orders, pricing, tenancy};
+use crate::{catalog, checkout, events, inventory, legacy_orders, pricing, remediation, tenancy};
 
 /// The whole service: every context's routes inside the web plumbing.
 pub fn router(state: AppState) -> Router {
@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .merge(checkout::http::routes())
         .merge(pricing::http::routes())
         .merge(events::http::routes())
+        .merge(remediation::http::routes())
         .merge(legacy_orders::http::routes())
         .routes(routes!(healthz))
         .routes(routes!(readyz))

@@ -39,6 +39,16 @@ const OWNERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "remediation",
+        &[
+            "remediation_incidents",
+            "order_adjustments",
+            "remediation_effects",
+        ],
+    ),
+    ("wallet", &["wallets", "wallet_entries"]),
+    ("mail", &["mail_outbox"]),
+    (
         "legacy_orders",
         &["legacy_orders", "order_records", "customers"],
     ),

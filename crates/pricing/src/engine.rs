@@ -93,7 +93,7 @@ pub fn price(
             rules: rules.currency(),
         });
     }
-    let mut state = State::new(cart, version.percent_rounding())?;
+    let mut state = State::new(cart, version)?;
     let money = |amount| Money::new(amount, currency);
 
     let rule_count = rules.rules().len();
@@ -309,6 +309,7 @@ struct State<'c> {
     cart: &'c Cart,
     lines: &'c [Line],
     rounding: Rounding,
+    version: CalculatorVersion,
     subtotal: i64,
     units: u64,
     /// The breakdown lines being built: `net` is what is left of each line after the
@@ -320,7 +321,7 @@ struct State<'c> {
 }
 
 impl<'c> State<'c> {
-    fn new(cart: &'c Cart, rounding: Rounding) -> Result<Self, PricingError> {
+    fn new(cart: &'c Cart, version: CalculatorVersion) -> Result<Self, PricingError> {
         let lines = cart.lines.as_slice();
         if lines.is_empty() {
             return Err(PricingError::InvalidCart {
@@ -364,7 +365,8 @@ impl<'c> State<'c> {
         Ok(State {
             cart,
             lines,
-            rounding,
+            rounding: version.percent_rounding(),
+            version,
             subtotal,
             units,
             out,
@@ -497,7 +499,15 @@ impl<'c> State<'c> {
     /// rounded once, then allocated to them by largest remainder.
     fn order_percent(&mut self, percent: Percent, target: Option<&Target>) -> i64 {
         let left = self.weigh_targets(target);
-        let discount = self.percent_of(left, percent);
+        let base = if self.version.percent_of_subtotal() {
+            (0..self.lines.len())
+                .filter(|&i| self.targets(target, i))
+                .map(|i| self.out[i].base.amount)
+                .sum()
+        } else {
+            left
+        };
+        let discount = self.percent_of(base, percent).min(left);
         self.allocate_proposal(discount)
     }
 
@@ -611,13 +621,17 @@ impl<'c> State<'c> {
                     (units + u64::from(self.lines[i].quantity), subtotal + base)
                 }),
         };
-        tiers
+        let reached = tiers
             .iter()
             .filter(|tier| match tier.threshold {
                 Threshold::MinQuantity(min) => units >= u64::from(min),
                 Threshold::MinSubtotal(min) => subtotal >= min.amount,
             })
-            .map(|tier| tier.percent_off)
-            .max()
+            .map(|tier| tier.percent_off);
+        if self.version.lowest_tier() {
+            reached.min()
+        } else {
+            reached.max()
+        }
     }
 }

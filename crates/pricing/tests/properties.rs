@@ -399,7 +399,7 @@ proptest! {
         let breakdown = price_bare_version(&cart, &set, version);
         let rounding = match version {
             CalculatorVersion::V1 => Rounding::HalfEven,
-            CalculatorVersion::V2 => Rounding::HalfUp,
+            CalculatorVersion::V2 | CalculatorVersion::V3 => Rounding::HalfUp,
         };
         let expected = rounding.div(i128::from(breakdown.subtotal.amount) * i128::from(bps), 10_000);
         prop_assert_eq!(i128::from(breakdown.discount_total.amount), expected);

@@ -17,6 +17,7 @@ pub use model::{
 pub use refund::RefundError;
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
 pub use store::{
-    merchant_of_order, merchants_with_orders_since, recorded_pricing, revenue, Order, OrderStatus,
+    confirmed_orders_between, count_confirmed_between, merchant_of_order,
+    merchants_with_orders_since, recorded_pricing, revenue, Order, OrderStatus, PricedOrderRow,
     RefundStatus, Step, StoredRefund,
 };

@@ -227,6 +227,15 @@ impl Checkout {
         }
         let priced = &quote.priced;
         let order_id = Uuid::now_v7();
+        // Store credit first, the card for the rest; spent with the order or not at all.
+        let wallet_amount = crate::wallet::spend(
+            &mut tx,
+            &new.email,
+            priced.cart.currency.as_str(),
+            priced.breakdown.total.amount,
+            order_id,
+        )
+        .await?;
         let order = NewOrder {
             id: order_id,
             idempotency_key,
@@ -242,6 +251,7 @@ impl Checkout {
                 .map(|l| (l.sku.to_string(), i64::from(l.quantity), l.unit_price))
                 .collect(),
             total: priced.breakdown.total.amount,
+            wallet_amount,
             calculator_version: priced.calculator_version.as_str(),
             ruleset_revision: i64::try_from(priced.ruleset_revision).unwrap_or(i64::MAX),
             pricing: serde_json::to_string(priced)
@@ -313,7 +323,7 @@ impl Checkout {
                             let req = ChargeRequest {
                                 idempotency_key: authorize_key(id),
                                 payment_method: order.payment_method.clone(),
-                                amount: order.total.amount,
+                                amount: order.total.amount - order.store_credit.amount,
                                 currency: order.total.currency.clone(),
                             };
                             self.payments.authorize(merchant, &req).await
@@ -455,6 +465,7 @@ impl Checkout {
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         settle_reservation(&mut tx, order.reservation_id, Settlement::Released).await?;
         crate::pricing::release_uses(&mut tx, order.id).await?;
+        crate::wallet::give_back(&mut tx, &order.customer.email, order.id).await?;
         store::mark_failed(&mut tx, order.id, reason, payment).await?;
         crate::events::emit(
             &mut tx,

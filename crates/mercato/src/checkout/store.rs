@@ -64,6 +64,8 @@ pub struct Order {
     pub reservation_id: Uuid,
     pub payment_id: Option<Uuid>,
     pub failure_reason: Option<String>,
+    /// The part of the total paid from the customer's store credit; the card pays the rest.
+    pub store_credit: Money,
     /// How the total was computed (absent on orders placed before pricing existed).
     pub pricing: Option<OrderPricing>,
     pub created_at: DateTime<Utc>,
@@ -96,6 +98,7 @@ struct OrderRow {
     total_amount: i64,
     currency: String,
     failure_reason: Option<String>,
+    wallet_amount: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     calculator_version: Option<String>,
@@ -115,6 +118,8 @@ pub struct NewOrder<'a> {
     pub items: Vec<(String, i64, i64)>,
     /// What the customer is charged: the pricing breakdown's total.
     pub total: i64,
+    /// The part of `total` taken from the customer's store credit.
+    pub wallet_amount: i64,
     pub calculator_version: &'a str,
     pub ruleset_revision: i64,
     /// The `PricedOrder` as JSON.
@@ -128,8 +133,8 @@ pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<boo
     let inserted = sqlx::query!(
         "insert into orders (merchant_id, id, idempotency_key, status, saga_step, customer_email, payment_method,
                              promo_code, reservation_id, total_amount, currency, calculator_version,
-                             ruleset_revision, pricing)
-         values ($1, $2, $3, 'pending', 'reserved', $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)",
+                             ruleset_revision, pricing, wallet_amount)
+         values ($1, $2, $3, 'pending', 'reserved', $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13)",
         merchant,
         order.id,
         order.idempotency_key,
@@ -142,6 +147,7 @@ pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<boo
         order.calculator_version,
         order.ruleset_revision,
         order.pricing,
+        order.wallet_amount,
     )
     .execute(tx.conn())
     .await;
@@ -226,8 +232,8 @@ pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sql
         OrderRow,
         r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
                   payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
-                  failure_reason, created_at, updated_at, calculator_version, ruleset_revision,
-                  pricing::text as pricing
+                  failure_reason, wallet_amount, created_at, updated_at, calculator_version,
+                  ruleset_revision, pricing::text as pricing
          from orders where merchant_id = $1 and id = $2"#,
         tx.merchant_id().0,
         id,
@@ -245,8 +251,8 @@ pub async fn list_orders(tx: &mut TenantTx, page: Page) -> Result<Vec<Order>, sq
         OrderRow,
         r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
                   payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
-                  failure_reason, created_at, updated_at, calculator_version, ruleset_revision,
-                  pricing::text as pricing
+                  failure_reason, wallet_amount, created_at, updated_at, calculator_version,
+                  ruleset_revision, pricing::text as pricing
          from orders where merchant_id = $1 and ($2::uuid is null or id > $2)
          order by id limit $3"#,
         tx.merchant_id().0,
@@ -288,7 +294,7 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
             step: r.saga_step,
             total: Money {
                 amount: r.total_amount,
-                currency: r.currency,
+                currency: r.currency.clone(),
             },
             customer: Customer {
                 email: r.customer_email,
@@ -298,6 +304,10 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
             reservation_id: r.reservation_id,
             payment_id: r.payment_id,
             failure_reason: r.failure_reason,
+            store_credit: Money {
+                amount: r.wallet_amount,
+                currency: r.currency,
+            },
             pricing: order_pricing(
                 r.calculator_version,
                 r.ruleset_revision,
@@ -637,4 +647,66 @@ pub async fn settle_refund(
     .execute(tx.conn())
     .await?;
     Ok(moved.rows_affected() == 1)
+}
+
+/// A confirmed order as a re-price needs it.
+pub struct PricedOrderRow {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub customer_email: String,
+    pub payment_method: String,
+    pub payment_id: Option<Uuid>,
+    pub total_amount: i64,
+    pub currency: String,
+    /// The `PricedOrder` as JSON.
+    pub pricing: Option<String>,
+}
+
+/// Confirmed orders placed in `[from, to)` after `(after_at, after_id)`, in
+/// (created_at, id) order: a keyset page of up to `limit`.
+pub async fn confirmed_orders_between(
+    tx: &mut TenantTx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<PricedOrderRow>, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    let (after_at, after_id) = after.unwrap_or((from, Uuid::nil()));
+    sqlx::query_as!(
+        PricedOrderRow,
+        r#"select id, created_at, customer_email, payment_method, payment_id, total_amount, currency,
+                  pricing::text as pricing
+           from orders
+           where merchant_id = $1 and created_at >= $2 and created_at < $3
+             and (created_at, id) > ($4, $5) and status = 'confirmed'
+           order by created_at, id
+           limit $6"#,
+        merchant,
+        from,
+        to,
+        after_at,
+        after_id,
+        limit,
+    )
+    .fetch_all(tx.conn())
+    .await
+}
+
+/// How many confirmed orders were placed in `[from, to)`.
+pub async fn count_confirmed_between(
+    tx: &mut TenantTx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from orders
+           where merchant_id = $1 and created_at >= $2 and created_at < $3 and status = 'confirmed'"#,
+        merchant,
+        from,
+        to,
+    )
+    .fetch_one(tx.conn())
+    .await
 }

@@ -1,6 +1,7 @@
 //! The demo merchant (products and stock) a fresh `mercato serve` seeds, so a newcomer can try the API at once,
-//! and `mercato demo migration`.
+//! `mercato demo migration` and `mercato demo incident`.
 
+pub mod incident;
 pub mod migration;
 
 use std::path::Path;

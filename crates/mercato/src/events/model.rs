@@ -25,6 +25,8 @@ text_enum! {
         PricingRulesChanged = "pricing.rules_changed",
         PricingAnomaly = "pricing.anomaly",
         WebhookEndpointDisabled = "webhook_endpoint.disabled",
+        /// A remediation adjustment was settled: charged, refunded, credited or declined.
+        AdjustmentSettled = "adjustment.settled",
     }
 }
 

@@ -48,6 +48,9 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A signed link past its expiry.
+    #[error("{0}")]
+    Gone(&'static str),
     /// A request that conflicts with the current state (duplicate SKU, out of stock, ...).
     #[error("{detail}")]
     Conflict {
@@ -118,6 +121,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Gone(_) => (StatusCode::GONE, "link-expired", "Link expired"),
             ApiError::Conflict { kind, title, .. } => (StatusCode::CONFLICT, kind, title),
             ApiError::PaymentFailed { .. } => (
                 StatusCode::PAYMENT_REQUIRED,

@@ -33,6 +33,20 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Whether a customer's stored method can be charged without them present.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum MethodStatus {
+        /// Valid, with an off-session mandate.
+        Valid = "valid",
+        /// The card has expired since.
+        Expired = "expired",
+        /// No mandate for off-session charges: the customer must be asked.
+        NoMandate = "no_mandate",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
     pub id: Uuid,
@@ -57,6 +71,12 @@ pub enum PaymentError {
     Declined,
     #[error("the card has expired")]
     Expired,
+    /// The bank wants the customer present (3-D Secure): an off-session charge cannot go on.
+    #[error("the customer must authenticate this payment")]
+    AuthenticationRequired,
+    /// The provider refused the call for its own rate limit: try again later.
+    #[error("the payment provider rate-limited the call")]
+    RateLimited,
     /// The provider did not answer in time: the outcome is unknown until reconciled.
     #[error("the payment provider timed out; outcome unknown")]
     Timeout,
@@ -72,6 +92,17 @@ pub enum PaymentError {
     NotFound(Uuid),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+}
+
+impl PaymentError {
+    /// Worth trying again later under the same idempotency key (the outcome is
+    /// unknown or the provider was busy); the others are final answers.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            PaymentError::Timeout | PaymentError::RateLimited | PaymentError::Db(_)
+        )
+    }
 }
 
 /// A payment provider as Mercato uses one. Implementations must make every
@@ -116,6 +147,8 @@ pub trait PaymentProvider: Send + Sync {
         merchant: MerchantId,
         req: &'a ChargeRequest,
     ) -> BoxFuture<'a, Result<Payment, PaymentError>>;
+    /// Whether `payment_method` can be charged off-session now.
+    fn method_status(&self, payment_method: &str) -> MethodStatus;
     /// The payment made under `idempotency_key`, if any: how a timed-out call is reconciled.
     fn find<'a>(
         &'a self,

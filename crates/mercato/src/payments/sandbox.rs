@@ -7,7 +7,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{BoxFuture, ChargeRequest, Payment, PaymentError, PaymentProvider, PaymentStatus};
+use super::{
+    BoxFuture, ChargeRequest, MethodStatus, Payment, PaymentError, PaymentProvider, PaymentStatus,
+};
 use crate::db::TenantTx;
 use crate::tenancy::MerchantId;
 
@@ -24,6 +26,9 @@ pub enum SandboxMethod {
     Timeout,
     /// `pm_card_slow`: succeeds after a delay.
     Slow,
+    /// `pm_card_no_mandate`: succeeds with the customer present; off-session it
+    /// needs authentication (no mandate was given).
+    NoMandate,
 }
 
 impl SandboxMethod {
@@ -34,9 +39,10 @@ impl SandboxMethod {
             "pm_card_expired" => SandboxMethod::Expired,
             "pm_card_timeout" => SandboxMethod::Timeout,
             "pm_card_slow" => SandboxMethod::Slow,
+            "pm_card_no_mandate" => SandboxMethod::NoMandate,
             _ => {
                 return Err(
-                    "unknown payment method; the sandbox accepts pm_card_ok, pm_card_declined, pm_card_expired, pm_card_timeout, pm_card_slow"
+                    "unknown payment method; the sandbox accepts pm_card_ok, pm_card_declined, pm_card_expired, pm_card_timeout, pm_card_slow, pm_card_no_mandate"
                         .into(),
                 )
             }
@@ -90,6 +96,9 @@ impl SandboxProvider {
         let (status, failure) = match (method, capture) {
             (SandboxMethod::Declined, _) => (PaymentStatus::Failed, Some("card_declined")),
             (SandboxMethod::Expired, _) => (PaymentStatus::Failed, Some("expired_card")),
+            (SandboxMethod::NoMandate, true) => {
+                (PaymentStatus::Failed, Some("authentication_required"))
+            }
             (_, true) => (PaymentStatus::Captured, None),
             (_, false) => (PaymentStatus::Authorized, None),
         };
@@ -136,6 +145,7 @@ impl SandboxProvider {
         match payment.failure_code.as_deref() {
             Some("card_declined") => Err(PaymentError::Declined),
             Some("expired_card") => Err(PaymentError::Expired),
+            Some("authentication_required") => Err(PaymentError::AuthenticationRequired),
             _ => Ok(payment),
         }
     }
@@ -317,6 +327,16 @@ impl PaymentProvider for SandboxProvider {
         req: &'a ChargeRequest,
     ) -> BoxFuture<'a, Result<Payment, PaymentError>> {
         Box::pin(self.attempt(merchant, req, true))
+    }
+
+    fn method_status(&self, payment_method: &str) -> MethodStatus {
+        match SandboxMethod::parse(payment_method) {
+            Ok(SandboxMethod::Expired) => MethodStatus::Expired,
+            Ok(SandboxMethod::Ok | SandboxMethod::Slow | SandboxMethod::Timeout) => {
+                MethodStatus::Valid
+            }
+            _ => MethodStatus::NoMandate,
+        }
     }
 
     fn find<'a>(

@@ -311,9 +311,7 @@ fn parse_settings(body: &SettingsBody) -> Result<Settings, ApiError> {
     );
     let version = errors.check(
         "calculator_version",
-        body.calculator_version
-            .parse::<CalculatorVersion>()
-            .map_err(|e| e.to_string()),
+        CalculatorVersion::parse_in_force(&body.calculator_version).map_err(|e| e.to_string()),
     );
     for (field, rate) in body
         .tax

@@ -107,8 +107,7 @@ pub async fn post_rollout(
         Some(v) => errors
             .check(
                 "calculator_version",
-                v.parse::<::pricing::CalculatorVersion>()
-                    .map_err(|e| e.to_string()),
+                ::pricing::CalculatorVersion::parse_in_force(v).map_err(|e| e.to_string()),
             )
             .map(Some),
     };

@@ -1,0 +1,240 @@
+//! E-mail to customers: an outbox written in the transaction of the change a
+//! message tells of, and a sender that delivers each message **at most once**
+//! per idempotency key, by SMTP or, with no SMTP server configured, as `.eml`
+//! files in a directory (the embedded database's development mode).
+//!
+//! Owns table `mail_outbox`. Other contexts call `enqueue` in their transaction.
+
+mod store;
+
+use std::path::PathBuf;
+
+use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use sqlx::PgPool;
+
+use crate::db::{MerchantId, TenantTx};
+
+pub use store::MailStatus;
+
+/// A message to queue. `key` names it for good: queueing the same key twice
+/// queues it once.
+#[derive(Clone, Debug)]
+pub struct OutgoingMail {
+    pub key: String,
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// Queues `mail` in the caller's transaction; `false` when its key was queued before.
+pub async fn enqueue(tx: &mut TenantTx, mail: &OutgoingMail) -> Result<bool, sqlx::Error> {
+    store::insert(tx, mail).await
+}
+
+/// Where messages go.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// `smtp://host:port` (plain SMTP, as a local relay or a test sink speaks it).
+    Smtp {
+        host: String,
+        port: u16,
+        from: String,
+    },
+    /// One `<id>.eml` file per message in `dir`.
+    Files { dir: PathBuf, from: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("SMTP URL {0:?} is not smtp://host:port")]
+    BadUrl(String),
+    #[error("mail address {0:?}: {1}")]
+    Address(String, String),
+    #[error("building the message: {0}")]
+    Build(String),
+    #[error("sending: {0}")]
+    Send(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl Transport {
+    /// `smtp://host:port` when given, else files in `dir`.
+    pub fn from_config(
+        smtp_url: Option<&str>,
+        dir: PathBuf,
+        from: &str,
+    ) -> Result<Transport, MailError> {
+        let from = from.to_owned();
+        let Some(url) = smtp_url else {
+            return Ok(Transport::Files { dir, from });
+        };
+        let rest = url
+            .strip_prefix("smtp://")
+            .ok_or_else(|| MailError::BadUrl(url.to_owned()))?;
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .ok_or_else(|| MailError::BadUrl(url.to_owned()))?;
+        let port = port
+            .parse()
+            .map_err(|_| MailError::BadUrl(url.to_owned()))?;
+        Ok(Transport::Smtp {
+            host: host.to_owned(),
+            port,
+            from,
+        })
+    }
+
+    fn from(&self) -> &str {
+        match self {
+            Transport::Smtp { from, .. } | Transport::Files { from, .. } => from,
+        }
+    }
+}
+
+/// The sender of one transport: one SMTP connection pool, reused.
+pub struct Sender {
+    transport: Transport,
+    smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
+}
+
+impl Sender {
+    pub fn new(transport: Transport) -> Sender {
+        let smtp = match &transport {
+            Transport::Smtp { host, port, .. } => Some(
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
+                    .port(*port)
+                    .timeout(Some(std::time::Duration::from_secs(10)))
+                    .build(),
+            ),
+            Transport::Files { .. } => None,
+        };
+        Sender { transport, smtp }
+    }
+
+    /// Sends `merchant`'s queued messages (up to `limit`); returns how many were sent.
+    /// Each is marked `sending` and committed before it leaves, so a crash during
+    /// the exchange leaves it `unknown` rather than sending it again.
+    pub async fn send_queued(
+        &self,
+        pool: &PgPool,
+        merchant: MerchantId,
+        limit: i64,
+    ) -> Result<usize, MailError> {
+        let mut tx = TenantTx::begin(pool, merchant).await?;
+        let claimed = store::claim(&mut tx, limit).await?;
+        tx.commit().await?;
+        let mut sent = 0;
+        for mail in claimed {
+            let outcome = self.deliver(&mail).await;
+            let mut tx = TenantTx::begin(pool, merchant).await?;
+            match &outcome {
+                Ok(()) => {
+                    store::finish(&mut tx, mail.id, MailStatus::Sent, None).await?;
+                    sent += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, to = %mail.to, "mail not sent");
+                    store::finish(&mut tx, mail.id, MailStatus::Failed, Some(&err.to_string()))
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            metrics::counter!("mail_sent_total", "outcome" => if outcome.is_ok() { "sent" } else { "failed" })
+                .increment(1);
+        }
+        Ok(sent)
+    }
+
+    async fn deliver(&self, mail: &store::Claimed) -> Result<(), MailError> {
+        let message = build(self.transport.from(), mail)?;
+        match (&self.transport, &self.smtp) {
+            (_, Some(smtp)) => smtp
+                .send(message)
+                .await
+                .map(|_| ())
+                .map_err(|e| MailError::Send(e.to_string())),
+            (Transport::Files { dir, .. }, None) => {
+                std::fs::create_dir_all(dir).map_err(|e| MailError::Send(e.to_string()))?;
+                let path = dir.join(format!("{}.eml", mail.id));
+                std::fs::write(&path, message.formatted())
+                    .map_err(|e| MailError::Send(format!("{}: {e}", path.display())))
+            }
+            (Transport::Smtp { .. }, None) => Err(MailError::Send("no SMTP client".into())),
+        }
+    }
+}
+
+/// The sender of `serve`: every merchant's queued messages (those queued by
+/// the customers' links; `remediate settle` sends its own), each tick.
+pub async fn send_every_merchants_mail(
+    app: PgPool,
+    worker: PgPool,
+    transport: Transport,
+    every: std::time::Duration,
+) {
+    let sender = Sender::new(transport);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let merchants = match store::merchants_with_queued_mail(&worker).await {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(error = %err, "listing queued mail failed");
+                continue;
+            }
+        };
+        for merchant in merchants {
+            if let Err(err) = sender.send_queued(&app, MerchantId(merchant), 500).await {
+                tracing::warn!(error = %err, %merchant, "sending mail failed");
+            }
+        }
+    }
+}
+
+/// Messages left `sending` for over a minute by a process that died
+/// mid-exchange: marked `unknown` (perhaps sent), never sent again. Returns how many.
+pub async fn give_up_interrupted(tx: &mut TenantTx) -> Result<u64, sqlx::Error> {
+    store::mark_interrupted(tx).await
+}
+
+/// Counts of `merchant`'s messages whose key starts with `prefix`, by status.
+pub async fn counts(
+    tx: &mut TenantTx,
+    prefix: &str,
+) -> Result<Vec<(MailStatus, i64)>, sqlx::Error> {
+    store::counts(tx, prefix).await
+}
+
+fn mailbox(address: &str) -> Result<Mailbox, MailError> {
+    address.parse().map_err(|e: lettre::address::AddressError| {
+        MailError::Address(address.to_owned(), e.to_string())
+    })
+}
+
+/// The message: plain text and HTML alternatives, its Message-ID derived from
+/// the outbox row so that a receiver can tell repeats apart.
+fn build(from: &str, mail: &store::Claimed) -> Result<Message, MailError> {
+    Message::builder()
+        .from(mailbox(from)?)
+        .to(mailbox(&mail.to)?)
+        .subject(&mail.subject)
+        .message_id(Some(format!("<{}@mercato.local>", mail.id)))
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(mail.text.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(mail.html.clone()),
+                ),
+        )
+        .map_err(|e| MailError::Build(e.to_string()))
+}

@@ -1,0 +1,125 @@
+//! The mail outbox's SQL.
+
+use uuid::Uuid;
+
+use super::OutgoingMail;
+use crate::db::{text_enum, TenantTx};
+
+text_enum! {
+    /// Where a message stands.
+    pub enum MailStatus {
+        Queued = "queued",
+        /// Handed to the transport; a crash here leaves it `unknown`.
+        Sending = "sending",
+        Sent = "sent",
+        /// Perhaps sent: its sender died during the exchange. Never sent again.
+        Unknown = "unknown",
+        Failed = "failed",
+    }
+}
+
+pub async fn insert(tx: &mut TenantTx, mail: &OutgoingMail) -> Result<bool, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    let inserted = sqlx::query_scalar!(
+        r#"insert into mail_outbox (merchant_id, idempotency_key, id, to_address, subject, text_body, html_body)
+           values ($1, $2, $3, $4, $5, $6, $7)
+           on conflict (merchant_id, idempotency_key) do nothing
+           returning 1 as "inserted!""#,
+        merchant,
+        mail.key,
+        Uuid::now_v7(),
+        mail.to,
+        mail.subject,
+        mail.text,
+        mail.html,
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(inserted.is_some())
+}
+
+pub struct Claimed {
+    pub id: Uuid,
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// Marks up to `limit` queued messages `sending` and returns them.
+pub async fn claim(tx: &mut TenantTx, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    sqlx::query_as!(
+        Claimed,
+        r#"update mail_outbox m set status = 'sending', attempts = attempts + 1, claimed_at = now()
+           from (select idempotency_key from mail_outbox
+                 where merchant_id = $1 and status = 'queued'
+                 order by created_at limit $2
+                 for update skip locked) due
+           where m.merchant_id = $1 and m.idempotency_key = due.idempotency_key
+           returning m.id, m.to_address as "to", m.subject, m.text_body as "text", m.html_body as "html""#,
+        merchant,
+        limit,
+    )
+    .fetch_all(tx.conn())
+    .await
+}
+
+pub async fn finish(
+    tx: &mut TenantTx,
+    id: Uuid,
+    status: MailStatus,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    sqlx::query!(
+        "update mail_outbox set status = $3, last_error = $4,
+                sent_at = case when $3 = 'sent' then now() else sent_at end
+         where merchant_id = $1 and id = $2",
+        merchant,
+        id,
+        status.as_str(),
+        error,
+    )
+    .execute(tx.conn())
+    .await
+    .map(|_| ())
+}
+
+pub async fn mark_interrupted(tx: &mut TenantTx) -> Result<u64, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    sqlx::query!(
+        "update mail_outbox set status = 'unknown', last_error = 'the sender stopped during the exchange'
+         where merchant_id = $1 and status = 'sending' and claimed_at < now() - interval '1 minute'",
+        merchant,
+    )
+    .execute(tx.conn())
+    .await
+    .map(|r| r.rows_affected())
+}
+
+pub async fn counts(
+    tx: &mut TenantTx,
+    prefix: &str,
+) -> Result<Vec<(MailStatus, i64)>, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    let rows = sqlx::query!(
+        r#"select status as "status: MailStatus", count(*) as "n!" from mail_outbox
+           where merchant_id = $1 and starts_with(idempotency_key, $2)
+           group by status order by status"#,
+        merchant,
+        prefix,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
+}
+
+/// Merchants with queued messages (the worker role reads across tenants).
+pub async fn merchants_with_queued_mail(worker: &sqlx::PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select distinct merchant_id from mail_outbox where status = 'queued' limit 1000"
+    )
+    .fetch_all(worker)
+    .await
+}
