@@ -33,6 +33,9 @@ pub async fn enqueue(tx: &mut TenantTx, mail: &OutgoingMail) -> Result<bool, sql
     store::insert(tx, mail).await
 }
 
+/// Attempts of a message the transport refused before it is left `failed`.
+const MAX_ATTEMPTS: i32 = 5;
+
 /// Where messages go.
 #[derive(Clone, Debug)]
 pub enum Transport {
@@ -116,35 +119,49 @@ impl Sender {
     }
 
     /// Sends `merchant`'s queued messages (up to `limit`); returns how many were sent.
-    /// Each is marked `sending` and committed before it leaves, so a crash during
-    /// the exchange leaves it `unknown` rather than sending it again.
+    /// Each is claimed (`sending`, committed) on its own just before it leaves,
+    /// so a crash during an exchange leaves that one message `unknown` rather
+    /// than sending it again, and no other.
     pub async fn send_queued(
         &self,
         pool: &PgPool,
         merchant: MerchantId,
         limit: i64,
     ) -> Result<usize, MailError> {
-        let mut tx = TenantTx::begin(pool, merchant).await?;
-        let claimed = store::claim(&mut tx, limit).await?;
-        tx.commit().await?;
         let mut sent = 0;
-        for mail in claimed {
-            let outcome = self.deliver(&mail).await;
+        let mut claimed_so_far = 0;
+        'claiming: while claimed_so_far < limit {
             let mut tx = TenantTx::begin(pool, merchant).await?;
-            match &outcome {
-                Ok(()) => {
-                    store::finish(&mut tx, mail.id, MailStatus::Sent, None).await?;
-                    sent += 1;
+            let claimed = store::claim(&mut tx, 1).await?;
+            tx.commit().await?;
+            if claimed.is_empty() {
+                break;
+            }
+            for mail in claimed {
+                claimed_so_far += 1;
+                let outcome = self.deliver(&mail).await;
+                let mut tx = TenantTx::begin(pool, merchant).await?;
+                match &outcome {
+                    Ok(()) => {
+                        store::finish(&mut tx, mail.id, MailStatus::Sent, None).await?;
+                        sent += 1;
+                    }
+                    Err(err) => {
+                        // Refused before it left (no server, a bad address): tried
+                        // again on a later pass, up to MAX_ATTEMPTS.
+                        tracing::warn!(error = %err, to = %mail.to, "mail not sent");
+                        store::retry_or_fail(&mut tx, mail.id, &err.to_string(), MAX_ATTEMPTS)
+                            .await?;
+                    }
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, to = %mail.to, "mail not sent");
-                    store::finish(&mut tx, mail.id, MailStatus::Failed, Some(&err.to_string()))
-                        .await?;
+                tx.commit().await?;
+                let label = if outcome.is_ok() { "sent" } else { "failed" };
+                metrics::counter!("mail_sent_total", "outcome" => label).increment(1);
+                if outcome.is_err() {
+                    // The transport is likely down: leave the rest for the next pass.
+                    break 'claiming;
                 }
             }
-            tx.commit().await?;
-            metrics::counter!("mail_sent_total", "outcome" => if outcome.is_ok() { "sent" } else { "failed" })
-                .increment(1);
         }
         Ok(sent)
     }

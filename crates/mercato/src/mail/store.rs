@@ -51,11 +51,16 @@ pub async fn claim(tx: &mut TenantTx, limit: i64) -> Result<Vec<Claimed>, sqlx::
     let merchant = tx.merchant_id().0;
     sqlx::query_as!(
         Claimed,
-        r#"update mail_outbox m set status = 'sending', attempts = attempts + 1, claimed_at = now()
-           from (select idempotency_key from mail_outbox
-                 where merchant_id = $1 and status = 'queued'
-                 order by created_at limit $2
-                 for update skip locked) due
+        // Materialised, so the locking subquery runs once: rescanned as a join's
+        // inner side, SKIP LOCKED could hand out other rows each time, and more
+        // than `limit` would be claimed (seen with two senders at once).
+        r#"with due as materialized (
+               select idempotency_key from mail_outbox
+               where merchant_id = $1 and status = 'queued'
+               order by created_at limit $2
+               for update skip locked)
+           update mail_outbox m set status = 'sending', attempts = attempts + 1, claimed_at = now()
+           from due
            where m.merchant_id = $1 and m.idempotency_key = due.idempotency_key
            returning m.id, m.to_address as "to", m.subject, m.text_body as "text", m.html_body as "html""#,
         merchant,
@@ -80,6 +85,28 @@ pub async fn finish(
         id,
         status.as_str(),
         error,
+    )
+    .execute(tx.conn())
+    .await
+    .map(|_| ())
+}
+
+/// A message the transport refused: queued again, or `failed` after `max` attempts.
+pub async fn retry_or_fail(
+    tx: &mut TenantTx,
+    id: Uuid,
+    error: &str,
+    max: i32,
+) -> Result<(), sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    sqlx::query!(
+        "update mail_outbox set last_error = $3,
+                status = case when attempts >= $4 then 'failed' else 'queued' end
+         where merchant_id = $1 and id = $2",
+        merchant,
+        id,
+        error,
+        max,
     )
     .execute(tx.conn())
     .await

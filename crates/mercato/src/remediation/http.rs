@@ -2,6 +2,7 @@
 //! signed links (no key: the HMAC-signed token is the credential).
 
 use axum::extract::{Path, State};
+use axum::response::Html;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -18,8 +19,8 @@ use crate::validation::FieldErrors;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_escalations))
-        .routes(routes!(post_choice))
-        .routes(routes!(post_payment_method))
+        .routes(routes!(choice_page, post_choice))
+        .routes(routes!(payment_method_page, post_payment_method))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -46,6 +47,87 @@ pub async fn list_escalations(
     let rows = super::escalations(&mut tx, page.after, page.fetch_limit()).await?;
     tx.commit().await?;
     Ok(Json(List::from_rows(rows, page, |e| e.adjustment_id)))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct LinkParams {
+    /// The token of the customer's link.
+    pub token: Option<String>,
+    /// The choice the link offers (`refund`, `credit`, `none`).
+    pub choice: Option<String>,
+}
+
+/// A JSON string literal that is safe inside an HTML `<script>`.
+fn js_string(s: &str) -> String {
+    serde_json::to_string(s)
+        .unwrap_or_else(|_| "\"\"".into())
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
+/// The page a link in an e-mail opens: it confirms with one button, which
+/// posts the token (the POST checks it and applies the answer once).
+fn link_page(title: &str, form: &str, script: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>{title}</h1>{form}<p id=\"result\"></p><script>{script}</script></body></html>"
+    ))
+}
+
+/// The page of an overpaid customer's link: confirms the choice it names.
+#[utoipa::path(get, path = "/v1/adjustments/{id}/choice", params(("id" = String, Path), LinkParams),
+    tag = "remediation", responses(
+        (status = 200, description = "A page that confirms the choice", content_type = "text/html", body = String),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn choice_page(
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<LinkParams>,
+) -> Result<Html<String>, ApiError> {
+    let choice = params
+        .choice
+        .as_deref()
+        .and_then(|c| Choice::parse(c).ok())
+        .unwrap_or(Choice::None);
+    let label = match choice {
+        Choice::Refund => "Refund the difference to my payment method",
+        Choice::Credit => "Give me the difference as store credit",
+        Choice::None => "Keep things as they are",
+    };
+    let script = format!(
+        "document.getElementById('go').onclick=async()=>{{const r=await fetch('/v1/adjustments/'+{id}+'/choice',{{method:'POST',headers:{{'content-type':'application/json'}},body:JSON.stringify({{token:{token},choice:{choice}}})}});const b=await r.json();document.getElementById('result').textContent=r.ok?'Done: '+b.state:(b.detail||b.title);}};",
+        id = js_string(&id),
+        token = js_string(params.token.as_deref().unwrap_or_default()),
+        choice = js_string(choice.as_str()),
+    );
+    Ok(link_page(
+        "Your order's price",
+        &format!("<p><button id=\"go\">{label}</button></p>"),
+        &script,
+    ))
+}
+
+/// The page of an underpaid customer's link: takes a payment method.
+#[utoipa::path(get, path = "/v1/adjustments/{id}/payment-method", params(("id" = String, Path), LinkParams),
+    tag = "remediation", responses(
+        (status = 200, description = "A page that takes a payment method", content_type = "text/html", body = String),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn payment_method_page(
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<LinkParams>,
+) -> Result<Html<String>, ApiError> {
+    let script = format!(
+        "document.getElementById('go').onclick=async()=>{{const pm=document.getElementById('pm').value;const r=await fetch('/v1/adjustments/'+{id}+'/payment-method',{{method:'POST',headers:{{'content-type':'application/json'}},body:JSON.stringify({{token:{token},payment_method:pm}})}});const b=await r.json();document.getElementById('result').textContent=r.ok?'Done: '+b.state:(b.detail||b.title);}};",
+        id = js_string(&id),
+        token = js_string(params.token.as_deref().unwrap_or_default()),
+    );
+    Ok(link_page(
+        "Pay the difference",
+        "<p><label>Payment method <input id=\"pm\" value=\"pm_card_ok\"></label> <button id=\"go\">Pay once</button></p>",
+        &script,
+    ))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -18,7 +18,7 @@ pub struct Receiver {
     client: reqwest::Client,
 }
 
-fn python() -> String {
+pub fn python() -> String {
     if let Ok(python) = std::env::var("MERCATO_TEST_PYTHON") {
         return python;
     }
