@@ -68,6 +68,8 @@ enum BenchCommand {
     Pricing(mercato::bench::pricing::Options),
     /// Events from the outbox to a local receiver, against the receiver's own ceiling.
     Webhooks(mercato::bench::webhooks::Options),
+    /// The remediation scan over stored orders versus the pure calculator on the same carts.
+    Reprice(mercato::bench::reprice::Options),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
                 mercato::demo::incident::run(opts).await.map(|_| ())
             }
             Command::Bench(BenchCommand::Pricing(opts)) => mercato::bench::pricing::run(opts).await,
+            Command::Bench(BenchCommand::Reprice(opts)) => mercato::bench::reprice::run(opts).await,
             Command::Bench(BenchCommand::Webhooks(opts)) => {
                 mercato::bench::webhooks::run(opts).await
             }

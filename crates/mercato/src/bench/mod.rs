@@ -5,6 +5,7 @@ pub mod checkout;
 pub mod load;
 pub mod migrate;
 pub mod pricing;
+pub mod reprice;
 pub mod webhooks;
 
 use std::path::PathBuf;

@@ -658,8 +658,9 @@ pub struct PricedOrderRow {
     pub payment_id: Option<Uuid>,
     pub total_amount: i64,
     pub currency: String,
-    /// The `PricedOrder` as JSON.
-    pub pricing: Option<String>,
+    /// What priced it (`pricing::PricingInputs` as JSON: the recorded
+    /// `PricedOrder` without its breakdown).
+    pub pricing_inputs: Option<String>,
 }
 
 /// Confirmed orders placed in `[from, to)` after `(after_at, after_id)`, in
@@ -676,7 +677,7 @@ pub async fn confirmed_orders_between(
     sqlx::query_as!(
         PricedOrderRow,
         r#"select id, created_at, customer_email, payment_method, payment_id, total_amount, currency,
-                  pricing::text as pricing
+                  (pricing - 'breakdown')::text as pricing_inputs
            from orders
            where merchant_id = $1 and created_at >= $2 and created_at < $3
              and (created_at, id) > ($4, $5) and status = 'confirmed'

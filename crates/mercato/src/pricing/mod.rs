@@ -24,7 +24,7 @@ use ::pricing::{Cart, Currency, PricingError, RuleSet};
 use uuid::Uuid;
 
 pub use anomaly::{AlertKind, Bands, OrderStats};
-pub use model::{diff, PricedOrder, RulesDiff, Settings, Shipping};
+pub use model::{diff, PricedOrder, PricingInputs, RulesDiff, Settings, Shipping};
 pub use store::{Arm, Stage};
 
 use crate::db::TenantTx;

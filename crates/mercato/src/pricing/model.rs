@@ -125,6 +125,32 @@ impl PricedOrder {
     }
 }
 
+/// What `price` was given for an order, without what it returned: the part of
+/// `PricedOrder` a re-price reads (a quarter of its size; the scan of an
+/// incident fetches only this, as `pricing - 'breakdown'`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingInputs {
+    pub calculator_version: CalculatorVersion,
+    pub ruleset_revision: u64,
+    pub cart: Cart,
+    pub usage: RuleUsage,
+    pub tax: RateTable,
+    pub shipping: Shipping,
+}
+
+impl PricingInputs {
+    /// Prices the recorded cart again with `rules` and `version`.
+    pub fn reprice(
+        &self,
+        rules: &RuleSet,
+        version: CalculatorVersion,
+    ) -> Result<Breakdown, PricingError> {
+        let context = Context::new(&self.tax, &self.shipping).with_usage(&self.usage);
+        pricing::price(&self.cart, rules, version, &context)
+    }
+}
+
 /// Uses and money a limited rule has given so far (from the usage counters).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counted {

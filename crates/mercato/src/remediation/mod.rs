@@ -180,36 +180,55 @@ pub struct ScanSummary {
     pub orders_per_second: f64,
 }
 
-/// Re-prices one page of orders with `fixed`: the adjustments, as columns.
+/// One page of the window's orders, parsed.
+struct Page {
+    rows: Vec<crate::checkout::PricedOrderRow>,
+    /// Each row's recorded inputs (`None`: no pricing recorded).
+    inputs: Vec<Option<crate::pricing::PricingInputs>>,
+}
+
+fn parse_page(rows: Vec<crate::checkout::PricedOrderRow>) -> Result<Page, RemediationError> {
+    let inputs = rows
+        .iter()
+        .map(|row| {
+            row.pricing_inputs
+                .as_deref()
+                .map(|text| serde_json::from_str(text).map_err(|e| corrupt("order pricing", e)))
+                .transpose()
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Page { rows, inputs })
+}
+
+/// Re-prices one page of orders with `fixed`: the adjustments, as columns,
+/// and how many orders had no recorded pricing.
 fn reprice_page(
-    rows: &[crate::checkout::PricedOrderRow],
+    page: &Page,
     rules: &HashMap<u64, Arc<RuleSet>>,
     fixed: CalculatorVersion,
-    provider: &dyn PaymentProvider,
+    provider: &KnownStatuses,
 ) -> Result<(store::NewAdjustments, i64), RemediationError> {
     let mut out = store::NewAdjustments::default();
     let mut skipped = 0;
-    for row in rows {
-        let Some(pricing) = &row.pricing else {
+    for (row, inputs) in page.rows.iter().zip(&page.inputs) {
+        let Some(inputs) = inputs else {
             skipped += 1;
             continue;
         };
-        let recorded: crate::pricing::PricedOrder =
-            serde_json::from_str(pricing).map_err(|e| corrupt("order pricing", e))?;
-        let set = if recorded.ruleset_revision == 0 {
-            Arc::new(RuleSet::empty(recorded.cart.currency))
+        let set = if inputs.ruleset_revision == 0 {
+            Arc::new(RuleSet::empty(inputs.cart.currency))
         } else {
             rules
-                .get(&recorded.ruleset_revision)
+                .get(&inputs.ruleset_revision)
                 .cloned()
                 .ok_or_else(|| {
                     corrupt(
                         "order pricing",
-                        format!("revision {} missing", recorded.ruleset_revision),
+                        format!("revision {} missing", inputs.ruleset_revision),
                     )
                 })?
         };
-        let expected = recorded
+        let expected = inputs
             .reprice(&set, fixed)
             .map_err(|e| corrupt("re-pricing", e))?
             .total
@@ -237,39 +256,48 @@ fn reprice_page(
     Ok((out, skipped))
 }
 
-/// The rules of every revision the page's orders name that `rules` lacks.
+/// Adds to `rules` every revision the page's orders name that it lacks.
 async fn load_revisions(
-    tx: &mut TenantTx,
-    rows: &[crate::checkout::PricedOrderRow],
+    pool: &PgPool,
+    merchant: MerchantId,
+    page: &Page,
     rules: &mut HashMap<u64, Arc<RuleSet>>,
 ) -> Result<(), RemediationError> {
-    #[derive(serde::Deserialize)]
-    struct Revision {
-        ruleset_revision: u64,
+    let missing: std::collections::BTreeSet<u64> = page
+        .inputs
+        .iter()
+        .flatten()
+        .map(|i| i.ruleset_revision)
+        .filter(|n| *n != 0 && !rules.contains_key(n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
     }
-    for row in rows {
-        let Some(pricing) = &row.pricing else {
-            continue;
-        };
-        // Only the revision number: a cheap partial parse (unknown fields ignored).
-        let n = serde_json::from_str::<Revision>(pricing)
-            .map_err(|e| corrupt("order pricing", e))?
-            .ruleset_revision;
-        if n == 0 || rules.contains_key(&n) {
-            continue;
-        }
-        let revision = crate::pricing::revision(tx, i64::try_from(n).unwrap_or(i64::MAX))
+    let mut tx = TenantTx::begin(pool, merchant).await?;
+    for n in missing {
+        let revision = crate::pricing::revision(&mut tx, i64::try_from(n).unwrap_or(i64::MAX))
             .await?
             .ok_or_else(|| corrupt("order pricing", format!("revision {n} missing")))?;
         rules.insert(n, Arc::new(revision.rules));
     }
+    tx.commit().await?;
     Ok(())
 }
 
-/// Re-prices the incident's window from its cursor, `batch` orders a
-/// transaction; each page's adjustments and the cursor commit together, so a
-/// kill at any point resumes where the last commit left off and a rerun adds
-/// nothing. `progress(scanned, total)` after each page.
+/// A page's adjustments with the cursor past it, for the writer.
+struct Priced {
+    adjustments: store::NewAdjustments,
+    cursor: (DateTime<Utc>, Uuid),
+    orders: i64,
+    skipped: i64,
+}
+
+/// Re-prices the incident's window from its cursor, `batch` orders a page, in
+/// three stages that overlap: the next page is read while this one is parsed
+/// and priced (on a blocking thread) and the one before is written. Pages are
+/// written in order, each with the cursor past it in one transaction, so a kill
+/// at any point resumes where the last commit left off and a rerun adds
+/// nothing. `progress(scanned, total)` after each page is written.
 pub async fn scan(
     pool: &PgPool,
     merchant: MerchantId,
@@ -289,39 +317,98 @@ pub async fn scan(
         crate::checkout::count_confirmed_between(&mut tx, incident.window_from, incident.window_to)
             .await?;
     tx.commit().await?;
-    let mut after = incident.scan_after_at.zip(incident.scan_after_id);
     let (mut scanned_total, mut skipped_total) = (incident.scanned, incident.skipped);
-    let mut scanned = 0;
-    let mut rules: HashMap<u64, Arc<RuleSet>> = HashMap::new();
     progress(scanned_total, total);
-    loop {
-        let mut tx = TenantTx::begin(pool, merchant).await?;
-        let rows = crate::checkout::confirmed_orders_between(
-            &mut tx,
-            incident.window_from,
-            incident.window_to,
-            after,
-            batch,
-        )
-        .await?;
-        let Some(last) = rows.last() else {
-            store::finish_scan(&mut tx, id).await?;
+
+    // Reader → pricer: pages of rows. Pricer → writer: priced pages, in order.
+    let (pages_tx, mut pages_rx) =
+        tokio::sync::mpsc::channel::<Vec<crate::checkout::PricedOrderRow>>(2);
+    let reader = {
+        let pool = pool.clone();
+        let (from, to) = (incident.window_from, incident.window_to);
+        let mut after = incident.scan_after_at.zip(incident.scan_after_id);
+        tokio::spawn(async move {
+            loop {
+                let mut tx = TenantTx::begin(&pool, merchant).await?;
+                let rows =
+                    crate::checkout::confirmed_orders_between(&mut tx, from, to, after, batch)
+                        .await?;
+                tx.commit().await?;
+                let Some(last) = rows.last() else {
+                    return Ok::<(), RemediationError>(());
+                };
+                after = Some((last.created_at, last.id));
+                if pages_tx.send(rows).await.is_err() {
+                    return Ok(());
+                }
+            }
+        })
+    };
+    let (priced_tx, mut priced_rx) = tokio::sync::mpsc::channel::<Priced>(2);
+    let pricer = async {
+        let mut rules: HashMap<u64, Arc<RuleSet>> = HashMap::new();
+        while let Some(rows) = pages_rx.recv().await {
+            let Some(last) = rows.last() else { continue };
+            let cursor = (last.created_at, last.id);
+            let orders = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+            let page = tokio::task::spawn_blocking(move || parse_page(rows))
+                .await
+                .map_err(|e| corrupt("scan", e))??;
+            load_revisions(pool, merchant, &page, &mut rules).await?;
+            let (adjustments, skipped) = {
+                let rules = rules.clone();
+                // The sandbox answers method status without I/O; pricing is CPU.
+                let statuses: HashMap<String, MethodStatus> = page
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.payment_method.clone(),
+                            provider.method_status(&r.payment_method),
+                        )
+                    })
+                    .collect();
+                tokio::task::spawn_blocking(move || {
+                    reprice_page(&page, &rules, fixed, &KnownStatuses(statuses))
+                })
+                .await
+                .map_err(|e| corrupt("scan", e))??
+            };
+            let priced = Priced {
+                adjustments,
+                cursor,
+                orders,
+                skipped,
+            };
+            if priced_tx.send(priced).await.is_err() {
+                break;
+            }
+        }
+        drop(priced_tx);
+        Ok::<(), RemediationError>(())
+    };
+    let writer = async {
+        let mut scanned = 0;
+        while let Some(page) = priced_rx.recv().await {
+            let mut tx = TenantTx::begin(pool, merchant).await?;
+            store::insert_adjustments(&mut tx, id, &page.adjustments).await?;
+            store::advance_scan(&mut tx, id, page.cursor, page.orders, page.skipped).await?;
             tx.commit().await?;
-            break;
-        };
-        let cursor = (last.created_at, last.id);
-        load_revisions(&mut tx, &rows, &mut rules).await?;
-        let (page, skipped) = reprice_page(&rows, &rules, fixed, provider)?;
-        store::insert_adjustments(&mut tx, id, &page).await?;
-        let n = i64::try_from(rows.len()).unwrap_or(i64::MAX);
-        store::advance_scan(&mut tx, id, cursor, n, skipped).await?;
-        tx.commit().await?;
-        after = Some(cursor);
-        scanned += n;
-        scanned_total += n;
-        skipped_total += skipped;
-        progress(scanned_total, total);
-    }
+            scanned += page.orders;
+            scanned_total += page.orders;
+            skipped_total += page.skipped;
+            progress(scanned_total, total);
+        }
+        Ok::<i64, RemediationError>(scanned)
+    };
+    let (priced, written) = tokio::join!(pricer, writer);
+    let read = reader.await.map_err(|e| corrupt("scan", e))?;
+    priced?;
+    read?;
+    let scanned = written?;
+    let mut tx = TenantTx::begin(pool, merchant).await?;
+    store::finish_scan(&mut tx, id).await?;
+    tx.commit().await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(ScanSummary {
         incident: id,
@@ -331,6 +418,18 @@ pub async fn scan(
         seconds,
         orders_per_second: scanned as f64 / seconds.max(1e-9),
     })
+}
+
+/// Method statuses looked up before a page is priced off the runtime.
+struct KnownStatuses(HashMap<String, MethodStatus>);
+
+impl KnownStatuses {
+    fn method_status(&self, method: &str) -> MethodStatus {
+        self.0
+            .get(method)
+            .copied()
+            .unwrap_or(MethodStatus::NoMandate)
+    }
 }
 
 /// The aggregate check read before money moves.
@@ -949,6 +1048,15 @@ async fn charge(
     } else {
         provider.charge_off_session(merchant, &request).await
     };
+    // An answer lost on the way back: the provider's record under the key says
+    // whether the charge went through.
+    let result = match result {
+        Err(err) if err.is_retryable() => match provider.find(merchant, &key).await {
+            Ok(Some(p)) if p.status == crate::payments::PaymentStatus::Captured => Ok(p),
+            _ => Err(err),
+        },
+        other => other,
+    };
     let mut tx = TenantTx::begin(pool, merchant).await?;
     let outcome = match result {
         Ok(payment) => {
@@ -1464,9 +1572,4 @@ pub async fn escalations(
     limit: i64,
 ) -> Result<Vec<Escalation>, sqlx::Error> {
     store::escalations(tx, after, limit).await
-}
-
-/// Whether a method the customer gives can be taken (the sandbox's tokens).
-pub fn method_status(provider: &dyn PaymentProvider, method: &str) -> MethodStatus {
-    provider.method_status(method)
 }
