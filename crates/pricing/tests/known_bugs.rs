@@ -213,3 +213,52 @@ fn repricing_a_stored_order_with_its_version_and_revision_reproduces_it_exactly(
     assert_eq!(shadow.calculator_version, CalculatorVersion::V2);
     shadow.check_invariants().expect("consistent");
 }
+
+/// The incident of brief §3, kept as calculator `v3` so the orders it priced
+/// reproduce: its two defects, against `v2` (the fix), and that it can never be
+/// put in force again.
+#[test]
+fn the_withdrawn_v3_over_discounts_stacked_percentages_and_gives_the_lowest_tier() {
+    let set = rules(json!({"rules": [
+        {"id": "annual20", "priority": 20, "stackable": true, "when": {"sku_in": ["PLAN"]},
+         "then": {"percent_off": 20, "target": {"sku_in": ["PLAN"]}}},
+        {"id": "welcome10", "priority": 10, "stackable": true,
+         "when": {"promo_code": "WELCOME10"}, "then": {"percent_off": 10}},
+        {"id": "volume", "priority": 5, "stackable": true,
+         "then": {"tiers": [{"min_quantity": 3, "percent_off": 5}, {"min_quantity": 6, "percent_off": 10}]}}
+    ]}));
+    let (tax, shipping) = bare();
+    let ctx = Context::new(&tax, &shipping);
+    let at = |c: &Cart, v| price(c, &set, v, &ctx).expect("priced");
+    // Combined: 20 % off the plan leaves 96.00 + 12.00; 10 % of that is 10.80,
+    // but v3 takes 10 % of the 132.00 subtotal: 13.20 (the customer underpays 2.40).
+    let combined = with_promo(cart(&[("PLAN", 1, 12_000), ("MUG", 1, 1_200)]), "WELCOME10");
+    assert_eq!(
+        at(&combined, CalculatorVersion::V2).total,
+        eur(10_800 - 1_080)
+    );
+    assert_eq!(
+        at(&combined, CalculatorVersion::V3).total,
+        eur(10_800 - 1_320)
+    );
+    // Six units reach the 10 % tier; v3 gives 5 % (the customer overpays 3.00).
+    let large = cart(&[("MUG", 6, 1_000)]);
+    assert_eq!(at(&large, CalculatorVersion::V2).total, eur(5_400));
+    assert_eq!(at(&large, CalculatorVersion::V3).total, eur(5_700));
+    // A lone discount and a tier of 3–5 units price alike in both.
+    let alone = with_promo(cart(&[("MUG", 2, 1_000)]), "WELCOME10");
+    assert_eq!(
+        at(&alone, CalculatorVersion::V2),
+        Breakdown {
+            calculator_version: CalculatorVersion::V2,
+            ..at(&alone, CalculatorVersion::V3)
+        }
+    );
+    at(&combined, CalculatorVersion::V3)
+        .check_invariants()
+        .expect("consistent");
+    // It parses (orders name it) but is never a version to put in force.
+    assert_eq!("v3".parse::<CalculatorVersion>(), Ok(CalculatorVersion::V3));
+    assert!(CalculatorVersion::parse_in_force("v3").is_err());
+    assert!(!CalculatorVersion::ALL.contains(&CalculatorVersion::V3));
+}

@@ -21,7 +21,7 @@ pub struct Options {
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
     pub orders: i64,
     /// Orders per scan transaction.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub batch: i64,
     /// Where the JSON figures go.
     #[arg(long, default_value = "docs/bench/bench-reprice.json")]

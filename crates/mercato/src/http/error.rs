@@ -66,6 +66,9 @@ pub enum ApiError {
         order_id: uuid::Uuid,
         reason: String,
     },
+    /// A payment outside checkout (a remediation link's) that the provider refused.
+    #[error("{0}")]
+    PaymentRefused(String),
     /// Same Idempotency-Key, different request.
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
@@ -123,7 +126,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Gone(_) => (StatusCode::GONE, "link-expired", "Link expired"),
             ApiError::Conflict { kind, title, .. } => (StatusCode::CONFLICT, kind, title),
-            ApiError::PaymentFailed { .. } => (
+            ApiError::PaymentFailed { .. } | ApiError::PaymentRefused(_) => (
                 StatusCode::PAYMENT_REQUIRED,
                 "payment-failed",
                 "Payment failed",

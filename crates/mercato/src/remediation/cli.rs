@@ -88,7 +88,7 @@ pub struct ScanArgs {
     #[command(flatten)]
     pub incident: IncidentArgs,
     /// Orders per transaction.
-    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub batch: i64,
 }
 

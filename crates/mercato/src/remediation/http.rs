@@ -170,10 +170,7 @@ fn link_error(err: LinkError) -> ApiError {
             detail: "a payment with another method is under way for this adjustment".into(),
             errors: Vec::new(),
         },
-        LinkError::Refused(reason) => ApiError::PaymentFailed {
-            order_id: uuid::Uuid::nil(),
-            reason,
-        },
+        LinkError::Refused(reason) => ApiError::PaymentRefused(reason),
         LinkError::Remediation(super::RemediationError::Db(e)) | LinkError::Db(e) => {
             ApiError::Internal(e)
         }

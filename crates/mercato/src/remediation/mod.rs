@@ -975,6 +975,16 @@ async fn queue_mail(
     Ok(())
 }
 
+/// Moves `a` from `from` to settled; `false` when another run got there first
+/// (then the caller queues no mail and emits no event: they were the winner's).
+async fn mark_settled(
+    tx: &mut TenantTx,
+    a: &AdjustmentRow,
+    from: State,
+) -> Result<bool, sqlx::Error> {
+    store::transition(tx, a.id, from, State::Settled, a.reminders_sent, None, None).await
+}
+
 async fn settled_event(
     tx: &mut TenantTx,
     a: &AdjustmentRow,
@@ -1061,17 +1071,7 @@ async fn charge(
     let outcome = match result {
         Ok(payment) => {
             store::finish_effect(&mut tx, &key, true, &payment.id.to_string()).await?;
-            if store::transition(
-                &mut tx,
-                a.id,
-                a.state,
-                State::Settled,
-                a.reminders_sent,
-                None,
-                None,
-            )
-            .await?
-            {
+            if mark_settled(&mut tx, a, a.state).await? {
                 queue_mail(&mut tx, a, Template::UnderpaidCharged, promo, Vec::new()).await?;
                 settled_event(&mut tx, a, "charged", a.delta).await?;
             }
@@ -1157,17 +1157,7 @@ async fn carry_out(
             let outcome = match result {
                 Ok(()) => {
                     store::finish_effect(&mut tx, &key, true, "refunded").await?;
-                    if store::transition(
-                        &mut tx,
-                        a.id,
-                        State::ChoiceMade,
-                        State::Settled,
-                        0,
-                        None,
-                        None,
-                    )
-                    .await?
-                    {
+                    if mark_settled(&mut tx, a, State::ChoiceMade).await? {
                         queue_mail(&mut tx, a, Template::RefundDone, None, Vec::new()).await?;
                         settled_event(&mut tx, a, "refunded", owed).await?;
                     }
@@ -1209,17 +1199,7 @@ async fn carry_out(
             // The credit, its record and the state change are one transaction.
             let key = effect_key(a.id, "credit");
             let mut tx = TenantTx::begin(pool, merchant).await?;
-            if store::transition(
-                &mut tx,
-                a.id,
-                State::ChoiceMade,
-                State::Settled,
-                0,
-                None,
-                None,
-            )
-            .await?
-            {
+            if mark_settled(&mut tx, a, State::ChoiceMade).await? {
                 store::begin_effect(&mut tx, &key, a.id, "credit", owed).await?;
                 crate::wallet::credit(&mut tx, &a.customer_email, owed, &a.currency, &key).await?;
                 store::finish_effect(&mut tx, &key, true, "credited").await?;
@@ -1231,17 +1211,7 @@ async fn carry_out(
         }
         Choice::None => {
             let mut tx = TenantTx::begin(pool, merchant).await?;
-            if store::transition(
-                &mut tx,
-                a.id,
-                State::ChoiceMade,
-                State::Settled,
-                0,
-                None,
-                None,
-            )
-            .await?
-            {
+            if mark_settled(&mut tx, a, State::ChoiceMade).await? {
                 settled_event(&mut tx, a, "declined", 0).await?;
             }
             tx.commit().await?;
@@ -1269,7 +1239,7 @@ pub struct Status {
     pub escalated: i64,
     /// The commonest errors, with how many adjustments last saw each.
     pub failures: Vec<FailureCount>,
-    /// Customers' e-mails per status.
+    /// Remediation e-mails per status (of all the merchant's incidents).
     pub mail: Vec<MailCount>,
 }
 
@@ -1560,7 +1530,7 @@ pub async fn give_payment_method(
             already_applied: false,
         }),
         Charged::Refused => Err(LinkError::Refused(
-            "the payment method could not be charged; try another".into(),
+            "the payment method could not be charged; nothing was taken: try another".into(),
         )),
     }
 }
