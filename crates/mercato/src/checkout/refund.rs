@@ -155,12 +155,20 @@ impl Checkout {
         order: &store::RefundableOrder,
         mut refund: StoredRefund,
     ) -> Result<StoredRefund, RefundError> {
-        if refund.amount > 0 {
+        // The card is paid back first, up to what it paid; the rest of an order
+        // paid partly with store credit goes back to the wallet. Earlier refunds
+        // took the card's share first too, so the split is the same on a retry.
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let before = store::refunded_before(&mut tx, refund.order_id, refund.id).await?;
+        tx.commit().await?;
+        let card_part = refund.amount.min((order.card_paid - before).max(0));
+        let wallet_part = refund.amount - card_part;
+        if card_part > 0 {
             let payment = order.payment_id.ok_or(RefundError::NotFound)?;
             let key = format!("refund:{}", refund.id);
             match self
                 .payments
-                .refund_amount(merchant, payment, refund.amount, &key)
+                .refund_amount(merchant, payment, card_part, &key)
                 .await
             {
                 Ok(()) => {}
@@ -174,6 +182,16 @@ impl Checkout {
             }
         }
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        if wallet_part > 0 {
+            crate::wallet::credit(
+                &mut tx,
+                &order.customer_email,
+                wallet_part,
+                &order.currency,
+                &format!("refund_{}_credit", refund.id.simple()),
+            )
+            .await?;
+        }
         store::settle_refund(&mut tx, refund.id, RefundStatus::Succeeded).await?;
         crate::events::emit(
             &mut tx,

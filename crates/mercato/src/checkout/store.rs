@@ -460,6 +460,9 @@ text_enum! {
 pub struct RefundableOrder {
     pub status: OrderStatus,
     pub currency: String,
+    pub customer_email: String,
+    /// What the card paid: the total less the store credit spent on the order.
+    pub card_paid: i64,
     pub payment_id: Option<Uuid>,
     /// The `PricedOrder` JSON, when the order was priced with rules.
     pub pricing: Option<String>,
@@ -473,7 +476,8 @@ pub async fn lock_for_refund(
 ) -> Result<Option<RefundableOrder>, sqlx::Error> {
     let merchant = tx.merchant_id().0;
     let Some(order) = sqlx::query!(
-        r#"select status as "status: OrderStatus", currency, payment_id, pricing::text as pricing
+        r#"select status as "status: OrderStatus", currency, customer_email,
+                  total_amount - wallet_amount as "card_paid!", payment_id, pricing::text as pricing
            from orders where merchant_id = $1 and id = $2 for update"#,
         merchant,
         id,
@@ -493,6 +497,8 @@ pub async fn lock_for_refund(
     Ok(Some(RefundableOrder {
         status: order.status,
         currency: order.currency,
+        customer_email: order.customer_email,
+        card_paid: order.card_paid,
         payment_id: order.payment_id,
         pricing: order.pricing,
         items: items
@@ -500,6 +506,24 @@ pub async fn lock_for_refund(
             .map(|i| (i.sku, i.quantity, i.unit_amount))
             .collect(),
     }))
+}
+
+/// What the order's refunds before `refund` (in time order, failed ones aside) returned.
+pub async fn refunded_before(
+    tx: &mut TenantTx,
+    order: Uuid,
+    refund: Uuid,
+) -> Result<i64, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    sqlx::query_scalar!(
+        r#"select coalesce(sum(amount), 0)::bigint as "amount!" from order_refunds
+           where merchant_id = $1 and order_id = $2 and id < $3 and status <> 'failed'"#,
+        merchant,
+        order,
+        refund,
+    )
+    .fetch_one(tx.conn())
+    .await
 }
 
 /// Units refunded (or being refunded) per SKU, and whether shipping was.

@@ -1041,7 +1041,35 @@ async fn store_credit_is_spent_at_checkout_first_and_never_below_zero_under_conc
         scalar(&app.owner, "select count(*) from orders o join payments p on p.merchant_id = o.merchant_id and p.id = o.payment_id where p.amount <> o.total_amount - o.wallet_amount").await,
         0
     );
+    // A refund of an order the credit paid goes back to the wallet, not the card.
+    let paid_by_credit = answers
+        .iter()
+        .find(|a| a.body["store_credit"]["amount"] == a.body["total"]["amount"])
+        .expect("an order paid by store credit");
+    let order = paid_by_credit.body["id"].as_str().expect("id");
+    let balance = scalar(&app.owner, "select balance from wallets").await;
+    let refund = app
+        .post(
+            &format!("/v1/orders/{order}/refunds"),
+            &shop.key,
+            json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(refund.status, 201, "{}", refund.body);
+    assert_eq!(
+        scalar(&app.owner, "select balance from wallets").await,
+        balance + price
+    );
+    assert_eq!(
+        scalar(
+            &app.owner,
+            "select coalesce(sum(refunded_amount), 0)::bigint from payments"
+        )
+        .await,
+        0
+    );
     // A checkout that fails gives its credit back.
+    let from_credit = from_credit - price;
     assert!(credit(500, "gift-2").await);
     let declined = app
         .post(
