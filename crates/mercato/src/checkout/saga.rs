@@ -464,20 +464,27 @@ impl Checkout {
         }
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
         settle_reservation(&mut tx, order.reservation_id, Settlement::Released).await?;
-        crate::pricing::release_uses(&mut tx, order.id).await?;
-        crate::wallet::give_back(&mut tx, &order.customer.email, order.id).await?;
-        store::mark_failed(&mut tx, order.id, reason, payment).await?;
-        crate::events::emit(
-            &mut tx,
-            EventType::OrderFailed,
-            json!({"order_id": order.id, "reason": reason}),
-        )
-        .await?;
+        // Only the driver that moves the order gives back what it took: another
+        // may have confirmed it meanwhile, and a confirmed order keeps its promo
+        // uses and its store credit and sends no `order.failed`.
+        let moved = store::mark_failed(&mut tx, order.id, reason, payment).await?;
+        if moved {
+            crate::pricing::release_uses(&mut tx, order.id).await?;
+            crate::wallet::give_back(&mut tx, &order.customer.email, order.id).await?;
+            crate::events::emit(
+                &mut tx,
+                EventType::OrderFailed,
+                json!({"order_id": order.id, "reason": reason}),
+            )
+            .await?;
+        }
         let failed = store::get_order(&mut tx, order.id)
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
         tx.commit().await?;
-        metrics::counter!("checkouts_failed_total", "reason" => reason.to_owned()).increment(1);
+        if moved {
+            metrics::counter!("checkouts_failed_total", "reason" => reason.to_owned()).increment(1);
+        }
         Ok(failed)
     }
 }
