@@ -137,6 +137,7 @@ impl App {
             inventory,
             checkout: checkout.clone(),
             migration: migration.clone(),
+            limiter: Default::default(),
         });
         Ok(App {
             migration,

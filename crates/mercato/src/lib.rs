@@ -47,6 +47,7 @@ pub mod mail;
 pub mod pagination;
 pub mod payments;
 pub mod pricing;
+pub mod quotas;
 pub mod remediation;
 pub mod reprice;
 pub mod routes;

@@ -34,4 +34,6 @@ pub struct Services {
     pub migration: Arc<pgshift::ReadSwitch>,
     /// How webhooks are delivered (and which receiver URLs are accepted).
     pub webhooks: crate::events::worker::DeliveryConfig,
+    /// Per-merchant rate limits, in process.
+    pub limiter: crate::quotas::Limiter,
 }

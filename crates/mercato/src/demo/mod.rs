@@ -64,6 +64,7 @@ pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
     else {
         return Err(DemoError::Db(sqlx::Error::RowNotFound));
     };
+    crate::tenancy::set_rate_limits(&db.app, merchant, Some(&crate::quotas::Plan::demo())).await?;
     let mut tx = TenantTx::begin(&db.app, merchant).await?;
     for (name, variants) in DEMO_PRODUCTS {
         let variants = variants

@@ -8,7 +8,7 @@ use super::error::ApiError;
 use crate::db::TenantTx;
 use crate::inventory::Inventory;
 use crate::state::AppState;
-use crate::tenancy::{authenticate_key, ApiKey, MerchantId, Strategy};
+use crate::tenancy::{authenticate_key, ApiKey, MerchantId, Principal, Strategy};
 
 /// The authenticated merchant of a request. Handlers open tenant transactions
 /// through it, so a request can only ever touch its own merchant's rows.
@@ -16,6 +16,8 @@ use crate::tenancy::{authenticate_key, ApiKey, MerchantId, Strategy};
 pub struct Tenant {
     pub merchant_id: MerchantId,
     pub stock_strategy: Strategy,
+    /// The merchant's rate limits; `None`: not limited.
+    pub plan: Option<std::sync::Arc<crate::quotas::Plan>>,
     /// Names the API key used (a prefix of its hash, never the key): for audit logs.
     pub key_fingerprint: String,
     state: AppState,
@@ -49,22 +51,29 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenan
         .ok_or(ApiError::Unauthorized)?;
     let hash = key.hash();
     let key_fingerprint = format!("key:{}", hex::encode(&hash[..6]));
-    let (merchant_id, stock_strategy) = match state.keys.get(&hash) {
+    let principal = match state.keys.get(&hash) {
         Some(hit) => hit,
         None => {
             let mut tx = TenantTx::begin(&state.db.app, key.merchant_id).await?;
-            let strategy = authenticate_key(&mut tx, &key)
+            let (strategy, plan) = authenticate_key(&mut tx, &key)
                 .await?
                 .ok_or(ApiError::Unauthorized)?;
             tx.commit().await?;
-            state.keys.put(hash, key.merchant_id, strategy);
-            (key.merchant_id, strategy)
+            let principal = Principal {
+                merchant: key.merchant_id,
+                strategy,
+                plan: plan.map(std::sync::Arc::new),
+            };
+            state.keys.put(hash, principal.clone());
+            principal
         }
     };
+    let merchant_id = principal.merchant;
     tracing::Span::current().record("merchant_id", tracing::field::display(merchant_id));
     Ok(Tenant {
         merchant_id,
-        stock_strategy,
+        stock_strategy: principal.strategy,
+        plan: principal.plan,
         key_fingerprint,
         state: state.clone(),
     })

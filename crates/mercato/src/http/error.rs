@@ -77,6 +77,12 @@ pub enum ApiError {
     IdempotencyKeyInFlight { retry_after: u64 },
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Over the merchant's plan for this route class.
+    #[error("over this merchant's {class} rate limit; retry in {retry_after} s")]
+    RateLimited {
+        class: &'static str,
+        retry_after: u64,
+    },
     #[error("the request target is longer than {} bytes", super::MAX_URI_BYTES)]
     UriTooLong,
     /// An error answer made outside Mercato's handlers (framework, tower layers).
@@ -147,6 +153,11 @@ impl ApiError {
                 "Service unavailable",
             ),
             ApiError::UriTooLong => (StatusCode::URI_TOO_LONG, "uri-too-long", "URI too long"),
+            ApiError::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             ApiError::Bare(status) => (
                 *status,
                 match status.as_u16() {
@@ -197,7 +208,8 @@ impl IntoResponse for ApiError {
         }
         let (status, kind, title) = self.parts();
         let retry_after = match &self {
-            ApiError::IdempotencyKeyInFlight { retry_after } => Some(*retry_after),
+            ApiError::IdempotencyKeyInFlight { retry_after }
+            | ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };

@@ -10,6 +10,7 @@ pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod query;
+pub mod rate_limit;
 
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ pub fn with_plumbing(routes: Router<AppState>, state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::idempotency,
+        ))
+        // Outside the idempotency layer: a limited request claims no key.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::rate_limit,
         ))
         .layer(
             tower::ServiceBuilder::new()

@@ -10,9 +10,9 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{
-    create_merchant, issue_api_key, list_api_keys, merchant_exists, revoke_api_key,
-    set_stock_strategy, ApiKeyInfo, CreateMerchantError, Created, CreationKey, MerchantId,
-    MerchantName, Slug, Strategy,
+    create_merchant, issue_api_key, list_api_keys, merchant_exists, merchant_settings,
+    revoke_api_key, set_rate_limits, set_stock_strategy, ApiKeyInfo, CreateMerchantError, Created,
+    CreationKey, MerchantId, MerchantName, Slug, Strategy,
 };
 use crate::db::TenantTx;
 use crate::http::auth::Admin;
@@ -33,13 +33,25 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct PatchMerchant {
     /// How this merchant's stock is taken: `pessimistic`, `optimistic` or `reservation`.
-    pub stock_strategy: String,
+    pub stock_strategy: Option<String>,
+    /// The merchant's plan: `{reads|writes|checkout: {per_second, burst}}` (a class
+    /// left out is not limited); `null` removes every limit.
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limits: Option<serde_json::Value>,
+}
+
+/// A field given as `null` is `Some(Value::Null)` (clear it), an absent one `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct MerchantSettings {
     pub id: Uuid,
     pub stock_strategy: Strategy,
+    /// `null`: not limited.
+    pub rate_limits: Option<crate::quotas::Plan>,
 }
 
 /// Changes a merchant's settings (platform admin only). Other processes pick
@@ -60,15 +72,44 @@ pub async fn patch_merchant(
     let id = Uuid::try_parse(&id)
         .map(MerchantId)
         .map_err(|_| ApiError::NotFound("merchant"))?;
-    let strategy =
-        Strategy::parse(&body.stock_strategy).map_err(|m| ApiError::field("stock_strategy", m))?;
-    if !set_stock_strategy(&state.db.app, id, strategy).await? {
+    let mut errors = FieldErrors::default();
+    let strategy = match &body.stock_strategy {
+        None => Some(None),
+        Some(raw) => errors
+            .check("stock_strategy", Strategy::parse(raw))
+            .map(Some),
+    };
+    // Some(None): clear the plan; Some(Some(plan)): set it; None (absent): leave it.
+    let plan = match &body.rate_limits {
+        None => Some(None),
+        Some(serde_json::Value::Null) => Some(Some(None)),
+        Some(value) => crate::quotas::Plan::parse(value, "rate_limits", &mut errors)
+            .map(|plan| Some(Some(plan))),
+    };
+    if body.stock_strategy.is_none() && body.rate_limits.is_none() {
+        errors.push(
+            "stock_strategy",
+            "give stock_strategy, rate_limits, or both",
+        );
+    }
+    let (strategy, plan) = errors.finish(strategy.zip(plan))?;
+    if merchant_settings(&state.db.app, id).await?.is_none() {
         return Err(ApiError::NotFound("merchant"));
     }
+    if let Some(strategy) = strategy {
+        set_stock_strategy(&state.db.app, id, strategy).await?;
+    }
+    if let Some(plan) = &plan {
+        set_rate_limits(&state.db.app, id, plan.as_ref()).await?;
+    }
     state.keys.forget(id);
+    let (stock_strategy, rate_limits) = merchant_settings(&state.db.app, id)
+        .await?
+        .ok_or(ApiError::NotFound("merchant"))?;
     Ok(Json(MerchantSettings {
         id: id.0,
-        stock_strategy: strategy,
+        stock_strategy,
+        rate_limits,
     }))
 }
 

@@ -1,7 +1,7 @@
 //! Verified API keys, cached so the hot path costs no query for authentication.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{MerchantId, Strategy};
@@ -11,33 +11,42 @@ use super::{MerchantId, Strategy};
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 const KEY_CACHE_MAX: usize = 10_000;
 
+/// What a verified key stands for: its merchant and the merchant's settings.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub merchant: MerchantId,
+    pub strategy: Strategy,
+    /// The merchant's rate limits; `None`: not limited.
+    pub plan: Option<Arc<crate::quotas::Plan>>,
+}
+
 /// Verified key hashes, so the hot path costs no query for authentication.
 #[derive(Default)]
-pub struct KeyCache(Mutex<HashMap<Vec<u8>, (MerchantId, Strategy, Instant)>>);
+pub struct KeyCache(Mutex<HashMap<Vec<u8>, (Principal, Instant)>>);
 
 impl KeyCache {
-    pub fn get(&self, hash: &[u8]) -> Option<(MerchantId, Strategy)> {
+    pub fn get(&self, hash: &[u8]) -> Option<Principal> {
         let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .get(hash)
-            .filter(|(_, _, at)| at.elapsed() < KEY_CACHE_TTL)
-            .map(|(m, s, _)| (*m, *s))
+            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(p, _)| p.clone())
     }
 
     /// Drops a merchant's cached keys, so its next request reads its settings afresh.
     pub fn forget(&self, merchant: MerchantId) {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, (m, _, _)| *m != merchant);
+        cache.retain(|_, (p, _)| p.merchant != merchant);
     }
 
-    pub fn put(&self, hash: Vec<u8>, merchant: MerchantId, strategy: Strategy) {
+    pub fn put(&self, hash: Vec<u8>, principal: Principal) {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= KEY_CACHE_MAX {
-            cache.retain(|_, (_, _, at)| at.elapsed() < KEY_CACHE_TTL);
+            cache.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
             if cache.len() >= KEY_CACHE_MAX {
                 cache.clear();
             }
         }
-        cache.insert(hash, (merchant, strategy, Instant::now()));
+        cache.insert(hash, (principal, Instant::now()));
     }
 }

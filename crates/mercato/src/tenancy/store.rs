@@ -193,6 +193,54 @@ pub async fn set_stock_strategy(
     Ok(updated.rows_affected() == 1)
 }
 
+/// Sets (or clears, with `None`) the merchant's plan of rate limits; `false`
+/// when there is no such merchant.
+pub async fn set_rate_limits(
+    pool: &PgPool,
+    id: MerchantId,
+    plan: Option<&crate::quotas::Plan>,
+) -> Result<bool, sqlx::Error> {
+    let plan = plan
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let updated = sqlx::query!(
+        "update merchants set rate_limits = $2::text::jsonb where id = $1",
+        id.0,
+        plan,
+    )
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// The merchant's stock strategy and plan.
+pub async fn merchant_settings(
+    pool: &PgPool,
+    id: MerchantId,
+) -> Result<Option<(Strategy, Option<crate::quotas::Plan>)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"select stock_strategy as "stock_strategy: Strategy", rate_limits::text as rate_limits
+           from merchants where id = $1"#,
+        id.0,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.stock_strategy, parse_plan(r.rate_limits.as_deref()))))
+}
+
+/// A stored plan; one that no longer parses limits nothing (and says so).
+fn parse_plan(raw: Option<&str>) -> Option<crate::quotas::Plan> {
+    let raw = raw?;
+    match serde_json::from_str(raw) {
+        Ok(plan) => Some(plan),
+        Err(err) => {
+            tracing::warn!(error = %err, "a stored plan of rate limits does not parse; not limiting");
+            None
+        }
+    }
+}
+
 pub async fn find_merchant_by_slug(
     pool: &PgPool,
     slug: &Slug,
@@ -206,19 +254,21 @@ pub async fn find_merchant_by_slug(
 /// The stock strategy of `key`'s merchant if `key` is one of its live keys
 /// (checked under that merchant's RLS), noting that it was used; `None` for a
 /// dead or unknown key.
+/// The key's merchant settings (stock strategy, plan of rate limits) if it is live.
 pub async fn authenticate_key(
     tx: &mut TenantTx,
     key: &ApiKey,
-) -> Result<Option<Strategy>, sqlx::Error> {
-    sqlx::query_scalar!(
+) -> Result<Option<(Strategy, Option<crate::quotas::Plan>)>, sqlx::Error> {
+    let row = sqlx::query!(
         r#"update api_keys k set last_used_at = now()
            from merchants m
            where m.id = k.merchant_id and k.merchant_id = $1 and k.key_hash = $2
              and k.revoked_at is null
-           returning m.stock_strategy as "stock_strategy: Strategy""#,
+           returning m.stock_strategy as "stock_strategy: Strategy", m.rate_limits::text as rate_limits"#,
         tx.merchant_id().0,
         key.hash(),
     )
     .fetch_optional(tx.conn())
-    .await
+    .await?;
+    Ok(row.map(|r| (r.stock_strategy, parse_plan(r.rate_limits.as_deref()))))
 }

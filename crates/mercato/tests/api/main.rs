@@ -9,6 +9,7 @@ mod helpers;
 mod inventory;
 mod migration;
 mod pricing;
+mod quotas;
 mod remediation;
 mod rls;
 mod rollout;

@@ -1,0 +1,105 @@
+//! Per-merchant rate limits: each merchant's plan (a rate and a burst per route
+//! class, kept on the merchant by `tenancy`), and the limiter that checks a
+//! request against it. The arithmetic is GCRA (`model::gcra`), pure; this
+//! in-process store keeps one arrival time per (merchant, class).
+//!
+//! Owns no table: plans are stored with the merchant (`merchants.rate_limits`).
+
+mod model;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+pub use model::{gcra, Decision, Plan, Rate, RouteClass};
+
+use crate::db::MerchantId;
+
+/// Keys kept per shard before idle ones are swept: a key whose bucket has
+/// refilled is the same as no key, so dropping it changes no decision.
+const SWEEP_AT: usize = 4_096;
+const SHARDS: usize = 16;
+
+/// The in-process limiter: one GCRA arrival time per (merchant, route class).
+pub struct Limiter {
+    started: Instant,
+    shards: Vec<Mutex<HashMap<(MerchantId, RouteClass), f64>>>,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter {
+            started: Instant::now(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl Limiter {
+    /// Counts one request of `merchant` in `class` against `rate`.
+    pub fn check(&self, merchant: MerchantId, class: RouteClass, rate: Rate) -> Decision {
+        let now = self.started.elapsed().as_secs_f64();
+        let shard = &self.shards[shard_of(merchant, class)];
+        let mut keys = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let decision = gcra(rate, keys.get(&(merchant, class)).copied(), now);
+        if decision.allowed {
+            if keys.len() >= SWEEP_AT {
+                keys.retain(|_, tat| *tat > now);
+            }
+            keys.insert((merchant, class), decision.tat);
+        }
+        decision
+    }
+
+    /// Keys held (for tests and metrics).
+    pub fn keys(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+}
+
+fn shard_of(merchant: MerchantId, class: RouteClass) -> usize {
+    let bytes = merchant.0.as_bytes();
+    (usize::from(bytes[15]) + class as usize) % SHARDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_keys_are_swept_so_memory_stays_bounded_with_many_merchants() {
+        let limiter = Limiter::default();
+        let rate = Rate {
+            per_second: 1_000_000.0,
+            burst: 1,
+        };
+        for _ in 0..200_000 {
+            let d = limiter.check(MerchantId::new(), RouteClass::Reads, rate);
+            assert!(d.allowed);
+        }
+        // Each key's bucket refills within a microsecond: sweeps keep every shard small.
+        assert!(
+            limiter.keys() <= SHARDS * SWEEP_AT,
+            "{} keys",
+            limiter.keys()
+        );
+    }
+
+    #[test]
+    fn classes_and_merchants_are_counted_apart() {
+        let limiter = Limiter::default();
+        let rate = Rate {
+            per_second: 1.0,
+            burst: 2,
+        };
+        let (a, b) = (MerchantId::new(), MerchantId::new());
+        assert!(limiter.check(a, RouteClass::Writes, rate).allowed);
+        assert!(limiter.check(a, RouteClass::Writes, rate).allowed);
+        assert!(!limiter.check(a, RouteClass::Writes, rate).allowed);
+        assert!(limiter.check(a, RouteClass::Reads, rate).allowed);
+        assert!(limiter.check(b, RouteClass::Writes, rate).allowed);
+    }
+}
