@@ -137,7 +137,12 @@ impl App {
             inventory,
             checkout: checkout.clone(),
             migration: migration.clone(),
-            limiter: Default::default(),
+            limiter: crate::quotas::Limiter::new(config.redis_url.as_deref()).map_err(|e| {
+                ConfigError {
+                    flag: "redis-url",
+                    message: format!("is not a Redis URL: {e}"),
+                }
+            })?,
         });
         Ok(App {
             migration,

@@ -77,6 +77,10 @@ pub struct Config {
     /// Failed webhook attempts in a row after which an endpoint is disabled.
     #[arg(skip = DEFAULT_WEBHOOK_DISABLE_AFTER)]
     pub webhook_disable_after: i32,
+    /// Redis holding the rate limits' buckets, so several instances share one limit
+    /// (e.g. redis://127.0.0.1:6379); unset: each process keeps its own.
+    #[arg(long, env = "MERCATO_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// SMTP server for customers' e-mail (smtp://host:port); unset: `.eml` files
     /// under <data-dir>/mail.
     #[arg(long, env = "MERCATO_SMTP_URL")]
@@ -123,6 +127,7 @@ impl Config {
             webhooks_allow_internal: false,
             nats_url: None,
             smtp_url: None,
+            redis_url: None,
             mail_from: DEFAULT_MAIL_FROM.to_owned(),
             webhook_timeout: default(DEFAULT_WEBHOOK_TIMEOUT),
             webhook_schedule: crate::events::svix_schedule(),

@@ -4,7 +4,8 @@
 //! merchant carries the IETF `RateLimit-Policy` and `RateLimit` fields
 //! (draft-ietf-httpapi-ratelimit-headers): `"writes";q=100;w=1` and
 //! `"writes";r=37;t=1`. Requests without a merchant key (admin, customers'
-//! links) and merchants without a plan are not limited.
+//! links) and merchants without a plan are not limited. The buckets are the
+//! `quotas::Limiter`'s: in process, or in Redis for several instances.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
@@ -50,7 +51,7 @@ pub async fn rate_limit(State(state): State<AppState>, mut req: Request, next: N
         req.extensions_mut().insert(tenant);
         return next.run(req).await;
     };
-    let decision = state.limiter.check(tenant.merchant_id, class, rate);
+    let decision = state.limiter.check(tenant.merchant_id, class, rate).await;
     if !decision.allowed {
         metrics::counter!("rate_limited_total", "class" => class.as_str()).increment(1);
         let mut response = ApiError::RateLimited {

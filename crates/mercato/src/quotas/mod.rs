@@ -1,17 +1,21 @@
 //! Per-merchant rate limits: each merchant's plan (a rate and a burst per route
 //! class, kept on the merchant by `tenancy`), and the limiter that checks a
-//! request against it. The arithmetic is GCRA (`model::gcra`), pure; this
-//! in-process store keeps one arrival time per (merchant, class).
+//! request against it. The arithmetic is GCRA (`model::gcra`), pure. The
+//! buckets (one arrival time per merchant and class) live in this process, or,
+//! with `MERCATO_REDIS_URL`, in Redis, so that several instances share one
+//! limit (`shared`).
 //!
 //! Owns no table: plans are stored with the merchant (`merchants.rate_limits`).
 
 mod model;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
 pub use model::{gcra, Decision, Plan, Rate, RouteClass};
+pub use shared::SharedBuckets;
 
 use crate::db::MerchantId;
 
@@ -20,22 +24,53 @@ use crate::db::MerchantId;
 const SWEEP_AT: usize = 4_096;
 const SHARDS: usize = 16;
 
-/// The in-process limiter: one GCRA arrival time per (merchant, route class).
+/// Where the buckets are: in this process, or shared in Redis.
+#[derive(Default)]
 pub struct Limiter {
+    local: LocalBuckets,
+    shared: Option<SharedBuckets>,
+}
+
+impl Limiter {
+    /// In Redis at `redis_url` when given (failing open while it does not answer),
+    /// else in process.
+    pub fn new(redis_url: Option<&str>) -> Result<Limiter, redis::RedisError> {
+        Ok(Limiter {
+            local: LocalBuckets::default(),
+            shared: redis_url.map(SharedBuckets::new).transpose()?,
+        })
+    }
+
+    /// Counts one request of `merchant` in `class` against `rate`.
+    pub async fn check(&self, merchant: MerchantId, class: RouteClass, rate: Rate) -> Decision {
+        match &self.shared {
+            Some(shared) => shared.check(merchant, class, rate).await,
+            None => self.local.check(merchant, class, rate),
+        }
+    }
+
+    /// Buckets held in this process (for tests and metrics).
+    pub fn local_keys(&self) -> usize {
+        self.local.keys()
+    }
+}
+
+/// The in-process buckets: one GCRA arrival time per (merchant, route class).
+pub struct LocalBuckets {
     started: Instant,
     shards: Vec<Mutex<HashMap<(MerchantId, RouteClass), f64>>>,
 }
 
-impl Default for Limiter {
+impl Default for LocalBuckets {
     fn default() -> Self {
-        Limiter {
+        LocalBuckets {
             started: Instant::now(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 }
 
-impl Limiter {
+impl LocalBuckets {
     /// Counts one request of `merchant` in `class` against `rate`.
     pub fn check(&self, merchant: MerchantId, class: RouteClass, rate: Rate) -> Decision {
         let now = self.started.elapsed().as_secs_f64();
@@ -71,7 +106,7 @@ mod tests {
 
     #[test]
     fn idle_keys_are_swept_so_memory_stays_bounded_with_many_merchants() {
-        let limiter = Limiter::default();
+        let limiter = LocalBuckets::default();
         let rate = Rate {
             per_second: 1_000_000.0,
             burst: 1,
@@ -90,7 +125,7 @@ mod tests {
 
     #[test]
     fn classes_and_merchants_are_counted_apart() {
-        let limiter = Limiter::default();
+        let limiter = LocalBuckets::default();
         let rate = Rate {
             per_second: 1.0,
             burst: 2,

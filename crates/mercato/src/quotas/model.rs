@@ -185,18 +185,36 @@ pub fn gcra(rate: Rate, tat: Option<f64>, now: f64) -> Decision {
     // A hair of slack for float rounding at the boundary.
     let allowed = next - now <= capacity + 1e-9;
     let kept = if allowed { next } else { start };
-    let used = kept - now;
-    let remaining = ((capacity - used) / interval + 1e-9).floor().max(0.0);
     Decision {
-        allowed,
         tat: kept,
-        remaining: remaining.min(f64::from(rate.burst)) as u32,
-        reset_seconds: used.max(0.0),
-        retry_after_seconds: if allowed {
-            0.0
-        } else {
-            (next - now - capacity).max(0.0)
-        },
+        ..Decision::from_usage(rate, allowed, kept - now)
+    }
+}
+
+impl Decision {
+    /// The decision when the bucket's arrival time, after this request, is
+    /// `used` seconds ahead of now (a store that keeps the time itself, such as
+    /// Redis, answers only that). `tat` is left 0: the store keeps it.
+    pub fn from_usage(rate: Rate, allowed: bool, used: f64) -> Decision {
+        let interval = 1.0 / rate.per_second;
+        let capacity = interval * f64::from(rate.burst);
+        let remaining = ((capacity - used) / interval + 1e-9).floor().max(0.0);
+        Decision {
+            allowed,
+            tat: 0.0,
+            remaining: remaining.min(f64::from(rate.burst)) as u32,
+            reset_seconds: used.max(0.0),
+            retry_after_seconds: if allowed {
+                0.0
+            } else {
+                (used + interval - capacity).max(0.0)
+            },
+        }
+    }
+
+    /// Admitted without counting (the shared store did not answer: fail open).
+    pub fn unchecked(rate: Rate) -> Decision {
+        Decision::from_usage(rate, true, 0.0)
     }
 }
 

@@ -170,6 +170,11 @@ impl TestApp {
         }
     }
 
+    /// Another instance of the service on the same database, with `config`.
+    pub async fn spawn_peer_with(config: Config) -> String {
+        start_app(config).await.0
+    }
+
     /// Another instance of the service on the same database (as a second process would be).
     pub async fn spawn_peer(&self) -> String {
         start_app(self.db.config()).await.0

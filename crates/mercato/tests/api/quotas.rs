@@ -135,3 +135,79 @@ async fn a_plan_with_bad_rates_is_422_naming_each_field_and_changes_nothing() {
     .await
     .assert_problem(404, "not-found");
 }
+
+/// Redis on this machine (`.ci/run` starts it when it is down).
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+#[tokio::test]
+async fn two_instances_with_redis_admit_together_what_one_plan_allows() {
+    let db = crate::helpers::TestDatabase::create().await;
+    let mut config = db.config();
+    config.redis_url = Some(REDIS.into());
+    let app = TestApp::spawn_with(db, config.clone()).await;
+    let peer = TestApp::spawn_peer_with(config).await;
+    let shop = app.create_merchant("shared-limit").await;
+    // 10 reads at once, then one every 10 s: well within a test's time, nothing refills.
+    let set = set_plan(
+        &app,
+        &shop,
+        json!({"reads": {"per_second": 0.1, "burst": 10}}),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let mut admitted = 0;
+    let mut refused = 0;
+    for i in 0..30 {
+        let base = if i % 2 == 0 {
+            app.base.clone()
+        } else {
+            peer.clone()
+        };
+        let r = crate::helpers::send(
+            &app.client,
+            &base,
+            Method::GET,
+            "/v1/products",
+            Some(&shop.key),
+            &[],
+            crate::helpers::Body::Empty,
+        )
+        .await
+        .expect("answered");
+        match r.status.as_u16() {
+            200 => admitted += 1,
+            429 => refused += 1,
+            other => panic!("status {other}: {}", r.body),
+        }
+    }
+    // One limit for both: exactly the burst (Redis checks atomically; the rate adds
+    // at most one more over the test's few seconds).
+    assert!(
+        (10..=11).contains(&admitted),
+        "{admitted} admitted, {refused} refused"
+    );
+    assert_eq!(admitted + refused, 30);
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_requests_are_admitted_and_the_failure_counted() {
+    let db = crate::helpers::TestDatabase::create().await;
+    let mut config = db.config();
+    // Nothing listens here.
+    config.redis_url = Some("redis://127.0.0.1:1".into());
+    let app = TestApp::spawn_with(db, config).await;
+    let shop = app.create_merchant("fail-open").await;
+    let set = set_plan(&app, &shop, json!({"reads": {"per_second": 1, "burst": 1}})).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    for _ in 0..5 {
+        let r = app.get("/v1/products", &shop.key).await;
+        assert_eq!(r.status, 200, "fail open: {}", r.body);
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rate_limit_store_errors_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
