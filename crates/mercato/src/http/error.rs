@@ -83,6 +83,9 @@ pub enum ApiError {
         class: &'static str,
         retry_after: u64,
     },
+    /// Over the merchant's daily checkout quota.
+    #[error("this merchant's checkouts for today are used up; the quota renews in {retry_after} s (at 00:00 UTC)")]
+    QuotaExceeded { retry_after: u64 },
     #[error("the request target is longer than {} bytes", super::MAX_URI_BYTES)]
     UriTooLong,
     /// An error answer made outside Mercato's handlers (framework, tower layers).
@@ -158,6 +161,11 @@ impl ApiError {
                 "rate-limited",
                 "Too many requests",
             ),
+            ApiError::QuotaExceeded { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                "Quota exceeded",
+            ),
             ApiError::Bare(status) => (
                 *status,
                 match status.as_u16() {
@@ -209,7 +217,8 @@ impl IntoResponse for ApiError {
         let (status, kind, title) = self.parts();
         let retry_after = match &self {
             ApiError::IdempotencyKeyInFlight { retry_after }
-            | ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            | ApiError::RateLimited { retry_after, .. }
+            | ApiError::QuotaExceeded { retry_after } => Some(*retry_after),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };

@@ -46,47 +46,116 @@ pub async fn rate_limit(State(state): State<AppState>, mut req: Request, next: N
             Err(_) => return next.run(req).await,
         },
     };
-    let class = route_class(req.method(), req.uri().path());
-    let Some(rate) = tenant.plan.as_ref().and_then(|p| p.rate(class)) else {
+    let Some(plan) = tenant.plan.clone() else {
         req.extensions_mut().insert(tenant);
         return next.run(req).await;
     };
-    let decision = state.limiter.check(tenant.merchant_id, class, rate).await;
-    if !decision.allowed {
-        metrics::counter!("rate_limited_total", "class" => class.as_str()).increment(1);
-        let mut response = ApiError::RateLimited {
-            class: class.as_str(),
-            retry_after: decision.retry_after_seconds.ceil().max(1.0) as u64,
+    let merchant = tenant.merchant_id;
+    let class = route_class(req.method(), req.uri().path());
+    let mut fields = Vec::new();
+    if let Some(rate) = plan.rate(class) {
+        let decision = state.limiter.check(merchant, class, rate).await;
+        fields.push(rate_fields(class, rate, &decision));
+        if !decision.allowed {
+            metrics::counter!("rate_limited_total", "class" => class.as_str()).increment(1);
+            let retry_after = decision.retry_after_seconds.ceil().max(1.0) as u64;
+            return refused(
+                ApiError::RateLimited {
+                    class: class.as_str(),
+                    retry_after,
+                },
+                &fields,
+            );
         }
-        .into_response();
-        set_headers(response.headers_mut(), class, rate, &decision);
-        return response;
     }
+    if class == RouteClass::Checkout {
+        if let Some(limit) = plan.daily_checkouts {
+            let now = chrono::Utc::now();
+            let day = now.timestamp().div_euclid(86_400);
+            let until_midnight = (day + 1) * 86_400 - now.timestamp();
+            match state.limiter.count_daily(merchant, day, limit).await {
+                Some(used) => fields.push(daily_fields(
+                    limit,
+                    limit.saturating_sub(used),
+                    until_midnight,
+                )),
+                None => {
+                    metrics::counter!("rate_limited_total", "class" => "checkout-daily")
+                        .increment(1);
+                    fields.push(daily_fields(limit, 0, until_midnight));
+                    return refused(
+                        ApiError::QuotaExceeded {
+                            retry_after: until_midnight.max(1) as u64,
+                        },
+                        &fields,
+                    );
+                }
+            }
+        }
+    }
+    // The merchant's bulkhead: beyond its bound, its requests wait here, not in
+    // the connection pool that every merchant shares.
+    let _place = match plan.concurrent {
+        Some(bound) => state.limiter.enter(merchant, bound).await,
+        None => None,
+    };
     req.extensions_mut().insert(tenant);
     let mut response = next.run(req).await;
-    set_headers(response.headers_mut(), class, rate, &decision);
+    set_fields(response.headers_mut(), &fields);
     response
 }
 
-fn set_headers(headers: &mut HeaderMap, class: RouteClass, rate: Rate, d: &Decision) {
+/// A policy and its state: (`RateLimit-Policy` item, `RateLimit` item).
+type Fields = (String, String);
+
+fn rate_fields(class: RouteClass, rate: Rate, d: &Decision) -> Fields {
     // The policy as a quota of `burst` per the time a full bucket takes to refill.
     let window = (f64::from(rate.burst) / rate.per_second).ceil().max(1.0) as u64;
     let name = class.as_str();
-    let policy = format!("\"{name}\";q={};w={window}", rate.burst);
-    let state = format!(
-        "\"{name}\";r={};t={}",
-        d.remaining,
-        d.reset_seconds.ceil() as u64
-    );
-    for (field, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+    (
+        format!("\"{name}\";q={};w={window}", rate.burst),
+        format!(
+            "\"{name}\";r={};t={}",
+            d.remaining,
+            d.reset_seconds.ceil() as u64
+        ),
+    )
+}
+
+fn daily_fields(limit: u32, remaining: u32, until_midnight: i64) -> Fields {
+    (
+        format!("\"checkout-daily\";q={limit};w=86400"),
+        format!("\"checkout-daily\";r={remaining};t={until_midnight}"),
+    )
+}
+
+fn set_fields(headers: &mut HeaderMap, fields: &[Fields]) {
+    if fields.is_empty() {
+        return;
+    }
+    let join = |pick: fn(&Fields) -> &String| {
+        fields
+            .iter()
+            .map(pick)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (name, value) in [
+        ("ratelimit-policy", join(|f| &f.0)),
+        ("ratelimit", join(|f| &f.1)),
+    ] {
         if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(field, v);
+            headers.insert(name, v);
         }
     }
-    if !d.allowed {
-        let retry = d.retry_after_seconds.ceil().max(1.0) as u64;
-        headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry));
-    }
+}
+
+/// The 429 (its `Retry-After` is the error's), with the fields that refused it.
+fn refused(error: ApiError, fields: &[Fields]) -> Response {
+    let mut response = error.into_response();
+    set_fields(response.headers_mut(), fields);
+    response
 }
 
 #[cfg(test)]

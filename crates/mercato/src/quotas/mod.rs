@@ -24,11 +24,14 @@ use crate::db::MerchantId;
 const SWEEP_AT: usize = 4_096;
 const SHARDS: usize = 16;
 
-/// Where the buckets are: in this process, or shared in Redis.
+/// Where the buckets are: in this process, or shared in Redis; and each
+/// merchant's bulkhead (requests in flight), always in process.
 #[derive(Default)]
 pub struct Limiter {
     local: LocalBuckets,
     shared: Option<SharedBuckets>,
+    bulkheads: Bulkheads,
+    daily: Mutex<HashMap<(MerchantId, i64), u32>>,
 }
 
 impl Limiter {
@@ -38,7 +41,35 @@ impl Limiter {
         Ok(Limiter {
             local: LocalBuckets::default(),
             shared: redis_url.map(SharedBuckets::new).transpose()?,
+            bulkheads: Bulkheads::default(),
+            daily: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Waits for one of `merchant`'s `bound` places in flight; the request holds
+    /// it until it is answered. Other merchants never wait on it.
+    pub async fn enter(
+        &self,
+        merchant: MerchantId,
+        bound: u32,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.bulkheads.enter(merchant, bound).await
+    }
+
+    /// Counts one checkout of `merchant` today (UTC day `day`) against `limit`:
+    /// `Some(used)` when admitted, `None` over the quota.
+    pub async fn count_daily(&self, merchant: MerchantId, day: i64, limit: u32) -> Option<u32> {
+        if let Some(shared) = &self.shared {
+            return shared.count_daily(merchant, day, limit).await;
+        }
+        let mut counts = self.daily.lock().unwrap_or_else(|p| p.into_inner());
+        counts.retain(|(_, d), _| *d >= day);
+        let used = counts.entry((merchant, day)).or_insert(0);
+        if *used >= limit {
+            return None;
+        }
+        *used += 1;
+        Some(*used)
     }
 
     /// Counts one request of `merchant` in `class` against `rate`.
@@ -52,6 +83,42 @@ impl Limiter {
     /// Buckets held in this process (for tests and metrics).
     pub fn local_keys(&self) -> usize {
         self.local.keys()
+    }
+}
+
+/// One semaphore per merchant with a concurrency bound.
+#[derive(Default)]
+struct Bulkheads(Mutex<HashMap<MerchantId, (u32, std::sync::Arc<tokio::sync::Semaphore>)>>);
+
+impl Bulkheads {
+    async fn enter(
+        &self,
+        merchant: MerchantId,
+        bound: u32,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= SWEEP_AT {
+                // Idle merchants (every place free) hold nothing worth keeping.
+                map.retain(|_, (n, s)| s.available_permits() < *n as usize);
+            }
+            let entry = map.entry(merchant).or_insert_with(|| {
+                (
+                    bound,
+                    std::sync::Arc::new(tokio::sync::Semaphore::new(bound as usize)),
+                )
+            });
+            if entry.0 != bound {
+                // A changed plan: a new bulkhead; requests inside the old one finish there.
+                *entry = (
+                    bound,
+                    std::sync::Arc::new(tokio::sync::Semaphore::new(bound as usize)),
+                );
+            }
+            entry.1.clone()
+        };
+        // `None` only if the semaphore were closed, which it never is.
+        semaphore.acquire_owned().await.ok()
     }
 }
 

@@ -47,6 +47,13 @@ pub struct Plan {
     pub writes: Option<Rate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkout: Option<Rate>,
+    /// The merchant's requests in flight at once, at most; more wait their turn
+    /// (so one merchant's flood cannot take the whole connection pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<u32>,
+    /// Checkouts per UTC day, at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_checkouts: Option<u32>,
 }
 
 impl Plan {
@@ -73,6 +80,8 @@ impl Plan {
                 per_second: 50.0,
                 burst: 100,
             }),
+            concurrent: Some(16),
+            daily_checkouts: Some(100_000),
         }
     }
 
@@ -94,11 +103,37 @@ impl Plan {
         let mut ok = true;
         for (name, rate) in object {
             let field = format!("{prefix}.{name}");
+            let count = |max: u64, errors: &mut FieldErrors| {
+                let n = rate
+                    .as_u64()
+                    .filter(|n| (1..=max).contains(n))
+                    .and_then(|n| u32::try_from(n).ok());
+                if n.is_none() {
+                    errors.push(
+                        field.clone(),
+                        format!("must be a whole number from 1 to {max}"),
+                    );
+                }
+                n
+            };
+            match name.as_str() {
+                "concurrent" => {
+                    plan.concurrent = count(100_000, errors);
+                    ok &= plan.concurrent.is_some();
+                    continue;
+                }
+                "daily_checkouts" => {
+                    plan.daily_checkouts = count(100_000_000, errors);
+                    ok &= plan.daily_checkouts.is_some();
+                    continue;
+                }
+                _ => {}
+            }
             let class = RouteClass::ALL.into_iter().find(|c| c.as_str() == name);
             let Some(class) = class else {
                 errors.push(
                     field,
-                    "is not a route class; the classes are reads, writes, checkout",
+                    "is not a route class (reads, writes, checkout), concurrent or daily_checkouts",
                 );
                 ok = false;
                 continue;

@@ -35,9 +35,20 @@ end
 return {0, tat - now}
 ";
 
+/// KEYS[1]: today's counter. ARGV[1]: the limit. Returns the count after this
+/// checkout, or -1 when it would pass the limit (then nothing is counted).
+const DAILY: &str = r"
+local used = tonumber(redis.call('GET', KEYS[1]) or 0)
+if used >= tonumber(ARGV[1]) then return -1 end
+used = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], 172800)
+return used
+";
+
 pub struct SharedBuckets {
     client: redis::Client,
     script: redis::Script,
+    daily: redis::Script,
     /// The connection, and when one was last tried while there was none.
     conn: Mutex<(Option<MultiplexedConnection>, Option<Instant>)>,
 }
@@ -47,6 +58,7 @@ impl SharedBuckets {
         Ok(SharedBuckets {
             client: redis::Client::open(url)?,
             script: redis::Script::new(GCRA),
+            daily: redis::Script::new(DAILY),
             conn: Mutex::new((None, None)),
         })
     }
@@ -72,6 +84,32 @@ impl SharedBuckets {
             Err(_) => {
                 tracing::warn!("rate limits: Redis did not answer; admitting unchecked");
                 None
+            }
+        }
+    }
+
+    /// Today's checkouts of `merchant` (see `Limiter::count_daily`); admits
+    /// (fail open) when Redis does not answer.
+    pub async fn count_daily(&self, merchant: MerchantId, day: i64, limit: u32) -> Option<u32> {
+        let key = format!("mercato:dq:{}:{day}", merchant.0.simple());
+        let answer = match self.connection().await {
+            Some(mut conn) => {
+                let mut invocation = self.daily.key(&key);
+                invocation.arg(limit);
+                let call = invocation.invoke_async::<i64>(&mut conn);
+                tokio::time::timeout(TIMEOUT, call)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            None => None,
+        };
+        match answer {
+            Some(used) if used < 0 => None,
+            Some(used) => Some(u32::try_from(used).unwrap_or(u32::MAX)),
+            None => {
+                metrics::counter!("rate_limit_store_errors_total").increment(1);
+                Some(0)
             }
         }
     }

@@ -211,3 +211,89 @@ async fn with_redis_unreachable_requests_are_admitted_and_the_failure_counted() 
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_daily_checkout_quota_refuses_the_checkout_past_it_with_quota_exceeded() {
+    let app = TestApp::spawn().await;
+    let shop = app.merchant_with_stock("daily-quota", "MUG", 100).await;
+    let set = set_plan(&app, &shop, json!({"daily_checkouts": 2})).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let checkout = || {
+        app.post(
+            "/v1/checkouts",
+            &shop.key,
+            json!({"customer": {"email": "ann@example.com"}, "items": [{"sku": "MUG", "quantity": 1}], "payment_method": "pm_card_ok"}),
+        )
+    };
+    for left in [1, 0] {
+        let r = checkout().await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(
+            header(&r, "ratelimit-policy"),
+            Some("\"checkout-daily\";q=2;w=86400")
+        );
+        assert!(header(&r, "ratelimit")
+            .is_some_and(|v| v.starts_with(&format!("\"checkout-daily\";r={left};t="))));
+    }
+    let refused = checkout().await;
+    refused.assert_problem(429, "quota-exceeded");
+    let retry: u64 = header(&refused, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=86_400).contains(&retry));
+    assert_eq!(
+        app.count("orders").await,
+        2,
+        "nothing placed past the quota"
+    );
+    // Reads are not checkouts.
+    assert_eq!(app.get("/v1/products", &shop.key).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_merchants_bulkhead_queues_its_own_requests_and_no_one_elses() {
+    let app = TestApp::spawn().await;
+    let flooding = app.merchant_with_stock("bulkhead", "MUG", 100).await;
+    let other = app.create_merchant("neighbour").await;
+    let set = set_plan(&app, &flooding, json!({"concurrent": 1})).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    // Four slow checkouts at once (the sandbox takes 300 ms for pm_card_slow):
+    // with one place, each is placed only once the one before was answered.
+    let flood = futures_util::future::join_all((0..4).map(|_| {
+        app.post(
+            "/v1/checkouts",
+            &flooding.key,
+            json!({"customer": {"email": "bo@example.com"}, "items": [{"sku": "MUG", "quantity": 1}], "payment_method": "pm_card_slow"}),
+        )
+    }));
+    let neighbour = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = app.get("/v1/products", &other.key).await;
+        (r.status, std::time::Instant::now())
+    };
+    let (answers, (neighbour_status, neighbour_done)) = tokio::join!(flood, neighbour);
+    let flood_done = std::time::Instant::now();
+    for a in &answers {
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    assert_eq!(neighbour_status, 200);
+    assert!(
+        neighbour_done < flood_done,
+        "the neighbour was not queued behind the flood"
+    );
+    let gaps: Vec<f64> = sqlx::query_scalar::<_, Option<f64>>(
+        "select extract(epoch from created_at - lag(created_at) over (order by created_at))::float8
+         from orders order by created_at",
+    )
+    .fetch_all(&app.owner)
+    .await
+    .expect("orders")
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(gaps.len(), 3);
+    assert!(
+        gaps.iter().all(|g| *g >= 0.25),
+        "placed one at a time: {gaps:?}"
+    );
+}
