@@ -70,6 +70,8 @@ enum BenchCommand {
     Webhooks(mercato::bench::webhooks::Options),
     /// The remediation scan over stored orders versus the pure calculator on the same carts.
     Reprice(mercato::bench::reprice::Options),
+    /// One merchant's latency alone, then while another floods at 20 times its plan.
+    Neighbours(mercato::bench::neighbours::Options),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +96,9 @@ fn main() -> ExitCode {
             }
             Command::Bench(BenchCommand::Pricing(opts)) => mercato::bench::pricing::run(opts).await,
             Command::Bench(BenchCommand::Reprice(opts)) => mercato::bench::reprice::run(opts).await,
+            Command::Bench(BenchCommand::Neighbours(opts)) => {
+                mercato::bench::neighbours::run(opts).await
+            }
             Command::Bench(BenchCommand::Webhooks(opts)) => {
                 mercato::bench::webhooks::run(opts).await
             }

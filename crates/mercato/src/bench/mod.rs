@@ -4,6 +4,7 @@
 pub mod checkout;
 pub mod load;
 pub mod migrate;
+pub mod neighbours;
 pub mod pricing;
 pub mod reprice;
 pub mod webhooks;

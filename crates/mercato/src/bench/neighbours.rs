@@ -1,0 +1,218 @@
+//! `mercato bench neighbours`: merchant B runs a steady, modest load (reads and
+//! checkouts) and its latency is measured alone — the baseline — then again
+//! while merchant A floods at 20 times its plan. Prints B's p99 alone and with
+//! the flood, their ratio, B's 429s and 5xx (target: none), and A's share of
+//! 429s; writes JSON.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{interruptible, Harness, Percentiles, ADMIN};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Seconds of each phase (B alone, then B with A's flood).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// B's requests per second (one in five a checkout).
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// A's plan for reads, per second (A floods at 20 times it).
+    #[arg(long, default_value_t = 50)]
+    pub flooder_plan: u32,
+    #[arg(long, default_value = "docs/bench/bench-neighbours.json")]
+    pub out: PathBuf,
+    /// Benchmark against this database (schema owner) instead of a private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Phase {
+    requests: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    rate_limited: usize,
+    server_errors: usize,
+    failed: usize,
+}
+
+#[derive(Serialize)]
+struct Report {
+    seconds: u64,
+    b_rate: u32,
+    flooder_plan_per_second: u32,
+    flooder_rate: u32,
+    b_alone: Phase,
+    b_with_flood: Phase,
+    /// B's p99 with the flood / alone (target ≤ 1.5).
+    p99_ratio: f64,
+    flooder_requests: usize,
+    flooder_rate_limited_share: f64,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let h = Harness::start(opts.database_url.clone(), |_| {}).await?;
+    let outcome = interruptible(measure(&h, &opts)).await;
+    h.shutdown().await;
+    let report = outcome?;
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&opts.out, &text).with_context(|| format!("writing {}", opts.out.display()))?;
+    eprintln!(
+        "B p99 {:.1} ms alone, {:.1} ms with A flooding at {}/s: ratio {:.2} (target ≤ 1.5); B got {} 429s and {} 5xx; {:.0} % of A's requests were 429",
+        report.b_alone.p99_ms,
+        report.b_with_flood.p99_ms,
+        report.flooder_rate,
+        report.p99_ratio,
+        report.b_with_flood.rate_limited,
+        report.b_with_flood.server_errors,
+        report.flooder_rate_limited_share * 100.0
+    );
+    Ok(())
+}
+
+async fn measure(h: &Harness, opts: &Options) -> anyhow::Result<Report> {
+    // B: a catalog, stock for every checkout, and a plan well above its load.
+    h.send(
+        "POST",
+        "/v1/products",
+        json!({"name": "Mug", "variants": [{"sku": "MUG", "price": {"amount": 1200, "currency": "EUR"}}]}),
+    )
+    .await?;
+    h.send("PUT", "/v1/inventory/MUG", json!({"on_hand": 10_000_000}))
+        .await?;
+    let plan = |per_second: u32| {
+        json!({"rate_limits": {
+            "reads": {"per_second": per_second, "burst": per_second},
+            "writes": {"per_second": per_second, "burst": per_second},
+            "checkout": {"per_second": per_second, "burst": per_second},
+            "concurrent": 8
+        }})
+    };
+    patch(h, &h.merchant.to_string(), plan(opts.rate * 4)).await?;
+    // A: another merchant with a modest plan.
+    let a = super::send(
+        &h.client,
+        "POST",
+        &format!("{}/v1/merchants", h.base),
+        ADMIN,
+        json!({"name": "Flooder", "slug": format!("flood-{}", uuid::Uuid::now_v7().simple())}),
+    )
+    .await?;
+    let a_key = a["api_key"].as_str().context("api key")?.to_owned();
+    let a_id = a["id"].as_str().context("id")?.to_owned();
+    patch(h, &a_id, plan(opts.flooder_plan)).await?;
+
+    let duration = Duration::from_secs(opts.seconds);
+    let b_alone = steady(h, &h.key, opts.rate, duration).await;
+    let flood_rate = opts.flooder_plan * 20;
+    let (b_with_flood, flood) = tokio::join!(
+        steady(h, &h.key, opts.rate, duration),
+        steady(h, &a_key, flood_rate, duration)
+    );
+    let b_alone = summary(b_alone);
+    let b_with_flood = summary(b_with_flood);
+    let flooder_requests = flood.len();
+    let flooder_limited = flood.iter().filter(|(s, _)| *s == 429).count();
+    Ok(Report {
+        seconds: opts.seconds,
+        b_rate: opts.rate,
+        flooder_plan_per_second: opts.flooder_plan,
+        flooder_rate: flood_rate,
+        p99_ratio: b_with_flood.p99_ms / b_alone.p99_ms.max(1e-9),
+        b_alone,
+        b_with_flood,
+        flooder_requests,
+        flooder_rate_limited_share: flooder_limited as f64 / flooder_requests.max(1) as f64,
+    })
+}
+
+async fn patch(h: &Harness, merchant: &str, body: serde_json::Value) -> anyhow::Result<()> {
+    let resp = h
+        .client
+        .patch(format!("{}/v1/merchants/{merchant}", h.base))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "setting a plan answered {}",
+        resp.status()
+    );
+    Ok(())
+}
+
+/// An open-loop load: a request every 1/`rate` s for `duration` (each sent on
+/// time whatever the earlier ones are doing); one in five a checkout.
+async fn steady(h: &Harness, key: &str, rate: u32, duration: Duration) -> Vec<(u16, Duration)> {
+    let every = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let started = Instant::now();
+    let key: Arc<str> = Arc::from(key);
+    let mut tasks = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut i = 0u64;
+    while started.elapsed() < duration {
+        tick.tick().await;
+        i += 1;
+        let (client, base, key) = (h.client.clone(), h.base.clone(), key.clone());
+        let checkout = i.is_multiple_of(5);
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let request = if checkout {
+                client.post(format!("{base}/v1/checkouts")).json(&json!({
+                    "customer": {"email": format!("c{i}@example.com")},
+                    "items": [{"sku": "MUG", "quantity": 1}],
+                    "payment_method": "pm_card_ok"
+                }))
+            } else {
+                client.get(format!("{base}/v1/products?limit=10"))
+            };
+            let status = match request.bearer_auth(&*key).send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    match resp.bytes().await {
+                        Ok(_) => status,
+                        Err(_) => 0,
+                    }
+                }
+                Err(_) => 0,
+            };
+            (status, sent.elapsed())
+        }));
+    }
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if let Ok(o) = task.await {
+            outcomes.push(o);
+        }
+    }
+    outcomes
+}
+
+fn summary(outcomes: Vec<(u16, Duration)>) -> Phase {
+    let rate_limited = outcomes.iter().filter(|(s, _)| *s == 429).count();
+    let server_errors = outcomes.iter().filter(|(s, _)| *s >= 500).count();
+    let failed = outcomes.iter().filter(|(s, _)| *s == 0).count();
+    let p = Percentiles::of(outcomes.iter().map(|(_, d)| *d).collect());
+    Phase {
+        requests: outcomes.len(),
+        p50_ms: p.p50_ms,
+        p99_ms: p.p99_ms,
+        max_ms: p.max_ms,
+        rate_limited,
+        server_errors,
+        failed,
+    }
+}
