@@ -191,17 +191,7 @@ pub async fn fire(
                         .header("content-type", "application/json")
                         .body(bodies[i % bodies.len()].clone());
                 }
-                let status = match request.send().await {
-                    // Read the body: a connection goes back to the pool only once it is drained.
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        match resp.bytes().await {
-                            Ok(_) => status,
-                            Err(_) => 0,
-                        }
-                    }
-                    Err(_) => 0,
-                };
+                let status = drained_status(request.send().await).await;
                 outcomes.push((status, sent.elapsed()));
                 progress.inc(1);
             }
@@ -214,6 +204,21 @@ pub async fn fire(
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
     Ok((outcomes, seconds))
+}
+
+/// The status of an answer once its body is read (a connection goes back to
+/// the pool only once it is drained); 0 for no answer.
+pub async fn drained_status(answer: reqwest::Result<reqwest::Response>) -> u16 {
+    match answer {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            match resp.bytes().await {
+                Ok(_) => status,
+                Err(_) => 0,
+            }
+        }
+        Err(_) => 0,
+    }
 }
 
 /// Runs `work` unless Ctrl-C comes first.

@@ -179,16 +179,7 @@ async fn steady(h: &Harness, key: &str, rate: u32, duration: Duration) -> Vec<(u
             } else {
                 client.get(format!("{base}/v1/products?limit=10"))
             };
-            let status = match request.bearer_auth(&*key).send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    match resp.bytes().await {
-                        Ok(_) => status,
-                        Err(_) => 0,
-                    }
-                }
-                Err(_) => 0,
-            };
+            let status = super::drained_status(request.bearer_auth(&*key).send().await).await;
             (status, sent.elapsed())
         }));
     }
