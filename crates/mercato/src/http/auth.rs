@@ -79,6 +79,19 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenan
     })
 }
 
+/// The request's tenant: the one a layer (rate limits, idempotency) already
+/// authenticated and put in the extensions, else verified now.
+pub async fn request_tenant(
+    state: &AppState,
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+) -> Result<Tenant, ApiError> {
+    match extensions.get::<Tenant>() {
+        Some(tenant) => Ok(tenant.clone()),
+        None => authenticate(state, headers).await,
+    }
+}
+
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
@@ -86,11 +99,7 @@ impl FromRequestParts<AppState> for Tenant {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        // The idempotency layer may have authenticated this request already.
-        if let Some(tenant) = parts.extensions.get::<Tenant>() {
-            return Ok(tenant.clone());
-        }
-        authenticate(state, &parts.headers).await
+        request_tenant(state, &parts.extensions, &parts.headers).await
     }
 }
 

@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use super::auth::{authenticate, Tenant};
+use super::auth::{request_tenant, Tenant};
 use super::ApiError;
 use crate::db::{text_enum, TenantTx};
 use crate::state::AppState;
@@ -100,7 +100,7 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
         Err(invalid) => return Err(invalid.into_response()),
     };
     // Keys are per merchant; a request that is not a merchant's gets no idempotency.
-    let tenant = match authenticate(state, req.headers()).await {
+    let tenant = match request_tenant(state, req.extensions(), req.headers()).await {
         Ok(tenant) => tenant,
         Err(_) => return Ok(next.run(req).await),
     };

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::auth::{authenticate, Tenant};
+use super::auth::request_tenant;
 use super::ApiError;
 use crate::quotas::{Decision, Rate, RouteClass};
 use crate::state::AppState;
@@ -29,22 +29,11 @@ pub fn route_class(method: &Method, path: &str) -> RouteClass {
 }
 
 pub async fn rate_limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    // Only merchant keys are limited; anything else goes on to be answered (or refused) as usual.
-    let is_merchant_key = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("mk_"));
-    if !is_merchant_key {
-        return next.run(req).await;
-    }
-    let tenant = match req.extensions().get::<Tenant>() {
-        Some(t) => t.clone(),
-        None => match authenticate(&state, req.headers()).await {
-            Ok(t) => t,
-            // The handler answers 401 (or the route needs no key).
-            Err(_) => return next.run(req).await,
-        },
+    // Only merchant keys are limited; anything else goes on to be answered (or
+    // refused: the handler answers 401) as usual.
+    let tenant = match request_tenant(&state, req.extensions(), req.headers()).await {
+        Ok(t) => t,
+        Err(_) => return next.run(req).await,
     };
     let Some(plan) = tenant.plan.clone() else {
         req.extensions_mut().insert(tenant);

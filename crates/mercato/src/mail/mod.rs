@@ -143,7 +143,7 @@ impl Sender {
                 let mut tx = TenantTx::begin(pool, merchant).await?;
                 match &outcome {
                     Ok(()) => {
-                        store::finish(&mut tx, mail.id, MailStatus::Sent, None).await?;
+                        store::mark_sent(&mut tx, mail.id).await?;
                         sent += 1;
                     }
                     Err(err) => {

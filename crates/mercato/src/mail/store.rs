@@ -70,21 +70,13 @@ pub async fn claim(tx: &mut TenantTx, limit: i64) -> Result<Vec<Claimed>, sqlx::
     .await
 }
 
-pub async fn finish(
-    tx: &mut TenantTx,
-    id: Uuid,
-    status: MailStatus,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
+pub async fn mark_sent(tx: &mut TenantTx, id: Uuid) -> Result<(), sqlx::Error> {
     let merchant = tx.merchant_id().0;
     sqlx::query!(
-        "update mail_outbox set status = $3, last_error = $4,
-                sent_at = case when $3 = 'sent' then now() else sent_at end
+        "update mail_outbox set status = 'sent', last_error = null, sent_at = now()
          where merchant_id = $1 and id = $2",
         merchant,
         id,
-        status.as_str(),
-        error,
     )
     .execute(tx.conn())
     .await

@@ -154,6 +154,7 @@ pub async fn incident(
     let mut tx = TenantTx::begin(pool, merchant).await?;
     let row = incident_row(&mut tx, id).await?;
     tx.commit().await?;
+    let reported = row.reported();
     Ok(Incident {
         id: row.id,
         merchant_id: merchant.0,
@@ -163,7 +164,7 @@ pub async fn incident(
         fixed_version: row.fixed_version,
         scanned: row.scanned,
         scan_finished: row.scan_finished_at.is_some(),
-        reported: row.reported_scan.is_some() && row.reported_scan == row.scan_finished_at,
+        reported,
     })
 }
 
@@ -622,10 +623,10 @@ impl Settlement {
     ) -> Result<SettleSummary, RemediationError> {
         let mut tx = TenantTx::begin(&self.pool, self.merchant).await?;
         let incident = incident_row(&mut tx, id).await?;
-        let Some(finished) = incident.scan_finished_at else {
+        if incident.scan_finished_at.is_none() {
             return Err(RemediationError::NotScanned(id));
-        };
-        if incident.reported_scan != Some(finished) {
+        }
+        if !incident.reported() {
             return Err(RemediationError::NotReported(id));
         }
         crate::mail::give_up_interrupted(&mut tx).await?;
@@ -775,7 +776,7 @@ impl Settlement {
                 let mut tx = TenantTx::begin(&self.pool, self.merchant).await?;
                 let sent = i32::try_from(n).unwrap_or(i32::MAX);
                 if store::count_reminder(&mut tx, a.id, sent, after(wait)).await? {
-                    self.queue_mail(
+                    queue_mail(
                         &mut tx,
                         &a,
                         Template::Reminder(n),
@@ -876,17 +877,6 @@ impl Settlement {
         }
     }
 
-    async fn queue_mail(
-        &self,
-        tx: &mut TenantTx,
-        a: &AdjustmentRow,
-        template: Template,
-        promo: Option<&(String, String)>,
-        links: Vec<(&'static str, String)>,
-    ) -> Result<(), RemediationError> {
-        queue_mail(tx, a, template, promo, links).await
-    }
-
     /// Moves `a` to `to` and queues its message, in one transaction.
     async fn move_with_mail(
         &self,
@@ -902,7 +892,7 @@ impl Settlement {
             return Ok(false);
         }
         if let Some((template, links)) = mail {
-            self.queue_mail(&mut tx, a, template, None, links).await?;
+            queue_mail(&mut tx, a, template, None, links).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -1308,8 +1298,7 @@ pub async fn status(
         incident: id,
         scanned: incident.scanned,
         scan_finished: incident.scan_finished_at.is_some(),
-        reported: incident.reported_scan.is_some()
-            && incident.reported_scan == incident.scan_finished_at,
+        reported: incident.reported(),
         charged: moved("charge") + moved("customer_charge"),
         refunded: moved("refund"),
         credited: moved("credit"),
@@ -1423,11 +1412,16 @@ pub async fn choose(
         (state, None) => return Err(LinkError::NotWaiting(state)),
     };
     tx.commit().await?;
-    let mut tx = TenantTx::begin(pool, merchant).await?;
-    let a = store::adjustment_for_update(&mut tx, adjustment)
-        .await?
-        .ok_or(TokenError::Invalid)?;
-    tx.commit().await?;
+    // Recorded now or before; not yet carried out while it is `choice_made`.
+    let a = if first {
+        AdjustmentRow {
+            state: State::ChoiceMade,
+            choice: Some(choice),
+            ..a
+        }
+    } else {
+        a
+    };
     if a.state == State::ChoiceMade {
         // Carried out now; if this fails half-way, settle finishes it under the same key.
         if let Err(err) = carry_out(
@@ -1483,7 +1477,7 @@ pub async fn give_payment_method(
     let key = effect_key(a.id, &step);
     match store::customer_charge(&mut tx, a.id).await? {
         // Another method's charge is under way (or this one's, retried): one at a time.
-        Some((other, _)) if other != key => return Err(LinkError::InProgress),
+        Some(other) if other != key => return Err(LinkError::InProgress),
         _ => {}
     }
     // Keyed under the row lock, so two methods given at once cannot both be charged.

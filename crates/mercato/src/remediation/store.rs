@@ -24,6 +24,13 @@ pub struct IncidentRow {
     pub link_secret: Vec<u8>,
 }
 
+impl IncidentRow {
+    /// Whether the report of the finished scan has been produced (settle's condition).
+    pub fn reported(&self) -> bool {
+        self.scan_finished_at.is_some() && self.reported_scan == self.scan_finished_at
+    }
+}
+
 /// Serialises the opening of incidents of one merchant (the overlap check).
 pub async fn lock_incidents(tx: &mut TenantTx) -> Result<(), sqlx::Error> {
     let key = format!("remediation:{}", tx.merchant_id());
@@ -419,14 +426,14 @@ pub async fn count_reminder(
     Ok(moved.rows_affected() == 1)
 }
 
-/// The customer charge of an adjustment that is under way or done, if any.
+/// The key of an adjustment's customer charge that is under way or done, if any.
 pub async fn customer_charge(
     tx: &mut TenantTx,
     adjustment: Uuid,
-) -> Result<Option<(String, String)>, sqlx::Error> {
+) -> Result<Option<String>, sqlx::Error> {
     let merchant = tx.merchant_id().0;
-    let row = sqlx::query!(
-        "select idempotency_key, status from remediation_effects
+    sqlx::query_scalar!(
+        "select idempotency_key from remediation_effects
          where merchant_id = $1 and adjustment_id = $2 and step = 'customer_charge'
            and status in ('started', 'succeeded')
          limit 1",
@@ -434,8 +441,7 @@ pub async fn customer_charge(
         adjustment,
     )
     .fetch_optional(tx.conn())
-    .await?;
-    Ok(row.map(|r| (r.idempotency_key, r.status)))
+    .await
 }
 
 /// Records the customer's choice once: `false` when one was recorded before.
