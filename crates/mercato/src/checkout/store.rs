@@ -12,6 +12,7 @@ use crate::catalog::Money;
 use crate::db::{text_enum, violates, TenantTx};
 use crate::pagination::Page;
 use crate::pricing::anomaly::OrderStats;
+use crate::tenancy::{in_turns, MerchantId, Rotation};
 
 text_enum! {
     /// Where a pending checkout stands; each step is persisted before the next begins.
@@ -413,22 +414,57 @@ pub async fn merchants_with_orders_since(
     .await
 }
 
-/// Pending orders untouched for `grace_seconds`, across merchants (worker role).
+/// Pending orders untouched for `grace_seconds`, across merchants (worker
+/// role), in turns: each merchant with stalled orders gets an equal share of
+/// the `limit`, merchants taken from where `rotation` left off.
 pub async fn stalled_orders(
     conn: &mut PgConnection,
     grace_seconds: f64,
     limit: i64,
-) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    rotation: &mut Rotation,
+) -> Result<Vec<(MerchantId, Uuid)>, sqlx::Error> {
     let stalled = sqlx::query!(
-        "select merchant_id, id from orders
-         where status = 'pending' and updated_at < now() - make_interval(secs => $1)
-         order by updated_at limit $2",
+        r#"with recursive pending (merchant_id) as (
+               -- One index probe per merchant with pending orders.
+               (select merchant_id from orders where status = 'pending'
+                order by merchant_id limit 1)
+               union all
+               select (select o.merchant_id from orders o
+                       where o.status = 'pending' and o.merchant_id > p.merchant_id
+                       order by o.merchant_id limit 1)
+               from pending p where p.merchant_id is not null
+           ), waiting as (
+               select p.merchant_id, count(*) over () as merchants
+               from pending p
+               where p.merchant_id is not null
+                 and exists (select 1 from orders o
+                             where o.merchant_id = p.merchant_id and o.status = 'pending'
+                               and o.updated_at < now() - make_interval(secs => $1))
+               order by p.merchant_id <= $3, p.merchant_id
+           )
+           select o.merchant_id as "merchant_id!", o.id as "id!", w.merchants as "merchants!"
+           from waiting w, lateral (
+               select o.merchant_id, o.id from orders o
+               where o.merchant_id = w.merchant_id and o.status = 'pending'
+                 and o.updated_at < now() - make_interval(secs => $1)
+               order by o.updated_at
+               limit ceil($2::bigint / w.merchants::float8)::bigint
+           ) o
+           limit $2"#,
         grace_seconds,
         limit,
+        rotation.after(),
     )
     .fetch_all(conn)
     .await?;
-    Ok(stalled.into_iter().map(|o| (o.merchant_id, o.id)).collect())
+    let waiting = stalled.first().map_or(0, |o| o.merchants as usize);
+    let stalled: Vec<(MerchantId, Uuid)> = stalled
+        .into_iter()
+        .map(|o| (MerchantId(o.merchant_id), o.id))
+        .collect();
+    let merchants: Vec<MerchantId> = stalled.iter().map(|(m, _)| *m).collect();
+    rotation.served(&merchants, waiting);
+    Ok(in_turns(stalled))
 }
 
 /// The merchant an order belongs to, looked up across merchants (owner or

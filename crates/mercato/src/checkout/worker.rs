@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use super::saga::{Checkout, Driver};
 use super::store::stalled_orders;
-use crate::tenancy::MerchantId;
+use crate::tenancy::Rotation;
 
 pub async fn recover_stalled_checkouts(
     checkout: Checkout,
@@ -16,10 +16,13 @@ pub async fn recover_stalled_checkouts(
     grace: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
+    let mut rotation = Rotation::default();
     loop {
         tick.tick().await;
         let stalled = match worker_pool.acquire().await {
-            Ok(mut conn) => stalled_orders(&mut conn, grace.as_secs_f64(), 100).await,
+            Ok(mut conn) => {
+                stalled_orders(&mut conn, grace.as_secs_f64(), 100, &mut rotation).await
+            }
             Err(e) => Err(e),
         };
         let stalled = match stalled {
@@ -30,10 +33,7 @@ pub async fn recover_stalled_checkouts(
             }
         };
         for (merchant, order) in stalled {
-            match checkout
-                .advance(MerchantId(merchant), order, Driver::Recovery)
-                .await
-            {
+            match checkout.advance(merchant, order, Driver::Recovery).await {
                 Ok(o) => {
                     metrics::counter!("checkouts_recovered_total", "status" => o.status.as_str())
                         .increment(1);

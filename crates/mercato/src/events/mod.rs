@@ -15,7 +15,7 @@ pub mod worker;
 use uuid::Uuid;
 
 pub use model::{check_url, is_internal, next_delay, sign, svix_schedule, EventType};
-pub use store::{DeliveryStatus, EndpointStatus};
+pub use store::{claim_due, Claimed, DeliveryStatus, EndpointStatus};
 
 use crate::db::{MerchantId, TenantTx};
 

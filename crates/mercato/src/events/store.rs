@@ -331,8 +331,9 @@ pub struct Claimed {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// Claims up to `limit` due deliveries of enabled endpoints, taking endpoints
-/// in random order and at most `per_endpoint` in flight for any one, so a slow
+/// Claims up to `limit` due deliveries of enabled endpoints, merchants taking
+/// turns (one endpoint each per turn, at random within it), and at most
+/// `per_endpoint` in flight for any one endpoint, so a slow
 /// or dead receiver holds its own slots and no more: the others' deliveries
 /// are not queued behind it. The claim is a lease: the delivery is due again
 /// after `lease_seconds` unless its attempt is recorded first, so a worker that
@@ -357,7 +358,10 @@ pub async fn claim_due(
                  and exists (select 1 from webhook_deliveries d
                              where d.merchant_id = w.merchant_id and d.endpoint_id = w.id
                                and d.status = 'pending' and d.next_attempt_at <= now())
-               order by random()
+               -- Merchants take turns: each one's first ready endpoint before
+               -- anyone's second, so a merchant with many endpoints does not
+               -- take the batch; random within a turn, so no one always goes last.
+               order by row_number() over (partition by w.merchant_id order by random()), random()
                limit $1::bigint
            ), picked as (
                select d.merchant_id, d.id

@@ -20,8 +20,9 @@ pub use model::{
     allocate_in_order, parse_lines, parse_ttl, ItemBody, Line, ReservationStatus, StrategyParam,
 };
 pub use store::{
-    get_reservation, get_stock, hold_for_order, lock_reserved_units, set_on_hand,
-    settle_reservation, InventoryError, Reservation, ReserveError, Settlement, StockLevel,
+    expire_due_reservations, get_reservation, get_stock, hold_for_order, lock_reserved_units,
+    set_on_hand, settle_reservation, InventoryError, Reservation, ReserveError, Settlement,
+    StockLevel,
 };
 
 use crate::db::TenantTx;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::model::{allocate_carts_in_order, Line, ReservationStatus};
 use crate::catalog::{self, Sku};
 use crate::db::{violates, TenantTx};
-use crate::tenancy::MerchantId;
+use crate::tenancy::{MerchantId, Rotation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -680,29 +680,60 @@ pub async fn fold_pending_sales(pool: &sqlx::PgPool, limit: i64) -> Result<i64, 
     Ok(folded)
 }
 
-/// Expires up to `limit` reservations past their TTL, across merchants (worker
-/// role). Reservations held by an order are left to its checkout (and the saga
-/// recovery), which settles them one way or the other. Safe to run in several
-/// processes: claimed rows are locked and skipped by the others.
+/// Expires up to `limit` reservations past their TTL, across merchants in
+/// turns (worker role): each merchant with due reservations gets an equal share
+/// of the batch, merchants taken from where `rotation` left off, so one
+/// merchant's backlog never holds back another's expiries. Reservations held
+/// by an order are left to its checkout (and the saga recovery), which settles
+/// them one way or the other. Safe to run in several processes: claimed rows
+/// are locked and skipped by the others. Returns how many expired and how many
+/// were due in the batch (more may be waiting when it was full).
 pub async fn expire_due_reservations(
     conn: &mut PgConnection,
     limit: i64,
-) -> Result<u64, sqlx::Error> {
+    rotation: &mut Rotation,
+) -> Result<(u64, usize), sqlx::Error> {
     let due = sqlx::query!(
-        "select r.merchant_id, r.id from reservations r
-         where r.status = 'active' and r.expires_at < now() and r.held_by_order is null
-         order by r.expires_at
-         limit $1
-         for update of r skip locked",
+        r#"with recursive active (merchant_id) as (
+               -- One index probe per merchant with active reservations.
+               (select merchant_id from reservations where status = 'active'
+                order by merchant_id limit 1)
+               union all
+               select (select r.merchant_id from reservations r
+                       where r.status = 'active' and r.merchant_id > a.merchant_id
+                       order by r.merchant_id limit 1)
+               from active a where a.merchant_id is not null
+           ), waiting as (
+               select a.merchant_id, count(*) over () as merchants
+               from active a
+               where a.merchant_id is not null
+                 and exists (select 1 from reservations r
+                             where r.merchant_id = a.merchant_id and r.status = 'active'
+                               and r.expires_at < now() and r.held_by_order is null)
+               order by a.merchant_id <= $2, a.merchant_id
+           )
+           select r.merchant_id as "merchant_id!", r.id as "id!", w.merchants as "merchants!"
+           from waiting w, lateral (
+               select r.merchant_id, r.id from reservations r
+               where r.merchant_id = w.merchant_id and r.status = 'active'
+                 and r.expires_at < now() and r.held_by_order is null
+               order by r.expires_at
+               limit ceil($1::bigint / w.merchants::float8)::bigint
+               for update skip locked
+           ) r
+           limit $1"#,
         limit,
+        rotation.after(),
     )
     .fetch_all(&mut *conn)
     .await?;
+    let merchants: Vec<MerchantId> = due.iter().map(|r| MerchantId(r.merchant_id)).collect();
+    rotation.served(&merchants, due.first().map_or(0, |r| r.merchants as usize));
     let mut expired = 0;
-    for r in due {
+    for r in &due {
         if settle(conn, MerchantId(r.merchant_id), r.id, Settlement::Expired).await? {
             expired += 1;
         }
     }
-    Ok(expired)
+    Ok((expired, due.len()))
 }

@@ -8,7 +8,7 @@ mod model;
 mod store;
 
 pub use key_cache::{KeyCache, Principal};
-pub use model::{ApiKey, MerchantId, MerchantName, Slug, Strategy};
+pub use model::{in_turns, ApiKey, MerchantId, MerchantName, Rotation, Slug, Strategy};
 pub use store::{
     authenticate_key, create_merchant, find_merchant_by_slug, issue_api_key, list_api_keys,
     merchant_exists, merchant_settings, revoke_api_key, set_rate_limits, set_stock_strategy,

@@ -2,10 +2,15 @@
 //! over it, the IETF `RateLimit-Policy` / `RateLimit` fields on every answer,
 //! bursts, route classes counted apart, and another merchant untouched.
 
+use std::time::Duration;
+
+use mercato::db::TenantTx;
+use mercato::tenancy::{MerchantId, Rotation};
 use reqwest::Method;
 use serde_json::json;
+use sqlx::PgPool;
 
-use crate::helpers::{Merchant, TestApp, ADMIN_TOKEN};
+use crate::helpers::{assert_inventory_consistent, Merchant, TestApp, TestDatabase, ADMIN_TOKEN};
 
 async fn set_plan(
     app: &TestApp,
@@ -295,5 +300,224 @@ async fn a_merchants_bulkhead_queues_its_own_requests_and_no_one_elses() {
     assert!(
         gaps.iter().all(|g| *g >= 0.25),
         "placed one at a time: {gaps:?}"
+    );
+}
+
+// Background workers take turns across merchants: each batch gives every
+// merchant with work an equal share, so one merchant's backlog never holds
+// back another's. The tests run the batches themselves (workers idle).
+
+fn idle_workers(db: &TestDatabase) -> mercato::config::Config {
+    let mut config = db.config();
+    config.worker_interval = Duration::from_secs(3600);
+    config.payment_delay = Duration::ZERO;
+    config
+}
+
+async fn expire_batch(owner: &PgPool, limit: i64, rotation: &mut Rotation) -> (u64, usize) {
+    let mut tx = owner.begin().await.unwrap();
+    let batch = mercato::inventory::expire_due_reservations(&mut tx, limit, rotation)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    batch
+}
+
+async fn active_reservations(owner: &PgPool, merchant: &Merchant) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from reservations where merchant_id = $1 and status = 'active'",
+    )
+    .bind(merchant.id.0)
+    .fetch_one(owner)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn reservation_expiry_takes_turns_across_merchants() {
+    let db = TestDatabase::create().await;
+    let config = idle_workers(&db);
+    let app = TestApp::spawn_with(db, config).await;
+    let a = app.merchant_with_stock("backlog-shop", "A", 1000).await;
+    let b = app.merchant_with_stock("small-shop", "B", 10).await;
+    for (m, sku, n) in [(&a, "A", 60), (&b, "B", 3)] {
+        for _ in 0..n {
+            let r = app
+                .post(
+                    "/v1/reservations",
+                    &m.key,
+                    json!({"items": [{"sku": sku, "quantity": 1}], "ttl_seconds": 600}),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.body);
+        }
+    }
+    // A's 60 fell due before B's 3.
+    sqlx::query(
+        "update reservations set expires_at = now() - case when merchant_id = $1 then interval '1 hour' else interval '1 second' end",
+    )
+    .bind(a.id.0)
+    .execute(&app.owner)
+    .await
+    .unwrap();
+    let mut rotation = Rotation::default();
+    // Oldest first, a batch of 20 would have been A's alone; in turns each
+    // merchant's share is 10, of which B needs 3.
+    assert_eq!(expire_batch(&app.owner, 20, &mut rotation).await, (13, 13));
+    assert_eq!(
+        active_reservations(&app.owner, &b).await,
+        0,
+        "B's 3 expired in the first batch"
+    );
+    assert_eq!(active_reservations(&app.owner, &a).await, 50);
+    // With B done, A has each batch to itself.
+    assert_eq!(expire_batch(&app.owner, 20, &mut rotation).await, (20, 20));
+    assert_eq!(expire_batch(&app.owner, 50, &mut rotation).await, (30, 30));
+    assert_eq!(expire_batch(&app.owner, 50, &mut rotation).await, (0, 0));
+    assert_eq!(active_reservations(&app.owner, &a).await, 0);
+    assert_inventory_consistent(&app.owner, &[("A", 1000), ("B", 10)]).await;
+}
+
+#[tokio::test]
+async fn the_rotation_gives_each_of_many_merchants_a_turn_before_any_gets_two() {
+    let db = TestDatabase::create().await;
+    let config = idle_workers(&db);
+    let app = TestApp::spawn_with(db, config).await;
+    let mut merchants = Vec::new();
+    for i in 0..5 {
+        let m = app
+            .merchant_with_stock(&format!("shop-{i}"), "S", 100)
+            .await;
+        for _ in 0..4 {
+            let r = app
+                .post(
+                    "/v1/reservations",
+                    &m.key,
+                    json!({"items": [{"sku": "S", "quantity": 1}], "ttl_seconds": 600}),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.body);
+        }
+        merchants.push(m);
+    }
+    sqlx::query("update reservations set expires_at = now() - interval '1 second'")
+        .execute(&app.owner)
+        .await
+        .unwrap();
+    // Batches of 2 among 5 merchants: a share of 1 each, and the rotation
+    // moves on, so after 5 batches every merchant has had one expiry.
+    let mut rotation = Rotation::default();
+    for _ in 0..5 {
+        assert_eq!(expire_batch(&app.owner, 2, &mut rotation).await, (2, 2));
+    }
+    let mut left = Vec::new();
+    for m in &merchants {
+        left.push(active_reservations(&app.owner, m).await);
+    }
+    assert_eq!(left, vec![2; 5], "10 expiries, 2 per merchant");
+}
+
+#[tokio::test]
+async fn checkout_recovery_lists_stalled_orders_in_turns() {
+    let db = TestDatabase::create().await;
+    let config = idle_workers(&db);
+    let app = TestApp::spawn_with(db, config).await;
+    let a = app.merchant_with_stock("backlog-shop", "A", 100).await;
+    let b = app.merchant_with_stock("small-shop", "B", 100).await;
+    for (m, sku, n) in [(&a, "A", 12), (&b, "B", 2)] {
+        for i in 0..n {
+            let r = app
+                .post(
+                    "/v1/checkouts",
+                    &m.key,
+                    json!({"customer": {"email": format!("c{i}@example.com")},
+                           "items": [{"sku": sku, "quantity": 1}], "payment_method": "pm_card_ok"}),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.body);
+        }
+    }
+    // As if each had stalled mid-way, A's long before B's.
+    sqlx::query(
+        "update orders set status = 'pending',
+           updated_at = now() - case when merchant_id = $1 then interval '1 day' else interval '1 hour' end",
+    )
+    .bind(a.id.0)
+    .execute(&app.owner)
+    .await
+    .unwrap();
+    let mut rotation = Rotation::default();
+    let mut conn = app.owner.acquire().await.unwrap();
+    let first = mercato::checkout::stalled_orders(&mut conn, 1.0, 6, &mut rotation)
+        .await
+        .unwrap();
+    // A share of 3 each, of which B needs 2.
+    let whose: Vec<bool> = first.iter().map(|(m, _)| *m == b.id).collect();
+    assert_eq!(whose.len(), 5);
+    assert_eq!(
+        whose.iter().filter(|is_b| **is_b).count(),
+        2,
+        "both of B's: {whose:?}"
+    );
+    assert_ne!(
+        whose[0], whose[1],
+        "the first two are one of each merchant's: {whose:?}"
+    );
+    let second = mercato::checkout::stalled_orders(&mut conn, 1.0, 6, &mut rotation)
+        .await
+        .unwrap();
+    // Nothing advanced them, so the same come again, but the first place has
+    // moved on: neither merchant is always served first.
+    assert_eq!(second.len(), 5);
+    assert_ne!(first[0].0, second[0].0, "{first:?} then {second:?}");
+}
+
+#[tokio::test]
+async fn webhook_claims_give_each_merchant_a_turn_whatever_its_endpoints() {
+    let db = TestDatabase::create().await;
+    let mut config = idle_workers(&db);
+    config.webhooks_allow_internal = true;
+    // Built, never served: no delivery worker claims before the test does.
+    let app = mercato::app::App::build(config).await.unwrap();
+    let owner = PgPool::connect(&db.owner_url).await.unwrap();
+    let (a, b) = (MerchantId::new(), MerchantId::new());
+    for (m, slug, endpoints) in [(a, "many-endpoints", 12), (b, "one-endpoint", 1)] {
+        sqlx::query("insert into merchants (id, slug, name) values ($1, $2, $2)")
+            .bind(m.0)
+            .bind(slug)
+            .execute(&owner)
+            .await
+            .unwrap();
+        for _ in 0..endpoints {
+            sqlx::query(
+                "insert into webhook_endpoints (merchant_id, id, url, event_types, secret)
+                 values ($1, gen_random_uuid(), 'http://127.0.0.1:9/hook', '{pricing.rules_changed}',
+                         'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')",
+            )
+            .bind(m.0)
+            .execute(&owner)
+            .await
+            .unwrap();
+        }
+        let mut tx = TenantTx::begin(&app.db.app, m).await.unwrap();
+        mercato::events::emit(
+            &mut tx,
+            mercato::events::EventType::PricingRulesChanged,
+            json!({"revision": 1}),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    // Room for 3 deliveries among 13 ready endpoints: B's one endpoint is in
+    // the first turn, every time (taken at random, it would be 3 in 13).
+    let mut conn = app.db.worker.acquire().await.unwrap();
+    let claimed = mercato::events::claim_due(&mut conn, 3, 8, 60.0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert!(
+        claimed.iter().any(|c| c.merchant_id == b.0),
+        "B's delivery waited behind A's endpoints"
     );
 }
