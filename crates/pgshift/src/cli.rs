@@ -134,7 +134,7 @@ pub async fn run(
                 }
             };
             out.say(format_args!(
-                "{name}: backfilled {} rows in {} batches, {:.1} s ({:.0} rows/s, throttled {} times){}. Next: switch --percent 10",
+                "{name}: backfilled {} rows in {} batches, {:.1} s ({:.0} rows/s, throttled {} times){}. Next: {}",
                 report.rows,
                 report.batches,
                 report.seconds,
@@ -144,7 +144,8 @@ pub async fn run(
                     String::new()
                 } else {
                     format!("; vacuumed {} in {:.1} s", report.vacuumed.join(", "), report.vacuum_seconds)
-                }
+                },
+                if migrator.needs_switch() { "switch --percent 10" } else { "validate" },
             ))?;
         }
         Command::Switch { percent } => {

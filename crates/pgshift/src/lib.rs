@@ -28,6 +28,7 @@
 mod backfill;
 pub mod cli;
 mod ddl;
+mod declare;
 mod key;
 pub mod lint;
 pub mod plan;
@@ -541,15 +542,17 @@ impl Migrator {
                 ));
             }
             let full = status.full_switch_seconds.unwrap_or(0.0);
-            let needed = self.plan.switch.min_full_seconds as f64;
-            if status.switch_percent < 100 || full < needed {
-                return Err(Self::out_of_order(
-                    "contract",
-                    format!(
-                        "reads must be at 100% for {needed:.0} s first (now {}%, for {full:.0} s)",
-                        status.switch_percent
-                    ),
-                ));
+            if let Some(needed) = self.switch_needed() {
+                let needed = needed.min_full_seconds as f64;
+                if status.switch_percent < 100 || full < needed {
+                    return Err(Self::out_of_order(
+                        "contract",
+                        format!(
+                            "reads must be at 100% for {needed:.0} s first (now {}%, for {full:.0} s)",
+                            status.switch_percent
+                        ),
+                    ));
+                }
             }
             refuse_transaction_control("contract", &self.plan.contract)?;
             self.ensure_state().await?;
@@ -583,6 +586,22 @@ impl Migrator {
             .await?;
         state::set_phase(&self.pool, &self.plan.name, Phase::Contracted).await?;
         Ok(())
+    }
+
+    /// The read switch contract waits for: the plan's, or the default one
+    /// when applications read pgshift's state (`readers`) without a
+    /// `[switch]`; none when nothing reads it (raw-SQL clients on views, or
+    /// writers kept current by triggers): then the switch is ceremony.
+    pub fn needs_switch(&self) -> bool {
+        self.switch_needed().is_some()
+    }
+
+    fn switch_needed(&self) -> Option<plan::Switch> {
+        match (&self.plan.switch, self.plan.readers.is_empty()) {
+            (Some(s), _) => Some(s.clone()),
+            (None, false) => Some(plan::Switch::default()),
+            (None, true) => None,
+        }
     }
 
     /// Rolls back before contract: reads and writes go back to the old shape

@@ -28,8 +28,10 @@ pub struct Plan {
     #[serde(default)]
     pub dual_write: Vec<Step>,
     pub backfill: Backfill,
-    #[serde(default)]
-    pub switch: Switch,
+    /// The read switch, for applications that read through `ReadSwitch`. With
+    /// no `[switch]` and no `readers` (nothing reads pgshift's state to pick a
+    /// shape), contract does not wait for a switch.
+    pub switch: Option<Switch>,
     pub validate: Validate,
     /// Drops of the old shape; run only after validation and a full switch.
     #[serde(default)]
@@ -39,7 +41,7 @@ pub struct Plan {
     pub abort: Vec<Step>,
 }
 
-fn default_lock_timeout_ms() -> u64 {
+pub(crate) fn default_lock_timeout_ms() -> u64 {
     2_000
 }
 
@@ -101,6 +103,27 @@ pub struct Backfill {
     pub vacuum_cost_delay_ms: f64,
 }
 
+impl Backfill {
+    /// The tuning a plan gets for what it leaves out (source, key and
+    /// transform empty).
+    pub(crate) fn defaults() -> Backfill {
+        Backfill {
+            source: String::new(),
+            key: Vec::new(),
+            transform: Vec::new(),
+            batch_size: default_batch(),
+            max_batch_size: default_max_batch(),
+            target_batch_ms: default_target_batch_ms(),
+            duty_cycle: default_duty_cycle(),
+            max_probe_ms: default_max_probe_ms(),
+            max_lock_waiters: default_max_lock_waiters(),
+            max_replication_lag_s: default_max_lag_s(),
+            vacuum: default_true(),
+            vacuum_cost_delay_ms: default_vacuum_cost_delay_ms(),
+        }
+    }
+}
+
 fn default_batch() -> i64 {
     1_000
 }
@@ -129,7 +152,7 @@ fn default_vacuum_cost_delay_ms() -> f64 {
     2.0
 }
 
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -189,8 +212,10 @@ fn default_chunk() -> i64 {
 }
 
 impl Plan {
+    /// A plan from its TOML: hand-written (steps of SQL), or declarative
+    /// (a `table` and the columns it gains and loses; see `declare`).
     pub fn parse(text: &str) -> Result<Plan, Error> {
-        let plan: Plan = toml::from_str(text).map_err(|e| {
+        let located = |e: toml::de::Error| {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
@@ -199,7 +224,15 @@ impl Plan {
                 Some(line) => format!("line {line}: {message}"),
                 None => message,
             })
-        })?;
+        };
+        let table: toml::Table = toml::from_str(text).map_err(located)?;
+        let plan: Plan = if crate::declare::is_declarative(&table) {
+            toml::from_str::<crate::declare::Declared>(text)
+                .map_err(located)?
+                .compile()?
+        } else {
+            toml::from_str(text).map_err(located)?
+        };
         if plan.name.is_empty()
             || !plan
                 .name
@@ -249,7 +282,7 @@ impl Plan {
         if !(plan.backfill.duty_cycle > 0.0 && plan.backfill.duty_cycle <= 1.0) {
             return Err(Error::Plan("backfill.duty_cycle: must be in (0, 1]".into()));
         }
-        if plan.switch.shadow_percent > 100 {
+        if plan.switch.as_ref().is_some_and(|s| s.shadow_percent > 100) {
             return Err(Error::Plan("switch.shadow_percent: must be 0-100".into()));
         }
         Ok(plan)

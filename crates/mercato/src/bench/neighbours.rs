@@ -19,6 +19,11 @@ pub struct Options {
     /// Seconds of each phase (B alone, then B with A's flood).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Rounds of the two phases, alternating; each phase's figures pool its
+    /// rounds (a p99 of one short phase is a handful of requests: one
+    /// checkpoint or scheduler hiccup moves it more than the flood does).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     /// B's requests per second (one in five a checkout).
     #[arg(long, default_value_t = 50)]
     pub rate: u32,
@@ -46,6 +51,9 @@ struct Phase {
 #[derive(Serialize)]
 struct Report {
     seconds: u64,
+    rounds: u32,
+    /// Each round's B p99 with the flood / alone, for the spread.
+    round_ratios: Vec<f64>,
     b_rate: u32,
     flooder_plan_per_second: u32,
     flooder_rate: u32,
@@ -114,18 +122,30 @@ async fn measure(h: &Harness, opts: &Options) -> anyhow::Result<Report> {
     patch(h, &a_id, plan(opts.flooder_plan)).await?;
 
     let duration = Duration::from_secs(opts.seconds);
-    let b_alone = steady(h, &h.key, opts.rate, duration).await;
     let flood_rate = opts.flooder_plan * 20;
-    let (b_with_flood, flood) = tokio::join!(
-        steady(h, &h.key, opts.rate, duration),
-        steady(h, &a_key, flood_rate, duration)
-    );
+    let (mut b_alone, mut b_with_flood, mut flood) = (Vec::new(), Vec::new(), Vec::new());
+    let mut round_ratios = Vec::new();
+    for _ in 0..opts.rounds.max(1) {
+        let alone = steady(h, &h.key, opts.rate, duration).await;
+        let (with_flood, flooded) = tokio::join!(
+            steady(h, &h.key, opts.rate, duration),
+            steady(h, &a_key, flood_rate, duration)
+        );
+        let p99 =
+            |o: &[(u16, Duration)]| Percentiles::of(o.iter().map(|(_, d)| *d).collect()).p99_ms;
+        round_ratios.push(p99(&with_flood) / p99(&alone).max(1e-9));
+        b_alone.extend(alone);
+        b_with_flood.extend(with_flood);
+        flood.extend(flooded);
+    }
     let b_alone = summary(b_alone);
     let b_with_flood = summary(b_with_flood);
     let flooder_requests = flood.len();
     let flooder_limited = flood.iter().filter(|(s, _)| *s == 429).count();
     Ok(Report {
         seconds: opts.seconds,
+        rounds: opts.rounds.max(1),
+        round_ratios,
         b_rate: opts.rate,
         flooder_plan_per_second: opts.flooder_plan,
         flooder_rate: flood_rate,

@@ -60,7 +60,9 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
 async fn migrate_under_load(opts: &Options, h: &Harness) -> anyhow::Result<serde_json::Value> {
     let max_id = seed_legacy_orders(&h.owner, h.merchant, opts.rows, opts.progress).await?;
     let mut plan = Plan::parse(legacy_orders::PLAN)?;
-    plan.switch.min_full_seconds = opts.dwell.as_secs().max(1);
+    plan.switch
+        .get_or_insert_with(Default::default)
+        .min_full_seconds = opts.dwell.as_secs().max(1);
     let mut migrator = Migrator::open(h.owner.clone(), plan).await?;
     migrator.progress = opts.progress;
 
