@@ -537,9 +537,18 @@ mod tests {
         assert_eq!(names(&plan.expand).len(), 2, "{:?}", names(&plan.expand));
         assert_eq!(
             names(&plan.dual_write),
-            ["sync both shapes", "views of version members_v1", "views of version members_v2"]
+            [
+                "sync both shapes",
+                "views of version members_v1",
+                "views of version members_v2"
+            ]
         );
-        assert_eq!(names(&plan.contract).len(), 3, "{:?}", names(&plan.contract));
+        assert_eq!(
+            names(&plan.contract).len(),
+            3,
+            "{:?}",
+            names(&plan.contract)
+        );
         assert_eq!(plan.backfill.source, "members");
         assert_eq!(plan.backfill.key, ["id"]);
         assert!(plan.switch.is_none() && plan.readers.is_empty());
@@ -550,16 +559,20 @@ mod tests {
     #[test]
     fn declarations_that_cannot_work_are_refused_naming_the_field() {
         let with = |extra: &str| {
-            Plan::parse(&format!("name = \"p\"\ntable = \"t\"\nkey = \"id\"\n{extra}"))
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
+            Plan::parse(&format!(
+                "name = \"p\"\ntable = \"t\"\nkey = \"id\"\n{extra}"
+            ))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
         };
         let add = |col: &str| format!("[[add]]\ncolumn = \"{col}\"\ntype = \"int\"\nup = \"1\"\n");
         assert!(with("").contains("add/remove"));
         assert!(with(&add("id")).contains("add[0].column"));
         assert!(with(&format!("{}{}", add("a"), add("a"))).contains("add[1].column"));
-        assert!(with(&format!("{}[[remove]]\ncolumn = \"a\"\n", add("a"))).contains("remove[0].column"));
+        assert!(
+            with(&format!("{}[[remove]]\ncolumn = \"a\"\n", add("a"))).contains("remove[0].column")
+        );
         assert!(with(&format!("versions = [\"v1\"]\n{}", add("a"))).contains("versions"));
         assert!(with(&format!("versions = [\"v\", \"v\"]\n{}", add("a"))).contains("versions"));
         assert!(with(&format!("{}colour = 1\n", add("a"))).contains("unknown field"));
