@@ -195,14 +195,13 @@ impl Declared {
                     format!("add constraint {name} check ({check}) not valid")
                 }))
                 .collect();
-        if !constraints.is_empty() {
-            expand.push(Step {
-                name:
-                    "constraints of the new columns (checked on writes, validated before contract)"
-                        .into(),
-                sql: format!("alter table {t} {}", constraints.join(", ")),
-            });
-        }
+        // Added once the trigger fills the new columns (a dual_write step
+        // after it): before, an old-shape insert would leave them NULL.
+        let constraints_step = (!constraints.is_empty()).then(|| Step {
+            name: "constraints of the new columns (checked on writes, validated before contract)"
+                .into(),
+            sql: format!("alter table {t} {}", constraints.join(", ")),
+        });
         if self.add.is_empty() {
             // Nothing to add: only removals, whose columns the new shape's
             // view leaves out; the steps below still need a first step.
@@ -248,6 +247,15 @@ impl Declared {
                 body.push_str(&format!("        else\n{down}"));
             }
             body.push_str("        end if;\n");
+            // The new shape's writer on a row not filled yet (the backfill
+            // has not reached it): what it did not set comes from the old
+            // shape first, so `down` sees a whole row.
+            let fill = fill_unset(&self.add);
+            body.push_str(&format!(
+                "    elsif {} is null and {new_adds} is distinct from {} then\n{fill}{down}",
+                row("old", &adds),
+                row("old", &adds)
+            ));
             body.push_str(&format!(
                 "    elsif {new_adds} is distinct from {} then\n{}",
                 row("old", &adds),
@@ -290,6 +298,7 @@ impl Declared {
                  create trigger {sync} before insert or update on {t}\n    for each row execute function {sync}()"
             ),
         }];
+        dual_write.extend(constraints_step);
         let mut contract = Vec::new();
         let mut abort_sql = Vec::new();
         if let [old, new] = self.versions.as_slice() {
@@ -478,6 +487,27 @@ fn assign(columns: &[(&String, &str)]) -> String {
     )
 }
 
+/// PL/pgSQL setting each new column the writer left NULL to its `up`.
+fn fill_unset(added: &[Added]) -> String {
+    format!(
+        "            select {} into {} from (select new.*) as row_being_written;\n",
+        added
+            .iter()
+            .map(|a| format!(
+                "coalesce(row_being_written.{}, ({}))",
+                quote_ident(&a.column),
+                a.up
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        added
+            .iter()
+            .map(|a| format!("new.{}", quote_ident(&a.column)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
 /// A DO block creating schema `version` with a view named like `table`: every
 /// column of the table but `hidden`, with the caller's privileges and row
 /// security (`security_invoker`), granted to whoever holds privileges on the
@@ -534,11 +564,12 @@ mod tests {
     fn the_example_compiles_to_a_whole_plan_that_lints_clean() {
         let plan = Plan::parse(EXAMPLE).expect("parses");
         let names = |steps: &[Step]| steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&plan.expand).len(), 2, "{:?}", names(&plan.expand));
+        assert_eq!(names(&plan.expand).len(), 1, "{:?}", names(&plan.expand));
         assert_eq!(
             names(&plan.dual_write),
             [
                 "sync both shapes",
+                "constraints of the new columns (checked on writes, validated before contract)",
                 "views of version members_v1",
                 "views of version members_v2"
             ]

@@ -148,6 +148,22 @@ async fn both_shapes_live_through_a_declarative_migration() {
     assert_ran(&["lint"], &pgshift(&url, &["lint"]).await);
     assert_ran(&["expand"], &pgshift(&url, &["expand"]).await);
     let new = tokio::spawn(writer(new_client.clone(), NEW_SHAPE, stop_new.clone()));
+    // A row the backfill has not reached, written on the new shape: the
+    // columns the writer did not set are filled from the old shape first.
+    let cher: i64 = sqlx::query_scalar(
+        "update members set price_cents = 1099 where first_name is null and last_name is null
+           and id = (select id from members_v1.members where full_name = 'Cher') returning price_cents",
+    )
+    .fetch_one(&new_client)
+    .await
+    .unwrap();
+    assert_eq!(cher, 1099);
+    let (full, price): (String, String) =
+        sqlx::query_as("select full_name, price::text from members where full_name = 'Cher'")
+            .fetch_one(&old_client)
+            .await
+            .unwrap();
+    assert_eq!((full.as_str(), price.as_str()), ("Cher", "10.99"));
     assert_ran(&["backfill"], &pgshift(&url, &["backfill"]).await);
 
     // Each side sees the other's writes, in its own shape.
@@ -239,7 +255,7 @@ async fn both_shapes_live_through_a_declarative_migration() {
     assert_eq!(
         edge,
         [
-            ("Cher".to_owned(), String::new(), 999),
+            ("Cher".to_owned(), String::new(), 1099),
             ("Jean".to_owned(), "Claude Van Damme".to_owned(), 1250)
         ]
     );
