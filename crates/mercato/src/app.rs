@@ -11,6 +11,7 @@ use localpg::LocalPg;
 use rand::RngCore;
 use tokio::net::TcpListener;
 
+use crate::cells::{Cell, Cells};
 use crate::checkout::{self, Checkout};
 use crate::config::{Config, ConfigError};
 use crate::db::{self, Db, DbError};
@@ -49,7 +50,7 @@ pub enum DatabaseSource {
 pub struct App {
     config: Config,
     migration: Arc<ReadSwitch>,
-    checkout: Checkout,
+    cells: Cells,
     webhooks: crate::events::worker::DeliveryConfig,
     listener: TcpListener,
     router: Router,
@@ -106,18 +107,17 @@ impl App {
             .admin_token
             .clone()
             .unwrap_or_else(generate_admin_token);
-        let inventory = Inventory::new(db.app.clone());
         let migration = Arc::new(ReadSwitch::new(
             db.app.clone(),
             legacy_orders::MIGRATION,
             config.shadow_percent.min(100),
         ));
-        let checkout = Checkout {
-            pool: db.app.clone(),
-            inventory: inventory.clone(),
-            payments: Arc::new(SandboxProvider::new(db.app.clone(), config.payment_delay)),
-            reservation_ttl_seconds: config.checkout_ttl.as_secs().max(1) as i64,
-        };
+        let mut cells = vec![cell(crate::cells::MAIN, db.clone(), &config)];
+        for spec in &config.cells {
+            let cell_db = db::prepare(&spec.url, config.max_connections).await?;
+            cells.push(cell(&spec.name, cell_db, &config));
+        }
+        let cells = Cells::new(db.app.clone(), cells);
         if config.nats_url.is_some() {
             crate::events::enable_bus();
         }
@@ -134,8 +134,7 @@ impl App {
             db: db.clone(),
             admin_token: Arc::from(admin_token.as_str()),
             keys: Default::default(),
-            inventory,
-            checkout: checkout.clone(),
+            cells: cells.clone(),
             migration: migration.clone(),
             limiter: crate::quotas::Limiter::new(config.redis_url.as_deref()).map_err(|e| {
                 ConfigError {
@@ -146,7 +145,7 @@ impl App {
         });
         Ok(App {
             migration,
-            checkout,
+            cells,
             webhooks,
             config,
             listener,
@@ -171,57 +170,20 @@ impl App {
         let App {
             config,
             migration,
-            checkout,
+            cells,
             webhooks,
             listener,
             router,
-            db,
             _localpg,
             ..
         } = self;
         let mut workers = vec![
-            tokio::spawn(inventory::worker::release_expired_reservations(
-                db.worker.clone(),
-                config.worker_interval,
-            )),
-            tokio::spawn(checkout::worker::recover_stalled_checkouts(
-                checkout,
-                db.worker.clone(),
-                config.worker_interval,
-                config.recovery_grace,
-            )),
             tokio::spawn(flush_shadow_counts(migration, config.worker_interval)),
-            tokio::spawn(crate::events::worker::deliver_webhooks(
-                db.app.clone(),
-                db.worker.clone(),
-                webhooks,
-            )),
-            tokio::spawn(crate::pricing::rollout::watch_anomalies(
-                db.app.clone(),
-                db.worker.clone(),
-                config.anomaly_interval,
-                crate::pricing::rollout::Periods::default(),
-            )),
+            tokio::spawn(cells.clone().follow_directory()),
         ];
-        match crate::mail::Transport::from_config(
-            config.smtp_url.as_deref(),
-            config.data_dir.join("mail"),
-            &config.mail_from,
-        ) {
-            Ok(transport) => workers.push(tokio::spawn(crate::mail::send_every_merchants_mail(
-                db.app.clone(),
-                db.worker.clone(),
-                transport,
-                config.worker_interval,
-            ))),
-            Err(err) => tracing::error!(error = %err, "customers' e-mail is not sent"),
-        }
-        if let Some(url) = config.nats_url.clone() {
-            workers.push(tokio::spawn(crate::events::bus::publish_events(
-                db.worker.clone(),
-                url,
-                config.worker_interval,
-            )));
+        // Every cell's background work runs on that cell's pools.
+        for cell in cells.all() {
+            workers.extend(cell_workers(&cell, &config, &webhooks));
         }
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
@@ -232,6 +194,77 @@ impl App {
         served
         // `_localpg` drops here, after the last request: the cluster stops cleanly.
     }
+}
+
+/// A cell's services, bound to its pools.
+fn cell(name: &str, db: Db, config: &Config) -> Cell {
+    let inventory = Inventory::new(db.app.clone());
+    let checkout = Checkout {
+        pool: db.app.clone(),
+        inventory: inventory.clone(),
+        payments: Arc::new(SandboxProvider::new(db.app.clone(), config.payment_delay)),
+        reservation_ttl_seconds: config.checkout_ttl.as_secs().max(1) as i64,
+    };
+    Cell {
+        name: name.to_owned(),
+        db,
+        inventory,
+        checkout,
+    }
+}
+
+/// The background loops of one cell: reservation expiry, checkout recovery,
+/// webhook delivery, anomaly checks, customers' mail, the event bus.
+fn cell_workers(
+    cell: &Cell,
+    config: &Config,
+    webhooks: &crate::events::worker::DeliveryConfig,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let db = &cell.db;
+    let mut workers = vec![
+        tokio::spawn(inventory::worker::release_expired_reservations(
+            db.worker.clone(),
+            config.worker_interval,
+        )),
+        tokio::spawn(checkout::worker::recover_stalled_checkouts(
+            cell.checkout.clone(),
+            db.worker.clone(),
+            config.worker_interval,
+            config.recovery_grace,
+        )),
+        tokio::spawn(crate::events::worker::deliver_webhooks(
+            db.app.clone(),
+            db.worker.clone(),
+            webhooks.clone(),
+        )),
+        tokio::spawn(crate::pricing::rollout::watch_anomalies(
+            db.app.clone(),
+            db.worker.clone(),
+            config.anomaly_interval,
+            crate::pricing::rollout::Periods::default(),
+        )),
+    ];
+    match crate::mail::Transport::from_config(
+        config.smtp_url.as_deref(),
+        config.data_dir.join("mail"),
+        &config.mail_from,
+    ) {
+        Ok(transport) => workers.push(tokio::spawn(crate::mail::send_every_merchants_mail(
+            db.app.clone(),
+            db.worker.clone(),
+            transport,
+            config.worker_interval,
+        ))),
+        Err(err) => tracing::error!(error = %err, "customers' e-mail is not sent"),
+    }
+    if let Some(url) = config.nats_url.clone() {
+        workers.push(tokio::spawn(crate::events::bus::publish_events(
+            db.worker.clone(),
+            url,
+            config.worker_interval,
+        )));
+    }
+    workers
 }
 
 /// Moves the shadow-read tally into pgshift's table every tick.

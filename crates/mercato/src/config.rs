@@ -88,6 +88,53 @@ pub struct Config {
     /// The sender of customers' e-mail.
     #[arg(long, env = "MERCATO_MAIL_FROM", default_value = DEFAULT_MAIL_FROM)]
     pub mail_from: String,
+    /// Another database a merchant can live in: `NAME=postgres://owner@host/db`
+    /// (repeatable; comma-separated in the environment). Each is migrated at
+    /// start-up like the main one, which is the cell `main`.
+    #[arg(long = "cell", env = "MERCATO_CELLS", value_delimiter = ',', value_parser = cell_spec, hide_env_values = true)]
+    pub cells: Vec<CellSpec>,
+}
+
+/// A cell of the configuration: its name and its schema owner's URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CellSpec {
+    pub name: String,
+    pub url: String,
+}
+
+impl std::fmt::Debug for CellSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        write!(f, "CellSpec({})", self.name)
+    }
+}
+
+/// `NAME=URL`, the name 1-32 lower-case letters, digits, `-` or `_`, not `main`.
+pub fn cell_spec(raw: &str) -> Result<CellSpec, String> {
+    let (name, url) = raw
+        .split_once('=')
+        .ok_or_else(|| "must be NAME=postgres://…".to_owned())?;
+    let name = name.trim();
+    if name.is_empty()
+        || name.len() > 32
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "cell name {name:?} must be 1-32 lower-case letters, digits, - or _"
+        ));
+    }
+    if name == crate::cells::MAIN {
+        return Err("the main database is the cell \"main\" already".into());
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!("cell {name}: the URL must start with postgres://"));
+    }
+    Ok(CellSpec {
+        name: name.to_owned(),
+        url: url.trim().to_owned(),
+    })
 }
 
 const DEFAULT_MAIL_FROM: &str = "Mercato <no-reply@mercato.local>";
@@ -133,6 +180,7 @@ impl Config {
             webhook_schedule: crate::events::svix_schedule(),
             webhook_disable_after: DEFAULT_WEBHOOK_DISABLE_AFTER,
             shadow_percent: DEFAULT_SHADOW_PERCENT,
+            cells: Vec::new(),
         }
     }
 
@@ -168,6 +216,11 @@ impl Config {
         }
         if self.shadow_percent > 100 {
             return fail("shadow-percent", "must be from 0 to 100".into());
+        }
+        for (i, cell) in self.cells.iter().enumerate() {
+            if self.cells[..i].iter().any(|c| c.name == cell.name) {
+                return fail("cell", format!("{:?} is given twice", cell.name));
+            }
         }
         Ok(())
     }

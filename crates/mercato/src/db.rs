@@ -29,6 +29,9 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
 }
 
+/// The service's schema, applied to the main database and to every cell.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 /// Connection pools of a running service.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -45,7 +48,7 @@ pub async fn prepare(owner_url: &str, max_connections: u32) -> Result<Db, DbErro
     let owner = connect(owner_opts.clone(), 2).await?;
     // Roles first: migrations name the worker role in policies.
     ensure_service_roles(&owner, &owner_opts).await?;
-    sqlx::migrate!("./migrations").run(&owner).await?;
+    MIGRATOR.run(&owner).await?;
     grant_service_roles(&owner).await?;
     owner.close().await;
     let app = connect(owner_opts.clone().username(APP_ROLE), max_connections).await?;
@@ -173,9 +176,27 @@ pub struct TenantTx {
 
 impl TenantTx {
     pub async fn begin(pool: &PgPool, merchant_id: MerchantId) -> Result<Self, sqlx::Error> {
-        // BEGIN and the tenant in one round trip (every request's transactions
-        // start here). Inlining is safe: a `Uuid` prints only hex digits and
-        // hyphens.
+        // BEGIN, the tenant and the cell's fence (`mercato_enter` refuses a
+        // merchant this database does not serve now: SQLSTATE MC001, see
+        // `served_elsewhere`) in one round trip: every request's
+        // transactions start here. Inlining is safe: a `Uuid` prints only
+        // hex digits and hyphens.
+        let tx = pool
+            .begin_with(format!(
+                "begin; select set_config('app.merchant_id', '{0}', true), mercato_enter('{0}')",
+                merchant_id.0
+            ))
+            .await?;
+        Ok(TenantTx { tx, merchant_id })
+    }
+
+    /// A tenant transaction on the tenant directory (the main database's
+    /// merchants and API keys), which serves every merchant wherever its
+    /// other rows live: no cell fence.
+    pub async fn begin_in_directory(
+        pool: &PgPool,
+        merchant_id: MerchantId,
+    ) -> Result<Self, sqlx::Error> {
         let tx = pool
             .begin_with(format!(
                 "begin; select set_config('app.merchant_id', '{}', true)",
@@ -196,6 +217,12 @@ impl TenantTx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
+}
+
+/// `true` when a cell refused a transaction because the merchant has moved
+/// to (or is arriving from) another cell.
+pub fn served_elsewhere(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("MC001"))
 }
 
 /// `true` when `err` is a unique violation of the named constraint.

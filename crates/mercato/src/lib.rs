@@ -35,6 +35,7 @@
 pub mod app;
 pub mod bench;
 pub mod catalog;
+pub mod cells;
 pub mod checkout;
 pub mod config;
 pub mod db;

@@ -37,6 +37,8 @@ enum Command {
     Reprice(mercato::reprice::Options),
     /// Repair a pricing incident: open, scan, report, settle, status.
     Remediate(mercato::remediation::cli::Remediate),
+    /// Which database (cell) serves each merchant; move one to another online.
+    Tenants(mercato::cells::cli::Tenants),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Migrate(opts)) => mercato::bench::migrate::run(opts).await,
             Command::Reprice(opts) => mercato::reprice::run(opts).await,
             Command::Remediate(args) => mercato::remediation::cli::run(args).await,
+            Command::Tenants(args) => mercato::cells::cli::run(args).await,
             Command::Demo(DemoCommand::Incident(opts)) => {
                 mercato::demo::incident::run(opts).await.map(|_| ())
             }

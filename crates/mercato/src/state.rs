@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::checkout::Checkout;
+use crate::cells::Cells;
 use crate::db::Db;
-use crate::inventory::Inventory;
 use crate::tenancy::KeyCache;
 
 /// Cloned for every request and extractor, so it is one reference-counted pointer.
@@ -25,11 +24,14 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct Services {
+    /// The main database: the tenant directory (merchants, API keys), and
+    /// the cell `main`.
     pub db: Db,
     pub admin_token: Arc<str>,
     pub keys: KeyCache,
-    pub inventory: Inventory,
-    pub checkout: Checkout,
+    /// Every cell with its services (stock admission, checkout); a request
+    /// reaches its merchant's through `Tenant`.
+    pub cells: Cells,
     /// The online migration of legacy orders: which shapes to write and read.
     pub migration: Arc<pgshift::ReadSwitch>,
     /// How webhooks are delivered (and which receiver URLs are accepted).

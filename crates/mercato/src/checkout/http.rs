@@ -68,7 +68,7 @@ pub async fn post_refund(
     let id = ApiError::path_id(&id, "order")?;
     let lines = parse_refund(&body)?;
     let key = idempotency_key(&headers)?;
-    let checkout = &tenant.state().checkout;
+    let checkout = &tenant.cell().checkout;
     let refund = checkout
         .refund(tenant.merchant_id, id, &lines, key)
         .await
@@ -175,7 +175,7 @@ pub async fn post_checkout(
     let strategy = errors.finish(strategy)?;
     let key = idempotency_key(&headers)?;
     let order = tenant
-        .state()
+        .cell()
         .checkout
         .start(tenant.merchant_id, strategy, &new, key)
         .await?;

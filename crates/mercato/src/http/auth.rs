@@ -5,6 +5,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
 use super::error::ApiError;
+use crate::cells::{Cell, Route, RouteError};
 use crate::db::TenantTx;
 use crate::inventory::Inventory;
 use crate::state::AppState;
@@ -20,16 +21,28 @@ pub struct Tenant {
     pub plan: Option<std::sync::Arc<crate::quotas::Plan>>,
     /// Names the API key used (a prefix of its hash, never the key): for audit logs.
     pub key_fingerprint: String,
+    /// The merchant's cell (and, while it moves, its hold on the cutover gate).
+    route: Route,
     state: AppState,
 }
 
 impl Tenant {
     pub async fn begin(&self) -> Result<TenantTx, ApiError> {
-        Ok(TenantTx::begin(&self.state.db.app, self.merchant_id).await?)
+        Ok(self.begin_sql().await?)
+    }
+
+    /// `begin` for code that reports `sqlx::Error`.
+    pub async fn begin_sql(&self) -> Result<TenantTx, sqlx::Error> {
+        self.state.cells.begin(&self.route, self.merchant_id).await
+    }
+
+    /// The cell serving this merchant: its pools, stock admission and checkout.
+    pub fn cell(&self) -> &Cell {
+        &self.route.cell
     }
 
     pub fn inventory(&self) -> &Inventory {
-        &self.state.inventory
+        &self.route.cell.inventory
     }
 
     pub fn state(&self) -> &AppState {
@@ -54,7 +67,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenan
     let principal = match state.keys.get(&hash) {
         Some(hit) => hit,
         None => {
-            let mut tx = TenantTx::begin(&state.db.app, key.merchant_id).await?;
+            let mut tx = TenantTx::begin_in_directory(&state.db.app, key.merchant_id).await?;
             let (strategy, plan) = authenticate_key(&mut tx, &key)
                 .await?
                 .ok_or(ApiError::Unauthorized)?;
@@ -70,7 +83,19 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenan
     };
     let merchant_id = principal.merchant;
     tracing::Span::current().record("merchant_id", tracing::field::display(merchant_id));
+    let route = state
+        .cells
+        .route(merchant_id)
+        .await
+        .map_err(|err| match err {
+            RouteError::Db(e) => ApiError::from(e),
+            unknown @ RouteError::UnknownCell { .. } => {
+                tracing::error!(error = %unknown, "cannot route a request");
+                ApiError::Unavailable("this merchant's database is not configured on this instance")
+            }
+        })?;
     Ok(Tenant {
+        route,
         merchant_id,
         stock_strategy: principal.strategy,
         plan: principal.plan,

@@ -204,6 +204,10 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %err, "database unavailable");
                 ApiError::Unavailable("the database is unavailable; retry shortly")
             }
+            // The merchant moved while this request ran on its old cell.
+            err if crate::db::served_elsewhere(&err) => {
+                ApiError::Unavailable("this merchant has just moved to another database; retry")
+            }
             other => ApiError::Internal(other),
         }
     }

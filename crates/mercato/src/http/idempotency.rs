@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::auth::{request_tenant, Tenant};
 use super::ApiError;
-use crate::db::{text_enum, TenantTx};
+use crate::db::text_enum;
 use crate::state::AppState;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -182,7 +182,7 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
 }
 
 async fn claim(tenant: &Tenant, key: &str, hash: &[u8]) -> Result<Claim, sqlx::Error> {
-    let mut tx = TenantTx::begin(&tenant.state().db.app, tenant.merchant_id).await?;
+    let mut tx = tenant.begin_sql().await?;
     let merchant = tx.merchant_id().0;
     let claimed = sqlx::query!(
         "insert into idempotency_keys (merchant_id, key, request_hash, status, expires_at)
@@ -239,7 +239,7 @@ async fn finish(
     key: &str,
     response: Option<(u16, Option<String>, &[u8])>,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = TenantTx::begin(&tenant.state().db.app, tenant.merchant_id).await?;
+    let mut tx = tenant.begin_sql().await?;
     let merchant = tx.merchant_id().0;
     match response {
         Some((status, content_type, body)) => {

@@ -204,7 +204,7 @@ pub async fn post_choice(
         uuid::Uuid::try_parse(&id).map_err(|_| ApiError::Forbidden("the link is not valid"))?;
     let outcome = super::choose(
         &state.db.app,
-        state.checkout.payments.as_ref(),
+        state.cells.main().checkout.payments.as_ref(),
         &body.token,
         id,
         choice,
@@ -241,7 +241,7 @@ pub async fn post_payment_method(
         uuid::Uuid::try_parse(&id).map_err(|_| ApiError::Forbidden("the link is not valid"))?;
     let outcome = super::give_payment_method(
         &state.db.app,
-        state.checkout.payments.as_ref(),
+        state.cells.main().checkout.payments.as_ref(),
         &body.token,
         id,
         &body.payment_method,

@@ -24,7 +24,7 @@ use crate::validation::{FieldError, FieldErrors};
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_merchant))
-        .routes(routes!(patch_merchant))
+        .routes(routes!(get_merchant, patch_merchant))
         .routes(routes!(post_api_key, list_keys))
         .routes(routes!(delete_api_key))
 }
@@ -110,6 +110,58 @@ pub async fn patch_merchant(
         id: id.0,
         stock_strategy,
         rate_limits,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MerchantView {
+    pub id: Uuid,
+    pub stock_strategy: Strategy,
+    /// `null`: not limited.
+    pub rate_limits: Option<crate::quotas::Plan>,
+    /// The database (cell) serving the merchant: `main` or a `--cell` name.
+    pub cell: String,
+    /// The move under way, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moving: Option<MoveView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MoveView {
+    pub to: String,
+    /// `copying`, `catching_up` or `cutting_over`.
+    pub phase: String,
+}
+
+/// A merchant's settings and the cell that serves it (platform admin only).
+#[utoipa::path(get, path = "/v1/merchants/{id}", params(("id" = String, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = MerchantView),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_merchant(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MerchantView>, ApiError> {
+    let id = merchant_param(&id)?;
+    let (stock_strategy, rate_limits) = merchant_settings(&state.db.app, id)
+        .await?
+        .ok_or(ApiError::NotFound("merchant"))?;
+    let cell = crate::cells::mover::cell_of(&state.db.app, id).await?;
+    let moving = crate::cells::mover::running(&state.db.app, id)
+        .await?
+        .map(|m| MoveView {
+            to: m.target,
+            phase: m.phase.to_string(),
+        });
+    Ok(Json(MerchantView {
+        id: id.0,
+        stock_strategy,
+        rate_limits,
+        cell,
+        moving,
     }))
 }
 
@@ -236,7 +288,7 @@ pub async fn post_api_key(
     if !merchant_exists(&state.db.app, merchant).await? {
         return Err(ApiError::NotFound("merchant"));
     }
-    let mut tx = TenantTx::begin(&state.db.app, merchant).await?;
+    let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
     let issued = issue_api_key(&mut tx).await?;
     tx.commit().await?;
     Ok((
@@ -269,7 +321,7 @@ pub async fn list_keys(
     if !merchant_exists(&state.db.app, merchant).await? {
         return Err(ApiError::NotFound("merchant"));
     }
-    let mut tx = TenantTx::begin(&state.db.app, merchant).await?;
+    let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
     let data = list_api_keys(&mut tx).await?;
     tx.commit().await?;
     Ok(Json(ApiKeyList { data }))
@@ -291,7 +343,7 @@ pub async fn delete_api_key(
 ) -> Result<StatusCode, ApiError> {
     let merchant = merchant_param(&id)?;
     let key_id = ApiError::path_id(&key_id, "api key")?;
-    let mut tx = TenantTx::begin(&state.db.app, merchant).await?;
+    let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
     let revoked = revoke_api_key(&mut tx, key_id).await?;
     tx.commit().await?;
     if !revoked {

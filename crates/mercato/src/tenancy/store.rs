@@ -49,7 +49,7 @@ pub async fn create_merchant(
         return Ok(created);
     }
     let id = MerchantId::new();
-    let mut tx = TenantTx::begin(pool, id).await?;
+    let mut tx = TenantTx::begin_in_directory(pool, id).await?;
     let inserted = sqlx::query!(
         "insert into merchants (id, slug, name, creation_key, creation_hash)
          values ($1, $2, $3, $4, $5)",

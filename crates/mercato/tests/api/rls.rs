@@ -75,7 +75,16 @@ async fn the_service_role_is_bound_by_rls() {
 }
 
 /// Platform tables hold no tenant data; every other table is a tenant table.
-const PLATFORM_TABLES: &[&str] = &["merchants", "_sqlx_migrations"];
+/// The cells' bookkeeping (directory, moves, fences, captured keys) is the
+/// platform's: the mover and the router read it across merchants.
+const PLATFORM_TABLES: &[&str] = &[
+    "merchants",
+    "_sqlx_migrations",
+    "tenant_directory",
+    "tenant_moves",
+    "cell_absent",
+    "move_changes",
+];
 
 #[tokio::test]
 async fn every_tenant_table_forces_rls_and_leads_its_keys_with_merchant_id() {

@@ -1,0 +1,234 @@
+//! `mercato tenants move|resume|abort|cleanup|status`: which cell serves each
+//! merchant, and moving one online. Every command takes the main database
+//! (`--database-url`, or the embedded cluster of `--data-dir`) and the same
+//! `--cell NAME=URL` list as `serve`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::mover::{self, Move, Phase, Pools, Progress};
+use super::MAIN;
+use crate::config::{cell_spec, CellSpec};
+
+#[derive(Debug, clap::Args)]
+pub struct Tenants {
+    #[command(subcommand)]
+    pub command: Command,
+    /// PostgreSQL URL of the main database's schema owner; without it, the embedded cluster in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    #[arg(
+        long,
+        env = "MERCATO_DATA_DIR",
+        default_value = ".mercato",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// The cells, as `serve` is given them: `NAME=postgres://…` (repeatable).
+    #[arg(long = "cell", env = "MERCATO_CELLS", value_delimiter = ',', value_parser = cell_spec, hide_env_values = true, global = true)]
+    pub cells: Vec<CellSpec>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Move a merchant (id or slug) to another cell while it keeps trading.
+    Move(MoveArgs),
+    /// Carry on a move that was interrupted (crash, Ctrl-C).
+    Resume(ResumeArgs),
+    /// Abandon a move before its cutover: the source stays the only copy.
+    Abort(MerchantArg),
+    /// Delete what a move made with --keep-source left in its source.
+    Cleanup(MerchantArg),
+    /// Each merchant's cell and every move in progress.
+    Status,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MoveArgs {
+    pub merchant: String,
+    /// The cell to move to (`main` or a --cell name).
+    #[arg(long)]
+    pub to: String,
+    /// Keep the source's copy until `mercato tenants cleanup`.
+    #[arg(long)]
+    pub keep_source: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    pub merchant: String,
+    #[arg(long)]
+    pub keep_source: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MerchantArg {
+    pub merchant: String,
+}
+
+pub async fn run(args: Tenants) -> anyhow::Result<()> {
+    let main =
+        crate::app::command_database(args.database_url.as_deref(), &args.data_dir, 4).await?;
+    let mut cells = BTreeMap::new();
+    cells.insert(MAIN.to_owned(), main.owner.clone());
+    for spec in &args.cells {
+        let opts = spec
+            .url
+            .parse()
+            .map_err(crate::db::DbError::Url)
+            .with_context(|| format!("cell {}", spec.name))?;
+        let pool = crate::db::connect(opts, 4)
+            .await
+            .with_context(|| format!("cell {}", spec.name))?;
+        cells.insert(spec.name.clone(), pool);
+    }
+    let pools = Pools {
+        main: main.owner.clone(),
+        cells,
+    };
+    let bars = Bars::default();
+    match args.command {
+        Command::Move(a) => {
+            let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
+            let mv = mover::start(&pools, merchant, &a.to).await?;
+            eprintln!("moving {} from {} to {}", merchant, mv.source, mv.target);
+            finish(&pools, mv, a.keep_source, &bars).await
+        }
+        Command::Resume(a) => {
+            let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
+            let mv = mover::running(&pools.main, merchant)
+                .await?
+                .ok_or(mover::MoveError::NotMoving(merchant))?;
+            eprintln!(
+                "resuming the move of {} to {} at {}",
+                merchant, mv.target, mv.phase
+            );
+            finish(&pools, mv, a.keep_source, &bars).await
+        }
+        Command::Abort(a) => {
+            let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
+            mover::abort(&pools, merchant, &bars).await?;
+            bars.done();
+            println!("aborted: {merchant} stays where it was");
+            Ok(())
+        }
+        Command::Cleanup(a) => {
+            let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
+            let n = mover::cleanup_source(&pools, merchant, &bars).await?;
+            bars.done();
+            println!("deleted {n} rows of {merchant} from its old cell");
+            Ok(())
+        }
+        Command::Status => status(&pools).await,
+    }
+}
+
+async fn finish(pools: &Pools, mv: Move, keep_source: bool, bars: &Bars) -> anyhow::Result<()> {
+    let mv = mover::drive(pools, mv, keep_source, bars).await?;
+    bars.done();
+    let pause: Option<f64> = sqlx::query_scalar("select pause_ms from tenant_moves where id = $1")
+        .bind(mv.id)
+        .fetch_one(&pools.main)
+        .await?;
+    println!(
+        "{} now lives in {} ({}; write pause {:.0} ms)",
+        mv.merchant,
+        mv.target,
+        mv.phase,
+        pause.unwrap_or(0.0)
+    );
+    Ok(())
+}
+
+/// A move as `status` lists it: merchant, source, target, phase, rows
+/// copied, changes applied, rows cleaned, write pause.
+type MoveLine = (String, String, String, String, i64, i64, i64, Option<f64>);
+
+async fn status(pools: &Pools) -> anyhow::Result<()> {
+    let placed: Vec<(String, String, bool)> = sqlx::query_as(
+        "select m.slug, coalesce(d.cell, 'main'), coalesce(d.moving, false)
+         from merchants m left join tenant_directory d on d.merchant_id = m.id
+         order by m.slug",
+    )
+    .fetch_all(&pools.main)
+    .await?;
+    println!("{:<32} {:<12} MOVING", "MERCHANT", "CELL");
+    for (slug, cell, moving) in placed {
+        println!("{slug:<32} {cell:<12} {}", if moving { "yes" } else { "" });
+    }
+    let moves: Vec<MoveLine> = sqlx::query_as(
+        "select m.slug, t.source, t.target, t.phase, t.rows_copied, t.changes_applied, t.rows_cleaned, t.pause_ms
+         from tenant_moves t join merchants m on m.id = t.merchant_id
+         order by t.started_at desc limit 20",
+    )
+    .fetch_all(&pools.main)
+    .await?;
+    if !moves.is_empty() {
+        println!("\nMOVES (newest first)");
+        for (slug, source, target, phase, copied, applied, cleaned, pause) in moves {
+            println!(
+                "{slug:<32} {source} → {target}: {phase}; {copied} rows copied, {applied} changes applied, {cleaned} cleaned{}",
+                pause.map(|p| format!(", write pause {p:.0} ms")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Progress bars on stderr: one for the copy, one for the cleanup.
+#[derive(Default)]
+struct Bars {
+    copy: std::sync::Mutex<Option<ProgressBar>>,
+    clean: std::sync::Mutex<Option<ProgressBar>>,
+}
+
+fn bar(len: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = match len {
+        Some(_) => format!("{what} [{{bar:40}}] {{pos}}/{{len}} rows ({{per_sec}}, eta {{eta}})"),
+        None => format!("{what} {{pos}} rows ({{per_sec}})"),
+    };
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+impl Bars {
+    fn done(&self) {
+        for slot in [&self.copy, &self.clean] {
+            if let Some(b) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                b.finish();
+            }
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn phase(&self, phase: Phase) {
+        if phase != Phase::Copying {
+            if let Some(b) = self.copy.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                b.finish();
+            }
+        }
+        eprintln!("phase: {phase}");
+    }
+    fn copy_total(&self, rows: u64) {
+        *self.copy.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar(Some(rows), "copy"));
+    }
+    fn copied(&self, rows: u64) {
+        if let Some(b) = &*self.copy.lock().unwrap_or_else(|p| p.into_inner()) {
+            b.inc(rows);
+        }
+    }
+    fn cleaned(&self, rows: u64) {
+        let mut slot = self.clean.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| bar(None, "cleanup")).inc(rows);
+    }
+}

@@ -1,0 +1,293 @@
+//! Tenant cells: which database (cell) serves each merchant, and moving a
+//! merchant to another cell while it keeps trading.
+//!
+//! Owns `tenant_directory` and `tenant_moves` (meaningful in the main
+//! database, which is also the cell named `main`) and, in every cell,
+//! `cell_absent` and `move_changes`. A request finds its merchant's cell in
+//! the directory (cached here, forgotten at once on `NOTIFY tenant_directory`);
+//! while a move runs, every request of that merchant also holds a shared
+//! advisory lock on the main database, which the mover takes exclusively for
+//! the cutover: the merchant's requests wait (never fail) while the target
+//! catches up, then go to the new cell. See `mover` for the move itself.
+
+pub mod cli;
+pub mod mover;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Postgres};
+
+use crate::checkout::Checkout;
+use crate::db::{served_elsewhere, Db, TenantTx};
+use crate::inventory::Inventory;
+use crate::tenancy::MerchantId;
+
+/// The name of the main database as a cell: every merchant's home until moved.
+pub const MAIN: &str = "main";
+
+/// The advisory lock class of the cutover gate (two-key form: class, merchant).
+pub(crate) const GATE_CLASS: i32 = 0x4d43; // "MC"
+
+/// How long a placement is trusted without asking the directory again, should
+/// a notification be missed while the listener reconnects.
+const PLACEMENT_TTL: Duration = Duration::from_secs(30);
+
+/// One database and the services bound to its pools.
+pub struct Cell {
+    pub name: String,
+    pub db: Db,
+    pub inventory: Inventory,
+    pub checkout: Checkout,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("merchant {merchant} lives in cell {cell:?}, which this process is not configured with (--cell)")]
+    UnknownCell { merchant: MerchantId, cell: String },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Where a request of a merchant goes: its cell and, while a move runs, the
+/// gate it holds until the request ends.
+#[derive(Clone)]
+pub struct Route {
+    pub cell: Arc<Cell>,
+    _gate: Option<Arc<Gate>>,
+}
+
+#[derive(Clone)]
+struct Placement {
+    cell: Arc<Cell>,
+    moving: bool,
+    at: Instant,
+}
+
+/// The cells of this process and the directory's answers so far.
+#[derive(Clone)]
+pub struct Cells(Arc<Inner>);
+
+struct Inner {
+    /// The directory's pool (the main database, app role).
+    directory: PgPool,
+    cells: HashMap<String, Arc<Cell>>,
+    placements: RwLock<HashMap<MerchantId, Placement>>,
+}
+
+impl Cells {
+    /// `cells` must hold the main database under `MAIN`.
+    pub fn new(directory: PgPool, cells: Vec<Cell>) -> Cells {
+        Cells(Arc::new(Inner {
+            directory,
+            cells: cells
+                .into_iter()
+                .map(|c| (c.name.clone(), Arc::new(c)))
+                .collect(),
+            placements: RwLock::new(HashMap::new()),
+        }))
+    }
+
+    pub fn main(&self) -> &Arc<Cell> {
+        self.0
+            .cells
+            .get(MAIN)
+            .expect("Cells::new is given the main database")
+    }
+
+    /// Every cell, the main one first, then by name.
+    pub fn all(&self) -> Vec<Arc<Cell>> {
+        let mut all: Vec<_> = self.0.cells.values().cloned().collect();
+        all.sort_by_key(|c| (c.name != MAIN, c.name.clone()));
+        all
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Cell>> {
+        self.0.cells.get(name)
+    }
+
+    /// The merchant's cell; waits at the gate while a move cuts over.
+    pub async fn route(&self, merchant: MerchantId) -> Result<Route, RouteError> {
+        let placement = match self.cached(merchant) {
+            Some(p) => p,
+            None => self.place(merchant, &self.0.directory).await?,
+        };
+        if !placement.moving {
+            return Ok(Route {
+                cell: placement.cell,
+                _gate: None,
+            });
+        }
+        // A move is under way: hold the gate for the whole request, then ask
+        // the directory again (the cutover may just have flipped it).
+        let gate = Gate::enter(&self.0.directory, merchant).await?;
+        let placement = self.place(merchant, &self.0.directory).await?;
+        Ok(Route {
+            cell: placement.cell,
+            _gate: Some(Arc::new(gate)),
+        })
+    }
+
+    /// A tenant transaction in the route's cell; if that cell no longer
+    /// serves the merchant (this process's directory was behind), once more
+    /// in the cell the directory names now.
+    pub async fn begin(
+        &self,
+        route: &Route,
+        merchant: MerchantId,
+    ) -> Result<TenantTx, sqlx::Error> {
+        match TenantTx::begin(&route.cell.db.app, merchant).await {
+            Err(err) if served_elsewhere(&err) => {
+                self.forget(merchant);
+                let now = self
+                    .place(merchant, &self.0.directory)
+                    .await
+                    .map_err(|e| match e {
+                        RouteError::Db(e) => e,
+                        other => sqlx::Error::Protocol(other.to_string()),
+                    })?;
+                TenantTx::begin(&now.cell.db.app, merchant).await
+            }
+            other => other,
+        }
+    }
+
+    fn cached(&self, merchant: MerchantId) -> Option<Placement> {
+        let placements = self.0.placements.read().unwrap_or_else(|p| p.into_inner());
+        placements
+            .get(&merchant)
+            .filter(|p| p.at.elapsed() < PLACEMENT_TTL)
+            .cloned()
+    }
+
+    async fn place(
+        &self,
+        merchant: MerchantId,
+        directory: &PgPool,
+    ) -> Result<Placement, RouteError> {
+        let row: Option<(String, bool)> =
+            sqlx::query_as("select cell, moving from tenant_directory where merchant_id = $1")
+                .bind(merchant.0)
+                .fetch_optional(directory)
+                .await?;
+        let (name, moving) = row.unwrap_or_else(|| (MAIN.to_owned(), false));
+        let cell = self
+            .0
+            .cells
+            .get(&name)
+            .cloned()
+            .ok_or(RouteError::UnknownCell {
+                merchant,
+                cell: name,
+            })?;
+        let placement = Placement {
+            cell,
+            moving,
+            at: Instant::now(),
+        };
+        let mut placements = self.0.placements.write().unwrap_or_else(|p| p.into_inner());
+        if placements.len() >= 100_000 {
+            placements.clear();
+        }
+        placements.insert(merchant, placement.clone());
+        Ok(placement)
+    }
+
+    pub fn forget(&self, merchant: MerchantId) {
+        let mut placements = self.0.placements.write().unwrap_or_else(|p| p.into_inner());
+        placements.remove(&merchant);
+    }
+
+    fn forget_all(&self) {
+        let mut placements = self.0.placements.write().unwrap_or_else(|p| p.into_inner());
+        placements.clear();
+    }
+
+    /// Forgets a merchant's placement the moment the directory changes it
+    /// (`NOTIFY tenant_directory, '<merchant id>'`); everything while the
+    /// listening connection is lost.
+    pub async fn follow_directory(self) {
+        loop {
+            let mut listener = match PgListener::connect_with(&self.0.directory).await {
+                Ok(l) => l,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for directory changes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Err(err) = listener.listen("tenant_directory").await {
+                tracing::warn!(error = %err, "cannot listen for directory changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            // Anything cached may have changed while nobody listened.
+            self.forget_all();
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(note)) => match uuid::Uuid::try_parse(note.payload()) {
+                        Ok(id) => self.forget(MerchantId(id)),
+                        Err(_) => self.forget_all(),
+                    },
+                    Ok(None) => self.forget_all(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "lost the directory listener");
+                        self.forget_all();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A shared hold on a merchant's cutover gate, released when the request
+/// that took it ends.
+struct Gate {
+    conn: Option<PoolConnection<Postgres>>,
+    merchant: MerchantId,
+}
+
+impl Gate {
+    async fn enter(directory: &PgPool, merchant: MerchantId) -> Result<Gate, sqlx::Error> {
+        let mut conn = directory.acquire().await?;
+        sqlx::query("select pg_advisory_lock_shared($1, hashtext($2::text))")
+            .bind(GATE_CLASS)
+            .bind(merchant.0)
+            .execute(&mut *conn)
+            .await?;
+        Ok(Gate {
+            conn: Some(conn),
+            merchant,
+        })
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let merchant = self.merchant;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let unlocked =
+                        sqlx::query("select pg_advisory_unlock_shared($1, hashtext($2::text))")
+                            .bind(GATE_CLASS)
+                            .bind(merchant.0)
+                            .execute(&mut *conn)
+                            .await;
+                    if unlocked.is_err() {
+                        // Closing the session releases its locks.
+                        drop(conn.detach());
+                    }
+                });
+            }
+            Err(_) => drop(conn.detach()),
+        }
+    }
+}

@@ -1,0 +1,1086 @@
+//! Moving a merchant to another cell while it trades.
+//!
+//! Change capture by triggers, not logical replication: it needs nothing of
+//! the server (no `wal_level = logical`, no replication slots holding WAL, no
+//! replica-identity trap for other merchants) and works between any two
+//! PostgreSQL databases the mover can reach; other merchants' writes pay only
+//! a trigger's `WHEN (new.merchant_id = …)` test. The steps, each resumable:
+//!
+//! 1. **copying**: the move is recorded, the directory marks the merchant
+//!    `moving` (its requests start passing the gate), the target gets the
+//!    merchant as `arriving` (fenced, invisible to its workers), the source's
+//!    tenant tables get capture triggers for the merchant (each write's row
+//!    image and transaction id), then every table's rows are copied in key
+//!    order from one snapshot, and the captured writes that snapshot holds
+//!    are dropped;
+//! 2. **catching_up**: the captured writes are replayed in order (per key
+//!    the last one: upsert the image, or delete), until few are left;
+//! 3. **cutting_over**: the gate is closed (the mover takes the advisory lock
+//!    every request of the merchant holds shared: in-flight requests finish,
+//!    new ones wait), the source marks the merchant `departed` (its workers
+//!    stop seeing it), the last changes are applied, every table's count and
+//!    checksum are compared, the directory flips and the gate opens;
+//! 4. **moved** → **cleaned**: the source's copy is deleted in batches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{GATE_CLASS, MAIN};
+use crate::db::{text_enum, TenantTx};
+use crate::tenancy::MerchantId;
+
+text_enum! {
+    /// Where a move is.
+    pub enum Phase {
+        Copying = "copying",
+        CatchingUp = "catching_up",
+        CuttingOver = "cutting_over",
+        Moved = "moved",
+        Cleaned = "cleaned",
+        Aborted = "aborted",
+    }
+}
+
+/// Tables that stay in the main database whatever cell serves the merchant
+/// (the directory: who the merchant is and its keys), and the cells' own.
+const NOT_MOVED: &[&str] = &[
+    "merchants",
+    "api_keys",
+    "tenant_directory",
+    "tenant_moves",
+    "cell_absent",
+    "move_changes",
+    "_sqlx_migrations",
+];
+
+/// Rows per copy, apply and cleanup batch.
+const BATCH: i64 = 1000;
+/// Changes left below which catching up stops and the cutover starts.
+const CUTOVER_BELOW: usize = 200;
+/// How long after marking a merchant `moving` every instance is assumed to
+/// have seen it (NOTIFY arrives in milliseconds; this is for slow listeners).
+const PROPAGATION: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("no merchant {0}")]
+    NoMerchant(String),
+    #[error("no cell named {0:?} (cells: {1})")]
+    UnknownCell(String, String),
+    #[error("merchant {merchant} already lives in cell {cell:?}")]
+    AlreadyThere { merchant: MerchantId, cell: String },
+    #[error("merchant {0} has a move running (mercato tenants resume, or abort)")]
+    AlreadyMoving(MerchantId),
+    #[error("merchant {0} has no move running")]
+    NotMoving(MerchantId),
+    #[error("cell {cell:?} is at schema version {found}, this binary's is {wanted}: start `mercato serve` with it (it migrates every cell) first")]
+    SchemaBehind {
+        cell: String,
+        found: i64,
+        wanted: i64,
+    },
+    #[error("the move has cut over already: it cannot be aborted")]
+    PastCutover,
+    #[error("table {table}: {source_rows} rows (checksum {source_sum}) in the source, {target_rows} ({target_sum}) in the target")]
+    Mismatch {
+        table: String,
+        source_rows: i64,
+        target_rows: i64,
+        source_sum: String,
+        target_sum: String,
+    },
+    #[error("{0}")]
+    Stalled(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// The databases a move works with, as their schema owner.
+pub struct Pools {
+    /// The main database: directory and move records.
+    pub main: PgPool,
+    /// Every cell by name, `main` included.
+    pub cells: BTreeMap<String, PgPool>,
+}
+
+impl Pools {
+    fn cell(&self, name: &str) -> Result<&PgPool, MoveError> {
+        self.cells.get(name).ok_or_else(|| {
+            MoveError::UnknownCell(
+                name.to_owned(),
+                self.cells.keys().cloned().collect::<Vec<_>>().join(", "),
+            )
+        })
+    }
+}
+
+/// A tenant table as the move sees it.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: String,
+    pub key: Vec<String>,
+    /// Columns an INSERT may name (generated ones are left out).
+    pub columns: Vec<String>,
+}
+
+/// The move record.
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub id: Uuid,
+    pub merchant: MerchantId,
+    pub source: String,
+    pub target: String,
+    pub phase: Phase,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What the mover reports as it goes (the CLI draws bars from it).
+pub trait Progress: Send + Sync {
+    fn phase(&self, _phase: Phase) {}
+    fn copy_total(&self, _rows: u64) {}
+    fn copied(&self, _rows: u64) {}
+    fn applied(&self, _changes: u64) {}
+    fn cleaned(&self, _rows: u64) {}
+}
+
+pub struct Quiet;
+impl Progress for Quiet {}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn list(cols: &[String], prefix: &str) -> String {
+    cols.iter()
+        .map(|c| format!("{prefix}{}", ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The tenant tables of a database, parents before children.
+pub async fn tenant_tables(pool: &PgPool) -> Result<Vec<Table>, sqlx::Error> {
+    let rows: Vec<(String, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "select c.relname::text,
+                array(select a.attname::text from pg_index i
+                      join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey)
+                      where i.indrelid = c.oid and i.indisprimary
+                      order by array_position(i.indkey::int2[], a.attnum)),
+                array(select a.attname::text from pg_attribute a
+                      where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                        and a.attgenerated = ''
+                      order by a.attnum)
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = 'public' and c.relkind in ('r', 'p')
+           and exists (select 1 from pg_attribute a where a.attrelid = c.oid
+                       and a.attname = 'merchant_id' and not a.attisdropped)
+           and c.relname <> all ($1)
+         order by c.relname",
+    )
+    .bind(NOT_MOVED)
+    .fetch_all(pool)
+    .await?;
+    let edges: Vec<(String, String)> = sqlx::query_as(
+        "select c.relname::text, p.relname::text from pg_constraint k
+         join pg_class c on c.oid = k.conrelid join pg_class p on p.oid = k.confrelid
+         where k.contype = 'f' and c.relnamespace = 'public'::regnamespace and c.oid <> p.oid",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut tables: Vec<Table> = rows
+        .into_iter()
+        .filter(|(_, key, _)| !key.is_empty())
+        .map(|(name, key, columns)| Table { name, key, columns })
+        .collect();
+    // Parents first (Kahn's order, by name among equals).
+    let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+    let mut ordered = Vec::with_capacity(tables.len());
+    let mut placed: Vec<String> = Vec::new();
+    while !tables.is_empty() {
+        let ready = tables.iter().position(|t| {
+            edges.iter().all(|(child, parent)| {
+                child != &t.name || !names.contains(parent) || placed.contains(parent)
+            })
+        });
+        // A cycle (none in Mercato's schema) would keep its tables' order.
+        let at = ready.unwrap_or(0);
+        let table = tables.remove(at);
+        placed.push(table.name.clone());
+        ordered.push(table);
+    }
+    Ok(ordered)
+}
+
+/// The newest migration this binary has.
+pub fn schema_version() -> i64 {
+    crate::db::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+async fn check_schema(name: &str, pool: &PgPool) -> Result<(), MoveError> {
+    let found: Option<i64> =
+        sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
+            .fetch_one(pool)
+            .await
+            .unwrap_or(None);
+    let found = found.unwrap_or(0);
+    let wanted = schema_version();
+    if found < wanted {
+        return Err(MoveError::SchemaBehind {
+            cell: name.to_owned(),
+            found,
+            wanted,
+        });
+    }
+    Ok(())
+}
+
+/// Resolves a merchant given by id or slug.
+pub async fn find_merchant(main: &PgPool, given: &str) -> Result<MerchantId, MoveError> {
+    let id: Option<Uuid> =
+        sqlx::query_scalar("select id from merchants where id::text = $1 or slug = $1 limit 1")
+            .bind(given)
+            .fetch_optional(main)
+            .await?;
+    id.map(MerchantId)
+        .ok_or_else(|| MoveError::NoMerchant(given.to_owned()))
+}
+
+/// The cell that serves the merchant now.
+pub async fn cell_of(main: &PgPool, merchant: MerchantId) -> Result<String, sqlx::Error> {
+    let cell: Option<String> =
+        sqlx::query_scalar("select cell from tenant_directory where merchant_id = $1")
+            .bind(merchant.0)
+            .fetch_optional(main)
+            .await?;
+    Ok(cell.unwrap_or_else(|| MAIN.to_owned()))
+}
+
+/// The merchant's running move, if any.
+pub async fn running(main: &PgPool, merchant: MerchantId) -> Result<Option<Move>, sqlx::Error> {
+    let row: Option<(Uuid, String, String, String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as(
+            "select id, source, target, phase, started_at from tenant_moves
+             where merchant_id = $1 and phase in ('copying', 'catching_up', 'cutting_over')",
+        )
+        .bind(merchant.0)
+        .fetch_optional(main)
+        .await?;
+    row.map(|(id, source, target, phase, started_at)| {
+        Ok(Move {
+            id,
+            merchant,
+            source,
+            target,
+            phase: phase
+                .parse()
+                .map_err(|e: crate::db::UnknownValue| sqlx::Error::Decode(Box::new(e)))?,
+            started_at,
+        })
+    })
+    .transpose()
+}
+
+/// Checks the request and records a new move (nothing else changes yet).
+pub async fn start(pools: &Pools, merchant: MerchantId, to: &str) -> Result<Move, MoveError> {
+    let target = pools.cell(to)?;
+    let source = cell_of(&pools.main, merchant).await?;
+    if source == to {
+        return Err(MoveError::AlreadyThere {
+            merchant,
+            cell: source,
+        });
+    }
+    if running(&pools.main, merchant).await?.is_some() {
+        return Err(MoveError::AlreadyMoving(merchant));
+    }
+    let source_pool = pools.cell(&source)?;
+    check_schema(to, target).await?;
+    check_schema(&source, source_pool).await?;
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "insert into tenant_moves (id, merchant_id, source, target, phase) values ($1, $2, $3, $4, 'copying')",
+    )
+    .bind(id)
+    .bind(merchant.0)
+    .bind(&source)
+    .bind(to)
+    .execute(&pools.main)
+    .await;
+    match inserted {
+        Err(e) if crate::db::violates(&e, "tenant_moves_one_running") => {
+            return Err(MoveError::AlreadyMoving(merchant))
+        }
+        other => other?,
+    };
+    running(&pools.main, merchant)
+        .await?
+        .ok_or(MoveError::NotMoving(merchant))
+}
+
+/// Carries a move on from its recorded phase to the end (`keep_source`: stop
+/// at `moved`, leaving the source's copy for `mercato tenants cleanup`).
+pub async fn drive(
+    pools: &Pools,
+    mut mv: Move,
+    keep_source: bool,
+    progress: &dyn Progress,
+) -> Result<Move, MoveError> {
+    loop {
+        match mv.phase {
+            Phase::Cleaned | Phase::Aborted => return Ok(mv),
+            Phase::Moved if keep_source => return Ok(mv),
+            _ => mv = advance(pools, mv, progress).await?,
+        }
+    }
+}
+
+/// Runs the move's current phase to its end: the record then names the next.
+pub async fn advance(
+    pools: &Pools,
+    mut mv: Move,
+    progress: &dyn Progress,
+) -> Result<Move, MoveError> {
+    let source = pools.cell(&mv.source)?.clone();
+    let target = pools.cell(&mv.target)?.clone();
+    let tables = tenant_tables(&source).await?;
+    progress.phase(mv.phase);
+    match mv.phase {
+        Phase::Copying => {
+            prepare(pools, &mv, &source, &target, &tables).await?;
+            copy(pools, &mut mv, &source, &target, &tables, progress).await?;
+            set_phase(&pools.main, &mut mv, Phase::CatchingUp).await?;
+        }
+        Phase::CatchingUp => {
+            loop {
+                let applied = apply_changes(&source, &target, &tables, mv.merchant).await?;
+                record_applied(&pools.main, &mv, applied).await?;
+                progress.applied(applied as u64);
+                if applied < CUTOVER_BELOW {
+                    break;
+                }
+            }
+            set_phase(&pools.main, &mut mv, Phase::CuttingOver).await?;
+        }
+        Phase::CuttingOver => {
+            cut_over(pools, &mut mv, &source, &target, &tables, progress).await?;
+        }
+        Phase::Moved => {
+            cleanup(
+                &source,
+                &tables,
+                mv.merchant,
+                mv.source == MAIN,
+                progress,
+                |n| record_cleaned(&pools.main, mv.id, n),
+            )
+            .await?;
+            set_phase(&pools.main, &mut mv, Phase::Cleaned).await?;
+        }
+        Phase::Cleaned | Phase::Aborted => {}
+    }
+    Ok(mv)
+}
+
+async fn set_phase(main: &PgPool, mv: &mut Move, phase: Phase) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update tenant_moves set phase = $2, updated_at = now(),
+                finished_at = case when $2 in ('cleaned', 'aborted') then now() end
+         where id = $1",
+    )
+    .bind(mv.id)
+    .bind(phase)
+    .execute(main)
+    .await?;
+    mv.phase = phase;
+    Ok(())
+}
+
+async fn record_applied(main: &PgPool, mv: &Move, applied: usize) -> Result<(), sqlx::Error> {
+    if applied > 0 {
+        sqlx::query("update tenant_moves set changes_applied = changes_applied + $2, updated_at = now() where id = $1")
+            .bind(mv.id)
+            .bind(applied as i64)
+            .execute(main)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn record_cleaned(main: &PgPool, id: Uuid, rows: u64) -> Result<(), sqlx::Error> {
+    sqlx::query("update tenant_moves set rows_cleaned = rows_cleaned + $2, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(rows as i64)
+        .execute(main)
+        .await?;
+    Ok(())
+}
+
+fn trigger_names(merchant: MerchantId) -> (String, String) {
+    let hex = merchant.0.simple().to_string();
+    (
+        format!("mercato_move_{hex}_w"),
+        format!("mercato_move_{hex}_d"),
+    )
+}
+
+/// Step 1's set-up; each statement can run again (resume).
+async fn prepare(
+    pools: &Pools,
+    mv: &Move,
+    source: &PgPool,
+    target: &PgPool,
+    tables: &[Table],
+) -> Result<(), MoveError> {
+    let m = mv.merchant;
+    // The directory first: from here every request of the merchant holds the gate.
+    sqlx::query(
+        "with placed as (
+             insert into tenant_directory (merchant_id, cell, moving) values ($1, $2, true)
+             on conflict (merchant_id) do update set moving = true, updated_at = now()
+         )
+         select pg_notify('tenant_directory', $1::text)",
+    )
+    .bind(m.0)
+    .bind(&mv.source)
+    .execute(&pools.main)
+    .await?;
+    if mv.target != MAIN {
+        // The target's foreign keys need the merchant's row (a copy of the directory's).
+        let merchant: Value =
+            sqlx::query_scalar("select to_jsonb(m) from merchants m where id = $1")
+                .bind(m.0)
+                .fetch_one(&pools.main)
+                .await?;
+        sqlx::query(
+            "insert into merchants select * from jsonb_populate_record(null::merchants, $1)
+             on conflict (id) do nothing",
+        )
+        .bind(&merchant)
+        .execute(target)
+        .await?;
+    }
+    sqlx::query(
+        "insert into cell_absent (merchant_id, why) values ($1, 'arriving')
+         on conflict (merchant_id) do update set why = 'arriving', since = now()",
+    )
+    .bind(m.0)
+    .execute(target)
+    .await?;
+    let (on_write, on_delete) = trigger_names(m);
+    for table in tables {
+        let args = table
+            .key
+            .iter()
+            .map(|k| format!("'{}'", k.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let t = ident(&table.name);
+        for sql in [
+            format!(
+                "create or replace trigger {on_write} after insert or update on {t} for each row
+                 when (new.merchant_id = '{}') execute function mercato_capture_change({args})",
+                m.0
+            ),
+            format!(
+                "create or replace trigger {on_delete} after delete on {t} for each row
+                 when (old.merchant_id = '{}') execute function mercato_capture_change({args})",
+                m.0
+            ),
+        ] {
+            ddl_with_retry(source, &sql).await?;
+        }
+    }
+    Ok(())
+}
+
+/// DDL under a short `lock_timeout`, retried: a busy table delays it, never
+/// queues the table's writers behind it for long.
+async fn ddl_with_retry(pool: &PgPool, sql: &str) -> Result<(), sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("set local lock_timeout = '1s'")
+            .execute(&mut *tx)
+            .await?;
+        match sqlx::query(sql).execute(&mut *tx).await {
+            Ok(_) => return tx.commit().await,
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some("55P03") && attempt < 30 =>
+            {
+                attempt += 1;
+                drop(tx);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Copies every tenant table's rows of the merchant as of one snapshot (a
+/// repeatable-read transaction on the source), so the copy is consistent in
+/// itself, foreign keys included; then forgets the captured changes that
+/// snapshot already holds. A copy cut off by a crash starts again, from an
+/// emptied target: a second snapshot's rows would not fit the first's.
+async fn copy(
+    pools: &Pools,
+    mv: &mut Move,
+    source: &PgPool,
+    target: &PgPool,
+    tables: &[Table],
+    progress: &dyn Progress,
+) -> Result<(), MoveError> {
+    let m = mv.merchant;
+    cleanup(target, tables, m, true, &Quiet, |_| async { Ok(()) }).await?;
+    let mut conn = source.acquire().await?;
+    let mut snap = conn.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *snap)
+        .await?;
+    let snapshot: String = sqlx::query_scalar(
+        "select pg_current_snapshot()::text from (select set_config('app.merchant_id', $1, true)) s",
+    )
+    .bind(m.0.to_string())
+    .fetch_one(&mut *snap)
+    .await?;
+    let mut total = 0u64;
+    for table in tables {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "select count(*) from {} where merchant_id = $1",
+            ident(&table.name)
+        ))
+        .bind(m.0)
+        .fetch_one(&mut *snap)
+        .await?;
+        total += n as u64;
+    }
+    progress.copy_total(total);
+    let mut copied = 0i64;
+    for table in tables {
+        let t = ident(&table.name);
+        let key = list(&table.key, "");
+        let key_t = list(&table.key, &format!("{t}."));
+        let key_c = list(&table.key, "c.");
+        let mut cursor = Value::Null;
+        loop {
+            let read = if cursor.is_null() {
+                format!(
+                    "select coalesce(jsonb_agg(to_jsonb(b) order by {key}), '[]') from
+                     (select * from {t} where merchant_id = $1 order by {key} limit $2) b"
+                )
+            } else {
+                format!(
+                    "select coalesce(jsonb_agg(to_jsonb(b) order by {key}), '[]') from
+                     (select {t}.* from {t}, jsonb_populate_record(null::{t}, $3) c
+                      where {t}.merchant_id = $1 and ({key_t}) > ({key_c})
+                      order by {key_t} limit $2) b"
+                )
+            };
+            let query = sqlx::query_scalar(&read).bind(m.0).bind(BATCH);
+            let query = if cursor.is_null() {
+                query
+            } else {
+                query.bind(&cursor)
+            };
+            let rows: Value = query.fetch_one(&mut *snap).await?;
+            let batch = rows.as_array().map(Vec::len).unwrap_or(0);
+            if batch > 0 {
+                let mut tx = TenantTx::begin_in_directory(target, m).await?;
+                upsert(&mut tx, table, &rows).await?;
+                tx.commit().await?;
+                copied += batch as i64;
+                sqlx::query(
+                    "update tenant_moves set rows_copied = $2, updated_at = now() where id = $1",
+                )
+                .bind(mv.id)
+                .bind(copied)
+                .execute(&pools.main)
+                .await?;
+                progress.copied(batch as u64);
+            }
+            if (batch as i64) < BATCH {
+                break;
+            }
+            cursor = rows
+                .as_array()
+                .and_then(|r| r.last())
+                .cloned()
+                .unwrap_or(Value::Null);
+        }
+    }
+    snap.commit().await?;
+    // What the snapshot saw is copied; what it did not see stays to replay.
+    sqlx::query(
+        "delete from move_changes where merchant_id = $1 and pg_visible_in_snapshot(xid, $2::pg_snapshot)",
+    )
+    .bind(m.0)
+    .bind(&snapshot)
+    .execute(source)
+    .await?;
+    sqlx::query("update tenant_moves set snapshot = $2, updated_at = now() where id = $1")
+        .bind(mv.id)
+        .bind(&snapshot)
+        .execute(&pools.main)
+        .await?;
+    Ok(())
+}
+
+/// Writes rows (a JSON array of whole rows) into the table, replacing any
+/// with the same key.
+async fn upsert(tx: &mut TenantTx, table: &Table, rows: &Value) -> Result<(), sqlx::Error> {
+    let t = ident(&table.name);
+    let cols = list(&table.columns, "");
+    let rest: Vec<String> = table
+        .columns
+        .iter()
+        .filter(|c| !table.key.contains(c))
+        .cloned()
+        .collect();
+    let on_conflict = if rest.is_empty() {
+        "do nothing".to_owned()
+    } else {
+        format!(
+            "do update set ({}) = row({})",
+            list(&rest, ""),
+            list(&rest, "excluded.")
+        )
+    };
+    sqlx::query(&format!(
+        "insert into {t} ({cols}) select {cols} from jsonb_populate_recordset(null::{t}, $1)
+         on conflict ({}) {on_conflict}",
+        list(&table.key, "")
+    ))
+    .bind(rows)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Replays one batch of captured writes on the target, in capture order:
+/// per key only its last write counts (deleted, or the row as last written),
+/// deletes children first, then upserts parents first. Returns how many.
+async fn apply_changes(
+    source: &PgPool,
+    target: &PgPool,
+    tables: &[Table],
+    m: MerchantId,
+) -> Result<usize, sqlx::Error> {
+    let changes: Vec<(i64, String, Value, Option<Value>)> = sqlx::query_as(
+        r#"select seq, table_name, key, "row" from move_changes where merchant_id = $1 order by seq limit $2"#,
+    )
+    .bind(m.0)
+    .bind(BATCH * 5)
+    .fetch_all(source)
+    .await?;
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    // table → key (as text) → last write.
+    let mut last: HashMap<&str, HashMap<String, (&Value, Option<&Value>)>> = HashMap::new();
+    for (_, table, key, row) in &changes {
+        last.entry(table.as_str())
+            .or_default()
+            .insert(key.to_string(), (key, row.as_ref()));
+    }
+    let mut tx = TenantTx::begin_in_directory(target, m).await?;
+    for table in tables.iter().rev() {
+        let Some(writes) = last.get(table.name.as_str()) else {
+            continue;
+        };
+        let deleted: Vec<Value> = writes
+            .values()
+            .filter(|(_, row)| row.is_none())
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        if deleted.is_empty() {
+            continue;
+        }
+        let t = ident(&table.name);
+        sqlx::query(&format!(
+            "delete from {t} using jsonb_populate_recordset(null::{t}, $1) k where ({}) = ({})",
+            list(&table.key, &format!("{t}.")),
+            list(&table.key, "k."),
+        ))
+        .bind(Value::Array(deleted))
+        .execute(tx.conn())
+        .await?;
+    }
+    for table in tables {
+        let Some(writes) = last.get(table.name.as_str()) else {
+            continue;
+        };
+        let rows: Vec<Value> = writes
+            .values()
+            .filter_map(|(_, row)| row.map(|r| (*r).clone()))
+            .collect();
+        if !rows.is_empty() {
+            upsert(&mut tx, table, &Value::Array(rows)).await?;
+        }
+    }
+    tx.commit().await?;
+    // Only now forget them: a crash before this replays them, to the same end.
+    let seqs: Vec<i64> = changes.iter().map(|(seq, ..)| *seq).collect();
+    sqlx::query("delete from move_changes where seq = any ($1)")
+        .bind(&seqs)
+        .execute(source)
+        .await?;
+    Ok(changes.len())
+}
+
+async fn cut_over(
+    pools: &Pools,
+    mv: &mut Move,
+    source: &PgPool,
+    target: &PgPool,
+    tables: &[Table],
+    progress: &dyn Progress,
+) -> Result<(), MoveError> {
+    let m = mv.merchant;
+    // A crash after the flip: finish what follows it.
+    if cell_of(&pools.main, m).await? == mv.target {
+        return after_flip(pools, mv, source, target).await;
+    }
+    // Instances learn of `moving` by NOTIFY at once; give a slow one time.
+    let since_start = (chrono::Utc::now() - mv.started_at)
+        .to_std()
+        .unwrap_or_default();
+    if since_start < PROPAGATION {
+        tokio::time::sleep(PROPAGATION - since_start).await;
+    }
+    let mut gate = PgConnection::connect_with(&gate_options(&pools.main)).await?;
+    sqlx::query("set lock_timeout = '15s'")
+        .execute(&mut gate)
+        .await?;
+    let closed = sqlx::query("select pg_advisory_lock($1, hashtext($2::text))")
+        .bind(GATE_CLASS)
+        .bind(m.0)
+        .execute(&mut gate)
+        .await;
+    if let Err(err) = closed {
+        return Err(MoveError::Stalled(format!(
+            "the merchant's in-flight requests did not finish in 15 s ({err}); the move stays resumable"
+        )));
+    }
+    let paused = Instant::now();
+    let outcome = cut_over_gated(pools, mv, source, target, tables, progress, paused).await;
+    if outcome.is_err() {
+        // Back to serving from the source: nothing flipped.
+        let _ = sqlx::query("delete from cell_absent where merchant_id = $1")
+            .bind(m.0)
+            .execute(source)
+            .await;
+    }
+    let _ = gate.close().await;
+    outcome?;
+    after_flip(pools, mv, source, target).await
+}
+
+fn gate_options(main: &PgPool) -> sqlx::postgres::PgConnectOptions {
+    main.connect_options()
+        .as_ref()
+        .clone()
+        .application_name("mercato-mover")
+}
+
+async fn cut_over_gated(
+    pools: &Pools,
+    mv: &mut Move,
+    source: &PgPool,
+    target: &PgPool,
+    tables: &[Table],
+    progress: &dyn Progress,
+    paused: Instant,
+) -> Result<(), MoveError> {
+    let m = mv.merchant;
+    // The source stops serving the merchant: its workers no longer see its
+    // rows, and a transaction begun there is refused.
+    let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "insert into cell_absent (merchant_id, why) values ($1, 'departed')
+         on conflict (merchant_id) do update set why = 'departed', since = now()
+         returning since",
+    )
+    .bind(m.0)
+    .fetch_one(source)
+    .await?;
+    wait_for_older_transactions(source, since).await?;
+    loop {
+        let applied = apply_changes(source, target, tables, m).await?;
+        record_applied(&pools.main, mv, applied).await?;
+        progress.applied(applied as u64);
+        if applied == 0 {
+            break;
+        }
+    }
+    verify(source, target, tables, m).await?;
+    sqlx::query("delete from cell_absent where merchant_id = $1")
+        .bind(m.0)
+        .execute(target)
+        .await?;
+    let mut tx = pools.main.begin().await?;
+    sqlx::query("update tenant_directory set cell = $2, moving = false, updated_at = now() where merchant_id = $1")
+        .bind(m.0)
+        .bind(&mv.target)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "update tenant_moves set phase = 'moved', pause_ms = $2, updated_at = now() where id = $1",
+    )
+    .bind(mv.id)
+    .bind(paused.elapsed().as_secs_f64() * 1000.0)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("select pg_notify('tenant_directory', $1::text)")
+        .bind(m.0)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    mv.phase = Phase::Moved;
+    Ok(())
+}
+
+/// Waits until every transaction of the source that began before `since`
+/// (a worker that read the merchant's rows before it was marked departed)
+/// has ended. Sessions waiting at the gate are not waited for.
+async fn wait_for_older_transactions(
+    source: &PgPool,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<(), MoveError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let older: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()
+               and xact_start < $1 and state <> 'idle'
+               and not (wait_event_type = 'Lock' and wait_event = 'advisory')",
+        )
+        .bind(since)
+        .fetch_one(source)
+        .await?;
+        if older == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(MoveError::Stalled(format!(
+                "{older} transactions of the source older than the cutover did not end in 10 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Per table, the merchant's row count and a checksum of its rows.
+pub async fn checksums(
+    pool: &PgPool,
+    tables: &[Table],
+    m: MerchantId,
+) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
+    let mut tx = TenantTx::begin_in_directory(pool, m).await?;
+    let mut sums = Vec::with_capacity(tables.len());
+    for table in tables {
+        let t = ident(&table.name);
+        let (rows, sum): (i64, String) = sqlx::query_as(&format!(
+            "select count(*), coalesce(sum(hashtextextended(to_jsonb(t)::text, 0)), 0)::text
+             from {t} t where merchant_id = $1"
+        ))
+        .bind(m.0)
+        .fetch_one(tx.conn())
+        .await?;
+        sums.push((table.name.clone(), rows, sum));
+    }
+    tx.commit().await?;
+    Ok(sums)
+}
+
+async fn verify(
+    source: &PgPool,
+    target: &PgPool,
+    tables: &[Table],
+    m: MerchantId,
+) -> Result<(), MoveError> {
+    let (here, there) =
+        tokio::try_join!(checksums(source, tables, m), checksums(target, tables, m))?;
+    for ((table, source_rows, source_sum), (_, target_rows, target_sum)) in
+        here.into_iter().zip(there)
+    {
+        if source_rows != target_rows || source_sum != target_sum {
+            return Err(MoveError::Mismatch {
+                table,
+                source_rows,
+                target_rows,
+                source_sum,
+                target_sum,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// After the flip: the source's capture stops.
+async fn after_flip(
+    pools: &Pools,
+    mv: &mut Move,
+    source: &PgPool,
+    _target: &PgPool,
+) -> Result<(), MoveError> {
+    drop_capture(source, mv.merchant).await?;
+    mv.phase = Phase::Moved;
+    sqlx::query("update tenant_moves set phase = 'moved', updated_at = now() where id = $1 and phase = 'cutting_over'")
+        .bind(mv.id)
+        .execute(&pools.main)
+        .await?;
+    Ok(())
+}
+
+async fn drop_capture(source: &PgPool, m: MerchantId) -> Result<(), sqlx::Error> {
+    let (on_write, on_delete) = trigger_names(m);
+    for table in tenant_tables(source).await? {
+        let t = ident(&table.name);
+        ddl_with_retry(source, &format!("drop trigger if exists {on_write} on {t}")).await?;
+        ddl_with_retry(
+            source,
+            &format!("drop trigger if exists {on_delete} on {t}"),
+        )
+        .await?;
+    }
+    sqlx::query("delete from move_changes where merchant_id = $1")
+        .bind(m.0)
+        .execute(source)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the merchant's rows from a cell in batches, children first.
+async fn cleanup<F, Fut>(
+    pool: &PgPool,
+    tables: &[Table],
+    m: MerchantId,
+    keep_merchant_row: bool,
+    progress: &dyn Progress,
+    record: F,
+) -> Result<u64, MoveError>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
+{
+    let mut total = 0;
+    for table in tables.iter().rev() {
+        let t = ident(&table.name);
+        loop {
+            let mut tx = TenantTx::begin_in_directory(pool, m).await?;
+            let deleted = sqlx::query(&format!(
+                "delete from {t} where ctid = any (array(select ctid from {t} where merchant_id = $1 limit $2))"
+            ))
+            .bind(m.0)
+            .bind(BATCH)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            if deleted == 0 {
+                break;
+            }
+            total += deleted;
+            record(deleted).await?;
+            progress.cleaned(deleted);
+            // Throttled: the cell's other merchants keep their latency.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    if !keep_merchant_row {
+        // The merchant's row in a cell only served its foreign keys.
+        sqlx::query("delete from merchants where id = $1")
+            .bind(m.0)
+            .execute(pool)
+            .await?;
+    }
+    Ok(total)
+}
+
+/// Deletes what a finished move left in its source (`--keep-source`).
+pub async fn cleanup_source(
+    pools: &Pools,
+    merchant: MerchantId,
+    progress: &dyn Progress,
+) -> Result<u64, MoveError> {
+    let row: Option<(Uuid, String)> = sqlx::query_as(
+        "select id, source from tenant_moves where merchant_id = $1 and phase = 'moved' order by started_at desc limit 1",
+    )
+    .bind(merchant.0)
+    .fetch_optional(&pools.main)
+    .await?;
+    let Some((id, source_name)) = row else {
+        return Err(MoveError::NotMoving(merchant));
+    };
+    let source = pools.cell(&source_name)?;
+    let tables = tenant_tables(source).await?;
+    let n = cleanup(
+        source,
+        &tables,
+        merchant,
+        source_name == MAIN,
+        progress,
+        |n| record_cleaned(&pools.main, id, n),
+    )
+    .await?;
+    sqlx::query("update tenant_moves set phase = 'cleaned', finished_at = now(), updated_at = now() where id = $1")
+        .bind(id)
+        .execute(&pools.main)
+        .await?;
+    Ok(n)
+}
+
+/// Abandons a move before its cutover: the source stays the only copy.
+pub async fn abort(
+    pools: &Pools,
+    merchant: MerchantId,
+    progress: &dyn Progress,
+) -> Result<(), MoveError> {
+    let mut mv = running(&pools.main, merchant)
+        .await?
+        .ok_or(MoveError::NotMoving(merchant))?;
+    if cell_of(&pools.main, merchant).await? == mv.target {
+        return Err(MoveError::PastCutover);
+    }
+    let source = pools.cell(&mv.source)?.clone();
+    let target = pools.cell(&mv.target)?.clone();
+    drop_capture(&source, merchant).await?;
+    sqlx::query("delete from cell_absent where merchant_id = $1")
+        .bind(merchant.0)
+        .execute(&source)
+        .await?;
+    // The target keeps fencing the merchant (a stale router finds nothing
+    // there) and loses what was copied.
+    sqlx::query(
+        "insert into cell_absent (merchant_id, why) values ($1, 'departed')
+         on conflict (merchant_id) do update set why = 'departed', since = now()",
+    )
+    .bind(merchant.0)
+    .execute(&target)
+    .await?;
+    let tables = tenant_tables(&target).await?;
+    cleanup(
+        &target,
+        &tables,
+        merchant,
+        mv.target == MAIN,
+        progress,
+        |_| async { Ok(()) },
+    )
+    .await?;
+    sqlx::query(
+        "with placed as (update tenant_directory set moving = false, updated_at = now() where merchant_id = $1)
+         select pg_notify('tenant_directory', $1::text)",
+    )
+    .bind(merchant.0)
+    .execute(&pools.main)
+    .await?;
+    set_phase(&pools.main, &mut mv, Phase::Aborted).await?;
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! Tenant cells: a merchant moved to a database on another PostgreSQL
+//! cluster while it and a neighbour trade, with nothing failed or lost.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mercato::cells::mover::{self, Move, MoveError, Phase, Pools, Quiet};
+use mercato::config::CellSpec;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{Body, Merchant, TestApp, TestDatabase, ADMIN_TOKEN};
+
+/// A second PostgreSQL cluster with an empty database for a cell.
+struct OtherCluster {
+    url: String,
+    _pg: localpg::LocalPg,
+    dir: std::path::PathBuf,
+}
+
+impl OtherCluster {
+    async fn start() -> OtherCluster {
+        let dir = std::env::temp_dir().join(format!("mercato-cell-{}", Uuid::now_v7().simple()));
+        let pg = localpg::LocalPg::start_ephemeral(&dir).expect("a second cluster starts");
+        let admin = PgPool::connect(&pg.url("postgres"))
+            .await
+            .expect("connects");
+        sqlx::query("create database cell_big")
+            .execute(&admin)
+            .await
+            .expect("cell database");
+        admin.close().await;
+        OtherCluster {
+            url: pg.url("cell_big"),
+            _pg: pg,
+            dir,
+        }
+    }
+}
+
+impl Drop for OtherCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Setup {
+    app: TestApp,
+    cell: OtherCluster,
+    cell_owner: PgPool,
+    pools: Pools,
+}
+
+async fn two_cells() -> Setup {
+    let cell = OtherCluster::start().await;
+    let db = TestDatabase::create().await;
+    let mut config = db.config();
+    config.cells = vec![CellSpec {
+        name: "big".into(),
+        url: cell.url.clone(),
+    }];
+    let app = TestApp::spawn_with(db, config).await;
+    let cell_owner = PgPool::connect(&cell.url).await.expect("cell owner");
+    let pools = Pools {
+        main: app.owner.clone(),
+        cells: BTreeMap::from([
+            ("main".to_owned(), app.owner.clone()),
+            ("big".to_owned(), cell_owner.clone()),
+        ]),
+    };
+    Setup {
+        app,
+        cell,
+        cell_owner,
+        pools,
+    }
+}
+
+fn checkout(email: &str) -> Value {
+    json!({"customer": {"email": email}, "items": [{"sku": "MUG", "quantity": 1}], "payment_method": "pm_card_ok"})
+}
+
+/// Every row of the merchant in each tenant table of `pool`: (table, rows).
+async fn rows_of(pool: &PgPool, merchant: &Merchant) -> Vec<(String, i64)> {
+    let tables = mover::tenant_tables(pool).await.expect("tables");
+    let mut counts = Vec::new();
+    for t in tables {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "select count(*) from \"{}\" where merchant_id = $1",
+            t.name
+        ))
+        .bind(merchant.id.0)
+        .fetch_one(pool)
+        .await
+        .expect("count");
+        counts.push((t.name, n));
+    }
+    counts
+}
+
+fn total(rows: &[(String, i64)]) -> i64 {
+    rows.iter().map(|(_, n)| n).sum()
+}
+
+/// What a load task saw: answers by status, and the slowest.
+#[derive(Default, Debug)]
+struct Seen {
+    ok: u64,
+    failed: Vec<String>,
+    slowest: Duration,
+    order_ids: Vec<String>,
+}
+
+/// Reads and checkouts for `merchant` until `stop`.
+fn load(
+    app: &TestApp,
+    merchant: &Merchant,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Seen> {
+    let client = app.client.clone();
+    let base = app.base.clone();
+    let key = merchant.key.clone();
+    tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let started = Instant::now();
+            let checkout_now = i.is_multiple_of(3);
+            let request = if checkout_now {
+                client
+                    .post(format!("{base}/v1/checkouts"))
+                    .bearer_auth(&key)
+                    .header("Idempotency-Key", Uuid::now_v7().to_string())
+                    .json(&checkout(&format!("buyer{i}@example.com")))
+            } else {
+                client.get(format!("{base}/v1/products")).bearer_auth(&key)
+            };
+            match request.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body: Value = resp.json().await.unwrap_or(Value::Null);
+                    let good = if checkout_now {
+                        status == StatusCode::CREATED || status == StatusCode::ACCEPTED
+                    } else {
+                        status == StatusCode::OK
+                    };
+                    if good {
+                        seen.ok += 1;
+                        if checkout_now {
+                            seen.order_ids
+                                .push(body["id"].as_str().unwrap_or_default().to_owned());
+                        }
+                    } else {
+                        seen.failed.push(format!("{status}: {body}"));
+                    }
+                }
+                Err(err) => seen.failed.push(err.to_string()),
+            }
+            seen.slowest = seen.slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merchant_moves_to_another_cluster_while_it_and_a_neighbour_trade() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let moving = app.merchant_with_stock("moving", "MUG", 1_000_000).await;
+    let neighbour = app.merchant_with_stock("neighbour", "MUG", 1_000_000).await;
+    // Side state from before the move: an order under an idempotency key, a
+    // reservation with its TTL, a webhook endpoint.
+    let before = app
+        .post_idempotent(
+            "/v1/checkouts",
+            &moving.key,
+            "before-move",
+            Body::Json(checkout("early@example.com")),
+        )
+        .await;
+    assert!(before.status.is_success(), "{}", before.body);
+    let reservation = app
+        .post(
+            "/v1/reservations",
+            &moving.key,
+            json!({"items": [{"sku": "MUG", "quantity": 2}]}),
+        )
+        .await;
+    assert_eq!(
+        reservation.status,
+        StatusCode::CREATED,
+        "{}",
+        reservation.body
+    );
+    let reservation_id = reservation.body["id"].as_str().expect("id").to_owned();
+    let rows_before = rows_of(&app.owner, &moving).await;
+    let neighbour_before = rows_of(&app.owner, &neighbour).await;
+    assert!(total(&rows_before) > 5, "{rows_before:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads = [
+        load(app, &moving, stop.clone()),
+        load(app, &moving, stop.clone()),
+        load(app, &neighbour, stop.clone()),
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mv = mover::start(&s.pools, moving.id, "big")
+        .await
+        .expect("the move starts");
+    assert_eq!((mv.source.as_str(), mv.target.as_str()), ("main", "big"));
+    let mv = mover::drive(&s.pools, mv, true, &Quiet)
+        .await
+        .expect("the move completes");
+    assert_eq!(mv.phase, Phase::Moved);
+    // Trading goes on in the new cell for a while.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for l in loads {
+        seen.push(l.await.expect("load task"));
+    }
+    for (who, s) in ["moving #1", "moving #2", "neighbour"].iter().zip(&seen) {
+        eprintln!("{who}: {} answered, slowest {:?}", s.ok, s.slowest);
+        assert!(s.failed.is_empty(), "{who}: {:?}", s.failed);
+        assert!(s.ok > 10, "{who} kept trading: {}", s.ok);
+    }
+
+    // The directory and the admin API name the new cell.
+    let view = app
+        .get(&format!("/v1/merchants/{}", moving.id), ADMIN_TOKEN)
+        .await;
+    assert_eq!(view.body["cell"], "big", "{}", view.body);
+    let pause: f64 = sqlx::query_scalar("select pause_ms from tenant_moves where id = $1")
+        .bind(mv.id)
+        .fetch_one(&app.owner)
+        .await
+        .expect("pause recorded");
+    eprintln!("write pause {pause:.1} ms");
+
+    // Every order the load was answered for is in the new cell, once.
+    let orders_in_cell: Vec<String> =
+        sqlx::query_scalar("select id::text from orders where merchant_id = $1")
+            .bind(moving.id.0)
+            .fetch_all(&s.cell_owner)
+            .await
+            .expect("orders");
+    for id in seen[0].order_ids.iter().chain(&seen[1].order_ids) {
+        assert!(orders_in_cell.contains(id), "order {id} is in the new cell");
+    }
+    // The old copy stayed as it was at the cutover; the new one only grew.
+    let rows_in_cell = rows_of(&s.cell_owner, &moving).await;
+    assert!(total(&rows_in_cell) >= total(&rows_before));
+
+    // Side state works after the move: the same key replays the same order,
+    // the reservation is there with its TTL, the API key still answers.
+    let again = app
+        .post_idempotent(
+            "/v1/checkouts",
+            &moving.key,
+            "before-move",
+            Body::Json(checkout("early@example.com")),
+        )
+        .await;
+    assert_eq!(again.body["id"], before.body["id"], "{}", again.body);
+    assert_eq!(
+        again
+            .headers
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let held = app
+        .get(&format!("/v1/reservations/{reservation_id}"), &moving.key)
+        .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    assert_eq!(held.body["expires_at"], reservation.body["expires_at"]);
+
+    // The cell's workers serve the moved merchant: the reservation expires there.
+    // The source's copy is deleted; the neighbour's rows are untouched.
+    mover::cleanup_source(&s.pools, moving.id, &Quiet)
+        .await
+        .expect("cleanup");
+    assert_eq!(total(&rows_of(&app.owner, &moving).await), 0);
+    let neighbour_after = rows_of(&app.owner, &neighbour).await;
+    assert!(total(&neighbour_after) > total(&neighbour_before));
+    assert_eq!(
+        total(&rows_of(&s.cell_owner, &neighbour).await),
+        0,
+        "the neighbour never left main"
+    );
+    // No capture trigger or captured key is left behind.
+    let triggers: i64 =
+        sqlx::query_scalar("select count(*) from pg_trigger where tgname like 'mercato_move_%'")
+            .fetch_one(&app.owner)
+            .await
+            .unwrap();
+    assert_eq!(triggers, 0);
+    assert_eq!(app.count("move_changes").await, 0);
+    drop(s.cell);
+}
+
+/// Each phase run, then the process "dies" (the Move value is dropped) and
+/// the move is picked up from its record: it ends as an uninterrupted one.
+#[tokio::test]
+async fn a_move_resumes_from_its_record_after_each_step() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let m = app.merchant_with_stock("resumed", "MUG", 1000).await;
+    for i in 0..5 {
+        let r = app
+            .post(
+                "/v1/checkouts",
+                &m.key,
+                checkout(&format!("b{i}@example.com")),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+    }
+    let sums_before = mover::checksums(
+        &app.owner,
+        &mover::tenant_tables(&app.owner).await.unwrap(),
+        m.id,
+    )
+    .await
+    .unwrap();
+    let mut mv: Move = mover::start(&s.pools, m.id, "big").await.unwrap();
+    while mv.phase != Phase::Moved {
+        mover::advance(&s.pools, mv.clone(), &Quiet)
+            .await
+            .expect("a step");
+        // A write between steps is captured and carried over.
+        let r = app
+            .post("/v1/checkouts", &m.key, checkout("between@example.com"))
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+        mv = match mover::running(&s.pools.main, m.id).await.unwrap() {
+            Some(resumed) => resumed,
+            None => Move {
+                phase: Phase::Moved,
+                ..mv
+            },
+        };
+    }
+    let tables = mover::tenant_tables(&s.cell_owner).await.unwrap();
+    let in_cell = mover::checksums(&s.cell_owner, &tables, m.id)
+        .await
+        .unwrap();
+    let orders = in_cell
+        .iter()
+        .find(|(t, _, _)| t == "orders")
+        .expect("orders");
+    let orders_before = sums_before.iter().find(|(t, _, _)| t == "orders").unwrap();
+    assert!(
+        orders.1 > orders_before.1,
+        "the writes between steps arrived: {orders:?}"
+    );
+    let r = app.get("/v1/products", &m.key).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_aborted_move_leaves_the_source_the_only_copy() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let m = app.merchant_with_stock("stays", "MUG", 1000).await;
+    let r = app
+        .post("/v1/checkouts", &m.key, checkout("a@example.com"))
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let tables = mover::tenant_tables(&app.owner).await.unwrap();
+    let mv = mover::start(&s.pools, m.id, "big").await.unwrap();
+    let mv = mover::advance(&s.pools, mv, &Quiet).await.unwrap();
+    assert_eq!(mv.phase, Phase::CatchingUp);
+    assert!(total(&rows_of(&s.cell_owner, &m).await) > 0, "copied");
+    let sums = mover::checksums(&app.owner, &tables, m.id).await.unwrap();
+    mover::abort(&s.pools, m.id, &Quiet).await.expect("aborts");
+    assert_eq!(
+        total(&rows_of(&s.cell_owner, &m).await),
+        0,
+        "nothing left in the target"
+    );
+    assert_eq!(
+        mover::checksums(&app.owner, &tables, m.id).await.unwrap(),
+        sums,
+        "the source unchanged"
+    );
+    let triggers: i64 =
+        sqlx::query_scalar("select count(*) from pg_trigger where tgname like 'mercato_move_%'")
+            .fetch_one(&app.owner)
+            .await
+            .unwrap();
+    assert_eq!(triggers, 0);
+    let view = app
+        .get(&format!("/v1/merchants/{}", m.id), ADMIN_TOKEN)
+        .await;
+    assert_eq!(view.body["cell"], "main");
+    assert!(view.body.get("moving").is_none(), "{}", view.body);
+    let r = app
+        .post("/v1/checkouts", &m.key, checkout("after@example.com"))
+        .await;
+    assert!(r.status.is_success(), "it trades on in main: {}", r.body);
+    assert!(matches!(
+        mover::abort(&s.pools, m.id, &Quiet).await,
+        Err(MoveError::NotMoving(_))
+    ));
+}
+
+#[tokio::test]
+async fn moves_that_cannot_work_are_refused_and_change_nothing() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let m = app.merchant_with_stock("refused", "MUG", 10).await;
+    assert!(matches!(
+        mover::start(&s.pools, m.id, "nowhere").await,
+        Err(MoveError::UnknownCell(..))
+    ));
+    assert!(matches!(
+        mover::start(&s.pools, m.id, "main").await,
+        Err(MoveError::AlreadyThere { .. })
+    ));
+    // A cell whose schema is behind (never migrated).
+    let admin = PgPool::connect(&s.cell.url.replace("/cell_big", "/postgres"))
+        .await
+        .unwrap();
+    sqlx::query("create database cell_empty")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let empty = PgPool::connect(&s.cell.url.replace("/cell_big", "/cell_empty"))
+        .await
+        .unwrap();
+    sqlx::query("create table _sqlx_migrations (version bigint, success boolean)")
+        .execute(&empty)
+        .await
+        .unwrap();
+    let mut pools = Pools {
+        main: s.pools.main.clone(),
+        cells: s.pools.cells.clone(),
+    };
+    pools.cells.insert("empty".into(), empty);
+    assert!(matches!(
+        mover::start(&pools, m.id, "empty").await,
+        Err(MoveError::SchemaBehind { .. })
+    ));
+    assert_eq!(app.count("tenant_moves").await, 0, "nothing recorded");
+    // One move at a time per merchant.
+    mover::start(&s.pools, m.id, "big").await.unwrap();
+    assert!(matches!(
+        mover::start(&s.pools, m.id, "big").await,
+        Err(MoveError::AlreadyMoving(_))
+    ));
+}
