@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 use crate::checkout::Checkout;
@@ -74,6 +74,10 @@ pub struct Cells(Arc<Inner>);
 struct Inner {
     /// The directory's pool (the main database, app role).
     directory: PgPool,
+    /// Connections holding gates, apart from `directory`: a moving merchant's
+    /// request holds one while its transactions take others, and from one
+    /// pool a burst of them could take every connection and wait forever.
+    gates: PgPool,
     cells: HashMap<String, Arc<Cell>>,
     placements: RwLock<HashMap<MerchantId, Placement>>,
 }
@@ -81,7 +85,18 @@ struct Inner {
 impl Cells {
     /// `cells` must hold the main database under `MAIN`.
     pub fn new(directory: PgPool, cells: Vec<Cell>) -> Cells {
+        let gates = PgPoolOptions::new()
+            .max_connections(directory.options().get_max_connections())
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(
+                directory
+                    .connect_options()
+                    .as_ref()
+                    .clone()
+                    .application_name("mercato-gate"),
+            );
         Cells(Arc::new(Inner {
+            gates,
             directory,
             cells: cells
                 .into_iter()
@@ -123,7 +138,7 @@ impl Cells {
         }
         // A move is under way: hold the gate for the whole request, then ask
         // the directory again (the cutover may just have flipped it).
-        let gate = Gate::enter(&self.0.directory, merchant).await?;
+        let gate = Gate::enter(&self.0.gates, merchant).await?;
         let placement = self.place(merchant, &self.0.directory).await?;
         Ok(Route {
             cell: placement.cell,

@@ -457,3 +457,82 @@ async fn moves_that_cannot_work_are_refused_and_change_nothing() {
         Err(MoveError::AlreadyMoving(_))
     ));
 }
+
+/// `mercato tenants move`, killed (SIGKILL) at moments that fall in each
+/// phase, resumed each time: it ends as an uninterrupted move does, with the
+/// target equal to the source and nothing of the capture left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_killed_at_any_moment_resumes_to_the_same_end() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let m = app.merchant_with_stock("killed", "MUG", 100_000).await;
+    for i in 0..30 {
+        let r = app
+            .post(
+                "/v1/checkouts",
+                &m.key,
+                checkout(&format!("k{i}@example.com")),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+    }
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mercato"));
+        cmd.args(args)
+            .arg("--keep-source")
+            .arg("--database-url")
+            .arg(&app.db.owner_url)
+            .arg("--cell")
+            .arg(format!("big={}", s.cell.url))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let mut phases_killed = Vec::new();
+    for delay in [150u64, 600, 1200, 1900, 2500, 2900, 3300] {
+        let running = mover::running(&app.owner, m.id).await.unwrap();
+        if running.is_none() && mover::cell_of(&app.owner, m.id).await.unwrap() == "big" {
+            break;
+        }
+        let mut child = match running {
+            Some(_) => run(&["tenants", "resume", "killed"]),
+            None => run(&["tenants", "move", "killed", "--to", "big"]),
+        }
+        .spawn()
+        .expect("the binary runs");
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let Some(mv) = mover::running(&app.owner, m.id).await.unwrap() else {
+            continue;
+        };
+        phases_killed.push(mv.phase);
+        if matches!(mv.phase, Phase::Copying | Phase::CatchingUp) {
+            // Writes between the kills are captured and carried over.
+            let r = app
+                .post("/v1/checkouts", &m.key, checkout("between@example.com"))
+                .await;
+            assert!(r.status.is_success(), "{}", r.body);
+        }
+    }
+    eprintln!("killed in phases {phases_killed:?}");
+    if mover::running(&app.owner, m.id).await.unwrap().is_some() {
+        let status = run(&["tenants", "resume", "killed"]).status().unwrap();
+        assert!(status.success(), "the last resume finishes");
+    }
+    assert_eq!(mover::cell_of(&app.owner, m.id).await.unwrap(), "big");
+    let tables = mover::tenant_tables(&app.owner).await.unwrap();
+    let source = mover::checksums(&app.owner, &tables, m.id).await.unwrap();
+    let target = mover::checksums(&s.cell_owner, &tables, m.id)
+        .await
+        .unwrap();
+    assert_eq!(source, target, "the target holds exactly the source's rows");
+    let triggers: i64 =
+        sqlx::query_scalar("select count(*) from pg_trigger where tgname like 'mercato_move_%'")
+            .fetch_one(&app.owner)
+            .await
+            .unwrap();
+    assert_eq!(triggers, 0);
+    let r = app.get("/v1/products", &m.key).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
