@@ -74,6 +74,8 @@ enum BenchCommand {
     Reprice(mercato::bench::reprice::Options),
     /// One merchant's latency alone, then while another floods at 20 times its plan.
     Neighbours(mercato::bench::neighbours::Options),
+    /// A merchant with many orders moved to a cell on another cluster under live load.
+    Move(mercato::bench::moves::Options),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
             }
             Command::Bench(BenchCommand::Pricing(opts)) => mercato::bench::pricing::run(opts).await,
             Command::Bench(BenchCommand::Reprice(opts)) => mercato::bench::reprice::run(opts).await,
+            Command::Bench(BenchCommand::Move(opts)) => mercato::bench::moves::run(opts).await,
             Command::Bench(BenchCommand::Neighbours(opts)) => {
                 mercato::bench::neighbours::run(opts).await
             }

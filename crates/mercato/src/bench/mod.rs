@@ -4,6 +4,7 @@
 pub mod checkout;
 pub mod load;
 pub mod migrate;
+pub mod moves;
 pub mod neighbours;
 pub mod pricing;
 pub mod reprice;

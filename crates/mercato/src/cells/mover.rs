@@ -123,8 +123,26 @@ impl Pools {
 pub struct Table {
     pub name: String,
     pub key: Vec<String>,
+    /// The SQL types of `key`, in order.
+    pub key_types: Vec<String>,
     /// Columns an INSERT may name (generated ones are left out).
     pub columns: Vec<String>,
+}
+
+impl Table {
+    /// `(key) <op> (the key of JSON parameter $n)`, with the parameter cast
+    /// to the key's types so an index range scan can use it.
+    fn key_vs(&self, op: &str, param: usize) -> String {
+        let t = ident(&self.name);
+        let given = self
+            .key
+            .iter()
+            .zip(&self.key_types)
+            .map(|(k, ty)| format!("(${param}::jsonb ->> '{}')::{ty}", k.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("({}) {op} ({given})", list(&self.key, &format!("{t}.")))
+    }
 }
 
 /// The move record.
@@ -161,11 +179,18 @@ fn list(cols: &[String], prefix: &str) -> String {
         .join(", ")
 }
 
+/// A table's name, key columns, key types and insertable columns.
+type CatalogRow = (String, Vec<String>, Vec<String>, Vec<String>);
+
 /// The tenant tables of a database, parents before children.
 pub async fn tenant_tables(pool: &PgPool) -> Result<Vec<Table>, sqlx::Error> {
-    let rows: Vec<(String, Vec<String>, Vec<String>)> = sqlx::query_as(
+    let rows: Vec<CatalogRow> = sqlx::query_as(
         "select c.relname::text,
                 array(select a.attname::text from pg_index i
+                      join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey)
+                      where i.indrelid = c.oid and i.indisprimary
+                      order by array_position(i.indkey::int2[], a.attnum)),
+                array(select format_type(a.atttypid, a.atttypmod) from pg_index i
                       join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey)
                       where i.indrelid = c.oid and i.indisprimary
                       order by array_position(i.indkey::int2[], a.attnum)),
@@ -192,8 +217,13 @@ pub async fn tenant_tables(pool: &PgPool) -> Result<Vec<Table>, sqlx::Error> {
     .await?;
     let mut tables: Vec<Table> = rows
         .into_iter()
-        .filter(|(_, key, _)| !key.is_empty())
-        .map(|(name, key, columns)| Table { name, key, columns })
+        .filter(|(_, key, _, _)| !key.is_empty())
+        .map(|(name, key, key_types, columns)| Table {
+            name,
+            key,
+            key_types,
+            columns,
+        })
         .collect();
     // Parents first (Kahn's order, by name among equals).
     let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
@@ -359,7 +389,9 @@ pub async fn advance(
         }
         Phase::CatchingUp => {
             loop {
-                let applied = apply_changes(&source, &target, &tables, mv.merchant).await?;
+                let applied =
+                    apply_changes(&source, &target, &tables, mv.merchant, &mut Touched::new())
+                        .await?;
                 record_applied(&pools.main, &mv, applied).await?;
                 progress.applied(applied as u64);
                 if applied < CUTOVER_BELOW {
@@ -566,8 +598,6 @@ async fn copy(
     for table in tables {
         let t = ident(&table.name);
         let key = list(&table.key, "");
-        let key_t = list(&table.key, &format!("{t}."));
-        let key_c = list(&table.key, "c.");
         let mut cursor = Value::Null;
         loop {
             let read = if cursor.is_null() {
@@ -578,9 +608,9 @@ async fn copy(
             } else {
                 format!(
                     "select coalesce(jsonb_agg(to_jsonb(b) order by {key}), '[]') from
-                     (select {t}.* from {t}, jsonb_populate_record(null::{t}, $3) c
-                      where {t}.merchant_id = $1 and ({key_t}) > ({key_c})
-                      order by {key_t} limit $2) b"
+                     (select * from {t} where merchant_id = $1 and {}
+                      order by {key} limit $2) b",
+                    table.key_vs(">", 3)
                 )
             };
             let query = sqlx::query_scalar(&read).bind(m.0).bind(BATCH);
@@ -671,6 +701,7 @@ async fn apply_changes(
     target: &PgPool,
     tables: &[Table],
     m: MerchantId,
+    touched: &mut Touched,
 ) -> Result<usize, sqlx::Error> {
     let changes: Vec<(i64, String, Value, Option<Value>)> = sqlx::query_as(
         r#"select seq, table_name, key, "row" from move_changes where merchant_id = $1 order by seq limit $2"#,
@@ -688,6 +719,10 @@ async fn apply_changes(
         last.entry(table.as_str())
             .or_default()
             .insert(key.to_string(), (key, row.as_ref()));
+        touched
+            .entry(table.clone())
+            .or_default()
+            .insert(key.to_string(), key.clone());
     }
     let mut tx = TenantTx::begin_in_directory(target, m).await?;
     for table in tables.iter().rev() {
@@ -754,6 +789,12 @@ async fn cut_over(
     if since_start < PROPAGATION {
         tokio::time::sleep(PROPAGATION - since_start).await;
     }
+    // Verified before the pause, so the pause rechecks only what changed
+    // since: the keys replayed from here on, and the ranges that differed.
+    let mut touched = Touched::new();
+    catch_up(pools, mv, source, target, tables, &mut touched, progress).await?;
+    let dirty = pre_verify(source, target, tables, m).await?;
+    catch_up(pools, mv, source, target, tables, &mut touched, progress).await?;
     let mut gate = PgConnection::connect_with(&gate_options(&pools.main)).await?;
     sqlx::query("set lock_timeout = '15s'")
         .execute(&mut gate)
@@ -769,7 +810,16 @@ async fn cut_over(
         )));
     }
     let paused = Instant::now();
-    let outcome = cut_over_gated(pools, mv, source, target, tables, progress, paused).await;
+    let outcome = cut_over_gated(
+        pools,
+        mv,
+        (source, target),
+        tables,
+        (&mut touched, &dirty),
+        progress,
+        paused,
+    )
+    .await;
     if outcome.is_err() {
         // Back to serving from the source: nothing flipped.
         let _ = sqlx::query("delete from cell_absent where merchant_id = $1")
@@ -792,9 +842,9 @@ fn gate_options(main: &PgPool) -> sqlx::postgres::PgConnectOptions {
 async fn cut_over_gated(
     pools: &Pools,
     mv: &mut Move,
-    source: &PgPool,
-    target: &PgPool,
+    (source, target): (&PgPool, &PgPool),
     tables: &[Table],
+    (touched, dirty): (&mut Touched, &[Range]),
     progress: &dyn Progress,
     paused: Instant,
 ) -> Result<(), MoveError> {
@@ -811,14 +861,14 @@ async fn cut_over_gated(
     .await?;
     wait_for_older_transactions(source, since).await?;
     loop {
-        let applied = apply_changes(source, target, tables, m).await?;
+        let applied = apply_changes(source, target, tables, m, touched).await?;
         record_applied(&pools.main, mv, applied).await?;
         progress.applied(applied as u64);
         if applied == 0 {
             break;
         }
     }
-    verify(source, target, tables, m).await?;
+    recheck(source, target, tables, m, touched, dirty).await?;
     sqlx::query("delete from cell_absent where merchant_id = $1")
         .bind(m.0)
         .execute(target)
@@ -898,25 +948,187 @@ pub async fn checksums(
     Ok(sums)
 }
 
-async fn verify(
+/// Keys replayed on the target, per table (key as text → key).
+type Touched = HashMap<String, HashMap<String, Value>>;
+
+/// A key range of a table, `(after, up_to]` (`None`: unbounded).
+struct Range {
+    table: usize,
+    after: Option<Value>,
+    up_to: Option<Value>,
+}
+
+/// Replays captured writes until few are left.
+async fn catch_up(
+    pools: &Pools,
+    mv: &Move,
+    source: &PgPool,
+    target: &PgPool,
+    tables: &[Table],
+    touched: &mut Touched,
+    progress: &dyn Progress,
+) -> Result<(), MoveError> {
+    loop {
+        let applied = apply_changes(source, target, tables, mv.merchant, touched).await?;
+        record_applied(&pools.main, mv, applied).await?;
+        progress.applied(applied as u64);
+        if applied < CUTOVER_BELOW {
+            return Ok(());
+        }
+    }
+}
+
+/// Rows and checksum of the merchant's rows of `table` in a key range.
+async fn range_sum(
+    pool: &PgPool,
+    table: &Table,
+    m: MerchantId,
+    after: Option<&Value>,
+    up_to: Option<&Value>,
+) -> Result<(i64, String), sqlx::Error> {
+    let t = ident(&table.name);
+    let mut conditions = vec!["merchant_id = $1".to_owned()];
+    let mut params = Vec::new();
+    if let Some(after) = after {
+        params.push(after.clone());
+        conditions.push(table.key_vs(">", params.len() + 1));
+    }
+    if let Some(up_to) = up_to {
+        params.push(up_to.clone());
+        conditions.push(table.key_vs("<=", params.len() + 1));
+    }
+    let sql = format!(
+        "select count(*), coalesce(sum(hashtextextended(to_jsonb({t})::text, 0)), 0)::text
+         from {t} where {}",
+        conditions.join(" and ")
+    );
+    let mut query = sqlx::query_as(&sql).bind(m.0);
+    for p in params {
+        query = query.bind(p);
+    }
+    let mut tx = TenantTx::begin_in_directory(pool, m).await?;
+    let sum = query.fetch_one(tx.conn()).await?;
+    tx.commit().await?;
+    Ok(sum)
+}
+
+/// Compares source and target chunk by chunk (ranges of the source's keys,
+/// together covering every key); returns the ranges that differ, which
+/// captured writes not yet replayed explain, to check again in the pause.
+async fn pre_verify(
     source: &PgPool,
     target: &PgPool,
     tables: &[Table],
     m: MerchantId,
+) -> Result<Vec<Range>, MoveError> {
+    const CHUNK: i64 = 5000;
+    let mut dirty = Vec::new();
+    for (i, table) in tables.iter().enumerate() {
+        let t = ident(&table.name);
+        let key = list(&table.key, "");
+        let mut after: Option<Value> = None;
+        loop {
+            let bound = if after.is_some() {
+                format!("and {}", table.key_vs(">", 3))
+            } else {
+                String::new()
+            };
+            let mut tx = TenantTx::begin_in_directory(source, m).await?;
+            let sql = format!(
+                "with c as (select * from {t} where merchant_id = $1 {bound} order by {key} limit $2)
+                 select count(*), (select to_jsonb(x) from (select * from c order by {} desc limit 1) x) from c",
+                table
+                    .key
+                    .iter()
+                    .map(|k| ident(k))
+                    .collect::<Vec<_>>()
+                    .join(" desc, ")
+            );
+            let query = sqlx::query_as(&sql).bind(m.0).bind(CHUNK);
+            let (rows, last): (i64, Option<Value>) = match &after {
+                Some(after) => query.bind(after.clone()),
+                None => query,
+            }
+            .fetch_one(tx.conn())
+            .await?;
+            tx.commit().await?;
+            let up_to = if rows < CHUNK { None } else { last };
+            let (here, there) = tokio::try_join!(
+                range_sum(source, table, m, after.as_ref(), up_to.as_ref()),
+                range_sum(target, table, m, after.as_ref(), up_to.as_ref())
+            )?;
+            if here != there {
+                dirty.push(Range {
+                    table: i,
+                    after: after.clone(),
+                    up_to: up_to.clone(),
+                });
+            }
+            match up_to {
+                None => break,
+                Some(last) => after = Some(last),
+            }
+        }
+    }
+    Ok(dirty)
+}
+
+/// In the pause, with every captured write replayed: the ranges that
+/// differed before and every key replayed since must now be equal.
+async fn recheck(
+    source: &PgPool,
+    target: &PgPool,
+    tables: &[Table],
+    m: MerchantId,
+    touched: &Touched,
+    dirty: &[Range],
 ) -> Result<(), MoveError> {
-    let (here, there) =
-        tokio::try_join!(checksums(source, tables, m), checksums(target, tables, m))?;
-    for ((table, source_rows, source_sum), (_, target_rows, target_sum)) in
-        here.into_iter().zip(there)
-    {
-        if source_rows != target_rows || source_sum != target_sum {
-            return Err(MoveError::Mismatch {
-                table,
-                source_rows,
-                target_rows,
-                source_sum,
-                target_sum,
-            });
+    let mismatch =
+        |table: &Table, (sr, ss): (i64, String), (tr, ts): (i64, String)| MoveError::Mismatch {
+            table: table.name.clone(),
+            source_rows: sr,
+            target_rows: tr,
+            source_sum: ss,
+            target_sum: ts,
+        };
+    for range in dirty {
+        let table = &tables[range.table];
+        let (here, there) = tokio::try_join!(
+            range_sum(source, table, m, range.after.as_ref(), range.up_to.as_ref()),
+            range_sum(target, table, m, range.after.as_ref(), range.up_to.as_ref())
+        )?;
+        if here != there {
+            return Err(mismatch(table, here, there));
+        }
+    }
+    for table in tables {
+        let Some(keys) = touched.get(&table.name) else {
+            continue;
+        };
+        let keys = Value::Array(keys.values().cloned().collect());
+        let t = ident(&table.name);
+        let sql = format!(
+            "select count(*), coalesce(sum(hashtextextended(to_jsonb({t})::text, 0)), 0)::text
+             from {t} join jsonb_populate_recordset(null::{t}, $1) k on ({}) = ({})",
+            list(&table.key, &format!("{t}.")),
+            list(&table.key, "k."),
+        );
+        let sum = |pool: &PgPool| {
+            let (sql, keys) = (sql.clone(), keys.clone());
+            let pool = pool.clone();
+            async move {
+                let mut tx = TenantTx::begin_in_directory(&pool, m).await?;
+                let sum: (i64, String) = sqlx::query_as(&sql)
+                    .bind(&keys)
+                    .fetch_one(tx.conn())
+                    .await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(sum)
+            }
+        };
+        let (here, there) = tokio::try_join!(sum(source), sum(target))?;
+        if here != there {
+            return Err(mismatch(table, here, there));
         }
     }
     Ok(())

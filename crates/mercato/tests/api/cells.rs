@@ -536,3 +536,73 @@ async fn a_move_killed_at_any_moment_resumes_to_the_same_end() {
     let r = app.get("/v1/products", &m.key).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
+
+/// The foundation's schema rules hold in every cell, not only the main
+/// database: `serve` migrates each the same way.
+#[tokio::test]
+async fn every_cell_forces_rls_on_its_tenant_tables() {
+    let s = two_cells().await;
+    let tables = mover::tenant_tables(&s.cell_owner).await.unwrap();
+    assert!(
+        tables.len() > 20,
+        "the cell has the whole schema: {}",
+        tables.len()
+    );
+    for t in &tables {
+        let (rls, forced): (bool, bool) = sqlx::query_as(
+            "select relrowsecurity, relforcerowsecurity from pg_class
+             where relname = $1 and relnamespace = 'public'::regnamespace",
+        )
+        .bind(&t.name)
+        .fetch_one(&s.cell_owner)
+        .await
+        .unwrap();
+        assert!(rls && forced, "{} forces RLS in the cell", t.name);
+        assert_eq!(
+            t.key[0], "merchant_id",
+            "{} leads its key with merchant_id",
+            t.name
+        );
+    }
+    // The service's role in the cell is bound by it, like in main.
+    let superuser: bool =
+        sqlx::query_scalar("select rolsuper from pg_roles where rolname = 'mercato_app'")
+            .fetch_one(&s.cell_owner)
+            .await
+            .unwrap();
+    assert!(!superuser);
+}
+
+/// A target that differs from the source (here: a row changed behind the
+/// mover's back) stops the cutover: nothing flips, the merchant trades on in
+/// its old cell, and the move stays resumable.
+#[tokio::test]
+async fn a_target_that_differs_is_caught_before_the_flip() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let m = app.merchant_with_stock("corrupted", "MUG", 1000).await;
+    let r = app
+        .post("/v1/checkouts", &m.key, checkout("c@example.com"))
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let mv = mover::start(&s.pools, m.id, "big").await.unwrap();
+    let mv = mover::advance(&s.pools, mv, &Quiet).await.unwrap();
+    sqlx::query(
+        "update orders set customer_email = 'someone-else@example.com' where merchant_id = $1",
+    )
+    .bind(m.id.0)
+    .execute(&s.cell_owner)
+    .await
+    .unwrap();
+    let outcome = mover::drive(&s.pools, mv, true, &Quiet).await;
+    assert!(
+        matches!(&outcome, Err(MoveError::Mismatch { table, .. }) if table == "orders"),
+        "{outcome:?}"
+    );
+    assert_eq!(mover::cell_of(&app.owner, m.id).await.unwrap(), "main");
+    let r = app
+        .post("/v1/checkouts", &m.key, checkout("still@example.com"))
+        .await;
+    assert!(r.status.is_success(), "it trades on in main: {}", r.body);
+    assert!(mover::running(&app.owner, m.id).await.unwrap().is_some());
+}

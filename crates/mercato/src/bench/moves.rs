@@ -1,0 +1,353 @@
+//! `mercato bench move`: a merchant with many orders is moved to a cell on a
+//! second PostgreSQL cluster while it and a neighbour each run a steady load
+//! (reads and checkouts). Prints the copy's rows/s, the cutover's write pause
+//! (and the moving merchant's worst latency in it), failed requests, and the
+//! neighbour's p99 before the move against during it; writes JSON.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{interruptible, Harness, Percentiles, ADMIN};
+use crate::cells::mover::{self, Phase, Pools, Progress};
+use crate::config::CellSpec;
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Orders of the merchant that moves (each with its items, reservation and payment).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
+    pub orders: i64,
+    /// Requests per second of each merchant's load (one in five a checkout).
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Seconds of load before the move (the neighbour's baseline) and after it.
+    #[arg(long, default_value_t = 10)]
+    pub settle_seconds: u64,
+    #[arg(long, default_value = "docs/bench/bench-move.json")]
+    pub out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Report {
+    orders: i64,
+    rows_copied: i64,
+    copy_seconds: f64,
+    copy_rows_per_second: f64,
+    changes_applied: i64,
+    /// The cutover's gate closed → opened, as the mover measured it.
+    write_pause_ms: f64,
+    /// The moving merchant's requests sent while the move cut over.
+    moving_during_cutover: Percentiles,
+    rows_cleaned: i64,
+    cleanup_seconds: f64,
+    moving_failed: usize,
+    neighbour_failed: usize,
+    /// Per phase label, for each merchant.
+    moving: BTreeMap<String, PhaseFigures>,
+    neighbour: BTreeMap<String, PhaseFigures>,
+    neighbour_p99_before_ms: f64,
+    neighbour_p99_during_ms: f64,
+    /// During / before (target ≤ 1.5).
+    neighbour_p99_ratio: f64,
+}
+
+#[derive(Serialize, Clone)]
+struct PhaseFigures {
+    requests: usize,
+    failed: usize,
+    #[serde(flatten)]
+    latency: Percentiles,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!(
+        "mercato-bench-cell-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let dir = scratch.clone();
+    let cluster = tokio::task::spawn_blocking(move || localpg::LocalPg::start_ephemeral(&dir))
+        .await?
+        .context("starting the second cluster")?;
+    let admin = crate::db::connect(cluster.url("postgres").parse()?, 1).await?;
+    sqlx::query("create database cell_big")
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let cell_url = cluster.url("cell_big");
+    let spec = CellSpec {
+        name: "big".into(),
+        url: cell_url.clone(),
+    };
+    let h = Harness::start(None, move |c| {
+        c.cells = vec![spec];
+        c.payment_delay = Duration::from_millis(20);
+        c.max_connections = 40;
+    })
+    .await?;
+    let outcome = interruptible(measure(&h, &opts, &cell_url)).await;
+    h.shutdown().await;
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = outcome?;
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&opts.out, &text).with_context(|| format!("writing {}", opts.out.display()))?;
+    eprintln!(
+        "copy {:.0} rows/s ({} rows); write pause {:.0} ms (moving merchant's worst request in it {:.0} ms); failed requests: {} moving, {} neighbour; neighbour p99 {:.1} ms before, {:.1} ms during: ratio {:.2} (target ≤ 1.5)",
+        report.copy_rows_per_second,
+        report.rows_copied,
+        report.write_pause_ms,
+        report.moving_during_cutover.max_ms,
+        report.moving_failed,
+        report.neighbour_failed,
+        report.neighbour_p99_before_ms,
+        report.neighbour_p99_during_ms,
+        report.neighbour_p99_ratio
+    );
+    Ok(())
+}
+
+async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<Report> {
+    // The merchant that moves: many orders, seeded as an import would.
+    let seed = crate::demo::incident::Options {
+        orders: opts.orders,
+        weeks: 6,
+        seed: 42,
+        json: true,
+        database_url: None,
+        data_dir: PathBuf::new(),
+    };
+    eprintln!("seeding {} orders", opts.orders);
+    let facts = crate::demo::incident::seed(&h.owner, &seed, true).await?;
+    let moving_id = facts.merchant_id;
+    let issued = super::send(
+        &h.client,
+        "POST",
+        &format!("{}/v1/merchants/{moving_id}/api-keys", h.base),
+        ADMIN,
+        json!({}),
+    )
+    .await?;
+    let moving_key = issued["api_key"].as_str().context("api key")?.to_owned();
+    for key in [&moving_key, &h.key] {
+        for (method, path, body) in [
+            (
+                "POST",
+                "/v1/products",
+                json!({"name": "Mug", "variants": [{"sku": "BENCH-MUG", "price": {"amount": 1200, "currency": "EUR"}}]}),
+            ),
+            (
+                "PUT",
+                "/v1/inventory/BENCH-MUG",
+                json!({"on_hand": 100_000_000}),
+            ),
+        ] {
+            super::send(&h.client, method, &format!("{}{path}", h.base), key, body).await?;
+        }
+    }
+    let label = Arc::new(Mutex::new("before".to_owned()));
+    let moving = Load::start(&h.base, &moving_key, opts.rate, label.clone());
+    let neighbour = Load::start(&h.base, &h.key, opts.rate, label.clone());
+    tokio::time::sleep(Duration::from_secs(opts.settle_seconds)).await;
+
+    let cell = crate::db::connect(cell_url.parse()?, 8).await?;
+    let pools = Pools {
+        main: h.owner.clone(),
+        cells: BTreeMap::from([
+            ("main".to_owned(), h.owner.clone()),
+            ("big".to_owned(), cell.clone()),
+        ]),
+    };
+    let merchant = crate::tenancy::MerchantId(moving_id);
+    let progress = Labels {
+        label: label.clone(),
+        since: Mutex::new(Instant::now()),
+        timings: Mutex::new(BTreeMap::new()),
+    };
+    let mv = mover::start(&pools, merchant, "big").await?;
+    let mv = mover::drive(&pools, mv, false, &progress).await?;
+    progress.phase(mv.phase);
+    set(&label, "after");
+    tokio::time::sleep(Duration::from_secs(opts.settle_seconds)).await;
+    let moving = moving.stop().await;
+    let neighbour = neighbour.stop().await;
+
+    let (rows_copied, changes_applied, rows_cleaned, pause): (i64, i64, i64, Option<f64>) = sqlx::query_as(
+        "select rows_copied, changes_applied, rows_cleaned, pause_ms from tenant_moves where id = $1",
+    )
+    .bind(mv.id)
+    .fetch_one(&h.owner)
+    .await?;
+    let timings = progress
+        .timings
+        .lock()
+        .map(|t| t.clone())
+        .unwrap_or_default();
+    let copy_seconds = timings.get("copying").copied().unwrap_or(0.0);
+    let cleanup_seconds = timings.get("moved").copied().unwrap_or(0.0);
+    let summary = |load: &[(String, Duration, bool)]| summarise(load);
+    let moving_phases = summary(&moving);
+    let neighbour_phases = summary(&neighbour);
+    let during: Vec<Duration> = neighbour
+        .iter()
+        .filter(|(l, _, _)| ["copying", "catching_up", "cutting_over"].contains(&l.as_str()))
+        .map(|(_, d, _)| *d)
+        .collect();
+    let before: Vec<Duration> = neighbour
+        .iter()
+        .filter(|(l, _, _)| l == "before")
+        .map(|(_, d, _)| *d)
+        .collect();
+    let cutover: Vec<Duration> = moving
+        .iter()
+        .filter(|(l, _, _)| l == "cutting_over")
+        .map(|(_, d, _)| *d)
+        .collect();
+    let (before, during) = (Percentiles::of(before), Percentiles::of(during));
+    cell.close().await;
+    Ok(Report {
+        orders: opts.orders,
+        rows_copied,
+        copy_seconds,
+        copy_rows_per_second: rows_copied as f64 / copy_seconds.max(1e-9),
+        changes_applied,
+        write_pause_ms: pause.unwrap_or(0.0),
+        moving_during_cutover: Percentiles::of(cutover),
+        rows_cleaned,
+        cleanup_seconds,
+        moving_failed: moving.iter().filter(|(_, _, ok)| !ok).count(),
+        neighbour_failed: neighbour.iter().filter(|(_, _, ok)| !ok).count(),
+        moving: moving_phases,
+        neighbour: neighbour_phases,
+        neighbour_p99_ratio: during.p99_ms / before.p99_ms.max(1e-9),
+        neighbour_p99_before_ms: before.p99_ms,
+        neighbour_p99_during_ms: during.p99_ms,
+    })
+}
+
+fn set(label: &Mutex<String>, to: &str) {
+    if let Ok(mut l) = label.lock() {
+        *l = to.to_owned();
+    }
+}
+
+fn summarise(samples: &[(String, Duration, bool)]) -> BTreeMap<String, PhaseFigures> {
+    let mut by: BTreeMap<String, (Vec<Duration>, usize)> = BTreeMap::new();
+    for (label, latency, ok) in samples {
+        let e = by.entry(label.clone()).or_default();
+        e.0.push(*latency);
+        if !ok {
+            e.1 += 1;
+        }
+    }
+    by.into_iter()
+        .map(|(label, (latencies, failed))| {
+            (
+                label,
+                PhaseFigures {
+                    requests: latencies.len(),
+                    failed,
+                    latency: Percentiles::of(latencies),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Labels the load's samples with the move's phase, and times each phase.
+struct Labels {
+    label: Arc<Mutex<String>>,
+    since: Mutex<Instant>,
+    timings: Mutex<BTreeMap<String, f64>>,
+}
+
+impl Progress for Labels {
+    fn phase(&self, phase: Phase) {
+        let previous = self.label.lock().map(|l| l.clone()).unwrap_or_default();
+        if let (Ok(mut since), Ok(mut timings)) = (self.since.lock(), self.timings.lock()) {
+            *timings.entry(previous).or_default() += since.elapsed().as_secs_f64();
+            *since = Instant::now();
+        }
+        set(&self.label, phase.as_str());
+        eprintln!("phase: {phase}");
+    }
+}
+
+/// One merchant's paced requests: four reads to one checkout.
+struct Load {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<(String, Duration, bool)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(base: &str, key: &str, rate: u32, label: Arc<Mutex<String>>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let workers = 16usize;
+        let interval = Duration::from_secs_f64(workers as f64 / f64::from(rate.max(1)));
+        let client = reqwest::Client::new();
+        let tasks = (0..workers)
+            .map(|w| {
+                let (stop, samples, label, client) =
+                    (stop.clone(), samples.clone(), label.clone(), client.clone());
+                let (base, key) = (base.to_owned(), key.to_owned());
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut i = w;
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        i += workers;
+                        let phase = label.lock().map(|l| l.clone()).unwrap_or_default();
+                        let checkout = i % 5 == 0;
+                        let sent = Instant::now();
+                        let request = if checkout {
+                            client
+                                .post(format!("{base}/v1/checkouts"))
+                                .header("Idempotency-Key", uuid::Uuid::now_v7().to_string())
+                                .json(&json!({"customer": {"email": format!("b{i}@example.com")},
+                                    "items": [{"sku": "BENCH-MUG", "quantity": 1}],
+                                    "payment_method": "pm_card_ok"}))
+                        } else {
+                            client.get(format!("{base}/v1/products"))
+                        };
+                        let ok = match request.bearer_auth(&key).send().await {
+                            Ok(resp) => {
+                                let good = resp.status().is_success();
+                                let _: Option<Value> = resp.json().await.ok();
+                                good
+                            }
+                            Err(_) => false,
+                        };
+                        if let Ok(mut s) = samples.lock() {
+                            s.push((phase, sent.elapsed(), ok));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            samples,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> Vec<(String, Duration, bool)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
