@@ -284,6 +284,22 @@ fn generate_admin_token() -> String {
     format!("adm_{}", hex::encode(bytes))
 }
 
+/// Where a command (`remediate`, `tenants`) finds the main database.
+#[derive(Debug, clap::Args)]
+pub struct CommandDatabaseArgs {
+    /// PostgreSQL URL of the schema owner; without it, the embedded cluster in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Where `mercato serve` keeps its embedded cluster (and its files, such as e-mails).
+    #[arg(
+        long,
+        env = "MERCATO_DATA_DIR",
+        default_value = ".mercato",
+        global = true
+    )]
+    pub data_dir: std::path::PathBuf,
+}
+
 /// A database for a command (`remediate`, `demo incident`): `DATABASE_URL`'s,
 /// else the embedded cluster of `data_dir`, joined while a `serve` runs on it
 /// or started (and migrated) for the command's duration.

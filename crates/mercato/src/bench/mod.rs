@@ -222,6 +222,17 @@ pub async fn drained_status(answer: reqwest::Result<reqwest::Response>) -> u16 {
     }
 }
 
+/// Prints a benchmark's figures as JSON and writes them to `out` (its
+/// directory made if need be).
+pub fn write_report(out: &std::path::Path, report: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    println!("{text}");
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))
+}
+
 /// Runs `work` unless Ctrl-C comes first.
 pub async fn interruptible<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,

@@ -95,12 +95,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&scratch);
     let report = outcome?;
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&opts.out, &text).with_context(|| format!("writing {}", opts.out.display()))?;
+    super::write_report(&opts.out, &report)?;
     eprintln!(
         "copy {:.0} rows/s ({} rows); write pause {:.0} ms (moving merchant's worst request in it {:.0} ms); failed requests: {} moving, {} neighbour; neighbour p99 {:.1} ms before, {:.1} ms during: ratio {:.2} (target ≤ 1.5)",
         report.copy_rows_per_second,

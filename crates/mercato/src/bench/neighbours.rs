@@ -70,12 +70,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let outcome = interruptible(measure(&h, &opts)).await;
     h.shutdown().await;
     let report = outcome?;
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&opts.out, &text).with_context(|| format!("writing {}", opts.out.display()))?;
+    super::write_report(&opts.out, &report)?;
     eprintln!(
         "B p99 {:.1} ms alone, {:.1} ms with A flooding at {}/s: ratio {:.2} (target ≤ 1.5); B got {} 429s and {} 5xx; {:.0} % of A's requests were 429",
         report.b_alone.p99_ms,

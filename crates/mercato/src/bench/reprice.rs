@@ -58,12 +58,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     drop(db);
     let _ = std::fs::remove_dir_all(&scratch);
     let report = outcome?;
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&opts.out, &text).with_context(|| format!("writing {}", opts.out.display()))?;
+    super::write_report(&opts.out, &report)?;
     eprintln!(
         "scan {:.0} orders/s end to end; pure re-price {:.0} orders/s ({:.0} with the JSON parse); ratio {:.1}; target {:.0}",
         report.scan_orders_per_second,

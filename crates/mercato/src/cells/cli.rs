@@ -4,7 +4,6 @@
 //! `--cell NAME=URL` list as `serve`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,16 +16,8 @@ use crate::config::{cell_spec, CellSpec};
 pub struct Tenants {
     #[command(subcommand)]
     pub command: Command,
-    /// PostgreSQL URL of the main database's schema owner; without it, the embedded cluster in --data-dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
-    pub database_url: Option<String>,
-    #[arg(
-        long,
-        env = "MERCATO_DATA_DIR",
-        default_value = ".mercato",
-        global = true
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: crate::app::CommandDatabaseArgs,
     /// The cells, as `serve` is given them: `NAME=postgres://…` (repeatable).
     #[arg(long = "cell", env = "MERCATO_CELLS", value_delimiter = ',', value_parser = cell_spec, hide_env_values = true, global = true)]
     pub cells: Vec<CellSpec>,
@@ -70,8 +61,12 @@ pub struct MerchantArg {
 }
 
 pub async fn run(args: Tenants) -> anyhow::Result<()> {
-    let main =
-        crate::app::command_database(args.database_url.as_deref(), &args.data_dir, 4).await?;
+    let main = crate::app::command_database(
+        args.database.database_url.as_deref(),
+        &args.database.data_dir,
+        4,
+    )
+    .await?;
     let mut cells = BTreeMap::new();
     cells.insert(MAIN.to_owned(), main.owner.clone());
     for spec in &args.cells {

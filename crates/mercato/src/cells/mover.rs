@@ -404,6 +404,7 @@ pub async fn advance(
             cut_over(pools, &mut mv, &source, &target, &tables, progress).await?;
         }
         Phase::Moved => {
+            drop_capture(&source, mv.merchant).await?;
             cleanup(
                 &source,
                 &tables,
@@ -778,10 +779,6 @@ async fn cut_over(
     progress: &dyn Progress,
 ) -> Result<(), MoveError> {
     let m = mv.merchant;
-    // A crash after the flip: finish what follows it.
-    if cell_of(&pools.main, m).await? == mv.target {
-        return after_flip(pools, mv, source, target).await;
-    }
     // Instances learn of `moving` by NOTIFY at once; give a slow one time.
     let since_start = (chrono::Utc::now() - mv.started_at)
         .to_std()
@@ -829,7 +826,9 @@ async fn cut_over(
     }
     let _ = gate.close().await;
     outcome?;
-    after_flip(pools, mv, source, target).await
+    // The flip committed the phase `moved` with it; the source's capture stops.
+    drop_capture(source, m).await?;
+    Ok(())
 }
 
 fn gate_options(main: &PgPool) -> sqlx::postgres::PgConnectOptions {
@@ -931,20 +930,11 @@ pub async fn checksums(
     tables: &[Table],
     m: MerchantId,
 ) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
-    let mut tx = TenantTx::begin_in_directory(pool, m).await?;
     let mut sums = Vec::with_capacity(tables.len());
     for table in tables {
-        let t = ident(&table.name);
-        let (rows, sum): (i64, String) = sqlx::query_as(&format!(
-            "select count(*), coalesce(sum(hashtextextended(to_jsonb(t)::text, 0)), 0)::text
-             from {t} t where merchant_id = $1"
-        ))
-        .bind(m.0)
-        .fetch_one(tx.conn())
-        .await?;
+        let (rows, sum) = range_sum(pool, table, m, None, None).await?;
         sums.push((table.name.clone(), rows, sum));
     }
-    tx.commit().await?;
     Ok(sums)
 }
 
@@ -1134,22 +1124,8 @@ async fn recheck(
     Ok(())
 }
 
-/// After the flip: the source's capture stops.
-async fn after_flip(
-    pools: &Pools,
-    mv: &mut Move,
-    source: &PgPool,
-    _target: &PgPool,
-) -> Result<(), MoveError> {
-    drop_capture(source, mv.merchant).await?;
-    mv.phase = Phase::Moved;
-    sqlx::query("update tenant_moves set phase = 'moved', updated_at = now() where id = $1 and phase = 'cutting_over'")
-        .bind(mv.id)
-        .execute(&pools.main)
-        .await?;
-    Ok(())
-}
-
+/// Drops the merchant's capture triggers in the source and what they
+/// captured (again harmlessly: a mover that died just after the flip left them).
 async fn drop_capture(source: &PgPool, m: MerchantId) -> Result<(), sqlx::Error> {
     let (on_write, on_delete) = trigger_names(m);
     for table in tenant_tables(source).await? {
@@ -1231,6 +1207,8 @@ pub async fn cleanup_source(
         return Err(MoveError::NotMoving(merchant));
     };
     let source = pools.cell(&source_name)?;
+    // Else the cleanup's deletes would be captured, should the triggers remain.
+    drop_capture(source, merchant).await?;
     let tables = tenant_tables(source).await?;
     let n = cleanup(
         source,

@@ -3,7 +3,6 @@
 //! owner), or uses the embedded cluster of `--data-dir`, also while `serve`
 //! runs on it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,21 +14,6 @@ use uuid::Uuid;
 use super::{ReminderPolicy, SettleOptions, Settlement};
 use crate::db::MerchantId;
 use crate::payments::SandboxProvider;
-
-#[derive(Debug, clap::Args)]
-pub struct Database {
-    /// PostgreSQL URL of the schema owner; without it, the embedded cluster in --data-dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
-    pub database_url: Option<String>,
-    /// Where `mercato serve` keeps its embedded cluster (and where e-mails are written).
-    #[arg(
-        long,
-        env = "MERCATO_DATA_DIR",
-        default_value = ".mercato",
-        global = true
-    )]
-    pub data_dir: PathBuf,
-}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -50,7 +34,7 @@ pub struct Remediate {
     #[command(subcommand)]
     pub command: Command,
     #[command(flatten)]
-    pub database: Database,
+    pub database: crate::app::CommandDatabaseArgs,
 }
 
 #[derive(Debug, clap::Args)]

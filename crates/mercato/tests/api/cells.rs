@@ -87,19 +87,28 @@ fn checkout(email: &str) -> Value {
 /// Every row of the merchant in each tenant table of `pool`: (table, rows).
 async fn rows_of(pool: &PgPool, merchant: &Merchant) -> Vec<(String, i64)> {
     let tables = mover::tenant_tables(pool).await.expect("tables");
-    let mut counts = Vec::new();
-    for t in tables {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "select count(*) from \"{}\" where merchant_id = $1",
-            t.name
-        ))
-        .bind(merchant.id.0)
+    mover::checksums(pool, &tables, merchant.id)
+        .await
+        .expect("counts")
+        .into_iter()
+        .map(|(table, rows, _)| (table, rows))
+        .collect()
+}
+
+/// A checkout of one MUG for `email`, which must succeed.
+async fn buy(app: &TestApp, merchant: &Merchant, email: &str) {
+    let r = app
+        .post("/v1/checkouts", &merchant.key, checkout(email))
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+}
+
+/// Capture triggers of any move left in the database.
+async fn capture_triggers(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from pg_trigger where tgname like 'mercato_move_%'")
         .fetch_one(pool)
         .await
-        .expect("count");
-        counts.push((t.name, n));
-    }
-    counts
+        .expect("triggers")
 }
 
 fn total(rows: &[(String, i64)]) -> i64 {
@@ -296,12 +305,7 @@ async fn a_merchant_moves_to_another_cluster_while_it_and_a_neighbour_trade() {
         "the neighbour never left main"
     );
     // No capture trigger or captured key is left behind.
-    let triggers: i64 =
-        sqlx::query_scalar("select count(*) from pg_trigger where tgname like 'mercato_move_%'")
-            .fetch_one(&app.owner)
-            .await
-            .unwrap();
-    assert_eq!(triggers, 0);
+    assert_eq!(capture_triggers(&app.owner).await, 0);
     assert_eq!(app.count("move_changes").await, 0);
     drop(s.cell);
 }
@@ -314,14 +318,7 @@ async fn a_move_resumes_from_its_record_after_each_step() {
     let app = &s.app;
     let m = app.merchant_with_stock("resumed", "MUG", 1000).await;
     for i in 0..5 {
-        let r = app
-            .post(
-                "/v1/checkouts",
-                &m.key,
-                checkout(&format!("b{i}@example.com")),
-            )
-            .await;
-        assert!(r.status.is_success(), "{}", r.body);
+        buy(app, &m, &format!("b{i}@example.com")).await;
     }
     let sums_before = mover::checksums(
         &app.owner,
@@ -336,10 +333,7 @@ async fn a_move_resumes_from_its_record_after_each_step() {
             .await
             .expect("a step");
         // A write between steps is captured and carried over.
-        let r = app
-            .post("/v1/checkouts", &m.key, checkout("between@example.com"))
-            .await;
-        assert!(r.status.is_success(), "{}", r.body);
+        buy(app, &m, "between@example.com").await;
         mv = match mover::running(&s.pools.main, m.id).await.unwrap() {
             Some(resumed) => resumed,
             None => Move {
@@ -370,10 +364,7 @@ async fn an_aborted_move_leaves_the_source_the_only_copy() {
     let s = two_cells().await;
     let app = &s.app;
     let m = app.merchant_with_stock("stays", "MUG", 1000).await;
-    let r = app
-        .post("/v1/checkouts", &m.key, checkout("a@example.com"))
-        .await;
-    assert!(r.status.is_success(), "{}", r.body);
+    buy(app, &m, "a@example.com").await;
     let tables = mover::tenant_tables(&app.owner).await.unwrap();
     let mv = mover::start(&s.pools, m.id, "big").await.unwrap();
     let mv = mover::advance(&s.pools, mv, &Quiet).await.unwrap();
@@ -391,12 +382,7 @@ async fn an_aborted_move_leaves_the_source_the_only_copy() {
         sums,
         "the source unchanged"
     );
-    let triggers: i64 =
-        sqlx::query_scalar("select count(*) from pg_trigger where tgname like 'mercato_move_%'")
-            .fetch_one(&app.owner)
-            .await
-            .unwrap();
-    assert_eq!(triggers, 0);
+    assert_eq!(capture_triggers(&app.owner).await, 0);
     let view = app
         .get(&format!("/v1/merchants/{}", m.id), ADMIN_TOKEN)
         .await;
@@ -467,14 +453,7 @@ async fn a_move_killed_at_any_moment_resumes_to_the_same_end() {
     let app = &s.app;
     let m = app.merchant_with_stock("killed", "MUG", 100_000).await;
     for i in 0..30 {
-        let r = app
-            .post(
-                "/v1/checkouts",
-                &m.key,
-                checkout(&format!("k{i}@example.com")),
-            )
-            .await;
-        assert!(r.status.is_success(), "{}", r.body);
+        buy(app, &m, &format!("k{i}@example.com")).await;
     }
     let run = |args: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mercato"));
@@ -509,10 +488,7 @@ async fn a_move_killed_at_any_moment_resumes_to_the_same_end() {
         phases_killed.push(mv.phase);
         if matches!(mv.phase, Phase::Copying | Phase::CatchingUp) {
             // Writes between the kills are captured and carried over.
-            let r = app
-                .post("/v1/checkouts", &m.key, checkout("between@example.com"))
-                .await;
-            assert!(r.status.is_success(), "{}", r.body);
+            buy(app, &m, "between@example.com").await;
         }
     }
     eprintln!("killed in phases {phases_killed:?}");
@@ -527,12 +503,7 @@ async fn a_move_killed_at_any_moment_resumes_to_the_same_end() {
         .await
         .unwrap();
     assert_eq!(source, target, "the target holds exactly the source's rows");
-    let triggers: i64 =
-        sqlx::query_scalar("select count(*) from pg_trigger where tgname like 'mercato_move_%'")
-            .fetch_one(&app.owner)
-            .await
-            .unwrap();
-    assert_eq!(triggers, 0);
+    assert_eq!(capture_triggers(&app.owner).await, 0);
     let r = app.get("/v1/products", &m.key).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
@@ -581,10 +552,7 @@ async fn a_target_that_differs_is_caught_before_the_flip() {
     let s = two_cells().await;
     let app = &s.app;
     let m = app.merchant_with_stock("corrupted", "MUG", 1000).await;
-    let r = app
-        .post("/v1/checkouts", &m.key, checkout("c@example.com"))
-        .await;
-    assert!(r.status.is_success(), "{}", r.body);
+    buy(app, &m, "c@example.com").await;
     let mv = mover::start(&s.pools, m.id, "big").await.unwrap();
     let mv = mover::advance(&s.pools, mv, &Quiet).await.unwrap();
     sqlx::query(
