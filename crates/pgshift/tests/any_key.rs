@@ -159,6 +159,17 @@ async fn a_composite_uuid_key_backfills_resumes_and_validates_under_writes() {
         r = migrator.backfill() => panic!("the backfill finished before it was interrupted: {r:?}"),
         () = first_batch(&pool, "orders_minor") => {}
     }
+    // The interrupted run is gone, and its connections with it: a connection
+    // whose transaction was dropped mid-statement must not serve the writer
+    // below, whose statements would then run inside that open transaction
+    // (seen once: a writer's delete held its row locks, idle in transaction,
+    // and the resumed backfill waited on it for ever).
+    drop(migrator);
+    pool.close().await;
+    let pool = PgPool::connect(&_pg.url("postgres")).await.unwrap();
+    let migrator = Migrator::open(pool.clone(), Plan::parse(ORDERS_PLAN).unwrap())
+        .await
+        .unwrap();
     let (int, key, done): (Option<i64>, Option<Vec<String>>, i64) = sqlx::query_as(
         "select backfill_cursor, backfill_cursor_key, rows_backfilled from pgshift.migrations",
     )
