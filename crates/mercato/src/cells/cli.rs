@@ -1,4 +1,4 @@
-//! `mercato tenants move|resume|abort|cleanup|status`: which cell serves each
+//! `mercato tenants move|resume|abort|rollback|cleanup|status`: which cell serves each
 //! merchant, and moving one online. Every command takes the main database
 //! (`--database-url`, or the embedded cluster of `--data-dir`) and the same
 //! `--cell NAME=URL` list as `serve`.
@@ -31,7 +31,11 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Abandon a move before its cutover: the source stays the only copy.
     Abort(MerchantArg),
-    /// Delete what a move made with --keep-source left in its source.
+    /// Undo the merchant's last move (made with --keep-source, not cleaned
+    /// up), with every write made since its cutover, while it trades.
+    Rollback(ResumeArgs),
+    /// Delete what a move made with --keep-source left in its source (after
+    /// this, no rollback).
     Cleanup(MerchantArg),
     /// Each merchant's cell and every move in progress.
     Status,
@@ -43,7 +47,8 @@ pub struct MoveArgs {
     /// The cell to move to (`main` or a --cell name).
     #[arg(long)]
     pub to: String,
-    /// Keep the source's copy until `mercato tenants cleanup`.
+    /// Keep the source's copy, and the reverse stream that lets
+    /// `mercato tenants rollback` undo the move, until `mercato tenants cleanup`.
     #[arg(long)]
     pub keep_source: bool,
 }
@@ -51,6 +56,7 @@ pub struct MoveArgs {
 #[derive(Debug, clap::Args)]
 pub struct ResumeArgs {
     pub merchant: String,
+    /// As for `move`: stop before deleting the source's copy.
     #[arg(long)]
     pub keep_source: bool,
 }
@@ -109,6 +115,15 @@ pub async fn run(args: Tenants) -> anyhow::Result<()> {
             bars.done();
             println!("aborted: {merchant} stays where it was");
             Ok(())
+        }
+        Command::Rollback(a) => {
+            let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
+            let mv = mover::rollback(&pools, merchant).await?;
+            eprintln!(
+                "rolling {} back from {} to {}",
+                merchant, mv.source, mv.target
+            );
+            finish(&pools, mv, a.keep_source, &bars).await
         }
         Command::Cleanup(a) => {
             let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;

@@ -42,6 +42,8 @@ text_enum! {
         Moved = "moved",
         Cleaned = "cleaned",
         Aborted = "aborted",
+        /// Undone by a rollback (the move back names this one).
+        RolledBack = "rolled_back",
     }
 }
 
@@ -83,8 +85,10 @@ pub enum MoveError {
         found: i64,
         wanted: i64,
     },
-    #[error("the move has cut over already: it cannot be aborted")]
+    #[error("the move has cut over already: it cannot be aborted (mercato tenants rollback undoes a move made with --keep-source)")]
     PastCutover,
+    #[error("merchant {0} has no move to roll back: its last move was not made with --keep-source, or was cleaned up or rolled back already")]
+    NothingToRollBack(MerchantId),
     #[error("table {table}: {source_rows} rows (checksum {source_sum}) in the source, {target_rows} ({target_sum}) in the target")]
     Mismatch {
         table: String,
@@ -154,6 +158,8 @@ pub struct Move {
     pub target: String,
     pub phase: Phase,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// For a rollback: the move it undoes.
+    pub rollback_of: Option<Uuid>,
 }
 
 /// What the mover reports as it goes (the CLI draws bars from it).
@@ -293,16 +299,40 @@ pub async fn cell_of(main: &PgPool, merchant: MerchantId) -> Result<String, sqlx
 }
 
 /// The merchant's running move, if any.
+/// A move record as read: id, source, target, phase, started, rollback of.
+type MoveRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    Option<Uuid>,
+);
+
+/// The merchant's move in progress, if any.
 pub async fn running(main: &PgPool, merchant: MerchantId) -> Result<Option<Move>, sqlx::Error> {
-    let row: Option<(Uuid, String, String, String, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as(
-            "select id, source, target, phase, started_at from tenant_moves
-             where merchant_id = $1 and phase in ('copying', 'catching_up', 'cutting_over')",
-        )
-        .bind(merchant.0)
-        .fetch_optional(main)
-        .await?;
-    row.map(|(id, source, target, phase, started_at)| {
+    find_move(
+        main,
+        merchant,
+        "phase in ('copying', 'catching_up', 'cutting_over')",
+    )
+    .await
+}
+
+/// The merchant's newest move whose record matches `condition`.
+async fn find_move(
+    main: &PgPool,
+    merchant: MerchantId,
+    condition: &str,
+) -> Result<Option<Move>, sqlx::Error> {
+    let row: Option<MoveRow> = sqlx::query_as(&format!(
+        "select id, source, target, phase, started_at, rollback_of from tenant_moves
+         where merchant_id = $1 and {condition} order by started_at desc limit 1"
+    ))
+    .bind(merchant.0)
+    .fetch_optional(main)
+    .await?;
+    row.map(|(id, source, target, phase, started_at, rollback_of)| {
         Ok(Move {
             id,
             merchant,
@@ -312,6 +342,7 @@ pub async fn running(main: &PgPool, merchant: MerchantId) -> Result<Option<Move>
                 .parse()
                 .map_err(|e: crate::db::UnknownValue| sqlx::Error::Decode(Box::new(e)))?,
             started_at,
+            rollback_of,
         })
     })
     .transpose()
@@ -364,7 +395,7 @@ pub async fn drive(
 ) -> Result<Move, MoveError> {
     loop {
         match mv.phase {
-            Phase::Cleaned | Phase::Aborted => return Ok(mv),
+            Phase::Cleaned | Phase::Aborted | Phase::RolledBack => return Ok(mv),
             Phase::Moved if keep_source => return Ok(mv),
             _ => mv = advance(pools, mv, progress).await?,
         }
@@ -404,7 +435,10 @@ pub async fn advance(
             cut_over(pools, &mut mv, &source, &target, &tables, progress).await?;
         }
         Phase::Moved => {
+            // The source's copy goes, and with it the chance of a rollback:
+            // the reverse stream stops.
             drop_capture(&source, mv.merchant).await?;
+            drop_capture(&target, mv.merchant).await?;
             cleanup(
                 &source,
                 &tables,
@@ -416,7 +450,7 @@ pub async fn advance(
             .await?;
             set_phase(&pools.main, &mut mv, Phase::Cleaned).await?;
         }
-        Phase::Cleaned | Phase::Aborted => {}
+        Phase::Cleaned | Phase::Aborted | Phase::RolledBack => {}
     }
     Ok(mv)
 }
@@ -506,6 +540,17 @@ async fn prepare(
     .bind(m.0)
     .execute(target)
     .await?;
+    // Capture in the source for the move, and in the target already for the
+    // reverse stream (it captures nothing until the target serves the
+    // merchant: the merchant is fenced there, and the mover's own writes are
+    // not captured).
+    install_capture(source, tables, m).await?;
+    install_capture(target, tables, m).await?;
+    Ok(())
+}
+
+/// The merchant's capture triggers on every tenant table of `pool`.
+async fn install_capture(pool: &PgPool, tables: &[Table], m: MerchantId) -> Result<(), sqlx::Error> {
     let (on_write, on_delete) = trigger_names(m);
     for table in tables {
         let args = table
@@ -527,10 +572,20 @@ async fn prepare(
                 m.0
             ),
         ] {
-            ddl_with_retry(source, &sql).await?;
+            ddl_with_retry(pool, &sql).await?;
         }
     }
     Ok(())
+}
+
+/// A transaction of the mover's own on a cell: its writes are not captured
+/// (the reverse stream must not send the copy or a replay back).
+async fn mover_tx(pool: &PgPool, m: MerchantId) -> Result<TenantTx, sqlx::Error> {
+    let mut tx = TenantTx::begin_in_directory(pool, m).await?;
+    sqlx::query("select set_config('mercato.mover', 'on', true)")
+        .execute(tx.conn())
+        .await?;
+    Ok(tx)
 }
 
 /// DDL under a short `lock_timeout`, retried: a busy table delays it, never
@@ -623,7 +678,7 @@ async fn copy(
             let rows: Value = query.fetch_one(&mut *snap).await?;
             let batch = rows.as_array().map(Vec::len).unwrap_or(0);
             if batch > 0 {
-                let mut tx = TenantTx::begin_in_directory(target, m).await?;
+                let mut tx = mover_tx(target, m).await?;
                 upsert(&mut tx, table, &rows).await?;
                 tx.commit().await?;
                 copied += batch as i64;
@@ -725,7 +780,7 @@ async fn apply_changes(
             .or_default()
             .insert(key.to_string(), key.clone());
     }
-    let mut tx = TenantTx::begin_in_directory(target, m).await?;
+    let mut tx = mover_tx(target, m).await?;
     for table in tables.iter().rev() {
         let Some(writes) = last.get(table.name.as_str()) else {
             continue;
@@ -790,8 +845,16 @@ async fn cut_over(
     // since: the keys replayed from here on, and the ranges that differed.
     let mut touched = Touched::new();
     catch_up(pools, mv, source, target, tables, &mut touched, progress).await?;
-    let dirty = pre_verify(source, target, tables, m).await?;
-    catch_up(pools, mv, source, target, tables, &mut touched, progress).await?;
+    let mut dirty = pre_verify(source, target, tables, m).await?;
+    narrow(
+        pools,
+        mv,
+        (source, target),
+        tables,
+        (&mut touched, &mut dirty),
+        progress,
+    )
+    .await?;
     let mut gate = PgConnection::connect_with(&gate_options(&pools.main)).await?;
     sqlx::query("set lock_timeout = '15s'")
         .execute(&mut gate)
@@ -1063,6 +1126,113 @@ async fn pre_verify(
     Ok(dirty)
 }
 
+/// Before the pause, in rounds: what differed (ranges, keys replayed) is
+/// checked again after a catch-up, and only what still differs, with the
+/// keys that catch-up replayed, goes on to the next round, until little is
+/// left for the pause to recheck. A key found equal stays equal unless it is
+/// written again, and then its write is captured, replayed and checked.
+async fn narrow(
+    pools: &Pools,
+    mv: &Move,
+    (source, target): (&PgPool, &PgPool),
+    tables: &[Table],
+    (touched, dirty): (&mut Touched, &mut Vec<Range>),
+    progress: &dyn Progress,
+) -> Result<(), MoveError> {
+    /// Rows the pause may recheck (a range counts as a pre-verify chunk).
+    const SMALL: usize = 2000;
+    const ROUNDS: usize = 8;
+    let m = mv.merchant;
+    let size = |t: &Touched, d: &[Range]| t.values().map(HashMap::len).sum::<usize>() + d.len() * 5000;
+    for round in 0..ROUNDS {
+        let mut fresh = Touched::new();
+        catch_up(pools, mv, source, target, tables, &mut fresh, progress).await?;
+        let mut still = Vec::new();
+        for range in dirty.drain(..) {
+            let table = &tables[range.table];
+            let (here, there) = tokio::try_join!(
+                range_sum(source, table, m, range.after.as_ref(), range.up_to.as_ref()),
+                range_sum(target, table, m, range.after.as_ref(), range.up_to.as_ref())
+            )?;
+            if here != there {
+                still.push(range);
+            }
+        }
+        *dirty = still;
+        for table in tables {
+            let Some(keys) = touched.remove(&table.name) else {
+                continue;
+            };
+            for key in differing(source, target, table, m, keys).await? {
+                fresh
+                    .entry(table.name.clone())
+                    .or_default()
+                    .insert(key.to_string(), key);
+            }
+        }
+        *touched = fresh;
+        let left = size(touched, dirty);
+        tracing::info!(round, keys_and_rows_left = left, ranges = dirty.len(), "narrowing the cutover's recheck");
+        if left <= SMALL {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The keys (of `keys`) whose rows differ between source and target.
+async fn differing(
+    source: &PgPool,
+    target: &PgPool,
+    table: &Table,
+    m: MerchantId,
+    keys: HashMap<String, Value>,
+) -> Result<Vec<Value>, sqlx::Error> {
+    let t = ident(&table.name);
+    let key_object = table
+        .key
+        .iter()
+        .map(|k| format!("'{}', {t}.{}", k.replace('\'', "''"), ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "select jsonb_build_object({key_object}), hashtextextended(to_jsonb({t})::text, 0)
+         from {t} join jsonb_populate_recordset(null::{t}, $1) k on ({}) = ({})",
+        list(&table.key, &format!("{t}.")),
+        list(&table.key, "k."),
+    );
+    let keys = Value::Array(keys.into_values().collect());
+    let hashes = |pool: &PgPool| {
+        let (sql, keys, pool) = (sql.clone(), keys.clone(), pool.clone());
+        async move {
+            let mut tx = TenantTx::begin_in_directory(&pool, m).await?;
+            let rows: Vec<(Value, i64)> = sqlx::query_as(&sql)
+                .bind(&keys)
+                .fetch_all(tx.conn())
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(
+                rows.into_iter()
+                    .map(|(k, h)| (k.to_string(), (k, h)))
+                    .collect::<HashMap<_, _>>(),
+            )
+        }
+    };
+    let (here, there) = tokio::try_join!(hashes(source), hashes(target))?;
+    let mut differ: Vec<Value> = here
+        .iter()
+        .filter(|(k, (_, h))| there.get(*k).map(|(_, h2)| h2) != Some(h))
+        .map(|(_, (k, _))| k.clone())
+        .collect();
+    differ.extend(
+        there
+            .iter()
+            .filter(|(k, _)| !here.contains_key(*k))
+            .map(|(_, (k, _))| k.clone()),
+    );
+    Ok(differ)
+}
+
 /// In the pause, with every captured write replayed: the ranges that
 /// differed before and every key replayed since must now be equal.
 async fn recheck(
@@ -1161,7 +1331,7 @@ where
     for table in tables.iter().rev() {
         let t = ident(&table.name);
         loop {
-            let mut tx = TenantTx::begin_in_directory(pool, m).await?;
+            let mut tx = mover_tx(pool, m).await?;
             let deleted = sqlx::query(&format!(
                 "delete from {t} where ctid = any (array(select ctid from {t} where merchant_id = $1 limit $2))"
             ))
@@ -1197,17 +1367,14 @@ pub async fn cleanup_source(
     merchant: MerchantId,
     progress: &dyn Progress,
 ) -> Result<u64, MoveError> {
-    let row: Option<(Uuid, String)> = sqlx::query_as(
-        "select id, source from tenant_moves where merchant_id = $1 and phase = 'moved' order by started_at desc limit 1",
-    )
-    .bind(merchant.0)
-    .fetch_optional(&pools.main)
-    .await?;
-    let Some((id, source_name)) = row else {
+    let Some(mv) = find_move(&pools.main, merchant, "phase = 'moved'").await? else {
         return Err(MoveError::NotMoving(merchant));
     };
+    let (id, source_name) = (mv.id, mv.source.clone());
     let source = pools.cell(&source_name)?;
-    // Else the cleanup's deletes would be captured, should the triggers remain.
+    // The reverse stream ends (no rollback past a cleanup); the source's
+    // triggers, should a crash have left them, would capture the deletes.
+    drop_capture(pools.cell(&mv.target)?, merchant).await?;
     drop_capture(source, merchant).await?;
     let tables = tenant_tables(source).await?;
     let n = cleanup(
@@ -1240,7 +1407,11 @@ pub async fn abort(
     }
     let source = pools.cell(&mv.source)?.clone();
     let target = pools.cell(&mv.target)?.clone();
+    if let Some(undone) = mv.rollback_of {
+        return abort_rollback(pools, mv, undone, &target).await;
+    }
     drop_capture(&source, merchant).await?;
+    drop_capture(&target, merchant).await?;
     sqlx::query("delete from cell_absent where merchant_id = $1")
         .bind(merchant.0)
         .execute(&source)
@@ -1273,4 +1444,102 @@ pub async fn abort(
     .await?;
     set_phase(&pools.main, &mut mv, Phase::Aborted).await?;
     Ok(())
+}
+
+/// Abandons a rollback before its cutover: the merchant stays where the move
+/// put it, the move is `moved` again and its reverse stream goes on (what the
+/// rollback replayed into the old source is no loss: a later rollback goes on
+/// from there). The old source keeps its copy, still fenced.
+async fn abort_rollback(
+    pools: &Pools,
+    mut mv: Move,
+    undone: Uuid,
+    old_source: &PgPool,
+) -> Result<(), MoveError> {
+    drop_capture(old_source, mv.merchant).await?;
+    sqlx::query(
+        "insert into cell_absent (merchant_id, why) values ($1, 'departed')
+         on conflict (merchant_id) do update set why = 'departed', since = now()",
+    )
+    .bind(mv.merchant.0)
+    .execute(old_source)
+    .await?;
+    let mut tx = pools.main.begin().await?;
+    sqlx::query("update tenant_moves set phase = 'aborted', finished_at = now(), updated_at = now() where id = $1")
+        .bind(mv.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("update tenant_moves set phase = 'moved', updated_at = now() where id = $1")
+        .bind(undone)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "with placed as (update tenant_directory set moving = false, updated_at = now() where merchant_id = $1)
+         select pg_notify('tenant_directory', $1::text)",
+    )
+    .bind(mv.merchant.0)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    mv.phase = Phase::Aborted;
+    Ok(())
+}
+
+/// Starts undoing the merchant's last move (one made with `keep_source`, not
+/// cleaned up): a move back to its old cell that copies nothing, because the
+/// old copy is there and the reverse stream holds every write made since the
+/// cutover; it catches up and cuts over like any move. Drive it on.
+pub async fn rollback(pools: &Pools, merchant: MerchantId) -> Result<Move, MoveError> {
+    if running(&pools.main, merchant).await?.is_some() {
+        return Err(MoveError::AlreadyMoving(merchant));
+    }
+    let Some(done) = find_move(&pools.main, merchant, "phase in ('moved', 'cleaned')").await?
+    else {
+        return Err(MoveError::NothingToRollBack(merchant));
+    };
+    if done.phase != Phase::Moved || cell_of(&pools.main, merchant).await? != done.target {
+        return Err(MoveError::NothingToRollBack(merchant));
+    }
+    let (source, target) = (pools.cell(&done.target)?, pools.cell(&done.source)?);
+    check_schema(&done.target, source).await?;
+    check_schema(&done.source, target).await?;
+    let mut back = Move {
+        id: Uuid::now_v7(),
+        merchant,
+        source: done.target.clone(),
+        target: done.source.clone(),
+        phase: Phase::CatchingUp,
+        started_at: chrono::Utc::now(),
+        rollback_of: Some(done.id),
+    };
+    // As a move's first step (gate on, old copy fenced as `arriving`,
+    // capture both ways), before the record: a crash in between leaves
+    // nothing a second `rollback` does not redo.
+    let tables = tenant_tables(source).await?;
+    prepare(pools, &back, source, target, &tables).await?;
+    let mut tx = pools.main.begin().await?;
+    let updated = sqlx::query(
+        "update tenant_moves set phase = 'rolled_back', finished_at = now(), updated_at = now()
+         where id = $1 and phase = 'moved'",
+    )
+    .bind(done.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(MoveError::NothingToRollBack(merchant));
+    }
+    back.started_at = sqlx::query_scalar(
+        "insert into tenant_moves (id, merchant_id, source, target, phase, rollback_of)
+         values ($1, $2, $3, $4, 'catching_up', $5) returning started_at",
+    )
+    .bind(back.id)
+    .bind(merchant.0)
+    .bind(&back.source)
+    .bind(&back.target)
+    .bind(done.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(back)
 }

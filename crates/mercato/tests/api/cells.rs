@@ -383,6 +383,7 @@ async fn an_aborted_move_leaves_the_source_the_only_copy() {
         "the source unchanged"
     );
     assert_eq!(capture_triggers(&app.owner).await, 0);
+    assert_eq!(capture_triggers(&s.cell_owner).await, 0, "nor a reverse stream");
     let view = app
         .get(&format!("/v1/merchants/{}", m.id), ADMIN_TOKEN)
         .await;
@@ -573,4 +574,92 @@ async fn a_target_that_differs_is_caught_before_the_flip() {
         .await;
     assert!(r.status.is_success(), "it trades on in main: {}", r.body);
     assert!(mover::running(&app.owner, m.id).await.unwrap().is_some());
+}
+
+/// A move that kept its source is undone with every write made since its
+/// cutover (the reverse stream), while the merchant trades; a rollback
+/// abandoned half-way leaves the move as it was, and can be taken up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_that_kept_its_source_rolls_back_with_the_writes_made_since() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let m = app.merchant_with_stock("returns", "MUG", 1_000_000).await;
+    buy(app, &m, "first@example.com").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let trading = load(app, &m, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mv = mover::start(&s.pools, m.id, "big").await.unwrap();
+    let mv = mover::drive(&s.pools, mv, true, &Quiet).await.unwrap();
+    assert_eq!(mv.phase, Phase::Moved);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The source's capture ended at the cutover; the target's goes on.
+    assert_eq!(capture_triggers(&app.owner).await, 0);
+    assert!(capture_triggers(&s.cell_owner).await > 0, "the reverse stream");
+
+    // Started, then abandoned: the merchant stays in the cell, its move stands.
+    let back = mover::rollback(&s.pools, m.id).await.expect("a rollback starts");
+    assert_eq!((back.source.as_str(), back.target.as_str()), ("big", "main"));
+    assert_eq!(back.phase, Phase::CatchingUp);
+    assert_eq!(back.rollback_of, Some(mv.id));
+    let back = mover::advance(&s.pools, back, &Quiet).await.unwrap();
+    assert_eq!(back.phase, Phase::CuttingOver);
+    mover::abort(&s.pools, m.id, &Quiet).await.expect("the rollback aborts");
+    let phase: String = sqlx::query_scalar("select phase from tenant_moves where id = $1")
+        .bind(mv.id)
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
+    assert_eq!(phase, "moved");
+    assert_eq!(mover::cell_of(&s.pools.main, m.id).await.unwrap(), "big");
+    assert_eq!(capture_triggers(&app.owner).await, 0);
+    assert!(capture_triggers(&s.cell_owner).await > 0, "the reverse stream goes on");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Taken up again and carried through, while the merchant trades.
+    let back = mover::rollback(&s.pools, m.id).await.expect("again");
+    let back = mover::drive(&s.pools, back, false, &Quiet)
+        .await
+        .expect("the rollback completes");
+    assert_eq!(back.phase, Phase::Cleaned);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = trading.await.unwrap();
+    assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+    assert!(seen.ok > 20, "it traded throughout: {}", seen.ok);
+
+    // Back in main with every order it was answered for, before, during and
+    // after the move; nothing left in the cell.
+    let view = app
+        .get(&format!("/v1/merchants/{}", m.id), ADMIN_TOKEN)
+        .await;
+    assert_eq!(view.body["cell"], "main", "{}", view.body);
+    let orders: Vec<String> =
+        sqlx::query_scalar("select id::text from orders where merchant_id = $1")
+            .bind(m.id.0)
+            .fetch_all(&app.owner)
+            .await
+            .unwrap();
+    for id in &seen.order_ids {
+        assert!(orders.contains(id), "order {id} is back in main");
+    }
+    assert_eq!(total(&rows_of(&s.cell_owner, &m).await), 0);
+    assert_eq!(capture_triggers(&app.owner).await, 0);
+    assert_eq!(capture_triggers(&s.cell_owner).await, 0);
+    assert_eq!(app.count("move_changes").await, 0);
+    let phase: String = sqlx::query_scalar("select phase from tenant_moves where id = $1")
+        .bind(mv.id)
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
+    assert_eq!(phase, "rolled_back");
+    // A rollback cleaned up cannot be rolled back in turn.
+    assert!(matches!(
+        mover::rollback(&s.pools, m.id).await,
+        Err(MoveError::NothingToRollBack(_))
+    ));
+    let r = app
+        .post("/v1/checkouts", &m.key, checkout("home@example.com"))
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    drop(s.cell);
 }

@@ -1,0 +1,31 @@
+-- A move keeps capturing after its cutover: the target's writes of the
+-- merchant, so a rollback can carry them back to the source (the reverse
+-- stream). With capture on both sides, the mover's own writes (copy, replay,
+-- cleanup) must not be captured again: the mover marks its transactions
+-- with `mercato.mover = on`, and the capture skips them.
+create or replace function mercato_capture_change() returns trigger
+language plpgsql security definer set search_path = public as $$
+declare
+    whole jsonb;
+    key jsonb := '{}';
+    col text;
+begin
+    if current_setting('mercato.mover', true) = 'on' then
+        return null;
+    end if;
+    if tg_op = 'DELETE' then whole := to_jsonb(old); else whole := to_jsonb(new); end if;
+    foreach col in array tg_argv loop
+        key := key || jsonb_build_object(col, whole -> col);
+    end loop;
+    insert into move_changes (merchant_id, table_name, key, "row")
+    values ((whole ->> 'merchant_id')::uuid, tg_table_name, key,
+            case when tg_op = 'DELETE' then null else whole end);
+    return null;
+end $$;
+
+-- A rollback is a move back, without a copy, of a move that kept its
+-- source; the move it undoes ends `rolled_back`.
+alter table tenant_moves drop constraint tenant_moves_phase_check;
+alter table tenant_moves add constraint tenant_moves_phase_check
+    check (phase in ('copying', 'catching_up', 'cutting_over', 'moved', 'cleaned', 'aborted', 'rolled_back'));
+alter table tenant_moves add column rollback_of uuid references tenant_moves (id);
