@@ -29,3 +29,11 @@ alter table tenant_moves drop constraint tenant_moves_phase_check;
 alter table tenant_moves add constraint tenant_moves_phase_check
     check (phase in ('copying', 'catching_up', 'cutting_over', 'moved', 'cleaned', 'aborted', 'rolled_back'));
 alter table tenant_moves add column rollback_of uuid references tenant_moves (id);
+
+-- Moves started from the admin API are driven by `serve` (any instance: one
+-- at a time, by an advisory lock), resumed by it after a crash, and say why
+-- they are stuck, if they are.
+alter table tenant_moves add column driven_by text not null default 'cli'
+    check (driven_by in ('cli', 'api'));
+alter table tenant_moves add column keep_source boolean not null default false;
+alter table tenant_moves add column last_error text;

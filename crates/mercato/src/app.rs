@@ -51,6 +51,7 @@ pub struct App {
     config: Config,
     migration: Arc<ReadSwitch>,
     cells: Cells,
+    moves: Arc<crate::cells::driver::MoveDriver>,
     webhooks: crate::events::worker::DeliveryConfig,
     listener: TcpListener,
     router: Router,
@@ -113,10 +114,25 @@ impl App {
             config.shadow_percent.min(100),
         ));
         let mut cells = vec![cell(crate::cells::MAIN, db.clone(), &config)];
+        let mover_pools = |url: &str| -> Result<sqlx::PgPool, StartError> {
+            let opts: sqlx::postgres::PgConnectOptions =
+                url.parse().map_err(|e| StartError::Db(DbError::Url(e)))?;
+            Ok(sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_lazy_with(opts.application_name("mercato-mover")))
+        };
+        let main_owner = mover_pools(&owner_url)?;
+        let mut movers =
+            std::collections::BTreeMap::from([(crate::cells::MAIN.to_owned(), main_owner.clone())]);
         for spec in &config.cells {
             let cell_db = db::prepare(&spec.url, config.max_connections).await?;
             cells.push(cell(&spec.name, cell_db, &config));
+            movers.insert(spec.name.clone(), mover_pools(&spec.url)?);
         }
+        let moves = crate::cells::driver::MoveDriver::new(crate::cells::mover::Pools {
+            main: main_owner,
+            cells: movers,
+        });
         let cells = Cells::new(db.app.clone(), cells);
         if config.nats_url.is_some() {
             crate::events::enable_bus();
@@ -136,6 +152,7 @@ impl App {
             keys: Default::default(),
             cells: cells.clone(),
             migration: migration.clone(),
+            moves: moves.clone(),
             limiter: crate::quotas::Limiter::new(config.redis_url.as_deref()).map_err(|e| {
                 ConfigError {
                     flag: "redis-url",
@@ -146,6 +163,7 @@ impl App {
         Ok(App {
             migration,
             cells,
+            moves,
             webhooks,
             config,
             listener,
@@ -171,6 +189,7 @@ impl App {
             config,
             migration,
             cells,
+            moves,
             webhooks,
             listener,
             router,
@@ -180,6 +199,7 @@ impl App {
         let mut workers = vec![
             tokio::spawn(flush_shadow_counts(migration, config.worker_interval)),
             tokio::spawn(cells.clone().follow_directory()),
+            tokio::spawn(moves.run()),
         ];
         // Every cell's background work runs on that cell's pools.
         for cell in cells.all() {

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::http::routes())
         .merge(remediation::http::routes())
         .merge(legacy_orders::http::routes())
+        .merge(crate::cells::http::routes())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .split_for_parts();

@@ -38,4 +38,6 @@ pub struct Services {
     pub webhooks: crate::events::worker::DeliveryConfig,
     /// Per-merchant rate limits, in process.
     pub limiter: crate::quotas::Limiter,
+    /// Drives the moves started from the admin API.
+    pub moves: Arc<crate::cells::driver::MoveDriver>,
 }

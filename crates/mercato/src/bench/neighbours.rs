@@ -114,7 +114,12 @@ async fn measure(h: &Harness, opts: &Options) -> anyhow::Result<Report> {
             "concurrent": 8
         }})
     };
-    patch(h, &h.merchant.to_string(), plan(opts.rate * 4, opts.rate * 4)).await?;
+    patch(
+        h,
+        &h.merchant.to_string(),
+        plan(opts.rate * 4, opts.rate * 4),
+    )
+    .await?;
     // A: another merchant with a modest plan.
     let a = super::send(
         &h.client,
@@ -135,7 +140,15 @@ async fn measure(h: &Harness, opts: &Options) -> anyhow::Result<Report> {
     let (mut b_alone, mut b_at_plan, mut b_with_flood, mut flood) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut round_ratios = Vec::new();
-    let b = || steady(h.client.clone(), h.base.clone(), h.key.clone(), opts.rate, duration);
+    let b = || {
+        steady(
+            h.client.clone(),
+            h.base.clone(),
+            h.key.clone(),
+            opts.rate,
+            duration,
+        )
+    };
     for _ in 0..opts.rounds.max(1) {
         let alone = b().await;
         let a = on_own_runtime(h.base.clone(), a_key.clone(), a_plan, duration);

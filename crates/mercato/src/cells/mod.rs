@@ -11,6 +11,8 @@
 //! catches up, then go to the new cell. See `mover` for the move itself.
 
 pub mod cli;
+pub mod driver;
+pub mod http;
 pub mod mover;
 
 use std::collections::HashMap;

@@ -99,6 +99,8 @@ pub enum MoveError {
     },
     #[error("{0}")]
     Stalled(String),
+    #[error("another mover is driving this move now (a `tenants move`/`resume`, or `serve` for a move started from the admin API); wait for it, or stop it first")]
+    DrivenElsewhere,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -319,6 +321,20 @@ pub async fn running(main: &PgPool, merchant: MerchantId) -> Result<Option<Move>
     .await
 }
 
+/// A move by its id, with whether it keeps its source.
+pub async fn load(main: &PgPool, id: Uuid) -> Result<Option<(Move, bool)>, sqlx::Error> {
+    let found: Option<(Uuid, bool)> =
+        sqlx::query_as("select merchant_id, keep_source from tenant_moves where id = $1")
+            .bind(id)
+            .fetch_optional(main)
+            .await?;
+    let Some((merchant, keep_source)) = found else {
+        return Ok(None);
+    };
+    let mv = find_move(main, MerchantId(merchant), &format!("id = '{id}'")).await?;
+    Ok(mv.map(|mv| (mv, keep_source)))
+}
+
 /// The merchant's newest move whose record matches `condition`.
 async fn find_move(
     main: &PgPool,
@@ -348,8 +364,31 @@ async fn find_move(
     .transpose()
 }
 
-/// Checks the request and records a new move (nothing else changes yet).
+/// Checks the request and records a new move (nothing else changes yet),
+/// for the caller to drive.
 pub async fn start(pools: &Pools, merchant: MerchantId, to: &str) -> Result<Move, MoveError> {
+    record(pools, merchant, to, false, false).await
+}
+
+/// `start` for `serve` to drive (the admin API): recorded as such, so any
+/// instance of `serve` carries it on, also after a crash; `keep_source` is
+/// kept with it.
+pub async fn start_in_serve(
+    pools: &Pools,
+    merchant: MerchantId,
+    to: &str,
+    keep_source: bool,
+) -> Result<Move, MoveError> {
+    record(pools, merchant, to, true, keep_source).await
+}
+
+async fn record(
+    pools: &Pools,
+    merchant: MerchantId,
+    to: &str,
+    by_serve: bool,
+    keep_source: bool,
+) -> Result<Move, MoveError> {
     let target = pools.cell(to)?;
     let source = cell_of(&pools.main, merchant).await?;
     if source == to {
@@ -366,12 +405,15 @@ pub async fn start(pools: &Pools, merchant: MerchantId, to: &str) -> Result<Move
     check_schema(&source, source_pool).await?;
     let id = Uuid::now_v7();
     let inserted = sqlx::query(
-        "insert into tenant_moves (id, merchant_id, source, target, phase) values ($1, $2, $3, $4, 'copying')",
+        "insert into tenant_moves (id, merchant_id, source, target, phase, driven_by, keep_source)
+         values ($1, $2, $3, $4, 'copying', $5, $6)",
     )
     .bind(id)
     .bind(merchant.0)
     .bind(&source)
     .bind(to)
+    .bind(if by_serve { "api" } else { "cli" })
+    .bind(keep_source)
     .execute(&pools.main)
     .await;
     match inserted {
@@ -393,6 +435,7 @@ pub async fn drive(
     keep_source: bool,
     progress: &dyn Progress,
 ) -> Result<Move, MoveError> {
+    let _driving = hold(&pools.main, mv.id).await?;
     loop {
         match mv.phase {
             Phase::Cleaned | Phase::Aborted | Phase::RolledBack => return Ok(mv),
@@ -457,7 +500,7 @@ pub async fn advance(
 
 async fn set_phase(main: &PgPool, mv: &mut Move, phase: Phase) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update tenant_moves set phase = $2, updated_at = now(),
+        "update tenant_moves set phase = $2, updated_at = now(), last_error = null,
                 finished_at = case when $2 in ('cleaned', 'aborted') then now() end
          where id = $1",
     )
@@ -550,7 +593,11 @@ async fn prepare(
 }
 
 /// The merchant's capture triggers on every tenant table of `pool`.
-async fn install_capture(pool: &PgPool, tables: &[Table], m: MerchantId) -> Result<(), sqlx::Error> {
+async fn install_capture(
+    pool: &PgPool,
+    tables: &[Table],
+    m: MerchantId,
+) -> Result<(), sqlx::Error> {
     let (on_write, on_delete) = trigger_names(m);
     for table in tables {
         let args = table
@@ -894,6 +941,25 @@ async fn cut_over(
     Ok(())
 }
 
+/// The advisory lock class a move's driver holds (two-key form: class, move).
+const DRIVER_CLASS: i32 = 0x4d44; // "MD"
+
+/// Holds the move's driver lock for as long as the connection lives: one
+/// mover at a time carries a move on, aborts or cleans it up.
+pub async fn hold(main: &PgPool, id: Uuid) -> Result<PgConnection, MoveError> {
+    let mut conn = PgConnection::connect_with(&gate_options(main)).await?;
+    let held: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, hashtext($2::text))")
+        .bind(DRIVER_CLASS)
+        .bind(id)
+        .fetch_one(&mut conn)
+        .await?;
+    if !held {
+        let _ = conn.close().await;
+        return Err(MoveError::DrivenElsewhere);
+    }
+    Ok(conn)
+}
+
 fn gate_options(main: &PgPool) -> sqlx::postgres::PgConnectOptions {
     main.connect_options()
         .as_ref()
@@ -1143,7 +1209,8 @@ async fn narrow(
     const SMALL: usize = 2000;
     const ROUNDS: usize = 8;
     let m = mv.merchant;
-    let size = |t: &Touched, d: &[Range]| t.values().map(HashMap::len).sum::<usize>() + d.len() * 5000;
+    let size =
+        |t: &Touched, d: &[Range]| t.values().map(HashMap::len).sum::<usize>() + d.len() * 5000;
     for round in 0..ROUNDS {
         let mut fresh = Touched::new();
         catch_up(pools, mv, source, target, tables, &mut fresh, progress).await?;
@@ -1172,7 +1239,12 @@ async fn narrow(
         }
         *touched = fresh;
         let left = size(touched, dirty);
-        tracing::info!(round, keys_and_rows_left = left, ranges = dirty.len(), "narrowing the cutover's recheck");
+        tracing::info!(
+            round,
+            keys_and_rows_left = left,
+            ranges = dirty.len(),
+            "narrowing the cutover's recheck"
+        );
         if left <= SMALL {
             break;
         }
@@ -1371,6 +1443,7 @@ pub async fn cleanup_source(
         return Err(MoveError::NotMoving(merchant));
     };
     let (id, source_name) = (mv.id, mv.source.clone());
+    let _driving = hold(&pools.main, id).await?;
     let source = pools.cell(&source_name)?;
     // The reverse stream ends (no rollback past a cleanup); the source's
     // triggers, should a crash have left them, would capture the deletes.
@@ -1402,6 +1475,7 @@ pub async fn abort(
     let mut mv = running(&pools.main, merchant)
         .await?
         .ok_or(MoveError::NotMoving(merchant))?;
+    let _driving = hold(&pools.main, mv.id).await?;
     if cell_of(&pools.main, merchant).await? == mv.target {
         return Err(MoveError::PastCutover);
     }

@@ -128,6 +128,8 @@ pub struct MerchantView {
 
 #[derive(Serialize, ToSchema)]
 pub struct MoveView {
+    /// Watch it at `/v1/merchants/{id}/moves/{move id}`.
+    pub id: Uuid,
     pub to: String,
     /// `copying`, `catching_up` or `cutting_over`.
     pub phase: String,
@@ -153,6 +155,7 @@ pub async fn get_merchant(
     let moving = crate::cells::mover::running(&state.db.app, id)
         .await?
         .map(|m| MoveView {
+            id: m.id,
             to: m.target,
             phase: m.phase.to_string(),
         });

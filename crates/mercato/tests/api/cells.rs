@@ -383,7 +383,11 @@ async fn an_aborted_move_leaves_the_source_the_only_copy() {
         "the source unchanged"
     );
     assert_eq!(capture_triggers(&app.owner).await, 0);
-    assert_eq!(capture_triggers(&s.cell_owner).await, 0, "nor a reverse stream");
+    assert_eq!(
+        capture_triggers(&s.cell_owner).await,
+        0,
+        "nor a reverse stream"
+    );
     let view = app
         .get(&format!("/v1/merchants/{}", m.id), ADMIN_TOKEN)
         .await;
@@ -594,16 +598,26 @@ async fn a_move_that_kept_its_source_rolls_back_with_the_writes_made_since() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     // The source's capture ended at the cutover; the target's goes on.
     assert_eq!(capture_triggers(&app.owner).await, 0);
-    assert!(capture_triggers(&s.cell_owner).await > 0, "the reverse stream");
+    assert!(
+        capture_triggers(&s.cell_owner).await > 0,
+        "the reverse stream"
+    );
 
     // Started, then abandoned: the merchant stays in the cell, its move stands.
-    let back = mover::rollback(&s.pools, m.id).await.expect("a rollback starts");
-    assert_eq!((back.source.as_str(), back.target.as_str()), ("big", "main"));
+    let back = mover::rollback(&s.pools, m.id)
+        .await
+        .expect("a rollback starts");
+    assert_eq!(
+        (back.source.as_str(), back.target.as_str()),
+        ("big", "main")
+    );
     assert_eq!(back.phase, Phase::CatchingUp);
     assert_eq!(back.rollback_of, Some(mv.id));
     let back = mover::advance(&s.pools, back, &Quiet).await.unwrap();
     assert_eq!(back.phase, Phase::CuttingOver);
-    mover::abort(&s.pools, m.id, &Quiet).await.expect("the rollback aborts");
+    mover::abort(&s.pools, m.id, &Quiet)
+        .await
+        .expect("the rollback aborts");
     let phase: String = sqlx::query_scalar("select phase from tenant_moves where id = $1")
         .bind(mv.id)
         .fetch_one(&app.owner)
@@ -612,7 +626,10 @@ async fn a_move_that_kept_its_source_rolls_back_with_the_writes_made_since() {
     assert_eq!(phase, "moved");
     assert_eq!(mover::cell_of(&s.pools.main, m.id).await.unwrap(), "big");
     assert_eq!(capture_triggers(&app.owner).await, 0);
-    assert!(capture_triggers(&s.cell_owner).await > 0, "the reverse stream goes on");
+    assert!(
+        capture_triggers(&s.cell_owner).await > 0,
+        "the reverse stream goes on"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Taken up again and carried through, while the merchant trades.
@@ -661,5 +678,118 @@ async fn a_move_that_kept_its_source_rolls_back_with_the_writes_made_since() {
         .post("/v1/checkouts", &m.key, checkout("home@example.com"))
         .await;
     assert!(r.status.is_success(), "{}", r.body);
+    drop(s.cell);
+}
+
+/// A move started from the admin API: `serve` drives it to the end while the
+/// merchant trades, and the record it answers can be watched; what cannot
+/// work is refused with the field or the conflict named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_started_from_the_admin_api_is_driven_by_serve_and_watched() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let m = app.merchant_with_stock("api-moved", "MUG", 1_000_000).await;
+    buy(app, &m, "first@example.com").await;
+    let path = format!("/v1/merchants/{}/moves", m.id);
+
+    // Refused, with nothing recorded.
+    let unknown = app.post(&path, ADMIN_TOKEN, json!({"to": "nowhere"})).await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        unknown.body
+    );
+    assert_eq!(unknown.body["errors"][0]["field"], "to", "{}", unknown.body);
+    let here = app.post(&path, ADMIN_TOKEN, json!({"to": "main"})).await;
+    assert_eq!(
+        here.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        here.body
+    );
+    let nobody = app
+        .post(
+            &format!("/v1/merchants/{}/moves", Uuid::now_v7()),
+            ADMIN_TOKEN,
+            json!({"to": "big"}),
+        )
+        .await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND);
+    let merchant_key = app.post(&path, &m.key, json!({"to": "big"})).await;
+    assert_eq!(merchant_key.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.count("tenant_moves").await, 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let trading = load(app, &m, stop.clone());
+    let started = app.post(&path, ADMIN_TOKEN, json!({"to": "big"})).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    assert_eq!(started.body["driven_by"], "api");
+    let location = started.headers["location"].to_str().unwrap().to_owned();
+    let again = app.post(&path, ADMIN_TOKEN, json!({"to": "big"})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert_eq!(
+        again.body["type"]
+            .as_str()
+            .map(|t| t.ends_with("move-running")),
+        Some(true),
+        "{}",
+        again.body
+    );
+
+    // Watched until the end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen_phases = Vec::new();
+    let last = loop {
+        let r = app.get(&location, ADMIN_TOKEN).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let phase = r.body["phase"].as_str().unwrap_or_default().to_owned();
+        if seen_phases.last() != Some(&phase) {
+            seen_phases.push(phase.clone());
+        }
+        if phase == "cleaned" {
+            break r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move did not finish: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    let seen = trading.await.unwrap();
+    assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+    eprintln!("phases seen: {seen_phases:?}; {last}");
+    assert!(last["pause_ms"].as_f64().is_some(), "{last}");
+    assert!(last["rows_copied"].as_i64().unwrap_or(0) > 0, "{last}");
+    assert_eq!(last["last_error"], Value::Null);
+    let view = app
+        .get(&format!("/v1/merchants/{}", m.id), ADMIN_TOKEN)
+        .await;
+    assert_eq!(view.body["cell"], "big", "{}", view.body);
+    assert_eq!(
+        total(&rows_of(&app.owner, &m).await),
+        0,
+        "the old copy is gone"
+    );
+    let orders: Vec<String> =
+        sqlx::query_scalar("select id::text from orders where merchant_id = $1")
+            .bind(m.id.0)
+            .fetch_all(&s.cell_owner)
+            .await
+            .unwrap();
+    for id in &seen.order_ids {
+        assert!(orders.contains(id), "order {id} is in the new cell");
+    }
+    // Another merchant's move is not found under this one.
+    let other = app.merchant_with_stock("bystander", "MUG", 10).await;
+    let wrong = app
+        .get(
+            &location.replace(&m.id.to_string(), &other.id.to_string()),
+            ADMIN_TOKEN,
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::NOT_FOUND);
     drop(s.cell);
 }

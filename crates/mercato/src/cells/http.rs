@@ -1,0 +1,156 @@
+//! The admin API of moves: start one (`serve` drives it) and watch it.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::mover::{self, MoveError};
+use crate::http::auth::Admin;
+use crate::http::{ApiError, ApiJson, Problem};
+use crate::state::AppState;
+use crate::tenancy::{merchant_exists, MerchantId};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(post_move))
+        .routes(routes!(get_move))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartMove {
+    /// The cell to move to: `main` or a name `serve` was given with `--cell`.
+    pub to: String,
+    /// Keep the old copy (and the reverse stream, for `mercato tenants
+    /// rollback`) until `mercato tenants cleanup`.
+    #[serde(default)]
+    pub keep_source: bool,
+}
+
+/// A move and how far it got.
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct MoveRecord {
+    pub id: Uuid,
+    pub merchant_id: Uuid,
+    pub source: String,
+    pub target: String,
+    /// `copying`, `catching_up`, `cutting_over`, `moved`, `cleaned`,
+    /// `aborted` or `rolled_back`.
+    pub phase: String,
+    pub rows_copied: i64,
+    pub changes_applied: i64,
+    pub rows_cleaned: i64,
+    /// The merchant's write pause at the cutover, once cut over.
+    pub pause_ms: Option<f64>,
+    pub keep_source: bool,
+    /// `api`: `serve` drives it; `cli`: a `mercato tenants` command does.
+    pub driven_by: String,
+    /// For a rollback: the move it undoes.
+    pub rollback_of: Option<Uuid>,
+    /// Why the move stopped last (it is tried again); `null` once it goes on.
+    pub last_error: Option<String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Moves a merchant to another cell while it trades (platform admin only).
+/// Answers at once; `serve` drives the move (any instance, also after a
+/// restart): watch it at the `Location` answered.
+#[utoipa::path(post, path = "/v1/merchants/{id}/moves", params(("id" = String, Path)),
+    request_body = StartMove, security(("admin_token" = [])),
+    responses(
+        (status = 202, body = MoveRecord, description = "the move is recorded and under way"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "a move of the merchant is running, or the cell's schema is behind"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "an unknown cell, or the one the merchant is in"),
+    ))]
+pub async fn post_move(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<StartMove>,
+) -> Result<Response, ApiError> {
+    let merchant = MerchantId(ApiError::path_id(&id, "merchant")?);
+    if !merchant_exists(&state.db.app, merchant).await? {
+        return Err(ApiError::NotFound("merchant"));
+    }
+    let mv = mover::start_in_serve(&state.moves.pools, merchant, &body.to, body.keep_source)
+        .await
+        .map_err(refused)?;
+    state.moves.wake();
+    let record = record(&state, merchant, mv.id)
+        .await?
+        .ok_or(ApiError::NotFound("move"))?;
+    let mut response = (StatusCode::ACCEPTED, Json(record)).into_response();
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/v1/merchants/{}/moves/{}", merchant, mv.id))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// A move of the merchant (platform admin only).
+#[utoipa::path(get, path = "/v1/merchants/{id}/moves/{move_id}",
+    params(("id" = String, Path), ("move_id" = String, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = MoveRecord),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_move(
+    _: Admin,
+    State(state): State<AppState>,
+    Path((id, move_id)): Path<(String, String)>,
+) -> Result<Json<MoveRecord>, ApiError> {
+    let merchant = MerchantId(ApiError::path_id(&id, "move")?);
+    let move_id = ApiError::path_id(&move_id, "move")?;
+    record(&state, merchant, move_id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("move"))
+}
+
+async fn record(
+    state: &AppState,
+    merchant: MerchantId,
+    id: Uuid,
+) -> Result<Option<MoveRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, merchant_id, source, target, phase, rows_copied, changes_applied, rows_cleaned,
+                pause_ms, keep_source, driven_by, rollback_of, last_error, started_at, finished_at
+         from tenant_moves where id = $1 and merchant_id = $2",
+    )
+    .bind(id)
+    .bind(merchant.0)
+    .fetch_optional(&state.db.app)
+    .await
+}
+
+/// A move the mover refuses to start, as the admin API answers it.
+fn refused(err: MoveError) -> ApiError {
+    let conflict = |kind, title, err: &MoveError| ApiError::Conflict {
+        kind,
+        title,
+        detail: err.to_string(),
+        errors: vec![],
+    };
+    match err {
+        MoveError::NoMerchant(_) => ApiError::NotFound("merchant"),
+        MoveError::UnknownCell(..) | MoveError::AlreadyThere { .. } => {
+            ApiError::field("to", err.to_string())
+        }
+        MoveError::AlreadyMoving(_) => conflict("move-running", "A move is running", &err),
+        MoveError::SchemaBehind { .. } => {
+            conflict("cell-schema-behind", "The cell's schema is behind", &err)
+        }
+        MoveError::Db(e) => ApiError::Internal(e),
+        other => conflict("move-refused", "The move cannot start", &other),
+    }
+}
