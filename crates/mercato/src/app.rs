@@ -67,10 +67,11 @@ pub struct App {
     pub database: DatabaseSource,
     /// Keeps the private cluster alive as long as the app; stops it on drop.
     _localpg: Option<LocalPg>,
+    _embedded_cells: Vec<crate::cells::embedded::EmbeddedCell>,
 }
 
 impl App {
-    pub async fn build(config: Config) -> Result<App, StartError> {
+    pub async fn build(mut config: Config) -> Result<App, StartError> {
         config.validate()?;
         // Bind first: a taken port should fail before anything else starts.
         let listener =
@@ -92,6 +93,24 @@ impl App {
             }
         };
         let db = db::prepare(&owner_url, config.max_connections).await?;
+        // Embedded, the cells `mercato cells add` made start with the main cluster.
+        let embedded_cells = match &localpg {
+            Some(_) => crate::cells::embedded::open(&config.data_dir, false).await?,
+            None => Vec::new(),
+        };
+        for cell in &embedded_cells {
+            if config.cells.iter().any(|c| c.name == cell.spec.name) {
+                return Err(ConfigError {
+                    flag: "cell",
+                    message: format!(
+                        "names {:?}, an embedded cell of the data directory already",
+                        cell.spec.name
+                    ),
+                }
+                .into());
+            }
+            config.cells.push(cell.spec.clone());
+        }
         let demo_api_key = match localpg {
             Some(_) => Some(demo::seed(&db, &config.data_dir).await?),
             None => None,
@@ -176,7 +195,13 @@ impl App {
             demo_api_key,
             database,
             _localpg: localpg,
+            _embedded_cells: embedded_cells,
         })
+    }
+
+    /// The cells this instance serves, `main` first.
+    pub fn cell_names(&self) -> Vec<String> {
+        self.cells.all().iter().map(|c| c.name.clone()).collect()
     }
 
     /// Serves (and runs the background workers) until `shutdown` resolves, then
@@ -194,6 +219,7 @@ impl App {
             listener,
             router,
             _localpg,
+            _embedded_cells,
             ..
         } = self;
         let mut workers = vec![
@@ -362,7 +388,7 @@ pub async fn command_database(
 }
 
 /// Starts (or restarts) the private cluster and makes sure database `mercato` exists.
-async fn start_private_cluster(data_dir: &Path) -> Result<LocalPg, StartError> {
+pub(crate) async fn start_private_cluster(data_dir: &Path) -> Result<LocalPg, StartError> {
     let dir = data_dir.to_path_buf();
     let pg = tokio::task::spawn_blocking(move || LocalPg::start(&dir))
         .await

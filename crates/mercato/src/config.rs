@@ -109,11 +109,8 @@ impl std::fmt::Debug for CellSpec {
     }
 }
 
-/// `NAME=URL`, the name 1-32 lower-case letters, digits, `-` or `_`, not `main`.
-pub fn cell_spec(raw: &str) -> Result<CellSpec, String> {
-    let (name, url) = raw
-        .split_once('=')
-        .ok_or_else(|| "must be NAME=postgres://…".to_owned())?;
+/// A cell's name: 1-32 lower-case letters, digits, `-` or `_`, not `main`.
+pub fn cell_name(name: &str) -> Result<&str, String> {
     let name = name.trim();
     if name.is_empty()
         || name.len() > 32
@@ -128,6 +125,15 @@ pub fn cell_spec(raw: &str) -> Result<CellSpec, String> {
     if name == crate::cells::MAIN {
         return Err("the main database is the cell \"main\" already".into());
     }
+    Ok(name)
+}
+
+/// `NAME=URL`, the name as `cell_name` wants it.
+pub fn cell_spec(raw: &str) -> Result<CellSpec, String> {
+    let (name, url) = raw
+        .split_once('=')
+        .ok_or_else(|| "must be NAME=postgres://…".to_owned())?;
+    let name = cell_name(name)?;
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(format!("cell {name}: the URL must start with postgres://"));
     }

@@ -39,6 +39,8 @@ enum Command {
     Remediate(mercato::remediation::cli::Remediate),
     /// Which database (cell) serves each merchant; move one to another online.
     Tenants(mercato::cells::cli::Tenants),
+    /// Cells of the embedded mode: private clusters beside the main one.
+    Cells(mercato::cells::embedded::CellsArgs),
 }
 
 #[derive(clap::Args)]
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
             Command::Reprice(opts) => mercato::reprice::run(opts).await,
             Command::Remediate(args) => mercato::remediation::cli::run(args).await,
             Command::Tenants(args) => mercato::cells::cli::run(args).await,
+            Command::Cells(args) => mercato::cells::embedded::run(args).await,
             Command::Demo(DemoCommand::Incident(opts)) => {
                 mercato::demo::incident::run(opts).await.map(|_| ())
             }
@@ -141,6 +144,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             println!("  database:     private PostgreSQL in {data_dir} (127.0.0.1:{port})")
         }
         DatabaseSource::External => println!("  database:     DATABASE_URL"),
+    }
+    let cells = app.cell_names();
+    if cells.len() > 1 {
+        println!("  cells:        {}", cells.join(", "));
     }
     if app.admin_token_generated {
         println!("  admin token:  {}", app.admin_token);

@@ -75,7 +75,13 @@ pub async fn run(args: Tenants) -> anyhow::Result<()> {
     .await?;
     let mut cells = BTreeMap::new();
     cells.insert(MAIN.to_owned(), main.owner.clone());
-    for spec in &args.cells {
+    // Embedded, the data directory's cells (those a running `serve` keeps, or started now).
+    let embedded = match &args.database.database_url {
+        None => super::embedded::open(&args.database.data_dir, true).await?,
+        Some(_) => Vec::new(),
+    };
+    let specs = embedded.iter().map(|c| &c.spec).chain(&args.cells);
+    for spec in specs {
         let opts = spec
             .url
             .parse()
@@ -86,17 +92,26 @@ pub async fn run(args: Tenants) -> anyhow::Result<()> {
             .with_context(|| format!("cell {}", spec.name))?;
         cells.insert(spec.name.clone(), pool);
     }
-    let pools = Pools {
-        main: main.owner.clone(),
-        cells,
-    };
+    let result = command(
+        args.command,
+        &Pools {
+            main: main.owner.clone(),
+            cells,
+        },
+    )
+    .await;
+    drop(embedded);
+    result
+}
+
+async fn command(command: Command, pools: &Pools) -> anyhow::Result<()> {
     let bars = Bars::default();
-    match args.command {
+    match command {
         Command::Move(a) => {
             let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
-            let mv = mover::start(&pools, merchant, &a.to).await?;
+            let mv = mover::start(pools, merchant, &a.to).await?;
             eprintln!("moving {} from {} to {}", merchant, mv.source, mv.target);
-            finish(&pools, mv, a.keep_source, &bars).await
+            finish(pools, mv, a.keep_source, &bars).await
         }
         Command::Resume(a) => {
             let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
@@ -107,32 +122,32 @@ pub async fn run(args: Tenants) -> anyhow::Result<()> {
                 "resuming the move of {} to {} at {}",
                 merchant, mv.target, mv.phase
             );
-            finish(&pools, mv, a.keep_source, &bars).await
+            finish(pools, mv, a.keep_source, &bars).await
         }
         Command::Abort(a) => {
             let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
-            mover::abort(&pools, merchant, &bars).await?;
+            mover::abort(pools, merchant, &bars).await?;
             bars.done();
             println!("aborted: {merchant} stays where it was");
             Ok(())
         }
         Command::Rollback(a) => {
             let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
-            let mv = mover::rollback(&pools, merchant).await?;
+            let mv = mover::rollback(pools, merchant).await?;
             eprintln!(
                 "rolling {} back from {} to {}",
                 merchant, mv.source, mv.target
             );
-            finish(&pools, mv, a.keep_source, &bars).await
+            finish(pools, mv, a.keep_source, &bars).await
         }
         Command::Cleanup(a) => {
             let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
-            let n = mover::cleanup_source(&pools, merchant, &bars).await?;
+            let n = mover::cleanup_source(pools, merchant, &bars).await?;
             bars.done();
             println!("deleted {n} rows of {merchant} from its old cell");
             Ok(())
         }
-        Command::Status => status(&pools).await,
+        Command::Status => status(pools).await,
     }
 }
 

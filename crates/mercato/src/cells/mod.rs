@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod driver;
+pub mod embedded;
 pub mod http;
 pub mod mover;
 

@@ -793,3 +793,101 @@ async fn a_move_started_from_the_admin_api_is_driven_by_serve_and_watched() {
     assert_eq!(wrong.status, StatusCode::NOT_FOUND);
     drop(s.cell);
 }
+
+/// Embedded mode: `mercato cells add` makes a private cluster beside the
+/// main one, `serve` without a database URL starts and serves it, and the
+/// demo merchant moves there from the admin API and goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_cell_made_by_cells_add_is_served_and_moved_to() {
+    let dir = std::env::temp_dir().join(format!("mercato-embedded-{}", Uuid::now_v7().simple()));
+    let add = |name: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mercato"))
+            .args(["cells", "add", name, "--data-dir"])
+            .arg(&dir)
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("mercato runs")
+    };
+    let out = add("big");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = add("big");
+    assert!(!again.status.success(), "a cell is added once");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr)
+            .trim()
+            .lines()
+            .count(),
+        1
+    );
+
+    let mut config = mercato::Config::new("127.0.0.1:0".parse().unwrap());
+    config.database_url = None;
+    config.data_dir = dir.clone();
+    config.admin_token = Some(ADMIN_TOKEN.into());
+    let app = mercato::App::build(config).await.expect("serve starts");
+    let base = format!("http://{}", app.addr);
+    let key = app.demo_api_key.clone().expect("the demo is seeded");
+    let demo = mercato::tenancy::ApiKey::parse(&key)
+        .expect("a key")
+        .merchant_id;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(app.serve(async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let started = client
+        .post(format!("{base}/v1/merchants/{demo}/moves"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"to": "big"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    let location = started.headers()["location"].to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r: Value = client
+            .get(format!("{base}{location}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if r["phase"] == "cleaned" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view: Value = client
+        .get(format!("{base}/v1/merchants/{demo}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["cell"], "big", "{view}");
+    let products = client
+        .get(format!("{base}/v1/products"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(products.status(), StatusCode::OK);
+    let products: Value = products.json().await.unwrap();
+    assert!(
+        !products["data"].as_array().unwrap().is_empty(),
+        "the demo's catalog came along"
+    );
+    let _ = stop.send(());
+    let _ = served.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
