@@ -148,10 +148,9 @@ impl App {
             cells.push(cell(&spec.name, cell_db, &config));
             movers.insert(spec.name.clone(), mover_pools(&spec.url)?);
         }
-        let moves = crate::cells::driver::MoveDriver::new(crate::cells::mover::Pools {
-            main: main_owner,
-            cells: movers,
-        });
+        let moves = crate::cells::driver::MoveDriver::new(crate::cells::mover::Pools::new(
+            main_owner, movers,
+        ));
         let cells = Cells::new(db.app.clone(), cells);
         if config.nats_url.is_some() {
             crate::events::enable_bus();

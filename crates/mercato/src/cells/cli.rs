@@ -21,6 +21,17 @@ pub struct Tenants {
     /// The cells, as `serve` is given them: `NAME=postgres://…` (repeatable).
     #[arg(long = "cell", env = "MERCATO_CELLS", value_delimiter = ',', value_parser = cell_spec, hide_env_values = true, global = true)]
     pub cells: Vec<CellSpec>,
+    /// The share of the time the copy and the cleanup work (they rest the
+    /// remainder, so the cells' other merchants keep their latency); 1: flat out.
+    #[arg(long, default_value_t = mover::DEFAULT_DUTY_CYCLE, value_parser = duty_cycle, global = true)]
+    pub duty_cycle: f64,
+}
+
+fn duty_cycle(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(d) if (0.05..=1.0).contains(&d) => Ok(d),
+        _ => Err("must be a number from 0.05 to 1".into()),
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -95,8 +106,8 @@ pub async fn run(args: Tenants) -> anyhow::Result<()> {
     let result = command(
         args.command,
         &Pools {
-            main: main.owner.clone(),
-            cells,
+            duty_cycle: args.duty_cycle,
+            ..Pools::new(main.owner.clone(), cells)
         },
     )
     .await;

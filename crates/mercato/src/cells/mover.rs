@@ -111,9 +111,32 @@ pub struct Pools {
     pub main: PgPool,
     /// Every cell by name, `main` included.
     pub cells: BTreeMap<String, PgPool>,
+    /// The share of the time the copy and the cleanup work: after a batch
+    /// that took t, they rest t × (1 / duty_cycle − 1), so the cells' other
+    /// merchants keep their latency (1: no rest).
+    pub duty_cycle: f64,
 }
 
+/// The copy and the cleanup work half the time by default.
+pub const DEFAULT_DUTY_CYCLE: f64 = 0.5;
+
 impl Pools {
+    pub fn new(main: PgPool, cells: BTreeMap<String, PgPool>) -> Pools {
+        Pools {
+            main,
+            cells,
+            duty_cycle: DEFAULT_DUTY_CYCLE,
+        }
+    }
+
+    /// The rest after a batch of the copy or the cleanup that took `took`.
+    async fn rest(&self, took: Duration) {
+        let duty = self.duty_cycle.clamp(0.05, 1.0);
+        if duty < 1.0 {
+            tokio::time::sleep(took.mul_f64(1.0 / duty - 1.0)).await;
+        }
+    }
+
     fn cell(&self, name: &str) -> Result<&PgPool, MoveError> {
         self.cells.get(name).ok_or_else(|| {
             MoveError::UnknownCell(
@@ -483,6 +506,7 @@ pub async fn advance(
             drop_capture(&source, mv.merchant).await?;
             drop_capture(&target, mv.merchant).await?;
             cleanup(
+                pools,
                 &source,
                 &tables,
                 mv.merchant,
@@ -673,7 +697,7 @@ async fn copy(
     progress: &dyn Progress,
 ) -> Result<(), MoveError> {
     let m = mv.merchant;
-    cleanup(target, tables, m, true, &Quiet, |_| async { Ok(()) }).await?;
+    cleanup(pools, target, tables, m, true, &Quiet, |_| async { Ok(()) }).await?;
     let mut conn = source.acquire().await?;
     let mut snap = conn.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only")
@@ -703,6 +727,7 @@ async fn copy(
         let key = list(&table.key, "");
         let mut cursor = Value::Null;
         loop {
+            let started = Instant::now();
             let read = if cursor.is_null() {
                 format!(
                     "select coalesce(jsonb_agg(to_jsonb(b) order by {key}), '[]') from
@@ -741,6 +766,7 @@ async fn copy(
             if (batch as i64) < BATCH {
                 break;
             }
+            pools.rest(started.elapsed()).await;
             cursor = rows
                 .as_array()
                 .and_then(|r| r.last())
@@ -1388,6 +1414,7 @@ async fn drop_capture(source: &PgPool, m: MerchantId) -> Result<(), sqlx::Error>
 
 /// Deletes the merchant's rows from a cell in batches, children first.
 async fn cleanup<F, Fut>(
+    pools: &Pools,
     pool: &PgPool,
     tables: &[Table],
     m: MerchantId,
@@ -1403,6 +1430,7 @@ where
     for table in tables.iter().rev() {
         let t = ident(&table.name);
         loop {
+            let started = Instant::now();
             let mut tx = mover_tx(pool, m).await?;
             let deleted = sqlx::query(&format!(
                 "delete from {t} where ctid = any (array(select ctid from {t} where merchant_id = $1 limit $2))"
@@ -1420,7 +1448,7 @@ where
             record(deleted).await?;
             progress.cleaned(deleted);
             // Throttled: the cell's other merchants keep their latency.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            pools.rest(started.elapsed()).await;
         }
     }
     if !keep_merchant_row {
@@ -1451,6 +1479,7 @@ pub async fn cleanup_source(
     drop_capture(source, merchant).await?;
     let tables = tenant_tables(source).await?;
     let n = cleanup(
+        pools,
         source,
         &tables,
         merchant,
@@ -1501,6 +1530,7 @@ pub async fn abort(
     .await?;
     let tables = tenant_tables(&target).await?;
     cleanup(
+        pools,
         &target,
         &tables,
         merchant,

@@ -65,13 +65,13 @@ async fn two_cells() -> Setup {
     }];
     let app = TestApp::spawn_with(db, config).await;
     let cell_owner = PgPool::connect(&cell.url).await.expect("cell owner");
-    let pools = Pools {
-        main: app.owner.clone(),
-        cells: BTreeMap::from([
+    let pools = Pools::new(
+        app.owner.clone(),
+        BTreeMap::from([
             ("main".to_owned(), app.owner.clone()),
             ("big".to_owned(), cell_owner.clone()),
         ]),
-    };
+    );
     Setup {
         app,
         cell,
@@ -431,10 +431,7 @@ async fn moves_that_cannot_work_are_refused_and_change_nothing() {
         .execute(&empty)
         .await
         .unwrap();
-    let mut pools = Pools {
-        main: s.pools.main.clone(),
-        cells: s.pools.cells.clone(),
-    };
+    let mut pools = Pools::new(s.pools.main.clone(), s.pools.cells.clone());
     pools.cells.insert("empty".into(), empty);
     assert!(matches!(
         mover::start(&pools, m.id, "empty").await,
