@@ -37,3 +37,8 @@ alter table tenant_moves add column driven_by text not null default 'cli'
     check (driven_by in ('cli', 'api'));
 alter table tenant_moves add column keep_source boolean not null default false;
 alter table tenant_moves add column last_error text;
+
+-- The copy reads in short transactions (no snapshot held for its length)
+-- and records where it is, so a copy cut off goes on from there.
+alter table tenant_moves add column copy_table text;
+alter table tenant_moves add column copy_after jsonb;

@@ -888,3 +888,104 @@ async fn an_embedded_cell_made_by_cells_add_is_served_and_moved_to() {
     let _ = served.await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Writes a new product and its stock through the API once the copy has
+/// passed `variants` but not yet `stock`: the copy meets a stock row whose
+/// variant it did not copy.
+struct WritesBetweenTables {
+    base: String,
+    key: String,
+    after_rows: u64,
+    copied: std::sync::atomic::AtomicU64,
+    written: AtomicBool,
+}
+
+impl mover::Progress for WritesBetweenTables {
+    fn copied(&self, rows: u64) {
+        let so_far = self.copied.fetch_add(rows, Ordering::SeqCst) + rows;
+        if so_far < self.after_rows || self.written.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (base, key) = (self.base.clone(), self.key.clone());
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                let client = reqwest::Client::new();
+                let made = client
+                    .post(format!("{base}/v1/products"))
+                    .bearer_auth(&key)
+                    .json(&json!({"name": "Late", "variants": [{"sku": "LATE", "price": {"amount": 500, "currency": "EUR"}}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(made.status().is_success());
+                let stocked = client
+                    .put(format!("{base}/v1/inventory/LATE"))
+                    .bearer_auth(&key)
+                    .json(&json!({"on_hand": 7}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(stocked.status().is_success());
+            })
+        });
+    }
+}
+
+/// The copy reads in short transactions, not one snapshot: a row whose
+/// parent was written after the parent's table was copied is left to the
+/// replay, and the move ends with both, equal on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_whose_parent_came_after_its_table_was_copied_arrives_with_the_replay() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let m = app.merchant_with_stock("late-parent", "MUG", 1000).await;
+    buy(app, &m, "a@example.com").await;
+    let tables = mover::tenant_tables(&app.owner).await.unwrap();
+    let sums = mover::checksums(&app.owner, &tables, m.id).await.unwrap();
+    let position = |name: &str| tables.iter().position(|t| t.name == name).unwrap();
+    assert!(
+        position("variants") < position("stock"),
+        "parents are copied first"
+    );
+    let after_rows: i64 = sums[..=position("variants")]
+        .iter()
+        .map(|(_, n, _)| n)
+        .sum();
+    let progress = WritesBetweenTables {
+        base: app.base.clone(),
+        key: m.key.clone(),
+        after_rows: after_rows as u64,
+        copied: Default::default(),
+        written: AtomicBool::new(false),
+    };
+    let mv = mover::start(&s.pools, m.id, "big").await.unwrap();
+    let mv = mover::advance(&s.pools, mv, &progress)
+        .await
+        .expect("the copy goes on");
+    assert!(
+        progress.written.load(Ordering::SeqCst),
+        "the write happened mid-copy"
+    );
+    let late: i64 =
+        sqlx::query_scalar("select count(*) from stock where merchant_id = $1 and sku = 'LATE'")
+            .bind(m.id.0)
+            .fetch_one(&s.cell_owner)
+            .await
+            .unwrap();
+    assert_eq!(late, 0, "the orphan was left to the replay");
+    let mv = mover::drive(&s.pools, mv, true, &Quiet)
+        .await
+        .expect("the move completes");
+    assert_eq!(mv.phase, Phase::Moved);
+    assert_eq!(
+        mover::checksums(&s.cell_owner, &tables, m.id)
+            .await
+            .unwrap(),
+        mover::checksums(&app.owner, &tables, m.id).await.unwrap(),
+        "equal on both sides"
+    );
+    let stock = app.get("/v1/inventory/LATE", &m.key).await;
+    assert_eq!(stock.status, StatusCode::OK, "{}", stock.body);
+    assert_eq!(stock.body["on_hand"], 7, "{}", stock.body);
+    drop(s.cell);
+}
