@@ -158,9 +158,12 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
             super::send(&h.client, method, &format!("{}{path}", h.base), key, body).await?;
         }
     }
-    let label = Arc::new(Mutex::new("before".to_owned()));
+    // A warm-up first (caches, connections), not counted in the baseline.
+    let label = Arc::new(Mutex::new("warmup".to_owned()));
     let moving = Load::start(&h.base, &moving_key, opts.rate, label.clone());
     let neighbour = Load::start(&h.base, &h.key, opts.rate, label.clone());
+    tokio::time::sleep(Duration::from_secs(opts.settle_seconds)).await;
+    set(&label, "before");
     tokio::time::sleep(Duration::from_secs(opts.settle_seconds)).await;
 
     let cell = crate::db::connect(cell_url.parse()?, 8).await?;

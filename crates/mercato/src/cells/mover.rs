@@ -966,7 +966,7 @@ async fn cut_over(
     // since: the keys replayed from here on, and the ranges that differed.
     let mut touched = Touched::new();
     catch_up(pools, mv, source, target, tables, &mut touched, progress).await?;
-    let mut dirty = pre_verify(source, target, tables, m).await?;
+    let mut dirty = pre_verify(pools, source, target, tables, m).await?;
     narrow(
         pools,
         mv,
@@ -1209,6 +1209,7 @@ async fn range_sum(
 /// together covering every key); returns the ranges that differ, which
 /// captured writes not yet replayed explain, to check again in the pause.
 async fn pre_verify(
+    pools: &Pools,
     source: &PgPool,
     target: &PgPool,
     tables: &[Table],
@@ -1221,6 +1222,7 @@ async fn pre_verify(
         let key = list(&table.key, "");
         let mut after: Option<Value> = None;
         loop {
+            let started = Instant::now();
             let bound = if after.is_some() {
                 format!("and {}", table.key_vs(">", 3))
             } else {
@@ -1261,6 +1263,8 @@ async fn pre_verify(
                 None => break,
                 Some(last) => after = Some(last),
             }
+            // Hashing every row is the copy's cost again: throttled the same way.
+            pools.rest(started.elapsed()).await;
         }
     }
     Ok(dirty)
