@@ -40,6 +40,15 @@ pub enum StartError {
     Demo(#[from] DemoError),
 }
 
+impl From<db::PrivateClusterError> for StartError {
+    fn from(err: db::PrivateClusterError) -> Self {
+        match err {
+            db::PrivateClusterError::LocalPg { dir, source } => StartError::LocalPg { dir, source },
+            db::PrivateClusterError::Db(e) => StartError::Db(e),
+        }
+    }
+}
+
 /// Where the database came from, for the start-up banner.
 #[derive(Debug)]
 pub enum DatabaseSource {
@@ -88,7 +97,7 @@ impl App {
         let (owner_url, localpg) = match &config.database_url {
             Some(url) => (url.clone(), None),
             None => {
-                let pg = start_private_cluster(&config.data_dir).await?;
+                let pg = db::start_private_cluster(&config.data_dir).await?;
                 (pg.url("mercato"), Some(pg))
             }
         };
@@ -369,7 +378,7 @@ pub async fn command_database(
             })? {
                 Some(url) => (url, None),
                 None => {
-                    let pg = start_private_cluster(data_dir).await?;
+                    let pg = db::start_private_cluster(data_dir).await?;
                     (pg.url("mercato"), Some(pg))
                 }
             }
@@ -384,37 +393,4 @@ pub async fn command_database(
         owner,
         _localpg: localpg,
     })
-}
-
-/// Starts (or restarts) the private cluster and makes sure database `mercato` exists.
-pub(crate) async fn start_private_cluster(data_dir: &Path) -> Result<LocalPg, StartError> {
-    let dir = data_dir.to_path_buf();
-    let pg = tokio::task::spawn_blocking(move || LocalPg::start(&dir))
-        .await
-        .map_err(|e| StartError::LocalPg {
-            dir: data_dir.display().to_string(),
-            source: localpg::Error::Command {
-                step: "start",
-                detail: e.to_string(),
-            },
-        })?
-        .map_err(|source| StartError::LocalPg {
-            dir: data_dir.display().to_string(),
-            source,
-        })?;
-    let admin_opts = pg.url("postgres").parse().map_err(DbError::Url)?;
-    let admin = db::connect(admin_opts, 1).await?;
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = 'mercato')")
-            .fetch_one(&admin)
-            .await
-            .map_err(DbError::Sql)?;
-    if !exists {
-        sqlx::query("create database mercato")
-            .execute(&admin)
-            .await
-            .map_err(DbError::Sql)?;
-    }
-    admin.close().await;
-    Ok(pg)
 }

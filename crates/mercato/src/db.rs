@@ -328,3 +328,47 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
         .await
         .map(|_| ())
 }
+
+/// A private cluster (embedded mode) that would not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateClusterError {
+    #[error("private PostgreSQL in {dir}: {source}")]
+    LocalPg { dir: String, source: localpg::Error },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Starts (or restarts) the private cluster and makes sure database `mercato` exists.
+pub async fn start_private_cluster(
+    data_dir: &std::path::Path,
+) -> Result<localpg::LocalPg, PrivateClusterError> {
+    let dir = data_dir.to_path_buf();
+    let pg = tokio::task::spawn_blocking(move || localpg::LocalPg::start(&dir))
+        .await
+        .map_err(|e| PrivateClusterError::LocalPg {
+            dir: data_dir.display().to_string(),
+            source: localpg::Error::Command {
+                step: "start",
+                detail: e.to_string(),
+            },
+        })?
+        .map_err(|source| PrivateClusterError::LocalPg {
+            dir: data_dir.display().to_string(),
+            source,
+        })?;
+    let admin_opts = pg.url("postgres").parse().map_err(DbError::Url)?;
+    let admin = connect(admin_opts, 1).await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = 'mercato')")
+            .fetch_one(&admin)
+            .await
+            .map_err(DbError::Sql)?;
+    if !exists {
+        sqlx::query("create database mercato")
+            .execute(&admin)
+            .await
+            .map_err(DbError::Sql)?;
+    }
+    admin.close().await;
+    Ok(pg)
+}

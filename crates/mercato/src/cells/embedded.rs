@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use localpg::LocalPg;
 
-use crate::app::{start_private_cluster, StartError};
 use crate::config::{cell_name, CellSpec};
+use crate::db::{start_private_cluster, PrivateClusterError};
 
 #[derive(Debug, clap::Args)]
 pub struct CellsArgs {
@@ -67,8 +67,8 @@ pub fn names(data_dir: &Path) -> std::io::Result<Vec<String>> {
 
 /// Starts DATA_DIR's cells (`attach`: use the clusters a running `serve`
 /// keeps, and start only the others).
-pub async fn open(data_dir: &Path, attach: bool) -> Result<Vec<EmbeddedCell>, StartError> {
-    let local = |dir: &Path, source| StartError::LocalPg {
+pub async fn open(data_dir: &Path, attach: bool) -> Result<Vec<EmbeddedCell>, PrivateClusterError> {
+    let local = |dir: &Path, source| PrivateClusterError::LocalPg {
         dir: dir.display().to_string(),
         source,
     };
@@ -120,7 +120,7 @@ pub async fn run(args: CellsArgs) -> anyhow::Result<()> {
                 let db = crate::db::prepare(&pg.url("mercato"), 2).await?;
                 db.app.close().await;
                 db.worker.close().await;
-                Ok::<_, StartError>(pg)
+                Ok::<_, PrivateClusterError>(pg)
             }
             .await;
             if let Err(err) = made {
