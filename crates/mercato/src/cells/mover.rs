@@ -322,7 +322,6 @@ pub async fn cell_of(main: &PgPool, merchant: MerchantId) -> Result<String, sqlx
     Ok(cell.unwrap_or_else(|| MAIN.to_owned()))
 }
 
-/// The merchant's running move, if any.
 /// A move record as read: id, source, target, phase, started, rollback of.
 type MoveRow = (
     Uuid,
