@@ -3,7 +3,8 @@
 //! carries each on (one driver at a time per move, by its advisory lock), so
 //! a move outlives the instance that started it. A move that fails (a stall,
 //! a mismatch, a database down) records why in `last_error` and is tried
-//! again; `mercato tenants abort` stops one for good.
+//! again a minute later (each try of a cutover verifies every row, so not
+//! sooner); `mercato tenants abort` stops one for good.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -52,11 +53,13 @@ impl MoveDriver {
     }
 
     async fn look(self: Arc<Self>) -> Result<(), sqlx::Error> {
-        // In progress, or moved and not yet cleaned up as it was asked to be.
+        // In progress, or moved and not yet cleaned up as it was asked to
+        // be; one that failed, a minute after it did.
         let due: Vec<Uuid> = sqlx::query_scalar(
             "select id from tenant_moves where driven_by = 'api'
                and (phase in ('copying', 'catching_up', 'cutting_over')
-                    or (phase = 'moved' and not keep_source))",
+                    or (phase = 'moved' and not keep_source))
+               and (last_error is null or updated_at < now() - interval '1 minute')",
         )
         .fetch_all(&self.pools.main)
         .await?;
