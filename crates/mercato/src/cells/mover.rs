@@ -60,6 +60,8 @@ const NOT_MOVED: &[&str] = &[
 
 /// Rows per copy, apply and cleanup batch.
 const BATCH: i64 = 1000;
+/// Keys per range of the verification before the pause.
+const VERIFY_CHUNK: i64 = 5000;
 /// Changes left below which catching up stops and the cutover starts.
 const CUTOVER_BELOW: usize = 200;
 /// How long after marking a merchant `moving` every instance is assumed to
@@ -1204,6 +1206,22 @@ async fn range_sum(
     Ok(sum)
 }
 
+/// A range's rows and checksum in the source and in the target, read at once.
+async fn range_on_both(
+    source: &PgPool,
+    target: &PgPool,
+    tables: &[Table],
+    m: MerchantId,
+    range: &Range,
+) -> Result<((i64, String), (i64, String)), sqlx::Error> {
+    let table = &tables[range.table];
+    let (after, up_to) = (range.after.as_ref(), range.up_to.as_ref());
+    tokio::try_join!(
+        range_sum(source, table, m, after, up_to),
+        range_sum(target, table, m, after, up_to)
+    )
+}
+
 /// Compares source and target chunk by chunk (ranges of the source's keys,
 /// together covering every key); returns the ranges that differ, which
 /// captured writes not yet replayed explain, to check again in the pause.
@@ -1214,7 +1232,6 @@ async fn pre_verify(
     tables: &[Table],
     m: MerchantId,
 ) -> Result<Vec<Range>, MoveError> {
-    const CHUNK: i64 = 5000;
     let mut dirty = Vec::new();
     for (i, table) in tables.iter().enumerate() {
         let t = ident(&table.name);
@@ -1238,7 +1255,7 @@ async fn pre_verify(
                     .collect::<Vec<_>>()
                     .join(" desc, ")
             );
-            let query = sqlx::query_as(&sql).bind(m.0).bind(CHUNK);
+            let query = sqlx::query_as(&sql).bind(m.0).bind(VERIFY_CHUNK);
             let (rows, last): (i64, Option<Value>) = match &after {
                 Some(after) => query.bind(after.clone()),
                 None => query,
@@ -1246,17 +1263,15 @@ async fn pre_verify(
             .fetch_one(tx.conn())
             .await?;
             tx.commit().await?;
-            let up_to = if rows < CHUNK { None } else { last };
-            let (here, there) = tokio::try_join!(
-                range_sum(source, table, m, after.as_ref(), up_to.as_ref()),
-                range_sum(target, table, m, after.as_ref(), up_to.as_ref())
-            )?;
+            let up_to = if rows < VERIFY_CHUNK { None } else { last };
+            let range = Range {
+                table: i,
+                after: after.clone(),
+                up_to: up_to.clone(),
+            };
+            let (here, there) = range_on_both(source, target, tables, m, &range).await?;
             if here != there {
-                dirty.push(Range {
-                    table: i,
-                    after: after.clone(),
-                    up_to: up_to.clone(),
-                });
+                dirty.push(range);
             }
             match up_to {
                 None => break,
@@ -1286,18 +1301,15 @@ async fn narrow(
     const SMALL: usize = 2000;
     const ROUNDS: usize = 8;
     let m = mv.merchant;
-    let size =
-        |t: &Touched, d: &[Range]| t.values().map(HashMap::len).sum::<usize>() + d.len() * 5000;
+    let size = |t: &Touched, d: &[Range]| {
+        t.values().map(HashMap::len).sum::<usize>() + d.len() * VERIFY_CHUNK as usize
+    };
     for round in 0..ROUNDS {
         let mut fresh = Touched::new();
         catch_up(pools, mv, source, target, tables, &mut fresh, progress).await?;
         let mut still = Vec::new();
         for range in dirty.drain(..) {
-            let table = &tables[range.table];
-            let (here, there) = tokio::try_join!(
-                range_sum(source, table, m, range.after.as_ref(), range.up_to.as_ref()),
-                range_sum(target, table, m, range.after.as_ref(), range.up_to.as_ref())
-            )?;
+            let (here, there) = range_on_both(source, target, tables, m, &range).await?;
             if here != there {
                 still.push(range);
             }
@@ -1401,13 +1413,9 @@ async fn recheck(
             target_sum: ts,
         };
     for range in dirty {
-        let table = &tables[range.table];
-        let (here, there) = tokio::try_join!(
-            range_sum(source, table, m, range.after.as_ref(), range.up_to.as_ref()),
-            range_sum(target, table, m, range.after.as_ref(), range.up_to.as_ref())
-        )?;
+        let (here, there) = range_on_both(source, target, tables, m, range).await?;
         if here != there {
-            return Err(mismatch(table, here, there));
+            return Err(mismatch(&tables[range.table], here, there));
         }
     }
     for table in tables {

@@ -95,6 +95,24 @@ async fn rows_of(pool: &PgPool, merchant: &Merchant) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// The ids of the merchant's orders in `pool`.
+async fn order_ids(pool: &PgPool, merchant: &Merchant) -> Vec<String> {
+    sqlx::query_scalar("select id::text from orders where merchant_id = $1")
+        .bind(merchant.id.0)
+        .fetch_all(pool)
+        .await
+        .expect("orders")
+}
+
+/// A move's recorded phase.
+async fn move_phase(app: &TestApp, id: Uuid) -> String {
+    sqlx::query_scalar("select phase from tenant_moves where id = $1")
+        .bind(id)
+        .fetch_one(&app.owner)
+        .await
+        .expect("the move is recorded")
+}
+
 /// A checkout of one MUG for `email`, which must succeed.
 async fn buy(app: &TestApp, merchant: &Merchant, email: &str) {
     let r = app
@@ -254,12 +272,7 @@ async fn a_merchant_moves_to_another_cluster_while_it_and_a_neighbour_trade() {
     eprintln!("write pause {pause:.1} ms");
 
     // Every order the load was answered for is in the new cell, once.
-    let orders_in_cell: Vec<String> =
-        sqlx::query_scalar("select id::text from orders where merchant_id = $1")
-            .bind(moving.id.0)
-            .fetch_all(&s.cell_owner)
-            .await
-            .expect("orders");
+    let orders_in_cell = order_ids(&s.cell_owner, &moving).await;
     for id in seen[0].order_ids.iter().chain(&seen[1].order_ids) {
         assert!(orders_in_cell.contains(id), "order {id} is in the new cell");
     }
@@ -615,12 +628,7 @@ async fn a_move_that_kept_its_source_rolls_back_with_the_writes_made_since() {
     mover::abort(&s.pools, m.id, &Quiet)
         .await
         .expect("the rollback aborts");
-    let phase: String = sqlx::query_scalar("select phase from tenant_moves where id = $1")
-        .bind(mv.id)
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
-    assert_eq!(phase, "moved");
+    assert_eq!(move_phase(app, mv.id).await, "moved");
     assert_eq!(mover::cell_of(&s.pools.main, m.id).await.unwrap(), "big");
     assert_eq!(capture_triggers(&app.owner).await, 0);
     assert!(
@@ -647,12 +655,7 @@ async fn a_move_that_kept_its_source_rolls_back_with_the_writes_made_since() {
         .get(&format!("/v1/merchants/{}", m.id), ADMIN_TOKEN)
         .await;
     assert_eq!(view.body["cell"], "main", "{}", view.body);
-    let orders: Vec<String> =
-        sqlx::query_scalar("select id::text from orders where merchant_id = $1")
-            .bind(m.id.0)
-            .fetch_all(&app.owner)
-            .await
-            .unwrap();
+    let orders = order_ids(&app.owner, &m).await;
     for id in &seen.order_ids {
         assert!(orders.contains(id), "order {id} is back in main");
     }
@@ -660,12 +663,7 @@ async fn a_move_that_kept_its_source_rolls_back_with_the_writes_made_since() {
     assert_eq!(capture_triggers(&app.owner).await, 0);
     assert_eq!(capture_triggers(&s.cell_owner).await, 0);
     assert_eq!(app.count("move_changes").await, 0);
-    let phase: String = sqlx::query_scalar("select phase from tenant_moves where id = $1")
-        .bind(mv.id)
-        .fetch_one(&app.owner)
-        .await
-        .unwrap();
-    assert_eq!(phase, "rolled_back");
+    assert_eq!(move_phase(app, mv.id).await, "rolled_back");
     // A rollback cleaned up cannot be rolled back in turn.
     assert!(matches!(
         mover::rollback(&s.pools, m.id).await,
@@ -770,12 +768,7 @@ async fn a_move_started_from_the_admin_api_is_driven_by_serve_and_watched() {
         0,
         "the old copy is gone"
     );
-    let orders: Vec<String> =
-        sqlx::query_scalar("select id::text from orders where merchant_id = $1")
-            .bind(m.id.0)
-            .fetch_all(&s.cell_owner)
-            .await
-            .unwrap();
+    let orders = order_ids(&s.cell_owner, &m).await;
     for id in &seen.order_ids {
         assert!(orders.contains(id), "order {id} is in the new cell");
     }
