@@ -46,6 +46,8 @@ struct Report {
     changes_applied: i64,
     /// The cutover's gate closed → opened, as the mover measured it.
     write_pause_ms: f64,
+    /// What the cutover spent its time on (`tenant_moves.cutover`).
+    cutover: Option<serde_json::Value>,
     /// The moving merchant's requests sent while the move cut over.
     moving_during_cutover: Percentiles,
     rows_cleaned: i64,
@@ -112,6 +114,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         report.neighbour_p99_during_ms,
         report.neighbour_p99_ratio
     );
+    if let Some(cutover) = &report.cutover {
+        eprintln!("cutover: {cutover}");
+    }
     Ok(())
 }
 
@@ -191,8 +196,9 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
     let moving = moving.stop().await;
     let neighbour = neighbour.stop().await;
 
-    let (rows_copied, changes_applied, rows_cleaned, pause): (i64, i64, i64, Option<f64>) = sqlx::query_as(
-        "select rows_copied, changes_applied, rows_cleaned, pause_ms from tenant_moves where id = $1",
+    type Figures = (i64, i64, i64, Option<f64>, Option<serde_json::Value>);
+    let (rows_copied, changes_applied, rows_cleaned, pause, cutover_record): Figures = sqlx::query_as(
+        "select rows_copied, changes_applied, rows_cleaned, pause_ms, cutover from tenant_moves where id = $1",
     )
     .bind(mv.id)
     .fetch_one(&h.owner)
@@ -232,6 +238,7 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
         copy_rows_per_second: rows_copied as f64 / copy_seconds.max(1e-9),
         changes_applied,
         write_pause_ms: pause.unwrap_or(0.0),
+        cutover: cutover_record,
         moving_during_cutover: Percentiles::of(cutover),
         rows_cleaned,
         cleanup_seconds,

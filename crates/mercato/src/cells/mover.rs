@@ -964,23 +964,29 @@ async fn cut_over(
         tokio::time::sleep(PROPAGATION - since_start).await;
     }
     // Verified before the pause, so the pause rechecks only what changed
-    // since: the keys replayed from here on, and the ranges that differed.
+    // since: the keys replayed from here on, and the keys that differed.
+    let mut record = CutoverRecord::default();
     let mut touched = Touched::new();
     catch_up(pools, mv, source, target, tables, &mut touched, progress).await?;
-    let mut dirty = pre_verify(pools, source, target, tables, m).await?;
+    let started = Instant::now();
+    let dirty = pre_verify(pools, source, target, tables, m).await?;
+    record.pre_verify_ms = ms(started.elapsed());
+    record.ranges_differing = dirty.len();
     narrow(
         pools,
         mv,
         (source, target),
         tables,
-        (&mut touched, &mut dirty),
+        (&mut touched, dirty),
         progress,
+        &mut record,
     )
     .await?;
     let mut gate = PgConnection::connect_with(&gate_options(&pools.main)).await?;
     sqlx::query("set lock_timeout = '15s'")
         .execute(&mut gate)
         .await?;
+    let closing = Instant::now();
     let closed = sqlx::query("select pg_advisory_lock($1, hashtext($2::text))")
         .bind(GATE_CLASS)
         .bind(m.0)
@@ -991,15 +997,16 @@ async fn cut_over(
             "the merchant's in-flight requests did not finish in 15 s ({err}); the move stays resumable"
         )));
     }
+    record.gate_wait_ms = ms(closing.elapsed());
     let paused = Instant::now();
     let outcome = cut_over_gated(
         pools,
         mv,
         (source, target),
         tables,
-        (&mut touched, &dirty),
+        &mut touched,
         progress,
-        paused,
+        (paused, &mut record),
     )
     .await;
     if outcome.is_err() {
@@ -1008,11 +1015,50 @@ async fn cut_over(
             .bind(m.0)
             .execute(source)
             .await;
+        let _ = save_cutover(&pools.main, mv.id, &record).await;
     }
     let _ = gate.close().await;
     outcome?;
     // The flip committed the phase `moved` with it; the source's capture stops.
     drop_capture(source, m).await?;
+    Ok(())
+}
+
+/// What a cutover spent its time on, kept in `tenant_moves.cutover`.
+#[derive(Debug, Default, serde::Serialize)]
+struct CutoverRecord {
+    /// Hashing every row in chunks, before the pause.
+    pre_verify_ms: f64,
+    /// Chunks that differed then (writes not yet replayed).
+    ranges_differing: usize,
+    /// Each narrowing round: keys still to recheck after it.
+    rounds: Vec<NarrowRound>,
+    /// Waiting for the merchant's in-flight requests to leave the gate.
+    gate_wait_ms: f64,
+    /// The pause (gate closed) step by step.
+    wait_for_older_ms: f64,
+    changes_in_pause: usize,
+    replay_in_pause_ms: f64,
+    keys_rechecked: usize,
+    recheck_ms: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct NarrowRound {
+    keys_left: usize,
+    took_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn save_cutover(main: &PgPool, id: Uuid, record: &CutoverRecord) -> Result<(), sqlx::Error> {
+    sqlx::query("update tenant_moves set cutover = $2 where id = $1")
+        .bind(id)
+        .bind(sqlx::types::Json(record))
+        .execute(main)
+        .await?;
     Ok(())
 }
 
@@ -1047,9 +1093,9 @@ async fn cut_over_gated(
     mv: &mut Move,
     (source, target): (&PgPool, &PgPool),
     tables: &[Table],
-    (touched, dirty): (&mut Touched, &[Range]),
+    touched: &mut Touched,
     progress: &dyn Progress,
-    paused: Instant,
+    (paused, record): (Instant, &mut CutoverRecord),
 ) -> Result<(), MoveError> {
     let m = mv.merchant;
     // The source stops serving the merchant: its workers no longer see its
@@ -1063,15 +1109,22 @@ async fn cut_over_gated(
     .fetch_one(source)
     .await?;
     wait_for_older_transactions(source, since).await?;
+    record.wait_for_older_ms = ms(paused.elapsed());
+    let replaying = Instant::now();
     loop {
         let applied = apply_changes(source, target, tables, m, touched).await?;
         record_applied(&pools.main, mv, applied).await?;
         progress.applied(applied as u64);
+        record.changes_in_pause += applied;
         if applied == 0 {
             break;
         }
     }
-    recheck(source, target, tables, m, touched, dirty).await?;
+    record.replay_in_pause_ms = ms(replaying.elapsed());
+    let rechecking = Instant::now();
+    record.keys_rechecked = touched.values().map(HashMap::len).sum();
+    recheck(source, target, tables, m, touched).await?;
+    record.recheck_ms = ms(rechecking.elapsed());
     sqlx::query("delete from cell_absent where merchant_id = $1")
         .bind(m.0)
         .execute(target)
@@ -1083,10 +1136,12 @@ async fn cut_over_gated(
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "update tenant_moves set phase = 'moved', pause_ms = $2, updated_at = now() where id = $1",
+        "update tenant_moves set phase = 'moved', pause_ms = $2, cutover = $3, updated_at = now()
+         where id = $1",
     )
     .bind(mv.id)
-    .bind(paused.elapsed().as_secs_f64() * 1000.0)
+    .bind(ms(paused.elapsed()))
+    .bind(sqlx::types::Json(&*record))
     .execute(&mut *tx)
     .await?;
     sqlx::query("select pg_notify('tenant_directory', $1::text)")
@@ -1152,7 +1207,8 @@ struct Range {
     up_to: Option<Value>,
 }
 
-/// Replays captured writes until few are left.
+/// Replays captured writes until few are left, resting by the duty cycle
+/// (the pause replays without rest).
 async fn catch_up(
     pools: &Pools,
     mv: &Move,
@@ -1163,13 +1219,35 @@ async fn catch_up(
     progress: &dyn Progress,
 ) -> Result<(), MoveError> {
     loop {
+        let started = Instant::now();
         let applied = apply_changes(source, target, tables, mv.merchant, touched).await?;
         record_applied(&pools.main, mv, applied).await?;
         progress.applied(applied as u64);
         if applied < CUTOVER_BELOW {
             return Ok(());
         }
+        pools.rest(started.elapsed()).await;
     }
+}
+
+/// The merchant's rows of `table` in a key range: the conditions (`$1` is
+/// the merchant) and the parameters from `$2` on.
+fn range_filter(
+    table: &Table,
+    after: Option<&Value>,
+    up_to: Option<&Value>,
+) -> (String, Vec<Value>) {
+    let mut conditions = vec!["merchant_id = $1".to_owned()];
+    let mut params = Vec::new();
+    if let Some(after) = after {
+        params.push(after.clone());
+        conditions.push(table.key_vs(">", params.len() + 1));
+    }
+    if let Some(up_to) = up_to {
+        params.push(up_to.clone());
+        conditions.push(table.key_vs("<=", params.len() + 1));
+    }
+    (conditions.join(" and "), params)
 }
 
 /// Rows and checksum of the merchant's rows of `table` in a key range.
@@ -1181,20 +1259,10 @@ async fn range_sum(
     up_to: Option<&Value>,
 ) -> Result<(i64, String), sqlx::Error> {
     let t = ident(&table.name);
-    let mut conditions = vec!["merchant_id = $1".to_owned()];
-    let mut params = Vec::new();
-    if let Some(after) = after {
-        params.push(after.clone());
-        conditions.push(table.key_vs(">", params.len() + 1));
-    }
-    if let Some(up_to) = up_to {
-        params.push(up_to.clone());
-        conditions.push(table.key_vs("<=", params.len() + 1));
-    }
+    let (filter, params) = range_filter(table, after, up_to);
     let sql = format!(
         "select count(*), coalesce(sum(hashtextextended(to_jsonb({t})::text, 0)), 0)::text
-         from {t} where {}",
-        conditions.join(" and ")
+         from {t} where {filter}"
     );
     let mut query = sqlx::query_as(&sql).bind(m.0);
     for p in params {
@@ -1204,6 +1272,67 @@ async fn range_sum(
     let sum = query.fetch_one(tx.conn()).await?;
     tx.commit().await?;
     Ok(sum)
+}
+
+/// Key (as JSON) → row hash of the merchant's rows of `table` in a range.
+async fn range_hashes(
+    pool: &PgPool,
+    table: &Table,
+    m: MerchantId,
+    range: &Range,
+) -> Result<HashMap<String, (Value, i64)>, sqlx::Error> {
+    let t = ident(&table.name);
+    let (filter, params) = range_filter(table, range.after.as_ref(), range.up_to.as_ref());
+    let sql = format!(
+        "select {}, hashtextextended(to_jsonb({t})::text, 0) from {t} where {filter}",
+        key_object(table)
+    );
+    let mut query = sqlx::query_as(&sql).bind(m.0);
+    for p in params {
+        query = query.bind(p);
+    }
+    let mut tx = TenantTx::begin_in_directory(pool, m).await?;
+    let rows: Vec<(Value, i64)> = query.fetch_all(tx.conn()).await?;
+    tx.commit().await?;
+    Ok(by_key(rows))
+}
+
+/// `jsonb_build_object('k1', t.k1, …)`: a row's key as the capture writes it.
+fn key_object(table: &Table) -> String {
+    let t = ident(&table.name);
+    let fields = table
+        .key
+        .iter()
+        .map(|k| format!("'{}', {t}.{}", k.replace('\'', "''"), ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("jsonb_build_object({fields})")
+}
+
+fn by_key(rows: Vec<(Value, i64)>) -> HashMap<String, (Value, i64)> {
+    rows.into_iter()
+        .map(|(k, h)| (k.to_string(), (k, h)))
+        .collect()
+}
+
+/// The keys whose rows differ between two key → hash maps (a key on one
+/// side only differs too).
+fn keys_that_differ(
+    here: &HashMap<String, (Value, i64)>,
+    there: &HashMap<String, (Value, i64)>,
+) -> Vec<Value> {
+    let mut differ: Vec<Value> = here
+        .iter()
+        .filter(|(k, (_, h))| there.get(*k).map(|(_, h2)| h2) != Some(h))
+        .map(|(_, (k, _))| k.clone())
+        .collect();
+    differ.extend(
+        there
+            .iter()
+            .filter(|(k, _)| !here.contains_key(*k))
+            .map(|(_, (k, _))| k.clone()),
+    );
+    differ
 }
 
 /// A range's rows and checksum in the source and in the target, read at once.
@@ -1284,37 +1413,46 @@ async fn pre_verify(
     Ok(dirty)
 }
 
-/// Before the pause, in rounds: what differed (ranges, keys replayed) is
-/// checked again after a catch-up, and only what still differs, with the
-/// keys that catch-up replayed, goes on to the next round, until little is
-/// left for the pause to recheck. A key found equal stays equal unless it is
-/// written again, and then its write is captured, replayed and checked.
+/// Before the pause, in rounds: what differed is checked again after a
+/// catch-up, and only what still differs, with the keys that catch-up
+/// replayed, goes on to the next round, until few keys are left for the
+/// pause to recheck. A chunk that differed is checked row by row, so only
+/// its differing keys go on (a chunk with a random-keyed table's writes
+/// landing in it would differ again every round). A key found equal stays
+/// equal unless it is written again, and then its write is captured,
+/// replayed and checked.
 async fn narrow(
     pools: &Pools,
     mv: &Move,
     (source, target): (&PgPool, &PgPool),
     tables: &[Table],
-    (touched, dirty): (&mut Touched, &mut Vec<Range>),
+    (touched, mut dirty): (&mut Touched, Vec<Range>),
     progress: &dyn Progress,
+    record: &mut CutoverRecord,
 ) -> Result<(), MoveError> {
-    /// Rows the pause may recheck (a range counts as a pre-verify chunk).
+    /// Keys the pause may recheck.
     const SMALL: usize = 2000;
     const ROUNDS: usize = 8;
     let m = mv.merchant;
-    let size = |t: &Touched, d: &[Range]| {
-        t.values().map(HashMap::len).sum::<usize>() + d.len() * VERIFY_CHUNK as usize
-    };
-    for round in 0..ROUNDS {
+    for _ in 0..ROUNDS {
+        let round = Instant::now();
         let mut fresh = Touched::new();
         catch_up(pools, mv, source, target, tables, &mut fresh, progress).await?;
-        let mut still = Vec::new();
         for range in dirty.drain(..) {
-            let (here, there) = range_on_both(source, target, tables, m, &range).await?;
-            if here != there {
-                still.push(range);
+            let started = Instant::now();
+            let table = &tables[range.table];
+            let (here, there) = tokio::try_join!(
+                range_hashes(source, table, m, &range),
+                range_hashes(target, table, m, &range)
+            )?;
+            for key in keys_that_differ(&here, &there) {
+                fresh
+                    .entry(table.name.clone())
+                    .or_default()
+                    .insert(key.to_string(), key);
             }
+            pools.rest(started.elapsed()).await;
         }
-        *dirty = still;
         for table in tables {
             let Some(keys) = touched.remove(&table.name) else {
                 continue;
@@ -1327,13 +1465,12 @@ async fn narrow(
             }
         }
         *touched = fresh;
-        let left = size(touched, dirty);
-        tracing::debug!(
-            round,
-            keys_and_rows_left = left,
-            ranges = dirty.len(),
-            "narrowing the cutover's recheck"
-        );
+        let left = touched.values().map(HashMap::len).sum::<usize>();
+        record.rounds.push(NarrowRound {
+            keys_left: left,
+            took_ms: ms(round.elapsed()),
+        });
+        tracing::debug!(keys_left = left, "narrowing the cutover's recheck");
         if left <= SMALL {
             break;
         }
@@ -1350,15 +1487,10 @@ async fn differing(
     keys: HashMap<String, Value>,
 ) -> Result<Vec<Value>, sqlx::Error> {
     let t = ident(&table.name);
-    let key_object = table
-        .key
-        .iter()
-        .map(|k| format!("'{}', {t}.{}", k.replace('\'', "''"), ident(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
     let sql = format!(
-        "select jsonb_build_object({key_object}), hashtextextended(to_jsonb({t})::text, 0)
+        "select {}, hashtextextended(to_jsonb({t})::text, 0)
          from {t} join jsonb_populate_recordset(null::{t}, $1) k on ({}) = ({})",
+        key_object(table),
         list(&table.key, &format!("{t}.")),
         list(&table.key, "k."),
     );
@@ -1372,52 +1504,22 @@ async fn differing(
                 .fetch_all(tx.conn())
                 .await?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(
-                rows.into_iter()
-                    .map(|(k, h)| (k.to_string(), (k, h)))
-                    .collect::<HashMap<_, _>>(),
-            )
+            Ok::<_, sqlx::Error>(by_key(rows))
         }
     };
     let (here, there) = tokio::try_join!(hashes(source), hashes(target))?;
-    let mut differ: Vec<Value> = here
-        .iter()
-        .filter(|(k, (_, h))| there.get(*k).map(|(_, h2)| h2) != Some(h))
-        .map(|(_, (k, _))| k.clone())
-        .collect();
-    differ.extend(
-        there
-            .iter()
-            .filter(|(k, _)| !here.contains_key(*k))
-            .map(|(_, (k, _))| k.clone()),
-    );
-    Ok(differ)
+    Ok(keys_that_differ(&here, &there))
 }
 
-/// In the pause, with every captured write replayed: the ranges that
-/// differed before and every key replayed since must now be equal.
+/// In the pause, with every captured write replayed: every key that
+/// differed before or was replayed since must now be equal.
 async fn recheck(
     source: &PgPool,
     target: &PgPool,
     tables: &[Table],
     m: MerchantId,
     touched: &Touched,
-    dirty: &[Range],
 ) -> Result<(), MoveError> {
-    let mismatch =
-        |table: &Table, (sr, ss): (i64, String), (tr, ts): (i64, String)| MoveError::Mismatch {
-            table: table.name.clone(),
-            source_rows: sr,
-            target_rows: tr,
-            source_sum: ss,
-            target_sum: ts,
-        };
-    for range in dirty {
-        let (here, there) = range_on_both(source, target, tables, m, range).await?;
-        if here != there {
-            return Err(mismatch(&tables[range.table], here, there));
-        }
-    }
     for table in tables {
         let Some(keys) = touched.get(&table.name) else {
             continue;
@@ -1445,7 +1547,13 @@ async fn recheck(
         };
         let (here, there) = tokio::try_join!(sum(source), sum(target))?;
         if here != there {
-            return Err(mismatch(table, here, there));
+            return Err(MoveError::Mismatch {
+                table: table.name.clone(),
+                source_rows: here.0,
+                target_rows: there.0,
+                source_sum: here.1,
+                target_sum: there.1,
+            });
         }
     }
     Ok(())

@@ -270,6 +270,22 @@ async fn a_merchant_moves_to_another_cluster_while_it_and_a_neighbour_trade() {
         .await
         .expect("pause recorded");
     eprintln!("write pause {pause:.1} ms");
+    // The move record says what the cutover spent its time on.
+    let cutover: serde_json::Value =
+        sqlx::query_scalar("select cutover from tenant_moves where id = $1")
+            .bind(mv.id)
+            .fetch_one(&app.owner)
+            .await
+            .expect("cutover recorded");
+    assert!(cutover["keys_rechecked"].as_u64().is_some(), "{cutover}");
+    assert!(
+        !cutover["rounds"].as_array().expect("rounds").is_empty(),
+        "{cutover}"
+    );
+    assert!(
+        cutover["recheck_ms"].as_f64().expect("recheck_ms") <= pause,
+        "{cutover}"
+    );
 
     // Every order the load was answered for is in the new cell, once.
     let orders_in_cell = order_ids(&s.cell_owner, &moving).await;
