@@ -180,6 +180,7 @@ impl App {
             cells: cells.clone(),
             migration: migration.clone(),
             moves: moves.clone(),
+            analytics: config.analytics_layout(),
             limiter: crate::quotas::Limiter::new(config.redis_url.as_deref()).map_err(|e| {
                 ConfigError {
                     flag: "redis-url",
@@ -268,7 +269,8 @@ fn cell(name: &str, db: Db, config: &Config) -> Cell {
 }
 
 /// The background loops of one cell: reservation expiry, checkout recovery,
-/// webhook delivery, anomaly checks, customers' mail, the event bus.
+/// webhook delivery, anomaly checks, customers' mail, the analytics export,
+/// the event bus.
 fn cell_workers(
     cell: &Cell,
     config: &Config,
@@ -310,6 +312,14 @@ fn cell_workers(
             config.worker_interval,
         ))),
         Err(err) => tracing::error!(error = %err, "customers' e-mail is not sent"),
+    }
+    if !config.analytics_interval.is_zero() {
+        workers.push(tokio::spawn(crate::analytics::export_continuously(
+            cell.name.clone(),
+            db.worker.clone(),
+            config.analytics_layout(),
+            config.analytics_interval,
+        )));
     }
     if let Some(url) = config.nats_url.clone() {
         workers.push(tokio::spawn(crate::events::bus::publish_events(

@@ -13,6 +13,7 @@ const DEFAULT_DB_POOL: u32 = 32;
 const DEFAULT_CHECKOUT_TTL: &str = "900";
 const DEFAULT_RECOVERY_GRACE: &str = "30";
 const DEFAULT_WORKER_INTERVAL: &str = "1";
+const DEFAULT_ANALYTICS_INTERVAL: &str = "2";
 const DEFAULT_PAYMENT_DELAY: &str = "2";
 const DEFAULT_ANOMALY_INTERVAL: &str = "60";
 const DEFAULT_WEBHOOK_TIMEOUT: &str = "10";
@@ -31,6 +32,15 @@ pub struct Config {
     /// Directory of the private PostgreSQL cluster and demo files (used when no database is given).
     #[arg(long, env = "MERCATO_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Where the analytics marts (Parquet) are written and read; default:
+    /// `analytics` in the data directory.
+    #[arg(long, env = "MERCATO_ANALYTICS_DIR")]
+    pub analytics_dir: Option<PathBuf>,
+    /// Seconds between analytics exports of each cell (0.1 to 86400; 0: no
+    /// export in `serve`, run `mercato analytics export`): the marts trail
+    /// the orders by about this much.
+    #[arg(long, env = "MERCATO_ANALYTICS_INTERVAL", default_value = DEFAULT_ANALYTICS_INTERVAL, value_parser = seconds)]
+    pub analytics_interval: Duration,
     /// PostgreSQL URL of the schema owner (runs migrations); the service itself
     /// connects as role `mercato_app`. Unset: start a private cluster.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -163,12 +173,23 @@ pub fn seconds(raw: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// The analytics directory: `--analytics-dir`, or inside the data directory.
+    pub fn analytics_layout(&self) -> crate::analytics::Layout {
+        crate::analytics::Layout::new(
+            self.analytics_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("analytics")),
+        )
+    }
+
     /// The defaults, listening on `listen`.
     pub fn new(listen: SocketAddr) -> Self {
         let default = |raw: &str| seconds(raw).expect("default durations parse");
         Config {
             listen,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            analytics_dir: None,
+            analytics_interval: default(DEFAULT_ANALYTICS_INTERVAL),
             database_url: None,
             admin_token: None,
             max_connections: DEFAULT_DB_POOL,
@@ -195,6 +216,13 @@ impl Config {
         let fail = |flag, message: String| Err(ConfigError { flag, message });
         if !(1..=1000).contains(&self.max_connections) {
             return fail("db-pool", "must be from 1 to 1000 connections".into());
+        }
+        let analytics = self.analytics_interval.as_secs_f64();
+        if analytics != 0.0 && !(0.1..=86_400.0).contains(&analytics) {
+            return fail(
+                "analytics-interval",
+                "must be 0 (off) or from 0.1 to 86400 seconds".into(),
+            );
         }
         for (flag, value, min) in [
             ("checkout-ttl", self.checkout_ttl, 1.0),

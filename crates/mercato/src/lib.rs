@@ -29,9 +29,13 @@
 //! | `legacy_orders` | `legacy_orders`, `order_records`, `customers` (the pgshift demo migration) |
 //! | `http::idempotency` | `idempotency_keys` |
 //!
+//! `analytics` owns no table: it reads `events` by commit position and keeps
+//! its marts in the analytics directory.
+//!
 //! pgshift keeps its own state in schema `pgshift`. The pure pricing arithmetic
 //! is the `pricing` crate (`::pricing`); `crate::pricing` is its service.
 
+pub mod analytics;
 pub mod app;
 pub mod bench;
 pub mod catalog;

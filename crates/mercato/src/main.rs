@@ -41,6 +41,8 @@ enum Command {
     Tenants(mercato::cells::cli::Tenants),
     /// Cells of the embedded mode: private clusters beside the main one.
     Cells(mercato::cells::embedded::CellsArgs),
+    /// The analytics marts: export the outbox to them by hand.
+    Analytics(mercato::analytics::cli::AnalyticsArgs),
 }
 
 #[derive(clap::Args)]
@@ -78,6 +80,8 @@ enum BenchCommand {
     Neighbours(mercato::bench::neighbours::Options),
     /// A merchant with many orders moved to a cell on another cluster under live load.
     Move(mercato::bench::moves::Options),
+    /// Order lines of many merchants exported to the analytics marts under load; reports from the marts vs PostgreSQL.
+    Analytics(mercato::bench::analytics::Options),
 }
 
 fn main() -> ExitCode {
@@ -99,12 +103,16 @@ fn main() -> ExitCode {
             Command::Remediate(args) => mercato::remediation::cli::run(args).await,
             Command::Tenants(args) => mercato::cells::cli::run(args).await,
             Command::Cells(args) => mercato::cells::embedded::run(args).await,
+            Command::Analytics(args) => mercato::analytics::cli::run(args).await,
             Command::Demo(DemoCommand::Incident(opts)) => {
                 mercato::demo::incident::run(opts).await.map(|_| ())
             }
             Command::Bench(BenchCommand::Pricing(opts)) => mercato::bench::pricing::run(opts).await,
             Command::Bench(BenchCommand::Reprice(opts)) => mercato::bench::reprice::run(opts).await,
             Command::Bench(BenchCommand::Move(opts)) => mercato::bench::moves::run(opts).await,
+            Command::Bench(BenchCommand::Analytics(opts)) => {
+                mercato::bench::analytics::run(opts).await
+            }
             Command::Bench(BenchCommand::Neighbours(opts)) => {
                 mercato::bench::neighbours::run(opts).await
             }

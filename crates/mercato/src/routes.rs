@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .merge(remediation::http::routes())
         .merge(legacy_orders::http::routes())
         .merge(crate::cells::http::routes())
+        .merge(crate::analytics::http::routes())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .split_for_parts();

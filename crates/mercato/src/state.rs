@@ -38,6 +38,8 @@ pub struct Services {
     pub webhooks: crate::events::worker::DeliveryConfig,
     /// Per-merchant rate limits, in process.
     pub limiter: crate::quotas::Limiter,
+    /// The analytics marts the reports read.
+    pub analytics: crate::analytics::Layout,
     /// Drives the moves started from the admin API.
     pub moves: Arc<crate::cells::driver::MoveDriver>,
 }

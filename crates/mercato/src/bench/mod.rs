@@ -1,6 +1,7 @@
 //! Benchmarks (`mercato bench …`): each measures its raw baseline in the same
 //! run, prints the ratio, and writes its figures as JSON.
 
+pub mod analytics;
 pub mod checkout;
 pub mod load;
 pub mod migrate;

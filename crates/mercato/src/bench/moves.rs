@@ -64,7 +64,7 @@ struct Report {
 }
 
 #[derive(Serialize, Clone)]
-struct PhaseFigures {
+pub(crate) struct PhaseFigures {
     requests: usize,
     failed: usize,
     #[serde(flatten)]
@@ -252,13 +252,13 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
     })
 }
 
-fn set(label: &Mutex<String>, to: &str) {
+pub(crate) fn set(label: &Mutex<String>, to: &str) {
     if let Ok(mut l) = label.lock() {
         *l = to.to_owned();
     }
 }
 
-fn summarise(samples: &[(String, Duration, bool)]) -> BTreeMap<String, PhaseFigures> {
+pub(crate) fn summarise(samples: &[(String, Duration, bool)]) -> BTreeMap<String, PhaseFigures> {
     let mut by: BTreeMap<String, (Vec<Duration>, usize)> = BTreeMap::new();
     for (label, latency, ok) in samples {
         let e = by.entry(label.clone()).or_default();
@@ -301,14 +301,14 @@ impl Progress for Labels {
 }
 
 /// One merchant's paced requests: four reads to one checkout.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<(String, Duration, bool)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(base: &str, key: &str, rate: u32, label: Arc<Mutex<String>>) -> Load {
+    pub(crate) fn start(base: &str, key: &str, rate: u32, label: Arc<Mutex<String>>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let workers = 16usize;
@@ -361,7 +361,7 @@ impl Load {
         }
     }
 
-    async fn stop(self) -> Vec<(String, Duration, bool)> {
+    pub(crate) async fn stop(self) -> Vec<(String, Duration, bool)> {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             let _ = task.await;

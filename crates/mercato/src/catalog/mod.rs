@@ -8,4 +8,6 @@ mod model;
 mod store;
 
 pub use model::{is_currency, Money, NewProduct, NewVariant, ProductPatch, Sku, MAX_PRICE};
-pub use store::{create_product, prices, sku_exists, CatalogError, Price};
+pub use store::{
+    create_product, prices, product_facts, sku_exists, CatalogError, Price, ProductFacts,
+};

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{Money, NewProduct, ProductPatch};
 use crate::db::{violates, TenantTx};
+use crate::events::EventType;
 use crate::pagination::Page;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +84,30 @@ pub async fn create_product(tx: &mut TenantTx, new: &NewProduct) -> Result<Produ
             false => e.into(),
         })?;
     }
-    Ok(get_product(tx, id).await?.ok_or(sqlx::Error::RowNotFound)?)
+    let product = get_product(tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    announce(tx, EventType::ProductCreated, &product).await?;
+    Ok(product)
+}
+
+/// A product's event: its name and its variants' prices as of this write
+/// (analytics keeps each as a version of the product).
+async fn announce(
+    tx: &mut TenantTx,
+    kind: EventType,
+    product: &Product,
+) -> Result<(), sqlx::Error> {
+    let variants: Vec<serde_json::Value> = product
+        .variants
+        .iter()
+        .map(|v| serde_json::json!({"sku": v.sku, "price": v.price}))
+        .collect();
+    crate::events::emit(
+        tx,
+        kind,
+        serde_json::json!({"product_id": product.id, "name": product.name, "variants": variants}),
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn get_product(tx: &mut TenantTx, id: Uuid) -> Result<Option<Product>, sqlx::Error> {
@@ -140,7 +164,11 @@ pub async fn update_product(
     if updated.rows_affected() == 0 {
         return Ok(None);
     }
-    get_product(tx, id).await
+    let product = get_product(tx, id).await?;
+    if let Some(product) = &product {
+        announce(tx, EventType::ProductUpdated, product).await?;
+    }
+    Ok(product)
 }
 
 /// Deletes a product and its variants; `false` when there was none.
@@ -224,4 +252,49 @@ pub async fn sku_exists(tx: &mut TenantTx, sku: &str) -> Result<bool, sqlx::Erro
     )
     .fetch_one(tx.conn())
     .await
+}
+
+/// A SKU's product as analytics needs it.
+#[derive(Debug, Clone)]
+pub struct ProductFacts {
+    pub merchant_id: Uuid,
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub price: i64,
+    pub currency: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The products of `keys` (merchant, SKU) that exist, read by key across
+/// merchants (the worker role).
+pub async fn product_facts(
+    pool: &sqlx::PgPool,
+    keys: &[(Uuid, String)],
+) -> Result<Vec<ProductFacts>, sqlx::Error> {
+    let (merchants, skus): (Vec<Uuid>, Vec<String>) = keys.iter().cloned().unzip();
+    type Row = (Uuid, Uuid, String, String, i64, String, DateTime<Utc>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select v.merchant_id, p.id, v.sku, p.name, v.price_amount, v.currency, p.created_at
+             from variants v
+             join unnest($1::uuid[], $2::text[]) k (merchant_id, sku)
+               on v.merchant_id = k.merchant_id and v.sku = k.sku
+             join products p on p.merchant_id = v.merchant_id and p.id = v.product_id",
+    )
+    .bind(&merchants)
+    .bind(&skus)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ProductFacts {
+            merchant_id: r.0,
+            product_id: r.1,
+            sku: r.2,
+            name: r.3,
+            price: r.4,
+            currency: r.5,
+            created_at: r.6,
+        })
+        .collect())
 }

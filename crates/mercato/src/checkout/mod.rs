@@ -18,6 +18,6 @@ pub use refund::RefundError;
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
 pub use store::{
     confirmed_orders_between, count_confirmed_between, merchant_of_order,
-    merchants_with_orders_since, recorded_pricing, revenue, stalled_orders, Order, OrderStatus,
-    PricedOrderRow, RefundStatus, Step, StoredRefund,
+    merchants_with_orders_since, order_facts, recorded_pricing, revenue, stalled_orders, LineFacts,
+    Order, OrderFacts, OrderStatus, PricedOrderRow, RefundStatus, Step, StoredRefund,
 };

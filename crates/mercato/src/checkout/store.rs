@@ -771,3 +771,102 @@ pub async fn count_confirmed_between(
     .fetch_one(tx.conn())
     .await
 }
+
+/// An order as analytics needs it (read by key, across merchants, by the
+/// worker role).
+#[derive(Debug, Clone)]
+pub struct OrderFacts {
+    pub merchant_id: Uuid,
+    pub id: Uuid,
+    pub customer_key: String,
+    pub customer_email: String,
+    pub payment_method: String,
+    pub currency: String,
+    pub total_amount: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub ruleset_revision: i64,
+    pub calculator_version: String,
+    /// In the order's line order: its pricing breakdown's lines, or (for an
+    /// order priced before pricing kept breakdowns) its items at list price.
+    pub lines: Vec<LineFacts>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct LineFacts {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+    /// `unit_price × quantity`.
+    pub gross: i64,
+    /// `gross − discounts`.
+    pub net: i64,
+    pub tax: i64,
+}
+
+/// The orders of `keys` (merchant, order) that exist.
+pub async fn order_facts(
+    pool: &sqlx::PgPool,
+    keys: &[(Uuid, Uuid)],
+) -> Result<Vec<OrderFacts>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (merchants, ids): (Vec<Uuid>, Vec<Uuid>) = keys.iter().copied().unzip();
+    type Row = (
+        Uuid,
+        Uuid,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        chrono::DateTime<chrono::Utc>,
+        i64,
+        String,
+        serde_json::Value,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "select o.merchant_id, o.id, o.customer_key, o.customer_email, o.payment_method, o.currency,
+                o.total_amount, o.created_at, coalesce(o.ruleset_revision, 0),
+                coalesce(o.calculator_version, ''),
+                coalesce(
+                    (select jsonb_agg(jsonb_build_object(
+                                'sku', l ->> 'sku', 'quantity', (l ->> 'quantity')::bigint,
+                                'unit_price', (l -> 'unit_price' ->> 'amount')::bigint,
+                                'gross', (l -> 'base' ->> 'amount')::bigint,
+                                'net', (l -> 'net' ->> 'amount')::bigint,
+                                'tax', (l -> 'tax' ->> 'amount')::bigint) order by n)
+                     from jsonb_array_elements(o.pricing -> 'breakdown' -> 'lines') with ordinality x (l, n)),
+                    (select jsonb_agg(jsonb_build_object(
+                                'sku', i.sku, 'quantity', i.quantity, 'unit_price', i.unit_amount,
+                                'gross', i.unit_amount * i.quantity, 'net', i.unit_amount * i.quantity,
+                                'tax', 0) order by i.sku)
+                     from order_items i where i.merchant_id = o.merchant_id and i.order_id = o.id),
+                    '[]')
+         from orders o join unnest($1::uuid[], $2::uuid[]) k (merchant_id, id)
+           on o.merchant_id = k.merchant_id and o.id = k.id",
+    )
+    .bind(&merchants)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let lines: Vec<LineFacts> =
+                serde_json::from_value(r.10).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            Ok(OrderFacts {
+                merchant_id: r.0,
+                id: r.1,
+                customer_key: r.2,
+                customer_email: r.3,
+                payment_method: r.4,
+                currency: r.5,
+                total_amount: r.6,
+                created_at: r.7,
+                ruleset_revision: r.8,
+                calculator_version: r.9,
+                lines,
+            })
+        })
+        .collect()
+}

@@ -27,6 +27,10 @@ text_enum! {
         WebhookEndpointDisabled = "webhook_endpoint.disabled",
         /// A remediation adjustment was settled: charged, refunded, credited or declined.
         AdjustmentSettled = "adjustment.settled",
+        /// A product was created: its name and its variants' prices.
+        ProductCreated = "product.created",
+        /// A product's name (or description) changed: its name and prices now.
+        ProductUpdated = "product.updated",
     }
 }
 

@@ -24,6 +24,11 @@ fn query_error(text: &str) -> ApiError {
     let reason = text
         .strip_prefix("Failed to deserialize query string: ")
         .unwrap_or(text);
+    // The error may lead with the path it is at (`merchant_id: unknown field …`).
+    let reason = reason
+        .split_once(": ")
+        .filter(|(path, _)| !path.contains(' '))
+        .map_or(reason, |(_, rest)| rest);
     let named = |prefix: &str| {
         reason
             .strip_prefix(prefix)
@@ -60,6 +65,30 @@ mod tests {
             .unwrap();
         rt.block_on(ApiQuery::<Params>::from_request_parts(&mut parts, &()))
             .map(|ApiQuery(p)| p)
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Strict {
+        limit: Option<String>,
+    }
+
+    #[test]
+    fn an_unknown_parameter_is_named() {
+        let (mut parts, ()) = axum::http::Request::builder()
+            .uri("/x?limit=1&merchant_id=2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        match rt.block_on(ApiQuery::<Strict>::from_request_parts(&mut parts, &())) {
+            Err(ApiError::Validation(errors)) => assert_eq!(errors[0].field, "merchant_id"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("an unknown parameter is refused"),
+        }
     }
 
     #[test]

@@ -272,3 +272,14 @@ pub async fn authenticate_key(
     .await?;
     Ok(row.map(|r| (r.stock_strategy, parse_plan(r.rate_limits.as_deref()))))
 }
+
+/// A merchant's slug and name.
+pub async fn merchant_names(
+    pool: &PgPool,
+    id: uuid::Uuid,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as("select slug, name from merchants where id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}

@@ -90,6 +90,8 @@ impl Response {
 pub struct TestDatabase {
     /// URL of the schema owner's connection to this database.
     pub owner_url: String,
+    /// The analytics marts of the apps on this database.
+    pub analytics_dir: PathBuf,
     database: Database,
 }
 
@@ -131,6 +133,8 @@ impl TestDatabase {
         let owner_url = server_opts.database(&db_name).to_url_lossy().to_string();
         TestDatabase {
             owner_url,
+            analytics_dir: std::env::temp_dir()
+                .join(format!("mercato-analytics-{}", Uuid::now_v7().simple())),
             database,
         }
     }
@@ -145,6 +149,9 @@ impl TestDatabase {
         config.recovery_grace = Duration::from_secs(1);
         config.worker_interval = Duration::from_millis(100);
         config.payment_delay = Duration::from_millis(300);
+        // Each test its own marts; exported only where a test asks.
+        config.analytics_dir = Some(self.analytics_dir.clone());
+        config.analytics_interval = Duration::ZERO;
         config
     }
 }
@@ -290,6 +297,7 @@ impl TestApp {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.analytics_dir);
         match &self.database {
             Database::Private { dir, .. } => {
                 let _ = std::fs::remove_dir_all(dir);

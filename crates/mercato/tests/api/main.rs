@@ -1,5 +1,6 @@
 //! Black-box tests: the real app on a random port, a fresh database per test.
 
+mod analytics;
 mod catalog;
 mod cells;
 mod checkout;

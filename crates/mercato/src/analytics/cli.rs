@@ -1,0 +1,126 @@
+//! `mercato analytics export`: the export `serve` runs, by hand, with a
+//! progress bar. Interrupted (Ctrl-C, kill -9), it leaves the marts as they
+//! were; the next run exports the same events again, once.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{Exporter, Layout};
+use crate::config::{cell_spec, CellSpec};
+
+#[derive(Debug, clap::Args)]
+pub struct AnalyticsArgs {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub database: crate::app::CommandDatabaseArgs,
+    /// The cells, as `serve` is given them: `NAME=postgres://…` (repeatable).
+    #[arg(long = "cell", env = "MERCATO_CELLS", value_delimiter = ',', value_parser = cell_spec, hide_env_values = true, global = true)]
+    pub cells: Vec<CellSpec>,
+    /// Where the marts are (default: `analytics` in the data directory).
+    #[arg(long, env = "MERCATO_ANALYTICS_DIR", global = true)]
+    pub analytics_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Export what the outbox holds beyond the marts' position, in every cell.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Events per batch (1 to 100000).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch: i64,
+    /// The share of the time the export works (it rests the remainder, so
+    /// the OLTP database keeps its latency); 1: flat out.
+    #[arg(long, default_value_t = 0.5, value_parser = duty_cycle)]
+    pub duty_cycle: f64,
+}
+
+fn duty_cycle(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(d) if (0.05..=1.0).contains(&d) => Ok(d),
+        _ => Err("must be a number from 0.05 to 1".into()),
+    }
+}
+
+struct Bar(ProgressBar);
+
+impl super::ExportProgress for Bar {
+    fn total(&self, events: u64) {
+        self.0.set_length(events);
+    }
+    fn done(&self, events: u64) {
+        self.0.inc(events);
+    }
+}
+
+pub async fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
+    let Command::Export(export) = args.command;
+    let layout = Layout::new(
+        args.analytics_dir
+            .clone()
+            .unwrap_or_else(|| args.database.data_dir.join("analytics")),
+    );
+    let main = crate::app::command_database(
+        args.database.database_url.as_deref(),
+        &args.database.data_dir,
+        2,
+    )
+    .await?;
+    let embedded = match &args.database.database_url {
+        None => crate::cells::embedded::open(&args.database.data_dir, true).await?,
+        Some(_) => Vec::new(),
+    };
+    let mut cells = vec![(crate::cells::MAIN.to_owned(), main.owner.clone())];
+    for spec in embedded.iter().map(|c| &c.spec).chain(&args.cells) {
+        let opts = spec
+            .url
+            .parse()
+            .map_err(crate::db::DbError::Url)
+            .with_context(|| format!("cell {}", spec.name))?;
+        let pool = crate::db::connect(opts, 2)
+            .await
+            .with_context(|| format!("cell {}", spec.name))?;
+        cells.push((spec.name.clone(), pool));
+    }
+    for (name, owner) in cells {
+        // The worker role reads across merchants, as `serve`'s export does.
+        let opts = owner
+            .connect_options()
+            .as_ref()
+            .clone()
+            .username(crate::db::WORKER_ROLE);
+        let pool = crate::db::connect(opts, 2)
+            .await
+            .with_context(|| format!("cell {name}"))?;
+        let Some(_lock) = super::hold_export(&pool).await? else {
+            anyhow::bail!(
+                "cell {name} is being exported by another process (a running `serve`); its marts stay fresh without this command"
+            );
+        };
+        let mut exporter = Exporter::new(&name, pool.clone(), layout.clone());
+        exporter.batch = export.batch;
+        exporter.duty_cycle = export.duty_cycle;
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(name.clone());
+        let summary = exporter.run_once(&Bar(bar.clone())).await?;
+        bar.finish_and_clear();
+        println!(
+            "{name}: {} events exported ({} rows, {} files), marts at position {}",
+            summary.events, summary.rows, summary.files, summary.to
+        );
+    }
+    drop(embedded);
+    Ok(())
+}
