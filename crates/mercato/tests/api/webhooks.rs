@@ -186,6 +186,7 @@ async fn events_are_written_with_the_change_they_describe() {
     assert_eq!(
         types(&all.body),
         [
+            "product.created",
             "order.created",
             "order.confirmed",
             "order.created",
@@ -209,7 +210,7 @@ async fn events_are_written_with_the_change_they_describe() {
     let rest = app
         .get(&format!("/v1/events?limit=10&cursor={next}"), &m.key)
         .await;
-    assert_eq!(rest.body["data"].as_array().unwrap().len(), 3);
+    assert_eq!(rest.body["data"].as_array().unwrap().len(), 4);
     let bad = app.get("/v1/events?type=order.exploded", &m.key).await;
     bad.assert_problem(422, "validation-error");
     assert_eq!(bad.error_fields(), ["type"]);
