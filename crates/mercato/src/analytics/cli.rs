@@ -37,7 +37,7 @@ pub struct ExportArgs {
     pub batch: i64,
     /// The share of the time the export works (it rests the remainder, so
     /// the OLTP database keeps its latency); 1: flat out.
-    #[arg(long, default_value_t = 0.5, value_parser = duty_cycle)]
+    #[arg(long, default_value_t = super::export::DEFAULT_DUTY_CYCLE, value_parser = duty_cycle)]
     pub duty_cycle: f64,
 }
 

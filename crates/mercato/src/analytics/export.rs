@@ -104,6 +104,10 @@ impl Facts {
     }
 }
 
+/// The export works a quarter of the time: at 0.5, exporting a million
+/// events raised the live p99 1.41×; at 0.25, 1.20× (`bench analytics`).
+pub const DEFAULT_DUTY_CYCLE: f64 = 0.25;
+
 const EVENT_COLUMNS: &str = "merchant_id, id, type, payload, occurred_at";
 
 impl Exporter {
@@ -113,7 +117,7 @@ impl Exporter {
             pool,
             layout,
             batch: 5_000,
-            duty_cycle: 0.5,
+            duty_cycle: DEFAULT_DUTY_CYCLE,
             products: HashMap::new(),
             customers: HashSet::new(),
             merchants: HashSet::new(),

@@ -29,7 +29,7 @@ pub struct Options {
     #[arg(long, default_value_t = 20_000)]
     pub batch: i64,
     /// The export's duty cycle.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = crate::analytics::export::DEFAULT_DUTY_CYCLE)]
     pub duty_cycle: f64,
     /// Seconds of load before the export (the baseline).
     #[arg(long, default_value_t = 15)]
@@ -260,9 +260,17 @@ async fn measure(h: &Harness, opts: &Options, dir: &std::path::Path) -> anyhow::
     let started = Instant::now();
     let exported = exporter.run_once(&Quiet).await?;
     let export_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "exported {} events ({} rows, {} files) in {export_seconds:.1} s",
+        exported.events, exported.rows, exported.files
+    );
     set(&label, "after");
     tokio::time::sleep(Duration::from_secs(opts.settle_seconds)).await;
     let samples = load.stop().await;
+    // The load's own orders since the export began: exported too, so both
+    // sides answer at the same watermark.
+    let caught_up = exporter.run_once(&Quiet).await?;
+    eprintln!("caught up: {} more events", caught_up.events);
     let p99 = |phase: &str| {
         Percentiles::of(
             samples
@@ -289,11 +297,11 @@ async fn measure(h: &Harness, opts: &Options, dir: &std::path::Path) -> anyhow::
     let mut pg_revenue = Vec::new();
     let mut pg_top = Vec::new();
     let (mut revenue_answer, mut top_answer) = (serde_json::Value::Null, serde_json::Value::Null);
-    let revenue_sql = "select (o.created_at at time zone 'UTC')::date, count(distinct o.id), sum(i.quantity), sum(i.quantity * i.unit_amount)
+    let revenue_sql = "select (o.created_at at time zone 'UTC')::date, count(distinct o.id), sum(i.quantity)::bigint, sum(i.quantity * i.unit_amount)::bigint
          from orders o join order_items i on i.merchant_id = o.merchant_id and i.order_id = o.id
          where o.merchant_id = $1 and o.status = 'confirmed' and o.created_at >= $2 and o.created_at < $3
          group by 1 order by 1";
-    let top_sql = "select i.sku, sum(i.quantity), sum(i.quantity * i.unit_amount)
+    let top_sql = "select i.sku, sum(i.quantity)::bigint, sum(i.quantity * i.unit_amount)::bigint
          from orders o join order_items i on i.merchant_id = o.merchant_id and i.order_id = o.id
          where o.merchant_id = $1 and o.status = 'confirmed' and o.created_at >= $2 and o.created_at < $3
          group by 1 order by 3 desc limit 10";
