@@ -66,29 +66,8 @@ pub async fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| args.database.data_dir.join("analytics")),
     );
-    let main = crate::app::command_database(
-        args.database.database_url.as_deref(),
-        &args.database.data_dir,
-        2,
-    )
-    .await?;
-    let embedded = match &args.database.database_url {
-        None => crate::cells::embedded::open(&args.database.data_dir, true).await?,
-        Some(_) => Vec::new(),
-    };
-    let mut cells = vec![(crate::cells::MAIN.to_owned(), main.owner.clone())];
-    for spec in embedded.iter().map(|c| &c.spec).chain(&args.cells) {
-        let opts = spec
-            .url
-            .parse()
-            .map_err(crate::db::DbError::Url)
-            .with_context(|| format!("cell {}", spec.name))?;
-        let pool = crate::db::connect(opts, 2)
-            .await
-            .with_context(|| format!("cell {}", spec.name))?;
-        cells.push((spec.name.clone(), pool));
-    }
-    for (name, owner) in cells {
+    let cells = crate::cells::cli::command_cells(&args.database, &args.cells, 2).await?;
+    for (name, owner) in &cells.owners {
         // The worker role reads across merchants, as `serve`'s export does.
         let opts = owner
             .connect_options()
@@ -103,7 +82,7 @@ pub async fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
                 "cell {name} is being exported by another process (a running `serve`); its marts stay fresh without this command"
             );
         };
-        let mut exporter = Exporter::new(&name, pool.clone(), layout.clone());
+        let mut exporter = Exporter::new(name, pool.clone(), layout.clone());
         exporter.batch = export.batch;
         exporter.duty_cycle = export.duty_cycle;
         let bar = ProgressBar::new(0).with_style(
@@ -121,6 +100,5 @@ pub async fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
             summary.events, summary.rows, summary.files, summary.to
         );
     }
-    drop(embedded);
     Ok(())
 }

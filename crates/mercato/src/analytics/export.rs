@@ -79,12 +79,19 @@ pub struct Exporter {
 }
 
 /// An event as the export reads it.
+#[derive(sqlx::FromRow)]
 struct Event {
+    #[sqlx(rename = "merchant_id")]
     merchant: Uuid,
     id: Uuid,
+    #[sqlx(rename = "type")]
     kind: String,
     payload: Value,
+    #[sqlx(rename = "occurred_at")]
     at: DateTime<Utc>,
+    /// Its commit position as text (history has none).
+    #[sqlx(default)]
+    position: Option<String>,
 }
 
 /// What a batch of events makes.
@@ -202,37 +209,26 @@ impl Exporter {
                    and ($3::text is null or (e.xid, e.merchant_id, e.id) > ($3::text::xid8, $4, $5))
                  order by e.xid, e.merchant_id, e.id limit $6"
             );
-            let rows: Vec<(Uuid, Uuid, String, Value, DateTime<Utc>, String)> =
-                sqlx::query_as(&sql)
-                    .bind(from.to_string())
-                    .bind(to.to_string())
-                    .bind(cursor.as_ref().map(|c| c.0.clone()))
-                    .bind(cursor.as_ref().map(|c| c.1))
-                    .bind(cursor.as_ref().map(|c| c.2))
-                    .bind(self.batch)
-                    .fetch_all(&self.pool)
-                    .await?;
-            let Some(last) = rows.last() else {
+            let events: Vec<Event> = sqlx::query_as(&sql)
+                .bind(from.to_string())
+                .bind(to.to_string())
+                .bind(cursor.as_ref().map(|c| c.0.clone()))
+                .bind(cursor.as_ref().map(|c| c.1))
+                .bind(cursor.as_ref().map(|c| c.2))
+                .bind(self.batch)
+                .fetch_all(&self.pool)
+                .await?;
+            let Some(last) = events.last() else {
                 break;
             };
-            cursor = Some((last.5.clone(), last.0, last.1));
-            let events: Vec<Event> = rows
-                .into_iter()
-                .map(|(merchant, id, kind, payload, at, _)| Event {
-                    merchant,
-                    id,
-                    kind,
-                    payload,
-                    at,
-                })
-                .collect();
-            let facts = self.facts_of(&events).await?;
-            summary.rows += facts.rows();
-            summary.files += self
-                .stage(facts, (from, to), n.to_string(), &mut touched)
+            cursor = Some((
+                last.position.clone().unwrap_or_default(),
+                last.merchant,
+                last.id,
+            ));
+            let batch = (events, (from, to), n.to_string());
+            self.export_batch(batch, &mut touched, &mut summary, progress)
                 .await?;
-            summary.events += events.len() as u64;
-            progress.done(events.len() as u64);
             n += 1;
             self.rest(started.elapsed()).await;
         }
@@ -282,33 +278,19 @@ impl Exporter {
                  where xid is null and ($1::uuid is null or (merchant_id, id) > ($1, $2))
                  order by merchant_id, id limit $3"
             );
-            let rows: Vec<(Uuid, Uuid, String, Value, DateTime<Utc>)> = sqlx::query_as(&sql)
+            let events: Vec<Event> = sqlx::query_as(&sql)
                 .bind(cursor.map(|c| c.0))
                 .bind(cursor.map(|c| c.1))
                 .bind(self.batch)
                 .fetch_all(&self.pool)
                 .await?;
-            let Some(last) = rows.last() else {
+            let Some(last) = events.last() else {
                 break;
             };
-            cursor = Some((last.0, last.1));
-            let events: Vec<Event> = rows
-                .into_iter()
-                .map(|(merchant, id, kind, payload, at)| Event {
-                    merchant,
-                    id,
-                    kind,
-                    payload,
-                    at,
-                })
-                .collect();
-            let facts = self.facts_of(&events).await?;
-            summary.rows += facts.rows();
-            summary.files += self
-                .stage(facts, (at, at), format!("h{n}"), &mut touched)
+            cursor = Some((last.merchant, last.id));
+            let batch = (events, (at, at), format!("h{n}"));
+            self.export_batch(batch, &mut touched, summary, progress)
                 .await?;
-            summary.events += events.len() as u64;
-            progress.done(events.len() as u64);
             n += 1;
             self.rest(started.elapsed()).await;
         }
@@ -316,6 +298,23 @@ impl Exporter {
         manifest.events += summary.events;
         manifest.rows += summary.rows;
         self.commit(manifest, (at, at), at).await?;
+        Ok(())
+    }
+
+    /// Turns a batch of events into staged files (named by the window and
+    /// `n`), and counts them.
+    async fn export_batch(
+        &mut self,
+        (events, window, n): (Vec<Event>, (u64, u64), String),
+        touched: &mut BTreeMap<String, HashSet<String>>,
+        summary: &mut ExportSummary,
+        progress: &dyn ExportProgress,
+    ) -> Result<(), ExportError> {
+        let facts = self.facts_of(&events).await?;
+        summary.rows += facts.rows();
+        summary.files += self.stage(facts, window, n, touched).await?;
+        summary.events += events.len() as u64;
+        progress.done(events.len() as u64);
         Ok(())
     }
 
@@ -613,28 +612,26 @@ fn stage(
     (from, to): (u64, u64),
     n: &str,
 ) -> Result<(u64, Vec<(String, String)>), FilesError> {
-    {
-        let staging = Layout::new(layout.staging(cell));
-        let name = files::part_name(cell, from, to, n);
-        let mut days = write_by_day(&staging, &name, &facts.lines, |r| (&r.merchant_id, r.date))?;
-        days.extend(write_by_day(&staging, &name, &facts.payments, |r| {
-            (&r.merchant_id, r.date)
-        })?);
-        days.extend(write_by_day(&staging, &name, &facts.attempts, |r| {
-            (&r.merchant_id, r.date)
-        })?);
-        let mut written = days.len() as u64;
-        let sales = model::sales_days(&facts.lines, &facts.payments);
-        written += write_by_merchant(&staging, &name, &sales, |r| &r.merchant_id)?;
-        let products = model::product_days(&facts.lines);
-        written += write_by_merchant(&staging, &name, &products, |r| &r.merchant_id)?;
-        let checkouts = model::checkout_days(&facts.attempts);
-        written += write_by_merchant(&staging, &name, &checkouts, |r| &r.merchant_id)?;
-        written += write_by_merchant(&staging, &name, &facts.products, |r| &r.merchant_id)?;
-        written += write_by_merchant(&staging, &name, &facts.customers, |r| &r.merchant_id)?;
-        written += write_by_merchant(&staging, &name, &facts.merchants, |r| &r.merchant_id)?;
-        Ok((written, days))
-    }
+    let staging = Layout::new(layout.staging(cell));
+    let name = files::part_name(cell, from, to, n);
+    let mut days = write_by_day(&staging, &name, &facts.lines, |r| (&r.merchant_id, r.date))?;
+    days.extend(write_by_day(&staging, &name, &facts.payments, |r| {
+        (&r.merchant_id, r.date)
+    })?);
+    days.extend(write_by_day(&staging, &name, &facts.attempts, |r| {
+        (&r.merchant_id, r.date)
+    })?);
+    let mut written = days.len() as u64;
+    let sales = model::sales_days(&facts.lines, &facts.payments);
+    written += write_by_merchant(&staging, &name, &sales, |r| &r.merchant_id)?;
+    let products = model::product_days(&facts.lines);
+    written += write_by_merchant(&staging, &name, &products, |r| &r.merchant_id)?;
+    let checkouts = model::checkout_days(&facts.attempts);
+    written += write_by_merchant(&staging, &name, &checkouts, |r| &r.merchant_id)?;
+    written += write_by_merchant(&staging, &name, &facts.products, |r| &r.merchant_id)?;
+    written += write_by_merchant(&staging, &name, &facts.customers, |r| &r.merchant_id)?;
+    written += write_by_merchant(&staging, &name, &facts.merchants, |r| &r.merchant_id)?;
+    Ok((written, days))
 }
 
 /// Merges the small files of what a run touched.
@@ -643,88 +640,52 @@ fn compact(
     cell: &str,
     touched: &BTreeMap<String, HashSet<String>>,
 ) -> Result<(), FilesError> {
-    {
-        const ABOVE: usize = 32;
-        let manifests = layout.manifests()?;
-        for (merchant, days) in touched {
-            let dir = |mart: &str| layout.partition(mart, merchant, None);
-            files::compact(
-                layout,
-                &dir(model::SalesDay::MART),
-                &manifests,
-                cell,
-                ABOVE,
-                model::merge_sales_days,
-            )?;
-            files::compact(
-                layout,
-                &dir(model::ProductDay::MART),
-                &manifests,
-                cell,
-                ABOVE,
-                model::merge_product_days,
-            )?;
-            files::compact(
-                layout,
-                &dir(model::CheckoutDay::MART),
-                &manifests,
-                cell,
-                ABOVE,
-                model::merge_checkout_days,
-            )?;
-            files::compact::<ProductVersion>(
-                layout,
-                &dir(ProductVersion::MART),
-                &manifests,
-                cell,
-                ABOVE,
-                |r| r,
-            )?;
-            files::compact::<Customer>(
-                layout,
-                &dir(Customer::MART),
-                &manifests,
-                cell,
-                ABOVE,
-                |r| r,
-            )?;
-            files::compact::<MerchantRow>(
-                layout,
-                &dir(MerchantRow::MART),
-                &manifests,
-                cell,
-                ABOVE,
-                |r| r,
-            )?;
-            for day in days {
-                let dir = |mart: &str| layout.partition(mart, merchant, Some(day));
-                files::compact::<OrderLine>(
-                    layout,
-                    &dir(OrderLine::MART),
-                    &manifests,
-                    cell,
-                    ABOVE,
-                    |r| r,
-                )?;
-                files::compact::<Payment>(
-                    layout,
-                    &dir(Payment::MART),
-                    &manifests,
-                    cell,
-                    ABOVE,
-                    |r| r,
-                )?;
-                files::compact::<CheckoutAttempt>(
-                    layout,
-                    &dir(CheckoutAttempt::MART),
-                    &manifests,
-                    cell,
-                    ABOVE,
-                    |r| r,
-                )?;
-            }
+    let manifests = layout.manifests()?;
+    let c = Compaction {
+        layout,
+        manifests: &manifests,
+        cell,
+    };
+    for (merchant, days) in touched {
+        c.mart(merchant, None, model::merge_sales_days)?;
+        c.mart(merchant, None, model::merge_product_days)?;
+        c.mart(merchant, None, model::merge_checkout_days)?;
+        c.mart::<ProductVersion>(merchant, None, keep)?;
+        c.mart::<Customer>(merchant, None, keep)?;
+        c.mart::<MerchantRow>(merchant, None, keep)?;
+        for day in days {
+            c.mart::<OrderLine>(merchant, Some(day), keep)?;
+            c.mart::<Payment>(merchant, Some(day), keep)?;
+            c.mart::<CheckoutAttempt>(merchant, Some(day), keep)?;
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+/// Facts and dimensions compact without merging rows.
+fn keep<R>(rows: Vec<R>) -> Vec<R> {
+    rows
+}
+
+/// What every compaction of a run shares.
+struct Compaction<'a> {
+    layout: &'a Layout,
+    manifests: &'a [Manifest],
+    cell: &'a str,
+}
+
+impl Compaction<'_> {
+    /// Compacts a merchant's partition of mart `R` (of a day, for facts)
+    /// once it holds more than 32 files.
+    fn mart<R: MartRow>(
+        &self,
+        merchant: &str,
+        day: Option<&str>,
+        merge: impl FnOnce(Vec<R>) -> Vec<R>,
+    ) -> Result<bool, FilesError> {
+        const ABOVE: usize = 32;
+        let dir = self.layout.partition(R::MART, merchant, day);
+        files::compact(self.layout, &dir, self.manifests, self.cell, ABOVE, merge)
     }
 }
 

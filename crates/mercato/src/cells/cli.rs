@@ -77,42 +77,62 @@ pub struct MerchantArg {
     pub merchant: String,
 }
 
-pub async fn run(args: Tenants) -> anyhow::Result<()> {
+/// Every cell a command works on, as the schema owner: `main` (the
+/// command's database), the data directory's embedded cells and `--cell`s.
+/// The clusters this process started live as long as it.
+pub struct CommandCells {
+    pub main: crate::app::CommandDatabase,
+    /// By name, `main` included.
+    pub owners: BTreeMap<String, sqlx::PgPool>,
+    _embedded: Vec<super::embedded::EmbeddedCell>,
+}
+
+pub async fn command_cells(
+    database: &crate::app::CommandDatabaseArgs,
+    specs: &[CellSpec],
+    max_connections: u32,
+) -> anyhow::Result<CommandCells> {
     let main = crate::app::command_database(
-        args.database.database_url.as_deref(),
-        &args.database.data_dir,
-        4,
+        database.database_url.as_deref(),
+        &database.data_dir,
+        max_connections,
     )
     .await?;
-    let mut cells = BTreeMap::new();
-    cells.insert(MAIN.to_owned(), main.owner.clone());
+    let mut owners = BTreeMap::new();
+    owners.insert(MAIN.to_owned(), main.owner.clone());
     // Embedded, the data directory's cells (those a running `serve` keeps, or started now).
-    let embedded = match &args.database.database_url {
-        None => super::embedded::open(&args.database.data_dir, true).await?,
+    let embedded = match &database.database_url {
+        None => super::embedded::open(&database.data_dir, true).await?,
         Some(_) => Vec::new(),
     };
-    let specs = embedded.iter().map(|c| &c.spec).chain(&args.cells);
-    for spec in specs {
+    for spec in embedded.iter().map(|c| &c.spec).chain(specs) {
         let opts = spec
             .url
             .parse()
             .map_err(crate::db::DbError::Url)
             .with_context(|| format!("cell {}", spec.name))?;
-        let pool = crate::db::connect(opts, 4)
+        let pool = crate::db::connect(opts, max_connections)
             .await
             .with_context(|| format!("cell {}", spec.name))?;
-        cells.insert(spec.name.clone(), pool);
+        owners.insert(spec.name.clone(), pool);
     }
-    let result = command(
+    Ok(CommandCells {
+        main,
+        owners,
+        _embedded: embedded,
+    })
+}
+
+pub async fn run(args: Tenants) -> anyhow::Result<()> {
+    let cells = command_cells(&args.database, &args.cells, 4).await?;
+    command(
         args.command,
         &Pools {
             duty_cycle: args.duty_cycle,
-            ..Pools::new(main.owner.clone(), cells)
+            ..Pools::new(cells.main.owner.clone(), cells.owners.clone())
         },
     )
-    .await;
-    drop(embedded);
-    result
+    .await
 }
 
 async fn command(command: Command, pools: &Pools) -> anyhow::Result<()> {

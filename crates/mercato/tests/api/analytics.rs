@@ -119,6 +119,21 @@ async fn oltp_revenue(owner: &PgPool, m: &Merchant) -> (i64, i64, i64, i64, i64)
     .expect("OLTP revenue")
 }
 
+/// A report's rows as (text field, number field).
+fn pairs(body: &Value, text: &str, number: &str) -> Vec<(String, i64)> {
+    body["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r[text].as_str().unwrap_or("").to_owned(),
+                r[number].as_i64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
 fn sum(rows: &Value, field: &str) -> i64 {
     rows.as_array()
         .map(|rows| rows.iter().filter_map(|r| r[field].as_i64()).sum())
@@ -218,18 +233,7 @@ async fn every_report_equals_the_same_figure_computed_on_the_oltp_database() {
     .await
     .expect("OLTP reasons");
     let failures = app.get("/v1/analytics/failure-reasons", &m.key).await;
-    let marts: Vec<(String, i64)> = failures.body["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            (
-                r["reason"].as_str().unwrap_or("").to_owned(),
-                r["failed"].as_i64().unwrap_or(0),
-            )
-        })
-        .collect();
-    assert_eq!(marts, reasons);
+    assert_eq!(pairs(&failures.body, "reason", "failed"), reasons);
 
     // Another merchant sees none of it, and cannot ask for it.
     let theirs = app.get("/v1/analytics/revenue", &other.key).await;
@@ -333,19 +337,8 @@ async fn a_renamed_product_keeps_its_old_name_on_the_sales_before_the_rename() {
     // Exported in one go the second time: the rename and the sale after it.
     export(&app).await;
     let top = app.get("/v1/analytics/top-products", &m.key).await;
-    let rows: Vec<(String, i64)> = top.body["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap_or("").to_owned(),
-                r["units"].as_i64().unwrap_or(0),
-            )
-        })
-        .collect();
     assert_eq!(
-        rows,
+        pairs(&top.body, "name", "units"),
         [("Organic tee".to_owned(), 3), ("Product TEE".to_owned(), 2)],
         "{}",
         top.body
