@@ -314,10 +314,16 @@ fn cell_workers(
         Err(err) => tracing::error!(error = %err, "customers' e-mail is not sent"),
     }
     if !config.analytics_interval.is_zero() {
+        // `validate` has refused a bad store already.
+        let mirror = config.analytics_mirror().unwrap_or_else(|err| {
+            tracing::error!(error = %err, "the marts are not mirrored");
+            None
+        });
         workers.push(tokio::spawn(crate::analytics::export_continuously(
             cell.name.clone(),
             db.worker.clone(),
             config.analytics_layout(),
+            mirror,
             config.analytics_interval,
         )));
     }

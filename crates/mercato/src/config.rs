@@ -36,6 +36,11 @@ pub struct Config {
     /// `analytics` in the data directory.
     #[arg(long, env = "MERCATO_ANALYTICS_DIR")]
     pub analytics_dir: Option<PathBuf>,
+    /// Object storage the marts are mirrored to, in the same layout, for
+    /// engines elsewhere: `s3://bucket/prefix` (credentials, region and
+    /// endpoint from `AWS_*`) or `file:///directory`. Unset: local only.
+    #[arg(long, env = "MERCATO_ANALYTICS_STORE")]
+    pub analytics_store: Option<String>,
     /// Seconds between analytics exports of each cell (0.1 to 86400; 0: no
     /// export in `serve`, run `mercato analytics export`): the marts trail
     /// the orders by about this much.
@@ -182,6 +187,16 @@ impl Config {
         )
     }
 
+    /// The object store the marts are mirrored to (`--analytics-store`).
+    pub fn analytics_mirror(
+        &self,
+    ) -> Result<Option<crate::analytics::Mirror>, crate::analytics::mirror::MirrorError> {
+        self.analytics_store
+            .as_deref()
+            .map(crate::analytics::Mirror::open)
+            .transpose()
+    }
+
     /// The defaults, listening on `listen`.
     pub fn new(listen: SocketAddr) -> Self {
         let default = |raw: &str| seconds(raw).expect("default durations parse");
@@ -189,6 +204,7 @@ impl Config {
             listen,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             analytics_dir: None,
+            analytics_store: None,
             analytics_interval: default(DEFAULT_ANALYTICS_INTERVAL),
             database_url: None,
             admin_token: None,
@@ -216,6 +232,13 @@ impl Config {
         let fail = |flag, message: String| Err(ConfigError { flag, message });
         if !(1..=1000).contains(&self.max_connections) {
             return fail("db-pool", "must be from 1 to 1000 connections".into());
+        }
+        match self.analytics_mirror() {
+            Err(crate::analytics::mirror::MirrorError::Url { reason, .. }) => {
+                return fail("analytics-store", reason)
+            }
+            Err(e) => return fail("analytics-store", e.to_string()),
+            Ok(_) => {}
         }
         let analytics = self.analytics_interval.as_secs_f64();
         if analytics != 0.0 && !(0.1..=86_400.0).contains(&analytics) {

@@ -22,6 +22,10 @@ pub struct AnalyticsArgs {
     /// Where the marts are (default: `analytics` in the data directory).
     #[arg(long, env = "MERCATO_ANALYTICS_DIR", global = true)]
     pub analytics_dir: Option<PathBuf>,
+    /// Object storage the marts are mirrored to, as `serve` is given it:
+    /// `s3://bucket/prefix` or `file:///directory`.
+    #[arg(long, env = "MERCATO_ANALYTICS_STORE", global = true)]
+    pub analytics_store: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -66,6 +70,11 @@ pub async fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| args.database.data_dir.join("analytics")),
     );
+    let mirror = args
+        .analytics_store
+        .as_deref()
+        .map(super::Mirror::open)
+        .transpose()?;
     let cells = crate::cells::cli::command_cells(&args.database, &args.cells, 2).await?;
     for (name, owner) in &cells.owners {
         // The worker role reads across merchants, as `serve`'s export does.
@@ -85,6 +94,7 @@ pub async fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
         let mut exporter = Exporter::new(name, pool.clone(), layout.clone());
         exporter.batch = export.batch;
         exporter.duty_cycle = export.duty_cycle;
+        exporter.mirror = mirror.clone();
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
                 "{prefix:>8} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
@@ -99,6 +109,9 @@ pub async fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
             "{name}: {} events exported ({} rows, {} files), marts at position {}",
             summary.events, summary.rows, summary.files, summary.to
         );
+        if let Some(mirror) = &mirror {
+            println!("{name}: mirrored to {}", mirror.url);
+        }
     }
     Ok(())
 }

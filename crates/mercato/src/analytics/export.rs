@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::columns::{Day, MartRow};
 use super::files::{self, FilesError, Layout, Manifest};
+use super::mirror::{Changes, Mirror, MirrorError};
 use super::model::{
     self, CheckoutAttempt, Customer, MerchantRow, OrderLine, Payment, ProductVersion,
 };
@@ -30,6 +31,8 @@ pub enum ExportError {
     Files(#[from] FilesError),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
     #[error("the export's file work stopped: {0}")]
     Task(String),
     #[error("the analytics directory holds cell {cell}'s marts of database {theirs}, not of {ours}: give this database its own --analytics-dir")]
@@ -76,6 +79,14 @@ pub struct Exporter {
     merchants: HashSet<String>,
     /// Files left covered by a compaction were swept (once per process).
     swept: bool,
+    /// The object store the marts are mirrored to, if any.
+    pub mirror: Option<Mirror>,
+    /// The store was compared with the directory whole since the process
+    /// started (and no mirroring failed since): a run then sends only what
+    /// it changed.
+    mirrored: bool,
+    /// What this run changed in the directory, for the mirror.
+    pending: Changes,
 }
 
 /// An event as the export reads it.
@@ -129,6 +140,9 @@ impl Exporter {
             customers: HashSet::new(),
             merchants: HashSet::new(),
             swept: false,
+            mirror: None,
+            mirrored: false,
+            pending: Changes::default(),
         }
     }
 
@@ -143,6 +157,21 @@ impl Exporter {
             self.products.clear();
             self.customers.clear();
             self.merchants.clear();
+        }
+        let changes = std::mem::take(&mut self.pending);
+        if outcome.is_err() {
+            // What it committed before failing goes with the next whole sync.
+            self.mirrored = false;
+            return outcome;
+        }
+        if let Some(mirror) = &self.mirror {
+            let sent = if self.mirrored {
+                mirror.apply(&self.layout.dir, &changes).await
+            } else {
+                mirror.sync_all(&self.layout.dir).await
+            };
+            self.mirrored = sent.is_ok();
+            sent?;
         }
         outcome
     }
@@ -249,11 +278,15 @@ impl Exporter {
 
     /// Finishes a committed export a crash interrupted, or forgets an
     /// uncommitted one.
-    fn recover(&self, manifest: &mut Manifest) -> Result<(), FilesError> {
+    fn recover(&mut self, manifest: &mut Manifest) -> Result<(), FilesError> {
         if manifest.publishing.is_some() {
-            self.layout.publish(&self.cell)?;
+            let published = self.layout.publish(&self.cell)?;
             manifest.publishing = None;
             self.layout.save_manifest(manifest)?;
+            self.pending.extend(Changes {
+                written: published,
+                removed: Vec::new(),
+            });
         } else {
             self.layout.clear_staging(&self.cell)?;
         }
@@ -546,6 +579,13 @@ impl Exporter {
         n: String,
         touched: &mut BTreeMap<String, HashSet<String>>,
     ) -> Result<u64, ExportError> {
+        // A merchant whose batch holds only dimensions (a product added)
+        // has its merchant-wide directories compacted too.
+        let dimensions = facts.products.iter().map(|r| &r.merchant_id);
+        let dimensions = dimensions.chain(facts.customers.iter().map(|r| &r.merchant_id));
+        for merchant in dimensions.chain(facts.merchants.iter().map(|r| &r.merchant_id)) {
+            touched.entry(merchant.clone()).or_default();
+        }
         let (layout, cell) = (self.layout.clone(), self.cell.clone());
         let (written, days) = blocking(move || stage(&layout, &cell, &facts, window, &n)).await?;
         for (merchant, day) in days {
@@ -556,24 +596,31 @@ impl Exporter {
 
     /// Commits an export (see `files`), off the async threads.
     async fn commit(
-        &self,
+        &mut self,
         manifest: &mut Manifest,
         window: (u64, u64),
         position: u64,
     ) -> Result<(), ExportError> {
         let (layout, cell) = (self.layout.clone(), self.cell.clone());
         let mut m = manifest.clone();
-        *manifest = blocking(move || {
-            commit(&layout, &cell, &mut m, window, position)?;
-            Ok(m)
+        let published;
+        (*manifest, published) = blocking(move || {
+            let published = commit(&layout, &cell, &mut m, window, position)?;
+            Ok((m, published))
         })
         .await?;
+        self.pending.extend(published);
         Ok(())
     }
 
-    async fn compact(&self, touched: BTreeMap<String, HashSet<String>>) -> Result<(), ExportError> {
+    async fn compact(
+        &mut self,
+        touched: BTreeMap<String, HashSet<String>>,
+    ) -> Result<(), ExportError> {
         let (layout, cell) = (self.layout.clone(), self.cell.clone());
-        blocking(move || compact(&layout, &cell, &touched)).await
+        let changes = blocking(move || compact(&layout, &cell, &touched)).await?;
+        self.pending.extend(changes);
+        Ok(())
     }
 }
 
@@ -592,15 +639,20 @@ fn commit(
     manifest: &mut Manifest,
     window: (u64, u64),
     position: u64,
-) -> Result<(), FilesError> {
+) -> Result<Changes, FilesError> {
     manifest.cell = cell.to_owned();
     manifest.publishing = Some(window);
     manifest.position = position;
     manifest.exported_at = Some(Utc::now());
     layout.save_manifest(manifest)?;
-    layout.publish(cell)?;
+    let mut written = layout.publish(cell)?;
     manifest.publishing = None;
-    layout.save_manifest(manifest)
+    layout.save_manifest(manifest)?;
+    written.push(Layout::manifest_file(cell));
+    Ok(Changes {
+        written,
+        removed: Vec::new(),
+    })
 }
 
 /// Writes a batch's facts, day sums and dimensions under staging; returns
@@ -634,17 +686,18 @@ fn stage(
     Ok((written, days))
 }
 
-/// Merges the small files of what a run touched.
+/// Merges the small files of what a run touched; returns what changed.
 fn compact(
     layout: &Layout,
     cell: &str,
     touched: &BTreeMap<String, HashSet<String>>,
-) -> Result<(), FilesError> {
+) -> Result<Changes, FilesError> {
     let manifests = layout.manifests()?;
-    let c = Compaction {
+    let mut c = Compaction {
         layout,
         manifests: &manifests,
         cell,
+        changes: Changes::default(),
     };
     for (merchant, days) in touched {
         c.mart(merchant, None, model::merge_sales_days)?;
@@ -659,7 +712,7 @@ fn compact(
             c.mart::<CheckoutAttempt>(merchant, Some(day), keep)?;
         }
     }
-    Ok(())
+    Ok(c.changes)
 }
 
 /// Facts and dimensions compact without merging rows.
@@ -672,20 +725,23 @@ struct Compaction<'a> {
     layout: &'a Layout,
     manifests: &'a [Manifest],
     cell: &'a str,
+    changes: Changes,
 }
 
 impl Compaction<'_> {
     /// Compacts a merchant's partition of mart `R` (of a day, for facts)
     /// once it holds more than 32 files.
     fn mart<R: MartRow>(
-        &self,
+        &mut self,
         merchant: &str,
         day: Option<&str>,
         merge: impl FnOnce(Vec<R>) -> Vec<R>,
-    ) -> Result<bool, FilesError> {
+    ) -> Result<(), FilesError> {
         const ABOVE: usize = 32;
         let dir = self.layout.partition(R::MART, merchant, day);
-        files::compact(self.layout, &dir, self.manifests, self.cell, ABOVE, merge)
+        let changes = files::compact(self.layout, &dir, self.manifests, self.cell, ABOVE, merge)?;
+        self.changes.extend(changes);
+        Ok(())
     }
 }
 

@@ -27,6 +27,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::columns::{ColumnError, MartRow};
+use super::mirror::Changes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -126,7 +127,7 @@ impl Layout {
     }
 
     fn manifest_path(&self, cell: &str) -> PathBuf {
-        self.dir.join(format!("manifest-{cell}.json"))
+        self.dir.join(Layout::manifest_file(cell))
     }
 
     pub fn staging(&self, cell: &str) -> PathBuf {
@@ -192,10 +193,17 @@ impl Layout {
         sync_dir(&self.dir)
     }
 
+    /// The manifest's path relative to the directory.
+    pub fn manifest_file(cell: &str) -> PathBuf {
+        PathBuf::from(format!("manifest-{cell}.json"))
+    }
+
     /// Moves a committed export's staged files into place (again after a
-    /// crash: what was moved already is not in staging any more).
-    pub fn publish(&self, cell: &str) -> Result<(), FilesError> {
+    /// crash: what was moved already is not in staging any more); returns
+    /// them, relative to the directory.
+    pub fn publish(&self, cell: &str) -> Result<Vec<PathBuf>, FilesError> {
         let staging = self.staging(cell);
+        let mut published = Vec::new();
         for staged in files_under(&staging)? {
             let Ok(relative) = staged.strip_prefix(&staging) else {
                 continue;
@@ -205,8 +213,14 @@ impl Layout {
                 std::fs::create_dir_all(parent).map_err(io(parent))?;
             }
             std::fs::rename(&staged, &target).map_err(io(&target))?;
+            published.push(relative.to_owned());
         }
-        self.clear_staging(cell)
+        self.clear_staging(cell)?;
+        Ok(published)
+    }
+
+    fn relative(&self, path: &Path) -> PathBuf {
+        path.strip_prefix(&self.dir).unwrap_or(path).to_owned()
     }
 
     pub fn clear_staging(&self, cell: &str) -> Result<(), FilesError> {
@@ -395,6 +409,7 @@ pub fn read_dir_rows<R: MartRow>(
 /// once there are more than `above`: the new file first, then the old
 /// ones go (a crash between leaves them covered by it, so unread).
 /// `merge` may re-aggregate the rows (day sums) or keep them (facts).
+/// Returns the file written and those removed, relative to the layout.
 pub fn compact<R: MartRow>(
     layout: &Layout,
     dir: &Path,
@@ -402,14 +417,14 @@ pub fn compact<R: MartRow>(
     cell: &str,
     above: usize,
     merge: impl FnOnce(Vec<R>) -> Vec<R>,
-) -> Result<bool, FilesError> {
+) -> Result<Changes, FilesError> {
     let parts: Vec<Part> = layout
         .visible(dir, manifests)?
         .into_iter()
         .filter(|p| p.cell == cell)
         .collect();
     if parts.len() <= above {
-        return Ok(false);
+        return Ok(Changes::default());
     }
     let from = parts.iter().map(|p| p.from).min().unwrap_or(0);
     let to = parts.iter().map(|p| p.to).max().unwrap_or(0);
@@ -423,10 +438,15 @@ pub fn compact<R: MartRow>(
     write_rows(&temp, &merged)?;
     std::fs::rename(&temp, &target).map_err(io(&target))?;
     sync_dir(dir)?;
+    let mut changes = Changes {
+        written: vec![layout.relative(&target)],
+        removed: Vec::new(),
+    };
     for part in parts.iter().filter(|p| p.path != target) {
         std::fs::remove_file(&part.path).map_err(io(&part.path))?;
+        changes.removed.push(layout.relative(&part.path));
     }
-    Ok(true)
+    Ok(changes)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod columns;
 pub mod export;
 pub mod files;
 pub mod http;
+pub mod mirror;
 pub mod model;
 pub mod report;
 
@@ -21,6 +22,7 @@ use sqlx::{PgPool, Postgres};
 
 pub use export::{ExportError, ExportProgress, ExportSummary, Exporter, Quiet};
 pub use files::{Layout, Manifest};
+pub use mirror::Mirror;
 
 /// The advisory lock (two-key form: class, 0) an exporter of a cell holds:
 /// one exporter per cell database writes its marts.
@@ -40,8 +42,15 @@ pub async fn hold_export(pool: &PgPool) -> Result<Option<PoolConnection<Postgres
 /// `serve`'s loop for one cell: exports whatever committed, every
 /// `interval`, so the marts trail the orders by about that much. Another
 /// instance exporting the cell is left to it (tried again each minute).
-pub async fn export_continuously(cell: String, pool: PgPool, layout: Layout, interval: Duration) {
+pub async fn export_continuously(
+    cell: String,
+    pool: PgPool,
+    layout: Layout,
+    mirror: Option<Mirror>,
+    interval: Duration,
+) {
     let mut exporter = Exporter::new(&cell, pool.clone(), layout);
+    exporter.mirror = mirror;
     let mut lock = None;
     loop {
         if lock.is_none() {

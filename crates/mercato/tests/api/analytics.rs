@@ -309,6 +309,90 @@ print(json.dumps({"lines_orders": q[0], "gross": int(q[1]), "discounts": int(q[2
     serde_json::from_slice(&out.stdout).expect("duckdb prints JSON")
 }
 
+/// The committed files under a marts directory (or its mirror) and their bytes.
+fn committed_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if name != "_staging" {
+                    pending.push(path);
+                }
+            } else if (name.ends_with(".parquet") && !name.starts_with('.'))
+                || (name.starts_with("manifest-") && name.ends_with(".json"))
+            {
+                let relative = path.strip_prefix(dir).expect("under dir").to_owned();
+                files.insert(relative, std::fs::read(&path).expect("readable"));
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn the_marts_are_mirrored_to_object_storage_and_repaired_after_a_restart() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("mirrored").await;
+    let store = app.db.data_dir.join("object-store");
+    let mirror = analytics::Mirror::open(&format!("file://{}", store.display())).expect("a store");
+    let exporter = |mirror: &analytics::Mirror, pool: PgPool| {
+        let mut e = Exporter::new("main", pool, marts(&app));
+        e.duty_cycle = 1.0;
+        e.mirror = Some(mirror.clone());
+        e
+    };
+    let mut first = exporter(&mirror, worker_pool(&app).await);
+    trade(&app, &m).await;
+    first.run_once(&analytics::Quiet).await.expect("export");
+    let local = committed_files(&marts_dir(&app));
+    assert!(local.len() > 10, "{:?}", local.keys());
+    assert_eq!(
+        committed_files(&store),
+        local,
+        "the store holds what the directory holds"
+    );
+
+    // One product per export: its dim_product directory passes 32 files and
+    // is compacted; the store follows (the covered files go there too).
+    for i in 0..34 {
+        app.create_product(&m, &format!("MIRROR-{i}"), 100 + i)
+            .await;
+        let s = first.run_once(&analytics::Quiet).await.expect("export");
+        assert_eq!(s.events, 1, "{s:?}");
+    }
+    let local = committed_files(&marts_dir(&app));
+    let compacted: Vec<_> = local
+        .keys()
+        .filter(|p| p.starts_with("dim_product") && p.to_string_lossy().ends_with("-c.parquet"))
+        .collect();
+    assert_eq!(compacted.len(), 1, "{:?}", local.keys());
+    assert_eq!(committed_files(&store), local);
+    // An engine reading the store gets what one reading the directory gets.
+    assert_eq!(
+        duckdb_totals(&store, &m).await,
+        duckdb_totals(&marts_dir(&app), &m).await
+    );
+
+    // A file lost from the store and a stray one in it; a new process
+    // compares the whole store once and repairs both.
+    let (lost, _) = local
+        .iter()
+        .find(|(p, _)| p.starts_with("fact_order_lines"))
+        .expect("a fact file");
+    std::fs::remove_file(store.join(lost)).expect("remove");
+    let stray = store.join(format!("fact_order_lines/merchant={}/day=2000-01-01/main-00000000000000000000-00000000000000000001-0.parquet", m.id.0));
+    std::fs::create_dir_all(stray.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&stray, b"not the marts").expect("write");
+    let mut restarted = exporter(&mirror, worker_pool(&app).await);
+    let s = restarted.run_once(&analytics::Quiet).await.expect("export");
+    assert_eq!(s.events, 0, "{s:?}");
+    assert!(!stray.exists(), "the stray file is deleted");
+    assert_eq!(committed_files(&store), committed_files(&marts_dir(&app)));
+}
+
 #[tokio::test]
 async fn a_renamed_product_keeps_its_old_name_on_the_sales_before_the_rename() {
     let app = TestApp::spawn().await;

@@ -90,6 +90,8 @@ impl Response {
 pub struct TestDatabase {
     /// URL of the schema owner's connection to this database.
     pub owner_url: String,
+    /// The data directory of the apps on this database (mail spool, marts), removed at the end.
+    pub data_dir: PathBuf,
     /// The analytics marts of the apps on this database.
     pub analytics_dir: PathBuf,
     database: Database,
@@ -131,10 +133,12 @@ impl TestDatabase {
         server.close().await;
         let server_opts: PgConnectOptions = server_url.parse().expect("DATABASE_URL parses");
         let owner_url = server_opts.database(&db_name).to_url_lossy().to_string();
+        let data_dir =
+            std::env::temp_dir().join(format!("mercato-data-{}", Uuid::now_v7().simple()));
         TestDatabase {
             owner_url,
-            analytics_dir: std::env::temp_dir()
-                .join(format!("mercato-analytics-{}", Uuid::now_v7().simple())),
+            analytics_dir: data_dir.join("analytics"),
+            data_dir,
             database,
         }
     }
@@ -143,6 +147,8 @@ impl TestDatabase {
     pub fn config(&self) -> Config {
         let mut config = Config::new("127.0.0.1:0".parse().expect("address"));
         config.database_url = Some(self.owner_url.clone());
+        // Never the working directory's `.mercato`: each test its own mail spool and marts.
+        config.data_dir = self.data_dir.clone();
         config.admin_token = Some(ADMIN_TOKEN.to_owned());
         config.max_connections = 20;
         config.checkout_ttl = Duration::from_secs(30);
@@ -297,7 +303,7 @@ impl TestApp {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.analytics_dir);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
         match &self.database {
             Database::Private { dir, .. } => {
                 let _ = std::fs::remove_dir_all(dir);
