@@ -19,8 +19,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::columns::{Day, MartRow};
-use super::files::{self, FilesError, Layout, Manifest};
-use super::mirror::{Changes, Mirror, MirrorError};
+use super::files::{self, Changes, FilesError, Layout, Manifest};
+use super::mirror::{Mirror, MirrorError};
 use super::model::{
     self, CheckoutAttempt, Customer, MerchantRow, OrderLine, Payment, ProductVersion,
 };

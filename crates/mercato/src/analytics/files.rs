@@ -27,7 +27,21 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::columns::{ColumnError, MartRow};
-use super::mirror::Changes;
+
+/// Files a run changed in the analytics directory, relative to it (what
+/// the mirror sends).
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub written: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+}
+
+impl Changes {
+    pub fn extend(&mut self, other: Changes) {
+        self.written.extend(other.written);
+        self.removed.extend(other.removed);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -317,7 +331,7 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, FilesError> {
     }
 }
 
-fn files_under(dir: &Path) -> Result<Vec<PathBuf>, FilesError> {
+pub(super) fn files_under(dir: &Path) -> Result<Vec<PathBuf>, FilesError> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_owned()];
     while let Some(dir) = pending.pop() {

@@ -22,6 +22,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreScheme, PutPayload};
 
+use super::files::{files_under, Changes};
+
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     #[error("analytics store {url}: {reason}")]
@@ -31,6 +33,8 @@ pub enum MirrorError {
         url: String,
         source: object_store::Error,
     },
+    #[error(transparent)]
+    Files(#[from] super::files::FilesError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -52,20 +56,6 @@ pub struct Mirror {
 impl std::fmt::Debug for Mirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mirror").field("url", &self.url).finish()
-    }
-}
-
-/// Files a run changed in the analytics directory, relative to it.
-#[derive(Debug, Default)]
-pub struct Changes {
-    pub written: Vec<PathBuf>,
-    pub removed: Vec<PathBuf>,
-}
-
-impl Changes {
-    pub fn extend(&mut self, other: Changes) {
-        self.written.extend(other.written);
-        self.removed.extend(other.removed);
     }
 }
 
@@ -118,10 +108,9 @@ impl Mirror {
     /// Uploads the files a run wrote (the manifests last), then deletes
     /// what it removed.
     pub async fn apply(&self, dir: &FsPath, changes: &Changes) -> Result<usize, MirrorError> {
-        let (manifests, parts): (Vec<&PathBuf>, Vec<&PathBuf>) =
-            changes.written.iter().partition(|p| is_manifest(p));
-        let mut sent = self.upload(dir, parts).await?;
-        sent += self.upload(dir, manifests).await?;
+        let sent = self
+            .upload_manifests_last(dir, changes.written.iter())
+            .await?;
         let removed = changes.removed.iter().map(|p| self.location(p)).collect();
         self.delete(removed).await?;
         Ok(sent)
@@ -152,10 +141,7 @@ impl Mirror {
             }
             wanted.insert(location);
         }
-        let (manifests, parts): (Vec<&PathBuf>, Vec<&PathBuf>) =
-            stale.into_iter().partition(|p| is_manifest(p));
-        let mut sent = self.upload(dir, parts).await?;
-        sent += self.upload(dir, manifests).await?;
+        let sent = self.upload_manifests_last(dir, stale.into_iter()).await?;
         let extra = remote.into_keys().filter(|location| {
             !wanted.contains(location)
                 && location
@@ -164,6 +150,17 @@ impl Mirror {
         });
         self.delete(extra.collect::<Vec<_>>()).await?;
         Ok(sent)
+    }
+
+    /// Uploads mart files, then the manifests that make them visible.
+    async fn upload_manifests_last(
+        &self,
+        dir: &FsPath,
+        files: impl Iterator<Item = &PathBuf>,
+    ) -> Result<usize, MirrorError> {
+        let (manifests, parts): (Vec<&PathBuf>, Vec<&PathBuf>) =
+            files.partition(|p| is_manifest(p));
+        Ok(self.upload(dir, parts).await? + self.upload(dir, manifests).await?)
     }
 
     async fn upload(&self, dir: &FsPath, files: Vec<&PathBuf>) -> Result<usize, MirrorError> {
@@ -233,33 +230,21 @@ fn is_mart_file(path: &FsPath) -> bool {
 
 /// The directory's committed files and their sizes, relative to it.
 fn mirrored_files(dir: &FsPath) -> Result<Vec<(PathBuf, u64)>, MirrorError> {
-    let io = |path: &FsPath| {
-        let path = path.to_owned();
-        move |source| MirrorError::Io { path, source }
-    };
     let mut files = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(at) = pending.pop() {
-        let entries = match std::fs::read_dir(&at) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io(&at)(e)),
+    for path in files_under(dir)? {
+        let Ok(relative) = path.strip_prefix(dir) else {
+            continue;
         };
-        for entry in entries {
-            let entry = entry.map_err(io(&at))?;
-            let path = entry.path();
-            let kind = entry.file_type().map_err(io(&path))?;
-            if kind.is_dir() {
-                if entry.file_name() != "_staging" {
-                    pending.push(path);
-                }
-            } else if is_mart_file(&path) {
-                let size = entry.metadata().map_err(io(&path))?.len();
-                if let Ok(relative) = path.strip_prefix(dir) {
-                    files.push((relative.to_owned(), size));
-                }
-            }
+        if relative.starts_with("_staging") || !is_mart_file(&path) {
+            continue;
         }
+        let size = std::fs::metadata(&path)
+            .map_err(|source| MirrorError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        files.push((relative.to_owned(), size));
     }
     Ok(files)
 }
