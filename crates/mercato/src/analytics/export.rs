@@ -196,7 +196,7 @@ impl Exporter {
             self.layout.sweep_covered(&self.cell)?;
             self.swept = true;
         }
-        ensure_calendar(&self.layout)?;
+        ensure_calendar(&self.layout, &self.cell)?;
         let mut summary = ExportSummary {
             cell: self.cell.clone(),
             from: manifest.position,
@@ -789,8 +789,11 @@ fn write_by_merchant<R: MartRow + Clone>(
     Ok(groups.len() as u64)
 }
 
-/// `dim_date` (2000 to 2099), written once.
-fn ensure_calendar(layout: &Layout) -> Result<(), FilesError> {
+/// `dim_date` (2000 to 2099), written once. Every cell's exporter may be
+/// the first (they share the directory): each writes its own temporary file
+/// (a shared one was truncated under the other's writer, and the loser's
+/// rename found it gone), and the renames put the same file in place.
+fn ensure_calendar(layout: &Layout, cell: &str) -> Result<(), FilesError> {
     let path = layout
         .dir
         .join(model::DateRow::MART)
@@ -800,7 +803,7 @@ fn ensure_calendar(layout: &Layout) -> Result<(), FilesError> {
     }
     let first = chrono::NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default();
     let last = chrono::NaiveDate::from_ymd_opt(2099, 12, 31).unwrap_or_default();
-    let temp = path.with_extension("parquet.tmp");
+    let temp = path.with_extension(format!("parquet.{cell}.tmp"));
     files::write_rows(&temp, &model::calendar(first, last))?;
     std::fs::rename(&temp, &path).map_err(|source| FilesError::Io {
         path: path.clone(),

@@ -27,8 +27,12 @@ pub struct Options {
     #[arg(long, default_value_t = 200)]
     pub rate: u32,
     /// Seconds of load before the move (the neighbour's baseline) and after it.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 30)]
     pub settle_seconds: u64,
+    /// Stop at `moved`, leaving the source's copy (`tenants move --keep-source`):
+    /// the figures above do not need the cleanup, which takes as long as the copy.
+    #[arg(long)]
+    pub keep_source: bool,
     /// The mover's duty cycle (`mercato tenants --duty-cycle`).
     #[arg(long, default_value_t = mover::DEFAULT_DUTY_CYCLE)]
     pub duty_cycle: f64,
@@ -40,6 +44,8 @@ pub struct Options {
 struct Report {
     orders: i64,
     duty_cycle: f64,
+    /// The source's copy was kept: no cleanup figures.
+    keep_source: bool,
     rows_copied: i64,
     copy_seconds: f64,
     copy_rows_per_second: f64,
@@ -189,7 +195,7 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
         timings: Mutex::new(BTreeMap::new()),
     };
     let mv = mover::start(&pools, merchant, "big").await?;
-    let mv = mover::drive(&pools, mv, false, &progress).await?;
+    let mv = mover::drive(&pools, mv, opts.keep_source, &progress).await?;
     progress.phase(mv.phase);
     set(&label, "after");
     tokio::time::sleep(Duration::from_secs(opts.settle_seconds)).await;
@@ -233,6 +239,7 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
     Ok(Report {
         orders: opts.orders,
         duty_cycle: opts.duty_cycle,
+        keep_source: opts.keep_source,
         rows_copied,
         copy_seconds,
         copy_rows_per_second: rows_copied as f64 / copy_seconds.max(1e-9),
