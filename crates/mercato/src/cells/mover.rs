@@ -182,7 +182,7 @@ impl Table {
             .key
             .iter()
             .zip(&self.key_types)
-            .map(|(k, ty)| format!("({json} ->> '{}')::{ty}", k.replace('\'', "''")))
+            .map(|(k, ty)| format!("({json} ->> {})::{ty}", literal(k)))
             .collect::<Vec<_>>()
             .join(", ");
         format!("({}) {op} ({given})", list(&self.key, &format!("{t}.")))
@@ -665,7 +665,7 @@ async fn install_capture(
         let args = table
             .key
             .iter()
-            .map(|k| format!("'{}'", k.replace('\'', "''")))
+            .map(|k| literal(k))
             .collect::<Vec<_>>()
             .join(", ");
         let t = ident(&table.name);
@@ -1473,7 +1473,7 @@ fn key_object(table: &Table) -> String {
     let fields = table
         .key
         .iter()
-        .map(|k| format!("'{}', {t}.{}", k.replace('\'', "''"), ident(k)))
+        .map(|k| format!("{}, {t}.{}", literal(k), ident(k)))
         .collect::<Vec<_>>()
         .join(", ");
     format!("jsonb_build_object({fields})")
