@@ -176,14 +176,18 @@ pub struct TenantTx {
 
 impl TenantTx {
     pub async fn begin(pool: &PgPool, merchant_id: MerchantId) -> Result<Self, sqlx::Error> {
-        // BEGIN, the tenant and the cell's fence (`mercato_enter` refuses a
-        // merchant this database does not serve now: SQLSTATE MC001, see
-        // `served_elsewhere`) in one round trip: every request's
-        // transactions start here. Inlining is safe: a `Uuid` prints only
+        // The cell's fence (`mercato_enter` refuses a merchant this database
+        // does not serve now: SQLSTATE MC001, see `served_elsewhere`), BEGIN
+        // and the tenant in one round trip: every request's transactions
+        // start here. The fence comes first, in the implicit transaction
+        // that BEGIN then takes in: refused there, the connection goes back
+        // to the pool idle. Refused after BEGIN, it would go back inside an
+        // aborted transaction (sqlx rolls back only a BEGIN that succeeded)
+        // and fail every later user. Inlining is safe: a `Uuid` prints only
         // hex digits and hyphens.
         let tx = pool
             .begin_with(format!(
-                "begin; select set_config('app.merchant_id', '{0}', true), mercato_enter('{0}')",
+                "select mercato_enter('{0}'); begin; select set_config('app.merchant_id', '{0}', true)",
                 merchant_id.0
             ))
             .await?;
@@ -197,9 +201,32 @@ impl TenantTx {
         pool: &PgPool,
         merchant_id: MerchantId,
     ) -> Result<Self, sqlx::Error> {
+        Self::begin_unfenced(pool, merchant_id, "").await
+    }
+
+    /// `begin_in_directory` reading from one snapshot (repeatable read, read
+    /// only): what several statements read agrees, e.g. every child row
+    /// read has its parent among the rows read.
+    pub async fn begin_snapshot_in_directory(
+        pool: &PgPool,
+        merchant_id: MerchantId,
+    ) -> Result<Self, sqlx::Error> {
+        Self::begin_unfenced(
+            pool,
+            merchant_id,
+            " isolation level repeatable read read only",
+        )
+        .await
+    }
+
+    async fn begin_unfenced(
+        pool: &PgPool,
+        merchant_id: MerchantId,
+        mode: &str,
+    ) -> Result<Self, sqlx::Error> {
         let tx = pool
             .begin_with(format!(
-                "begin; select set_config('app.merchant_id', '{}', true)",
+                "begin{mode}; select set_config('app.merchant_id', '{}', true)",
                 merchant_id.0
             ))
             .await?;

@@ -146,9 +146,17 @@ async fn command(command: Command, pools: &Pools) -> anyhow::Result<()> {
         }
         Command::Resume(a) => {
             let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
-            let mv = mover::running(&pools.main, merchant)
-                .await?
-                .ok_or(mover::MoveError::NotMoving(merchant))?;
+            let Some(mv) = mover::running(&pools.main, merchant).await? else {
+                // Killed just after its cutover: only the tidying is left.
+                let done = mover::settle_cut_over(pools, merchant)
+                    .await?
+                    .ok_or(mover::MoveError::NotMoving(merchant))?;
+                println!(
+                    "the move of {merchant} to {} had cut over already; nothing else to resume (mercato tenants cleanup deletes the copy left in {})",
+                    done.target, done.source
+                );
+                return Ok(());
+            };
             eprintln!(
                 "resuming the move of {} to {} at {}",
                 merchant, mv.target, mv.phase
@@ -204,16 +212,20 @@ async fn finish(pools: &Pools, mv: Move, keep_source: bool, bars: &Bars) -> anyh
 type MoveLine = (String, String, String, String, i64, i64, i64, Option<f64>);
 
 async fn status(pools: &Pools) -> anyhow::Result<()> {
-    let placed: Vec<(String, String, bool)> = sqlx::query_as(
-        "select m.slug, coalesce(d.cell, 'main'), coalesce(d.moving, false)
+    // MOVING names a running move's phase (the directory's `moving` flag
+    // marks only its cutover).
+    let placed: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "select m.slug, coalesce(d.cell, 'main'),
+                (select t.target || ', ' || t.phase from tenant_moves t
+                 where t.merchant_id = m.id and t.phase in ('copying', 'catching_up', 'cutting_over'))
          from merchants m left join tenant_directory d on d.merchant_id = m.id
          order by m.slug",
     )
     .fetch_all(&pools.main)
     .await?;
-    println!("{:<32} {:<12} MOVING", "MERCHANT", "CELL");
+    println!("{:<32} {:<12} MOVING TO", "MERCHANT", "CELL");
     for (slug, cell, moving) in placed {
-        println!("{slug:<32} {cell:<12} {}", if moving { "yes" } else { "" });
+        println!("{slug:<32} {cell:<12} {}", moving.unwrap_or_default());
     }
     let moves: Vec<MoveLine> = sqlx::query_as(
         "select m.slug, t.source, t.target, t.phase, t.rows_copied, t.changes_applied, t.rows_cleaned, t.pause_ms

@@ -5,10 +5,11 @@
 //! database, which is also the cell named `main`) and, in every cell,
 //! `cell_absent` and `move_changes`. A request finds its merchant's cell in
 //! the directory (cached here, forgotten at once on `NOTIFY tenant_directory`);
-//! while a move runs, every request of that merchant also holds a shared
-//! advisory lock on the main database, which the mover takes exclusively for
-//! the cutover: the merchant's requests wait (never fail) while the target
-//! catches up, then go to the new cell. See `mover` for the move itself.
+//! while a move cuts over (the directory marks the merchant `moving`), every
+//! request of that merchant also holds a shared advisory lock on the main
+//! database, which the mover takes exclusively for the write pause: the
+//! merchant's requests wait (never fail) while the target catches up, then
+//! go to the new cell. See `mover` for the move itself.
 
 pub mod cli;
 pub mod driver;
@@ -160,13 +161,26 @@ impl Cells {
         match TenantTx::begin(&route.cell.db.app, merchant).await {
             Err(err) if served_elsewhere(&err) => {
                 self.forget(merchant);
-                let now = self
+                let as_db_error = |e: RouteError| match e {
+                    RouteError::Db(e) => e,
+                    other => sqlx::Error::Protocol(other.to_string()),
+                };
+                let mut now = self
                     .place(merchant, &self.0.directory)
                     .await
-                    .map_err(|e| match e {
-                        RouteError::Db(e) => e,
-                        other => sqlx::Error::Protocol(other.to_string()),
-                    })?;
+                    .map_err(as_db_error)?;
+                if now.moving && route._gate.is_none() {
+                    // A cutover is under way and this request passed no gate
+                    // (its process learned of the cutover late): it waits
+                    // for the gate to open, then goes where the directory
+                    // says. One holding the gate never gets here: the mover
+                    // fences the source only once every holder has left.
+                    drop(Gate::enter(&self.0.gates, merchant).await?);
+                    now = self
+                        .place(merchant, &self.0.directory)
+                        .await
+                        .map_err(as_db_error)?;
+                }
                 TenantTx::begin(&now.cell.db.app, merchant).await
             }
             other => other,

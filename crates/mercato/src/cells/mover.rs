@@ -6,19 +6,22 @@
 //! PostgreSQL databases the mover can reach; other merchants' writes pay only
 //! a trigger's `WHEN (new.merchant_id = …)` test. The steps, each resumable:
 //!
-//! 1. **copying**: the move is recorded, the directory marks the merchant
-//!    `moving` (its requests start passing the gate), the target gets the
-//!    merchant as `arriving` (fenced, invisible to its workers), the source's
-//!    tenant tables get capture triggers for the merchant (each write's row
-//!    image), then every table's rows are copied in keyset batches, parents
-//!    first (see `copy`: short transactions, no snapshot held);
-//! 2. **catching_up**: the captured writes are replayed in order (per key
-//!    the last one: upsert the image, or delete), until few are left;
-//! 3. **cutting_over**: the gate is closed (the mover takes the advisory lock
+//! 1. **copying**: the move is recorded, the target gets the merchant as
+//!    `arriving` (fenced, invisible to its workers), the source's tenant
+//!    tables get capture triggers for the merchant (each written key), then
+//!    every table's rows are copied in keyset batches, parents first (see
+//!    `copy`: short transactions, no snapshot held);
+//! 2. **catching_up**: the captured keys are replayed in order: each key's
+//!    row as the source holds it now is upserted, or deleted if it is gone,
+//!    until few are left;
+//! 3. **cutting_over**: the rows are verified in chunks and what differs is
+//!    narrowed down, then the directory marks the merchant `moving` (from
+//!    here its requests pass the gate, at two round trips each: not for the
+//!    whole move), the gate is closed (the mover takes the advisory lock
 //!    every request of the merchant holds shared: in-flight requests finish,
 //!    new ones wait), the source marks the merchant `departed` (its workers
-//!    stop seeing it), the last changes are applied, every table's count and
-//!    checksum are compared, the directory flips and the gate opens;
+//!    stop seeing it), the last changes are applied, the keys that changed
+//!    or differed are compared, the directory flips and the gate opens;
 //! 4. **moved** → **cleaned**: the source's copy is deleted in batches.
 
 use std::collections::{BTreeMap, HashMap};
@@ -64,8 +67,8 @@ const BATCH: i64 = 1000;
 const VERIFY_CHUNK: i64 = 5000;
 /// Changes left below which catching up stops and the cutover starts.
 const CUTOVER_BELOW: usize = 200;
-/// How long after marking a merchant `moving` every instance is assumed to
-/// have seen it (NOTIFY arrives in milliseconds; this is for slow listeners).
+/// How long after marking a merchant `moving` (at the cutover) every
+/// instance is assumed to have seen it (NOTIFY arrives in milliseconds; this is for slow listeners).
 const PROPAGATION: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -611,13 +614,11 @@ async fn prepare(
     tables: &[Table],
 ) -> Result<(), MoveError> {
     let m = mv.merchant;
-    // The directory first: from here every request of the merchant holds the gate.
+    // The merchant's row in the directory, for the cutover to mark `moving`
+    // and flip; its requests pass no gate yet.
     sqlx::query(
-        "with placed as (
-             insert into tenant_directory (merchant_id, cell, moving) values ($1, $2, true)
-             on conflict (merchant_id) do update set moving = true, updated_at = now()
-         )
-         select pg_notify('tenant_directory', $1::text)",
+        "insert into tenant_directory (merchant_id, cell) values ($1, $2)
+         on conflict (merchant_id) do nothing",
     )
     .bind(m.0)
     .bind(&mv.source)
@@ -952,9 +953,7 @@ async fn copy_batch_as_json(
     Ok((batch, last))
 }
 
-/// Writes a batch of copied rows into the target; if a row cannot be placed
-/// yet (a foreign key or unique value that the replay will settle), row by
-/// row, skipping those.
+/// Writes a batch of copied rows into the target (see `upsert_placeable`).
 async fn place(
     target: &PgPool,
     table: &Table,
@@ -962,15 +961,36 @@ async fn place(
     rows: &Value,
 ) -> Result<(), sqlx::Error> {
     let mut tx = mover_tx(target, m).await?;
-    match upsert(&mut tx, table, rows).await {
-        Ok(()) => return tx.commit().await,
+    upsert_placeable(
+        &mut tx,
+        table,
+        rows.as_array().map(Vec::as_slice).unwrap_or_default(),
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// Upserts rows; if one cannot be placed yet (a foreign key or unique value
+/// that a later replay settles, see `copy` and `apply_changes`), row by row,
+/// skipping those.
+async fn upsert_placeable(
+    tx: &mut TenantTx,
+    table: &Table,
+    rows: &[Value],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("savepoint all_rows").execute(tx.conn()).await?;
+    match upsert(tx, table, &Value::Array(rows.to_vec())).await {
+        Ok(()) => return Ok(()),
         Err(e) if !settled_by_replay(&e) => return Err(e),
-        Err(_) => drop(tx),
+        Err(_) => {
+            sqlx::query("rollback to savepoint all_rows")
+                .execute(tx.conn())
+                .await?;
+        }
     }
-    let mut tx = mover_tx(target, m).await?;
-    for row in rows.as_array().into_iter().flatten() {
+    for row in rows {
         sqlx::query("savepoint one_row").execute(tx.conn()).await?;
-        match upsert(&mut tx, table, &Value::Array(vec![row.clone()])).await {
+        match upsert(tx, table, &Value::Array(vec![row.clone()])).await {
             Ok(()) => {}
             Err(e) if settled_by_replay(&e) => {
                 sqlx::query("rollback to savepoint one_row")
@@ -980,7 +1000,7 @@ async fn place(
             Err(e) => return Err(e),
         }
     }
-    tx.commit().await
+    Ok(())
 }
 
 /// Binary `COPY` names array elements and composite fields by type oid,
@@ -1038,8 +1058,14 @@ fn upsert_sql(table: &Table, rows: &str) -> String {
 }
 
 /// Replays one batch of captured writes on the target, in capture order:
-/// per key only its last write counts (deleted, or the row as last written),
-/// deletes children first, then upserts parents first. Returns how many.
+/// each key written gets its row as the source holds it now (upserted), or
+/// is deleted there if the source has it no more; deletes children first,
+/// then upserts parents first. The captured keys and their rows are read
+/// from one snapshot of the source, so a child read has its parent among
+/// the rows read or already replayed, unless it was rewritten since to
+/// point elsewhere: such a row is skipped (its later write is captured and
+/// replayed in a later batch; the cutover's recheck would catch any other).
+/// Returns how many captured writes it replayed.
 async fn apply_changes(
     source: &PgPool,
     target: &PgPool,
@@ -1047,38 +1073,67 @@ async fn apply_changes(
     m: MerchantId,
     touched: &mut Touched,
 ) -> Result<usize, sqlx::Error> {
-    let changes: Vec<(i64, String, Value, Option<Value>)> = sqlx::query_as(
-        r#"select seq, table_name, key, "row" from move_changes where merchant_id = $1 order by seq limit $2"#,
+    let mut read = TenantTx::begin_snapshot_in_directory(source, m).await?;
+    let changes: Vec<(i64, String, Value)> = sqlx::query_as(
+        "select seq, table_name, key from move_changes where merchant_id = $1 order by seq limit $2",
     )
     .bind(m.0)
     .bind(BATCH * 5)
-    .fetch_all(source)
+    .fetch_all(read.conn())
     .await?;
     if changes.is_empty() {
+        read.commit().await?;
         return Ok(0);
     }
-    // table → key (as text) → last write.
-    let mut last: HashMap<&str, HashMap<String, (&Value, Option<&Value>)>> = HashMap::new();
-    for (_, table, key, row) in &changes {
-        last.entry(table.as_str())
+    // table → key (as text) → key.
+    let mut written: HashMap<&str, HashMap<String, &Value>> = HashMap::new();
+    for (_, table, key) in &changes {
+        written
+            .entry(table.as_str())
             .or_default()
-            .insert(key.to_string(), (key, row.as_ref()));
+            .insert(key.to_string(), key);
         touched
             .entry(table.clone())
             .or_default()
             .insert(key.to_string(), key.clone());
     }
-    let mut tx = mover_tx(target, m).await?;
-    for table in tables.iter().rev() {
-        let Some(writes) = last.get(table.name.as_str()) else {
+    // Per table: the rows the source has of the keys written, and the keys
+    // it has no row of.
+    let mut now: HashMap<&str, (Vec<Value>, Vec<Value>)> = HashMap::new();
+    for table in tables {
+        let Some(keys) = written.get(table.name.as_str()) else {
             continue;
         };
-        let deleted: Vec<Value> = writes
-            .values()
-            .filter(|(_, row)| row.is_none())
-            .map(|(key, _)| (*key).clone())
+        let t = ident(&table.name);
+        let rows: Vec<(Value, Value)> = sqlx::query_as(&format!(
+            "select {}, to_jsonb({t}) from {t}
+             join jsonb_populate_recordset(null::{t}, $1) k on ({}) = ({})",
+            key_object(table),
+            list(&table.key, &format!("{t}.")),
+            list(&table.key, "k."),
+        ))
+        .bind(Value::Array(keys.values().map(|k| (*k).clone()).collect()))
+        .fetch_all(read.conn())
+        .await?;
+        let present: std::collections::HashSet<String> =
+            rows.iter().map(|(k, _)| k.to_string()).collect();
+        let gone = keys
+            .iter()
+            .filter(|(k, _)| !present.contains(*k))
+            .map(|(_, key)| (*key).clone())
             .collect();
-        if deleted.is_empty() {
+        now.insert(
+            table.name.as_str(),
+            (rows.into_iter().map(|(_, row)| row).collect(), gone),
+        );
+    }
+    read.commit().await?;
+    let mut tx = mover_tx(target, m).await?;
+    for table in tables.iter().rev() {
+        let Some((_, gone)) = now.get(table.name.as_str()) else {
+            continue;
+        };
+        if gone.is_empty() {
             continue;
         }
         let t = ident(&table.name);
@@ -1087,20 +1142,16 @@ async fn apply_changes(
             list(&table.key, &format!("{t}.")),
             list(&table.key, "k."),
         ))
-        .bind(Value::Array(deleted))
+        .bind(Value::Array(gone.clone()))
         .execute(tx.conn())
         .await?;
     }
     for table in tables {
-        let Some(writes) = last.get(table.name.as_str()) else {
+        let Some((rows, _)) = now.get(table.name.as_str()) else {
             continue;
         };
-        let rows: Vec<Value> = writes
-            .values()
-            .filter_map(|(_, row)| row.map(|r| (*r).clone()))
-            .collect();
         if !rows.is_empty() {
-            upsert(&mut tx, table, &Value::Array(rows)).await?;
+            upsert_placeable(&mut tx, table, rows).await?;
         }
     }
     tx.commit().await?;
@@ -1122,13 +1173,6 @@ async fn cut_over(
     progress: &dyn Progress,
 ) -> Result<(), MoveError> {
     let m = mv.merchant;
-    // Instances learn of `moving` by NOTIFY at once; give a slow one time.
-    let since_start = (chrono::Utc::now() - mv.started_at)
-        .to_std()
-        .unwrap_or_default();
-    if since_start < PROPAGATION {
-        tokio::time::sleep(PROPAGATION - since_start).await;
-    }
     // Verified before the pause, so the pause rechecks only what changed
     // since: the keys replayed from here on, and the keys that differed.
     let mut record = CutoverRecord::default();
@@ -1148,6 +1192,19 @@ async fn cut_over(
         &mut record,
     )
     .await?;
+    // Only now do the merchant's requests pass the gate. Instances learn of
+    // `moving` by NOTIFY at once; a slow one is given time (and one that
+    // still missed it waits at the gate when the fenced source refuses it,
+    // see `Cells::begin`). What they wrote meanwhile is replayed first.
+    sqlx::query(
+        "with placed as (update tenant_directory set moving = true, updated_at = now() where merchant_id = $1)
+         select pg_notify('tenant_directory', $1::text)",
+    )
+    .bind(m.0)
+    .execute(&pools.main)
+    .await?;
+    tokio::time::sleep(PROPAGATION).await;
+    catch_up(pools, mv, source, target, tables, &mut touched, progress).await?;
     let mut gate = PgConnection::connect_with(&gate_options(&pools.main)).await?;
     sqlx::query("set lock_timeout = '15s'")
         .execute(&mut gate)
@@ -1716,6 +1773,19 @@ async fn recheck(
 /// captured (again harmlessly: a mover that died just after the flip left them).
 async fn drop_capture(source: &PgPool, m: MerchantId) -> Result<(), sqlx::Error> {
     let (on_write, on_delete) = trigger_names(m);
+    let installed: bool = sqlx::query_scalar(
+        "select exists (select 1 from pg_trigger where tgname in ($1, $2))
+             or exists (select 1 from move_changes where merchant_id = $3)",
+    )
+    .bind(&on_write)
+    .bind(&on_delete)
+    .bind(m.0)
+    .fetch_one(source)
+    .await?;
+    if !installed {
+        // Nothing to drop: no DDL, whose locks would queue the tables' writers.
+        return Ok(());
+    }
     for table in tenant_tables(source).await? {
         let t = ident(&table.name);
         ddl_with_retry(source, &format!("drop trigger if exists {on_write} on {t}")).await?;
@@ -1907,6 +1977,25 @@ async fn abort_rollback(
     tx.commit().await?;
     mv.phase = Phase::Aborted;
     Ok(())
+}
+
+/// Ends what a mover killed right after a cutover left undone: the flip is
+/// committed (the move is `moved`) but the source may still have the
+/// capture, which the move drops next. Returns that move, or `None` if the
+/// merchant's last move is not one that cut over.
+pub async fn settle_cut_over(
+    pools: &Pools,
+    merchant: MerchantId,
+) -> Result<Option<Move>, MoveError> {
+    let Some(done) = find_move(&pools.main, merchant, "phase = 'moved'").await? else {
+        return Ok(None);
+    };
+    if cell_of(&pools.main, merchant).await? != done.target {
+        return Ok(None);
+    }
+    let _driving = hold(&pools.main, done.id).await?;
+    drop_capture(pools.cell(&done.source)?, merchant).await?;
+    Ok(Some(done))
 }
 
 /// Starts undoing the merchant's last move (one made with `keep_source`, not
