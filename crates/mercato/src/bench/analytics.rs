@@ -280,8 +280,8 @@ async fn measure(h: &Harness, opts: &Options, dir: &std::path::Path) -> anyhow::
         Percentiles::of(
             samples
                 .iter()
-                .filter(|(l, _, _)| l == phase)
-                .map(|(_, d, _)| *d)
+                .filter(|s| s.phase == phase)
+                .map(|s| s.latency)
                 .collect(),
         )
         .p99_ms

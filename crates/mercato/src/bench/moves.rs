@@ -26,9 +26,12 @@ pub struct Options {
     /// Requests per second of each merchant's load (one in five a checkout).
     #[arg(long, default_value_t = 200)]
     pub rate: u32,
-    /// Seconds of load before the move (the neighbour's baseline) and after it.
+    /// Seconds of load to warm up before the baseline, and after the move.
     #[arg(long, default_value_t = 30)]
     pub settle_seconds: u64,
+    /// Seconds of the neighbour's baseline, before the move.
+    #[arg(long, default_value_t = 120)]
+    pub baseline_seconds: u64,
     /// Stop at `moved`, leaving the source's copy (`tenants move --keep-source`):
     /// the figures above do not need the cleanup, which takes as long as the copy.
     #[arg(long)]
@@ -67,6 +70,62 @@ struct Report {
     neighbour_p99_during_ms: f64,
     /// During / before (target ≤ 1.5).
     neighbour_p99_ratio: f64,
+    /// The neighbour's p99 in each whole 30 s window of the baseline and of
+    /// the move: one slow moment (a checkpoint, a stall of the machine)
+    /// shows as one window, not as the whole phase's p99.
+    neighbour_window_p99_before_ms: Vec<f64>,
+    neighbour_window_p99_during_ms: Vec<f64>,
+    /// The median window's p99, during / before: the ratio that one slow
+    /// moment does not decide.
+    neighbour_median_window_p99_ratio: f64,
+    /// Checkpoints the main cluster made in the baseline and during the move.
+    checkpoints_before: i64,
+    checkpoints_during: i64,
+}
+
+/// The length of a window of `window_p99s`.
+const WINDOW: Duration = Duration::from_secs(30);
+
+/// The p99 of each whole `WINDOW` of the samples labelled with one of
+/// `phases`, counted from the first of them.
+fn window_p99s(samples: &[Sample], phases: &[&str]) -> Vec<f64> {
+    let picked: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| phases.contains(&s.phase.as_str()))
+        .collect();
+    let (Some(first), Some(last)) = (
+        picked.iter().map(|s| s.sent).min(),
+        picked.iter().map(|s| s.sent).max(),
+    ) else {
+        return Vec::new();
+    };
+    let whole = ((last - first).as_secs_f64() / WINDOW.as_secs_f64()).floor() as usize;
+    let mut windows: Vec<Vec<Duration>> = vec![Vec::new(); whole];
+    for s in picked {
+        let at = ((s.sent - first).as_secs_f64() / WINDOW.as_secs_f64()) as usize;
+        if let Some(w) = windows.get_mut(at) {
+            w.push(s.latency);
+        }
+    }
+    windows
+        .into_iter()
+        .map(|w| Percentiles::of(w).p99_ms)
+        .collect()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Checkpoints the cluster has made since its statistics were reset.
+async fn checkpoints(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("select checkpoints_timed + checkpoints_req from pg_stat_bgwriter")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 #[derive(Serialize, Clone)]
@@ -109,7 +168,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let report = outcome?;
     super::write_report(&opts.out, &report)?;
     eprintln!(
-        "copy {:.0} rows/s ({} rows); write pause {:.0} ms (moving merchant's worst request in it {:.0} ms); failed requests: {} moving, {} neighbour; neighbour p99 {:.1} ms before, {:.1} ms during: ratio {:.2} (target ≤ 1.5)",
+        "copy {:.0} rows/s ({} rows); write pause {:.0} ms (moving merchant's worst request in it {:.0} ms); failed requests: {} moving, {} neighbour; neighbour p99 {:.1} ms before, {:.1} ms during: ratio {:.2} (target ≤ 1.5); median 30 s window's p99: ratio {:.2}; checkpoints {} before, {} during",
         report.copy_rows_per_second,
         report.rows_copied,
         report.write_pause_ms,
@@ -118,7 +177,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         report.neighbour_failed,
         report.neighbour_p99_before_ms,
         report.neighbour_p99_during_ms,
-        report.neighbour_p99_ratio
+        report.neighbour_p99_ratio,
+        report.neighbour_median_window_p99_ratio,
+        report.checkpoints_before,
+        report.checkpoints_during
     );
     if let Some(cutover) = &report.cutover {
         eprintln!("cutover: {cutover}");
@@ -175,7 +237,9 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
     let neighbour = Load::start(&h.base, &h.key, opts.rate, label.clone());
     tokio::time::sleep(Duration::from_secs(opts.settle_seconds)).await;
     set(&label, "before");
-    tokio::time::sleep(Duration::from_secs(opts.settle_seconds)).await;
+    let checkpoints_at_start = checkpoints(&h.owner).await?;
+    tokio::time::sleep(Duration::from_secs(opts.baseline_seconds)).await;
+    let checkpoints_at_move = checkpoints(&h.owner).await?;
 
     let cell = crate::db::connect(cell_url.parse()?, 8).await?;
     let pools = Pools {
@@ -196,6 +260,7 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
     };
     let mv = mover::start(&pools, merchant, "big").await?;
     let mv = mover::drive(&pools, mv, opts.keep_source, &progress).await?;
+    let checkpoints_at_end = checkpoints(&h.owner).await?;
     progress.phase(mv.phase);
     set(&label, "after");
     tokio::time::sleep(Duration::from_secs(opts.settle_seconds)).await;
@@ -216,24 +281,21 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
         .unwrap_or_default();
     let copy_seconds = timings.get("copying").copied().unwrap_or(0.0);
     let cleanup_seconds = timings.get("moved").copied().unwrap_or(0.0);
-    let summary = |load: &[(String, Duration, bool)]| summarise(load);
-    let moving_phases = summary(&moving);
-    let neighbour_phases = summary(&neighbour);
-    let during: Vec<Duration> = neighbour
-        .iter()
-        .filter(|(l, _, _)| ["copying", "catching_up", "cutting_over"].contains(&l.as_str()))
-        .map(|(_, d, _)| *d)
-        .collect();
-    let before: Vec<Duration> = neighbour
-        .iter()
-        .filter(|(l, _, _)| l == "before")
-        .map(|(_, d, _)| *d)
-        .collect();
-    let cutover: Vec<Duration> = moving
-        .iter()
-        .filter(|(l, _, _)| l == "cutting_over")
-        .map(|(_, d, _)| *d)
-        .collect();
+    let moving_phases = summarise(&moving);
+    let neighbour_phases = summarise(&neighbour);
+    let latencies = |samples: &[Sample], phases: &[&str]| -> Vec<Duration> {
+        samples
+            .iter()
+            .filter(|s| phases.contains(&s.phase.as_str()))
+            .map(|s| s.latency)
+            .collect()
+    };
+    const DURING: &[&str] = &["copying", "catching_up", "cutting_over"];
+    let during = latencies(&neighbour, DURING);
+    let before = latencies(&neighbour, &["before"]);
+    let cutover = latencies(&moving, &["cutting_over"]);
+    let windows_before = window_p99s(&neighbour, &["before"]);
+    let windows_during = window_p99s(&neighbour, DURING);
     let (before, during) = (Percentiles::of(before), Percentiles::of(during));
     cell.close().await;
     Ok(Report {
@@ -249,13 +311,19 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
         moving_during_cutover: Percentiles::of(cutover),
         rows_cleaned,
         cleanup_seconds,
-        moving_failed: moving.iter().filter(|(_, _, ok)| !ok).count(),
-        neighbour_failed: neighbour.iter().filter(|(_, _, ok)| !ok).count(),
+        moving_failed: moving.iter().filter(|s| !s.ok).count(),
+        neighbour_failed: neighbour.iter().filter(|s| !s.ok).count(),
         moving: moving_phases,
         neighbour: neighbour_phases,
         neighbour_p99_ratio: during.p99_ms / before.p99_ms.max(1e-9),
         neighbour_p99_before_ms: before.p99_ms,
         neighbour_p99_during_ms: during.p99_ms,
+        neighbour_median_window_p99_ratio: median(&windows_during)
+            / median(&windows_before).max(1e-9),
+        neighbour_window_p99_before_ms: windows_before,
+        neighbour_window_p99_during_ms: windows_during,
+        checkpoints_before: checkpoints_at_move - checkpoints_at_start,
+        checkpoints_during: checkpoints_at_end - checkpoints_at_move,
     })
 }
 
@@ -265,12 +333,12 @@ pub(crate) fn set(label: &Mutex<String>, to: &str) {
     }
 }
 
-pub(crate) fn summarise(samples: &[(String, Duration, bool)]) -> BTreeMap<String, PhaseFigures> {
+pub(crate) fn summarise(samples: &[Sample]) -> BTreeMap<String, PhaseFigures> {
     let mut by: BTreeMap<String, (Vec<Duration>, usize)> = BTreeMap::new();
-    for (label, latency, ok) in samples {
-        let e = by.entry(label.clone()).or_default();
-        e.0.push(*latency);
-        if !ok {
+    for s in samples {
+        let e = by.entry(s.phase.clone()).or_default();
+        e.0.push(s.latency);
+        if !s.ok {
             e.1 += 1;
         }
     }
@@ -307,10 +375,19 @@ impl Progress for Labels {
     }
 }
 
+/// One request of a `Load`: the phase it was sent in, when, how long it
+/// took, whether it succeeded.
+pub(crate) struct Sample {
+    pub(crate) phase: String,
+    pub(crate) sent: Instant,
+    pub(crate) latency: Duration,
+    pub(crate) ok: bool,
+}
+
 /// One merchant's paced requests: four reads to one checkout.
 pub(crate) struct Load {
     stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<(String, Duration, bool)>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -355,7 +432,12 @@ impl Load {
                             Err(_) => false,
                         };
                         if let Ok(mut s) = samples.lock() {
-                            s.push((phase, sent.elapsed(), ok));
+                            s.push(Sample {
+                                phase,
+                                sent,
+                                latency: sent.elapsed(),
+                                ok,
+                            });
                         }
                     }
                 })
@@ -368,7 +450,7 @@ impl Load {
         }
     }
 
-    pub(crate) async fn stop(self) -> Vec<(String, Duration, bool)> {
+    pub(crate) async fn stop(self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             let _ = task.await;

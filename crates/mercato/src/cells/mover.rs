@@ -972,15 +972,15 @@ async fn place(
 
 /// Upserts rows; if one cannot be placed yet (a foreign key or unique value
 /// that a later replay settles, see `copy` and `apply_changes`), row by row,
-/// skipping those.
+/// skipping those. Returns the skipped rows' positions in `rows`.
 async fn upsert_placeable(
     tx: &mut TenantTx,
     table: &Table,
     rows: &[Value],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<usize>, sqlx::Error> {
     sqlx::query("savepoint all_rows").execute(tx.conn()).await?;
     match upsert(tx, table, &Value::Array(rows.to_vec())).await {
-        Ok(()) => return Ok(()),
+        Ok(()) => return Ok(Vec::new()),
         Err(e) if !settled_by_replay(&e) => return Err(e),
         Err(_) => {
             sqlx::query("rollback to savepoint all_rows")
@@ -988,7 +988,8 @@ async fn upsert_placeable(
                 .await?;
         }
     }
-    for row in rows {
+    let mut skipped = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
         sqlx::query("savepoint one_row").execute(tx.conn()).await?;
         match upsert(tx, table, &Value::Array(vec![row.clone()])).await {
             Ok(()) => {}
@@ -996,11 +997,12 @@ async fn upsert_placeable(
                 sqlx::query("rollback to savepoint one_row")
                     .execute(tx.conn())
                     .await?;
+                skipped.push(i);
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(skipped)
 }
 
 /// Binary `COPY` names array elements and composite fields by type oid,
@@ -1061,11 +1063,13 @@ fn upsert_sql(table: &Table, rows: &str) -> String {
 /// each key written gets its row as the source holds it now (upserted), or
 /// is deleted there if the source has it no more; deletes children first,
 /// then upserts parents first. The captured keys and their rows are read
-/// from one snapshot of the source, so a child read has its parent among
-/// the rows read or already replayed, unless it was rewritten since to
-/// point elsewhere: such a row is skipped (its later write is captured and
-/// replayed in a later batch; the cutover's recheck would catch any other).
-/// Returns how many captured writes it replayed.
+/// from one snapshot of the source. A row read may still not be placeable
+/// yet: an order now points at a payment whose capture lies beyond this
+/// batch, and then the order's items cannot go in either. Such a row is
+/// skipped and its captures are kept, to be replayed again with the next
+/// batch; the others are forgotten. Returns how many captured writes it
+/// replayed (the kept ones not counted: a pause replays until it is 0, and
+/// its recheck finds a row that could never be placed).
 async fn apply_changes(
     source: &PgPool,
     target: &PgPool,
@@ -1097,9 +1101,10 @@ async fn apply_changes(
             .or_default()
             .insert(key.to_string(), key.clone());
     }
-    // Per table: the rows the source has of the keys written, and the keys
-    // it has no row of.
-    let mut now: HashMap<&str, (Vec<Value>, Vec<Value>)> = HashMap::new();
+    // Per table: the rows the source has of the keys written (key, row),
+    // and the keys it has no row of.
+    type Now = (Vec<(Value, Value)>, Vec<Value>);
+    let mut now: HashMap<&str, Now> = HashMap::new();
     for table in tables {
         let Some(keys) = written.get(table.name.as_str()) else {
             continue;
@@ -1122,10 +1127,7 @@ async fn apply_changes(
             .filter(|(k, _)| !present.contains(*k))
             .map(|(_, key)| (*key).clone())
             .collect();
-        now.insert(
-            table.name.as_str(),
-            (rows.into_iter().map(|(_, row)| row).collect(), gone),
-        );
+        now.insert(table.name.as_str(), (rows, gone));
     }
     read.commit().await?;
     let mut tx = mover_tx(target, m).await?;
@@ -1146,22 +1148,40 @@ async fn apply_changes(
         .execute(tx.conn())
         .await?;
     }
+    // table → keys (as text) not placed.
+    let mut kept: HashMap<&str, std::collections::HashSet<String>> = HashMap::new();
     for table in tables {
         let Some((rows, _)) = now.get(table.name.as_str()) else {
             continue;
         };
-        if !rows.is_empty() {
-            upsert_placeable(&mut tx, table, rows).await?;
+        if rows.is_empty() {
+            continue;
+        }
+        let whole: Vec<Value> = rows.iter().map(|(_, row)| row.clone()).collect();
+        let skipped = upsert_placeable(&mut tx, table, &whole).await?;
+        if !skipped.is_empty() {
+            kept.insert(
+                table.name.as_str(),
+                skipped.into_iter().map(|i| rows[i].0.to_string()).collect(),
+            );
         }
     }
     tx.commit().await?;
     // Only now forget them: a crash before this replays them, to the same end.
-    let seqs: Vec<i64> = changes.iter().map(|(seq, ..)| *seq).collect();
+    let seqs: Vec<i64> = changes
+        .iter()
+        .filter(|(_, table, key)| {
+            !kept
+                .get(table.as_str())
+                .is_some_and(|keys| keys.contains(&key.to_string()))
+        })
+        .map(|(seq, ..)| *seq)
+        .collect();
     sqlx::query("delete from move_changes where seq = any ($1)")
         .bind(&seqs)
         .execute(source)
         .await?;
-    Ok(changes.len())
+    Ok(seqs.len())
 }
 
 async fn cut_over(

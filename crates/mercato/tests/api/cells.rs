@@ -1101,3 +1101,55 @@ async fn a_transaction_refused_by_the_fence_does_not_spoil_its_connection() {
     tx.commit().await.unwrap();
     assert_eq!(n, 0);
 }
+
+/// The replay reads each captured key's row as the source holds it now, in
+/// batches of 5,000 captured writes. An order written before a batch's end
+/// but pointed, later, at a payment written after it cannot be placed with
+/// that batch, nor can its items: they are kept and arrive with the next
+/// batch, not lost.
+#[tokio::test]
+async fn rows_whose_parent_was_written_beyond_a_replay_batch_arrive_with_the_next() {
+    let s = two_cells().await;
+    let app = &s.app;
+    let m = app.merchant_with_stock("late-parent", "MUG", 1000).await;
+    buy(app, &m, "before@example.com").await;
+    let mv = mover::start(&s.pools, m.id, "big").await.unwrap();
+    let mv = mover::advance(&s.pools, mv, &Quiet).await.unwrap();
+    assert_eq!(mv.phase, Phase::CatchingUp);
+    sqlx::query(&format!(
+        "do $$
+         declare
+             m uuid := '{}';
+             r uuid := gen_random_uuid();
+             o uuid := gen_random_uuid();
+             p uuid := gen_random_uuid();
+         begin
+             insert into reservations (merchant_id, id, expires_at) values (m, r, now() + interval '1 hour');
+             insert into orders (merchant_id, id, status, saga_step, customer_email, payment_method,
+                                 reservation_id, total_amount, currency)
+             values (m, o, 'pending', 'reserved', 'late@example.com', 'pm_card_ok', r, 1000, 'EUR');
+             insert into order_items (merchant_id, order_id, sku, quantity, unit_amount)
+             values (m, o, 'MUG', 1, 1000);
+             -- More captured writes than one replay batch holds.
+             for i in 1..5100 loop
+                 update stock set updated_at = now() where merchant_id = m and sku = 'MUG';
+             end loop;
+             insert into payments (merchant_id, id, idempotency_key, payment_method, amount, currency, status)
+             values (m, p, 'late-' || o, 'pm_card_ok', 1000, 'EUR', 'authorized');
+             update orders set payment_id = p, saga_step = 'authorized' where merchant_id = m and id = o;
+         end $$",
+        m.id.0
+    ))
+    .execute(&app.owner)
+    .await
+    .unwrap();
+    let mv = mover::drive(&s.pools, mv, true, &Quiet).await.unwrap();
+    assert_eq!(mv.phase, Phase::Moved);
+    let tables = mover::tenant_tables(&app.owner).await.unwrap();
+    let source = mover::checksums(&app.owner, &tables, m.id).await.unwrap();
+    let target = mover::checksums(&s.cell_owner, &tables, m.id)
+        .await
+        .unwrap();
+    assert_eq!(source, target);
+    assert_eq!(order_ids(&s.cell_owner, &m).await.len(), 2);
+}
