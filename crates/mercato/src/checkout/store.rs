@@ -267,10 +267,22 @@ pub async fn list_orders(tx: &mut TenantTx, page: Page) -> Result<Vec<Order>, sq
 
 async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
+        return Ok(Vec::new());
+    };
+    // The range of ids bounds the index scan whatever the planner thinks of
+    // the merchant. With `order_id = any($2)` alone, a merchant the table's
+    // statistics do not know yet (new since the last ANALYZE, next to a big
+    // one) is estimated at one row, and PostgreSQL 15 then scans all of the
+    // merchant's items filtering by the array: on the bench, 36 ms for one
+    // order of a merchant with 50,000, in every checkout, growing with it.
     let items = sqlx::query!(
         "select order_id, sku, quantity, unit_amount from order_items
-         where merchant_id = $1 and order_id = any($2) order by sku",
+         where merchant_id = $1 and order_id >= $2 and order_id <= $3 and order_id = any($4)
+         order by sku",
         tx.merchant_id().0,
+        first,
+        last,
         &ids,
     )
     .fetch_all(tx.conn())
