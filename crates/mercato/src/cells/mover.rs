@@ -623,6 +623,24 @@ fn trigger_names(merchant: MerchantId) -> (String, String) {
     )
 }
 
+/// Raises (for a cutover) or lowers the merchant's gate in the directory,
+/// and tells every process at once (`NOTIFY tenant_directory`).
+async fn mark_moving<'e>(
+    main: impl sqlx::PgExecutor<'e>,
+    m: MerchantId,
+    moving: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "with placed as (update tenant_directory set moving = $2, updated_at = now() where merchant_id = $1)
+         select pg_notify('tenant_directory', $1::text)",
+    )
+    .bind(m.0)
+    .bind(moving)
+    .execute(main)
+    .await?;
+    Ok(())
+}
+
 /// Step 1's set-up; each statement can run again (resume).
 async fn prepare(
     pools: &Pools,
@@ -1261,13 +1279,7 @@ async fn cut_over(
     // `moving` by NOTIFY at once; a slow one is given time (and one that
     // still missed it waits at the gate when the fenced source refuses it,
     // see `Cells::begin`). What they wrote meanwhile is replayed first.
-    sqlx::query(
-        "with placed as (update tenant_directory set moving = true, updated_at = now() where merchant_id = $1)
-         select pg_notify('tenant_directory', $1::text)",
-    )
-    .bind(m.0)
-    .execute(&pools.main)
-    .await?;
+    mark_moving(&pools.main, m, true).await?;
     tokio::time::sleep(PROPAGATION).await;
     catch_up(pools, mv, source, target, tables, &mut touched, progress).await?;
     let mut gate = PgConnection::connect_with(&gate_options(&pools.main)).await?;
@@ -1994,13 +2006,7 @@ pub async fn abort(
         |_| async { Ok(()) },
     )
     .await?;
-    sqlx::query(
-        "with placed as (update tenant_directory set moving = false, updated_at = now() where merchant_id = $1)
-         select pg_notify('tenant_directory', $1::text)",
-    )
-    .bind(merchant.0)
-    .execute(&pools.main)
-    .await?;
+    mark_moving(&pools.main, merchant, false).await?;
     set_phase(&pools.main, &mut mv, Phase::Aborted).await?;
     Ok(())
 }
@@ -2032,13 +2038,7 @@ async fn abort_rollback(
         .bind(undone)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "with placed as (update tenant_directory set moving = false, updated_at = now() where merchant_id = $1)
-         select pg_notify('tenant_directory', $1::text)",
-    )
-    .bind(mv.merchant.0)
-    .execute(&mut *tx)
-    .await?;
+    mark_moving(&mut *tx, mv.merchant, false).await?;
     tx.commit().await?;
     mv.phase = Phase::Aborted;
     Ok(())
