@@ -12,7 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::moves::{set, summarise, Load, PhaseFigures};
-use super::{Harness, Percentiles};
+use super::{median, Harness, Percentiles};
 use crate::analytics::{Exporter, Quiet};
 
 #[derive(Debug, clap::Args)]
@@ -214,11 +214,6 @@ async fn seed(h: &Harness, opts: &Options) -> anyhow::Result<Vec<Uuid>> {
     Ok(merchants)
 }
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    samples.get(samples.len() / 2).copied().unwrap_or(0.0)
-}
-
 async fn measure(h: &Harness, opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
     eprintln!(
         "seeding {} order lines for {} merchants",
@@ -405,10 +400,10 @@ async fn measure(h: &Harness, opts: &Options, dir: &std::path::Path) -> anyhow::
     let mut marts_top_units = marts_top_units;
     marts_top_units.sort();
     let (mr, pr, mt, pt) = (
-        median(marts_revenue),
-        median(pg_revenue),
-        median(marts_top),
-        median(pg_top),
+        median(&marts_revenue),
+        median(&pg_revenue),
+        median(&marts_top),
+        median(&pg_top),
     );
     Ok(Report {
         lines: opts.lines,

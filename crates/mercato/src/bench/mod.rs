@@ -252,6 +252,13 @@ pub struct Percentiles {
     pub max_ms: f64,
 }
 
+/// The middle value (the upper of the two middle ones; 0 for none).
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
 impl Percentiles {
     pub fn of(mut samples: Vec<Duration>) -> Self {
         samples.sort();

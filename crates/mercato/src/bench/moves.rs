@@ -14,7 +14,7 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{interruptible, Harness, Percentiles, ADMIN};
+use super::{interruptible, median, Harness, Percentiles, ADMIN};
 use crate::cells::mover::{self, Phase, Pools, Progress};
 use crate::config::CellSpec;
 
@@ -111,12 +111,6 @@ fn window_p99s(samples: &[Sample], phases: &[&str]) -> Vec<f64> {
         .into_iter()
         .map(|w| Percentiles::of(w).p99_ms)
         .collect()
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Checkpoints the cluster has made since its statistics were reset.

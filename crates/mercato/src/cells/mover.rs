@@ -194,6 +194,17 @@ impl Table {
         format!("({}) {op} ({given})", list(&self.key, &format!("{t}.")))
     }
 
+    /// `t join jsonb_populate_recordset(null::t, $1) k on (key) = (k.key)`:
+    /// the table's rows of the keys given as a JSON array in `$1`.
+    fn rows_of_keys(&self) -> String {
+        let t = ident(&self.name);
+        format!(
+            "{t} join jsonb_populate_recordset(null::{t}, $1) k on ({}) = ({})",
+            list(&self.key, &format!("{t}.")),
+            list(&self.key, "k."),
+        )
+    }
+
     /// A hash of a whole row, the same in every cell: over the insertable
     /// columns but events' `xid` (a commit position local to a cell: the
     /// mover writes 0 there, see migration 0019). The row's text form, not
@@ -1172,13 +1183,11 @@ async fn apply_changes(
         let Some(keys) = written.get(table.name.as_str()) else {
             continue;
         };
-        let t = ident(&table.name);
         let rows: Vec<(Value, Value)> = sqlx::query_as(&format!(
-            "select {}, to_jsonb({t}) from {t}
-             join jsonb_populate_recordset(null::{t}, $1) k on ({}) = ({})",
+            "select {}, to_jsonb({}) from {}",
             key_object(table),
-            list(&table.key, &format!("{t}.")),
-            list(&table.key, "k."),
+            ident(&table.name),
+            table.rows_of_keys()
         ))
         .bind(Value::Array(keys.values().map(|k| (*k).clone()).collect()))
         .fetch_all(read.conn())
@@ -1769,14 +1778,11 @@ async fn differing(
     m: MerchantId,
     keys: HashMap<String, Value>,
 ) -> Result<Vec<Value>, sqlx::Error> {
-    let t = ident(&table.name);
     let sql = format!(
-        "select {}, {}
-         from {t} join jsonb_populate_recordset(null::{t}, $1) k on ({}) = ({})",
+        "select {}, {} from {}",
         key_object(table),
         table.row_hash(),
-        list(&table.key, &format!("{t}.")),
-        list(&table.key, "k."),
+        table.rows_of_keys()
     );
     let keys = Value::Array(keys.into_values().collect());
     let hashes = |pool: &PgPool| {
@@ -1811,13 +1817,10 @@ async fn recheck(
             continue;
         };
         let keys = Value::Array(keys.values().cloned().collect());
-        let t = ident(&table.name);
         let sql = format!(
-            "select count(*), coalesce(sum({}), 0)::text
-             from {t} join jsonb_populate_recordset(null::{t}, $1) k on ({}) = ({})",
+            "select count(*), coalesce(sum({}), 0)::text from {}",
             table.row_hash(),
-            list(&table.key, &format!("{t}.")),
-            list(&table.key, "k."),
+            table.rows_of_keys()
         );
         let sum = |pool: &PgPool| {
             let (sql, keys) = (sql.clone(), keys.clone());
