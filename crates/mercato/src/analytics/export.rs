@@ -61,6 +61,18 @@ pub struct ExportSummary {
     pub events: u64,
     pub rows: u64,
     pub files: u64,
+    /// When the oldest event this run exported happened (history aside):
+    /// the marts' lag is the run's end less this.
+    pub oldest_event_at: Option<DateTime<Utc>>,
+}
+
+impl ExportSummary {
+    /// How long the oldest event this run exported waited for the marts,
+    /// measured now (call it as the run ends).
+    pub fn lag(&self) -> Option<Duration> {
+        let waited = Utc::now() - self.oldest_event_at?;
+        Some(waited.to_std().unwrap_or(Duration::ZERO))
+    }
 }
 
 /// Exports one cell's outbox; keeps what it learnt of products between runs.
@@ -347,6 +359,12 @@ impl Exporter {
         summary.rows += facts.rows();
         summary.files += self.stage(facts, window, n, touched).await?;
         summary.events += events.len() as u64;
+        // History (no position) is as old as it is, not late.
+        let live = events.iter().filter(|e| e.position.is_some());
+        if let Some(oldest) = live.map(|e| e.at).min() {
+            summary.oldest_event_at =
+                Some(summary.oldest_event_at.map_or(oldest, |o| o.min(oldest)));
+        }
         progress.done(events.len() as u64);
         Ok(())
     }

@@ -67,6 +67,10 @@ pub async fn export_continuously(
             match exporter.run_once(&Quiet).await {
                 Ok(s) if s.events > 0 => {
                     metrics::counter!("analytics_events_exported_total").increment(s.events);
+                    if let Some(lag) = s.lag() {
+                        metrics::gauge!("analytics_export_lag_seconds", "cell" => cell.clone())
+                            .set(lag.as_secs_f64());
+                    }
                     tracing::debug!(cell, events = s.events, rows = s.rows, "analytics exported");
                 }
                 Ok(_) => {}

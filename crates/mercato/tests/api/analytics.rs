@@ -148,6 +148,13 @@ async fn every_report_equals_the_same_figure_computed_on_the_oltp_database() {
     trade(&app, &m).await;
     let exported = export(&app).await;
     assert!(exported.events > 0, "{exported:?}");
+    // The lag is measured from the oldest event a run carried.
+    let oldest: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select min(occurred_at) from events")
+            .fetch_one(&app.owner)
+            .await
+            .expect("oldest event");
+    assert_eq!(exported.oldest_event_at, oldest, "{exported:?}");
 
     let (orders, units, gross, discounts, refunds) = oltp_revenue(&app.owner, &m).await;
     assert!(discounts > 0 && refunds > 0, "the workload has both");
@@ -258,6 +265,7 @@ async fn every_report_equals_the_same_figure_computed_on_the_oltp_database() {
     // Nothing new: a second export exports nothing and changes no figure.
     let again = export(&app).await;
     assert_eq!(again.rows, 0, "{again:?}");
+    assert_eq!(again.oldest_event_at, None, "no event, no lag: {again:?}");
     let r = app.get("/v1/analytics/revenue", &m.key).await;
     assert_eq!(sum(&r.body["rows"], "gross"), gross);
 }
