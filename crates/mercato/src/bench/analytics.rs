@@ -59,8 +59,11 @@ struct Report {
     load: std::collections::BTreeMap<String, PhaseFigures>,
     oltp_p99_before_ms: f64,
     oltp_p99_during_ms: f64,
-    /// After the big export, exporting every 2 s under the live load: how
-    /// long each run's oldest event waited for the marts (target ≤ 10 s).
+    /// The first export after the big one: how long the oldest event the
+    /// load wrote during the big export waited.
+    catch_up_lag_s: f64,
+    /// Then exporting every 2 s under the live load: how long each run's
+    /// oldest event waited for the marts (target ≤ 10 s).
     lag_runs: usize,
     lag_median_s: f64,
     lag_max_s: f64,
@@ -94,7 +97,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     super::write_report(&opts.out, &report)?;
     eprintln!(
         "export {:.0} events/s, {:.0} rows/s ({} events); OLTP p99 {:.1} ms before, {:.1} ms during: ratio {:.2} (target ≤ 1.2); \
-         lag exporting every 2 s: median {:.1} s, max {:.1} s (target ≤ 10 s); \
+         lag exporting every 2 s: median {:.1} s, max {:.1} s (target ≤ 10 s; the catch-up after the big export {:.1} s); \
          a merchant's year: revenue by day {:.1} ms from the marts vs {:.1} ms on PostgreSQL ({:.1}×), top products {:.1} ms vs {:.1} ms ({:.1}×) (targets ≥ 10×, ≤ 100 ms); answers agree: {}",
         report.export_events_per_second,
         report.export_rows_per_second,
@@ -104,6 +107,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         report.oltp_p99_ratio,
         report.lag_median_s,
         report.lag_max_s,
+        report.catch_up_lag_s,
         report.revenue_by_day_marts_ms,
         report.revenue_by_day_postgres_ms,
         report.revenue_by_day_ratio,
@@ -277,6 +281,10 @@ async fn measure(h: &Harness, opts: &Options, dir: &std::path::Path) -> anyhow::
         exported.events, exported.rows, exported.files
     );
     set(&label, "after");
+    // The first run carries what the load wrote during the big export: a
+    // catch-up, reported apart from the steady lag.
+    let catch_up = exporter.run_once(&Quiet).await?;
+    let catch_up_lag_s = catch_up.lag().map_or(0.0, |l| l.as_secs_f64());
     let mut lags = Vec::new();
     let fresh_until = Instant::now() + Duration::from_secs(opts.fresh_seconds);
     while Instant::now() < fresh_until {
@@ -439,6 +447,7 @@ async fn measure(h: &Harness, opts: &Options, dir: &std::path::Path) -> anyhow::
         oltp_p99_before_ms: before,
         oltp_p99_during_ms: during,
         oltp_p99_ratio: during / before.max(1e-9),
+        catch_up_lag_s,
         lag_runs: lags.len(),
         lag_median_s: median(&lags),
         lag_max_s: lags.iter().copied().fold(0.0, f64::max),
