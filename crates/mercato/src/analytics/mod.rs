@@ -73,7 +73,11 @@ pub async fn export_continuously(
                     }
                     tracing::debug!(cell, events = s.events, rows = s.rows, "analytics exported");
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    // Nothing was waiting: the marts are current.
+                    metrics::gauge!("analytics_export_lag_seconds", "cell" => cell.clone())
+                        .set(0.0);
+                }
                 Err(e) => {
                     tracing::warn!(cell, error = %e, "analytics export failed; tried again");
                     // The lock's connection may be what broke.
