@@ -65,18 +65,20 @@ pub async fn export_continuously(
         }
         if lock.is_some() {
             match exporter.run_once(&Quiet).await {
-                Ok(s) if s.events > 0 => {
-                    metrics::counter!("analytics_events_exported_total").increment(s.events);
-                    if let Some(lag) = s.lag() {
-                        metrics::gauge!("analytics_export_lag_seconds", "cell" => cell.clone())
-                            .set(lag.as_secs_f64());
+                Ok(s) => {
+                    if s.events > 0 {
+                        metrics::counter!("analytics_events_exported_total").increment(s.events);
+                        tracing::debug!(
+                            cell,
+                            events = s.events,
+                            rows = s.rows,
+                            "analytics exported"
+                        );
                     }
-                    tracing::debug!(cell, events = s.events, rows = s.rows, "analytics exported");
-                }
-                Ok(_) => {
-                    // Nothing was waiting: the marts are current.
+                    // No live event in the run: none was waiting, the marts are current.
+                    let lag = s.lag().map_or(0.0, |l| l.as_secs_f64());
                     metrics::gauge!("analytics_export_lag_seconds", "cell" => cell.clone())
-                        .set(0.0);
+                        .set(lag);
                 }
                 Err(e) => {
                     tracing::warn!(cell, error = %e, "analytics export failed; tried again");
