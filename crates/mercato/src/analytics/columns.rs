@@ -8,7 +8,7 @@ use arrow_array::builder::{
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, TimeUnit};
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -40,6 +40,29 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, Column
         .ok_or_else(|| missing(name, "is not in the file"))
 }
 
+/// A batch's `int64` column, read in place (reports sum it without rows).
+pub fn int64s<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a [i64], ColumnError> {
+    let array = column(batch, name)?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| missing(name, "is not int64"))?;
+    Ok(array.values())
+}
+
+/// A batch's `date32` column, in days since 1970-01-01.
+pub fn days<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a [i32], ColumnError> {
+    let array = column(batch, name)?
+        .as_primitive_opt::<Date32Type>()
+        .ok_or_else(|| missing(name, "is not date32"))?;
+    Ok(array.values())
+}
+
+/// A batch's `utf8` column.
+pub fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, ColumnError> {
+    column(batch, name)?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| missing(name, "is not utf8"))
+}
+
 impl MartValue for i64 {
     fn field(name: &str) -> Field {
         Field::new(name, DataType::Int64, false)
@@ -50,10 +73,7 @@ impl MartValue for i64 {
         Arc::new(b.finish())
     }
     fn read(batch: &RecordBatch, name: &str) -> Result<Vec<Self>, ColumnError> {
-        let array = column(batch, name)?
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| missing(name, "is not int64"))?;
-        Ok(array.values().to_vec())
+        Ok(int64s(batch, name)?.to_vec())
     }
 }
 
@@ -69,9 +89,7 @@ impl MartValue for String {
         Arc::new(b.finish())
     }
     fn read(batch: &RecordBatch, name: &str) -> Result<Vec<Self>, ColumnError> {
-        let array = column(batch, name)?
-            .as_string_opt::<i32>()
-            .ok_or_else(|| missing(name, "is not utf8"))?;
+        let array = strings(batch, name)?;
         Ok(array.iter().map(|v| v.unwrap_or("").to_owned()).collect())
     }
 }
@@ -88,9 +106,7 @@ impl MartValue for Option<String> {
         Arc::new(b.finish())
     }
     fn read(batch: &RecordBatch, name: &str) -> Result<Vec<Self>, ColumnError> {
-        let array = column(batch, name)?
-            .as_string_opt::<i32>()
-            .ok_or_else(|| missing(name, "is not utf8"))?;
+        let array = strings(batch, name)?;
         Ok(array.iter().map(|v| v.map(str::to_owned)).collect())
     }
 }
@@ -126,10 +142,10 @@ impl MartValue for Day {
         Arc::new(b.finish())
     }
     fn read(batch: &RecordBatch, name: &str) -> Result<Vec<Self>, ColumnError> {
-        let array = column(batch, name)?
-            .as_primitive_opt::<Date32Type>()
-            .ok_or_else(|| missing(name, "is not date32"))?;
-        Ok(array.values().iter().map(|d| Day::from_days(*d)).collect())
+        Ok(days(batch, name)?
+            .iter()
+            .map(|d| Day::from_days(*d))
+            .collect())
     }
 }
 

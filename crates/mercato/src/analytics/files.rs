@@ -20,8 +20,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -380,24 +381,37 @@ pub fn write_rows<R: MartRow>(path: &Path, rows: &[R]) -> Result<(), FilesError>
     file.sync_all().map_err(io(path))
 }
 
-/// Reads every row of a mart file.
-pub fn read_rows<R: MartRow>(path: &Path) -> Result<Vec<R>, FilesError> {
+/// Reads a mart file's record batches: every column, or only `columns`
+/// (a report decodes just what it sums).
+pub fn read_batches(path: &Path, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>, FilesError> {
     let file = File::open(path).map_err(io(path))?;
     let parquet = |source| FilesError::Parquet {
         path: path.to_owned(),
         source,
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(parquet)?
-        .with_batch_size(64 * 1024)
+        .with_batch_size(64 * 1024);
+    if let Some(columns) = columns {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(mask);
+    }
+    builder
         .build()
-        .map_err(parquet)?;
+        .map_err(parquet)?
+        .map(|batch| {
+            batch.map_err(|source| FilesError::Arrow {
+                path: path.to_owned(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Reads every row of a mart file.
+pub fn read_rows<R: MartRow>(path: &Path) -> Result<Vec<R>, FilesError> {
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|source| FilesError::Arrow {
-            path: path.to_owned(),
-            source,
-        })?;
+    for batch in read_batches(path, None)? {
         rows.extend(R::from_batch(&batch).map_err(|source| FilesError::Column {
             path: path.to_owned(),
             source,

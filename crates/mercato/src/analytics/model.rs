@@ -15,7 +15,7 @@
 //! The pre-aggregates (`agg_*`) are sums per day: adding two of them is
 //! adding their rows, so each export writes its own and a reader sums.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{Datelike, NaiveDate};
 use serde::Serialize;
@@ -533,35 +533,88 @@ pub struct ProductRow {
 
 /// The best-selling products by net sales (ties by SKU), at most `limit`.
 pub fn top_products(days: &[ProductDay], limit: usize) -> Vec<ProductRow> {
-    let mut rows: BTreeMap<(String, String, String), ProductRow> = BTreeMap::new();
+    let mut totals = ProductTotals::default();
     for d in days {
-        let r = rows
-            .entry((d.sku.clone(), d.product_name.clone(), d.currency.clone()))
-            .or_insert_with(|| ProductRow {
-                sku: d.sku.clone(),
-                name: d.product_name.clone(),
-                currency: d.currency.clone(),
-                orders: 0,
-                units: 0,
-                gross: 0,
-                discounts: 0,
-                net: 0,
-            });
-        r.orders += d.orders;
-        r.units += d.units;
-        r.gross += d.gross;
-        r.discounts += d.discounts;
-        r.net += d.net;
+        totals.add(
+            ProductKey {
+                sku: &d.sku,
+                name: &d.product_name,
+                currency: &d.currency,
+            },
+            [d.orders, d.units, d.gross, d.discounts, d.net],
+        );
     }
-    let mut rows: Vec<ProductRow> = rows.into_values().collect();
-    rows.sort_by(|a, b| {
-        b.net
-            .cmp(&a.net)
-            .then_with(|| a.sku.cmp(&b.sku))
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    rows.truncate(limit);
-    rows
+    totals.top(limit)
+}
+
+/// What a product's sales are summed by: the SKU, the name it was sold
+/// under and the currency.
+#[derive(Debug, Clone, Copy)]
+pub struct ProductKey<'a> {
+    pub sku: &'a str,
+    pub name: &'a str,
+    pub currency: &'a str,
+}
+
+/// Product sales summed as they are read: a key is copied once, when first
+/// seen, so a year of product-days costs no allocation per row.
+#[derive(Debug, Default)]
+pub struct ProductTotals {
+    /// SKU → name → currency → the product's row.
+    rows: HashMap<String, HashMap<String, HashMap<String, ProductRow>>>,
+}
+
+impl ProductTotals {
+    /// Adds `[orders, units, gross, discounts, net]` to a product.
+    pub fn add(&mut self, key: ProductKey<'_>, sums: [i64; 5]) {
+        fn slot<'m, V>(
+            map: &'m mut HashMap<String, V>,
+            key: &str,
+            new: impl FnOnce() -> V,
+        ) -> &'m mut V {
+            if !map.contains_key(key) {
+                map.insert(key.to_owned(), new());
+            }
+            map.get_mut(key).expect("inserted above")
+        }
+        let names = slot(&mut self.rows, key.sku, HashMap::new);
+        let currencies = slot(names, key.name, HashMap::new);
+        let r = slot(currencies, key.currency, || ProductRow {
+            sku: key.sku.to_owned(),
+            name: key.name.to_owned(),
+            currency: key.currency.to_owned(),
+            orders: 0,
+            units: 0,
+            gross: 0,
+            discounts: 0,
+            net: 0,
+        });
+        let [orders, units, gross, discounts, net] = sums;
+        r.orders += orders;
+        r.units += units;
+        r.gross += gross;
+        r.discounts += discounts;
+        r.net += net;
+    }
+
+    /// The best sellers by net sales (ties by SKU, then name), at most `limit`.
+    pub fn top(self, limit: usize) -> Vec<ProductRow> {
+        let mut rows: Vec<ProductRow> = self
+            .rows
+            .into_values()
+            .flat_map(HashMap::into_values)
+            .flat_map(HashMap::into_values)
+            .collect();
+        rows.sort_by(|a, b| {
+            b.net
+                .cmp(&a.net)
+                .then_with(|| a.sku.cmp(&b.sku))
+                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| a.currency.cmp(&b.currency))
+        });
+        rows.truncate(limit);
+        rows
+    }
 }
 
 /// Checkouts started, confirmed and failed, per period.

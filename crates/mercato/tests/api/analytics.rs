@@ -363,9 +363,9 @@ async fn the_marts_are_mirrored_to_object_storage_and_repaired_after_a_restart()
         "the store holds what the directory holds"
     );
 
-    // One product per export: its dim_product directory passes 32 files and
+    // One product per export: its dim_product directory passes 8 files and
     // is compacted; the store follows (the covered files go there too).
-    for i in 0..34 {
+    for i in 0..10 {
         app.create_product(&m, &format!("MIRROR-{i}"), 100 + i)
             .await;
         let s = first.run_once(&analytics::Quiet).await.expect("export");
