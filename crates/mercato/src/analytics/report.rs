@@ -175,3 +175,69 @@ pub fn answer(layout: &Layout, merchant: MerchantId, q: &Question) -> Result<Ans
         rows,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::files::{part_name, write_rows};
+
+    fn day(d: u32) -> Day {
+        Day(NaiveDate::from_ymd_opt(2026, 1, d).expect("a day"))
+    }
+
+    /// The report read from the columns answers what the pure core answers
+    /// over the same rows, dates outside the range left out.
+    #[test]
+    fn top_products_from_the_columns_equal_the_model() {
+        let merchant = uuid::Uuid::now_v7();
+        let m = merchant.to_string();
+        let row = |d: u32, i: i64| ProductDay {
+            merchant_id: m.clone(),
+            date: day(d),
+            currency: ["EUR", "USD"][(i % 2) as usize].to_owned(),
+            sku: format!("SKU-{}", i % 5),
+            product_version_from: day(1).0.and_hms_opt(0, 0, 0).expect("a time").and_utc(),
+            product_name: format!("Product {}", i % 3),
+            orders: 1 + i % 4,
+            units: 2 + i % 7,
+            gross: 1000 + 37 * i,
+            discounts: 10 * (i % 6),
+            net: 1000 + 37 * i - 10 * (i % 6),
+        };
+        let rows: Vec<ProductDay> = (1..=28u32)
+            .flat_map(|d| (0..9).map(move |i| (d, i64::from(d) * 9 + i)))
+            .map(|(d, i)| row(d, i))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("mercato-report-{}", merchant.simple()));
+        let layout = Layout::new(&dir);
+        let partition = layout.partition(ProductDay::MART, &m, None);
+        let (a, b) = rows.split_at(100);
+        write_rows(&partition.join(part_name("main", 0, 10, "0")), a).expect("write");
+        write_rows(&partition.join(part_name("main", 10, 20, "0")), b).expect("write");
+        layout
+            .save_manifest(&Manifest {
+                cell: "main".into(),
+                position: 20,
+                history_done: true,
+                ..Manifest::default()
+            })
+            .expect("manifest");
+        let q = Question {
+            report: Report::TopProducts,
+            group_by: GroupBy::Product,
+            from: day(5).0,
+            to: day(20).0,
+            limit: 7,
+        };
+        let answer = answer(&layout, MerchantId(merchant), &q).expect("an answer");
+        let inside: Vec<ProductDay> = rows
+            .iter()
+            .filter(|r| within(&q, r.date))
+            .cloned()
+            .collect();
+        let expected = model::top_products(&inside, q.limit);
+        assert_eq!(expected.len(), 7);
+        assert_eq!(answer.rows, json(expected));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
