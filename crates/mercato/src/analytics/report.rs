@@ -94,10 +94,10 @@ fn top_products(
     let (from, to) = (Day(q.from).days_since_epoch(), Day(q.to).days_since_epoch());
     let mut totals = ProductTotals::default();
     let dir = layout.partition(ProductDay::MART, merchant, None);
-    let mut columns = vec!["date", "sku", "product_name", "currency"];
-    columns.extend(SUMS);
+    let mut wanted = vec!["date", "sku", "product_name", "currency"];
+    wanted.extend(SUMS);
     for part in layout.visible(&dir, manifests)? {
-        for batch in files::read_batches(&part.path, Some(&columns))? {
+        for batch in files::read_batches(&part.path, Some(&wanted))? {
             let in_file = |source| FilesError::Column {
                 path: part.path.clone(),
                 source,
@@ -107,8 +107,8 @@ fn top_products(
             let name = columns::strings(&batch, "product_name").map_err(in_file)?;
             let currency = columns::strings(&batch, "currency").map_err(in_file)?;
             let mut sums = [&[][..]; 5];
-            for (column, name) in sums.iter_mut().zip(SUMS) {
-                *column = columns::int64s(&batch, name).map_err(in_file)?;
+            for (column, sum) in sums.iter_mut().zip(SUMS) {
+                *column = columns::int64s(&batch, sum).map_err(in_file)?;
             }
             for (row, day) in days.iter().enumerate() {
                 if !(from..=to).contains(day) {
