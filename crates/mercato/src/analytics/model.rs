@@ -597,7 +597,8 @@ impl ProductTotals {
         r.net += net;
     }
 
-    /// The best sellers by net sales (ties by SKU, then name), at most `limit`.
+    /// The best sellers by net sales (ties by SKU, then name, then currency),
+    /// at most `limit`.
     pub fn top(self, limit: usize) -> Vec<ProductRow> {
         let mut rows: Vec<ProductRow> = self
             .rows
