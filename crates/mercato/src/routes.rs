@@ -28,7 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::http::routes())
         .merge(remediation::http::routes())
         .merge(legacy_orders::http::routes())
-        .merge(crate::cells::http::routes())
+        .merge(tenancy::moves::routes())
         .merge(crate::analytics::http::routes())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -44,6 +44,16 @@ pub fn router(state: AppState) -> Router {
     let routes = api
         .route_layer(middleware::from_fn(metrics::track))
         .merge(operations.layer(Extension(Arc::new(doc))));
+    let routes = http::with_fallbacks(routes)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::idempotency,
+        ))
+        // Outside the idempotency layer: a limited request claims no key.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            tenancy::rate_limit::rate_limit,
+        ));
     http::with_plumbing(routes, state)
 }
 

@@ -11,9 +11,9 @@ use utoipa_axum::routes;
 
 use super::model::{GroupBy, Report};
 use super::report::{self, Answer, Question};
-use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiQuery, Problem};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::FieldErrors;
 
 pub fn routes() -> OpenApiRouter<AppState> {

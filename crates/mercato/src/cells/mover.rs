@@ -32,8 +32,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{GATE_CLASS, MAIN};
+use crate::db::MerchantId;
 use crate::db::{text_enum, TenantTx};
-use crate::tenancy::MerchantId;
 
 text_enum! {
     /// Where a move is.

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -12,10 +12,10 @@ use uuid::Uuid;
 
 use super::model::{check_url, is_internal, new_secret, EventType};
 use super::store::{self, EndpointRow, EndpointStatus};
-use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::pagination::{List, Page};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::FieldErrors;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -236,13 +236,14 @@ fn description(raw: Option<&String>, errors: &mut FieldErrors) -> Option<Option<
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_endpoint(
+    State(state): State<AppState>,
     tenant: Tenant,
     ApiJson(body): ApiJson<EndpointBody>,
 ) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
     let mut errors = FieldErrors::default();
     let url = errors.check(
         "url",
-        receiver_url(&body.url, tenant.state().webhooks.allow_internal).await,
+        receiver_url(&body.url, state.webhooks.allow_internal).await,
     );
     let types = event_types("event_types", &body.event_types, &mut errors);
     let description = description(body.description.as_ref(), &mut errors);
@@ -313,6 +314,7 @@ pub async fn get_endpoint(
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn patch_endpoint(
+    State(state): State<AppState>,
     tenant: Tenant,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<EndpointPatch>,
@@ -322,10 +324,7 @@ pub async fn patch_endpoint(
     let url = match &body.url {
         None => Some(None),
         Some(u) => errors
-            .check(
-                "url",
-                receiver_url(u, tenant.state().webhooks.allow_internal).await,
-            )
+            .check("url", receiver_url(u, state.webhooks.allow_internal).await)
             .map(Some),
     };
     let types = match &body.event_types {

@@ -10,10 +10,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{Choice, Escalation, LinkError, LinkOutcome, TokenError};
-use crate::http::auth::Tenant;
+use crate::cells::MerchantDb;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::FieldErrors;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -148,6 +149,17 @@ pub struct PaymentMethodBody {
     pub payment_method: String,
 }
 
+/// The database of the merchant a link's token names, wherever the directory
+/// says it lives now (a link mailed before a move still works after it).
+async fn link_db(state: &AppState, token: &str) -> Result<MerchantDb, ApiError> {
+    let merchant = super::link_merchant(token).map_err(link_error)?;
+    state
+        .cells
+        .merchant_db(merchant)
+        .await
+        .map_err(crate::tenancy::unroutable)
+}
+
 fn link_error(err: LinkError) -> ApiError {
     match err {
         LinkError::Token(TokenError::Invalid) => ApiError::Forbidden("the link is not valid"),
@@ -202,9 +214,10 @@ pub async fn post_choice(
     let choice = errors.finish(choice)?;
     let id =
         uuid::Uuid::try_parse(&id).map_err(|_| ApiError::Forbidden("the link is not valid"))?;
+    let db = link_db(&state, &body.token).await?;
     let outcome = super::choose(
-        &state.db.app,
-        state.cells.main().checkout.payments.as_ref(),
+        &db,
+        state.serving(&db).checkout.payments.as_ref(),
         &body.token,
         id,
         choice,
@@ -239,9 +252,10 @@ pub async fn post_payment_method(
     errors.finish(method)?;
     let id =
         uuid::Uuid::try_parse(&id).map_err(|_| ApiError::Forbidden("the link is not valid"))?;
+    let db = link_db(&state, &body.token).await?;
     let outcome = super::give_payment_method(
-        &state.db.app,
-        state.cells.main().checkout.payments.as_ref(),
+        &db,
+        state.serving(&db).checkout.payments.as_ref(),
         &body.token,
         id,
         &body.payment_method,
