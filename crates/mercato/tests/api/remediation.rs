@@ -662,7 +662,7 @@ async fn settle_charges_asks_reminds_escalates_and_offers_once_and_every_email_a
 }
 
 /// The link's token for an adjustment, as the e-mail carries it.
-async fn link_token(
+pub(crate) async fn link_token(
     owner: &PgPool,
     adjustment: Uuid,
     purpose: LinkPurpose,
