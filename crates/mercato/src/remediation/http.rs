@@ -24,9 +24,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EscalationParams {
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     pub limit: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
 
@@ -50,10 +54,12 @@ pub async fn list_escalations(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LinkParams {
     /// The token of the customer's link.
     pub token: Option<String>,
     /// The choice the link offers (`refund`, `credit`, `none`).
+    #[param(value_type = Option<Choice>)]
     pub choice: Option<String>,
 }
 
@@ -109,7 +115,8 @@ pub async fn choice_page(
 }
 
 /// The page of an underpaid customer's link: takes a payment method.
-#[utoipa::path(get, path = "/v1/adjustments/{id}/payment-method", params(("id" = String, Path), LinkParams),
+#[utoipa::path(get, path = "/v1/adjustments/{id}/payment-method", params(("id" = String, Path),
+        ("token" = Option<String>, Query, description = "The token of the customer's link.")),
     tag = "remediation", responses(
         (status = 200, description = "A page that takes a payment method", content_type = "text/html", body = String),
         (status = 422, body = Problem, content_type = "application/problem+json"),

@@ -89,10 +89,12 @@ fn rule_errors(errors: Vec<RuleError>) -> ApiError {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ActivateParam {
     /// `false`: record the revision without putting it in force, to try it with
     /// a rollout (`POST /v1/pricing/rollouts`). Default `true`.
+    #[param(value_type = Option<bool>, default = true)]
     pub activate: Option<String>,
 }
 
