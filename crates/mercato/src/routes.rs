@@ -47,12 +47,15 @@ pub fn router(state: AppState) -> Router {
     http::with_plumbing(routes, state)
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(),
+    responses((status = 200, description = "The process is up")))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+/// Readiness: the process is up and its database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(), responses(
     (status = 200, description = "The database answers"),
     (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
 ))]

@@ -7,9 +7,12 @@ use axum::{Extension, Json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+// One relative server: paths resolve against wherever the document was fetched
+// from, so the same document is right behind any host, port or proxy.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Mercato", description = "Multi-tenant e-commerce backend"),
+    servers((url = "/", description = "This instance (where this document was fetched from)")),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -39,7 +42,7 @@ impl Modify for BearerAuth {
 pub type Document = Arc<utoipa::openapi::OpenApi>;
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(),
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn document(Extension(doc): Extension<Document>) -> Json<utoipa::openapi::OpenApi> {
     Json(doc.as_ref().clone())

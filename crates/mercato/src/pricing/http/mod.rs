@@ -160,6 +160,7 @@ pub async fn list_revisions(tenant: Tenant) -> Result<Json<RevisionList>, ApiErr
     }))
 }
 
+/// One revision of the merchant's rules.
 #[utoipa::path(get, path = "/v1/pricing/rules/revisions/{n}", params(("n" = String, Path)),
     security(("api_key" = [])), tag = "pricing",
     responses(
