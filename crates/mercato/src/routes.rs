@@ -41,6 +41,8 @@ pub fn router(state: AppState) -> Router {
     let mut doc = api_doc;
     doc.merge(operations_doc);
     openapi::document_common_answers(&mut doc);
+    openapi::refer_to_page_items(&mut doc);
+    openapi::shorten_summaries(&mut doc);
     let routes = api
         .route_layer(middleware::from_fn(metrics::track))
         .merge(operations.layer(Extension(Arc::new(doc))));

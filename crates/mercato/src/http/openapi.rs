@@ -139,3 +139,75 @@ pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
         }
     }
 }
+
+/// Points each page schema (`List_Product`, …) at its item's component rather
+/// than a copy of it: utoipa 5 inlines a generic's argument (juhaku/utoipa#1586),
+/// which left item components unused and gave generated clients a second,
+/// anonymous model of every listed item. Only an identical copy is replaced.
+pub fn refer_to_page_items(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{ArrayItems, Schema};
+    use utoipa::openapi::{Ref, RefOr};
+
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let same = |a: &RefOr<Schema>, b: &RefOr<Schema>| {
+        serde_json::to_value(a)
+            .ok()
+            .is_some_and(|a| serde_json::to_value(b).ok() == Some(a))
+    };
+    let pages: Vec<(String, String)> = components
+        .schemas
+        .keys()
+        .filter_map(|name| Some((name.clone(), name.strip_prefix("List_")?.to_owned())))
+        .collect();
+    for (page, item) in pages {
+        let Some(item_schema) = components.schemas.get(&item).cloned() else {
+            continue;
+        };
+        let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&page) else {
+            continue;
+        };
+        let Some(RefOr::T(Schema::Array(data))) = object.properties.get_mut("data") else {
+            continue;
+        };
+        if let ArrayItems::RefOrSchema(items) = &mut data.items {
+            if same(items, &item_schema) {
+                **items = RefOr::Ref(Ref::from_schema_name(item));
+            }
+        }
+    }
+}
+
+/// Keeps every operation's `summary` to its first sentence, on one line: utoipa
+/// takes a handler's whole first doc paragraph, which tools show as a title
+/// (and generated clients as a docstring's first line). The rest of the
+/// paragraph goes first in the description.
+pub fn shorten_summaries(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            let Some(summary) = op.summary.take() else {
+                continue;
+            };
+            let line = summary.split_whitespace().collect::<Vec<_>>().join(" ");
+            let (first, rest) = match line.split_once(". ") {
+                Some((first, rest)) => (format!("{first}."), rest.to_owned()),
+                None => (line, String::new()),
+            };
+            op.summary = Some(first);
+            if !rest.is_empty() {
+                op.description = Some(match op.description.take() {
+                    Some(more) if !more.is_empty() => format!("{rest}\n\n{more}"),
+                    _ => rest,
+                });
+            }
+        }
+    }
+}
