@@ -51,7 +51,8 @@ pub async fn document(Extension(doc): Extension<Document>) -> Json<utoipa::opena
 /// Adds what the plumbing does to every operation it applies to, so the
 /// document says it once for all: `Idempotency-Key` on POSTs, and the problems
 /// any operation may answer (400 bad JSON or query, 401 / 403 credentials,
-/// 413 / 415 bodies, 414 long URIs, 429 rate limits, 503 unavailable).
+/// 413 / 415 bodies, 414 long URIs, 422 bad fields or query parameters, 429
+/// rate limits, 503 unavailable).
 pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
     use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
@@ -104,6 +105,10 @@ pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
                 ..
             } = op;
             let security = serde_json::to_string(security).unwrap_or_default();
+            let takes_query = parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.parameter_in, ParameterIn::Query));
             let mut add = |status: &str, description: &str| {
                 responses
                     .responses
@@ -123,6 +128,12 @@ pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
                 add("413", "The body is larger than 2 MB");
                 add("415", "The body is not JSON");
                 add("422", "Invalid fields, named in `errors`");
+            }
+            if takes_query {
+                add(
+                    "422",
+                    "Invalid or unknown query parameters, named in `errors`",
+                );
             }
             add("429", "Rate limited; see Retry-After");
             add("503", "The database or a dependency is unavailable; retry");
