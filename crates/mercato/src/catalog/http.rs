@@ -83,6 +83,7 @@ pub async fn list_products(
     Ok(Json(List::from_rows(rows, page, |p| p.id)))
 }
 
+/// A product with its variants.
 #[utoipa::path(get, path = "/v1/products/{id}", params(("id" = String, Path)),
     security(("api_key" = [])),
     responses(

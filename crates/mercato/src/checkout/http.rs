@@ -192,6 +192,7 @@ pub async fn post_checkout(
     }
 }
 
+/// Lists orders, oldest first.
 #[utoipa::path(get, path = "/v1/orders", params(PageParams), security(("api_key" = [])),
     responses((status = 200, body = List<Order>)))]
 pub async fn list_orders(
@@ -205,6 +206,7 @@ pub async fn list_orders(
     Ok(Json(List::from_rows(rows, page, |o| o.id)))
 }
 
+/// An order.
 #[utoipa::path(get, path = "/v1/orders/{id}", params(("id" = String, Path)), security(("api_key" = [])),
     responses(
         (status = 200, body = Order),

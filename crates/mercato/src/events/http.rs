@@ -60,13 +60,17 @@ impl TryFrom<store::EventRow> for Event {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// Only events of this type (`order.confirmed`, …).
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub kind: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     pub limit: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
 
@@ -107,6 +111,7 @@ pub async fn list_events(
     Ok(Json(List::from_rows(events, page, |e| e.id)))
 }
 
+/// One of the merchant's events.
 #[utoipa::path(get, path = "/v1/events/{id}", params(("id" = String, Path)),
     security(("api_key" = [])), tag = "events",
     responses(
@@ -271,6 +276,7 @@ pub struct EndpointList {
     pub data: Vec<Endpoint>,
 }
 
+/// The merchant's webhook endpoints (without their secrets).
 #[utoipa::path(get, path = "/v1/webhook-endpoints", security(("api_key" = [])), tag = "events",
     responses((status = 200, body = EndpointList)))]
 pub async fn list_endpoints(tenant: Tenant) -> Result<Json<EndpointList>, ApiError> {
@@ -286,6 +292,7 @@ fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
     ApiError::path_id(raw, "webhook endpoint")
 }
 
+/// A webhook endpoint (without its secret).
 #[utoipa::path(get, path = "/v1/webhook-endpoints/{id}", params(("id" = String, Path)),
     security(("api_key" = [])), tag = "events",
     responses(
@@ -358,6 +365,7 @@ pub async fn patch_endpoint(
         .ok_or(ApiError::NotFound("webhook endpoint"))
 }
 
+/// Deletes a webhook endpoint and its pending deliveries.
 #[utoipa::path(delete, path = "/v1/webhook-endpoints/{id}", params(("id" = String, Path)),
     security(("api_key" = [])), tag = "events",
     responses(
@@ -421,6 +429,7 @@ pub struct Recovered {
     pub recovered: u64,
 }
 
+/// Sends an endpoint's dead (or failed and waiting) deliveries since a time again, now.
 #[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/recover", params(("id" = String, Path)),
     request_body = RecoverBody, security(("api_key" = [])), tag = "events",
     responses(

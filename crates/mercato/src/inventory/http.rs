@@ -143,6 +143,7 @@ pub async fn put_inventory(
     Ok(Json(level))
 }
 
+/// A SKU's units on hand, reserved and available.
 #[utoipa::path(get, path = "/v1/inventory/{sku}", params(("sku" = String, Path)),
     security(("api_key" = [])),
     responses(
@@ -199,6 +200,7 @@ fn reservation_id(raw: &str) -> Result<Uuid, ApiError> {
     ApiError::path_id(raw, "reservation")
 }
 
+/// A reservation and where it stands.
 #[utoipa::path(get, path = "/v1/reservations/{id}", params(("id" = String, Path)),
     security(("api_key" = [])),
     responses(

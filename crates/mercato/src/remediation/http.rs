@@ -25,9 +25,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EscalationParams {
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     pub limit: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
 
@@ -51,10 +55,12 @@ pub async fn list_escalations(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LinkParams {
     /// The token of the customer's link.
     pub token: Option<String>,
     /// The choice the link offers (`refund`, `credit`, `none`).
+    #[param(value_type = Option<Choice>)]
     pub choice: Option<String>,
 }
 
@@ -78,7 +84,7 @@ fn link_page(title: &str, form: &str, script: &str) -> Html<String> {
 
 /// The page of an overpaid customer's link: confirms the choice it names.
 #[utoipa::path(get, path = "/v1/adjustments/{id}/choice", params(("id" = String, Path), LinkParams),
-    tag = "remediation", responses(
+    security(), tag = "remediation", responses(
         (status = 200, description = "A page that confirms the choice", content_type = "text/html", body = String),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -110,8 +116,9 @@ pub async fn choice_page(
 }
 
 /// The page of an underpaid customer's link: takes a payment method.
-#[utoipa::path(get, path = "/v1/adjustments/{id}/payment-method", params(("id" = String, Path), LinkParams),
-    tag = "remediation", responses(
+#[utoipa::path(get, path = "/v1/adjustments/{id}/payment-method", params(("id" = String, Path),
+        ("token" = Option<String>, Query, description = "The token of the customer's link.")),
+    security(), tag = "remediation", responses(
         (status = 200, description = "A page that takes a payment method", content_type = "text/html", body = String),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -196,7 +203,7 @@ fn link_error(err: LinkError) -> ApiError {
 /// the original method, store credit, or nothing. Applied once: the same
 /// choice again answers as the first did; another choice is a 409.
 #[utoipa::path(post, path = "/v1/adjustments/{id}/choice", params(("id" = String, Path)),
-    request_body = ChoiceBody, tag = "remediation",
+    request_body = ChoiceBody, security(), tag = "remediation",
     responses(
         (status = 200, body = LinkOutcome),
         (status = 403, description = "The token is not this link's", body = Problem, content_type = "application/problem+json"),
@@ -230,7 +237,7 @@ pub async fn post_choice(
 /// An underpaid customer's new payment method, from the link in their
 /// e-mail: the difference is charged to it once.
 #[utoipa::path(post, path = "/v1/adjustments/{id}/payment-method", params(("id" = String, Path)),
-    request_body = PaymentMethodBody, tag = "remediation",
+    request_body = PaymentMethodBody, security(), tag = "remediation",
     responses(
         (status = 200, body = LinkOutcome),
         (status = 402, description = "The method could not be charged", body = Problem, content_type = "application/problem+json"),

@@ -86,10 +86,12 @@ fn rule_errors(errors: Vec<RuleError>) -> ApiError {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ActivateParam {
     /// `false`: record the revision without putting it in force, to try it with
     /// a rollout (`POST /v1/pricing/rollouts`). Default `true`.
+    #[param(value_type = Option<bool>, default = true)]
     pub activate: Option<String>,
 }
 
@@ -155,6 +157,7 @@ pub async fn list_revisions(tenant: Tenant) -> Result<Json<RevisionList>, ApiErr
     }))
 }
 
+/// One revision of the merchant's rules.
 #[utoipa::path(get, path = "/v1/pricing/rules/revisions/{n}", params(("n" = String, Path)),
     security(("api_key" = [])), tag = "pricing",
     responses(
