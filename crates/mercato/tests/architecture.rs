@@ -623,7 +623,17 @@ const READS_ACROSS: &[(&str, &str, &str)] = &[
         "the export is the outbox's consumer: it reads events by commit position (xid8), read-only, in batches no function of events could page as cheaply",
     ),
     (
-        "cells/mover.rs",
+        "cells/mover/capture.rs",
+        "merchants",
+        "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row, and the cleanup deletes it",
+    ),
+    (
+        "cells/mover/cleanup.rs",
+        "merchants",
+        "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row, and the cleanup deletes it",
+    ),
+    (
+        "cells/mover/record.rs",
         "merchants",
         "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row, and the cleanup deletes it",
     ),
