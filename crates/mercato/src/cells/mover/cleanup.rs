@@ -8,11 +8,9 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::capture::{drop_capture, mark_departed, unfence};
-use super::record::{
-    self, cell_of, check_schema, hold, mark_moving, newest_move, running, Move, Phase,
-};
+use super::record::{self, cell_of, check_schema, hold, mark_moving, newest_move, running, Phase};
 use super::run::{mover_tx, MoveRun, Pools, Progress, Quiet, Side};
-use super::{MoveError, BATCH, MAIN};
+use super::{Move, MoveError, BATCH, MAIN};
 use crate::db::MerchantId;
 
 /// Which copy of the merchant a cleanup deletes.

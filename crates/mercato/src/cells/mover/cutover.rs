@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgConnection};
 
 use super::capture::{drop_capture, mark_departed, unfence};
-use super::record::{mark_moving, own_connection};
+use super::record::{mark_moving, ms, own_connection, CutoverRecord};
 use super::replay::Touched;
 use super::run::MoveRun;
 use super::{MoveError, GATE_CLASS};
@@ -16,35 +16,6 @@ use super::{MoveError, GATE_CLASS};
 /// How long after marking a merchant `moving` (at the cutover) every
 /// instance is assumed to have seen it (NOTIFY arrives in milliseconds; this is for slow listeners).
 const PROPAGATION: Duration = Duration::from_secs(2);
-
-/// What a cutover spent its time on, kept in `tenant_moves.cutover`.
-#[derive(Debug, Default, serde::Serialize)]
-pub(super) struct CutoverRecord {
-    /// Hashing every row in chunks, before the pause.
-    pub pre_verify_ms: f64,
-    /// Chunks that differed then (writes not yet replayed).
-    pub ranges_differing: usize,
-    /// Each narrowing round: keys still to recheck after it.
-    pub rounds: Vec<NarrowRound>,
-    /// Waiting for the merchant's in-flight requests to leave the gate.
-    pub gate_wait_ms: f64,
-    /// The pause (gate closed) step by step.
-    pub wait_for_older_ms: f64,
-    pub changes_in_pause: usize,
-    pub replay_in_pause_ms: f64,
-    pub keys_rechecked: usize,
-    pub recheck_ms: f64,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub(super) struct NarrowRound {
-    pub keys_left: usize,
-    pub took_ms: f64,
-}
-
-pub(super) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 impl MoveRun<'_> {
     pub async fn cut_over(&mut self) -> Result<(), MoveError> {

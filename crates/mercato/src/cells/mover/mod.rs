@@ -49,7 +49,7 @@ use crate::db::MerchantId;
 
 pub use cleanup::{abort, cleanup_source, rollback, settle_cut_over};
 pub use record::{
-    cell_of, find_merchant, hold, load, running, schema_version, start, start_in_serve, Move, Phase,
+    cell_of, find_merchant, hold, load, running, schema_version, start, start_in_serve, Phase,
 };
 pub use run::{Pools, Progress, Quiet, DEFAULT_DUTY_CYCLE};
 pub use tables::{tenant_tables, Table};
@@ -57,6 +57,19 @@ pub use verify::checksums;
 
 use cleanup::Leftover;
 use run::{MoveRun, Side};
+
+/// The move record.
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub id: uuid::Uuid,
+    pub merchant: MerchantId,
+    pub source: String,
+    pub target: String,
+    pub phase: Phase,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// For a rollback: the move it undoes.
+    pub rollback_of: Option<uuid::Uuid>,
+}
 
 /// Rows per copy, apply and cleanup batch.
 const BATCH: i64 = 1000;

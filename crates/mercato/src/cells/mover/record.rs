@@ -4,15 +4,14 @@
 //! cell and its `moving` gate), the driver's lock, and the cells' schema
 //! versions a move needs to match. Every statement on these tables is here.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::cutover::{ms, CutoverRecord};
 use super::run::{MoveRun, Pools};
-use super::{MoveError, MAIN};
+use super::{Move, MoveError, MAIN};
 use crate::db::text_enum;
 use crate::db::MerchantId;
 
@@ -32,19 +31,6 @@ text_enum! {
 
 /// The phases of a move still running (one per merchant at most).
 const RUNNING: &[Phase] = &[Phase::Copying, Phase::CatchingUp, Phase::CuttingOver];
-
-/// The move record.
-#[derive(Debug, Clone)]
-pub struct Move {
-    pub id: Uuid,
-    pub merchant: MerchantId,
-    pub source: String,
-    pub target: String,
-    pub phase: Phase,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    /// For a rollback: the move it undoes.
-    pub rollback_of: Option<Uuid>,
-}
 
 /// A move record as read.
 #[derive(sqlx::FromRow)]
@@ -460,4 +446,33 @@ pub(super) async fn record_rollback(
     .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// What a cutover spent its time on, kept in `tenant_moves.cutover`.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct CutoverRecord {
+    /// Hashing every row in chunks, before the pause.
+    pub pre_verify_ms: f64,
+    /// Chunks that differed then (writes not yet replayed).
+    pub ranges_differing: usize,
+    /// Each narrowing round: keys still to recheck after it.
+    pub rounds: Vec<NarrowRound>,
+    /// Waiting for the merchant's in-flight requests to leave the gate.
+    pub gate_wait_ms: f64,
+    /// The pause (gate closed) step by step.
+    pub wait_for_older_ms: f64,
+    pub changes_in_pause: usize,
+    pub replay_in_pause_ms: f64,
+    pub keys_rechecked: usize,
+    pub recheck_ms: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub(super) struct NarrowRound {
+    pub keys_left: usize,
+    pub took_ms: f64,
+}
+
+pub(super) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

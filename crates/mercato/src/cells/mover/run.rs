@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::record::Move;
 use super::tables::{tenant_tables, Table};
-use super::{MoveError, Phase};
+use super::{Move, MoveError, Phase};
 use crate::db::MerchantId;
 use crate::db::TenantTx;
 

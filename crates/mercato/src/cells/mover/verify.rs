@@ -10,7 +10,7 @@ use pgshift::toolkit::count_and_checksum;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::cutover::{ms, CutoverRecord, NarrowRound};
+use super::record::{ms, CutoverRecord, NarrowRound};
 use super::replay::Touched;
 use super::run::{MoveRun, Side};
 use super::tables::{KeyRange, Table};
