@@ -12,6 +12,8 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Transacti
 
 use uuid::Uuid;
 
+pub mod migrate;
+
 pub const APP_ROLE: &str = "mercato_app";
 /// The role of background workers that act across tenants, only where a policy names it.
 pub const WORKER_ROLE: &str = "mercato_worker";
@@ -24,12 +26,13 @@ pub enum DbError {
     #[error("cannot connect to the database at {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[from] migrate::MigrationError),
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
 }
 
-/// The service's schema, applied to the main database and to every cell.
+/// The service's schema, applied to the main database and to every cell
+/// (by [`migrate::run`], under a lock timeout).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connection pools of a running service.
@@ -48,7 +51,7 @@ pub async fn prepare(owner_url: &str, max_connections: u32) -> Result<Db, DbErro
     let owner = connect(owner_opts.clone(), 2).await?;
     // Roles first: migrations name the worker role in policies.
     ensure_service_roles(&owner, &owner_opts).await?;
-    MIGRATOR.run(&owner).await?;
+    migrate::run(&MIGRATOR, &owner, migrate::Options::default()).await?;
     grant_service_roles(&owner).await?;
     owner.close().await;
     let app = connect(owner_opts.clone().username(APP_ROLE), max_connections).await?;
@@ -98,7 +101,7 @@ fn redacted_url(opts: &PgConnectOptions) -> String {
 /// Creates the service roles if they are missing (roles are cluster-wide, so
 /// several databases on one server share them). They log in with the owner's
 /// password when the server asks for one.
-async fn ensure_service_roles(
+pub async fn ensure_service_roles(
     owner: &PgPool,
     owner_opts: &PgConnectOptions,
 ) -> Result<(), DbError> {

@@ -15,6 +15,7 @@ mod quotas;
 mod remediation;
 mod rls;
 mod rollout;
+mod schema_migrations;
 mod states;
 mod tenancy;
 pub mod webhooks;

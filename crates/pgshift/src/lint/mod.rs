@@ -325,6 +325,39 @@ fn owned_drop_step(steps: &[Step]) -> Option<usize> {
         .position(|step| !sql::needs_no_transaction(&step.sql))
 }
 
+/// Lints a plain migration file (one a framework such as sqlx applies whole,
+/// in one transaction) against the live `catalog`: its statements are one
+/// expand step, so the rules are those of a step that must leave the old
+/// shape working. Findings name the file by `label`.
+pub fn lint_file(label: &str, sql: &str, catalog: &Catalog) -> Vec<Finding> {
+    let plan = Plan {
+        name: String::new(),
+        readers: Vec::new(),
+        lock_timeout_ms: crate::plan::default_lock_timeout_ms(),
+        expand: vec![Step {
+            name: label.to_owned(),
+            sql: sql.to_owned(),
+        }],
+        dual_write: Vec::new(),
+        backfill: crate::plan::Backfill::defaults(),
+        switch: None,
+        validate: crate::plan::Validate {
+            source: String::new(),
+            target: String::new(),
+            chunk_size: 1,
+        },
+        contract: Vec::new(),
+        abort: Vec::new(),
+    };
+    lint(&plan, catalog)
+        .into_iter()
+        .map(|finding| Finding {
+            step: label.to_owned(),
+            ..finding
+        })
+        .collect()
+}
+
 /// Lints every statement of every step against the live `catalog`.
 pub fn lint(plan: &Plan, catalog: &Catalog) -> Vec<Finding> {
     let mut findings = Vec::new();
@@ -573,6 +606,37 @@ mod tests {
         p.contract.swap(0, 1);
         p.contract[0].sql = "drop trigger sync on orders".into();
         assert!(lint(&p, &live).is_empty());
+    }
+
+    #[test]
+    fn a_migration_file_is_one_step_named_by_its_file() {
+        let live = Catalog::offline(["orders"]);
+        let found = |sql: &str| -> Vec<(String, &'static str)> {
+            lint_file("0042_x.sql", sql, &live)
+                .into_iter()
+                .map(|f| (f.step, f.rule))
+                .collect()
+        };
+        assert!(found(
+            "create table notes (id int primary key, body text not null);
+             create index notes_body on notes (body);
+             alter table notes add check (id > 0);"
+        )
+        .is_empty());
+        assert_eq!(
+            found("-- a comment\ncreate index orders_total on orders (total);"),
+            [("0042_x.sql".to_owned(), "index-without-concurrently")]
+        );
+        assert!(
+            found("-- no-transaction\ncreate index concurrently o on orders (total);").is_empty()
+        );
+        assert_eq!(
+            found("create index concurrently o on orders (total);\nanalyze orders;"),
+            [(
+                "0042_x.sql".to_owned(),
+                "concurrently-in-multi-statement-step"
+            )]
+        );
     }
 
     #[test]
