@@ -7,7 +7,7 @@ use futures_util::FutureExt;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::store;
+use super::read_models;
 use crate::db::TenantTx;
 use crate::pricing::{OrderFacts, Revenue};
 
@@ -21,7 +21,7 @@ impl OrderFacts for PricedOrderFacts {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Vec<Revenue>, sqlx::Error>> {
-        store::revenue(tx, from, to).boxed()
+        read_models::revenue(tx, from, to).boxed()
     }
 
     fn merchants_with_orders_since<'a>(
@@ -29,6 +29,6 @@ impl OrderFacts for PricedOrderFacts {
         conn: &'a mut PgConnection,
         since: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Vec<Uuid>, sqlx::Error>> {
-        store::merchants_with_orders_since(conn, since).boxed()
+        read_models::merchants_with_orders_since(conn, since).boxed()
     }
 }

@@ -9,8 +9,9 @@ use uuid::Uuid;
 
 use super::model::{parse_refund, CheckoutBody, NewCheckout, RefundBody};
 use super::refund::RefundError;
+use super::refund_store::RefundStatus;
 use super::saga::CheckoutError;
-use super::store::{self, Order, OrderStatus, RefundStatus};
+use super::store::{self, Order, OrderStatus};
 use crate::catalog::Money;
 use crate::http::idempotency::idempotency_key;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};

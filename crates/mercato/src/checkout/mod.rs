@@ -8,7 +8,9 @@ mod facts;
 pub mod http;
 mod model;
 mod quote;
+mod read_models;
 mod refund;
+mod refund_store;
 mod saga;
 mod store;
 pub mod worker;
@@ -17,10 +19,11 @@ pub use facts::PricedOrderFacts;
 pub use model::{
     parse_country, parse_promo, parse_refund, CheckoutBody, CustomerBody, NewCheckout, RefundBody,
 };
-pub use refund::RefundError;
-pub use saga::{cart_for, Checkout, CheckoutError, Driver};
-pub use store::{
+pub use read_models::{
     confirmed_orders_between, count_confirmed_between, merchant_of_order, order_facts,
-    recorded_pricing, stalled_orders, LineFacts, Order, OrderFacts, OrderStatus, PricedOrderRow,
-    RefundStatus, Step, StoredRefund,
+    recorded_pricing, LineFacts, OrderFacts, PricedOrderRow,
 };
+pub use refund::RefundError;
+pub use refund_store::{RefundStatus, StoredRefund};
+pub use saga::{cart_for, Checkout, CheckoutError, Driver};
+pub use store::{stalled_orders, Order, OrderStatus, Step};

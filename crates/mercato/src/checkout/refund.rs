@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::model::refund_share;
+use super::refund_store::{self, RefundStatus, StoredRefund};
 use super::saga::Checkout;
-use super::store::{self, OrderStatus, RefundStatus, StoredRefund};
+use super::store::OrderStatus;
 use crate::db::TenantTx;
 use crate::inventory::Line;
 use crate::payments::PaymentError;
@@ -46,7 +47,7 @@ type PaidLines = BTreeMap<String, (i64, i64)>;
 /// What each order line and the shipping cost the customer: from the recorded
 /// pricing (net, plus tax when prices exclude it), or unit × quantity for an
 /// order priced before pricing was recorded.
-fn paid(order: &store::RefundableOrder) -> Result<(PaidLines, i64), sqlx::Error> {
+fn paid(order: &refund_store::RefundableOrder) -> Result<(PaidLines, i64), sqlx::Error> {
     let mut lines: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     let Some(recorded) = &order.pricing else {
         for (sku, quantity, unit) in &order.items {
@@ -83,12 +84,13 @@ impl Checkout {
         idempotency_key: Option<&str>,
     ) -> Result<StoredRefund, RefundError> {
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-        let order = store::lock_for_refund(&mut tx, order_id)
+        let order = refund_store::lock_for_refund(&mut tx, order_id)
             .await?
             .ok_or(RefundError::NotFound)?;
         if let Some(key) = idempotency_key {
             if let Some(existing) =
-                store::find_refund(&mut tx, order_id, &order.currency, Some(key), None).await?
+                refund_store::find_refund(&mut tx, order_id, &order.currency, Some(key), None)
+                    .await?
             {
                 tx.commit().await?;
                 return match existing.status {
@@ -101,7 +103,7 @@ impl Checkout {
             return Err(RefundError::NotRefundable(order.status));
         }
         let (paid_lines, shipping_paid) = paid(&order)?;
-        let (so_far, shipping_refunded) = store::refunded_so_far(&mut tx, order_id).await?;
+        let (so_far, shipping_refunded) = refund_store::refunded_so_far(&mut tx, order_id).await?;
         let mut errors = FieldErrors::default();
         let mut refund_lines = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {
@@ -143,7 +145,7 @@ impl Checkout {
             currency: order.currency.clone(),
             created_at: chrono::Utc::now(),
         };
-        store::insert_refund(&mut tx, &refund, idempotency_key).await?;
+        refund_store::insert_refund(&mut tx, &refund, idempotency_key).await?;
         tx.commit().await?;
         self.pay_back(merchant, &order, refund).await
     }
@@ -152,14 +154,14 @@ impl Checkout {
     async fn pay_back(
         &self,
         merchant: MerchantId,
-        order: &store::RefundableOrder,
+        order: &refund_store::RefundableOrder,
         mut refund: StoredRefund,
     ) -> Result<StoredRefund, RefundError> {
         // The card is paid back first, up to what it paid; the rest of an order
         // paid partly with store credit goes back to the wallet. Earlier refunds
         // took the card's share first too, so the split is the same on a retry.
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-        let before = store::refunded_before(&mut tx, refund.order_id, refund.id).await?;
+        let before = refund_store::refunded_before(&mut tx, refund.order_id, refund.id).await?;
         tx.commit().await?;
         let card_part = refund.amount.min((order.card_paid - before).max(0));
         let wallet_part = refund.amount - card_part;
@@ -174,7 +176,7 @@ impl Checkout {
                 Ok(()) => {}
                 Err(refused @ PaymentError::InvalidState { .. }) => {
                     let mut tx = TenantTx::begin(&self.pool, merchant).await?;
-                    store::settle_refund(&mut tx, refund.id, RefundStatus::Failed).await?;
+                    refund_store::settle_refund(&mut tx, refund.id, RefundStatus::Failed).await?;
                     tx.commit().await?;
                     return Err(RefundError::Refused(refused));
                 }
@@ -192,7 +194,7 @@ impl Checkout {
             )
             .await?;
         }
-        store::settle_refund(&mut tx, refund.id, RefundStatus::Succeeded).await?;
+        refund_store::settle_refund(&mut tx, refund.id, RefundStatus::Succeeded).await?;
         crate::events::emit(
             &mut tx,
             crate::events::EventType::OrderRefunded,
