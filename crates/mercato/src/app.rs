@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
@@ -20,8 +19,9 @@ use crate::inventory::{self, Inventory};
 use crate::legacy_orders;
 use crate::payments::SandboxProvider;
 use crate::routes;
-use crate::state::{AppState, Services};
+use crate::state::{AppState, CellServices, Services};
 use pgshift::ReadSwitch;
+use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -58,8 +58,8 @@ pub enum DatabaseSource {
 
 pub struct App {
     config: Config,
-    migration: Arc<ReadSwitch>,
     cells: Cells,
+    cell_services: HashMap<String, Arc<CellServices>>,
     moves: Arc<crate::cells::driver::MoveDriver>,
     webhooks: crate::events::worker::DeliveryConfig,
     listener: TcpListener,
@@ -82,6 +82,14 @@ pub struct App {
 impl App {
     pub async fn build(mut config: Config) -> Result<App, StartError> {
         config.validate()?;
+        // A store URL that cannot be used stops start-up, named by its flag.
+        analytics_mirror(&config).map_err(|e| ConfigError {
+            flag: "analytics-store",
+            message: match e {
+                crate::analytics::mirror::MirrorError::Url { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })?;
         // Bind first: a taken port should fail before anything else starts.
         let listener =
             TcpListener::bind(config.listen)
@@ -136,12 +144,10 @@ impl App {
             .admin_token
             .clone()
             .unwrap_or_else(generate_admin_token);
-        let migration = Arc::new(ReadSwitch::new(
-            db.app.clone(),
-            legacy_orders::MIGRATION,
-            config.shadow_percent.min(100),
-        ));
-        let mut cells = vec![cell(crate::cells::MAIN, db.clone(), &config)];
+        let mut cells = vec![Cell {
+            name: crate::cells::MAIN.to_owned(),
+            db: db.clone(),
+        }];
         let mover_pools = |url: &str| -> Result<sqlx::PgPool, StartError> {
             let opts: sqlx::postgres::PgConnectOptions =
                 url.parse().map_err(|e| StartError::Db(DbError::Url(e)))?;
@@ -154,12 +160,19 @@ impl App {
             std::collections::BTreeMap::from([(crate::cells::MAIN.to_owned(), main_owner.clone())]);
         for spec in &config.cells {
             let cell_db = db::prepare(&spec.url, config.max_connections).await?;
-            cells.push(cell(&spec.name, cell_db, &config));
+            cells.push(Cell {
+                name: spec.name.clone(),
+                db: cell_db,
+            });
             movers.insert(spec.name.clone(), mover_pools(&spec.url)?);
         }
         let moves = crate::cells::driver::MoveDriver::new(crate::cells::mover::Pools::new(
             main_owner, movers,
         ));
+        let cell_services: HashMap<String, Arc<CellServices>> = cells
+            .iter()
+            .map(|c| (c.name.clone(), Arc::new(cell_services(&c.db, &config))))
+            .collect();
         let cells = Cells::new(db.app.clone(), cells);
         if config.nats_url.is_some() {
             crate::events::enable_bus();
@@ -178,9 +191,10 @@ impl App {
             admin_token: Arc::from(admin_token.as_str()),
             keys: Default::default(),
             cells: cells.clone(),
-            migration: migration.clone(),
+            cell_services: cell_services.clone(),
+            order_facts: Arc::new(checkout::PricedOrderFacts),
             moves: moves.clone(),
-            analytics: config.analytics_layout(),
+            analytics: crate::analytics::Layout::new(config.analytics_dir()),
             limiter: crate::quotas::Limiter::new(config.redis_url.as_deref()).map_err(|e| {
                 ConfigError {
                     flag: "redis-url",
@@ -189,8 +203,8 @@ impl App {
             })?,
         });
         Ok(App {
-            migration,
             cells,
+            cell_services,
             moves,
             webhooks,
             config,
@@ -221,8 +235,8 @@ impl App {
     ) -> std::io::Result<()> {
         let App {
             config,
-            migration,
             cells,
+            cell_services,
             moves,
             webhooks,
             listener,
@@ -232,13 +246,14 @@ impl App {
             ..
         } = self;
         let mut workers = vec![
-            tokio::spawn(flush_shadow_counts(migration, config.worker_interval)),
             tokio::spawn(cells.clone().follow_directory()),
             tokio::spawn(moves.run()),
         ];
         // Every cell's background work runs on that cell's pools.
         for cell in cells.all() {
-            workers.extend(cell_workers(&cell, &config, &webhooks));
+            if let Some(services) = cell_services.get(&cell.name) {
+                workers.extend(cell_workers(&cells, &cell, services, &config, &webhooks));
+            }
         }
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
@@ -252,7 +267,7 @@ impl App {
 }
 
 /// A cell's services, bound to its pools.
-fn cell(name: &str, db: Db, config: &Config) -> Cell {
+fn cell_services(db: &Db, config: &Config) -> CellServices {
     let inventory = Inventory::new(db.app.clone());
     let checkout = Checkout {
         pool: db.app.clone(),
@@ -260,30 +275,39 @@ fn cell(name: &str, db: Db, config: &Config) -> Cell {
         payments: Arc::new(SandboxProvider::new(db.app.clone(), config.payment_delay)),
         reservation_ttl_seconds: config.checkout_ttl.as_secs().max(1) as i64,
     };
-    Cell {
-        name: name.to_owned(),
-        db,
+    CellServices {
         inventory,
         checkout,
+        migration: Arc::new(ReadSwitch::new(
+            db.app.clone(),
+            legacy_orders::MIGRATION,
+            config.shadow_percent.min(100),
+        )),
     }
 }
 
 /// The background loops of one cell: reservation expiry, checkout recovery,
 /// webhook delivery, anomaly checks, customers' mail, the analytics export,
-/// the event bus.
+/// the event bus, the shadow-read tally of the legacy-orders migration.
 fn cell_workers(
+    cells: &Cells,
     cell: &Cell,
+    services: &CellServices,
     config: &Config,
     webhooks: &crate::events::worker::DeliveryConfig,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let db = &cell.db;
     let mut workers = vec![
+        tokio::spawn(flush_shadow_counts(
+            services.migration.clone(),
+            config.worker_interval,
+        )),
         tokio::spawn(inventory::worker::release_expired_reservations(
             db.worker.clone(),
             config.worker_interval,
         )),
         tokio::spawn(checkout::worker::recover_stalled_checkouts(
-            cell.checkout.clone(),
+            services.checkout.clone(),
             db.worker.clone(),
             config.worker_interval,
             config.recovery_grace,
@@ -296,6 +320,7 @@ fn cell_workers(
         tokio::spawn(crate::pricing::rollout::watch_anomalies(
             db.app.clone(),
             db.worker.clone(),
+            Arc::new(checkout::PricedOrderFacts),
             config.anomaly_interval,
             crate::pricing::rollout::Periods::default(),
         )),
@@ -306,7 +331,8 @@ fn cell_workers(
         &config.mail_from,
     ) {
         Ok(transport) => workers.push(tokio::spawn(crate::mail::send_every_merchants_mail(
-            db.app.clone(),
+            cells.clone(),
+            cell.name.clone(),
             db.worker.clone(),
             transport,
             config.worker_interval,
@@ -315,14 +341,14 @@ fn cell_workers(
     }
     if !config.analytics_interval.is_zero() {
         // `validate` has refused a bad store already.
-        let mirror = config.analytics_mirror().unwrap_or_else(|err| {
+        let mirror = analytics_mirror(config).unwrap_or_else(|err| {
             tracing::error!(error = %err, "the marts are not mirrored");
             None
         });
         workers.push(tokio::spawn(crate::analytics::export_continuously(
             cell.name.clone(),
             db.worker.clone(),
-            config.analytics_layout(),
+            crate::analytics::Layout::new(config.analytics_dir()),
             mirror,
             config.analytics_interval,
         )));
@@ -335,6 +361,17 @@ fn cell_workers(
         )));
     }
     workers
+}
+
+/// The object store the marts are mirrored to (`--analytics-store`).
+fn analytics_mirror(
+    config: &Config,
+) -> Result<Option<crate::analytics::Mirror>, crate::analytics::mirror::MirrorError> {
+    config
+        .analytics_store
+        .as_deref()
+        .map(crate::analytics::Mirror::open)
+        .transpose()
 }
 
 /// Moves the shadow-read tally into pgshift's table every tick.
@@ -352,61 +389,4 @@ fn generate_admin_token() -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     format!("adm_{}", hex::encode(bytes))
-}
-
-/// Where a command (`remediate`, `tenants`) finds the main database.
-#[derive(Debug, clap::Args)]
-pub struct CommandDatabaseArgs {
-    /// PostgreSQL URL of the schema owner; without it, the embedded cluster in --data-dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
-    pub database_url: Option<String>,
-    /// Where `mercato serve` keeps its embedded cluster (and its files, such as e-mails).
-    #[arg(
-        long,
-        env = "MERCATO_DATA_DIR",
-        default_value = ".mercato",
-        global = true
-    )]
-    pub data_dir: std::path::PathBuf,
-}
-
-/// A database for a command (`remediate`, `demo incident`): `DATABASE_URL`'s,
-/// else the embedded cluster of `data_dir`, joined while a `serve` runs on it
-/// or started (and migrated) for the command's duration.
-pub struct CommandDatabase {
-    /// The schema owner's pool (superuser on the embedded cluster).
-    pub owner: sqlx::PgPool,
-    /// Keeps a cluster this command started alive until it ends.
-    _localpg: Option<LocalPg>,
-}
-
-pub async fn command_database(
-    database_url: Option<&str>,
-    data_dir: &Path,
-    max_connections: u32,
-) -> Result<CommandDatabase, StartError> {
-    let (url, localpg) = match database_url {
-        Some(url) => (url.to_owned(), None),
-        None => {
-            match localpg::attach(data_dir, "mercato").map_err(|source| StartError::LocalPg {
-                dir: data_dir.display().to_string(),
-                source,
-            })? {
-                Some(url) => (url, None),
-                None => {
-                    let pg = db::start_private_cluster(data_dir).await?;
-                    (pg.url("mercato"), Some(pg))
-                }
-            }
-        }
-    };
-    // Migrated (and the service roles made) like `serve` does, so a command may run first.
-    let db = db::prepare(&url, 2).await?;
-    db.app.close().await;
-    db.worker.close().await;
-    let owner = db::connect(url.parse().map_err(DbError::Url)?, max_connections).await?;
-    Ok(CommandDatabase {
-        owner,
-        _localpg: localpg,
-    })
 }

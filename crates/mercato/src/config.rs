@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-const DEFAULT_DATA_DIR: &str = ".mercato";
+pub const DEFAULT_DATA_DIR: &str = ".mercato";
 const DEFAULT_DB_POOL: u32 = 32;
 const DEFAULT_CHECKOUT_TTL: &str = "900";
 const DEFAULT_RECOVERY_GRACE: &str = "30";
@@ -83,7 +83,7 @@ pub struct Config {
     #[arg(long, env = "MERCATO_WEBHOOK_TIMEOUT", default_value = DEFAULT_WEBHOOK_TIMEOUT, value_parser = seconds)]
     pub webhook_timeout: Duration,
     /// Delays before each webhook attempt (Svix's schedule; tests shorten it).
-    #[arg(skip = crate::events::svix_schedule())]
+    #[arg(skip = svix_schedule())]
     pub webhook_schedule: Vec<Duration>,
     /// NATS server to publish every event to (JetStream stream MERCATO, subjects
     /// mercato.<merchant>.<type>); unset: no bus.
@@ -137,7 +137,7 @@ pub fn cell_name(name: &str) -> Result<&str, String> {
             "cell name {name:?} must be 1-32 lower-case letters, digits, - or _"
         ));
     }
-    if name == crate::cells::MAIN {
+    if name == MAIN_CELL {
         return Err("the main database is the cell \"main\" already".into());
     }
     Ok(name)
@@ -156,6 +156,19 @@ pub fn cell_spec(raw: &str) -> Result<CellSpec, String> {
         name: name.to_owned(),
         url: url.trim().to_owned(),
     })
+}
+
+/// The name of the main database as a cell: every merchant's home until moved.
+pub const MAIN_CELL: &str = "main";
+
+/// Delays before each webhook retry, Svix's schedule: the first attempt at
+/// once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts over
+/// about a day).
+pub fn svix_schedule() -> Vec<Duration> {
+    [0, 5, 300, 1_800, 7_200, 18_000, 36_000, 36_000]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect()
 }
 
 const DEFAULT_MAIL_FROM: &str = "Mercato <no-reply@mercato.local>";
@@ -179,22 +192,10 @@ pub fn seconds(raw: &str) -> Result<Duration, String> {
 
 impl Config {
     /// The analytics directory: `--analytics-dir`, or inside the data directory.
-    pub fn analytics_layout(&self) -> crate::analytics::Layout {
-        crate::analytics::Layout::new(
-            self.analytics_dir
-                .clone()
-                .unwrap_or_else(|| self.data_dir.join("analytics")),
-        )
-    }
-
-    /// The object store the marts are mirrored to (`--analytics-store`).
-    pub fn analytics_mirror(
-        &self,
-    ) -> Result<Option<crate::analytics::Mirror>, crate::analytics::mirror::MirrorError> {
-        self.analytics_store
-            .as_deref()
-            .map(crate::analytics::Mirror::open)
-            .transpose()
+    pub fn analytics_dir(&self) -> PathBuf {
+        self.analytics_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("analytics"))
     }
 
     /// The defaults, listening on `listen`.
@@ -220,7 +221,7 @@ impl Config {
             redis_url: None,
             mail_from: DEFAULT_MAIL_FROM.to_owned(),
             webhook_timeout: default(DEFAULT_WEBHOOK_TIMEOUT),
-            webhook_schedule: crate::events::svix_schedule(),
+            webhook_schedule: svix_schedule(),
             webhook_disable_after: DEFAULT_WEBHOOK_DISABLE_AFTER,
             shadow_percent: DEFAULT_SHADOW_PERCENT,
             cells: Vec::new(),
@@ -232,13 +233,6 @@ impl Config {
         let fail = |flag, message: String| Err(ConfigError { flag, message });
         if !(1..=1000).contains(&self.max_connections) {
             return fail("db-pool", "must be from 1 to 1000 connections".into());
-        }
-        match self.analytics_mirror() {
-            Err(crate::analytics::mirror::MirrorError::Url { reason, .. }) => {
-                return fail("analytics-store", reason)
-            }
-            Err(e) => return fail("analytics-store", e.to_string()),
-            Ok(_) => {}
         }
         let analytics = self.analytics_interval.as_secs_f64();
         if analytics != 0.0 && !(0.1..=86_400.0).contains(&analytics) {
@@ -327,4 +321,24 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["mercato", "--recovery-grace", "soon"]).is_err());
     }
+}
+
+/// Where a command (`remediate`, `tenants`, `analytics`) finds the main
+/// database and the other cells: the same flags as `serve`'s, declared once.
+#[derive(Debug, clap::Args)]
+pub struct CommandDatabaseArgs {
+    /// PostgreSQL URL of the schema owner; without it, the embedded cluster in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Where `mercato serve` keeps its embedded cluster (and its files, such as e-mails).
+    #[arg(
+        long,
+        env = "MERCATO_DATA_DIR",
+        default_value = DEFAULT_DATA_DIR,
+        global = true
+    )]
+    pub data_dir: std::path::PathBuf,
+    /// The cells, as `serve` is given them: `NAME=postgres://…` (repeatable).
+    #[arg(long = "cell", env = "MERCATO_CELLS", value_delimiter = ',', value_parser = cell_spec, hide_env_values = true, global = true)]
+    pub cells: Vec<CellSpec>,
 }

@@ -402,3 +402,46 @@ pub async fn start_private_cluster(
     admin.close().await;
     Ok(pg)
 }
+
+/// A database for a command (`remediate`, `demo incident`): `DATABASE_URL`'s,
+/// else the embedded cluster of `data_dir`, joined while a `serve` runs on it
+/// or started (and migrated) for the command's duration.
+pub struct CommandDatabase {
+    /// The schema owner's pool (superuser on the embedded cluster).
+    pub owner: sqlx::PgPool,
+    /// Keeps a cluster this command started alive until it ends.
+    _localpg: Option<localpg::LocalPg>,
+}
+
+pub async fn command_database(
+    database_url: Option<&str>,
+    data_dir: &std::path::Path,
+    max_connections: u32,
+) -> Result<CommandDatabase, PrivateClusterError> {
+    let (url, localpg) = match database_url {
+        Some(url) => (url.to_owned(), None),
+        None => {
+            match localpg::attach(data_dir, "mercato").map_err(|source| {
+                PrivateClusterError::LocalPg {
+                    dir: data_dir.display().to_string(),
+                    source,
+                }
+            })? {
+                Some(url) => (url, None),
+                None => {
+                    let pg = start_private_cluster(data_dir).await?;
+                    (pg.url("mercato"), Some(pg))
+                }
+            }
+        }
+    };
+    // Migrated (and the service roles made) like `serve` does, so a command may run first.
+    let db = prepare(&url, 2).await?;
+    db.app.close().await;
+    db.worker.close().await;
+    let owner = connect(url.parse().map_err(DbError::Url)?, max_connections).await?;
+    Ok(CommandDatabase {
+        owner,
+        _localpg: localpg,
+    })
+}

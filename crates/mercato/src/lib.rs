@@ -4,8 +4,10 @@
 //! - A request enters through `routes::router` (every route, mounted with its
 //!   OpenAPI docs), passes the tower layers of `http::with_plumbing` (request id,
 //!   tracing, timeout, idempotency keys), and reaches a handler in a context's
-//!   `http.rs`. Handlers authenticate (`http::auth::Tenant` / `Admin`), parse the
-//!   body into domain types (`validation`), and call the context's functions.
+//!   `http.rs`. Handlers authenticate (`tenancy::Tenant` / `Admin`: who is
+//!   calling, and the merchant's database handle), take services from the
+//!   application state, parse the body into domain types (`validation`), and
+//!   call the context's functions.
 //! - `app.rs` wires config → database → router → background workers; `main.rs`
 //!   is only the command line.
 //! - Each context keeps the same files: `model.rs` (types and rules, no I/O, no
@@ -18,16 +20,17 @@
 //! |---|---|
 //! | `tenancy` | `merchants`, `api_keys` |
 //! | `catalog` | `products`, `variants` |
-//! | `inventory` | `stock`, `reservations`, `reservation_items` |
-//! | `checkout` | `orders`, `order_items` |
-//! | `payments` (sandbox provider) | `payments` |
+//! | `inventory` | `stock`, `reservations`, `reservation_items`, `stock_sales` |
+//! | `checkout` | `orders`, `order_items`, `order_refunds`, `order_refund_lines` |
+//! | `payments` (sandbox provider) | `payments`, `payment_refunds` |
 //! | `pricing` | `pricing_settings`, `pricing_rule_revisions`, `pricing_rule_usage`, `pricing_customer_usage`, `pricing_order_uses`, `pricing_rollouts`, `pricing_rollout_orders`, `pricing_alerts` |
 //! | `events` | `events`, `webhook_endpoints`, `webhook_deliveries`, `webhook_attempts` |
 //! | `remediation` | `remediation_incidents`, `order_adjustments`, `remediation_effects` |
 //! | `wallet` | `wallets`, `wallet_entries` |
 //! | `mail` | `mail_outbox` |
 //! | `legacy_orders` | `legacy_orders`, `order_records`, `customers` (the pgshift demo migration) |
-//! | `http::idempotency` | `idempotency_keys` |
+//! | `cells` | `tenant_directory`, `tenant_moves`, `cell_absent`, `move_changes` |
+//! | `idempotency` | `idempotency_keys` |
 //!
 //! `analytics` owns no table: it reads `events` by commit position and keeps
 //! its marts in the analytics directory.
@@ -46,6 +49,7 @@ pub mod db;
 pub mod demo;
 pub mod events;
 pub mod http;
+pub mod idempotency;
 pub mod inventory;
 pub mod legacy_orders;
 pub mod mail;

@@ -59,7 +59,7 @@ struct MigrateArgs {
 #[derive(Subcommand)]
 enum DemoCommand {
     /// Seed legacy orders and migrate them online under live HTTP traffic; prints a JSON summary.
-    Migration(mercato::demo::migration::Options),
+    Migration(mercato::bench::live_migration::Options),
     /// Seed a merchant whose orders a bad calculator version mis-priced in a window; prints the facts.
     Incident(mercato::demo::incident::Options),
 }
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Migrate(args) => migrate(args).await,
             Command::Demo(DemoCommand::Migration(opts)) => {
-                mercato::demo::migration::run(opts).await.map(|_| ())
+                mercato::bench::live_migration::run(opts).await.map(|_| ())
             }
             Command::Bench(BenchCommand::Migrate(opts)) => mercato::bench::migrate::run(opts).await,
             Command::Reprice(opts) => mercato::reprice::run(opts).await,

@@ -12,8 +12,10 @@ pub const MAX_LIMIT: i64 = 500;
 
 /// Raw query parameters; parsed by `Page::parse` so bad values name their field.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     pub limit: Option<String>,
     /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,

@@ -41,8 +41,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("order {} not found", opts.order))?;
     let mut tx = TenantTx::begin(&pool, merchant).await?;
+    let recorded = crate::checkout::recorded_pricing(&mut tx, opts.order).await?;
     let repriced =
-        crate::pricing::reprice_order(&mut tx, opts.order, version, opts.revision).await?;
+        crate::pricing::reprice_order(&mut tx, opts.order, recorded, version, opts.revision)
+            .await?;
     tx.commit().await?;
     println!("{}", serde_json::to_string_pretty(&repriced)?);
     Ok(())

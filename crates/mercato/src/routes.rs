@@ -28,7 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::http::routes())
         .merge(remediation::http::routes())
         .merge(legacy_orders::http::routes())
-        .merge(crate::cells::http::routes())
+        .merge(tenancy::moves::routes())
         .merge(crate::analytics::http::routes())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -41,18 +41,33 @@ pub fn router(state: AppState) -> Router {
     let mut doc = api_doc;
     doc.merge(operations_doc);
     openapi::document_common_answers(&mut doc);
+    openapi::refer_to_page_items(&mut doc);
+    openapi::shorten_summaries(&mut doc);
     let routes = api
         .route_layer(middleware::from_fn(metrics::track))
         .merge(operations.layer(Extension(Arc::new(doc))));
+    let routes = http::with_fallbacks(routes)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::idempotency,
+        ))
+        // Outside the idempotency layer: a limited request claims no key.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            tenancy::rate_limit::rate_limit,
+        ));
     http::with_plumbing(routes, state)
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(),
+    responses((status = 200, description = "The process is up")))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+/// Readiness: the process is up and its database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(), responses(
     (status = 200, description = "The database answers"),
     (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
 ))]

@@ -1,9 +1,14 @@
 //! What every request handler can reach: the services `App::build` wires up.
+//! Authentication says who is calling (`tenancy::Tenant`); this says with
+//! what: the platform-wide services, and each cell's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::cells::Cells;
+use crate::cells::{Cells, MerchantDb};
+use crate::checkout::Checkout;
 use crate::db::Db;
+use crate::inventory::Inventory;
 use crate::tenancy::KeyCache;
 
 /// Cloned for every request and extractor, so it is one reference-counted pointer.
@@ -23,23 +28,44 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The services bound to one cell's pools: stock admission (its queues hold
+/// that database's rows), the checkout saga and its payment provider, and
+/// the online migration of legacy orders as that database has it.
+pub struct CellServices {
+    pub inventory: Inventory,
+    pub checkout: Checkout,
+    /// Which shapes of legacy orders to write and read in this cell.
+    pub migration: Arc<pgshift::ReadSwitch>,
+}
+
 pub struct Services {
     /// The main database: the tenant directory (merchants, API keys), and
     /// the cell `main`.
     pub db: Db,
     pub admin_token: Arc<str>,
     pub keys: KeyCache,
-    /// Every cell with its services (stock admission, checkout); a request
-    /// reaches its merchant's through `Tenant`.
+    /// The tenant directory: which cell serves each merchant (`MerchantDb`).
     pub cells: Cells,
-    /// The online migration of legacy orders: which shapes to write and read.
-    pub migration: Arc<pgshift::ReadSwitch>,
+    /// Each cell's services, by cell name (every cell of `cells` has them).
+    pub cell_services: HashMap<String, Arc<CellServices>>,
     /// How webhooks are delivered (and which receiver URLs are accepted).
     pub webhooks: crate::events::worker::DeliveryConfig,
     /// Per-merchant rate limits, in process.
     pub limiter: crate::quotas::Limiter,
     /// The analytics marts the reports read.
     pub analytics: crate::analytics::Layout,
+    /// Checkout's orders as pricing reads them (the anomaly check).
+    pub order_facts: Arc<dyn crate::pricing::OrderFacts>,
     /// Drives the moves started from the admin API.
     pub moves: Arc<crate::cells::driver::MoveDriver>,
+}
+
+impl Services {
+    /// The services of the cell serving a merchant's database.
+    pub fn serving(&self, db: &MerchantDb) -> &CellServices {
+        self.cell_services
+            .get(db.cell_name())
+            .map(Arc::as_ref)
+            .expect("App::build gives every cell its services")
+    }
 }

@@ -1,58 +1,22 @@
-//! The shape of the code, checked: dependencies point one way (no import cycle
-//! through `http/`, domain files never import the web layer), and every SQL
-//! statement in a context's `store.rs` names only tables that context owns.
+//! The shape of the code, checked against the design it claims
+//! (`../shared/design/ARCHITECTURE.md`, and the crate docs in `src/lib.rs`):
+//!
+//! - no import cycle between files, nor between the top-level parts of the
+//!   crate (a context is a folder: two contexts never import each other);
+//! - layers: no part imports the wiring (`app`, `routes`, `bench`, `demo`),
+//!   `http/` (web plumbing) and `config.rs` import no context, and a
+//!   context's domain files (`model.rs`, `store.rs`) never import the web layer;
+//! - every table the migrations create has exactly one owner, listed once in
+//!   the crate docs (checked both ways), and every SQL statement in any file
+//!   of a context names only tables that context owns.
 //!
 //! The import graph is drawn from `crate::…`, `super::…` and `self::…` paths
 //! in the source (`use` items and paths written inline); `mod x;` declarations
-//! are containment, not dependencies, and are left out.
+//! are containment, not dependencies, and are left out. Each rule has a test
+//! below that feeds it a violation, so a rule that can no longer fail fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// Who owns which tables (the same table as in `src/lib.rs`).
-const OWNERS: &[(&str, &[&str])] = &[
-    ("tenancy", &["merchants", "api_keys"]),
-    ("catalog", &["products", "variants"]),
-    ("inventory", &["stock", "reservations", "reservation_items"]),
-    ("checkout", &["orders", "order_items"]),
-    ("payments", &["payments"]),
-    (
-        "pricing",
-        &[
-            "pricing_settings",
-            "pricing_rule_revisions",
-            "pricing_rule_usage",
-            "pricing_customer_usage",
-            "pricing_order_uses",
-            "pricing_rollouts",
-            "pricing_rollout_orders",
-            "pricing_alerts",
-        ],
-    ),
-    (
-        "events",
-        &[
-            "events",
-            "webhook_endpoints",
-            "webhook_deliveries",
-            "webhook_attempts",
-        ],
-    ),
-    (
-        "remediation",
-        &[
-            "remediation_incidents",
-            "order_adjustments",
-            "remediation_effects",
-        ],
-    ),
-    ("wallet", &["wallets", "wallet_entries"]),
-    ("mail", &["mail_outbox"]),
-    (
-        "legacy_orders",
-        &["legacy_orders", "order_records", "customers"],
-    ),
-];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -87,14 +51,39 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The source without comments, so prose that names a module is no dependency.
 fn code_of(source: &str) -> String {
-    source
-        .lines()
-        .map(|l| match l.find("//") {
-            Some(i) => &l[..i],
-            None => l,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    // A `//` inside a string literal (`postgres://…`) is no comment.
+    let chars: Vec<char> = source.chars().collect();
+    let mut out = String::with_capacity(source.len());
+    let mut i = 0;
+    let mut in_string = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if in_string {
+            out.push(c);
+            if c == '\\' {
+                if let Some(next) = chars.get(i + 1) {
+                    out.push(*next);
+                    i += 1;
+                }
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '/' && chars.get(i + 1) == Some(&'/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+            continue;
+        } else if c == '\'' && chars.get(i + 1) == Some(&'"') && chars.get(i + 2) == Some(&'\'') {
+            out.push_str("'\"'");
+            i += 3;
+            continue;
+        } else {
+            in_string = c == '"';
+            out.push(c);
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Every path a file names: `crate::a::b`, `super::c`, and each leaf of a
@@ -251,7 +240,12 @@ fn the_import_graph_has_no_cycle() {
         "the graph was drawn (edges: {:?})",
         g.edges
     );
-    let found: Vec<String> = cycles(&g)
+    let found = cycle_names(&g);
+    assert!(found.is_empty(), "import cycles: {found:#?}");
+}
+
+fn cycle_names(g: &Graph) -> Vec<String> {
+    cycles(g)
         .iter()
         .map(|c| {
             c.iter()
@@ -259,41 +253,257 @@ fn the_import_graph_has_no_cycle() {
                 .collect::<Vec<_>>()
                 .join(" ⇄ ")
         })
-        .collect();
-    assert!(found.is_empty(), "import cycles: {found:#?}");
+        .collect()
+}
+
+/// The parts that put the house together; they may import anything, and
+/// nothing but the binary imports them (`state` is the `AppState` idiom:
+/// every context's routes are typed by it, see `folder_graph`).
+const WIRING: &[&str] = &["app", "routes", "state", "bench", "demo", "main"];
+
+/// Infrastructure every context may use: no context of its own.
+const FOUNDATIONS: &[&str] = &[
+    "db",
+    "validation",
+    "pagination",
+    "telemetry",
+    "config",
+    "http",
+];
+
+fn part(module: &[String]) -> &str {
+    module.first().map(String::as_str).unwrap_or("lib")
+}
+
+/// `x/cli.rs`: a command, which composes contexts like the wiring does.
+fn is_command(module: &[String]) -> bool {
+    module.last().is_some_and(|m| m == "cli")
+        || part(module) == "reprice"
+        || part(module) == "shift"
+}
+
+/// The graph between top-level parts: an arrow `a → b` when a file of `a`
+/// (not a command) imports a file of `b`. The wiring and the `AppState` idiom
+/// (`x → state`) are left out: what remains must be acyclic.
+fn folder_graph(g: &Graph) -> Graph {
+    let mut parts = Graph {
+        modules: BTreeSet::new(),
+        edges: BTreeMap::new(),
+    };
+    for (from, targets) in &g.edges {
+        let a = part(from);
+        if WIRING.contains(&a) || is_command(from) || a == "lib" {
+            continue;
+        }
+        parts.modules.insert(vec![a.to_owned()]);
+        for to in targets {
+            let b = part(to);
+            if b == a || WIRING.contains(&b) || b == "lib" {
+                continue;
+            }
+            parts.modules.insert(vec![b.to_owned()]);
+            parts
+                .edges
+                .entry(vec![a.to_owned()])
+                .or_default()
+                .insert(vec![b.to_owned()]);
+        }
+    }
+    parts
 }
 
 #[test]
-fn domain_files_know_nothing_of_http() {
+fn no_two_parts_of_the_crate_import_each_other() {
+    let parts = folder_graph(&graph());
+    assert!(
+        parts.modules.len() >= 15,
+        "the parts were found: {:?}",
+        parts.modules
+    );
+    let found = cycles(&parts);
+    // Name the files behind each arrow of a cycle: that is where to cut.
     let g = graph();
-    for (module, targets) in &g.edges {
-        let file = module.last().map(String::as_str);
-        if matches!(file, Some("model" | "store")) {
-            for t in targets {
-                assert!(
-                    t.first().map(String::as_str) != Some("http")
-                        && t.last().map(String::as_str) != Some("http"),
-                    "{} imports the web layer ({})",
-                    module.join("::"),
-                    t.join("::")
-                );
+    let mut why = Vec::new();
+    for component in &found {
+        let inside: BTreeSet<&str> = component.iter().map(|m| m[0].as_str()).collect();
+        for (from, targets) in &g.edges {
+            for to in targets {
+                let (a, b) = (part(from), part(to));
+                if a != b
+                    && inside.contains(a)
+                    && inside.contains(b)
+                    && !is_command(from)
+                    && !WIRING.contains(&a)
+                {
+                    why.push(format!(
+                        "{a} → {b}: {} → {}",
+                        from.join("::"),
+                        to.join("::")
+                    ));
+                }
             }
         }
     }
+    assert!(
+        found.is_empty(),
+        "folder-level import cycles: {:#?}\nthrough: {why:#?}",
+        cycle_names(&parts)
+    );
+}
+
+#[test]
+fn the_folder_cycle_check_fails_on_a_two_way_pair() {
+    let mut g = graph();
+    // checkout → pricing is allowed; add the way back, as it once was.
+    g.edges
+        .entry(vec!["pricing".into(), "rollout".into()])
+        .or_default()
+        .insert(vec!["checkout".into(), "facts".into()]);
+    g.edges
+        .entry(vec!["checkout".into(), "saga".into()])
+        .or_default()
+        .insert(vec!["pricing".into()]);
+    let found = cycle_names(&folder_graph(&g));
+    assert!(
+        found
+            .iter()
+            .any(|c| c.contains("pricing") && c.contains("checkout")),
+        "a planted cycle was not found: {found:?}"
+    );
+}
+
+/// Every import that breaks a layer rule, as `from → to: rule`.
+fn layer_violations(g: &Graph) -> Vec<String> {
+    let mut found = Vec::new();
+    for (from, targets) in &g.edges {
+        let a = part(from);
+        for to in targets {
+            let b = part(to);
+            let name = |rule: &str| format!("{} → {}: {rule}", from.join("::"), to.join("::"));
+            let is_context = !WIRING.contains(&b) && !FOUNDATIONS.contains(&b) && b != "lib";
+            if matches!(b, "app" | "routes" | "bench" | "demo")
+                && !matches!(a, "app" | "routes" | "bench" | "demo" | "main")
+            {
+                found.push(name("only the wiring imports the wiring"));
+            }
+            if b == "demo" && a == "demo" {
+                continue;
+            }
+            if a == "demo" && b == "bench" {
+                found.push(name("the demo does not depend on the benchmarks"));
+            }
+            if a == "http" && is_context {
+                found.push(name("http/ is plumbing and imports no context"));
+            }
+            if a == "config" && (is_context || WIRING.contains(&b)) {
+                found.push(name("config.rs holds values and imports no context"));
+            }
+            let file = from.last().map(String::as_str);
+            if matches!(file, Some("model" | "store"))
+                && (b == "http" || to.last().map(String::as_str) == Some("http"))
+            {
+                found.push(name("domain files know nothing of HTTP"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_layers_point_one_way() {
+    let found = layer_violations(&graph());
+    assert!(found.is_empty(), "layer violations: {found:#?}");
+}
+
+#[test]
+fn each_layer_rule_fails_when_violated() {
+    let planted: &[(&[&str], &[&str], &str)] = &[
+        (&["catalog", "http"], &["app"], "only the wiring"),
+        (&["checkout", "saga"], &["bench", "load"], "only the wiring"),
+        (
+            &["demo", "incident"],
+            &["bench", "load"],
+            "the demo does not depend",
+        ),
+        (&["http", "auth"], &["tenancy"], "http/ is plumbing"),
+        (&["config"], &["analytics"], "config.rs holds values"),
+        (&["inventory", "model"], &["http", "error"], "domain files"),
+    ];
+    for (from, to, rule) in planted {
+        let mut g = graph();
+        let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+        let to: Vec<String> = to.iter().map(|s| s.to_string()).collect();
+        g.edges.entry(from.clone()).or_default().insert(to.clone());
+        let found = layer_violations(&g);
+        assert!(
+            found.iter().any(|v| v.contains(rule)),
+            "planting {from:?} → {to:?} broke no rule: {found:?}"
+        );
+    }
+}
+
+/// The string literals of Rust source: plain ones (with `\"` escapes) and raw
+/// ones (`r#"…"#`, which may hold `"` themselves, as sqlx's column overrides
+/// do); a `'"'` character literal opens none.
+fn string_literals(code: &str) -> Vec<String> {
+    let chars: Vec<char> = code.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '\'' if chars.get(i + 1) == Some(&'"') && chars.get(i + 2) == Some(&'\'') => i += 3,
+            'r' if (chars.get(i + 1) == Some(&'#') || chars.get(i + 1) == Some(&'"'))
+                && (i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')) =>
+            {
+                let hashes = chars[i + 1..].iter().take_while(|c| **c == '#').count();
+                if chars.get(i + 1 + hashes) != Some(&'"') {
+                    i += 1;
+                    continue;
+                }
+                let close: String = std::iter::once('"')
+                    .chain(std::iter::repeat_n('#', hashes))
+                    .collect();
+                let body: String = chars[i + 2 + hashes..].iter().collect();
+                let end = body.find(&close).unwrap_or(body.len());
+                out.push(body[..end].to_owned());
+                i += 2 + hashes + body[..end].chars().count() + close.chars().count();
+            }
+            '"' => {
+                let mut literal = String::new();
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    if chars[i] == '\\' {
+                        i += 1;
+                    }
+                    if let Some(c) = chars.get(i) {
+                        literal.push(*c);
+                    }
+                    i += 1;
+                }
+                out.push(literal);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    out
 }
 
 /// Table names a statement reads or writes: the word after `from`, `join`,
-/// `into`, `update` (and `delete from`) in the file's SQL string literals.
+/// `into`, `update`, `table` (and `delete from`) in the file's SQL string literals.
 fn tables_named(code: &str) -> BTreeSet<String> {
     let mut tables = BTreeSet::new();
-    for literal in code.split('"').skip(1).step_by(2) {
+    for literal in string_literals(code) {
         let words: Vec<String> = literal
             .split(|c: char| c.is_whitespace() || c == '(' || c == ',')
             .filter(|w| !w.is_empty())
             .map(str::to_lowercase)
             .collect();
         for pair in words.windows(2) {
-            if matches!(pair[0].as_str(), "from" | "join" | "into" | "update") {
+            if matches!(
+                pair[0].as_str(),
+                "from" | "join" | "into" | "update" | "table"
+            ) {
                 let name = pair[1].trim_end_matches(';');
                 if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                     tables.insert(name.to_owned());
@@ -304,48 +514,211 @@ fn tables_named(code: &str) -> BTreeSet<String> {
     tables
 }
 
-#[test]
-fn each_store_names_only_its_own_tables() {
-    let all: BTreeMap<&str, &str> = OWNERS
-        .iter()
-        .flat_map(|(owner, tables)| tables.iter().map(move |t| (*t, *owner)))
+/// The ownership list: the table in the crate docs (`src/lib.rs`), the only
+/// place it is written. Table name → owning context.
+fn owners() -> BTreeMap<String, String> {
+    let docs = std::fs::read_to_string(src_dir().join("lib.rs")).expect("lib.rs");
+    owners_in(&docs)
+}
+
+fn owners_in(docs: &str) -> BTreeMap<String, String> {
+    let mut owners = BTreeMap::new();
+    let section = docs
+        .split("## Who owns which tables")
+        .nth(1)
+        .expect("lib.rs has its ownership table");
+    // The rest of the heading's line, then the table.
+    for line in section.lines().skip(1).take_while(|l| l.starts_with("//!")) {
+        let cells: Vec<&str> = line.trim_start_matches("//!").split('|').collect();
+        if cells.len() < 4 || cells[1].contains("---") || cells[1].trim() == "context" {
+            continue;
+        }
+        let owner = cells[1].split('`').nth(1).expect("owner in backticks");
+        for table in cells[2].split('`').skip(1).step_by(2) {
+            let previous = owners.insert(table.to_owned(), owner.to_owned());
+            assert!(
+                previous.is_none(),
+                "lib.rs gives table {table} two owners: {previous:?} and {owner}"
+            );
+        }
+    }
+    owners
+}
+
+/// Every table the service's schema creates: `migrations/*.sql`, and the
+/// pgshift plans' expand steps under `migrations/plans`.
+fn tables_created() -> BTreeSet<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("migrations")
+        .chain(std::fs::read_dir(dir.join("plans")).expect("plans"))
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql" || e == "toml"))
         .collect();
-    let mut checked = 0;
-    for (context, _) in OWNERS {
-        let stores = [
-            src_dir().join(context).join("store.rs"),
-            src_dir().join(context).join("sandbox.rs"),
-        ];
-        for store in stores.iter().filter(|p| p.exists()) {
-            let code = code_of(&std::fs::read_to_string(store).expect("read"));
-            for table in tables_named(&code) {
-                if let Some(owner) = all.get(table.as_str()) {
-                    checked += 1;
-                    assert_eq!(
-                        owner,
-                        context,
-                        "{} names table {table}, which {owner} owns",
-                        store.display()
-                    );
-                }
+    files.sort();
+    let mut tables = BTreeSet::new();
+    for file in files {
+        let sql = std::fs::read_to_string(&file).expect("read").to_lowercase();
+        for at in sql.match_indices("create table ").map(|(i, _)| i) {
+            let rest = sql[at + "create table ".len()..].trim_start();
+            let rest = rest.strip_prefix("if not exists ").unwrap_or(rest);
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            if !name.contains('.') {
+                tables.insert(name);
             }
         }
     }
-    assert!(checked >= 10, "only {checked} table references found");
+    tables
 }
 
 #[test]
-fn the_ownership_table_in_the_crate_docs_matches() {
-    let docs = std::fs::read_to_string(src_dir().join("lib.rs")).expect("lib.rs");
-    for (context, tables) in OWNERS {
-        let row = docs
-            .lines()
-            .find(|l| l.starts_with(&format!("//! | `{context}`")))
-            .unwrap_or_else(|| panic!("lib.rs lists {context}"));
-        for table in *tables {
-            assert!(row.contains(&format!("`{table}`")), "{row} lists {table}");
+fn every_table_has_one_owner_listed_once_in_the_crate_docs() {
+    let owners = owners();
+    let created = tables_created();
+    assert!(created.len() >= 30, "tables found: {created:?}");
+    let unowned: Vec<_> = created
+        .iter()
+        .filter(|t| !owners.contains_key(*t))
+        .collect();
+    assert!(
+        unowned.is_empty(),
+        "tables with no owner in lib.rs: {unowned:?}"
+    );
+    let unknown: Vec<_> = owners.keys().filter(|t| !created.contains(*t)).collect();
+    assert!(
+        unknown.is_empty(),
+        "lib.rs lists tables no migration creates: {unknown:?}"
+    );
+    for owner in owners.values().collect::<BTreeSet<_>>() {
+        let path = owner.split("::").collect::<Vec<_>>().join("/");
+        assert!(
+            src_dir().join(&path).is_dir() || src_dir().join(format!("{path}.rs")).is_file(),
+            "lib.rs names owner {owner}, which is no module"
+        );
+    }
+}
+
+#[test]
+fn the_ownership_parser_reads_a_table_and_refuses_two_owners() {
+    let docs = "//! ## Who owns which tables\n//! | context | tables |\n//! |---|---|\n//! | `a` | `x`, `y` |\n//! | `b` | `z` |\n";
+    let owners = owners_in(docs);
+    assert_eq!(owners.len(), 3);
+    assert_eq!(owners["z"], "b");
+    let twice = std::panic::catch_unwind(|| {
+        owners_in("//! ## Who owns which tables\n//! | `a` | `x` |\n//! | `b` | `x` |\n")
+    });
+    assert!(twice.is_err(), "a table with two owners was accepted");
+}
+
+/// The statements that name another context's table on purpose, each with
+/// why: the only ones. The list can only shrink (an entry no longer needed
+/// fails `every_statement_of_a_context_names_only_its_own_tables`).
+const READS_ACROSS: &[(&str, &str, &str)] = &[
+    (
+        "analytics/export.rs",
+        "events",
+        "the export is the outbox's consumer: it reads events by commit position (xid8), read-only, in batches no function of events could page as cheaply",
+    ),
+    (
+        "cells/mover/capture.rs",
+        "merchants",
+        "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row, and the cleanup deletes it",
+    ),
+    (
+        "cells/mover/cleanup.rs",
+        "merchants",
+        "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row, and the cleanup deletes it",
+    ),
+    (
+        "cells/mover/record.rs",
+        "merchants",
+        "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row, and the cleanup deletes it",
+    ),
+    (
+        "cells/cli.rs",
+        "merchants",
+        "`mercato tenants status` prints each merchant's slug beside its cell in one join over the main database",
+    ),
+];
+
+/// Every table a file names that its context does not own, as `file: table (owner)`.
+fn foreign_tables(owners: &BTreeMap<String, String>) -> (usize, Vec<String>) {
+    let (checked, found, _) = crossings(owners);
+    (checked, found)
+}
+
+/// `foreign_tables`, with every crossing seen (listed or not) as `(file, table)`.
+fn crossings(
+    owners: &BTreeMap<String, String>,
+) -> (usize, Vec<String>, BTreeSet<(String, String)>) {
+    let mut crossings = BTreeSet::new();
+    let mut files = Vec::new();
+    rust_files(&src_dir(), &mut files);
+    let mut checked = 0;
+    let mut found = Vec::new();
+    for file in files {
+        let module = module_of(&file);
+        let code = code_of(&std::fs::read_to_string(&file).expect("read"));
+        let code = match code.find("#[cfg(test)]") {
+            Some(i) => code[..i].to_owned(),
+            None => code,
+        };
+        let context = module.join("::");
+        for table in tables_named(&code) {
+            let Some(owner) = owners.get(&table) else {
+                continue;
+            };
+            checked += 1;
+            let owns = context == *owner || context.starts_with(&format!("{owner}::"));
+            // The wiring seeds and measures; it owns nothing and may name anything.
+            if !owns && !WIRING.contains(&part(&module)) {
+                let rel = file.strip_prefix(src_dir()).expect("under src");
+                let rel = rel.to_string_lossy().into_owned();
+                if !READS_ACROSS
+                    .iter()
+                    .any(|(f, t, _)| *f == rel && *t == table)
+                {
+                    found.push(format!("{rel}: {table} ({owner})"));
+                }
+                crossings.insert((rel, table.clone()));
+            }
         }
     }
+    (checked, found, crossings)
+}
+
+#[test]
+fn every_statement_of_a_context_names_only_its_own_tables() {
+    let (checked, found, crossings) = crossings(&owners());
+    for (file, table, _) in READS_ACROSS {
+        assert!(
+            crossings.contains(&(file.to_string(), table.to_string())),
+            "{file} no longer names {table}: take it off READS_ACROSS"
+        );
+    }
+    assert!(
+        found.is_empty(),
+        "tables named outside their owner: {found:#?}"
+    );
+    // Distinct (file, table) pairs: enough that the SQL was really read.
+    assert!(checked >= 50, "only {checked} table references found");
+}
+
+#[test]
+fn the_table_check_fails_when_a_context_names_another_s_table() {
+    let mut owners = owners();
+    // Hand `orders` to another context: checkout's statements now trespass.
+    owners.insert("orders".into(), "catalog".into());
+    let (_, found) = foreign_tables(&owners);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("checkout") && f.contains("orders")),
+        "no trespass found: {found:?}"
+    );
 }
 
 /// Every metric family the source records is described in `FAMILIES` (its

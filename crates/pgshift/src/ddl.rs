@@ -20,6 +20,88 @@ use crate::Error;
 /// Lock timeouts tolerated before the step fails.
 const MAX_ATTEMPTS: u32 = 20;
 
+/// How DDL on a live table waits for its lock: each attempt gives up after
+/// `lock_timeout` (so the table's other queries never queue behind it for
+/// longer), then the next waits `first_delay`, doubling up to `max_delay`,
+/// for at most `attempts` attempts in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockRetry {
+    pub lock_timeout: Duration,
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl LockRetry {
+    /// The attempts of one statement under this policy (the first is
+    /// under way).
+    pub fn attempts(&self) -> Attempts {
+        Attempts {
+            policy: *self,
+            tried: 1,
+            delay: self.first_delay,
+        }
+    }
+}
+
+/// The attempts of one statement so far (see [`LockRetry`]).
+#[derive(Debug)]
+pub struct Attempts {
+    policy: LockRetry,
+    tried: u32,
+    delay: Duration,
+}
+
+impl Attempts {
+    /// Whether another attempt is allowed after this one.
+    pub fn left(&self) -> bool {
+        self.tried < self.policy.attempts
+    }
+
+    /// After a lock timeout: waits before the next attempt (`label` names
+    /// the statement in the log).
+    pub async fn wait(&mut self, label: &str) {
+        let delay = self.delay;
+        tracing::warn!(
+            step = label,
+            attempt = self.tried,
+            "lock timeout; retrying in {delay:?}"
+        );
+        tokio::time::sleep(delay).await;
+        self.delay = (delay * 2).min(self.policy.max_delay);
+        self.tried += 1;
+    }
+}
+
+/// Runs one DDL statement in a transaction of its own under
+/// `retry.lock_timeout` (`SET LOCAL`: the pool's connection keeps none of
+/// it), retried on lock timeouts as `retry` says.
+pub async fn run_ddl(pool: &PgPool, sql: &str, retry: &LockRetry) -> Result<(), sqlx::Error> {
+    let set_timeout = format!(
+        "set local lock_timeout = {}",
+        retry.lock_timeout.as_millis()
+    );
+    let mut attempts = retry.attempts();
+    loop {
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query(&set_timeout).execute(&mut *tx).await?;
+        match sqlx::query(sql).execute(&mut *tx).await {
+            Ok(_) => return tx.commit().await,
+            Err(err) if is_lock_timeout(&err) && attempts.left() => {
+                drop(tx);
+                attempts.wait(sql).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// SQLSTATE 55P03 (lock_not_available): a `lock_timeout` ran out.
+pub fn is_lock_timeout(err: &sqlx::Error) -> bool {
+    has_sqlstate(err, "55P03")
+}
+
 /// One step of the plan as it is run.
 pub(crate) struct StepRun<'a> {
     /// For messages: `expand[0] "customers"`.
@@ -47,8 +129,14 @@ pub(crate) async fn run_step(
     step: &StepRun<'_>,
 ) -> Result<bool, Error> {
     let label = step.label;
-    let mut delay = Duration::from_millis(100);
-    for attempt in 1.. {
+    let mut attempts = LockRetry {
+        lock_timeout: Duration::from_millis(lock_timeout_ms),
+        attempts: MAX_ATTEMPTS,
+        first_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(5),
+    }
+    .attempts();
+    loop {
         let mut conn = pool.acquire().await?;
         sqlx::raw_sql(&format!("set lock_timeout = {lock_timeout_ms}"))
             .execute(&mut *conn)
@@ -59,10 +147,8 @@ pub(crate) async fn run_step(
             .await;
         match result {
             Ok(then_ran) => return Ok(then_ran),
-            Err(Failure::Db(err)) if has_sqlstate(&err, "55P03") && attempt < MAX_ATTEMPTS => {
-                tracing::warn!(step = label, attempt, "lock timeout; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+            Err(Failure::Db(err)) if is_lock_timeout(&err) && attempts.left() => {
+                attempts.wait(label).await;
             }
             Err(Failure::Db(source)) => {
                 return Err(Error::Step {
@@ -78,7 +164,6 @@ pub(crate) async fn run_step(
             }
         }
     }
-    unreachable!("the loop returns")
 }
 
 enum Failure {
@@ -204,6 +289,7 @@ async fn missing_effects(
     Ok(missing)
 }
 
-fn has_sqlstate(err: &sqlx::Error, code: &str) -> bool {
+/// Whether `err` is a database error of SQLSTATE `code`.
+pub fn has_sqlstate(err: &sqlx::Error, code: &str) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
 }

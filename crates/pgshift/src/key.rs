@@ -28,19 +28,45 @@ pub type Position = Vec<String>;
 /// The placeholder's name in `{{key_range}}`.
 const PLACEHOLDER: &str = "key_range";
 
+/// A key of one or more columns, for keyset windows and row-value
+/// comparisons over it (public through [`crate::toolkit`]).
 #[derive(Debug, Clone)]
-pub(crate) struct Key {
+pub struct Key {
     /// The key columns, quoted.
     columns: Vec<String>,
     /// Each column's type as SQL (`uuid`, `character varying(20)`), for casts.
     types: Vec<String>,
     /// One column of type smallint, integer or bigint: `$1`/`$2` plans work.
-    pub integer: bool,
+    pub(crate) integer: bool,
+}
+
+/// How [`Key::window`] returns the last key of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Last {
+    /// `array[a::text, b::text]`: a [`Position`], each column as text.
+    Texts,
+    /// `{"a": …, "b": …}`: a `jsonb` object of the key columns.
+    Json,
 }
 
 impl Key {
+    /// A key of `columns` (unquoted names, in key order) whose SQL types are
+    /// `types` (as `format_type` writes them: `uuid`, `bigint`, `text`).
+    pub fn new(columns: &[String], types: &[String]) -> Key {
+        Key {
+            columns: columns.iter().map(|c| quote_ident(c)).collect(),
+            types: types.to_vec(),
+            integer: columns.len() == 1
+                && matches!(types[0].as_str(), "smallint" | "integer" | "bigint"),
+        }
+    }
+
     /// The key columns of `source` with their types from the catalog.
-    pub async fn resolve(pool: &PgPool, source: &str, columns: &[String]) -> Result<Key, Error> {
+    pub(crate) async fn resolve(
+        pool: &PgPool,
+        source: &str,
+        columns: &[String],
+    ) -> Result<Key, Error> {
         let mut types = Vec::with_capacity(columns.len());
         let mut integer = columns.len() == 1;
         for column in columns {
@@ -68,12 +94,12 @@ impl Key {
         })
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.columns.len()
     }
 
     /// `(a, b)`, each column qualified by `alias` when given.
-    fn row(&self, alias: Option<&str>) -> String {
+    pub fn row(&self, alias: Option<&str>) -> String {
         let cols: Vec<String> = self
             .columns
             .iter()
@@ -85,15 +111,24 @@ impl Key {
         format!("({})", cols.join(", "))
     }
 
-    /// `($n::type, $n+1::type, …)`.
-    fn params(&self, first: usize) -> String {
-        let params: Vec<String> = self
-            .types
+    /// `(a, b) <op> (v1::type_a, v2::type_b)`: the key (qualified by
+    /// `alias`) against one value per column, each an SQL expression cast
+    /// to its column's type so that an index range scan can use it. A value
+    /// that is not a single term (`x ->> 'a'`) must come in parentheses.
+    /// Panics unless there is one value per key column.
+    pub fn compare(&self, alias: Option<&str>, op: &str, values: &[String]) -> String {
+        assert_eq!(values.len(), self.len(), "one value per key column");
+        let cast: Vec<String> = values
             .iter()
-            .enumerate()
-            .map(|(i, t)| format!("${}::{t}", first + i))
+            .zip(&self.types)
+            .map(|(v, t)| format!("{v}::{t}"))
             .collect();
-        format!("({})", params.join(", "))
+        format!("{} {op} ({})", self.row(alias), cast.join(", "))
+    }
+
+    /// `$n`, `$n+1`, …: one parameter per key column.
+    fn params(&self, first: usize) -> Vec<String> {
+        (0..self.len()).map(|i| format!("${}", first + i)).collect()
     }
 
     fn order(&self, direction: &str) -> String {
@@ -107,14 +142,13 @@ impl Key {
     /// The predicate for the window `(after, upto]`: parameters `$1…` hold
     /// `after` (if any), then `upto` (if any).
     fn predicate(&self, alias: Option<&str>, after: bool, upto: bool) -> String {
-        let row = self.row(alias);
         let mut parts = Vec::new();
         if after {
-            parts.push(format!("{row} > {}", self.params(1)));
+            parts.push(self.compare(alias, ">", &self.params(1)));
         }
         if upto {
             let first = if after { self.len() + 1 } else { 1 };
-            parts.push(format!("{row} <= {}", self.params(first)));
+            parts.push(self.compare(alias, "<=", &self.params(first)));
         }
         if parts.is_empty() {
             "(true)".into()
@@ -127,22 +161,42 @@ impl Key {
     /// start), at most `$n+1` rows: how many rows it holds and its last
     /// position (NULL past the end). Backfill batches and validation ranges
     /// both walk the key space with it.
-    pub fn window_sql(&self, source: &str, after: bool) -> String {
+    pub(crate) fn window_sql(&self, source: &str, after: bool) -> String {
         let limit = if after { self.len() + 1 } else { 1 };
-        let texts: Vec<String> = self.columns.iter().map(|c| format!("{c}::text")).collect();
+        self.window(
+            source,
+            &self.predicate(None, after, false),
+            &format!("${limit}"),
+            Last::Texts,
+        )
+    }
+
+    /// The next window of keys: the first `limit` keys of `from` (in key
+    /// order) among the rows that pass `filter`, as one row of how many keys
+    /// the window holds (`bigint`) and the last of them (NULL for an empty
+    /// window), written as `last` says. `filter` bounds the window's start
+    /// (`compare(None, ">", …)`, or nothing for the first) and may narrow
+    /// the rows further; `limit` is SQL (`$2`, `1000`).
+    pub fn window(&self, from: &str, filter: &str, limit: &str, last: Last) -> String {
+        let last = match last {
+            Last::Texts => {
+                let texts: Vec<String> =
+                    self.columns.iter().map(|c| format!("{c}::text")).collect();
+                format!("array[{}]", texts.join(", "))
+            }
+            Last::Json => "to_jsonb(w)".to_owned(),
+        };
         format!(
-            "with w as (select {cols} from {source} where {pred} order by {asc} limit ${limit})
-             select (select count(*) from w), (select array[{texts}] from w order by {desc} limit 1)",
+            "with w as (select {cols} from {from} where {filter} order by {asc} limit {limit})
+             select (select count(*) from w), (select {last} from w order by {desc} limit 1)",
             cols = self.columns.join(", "),
-            pred = self.predicate(None, after, false),
             asc = self.order("asc"),
-            texts = texts.join(", "),
             desc = self.order("desc"),
         )
     }
 
     /// The rows of `source` after the position in `$1…` (all without one).
-    pub fn count_after_sql(&self, source: &str, after: bool) -> String {
+    pub(crate) fn count_after_sql(&self, source: &str, after: bool) -> String {
         format!(
             "select count(*) from {source} where {}",
             self.predicate(None, after, false)
@@ -152,7 +206,7 @@ impl Key {
     /// `statement` of the plan ready to run over the window `(after, upto]`
     /// (`None`: open at that end), with its arguments. `step` names it in
     /// errors.
-    pub fn bind(
+    pub(crate) fn bind(
         &self,
         step: &str,
         statement: &str,
@@ -195,7 +249,7 @@ impl Key {
 
     /// The arguments of [`Key::window_sql`] (with a limit) and
     /// [`Key::count_after_sql`] (without).
-    pub fn window_args(
+    pub(crate) fn window_args(
         &self,
         after: Option<&[String]>,
         limit: Option<i64>,

@@ -17,7 +17,9 @@
 //! application's side, `progress` reports on stderr and `cli` is the command
 //! line's work (the `pgshift` binary and `mercato migrate` parse, then call
 //! it). This file orders the phases. The plan format, privileges and a
-//! walk-through are in README.md.
+//! walk-through are in README.md. `toolkit` makes the pieces other online
+//! data movers need public on their own: quoting, DDL under a lock timeout
+//! with retries, keyset windows over any key, range checksums.
 //!
 //! `lint` and `status` only read; pgshift's schema is created by the first
 //! command that changes state.
@@ -36,6 +38,7 @@ mod progress;
 mod sql;
 pub mod state;
 pub mod switch;
+pub mod toolkit;
 mod validate;
 
 use std::time::Duration;

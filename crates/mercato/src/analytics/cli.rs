@@ -8,17 +8,13 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Exporter, Layout};
-use crate::config::{cell_spec, CellSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct AnalyticsArgs {
     #[command(subcommand)]
     pub command: Command,
     #[command(flatten)]
-    pub database: crate::app::CommandDatabaseArgs,
-    /// The cells, as `serve` is given them: `NAME=postgres://…` (repeatable).
-    #[arg(long = "cell", env = "MERCATO_CELLS", value_delimiter = ',', value_parser = cell_spec, hide_env_values = true, global = true)]
-    pub cells: Vec<CellSpec>,
+    pub database: crate::config::CommandDatabaseArgs,
     /// Where the marts are (default: `analytics` in the data directory).
     #[arg(long, env = "MERCATO_ANALYTICS_DIR", global = true)]
     pub analytics_dir: Option<PathBuf>,
@@ -75,7 +71,7 @@ pub async fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(super::Mirror::open)
         .transpose()?;
-    let cells = crate::cells::cli::command_cells(&args.database, &args.cells, 2).await?;
+    let cells = crate::cells::cli::command_cells(&args.database, 2).await?;
     for (name, owner) in &cells.owners {
         // The worker role reads across merchants, as `serve`'s export does.
         let opts = owner

@@ -11,9 +11,9 @@ use utoipa_axum::routes;
 
 use super::model::{GroupBy, Report};
 use super::report::{self, Answer, Question};
-use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiQuery, Problem};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::FieldErrors;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -26,17 +26,21 @@ const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 1000;
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReportParams {
     /// First day (UTC, `YYYY-MM-DD`, included); default: 29 days before `to`.
+    #[param(value_type = Option<String>, format = Date)]
     pub from: Option<String>,
     /// Last day (included); default: today.
+    #[param(value_type = Option<String>, format = Date)]
     pub to: Option<String>,
     /// `day`, `week`, `month`, `payment_method` or `customer` (revenue,
     /// average-order-value), `product` (top-products), `reason`
     /// (failure-reasons); default: the report's first.
     pub group_by: Option<String>,
     /// Rows of `top-products` (1 to 1000, default 10).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 10)]
     pub limit: Option<String>,
 }
 

@@ -3,6 +3,7 @@
 
 pub mod analytics;
 pub mod checkout;
+pub mod live_migration;
 pub mod load;
 pub mod migrate;
 pub mod moves;

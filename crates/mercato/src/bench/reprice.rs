@@ -52,7 +52,7 @@ struct Report {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let scratch =
         std::env::temp_dir().join(format!("mercato-bench-{}", uuid::Uuid::now_v7().simple()));
-    let db = crate::app::command_database(opts.database_url.as_deref(), &scratch, 4).await?;
+    let db = crate::db::command_database(opts.database_url.as_deref(), &scratch, 4).await?;
     let outcome = super::interruptible(measure(&db.owner, &opts)).await;
     db.owner.close().await;
     drop(db);
@@ -89,14 +89,14 @@ async fn measure(owner: &sqlx::PgPool, opts: &Options) -> anyhow::Result<Report>
         now - chrono::Duration::days(400),
         now - chrono::Duration::hours(1),
     );
-    let incident = crate::remediation::open(owner, merchant, from, to, "v3", "v2").await?;
+    let cells = crate::cells::Cells::of_owners(owner.clone(), []);
+    let db = cells.merchant_db_for_job(merchant).await?;
+    let incident = crate::remediation::open(&db, from, to, "v3", "v2").await?;
     sqlx::query("checkpoint").execute(owner).await.ok();
 
     let provider = SandboxProvider::new(owner.clone(), std::time::Duration::from_secs(1));
     let started = Instant::now();
-    let scan =
-        crate::remediation::scan(owner, merchant, incident, &provider, opts.batch, |_, _| {})
-            .await?;
+    let scan = crate::remediation::scan(&db, incident, &provider, opts.batch, |_, _| {}).await?;
     let scan_seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(
         scan.scanned == opts.orders,
@@ -104,7 +104,7 @@ async fn measure(owner: &sqlx::PgPool, opts: &Options) -> anyhow::Result<Report>
         scan.scanned,
         opts.orders
     );
-    let report = crate::remediation::report(owner, merchant, incident).await?;
+    let report = crate::remediation::report(&db, incident).await?;
 
     // The baseline: the same recorded orders, re-priced in memory.
     let mut tx = TenantTx::begin(owner, merchant).await?;

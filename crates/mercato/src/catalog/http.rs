@@ -8,16 +8,18 @@ use uuid::Uuid;
 use super::model::{CreateProductBody, PatchProductBody};
 use super::store::{self, CatalogError, Product};
 use super::{NewProduct, ProductPatch};
-use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::FieldError;
 
+/// `DELETE /v1/products/{id}` is inventory's (`inventory::http`): whether a
+/// product may go depends on its reserved units.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_products, post_product))
-        .routes(routes!(get_product, patch_product, delete_product))
+        .routes(routes!(get_product, patch_product))
 }
 
 /// An id that does not parse names no object of this merchant: 404, like any other.
@@ -81,6 +83,7 @@ pub async fn list_products(
     Ok(Json(List::from_rows(rows, page, |p| p.id)))
 }
 
+/// A product with its variants.
 #[utoipa::path(get, path = "/v1/products/{id}", params(("id" = String, Path)),
     security(("api_key" = [])),
     responses(
@@ -118,40 +121,4 @@ pub async fn patch_product(
     let product = store::update_product(&mut tx, id, &patch).await?;
     tx.commit().await?;
     product.map(Json).ok_or(ApiError::NotFound("product"))
-}
-
-/// Deletes a product and its variants (409 while any of its units are reserved).
-#[utoipa::path(delete, path = "/v1/products/{id}", params(("id" = String, Path)),
-    security(("api_key" = [])),
-    responses(
-        (status = 204),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json", description = "units reserved"),
-    ))]
-pub async fn delete_product(
-    tenant: Tenant,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let id = product_id(&id)?;
-    let mut tx = tenant.begin().await?;
-    let product = store::get_product(&mut tx, id)
-        .await?
-        .ok_or(ApiError::NotFound("product"))?;
-    let skus: Vec<String> = product.variants.iter().map(|v| v.sku.clone()).collect();
-    if crate::inventory::lock_reserved_units(&mut tx, &skus).await? > 0 {
-        return Err(ApiError::Conflict {
-            kind: "product-has-reservations",
-            title: "Product has reserved units",
-            detail: "units of this product are reserved; release them or let them expire first"
-                .into(),
-            errors: vec![],
-        });
-    }
-    let deleted = store::delete_product(&mut tx, id).await?;
-    tx.commit().await?;
-    if deleted {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("product"))
-    }
 }

@@ -9,5 +9,6 @@ mod store;
 
 pub use model::{is_currency, Money, NewProduct, NewVariant, ProductPatch, Sku, MAX_PRICE};
 pub use store::{
-    create_product, prices, product_facts, sku_exists, CatalogError, Price, ProductFacts,
+    create_product, delete_product, get_product, prices, product_facts, sku_exists, CatalogError,
+    Price, Product, ProductFacts,
 };

@@ -10,17 +10,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::mover::{self, Move, Phase, Pools, Progress};
 use super::MAIN;
-use crate::config::{cell_spec, CellSpec};
+use crate::config::CommandDatabaseArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct Tenants {
     #[command(subcommand)]
     pub command: Command,
     #[command(flatten)]
-    pub database: crate::app::CommandDatabaseArgs,
-    /// The cells, as `serve` is given them: `NAME=postgres://…` (repeatable).
-    #[arg(long = "cell", env = "MERCATO_CELLS", value_delimiter = ',', value_parser = cell_spec, hide_env_values = true, global = true)]
-    pub cells: Vec<CellSpec>,
+    pub database: CommandDatabaseArgs,
     /// The share of the time the copy and the cleanup work (they rest the
     /// remainder, so the cells' other merchants keep their latency); 1: flat out.
     #[arg(long, default_value_t = mover::DEFAULT_DUTY_CYCLE, value_parser = duty_cycle, global = true)]
@@ -81,18 +78,18 @@ pub struct MerchantArg {
 /// command's database), the data directory's embedded cells and `--cell`s.
 /// The clusters this process started live as long as it.
 pub struct CommandCells {
-    pub main: crate::app::CommandDatabase,
+    pub main: crate::db::CommandDatabase,
     /// By name, `main` included.
     pub owners: BTreeMap<String, sqlx::PgPool>,
     _embedded: Vec<super::embedded::EmbeddedCell>,
 }
 
 pub async fn command_cells(
-    database: &crate::app::CommandDatabaseArgs,
-    specs: &[CellSpec],
+    database: &CommandDatabaseArgs,
     max_connections: u32,
 ) -> anyhow::Result<CommandCells> {
-    let main = crate::app::command_database(
+    let specs = &database.cells;
+    let main = crate::db::command_database(
         database.database_url.as_deref(),
         &database.data_dir,
         max_connections,
@@ -124,7 +121,7 @@ pub async fn command_cells(
 }
 
 pub async fn run(args: Tenants) -> anyhow::Result<()> {
-    let cells = command_cells(&args.database, &args.cells, 4).await?;
+    let cells = command_cells(&args.database, 4).await?;
     command(
         args.command,
         &Pools {

@@ -19,7 +19,7 @@ pub struct CellsArgs {
     #[arg(
         long,
         env = "MERCATO_DATA_DIR",
-        default_value = ".mercato",
+        default_value = crate::config::DEFAULT_DATA_DIR,
         global = true
     )]
     pub data_dir: PathBuf,

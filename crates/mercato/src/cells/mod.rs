@@ -14,8 +14,15 @@
 pub mod cli;
 pub mod driver;
 pub mod embedded;
-pub mod http;
 pub mod mover;
+mod records;
+
+// What the rest of the crate asks of cells besides routing: a merchant's
+// cell and moves as the directory records them, and starting one from `serve`.
+pub use mover::{
+    cell_of, running as running_move, start_in_serve as start_move_in_serve, Move, MoveError,
+};
+pub use records::{move_record, MoveRecord};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -25,13 +32,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use crate::checkout::Checkout;
-use crate::db::{served_elsewhere, Db, TenantTx};
-use crate::inventory::Inventory;
-use crate::tenancy::MerchantId;
+use crate::db::{served_elsewhere, Db, MerchantId, TenantTx};
 
 /// The name of the main database as a cell: every merchant's home until moved.
-pub const MAIN: &str = "main";
+pub const MAIN: &str = crate::config::MAIN_CELL;
 
 /// The advisory lock class of the cutover gate (two-key form: class, merchant).
 pub(crate) const GATE_CLASS: i32 = 0x4d43; // "MC"
@@ -40,12 +44,11 @@ pub(crate) const GATE_CLASS: i32 = 0x4d43; // "MC"
 /// a notification be missed while the listener reconnects.
 const PLACEMENT_TTL: Duration = Duration::from_secs(30);
 
-/// One database and the services bound to its pools.
+/// One database: a cell's name and its pools. The services bound to those
+/// pools are wiring (`state::CellServices`), not part of the directory.
 pub struct Cell {
     pub name: String,
     pub db: Db,
-    pub inventory: Inventory,
-    pub checkout: Checkout,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +59,43 @@ pub enum RouteError {
     Db(#[from] sqlx::Error),
 }
 
-/// Where a request of a merchant goes: its cell and, while a move runs, the
-/// gate it holds until the request ends.
+/// A merchant's database: the one typed handle through which a merchant's
+/// work reaches its rows. Resolved from the tenant directory (never chosen by
+/// the caller): the cell serving the merchant and, while a move cuts over,
+/// the gate this handle holds until it is dropped. `begin` opens a tenant
+/// transaction there, following the merchant if the directory moved it since.
 #[derive(Clone)]
-pub struct Route {
-    pub cell: Arc<Cell>,
+pub struct MerchantDb {
+    merchant: MerchantId,
+    cell: Arc<Cell>,
     _gate: Option<Arc<Gate>>,
+    cells: Cells,
+}
+
+impl MerchantDb {
+    pub fn merchant(&self) -> MerchantId {
+        self.merchant
+    }
+
+    /// The name of the cell that served the merchant when this was resolved.
+    pub fn cell_name(&self) -> &str {
+        &self.cell.name
+    }
+
+    /// A tenant transaction in the merchant's cell.
+    pub async fn begin(&self) -> Result<TenantTx, sqlx::Error> {
+        self.cells.begin(self).await
+    }
+}
+
+impl std::fmt::Debug for MerchantDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MerchantDb")
+            .field("merchant", &self.merchant)
+            .field("cell", &self.cell.name)
+            .field("gated", &self._gate.is_some())
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -110,6 +144,26 @@ impl Cells {
         }))
     }
 
+    /// A directory over the schema owner's pools, for commands and
+    /// benchmarks: `main` (also the directory) and the other cells by name.
+    pub fn of_owners(main: PgPool, others: impl IntoIterator<Item = (String, PgPool)>) -> Cells {
+        let cell = |name: String, pool: PgPool| Cell {
+            name,
+            db: Db {
+                app: pool.clone(),
+                worker: pool,
+            },
+        };
+        let mut cells = vec![cell(MAIN.to_owned(), main.clone())];
+        cells.extend(
+            others
+                .into_iter()
+                .filter(|(name, _)| name != MAIN)
+                .map(|(name, pool)| cell(name, pool)),
+        );
+        Cells::new(main, cells)
+    }
+
     pub fn main(&self) -> &Arc<Cell> {
         self.0
             .cells
@@ -128,36 +182,50 @@ impl Cells {
         self.0.cells.get(name)
     }
 
-    /// The merchant's cell; waits at the gate while a move cuts over.
-    pub async fn route(&self, merchant: MerchantId) -> Result<Route, RouteError> {
+    /// The merchant's database for a request: waits at the gate while a move
+    /// cuts over, and holds it until the handle (the request) is dropped.
+    pub async fn merchant_db(&self, merchant: MerchantId) -> Result<MerchantDb, RouteError> {
         let placement = match self.cached(merchant) {
             Some(p) => p,
             None => self.place(merchant, &self.0.directory).await?,
         };
         if !placement.moving {
-            return Ok(Route {
-                cell: placement.cell,
-                _gate: None,
-            });
+            return Ok(self.handle(merchant, placement.cell, None));
         }
         // A move is under way: hold the gate for the whole request, then ask
         // the directory again (the cutover may just have flipped it).
         let gate = Gate::enter(&self.0.gates, merchant).await?;
         let placement = self.place(merchant, &self.0.directory).await?;
-        Ok(Route {
-            cell: placement.cell,
-            _gate: Some(Arc::new(gate)),
-        })
+        Ok(self.handle(merchant, placement.cell, Some(Arc::new(gate))))
     }
 
-    /// A tenant transaction in the route's cell; if that cell no longer
+    /// The merchant's database for long work (a remediation scan or
+    /// settlement, a command): like `merchant_db`, but it holds no gate, so a
+    /// cutover never waits for the job to end; each transaction the job opens
+    /// after the cutover fenced the source waits at the gate and follows the
+    /// merchant (see `begin`).
+    pub async fn merchant_db_for_job(
+        &self,
+        merchant: MerchantId,
+    ) -> Result<MerchantDb, RouteError> {
+        let db = self.merchant_db(merchant).await?;
+        Ok(MerchantDb { _gate: None, ..db })
+    }
+
+    fn handle(&self, merchant: MerchantId, cell: Arc<Cell>, gate: Option<Arc<Gate>>) -> MerchantDb {
+        MerchantDb {
+            merchant,
+            cell,
+            _gate: gate,
+            cells: self.clone(),
+        }
+    }
+
+    /// A tenant transaction in the handle's cell; if that cell no longer
     /// serves the merchant (this process's directory was behind), once more
     /// in the cell the directory names now.
-    pub async fn begin(
-        &self,
-        route: &Route,
-        merchant: MerchantId,
-    ) -> Result<TenantTx, sqlx::Error> {
+    async fn begin(&self, route: &MerchantDb) -> Result<TenantTx, sqlx::Error> {
+        let merchant = route.merchant;
         match TenantTx::begin(&route.cell.db.app, merchant).await {
             Err(err) if served_elsewhere(&err) => {
                 self.forget(merchant);

@@ -1,4 +1,4 @@
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
@@ -12,12 +12,12 @@ use super::refund::RefundError;
 use super::saga::CheckoutError;
 use super::store::{self, Order, OrderStatus, RefundStatus};
 use crate::catalog::Money;
-use crate::http::auth::Tenant;
 use crate::http::idempotency::idempotency_key;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::inventory::StrategyParam;
 use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::{FieldError, FieldErrors};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_orders))
         .routes(routes!(get_order))
         .routes(routes!(post_refund))
+        .merge(super::quote::routes())
 }
 
 /// A refund of some of an order's units.
@@ -60,6 +61,7 @@ pub struct RefundLine {
         (status = 409, body = Problem, content_type = "application/problem+json", description = "the order is not confirmed, or the provider refused"),
     ))]
 pub async fn post_refund(
+    State(state): State<AppState>,
     tenant: Tenant,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -68,7 +70,7 @@ pub async fn post_refund(
     let id = ApiError::path_id(&id, "order")?;
     let lines = parse_refund(&body)?;
     let key = idempotency_key(&headers)?;
-    let checkout = &tenant.cell().checkout;
+    let checkout = &state.serving(&tenant.db).checkout;
     let refund = checkout
         .refund(tenant.merchant_id, id, &lines, key)
         .await
@@ -164,6 +166,7 @@ impl From<CheckoutError> for ApiError {
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_checkout(
+    State(state): State<AppState>,
     tenant: Tenant,
     headers: HeaderMap,
     ApiQuery(strategy): ApiQuery<StrategyParam>,
@@ -174,8 +177,8 @@ pub async fn post_checkout(
     let strategy = strategy.resolve(tenant.stock_strategy, &mut errors);
     let strategy = errors.finish(strategy)?;
     let key = idempotency_key(&headers)?;
-    let order = tenant
-        .cell()
+    let order = state
+        .serving(&tenant.db)
         .checkout
         .start(tenant.merchant_id, strategy, &new, key)
         .await?;
@@ -189,6 +192,7 @@ pub async fn post_checkout(
     }
 }
 
+/// Lists orders, oldest first.
 #[utoipa::path(get, path = "/v1/orders", params(PageParams), security(("api_key" = [])),
     responses((status = 200, body = List<Order>)))]
 pub async fn list_orders(
@@ -202,6 +206,7 @@ pub async fn list_orders(
     Ok(Json(List::from_rows(rows, page, |o| o.id)))
 }
 
+/// An order.
 #[utoipa::path(get, path = "/v1/orders/{id}", params(("id" = String, Path)), security(("api_key" = [])),
     responses(
         (status = 200, body = Order),

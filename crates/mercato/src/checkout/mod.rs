@@ -4,20 +4,23 @@
 //! (`catalog::prices`), units from inventory (`Inventory::reserve`,
 //! `hold_for_order`, `settle_reservation`), money from a `PaymentProvider`.
 
+mod facts;
 pub mod http;
 mod model;
+mod quote;
 mod refund;
 mod saga;
 mod store;
 pub mod worker;
 
+pub use facts::PricedOrderFacts;
 pub use model::{
     parse_country, parse_promo, parse_refund, CheckoutBody, CustomerBody, NewCheckout, RefundBody,
 };
 pub use refund::RefundError;
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
 pub use store::{
-    confirmed_orders_between, count_confirmed_between, merchant_of_order,
-    merchants_with_orders_since, order_facts, recorded_pricing, revenue, stalled_orders, LineFacts,
-    Order, OrderFacts, OrderStatus, PricedOrderRow, RefundStatus, Step, StoredRefund,
+    confirmed_orders_between, count_confirmed_between, merchant_of_order, order_facts,
+    recorded_pricing, stalled_orders, LineFacts, Order, OrderFacts, OrderStatus, PricedOrderRow,
+    RefundStatus, Step, StoredRefund,
 };

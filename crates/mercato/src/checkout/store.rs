@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::catalog::Money;
 use crate::db::{text_enum, violates, TenantTx};
 use crate::pagination::Page;
-use crate::pricing::anomaly::OrderStats;
+use crate::pricing::{OrderStats, Revenue};
 use crate::tenancy::{in_turns, MerchantId, Rotation};
 
 text_enum! {
@@ -369,12 +369,6 @@ pub async fn recorded_pricing(tx: &mut TenantTx, id: Uuid) -> Result<Option<Stri
     .fetch_optional(tx.conn())
     .await?;
     Ok(row.flatten())
-}
-
-/// Confirmed, priced orders of one currency over a period (pricing's anomaly check).
-pub struct Revenue {
-    pub currency: String,
-    pub stats: OrderStats,
 }
 
 /// What confirmed, priced orders placed in `[from, to)` add up to, per currency.

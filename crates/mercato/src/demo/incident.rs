@@ -43,7 +43,7 @@ pub struct Options {
     /// PostgreSQL URL of the schema owner; without it, the embedded cluster in --data-dir.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    #[arg(long, env = "MERCATO_DATA_DIR", default_value = ".mercato")]
+    #[arg(long, env = "MERCATO_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 }
 
@@ -200,7 +200,7 @@ struct Batch {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<Facts> {
-    let db = crate::app::command_database(opts.database_url.as_deref(), &opts.data_dir, 4).await?;
+    let db = crate::db::command_database(opts.database_url.as_deref(), &opts.data_dir, 4).await?;
     let facts = seed(&db.owner, &opts, !opts.json).await?;
     let text = serde_json::to_string_pretty(&facts)?;
     println!("{text}");

@@ -2,7 +2,6 @@
 //! `mercato demo migration` and `mercato demo incident`.
 
 pub mod incident;
-pub mod migration;
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -12,10 +12,10 @@ use uuid::Uuid;
 
 use super::model::{check_url, is_internal, new_secret, EventType};
 use super::store::{self, EndpointRow, EndpointStatus};
-use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::pagination::{List, Page};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::FieldErrors;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -60,13 +60,17 @@ impl TryFrom<store::EventRow> for Event {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// Only events of this type (`order.confirmed`, …).
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub kind: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     pub limit: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
 
@@ -107,6 +111,7 @@ pub async fn list_events(
     Ok(Json(List::from_rows(events, page, |e| e.id)))
 }
 
+/// One of the merchant's events.
 #[utoipa::path(get, path = "/v1/events/{id}", params(("id" = String, Path)),
     security(("api_key" = [])), tag = "events",
     responses(
@@ -236,13 +241,14 @@ fn description(raw: Option<&String>, errors: &mut FieldErrors) -> Option<Option<
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_endpoint(
+    State(state): State<AppState>,
     tenant: Tenant,
     ApiJson(body): ApiJson<EndpointBody>,
 ) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
     let mut errors = FieldErrors::default();
     let url = errors.check(
         "url",
-        receiver_url(&body.url, tenant.state().webhooks.allow_internal).await,
+        receiver_url(&body.url, state.webhooks.allow_internal).await,
     );
     let types = event_types("event_types", &body.event_types, &mut errors);
     let description = description(body.description.as_ref(), &mut errors);
@@ -270,6 +276,7 @@ pub struct EndpointList {
     pub data: Vec<Endpoint>,
 }
 
+/// The merchant's webhook endpoints (without their secrets).
 #[utoipa::path(get, path = "/v1/webhook-endpoints", security(("api_key" = [])), tag = "events",
     responses((status = 200, body = EndpointList)))]
 pub async fn list_endpoints(tenant: Tenant) -> Result<Json<EndpointList>, ApiError> {
@@ -285,6 +292,7 @@ fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
     ApiError::path_id(raw, "webhook endpoint")
 }
 
+/// A webhook endpoint (without its secret).
 #[utoipa::path(get, path = "/v1/webhook-endpoints/{id}", params(("id" = String, Path)),
     security(("api_key" = [])), tag = "events",
     responses(
@@ -313,6 +321,7 @@ pub async fn get_endpoint(
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn patch_endpoint(
+    State(state): State<AppState>,
     tenant: Tenant,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<EndpointPatch>,
@@ -322,10 +331,7 @@ pub async fn patch_endpoint(
     let url = match &body.url {
         None => Some(None),
         Some(u) => errors
-            .check(
-                "url",
-                receiver_url(u, tenant.state().webhooks.allow_internal).await,
-            )
+            .check("url", receiver_url(u, state.webhooks.allow_internal).await)
             .map(Some),
     };
     let types = match &body.event_types {
@@ -359,6 +365,7 @@ pub async fn patch_endpoint(
         .ok_or(ApiError::NotFound("webhook endpoint"))
 }
 
+/// Deletes a webhook endpoint and its pending deliveries.
 #[utoipa::path(delete, path = "/v1/webhook-endpoints/{id}", params(("id" = String, Path)),
     security(("api_key" = [])), tag = "events",
     responses(
@@ -422,6 +429,7 @@ pub struct Recovered {
     pub recovered: u64,
 }
 
+/// Sends an endpoint's dead (or failed and waiting) deliveries since a time again, now.
 #[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/recover", params(("id" = String, Path)),
     request_body = RecoverBody, security(("api_key" = [])), tag = "events",
     responses(

@@ -67,14 +67,8 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<Strin
     Some(format!("v1,{}", BASE64.encode(mac.finalize().into_bytes())))
 }
 
-/// Delays before each retry, Svix's schedule: the first attempt at once, then
-/// 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts over about a day).
-pub fn svix_schedule() -> Vec<Duration> {
-    [0, 5, 300, 1_800, 7_200, 18_000, 36_000, 36_000]
-        .into_iter()
-        .map(Duration::from_secs)
-        .collect()
-}
+/// Delays before each retry: Svix's schedule, a default of the configuration.
+pub use crate::config::svix_schedule;
 
 /// When attempt `attempts + 1` is due after `attempts` failed ones, with ±10 %
 /// jitter so that retries of one outage do not arrive all at once; `None` when

@@ -134,7 +134,7 @@ pub fn handle() -> PrometheusHandle {
 }
 
 /// Prometheus text exposition of every metric (bind to localhost in production).
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn render() -> String {
     handle().render()

@@ -1,16 +1,16 @@
-//! Web plumbing only: problem+json errors, the JSON extractor, authentication,
-//! idempotency keys, metrics, the OpenAPI document's frame, and the tower
-//! layers every request passes through. Routes live with their contexts and are
-//! mounted in `routes.rs`.
+//! Web plumbing only: problem+json errors, the JSON and query extractors,
+//! the `Idempotency-Key` header, metrics, the OpenAPI document's frame, and
+//! the tower layers every request passes through. It knows no merchant and
+//! imports no context: authentication is `tenancy`'s, the layers that need
+//! the merchant (rate limits, idempotent replays) are `tenancy`'s and
+//! `idempotency`'s, and `routes.rs` mounts them between these.
 
-pub mod auth;
 pub mod error;
 pub mod idempotency;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod query;
-pub mod rate_limit;
 
 use std::time::Duration;
 
@@ -31,22 +31,19 @@ use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wraps the mounted routes in what every request passes through: problem
-/// answers for unknown routes and methods, idempotency keys, request ids,
-/// tracing spans and a timeout.
-pub fn with_plumbing(routes: Router<AppState>, state: AppState) -> Router {
+/// Problem answers for unknown routes and methods; the layers that wrap the
+/// routes go on after this, so they see these answers too.
+pub fn with_fallbacks(routes: Router<AppState>) -> Router<AppState> {
     routes
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            idempotency::idempotency,
-        ))
-        // Outside the idempotency layer: a limited request claims no key.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::rate_limit,
-        ))
+}
+
+/// Wraps the routes in what every request passes through: request ids,
+/// tracing spans, problem answers for what the framework refuses, and a
+/// timeout.
+pub fn with_plumbing(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .layer(
             tower::ServiceBuilder::new()
                 .layer(middleware::map_response(problem_for_bare_errors))

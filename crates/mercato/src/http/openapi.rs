@@ -7,9 +7,12 @@ use axum::{Extension, Json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+// One relative server: paths resolve against wherever the document was fetched
+// from, so the same document is right behind any host, port or proxy.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Mercato", description = "Multi-tenant e-commerce backend"),
+    servers((url = "/", description = "This instance (where this document was fetched from)")),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -39,7 +42,7 @@ impl Modify for BearerAuth {
 pub type Document = Arc<utoipa::openapi::OpenApi>;
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(),
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn document(Extension(doc): Extension<Document>) -> Json<utoipa::openapi::OpenApi> {
     Json(doc.as_ref().clone())
@@ -48,7 +51,8 @@ pub async fn document(Extension(doc): Extension<Document>) -> Json<utoipa::opena
 /// Adds what the plumbing does to every operation it applies to, so the
 /// document says it once for all: `Idempotency-Key` on POSTs, and the problems
 /// any operation may answer (400 bad JSON or query, 401 / 403 credentials,
-/// 413 / 415 bodies, 414 long URIs, 429 rate limits, 503 unavailable).
+/// 413 / 415 bodies, 414 long URIs, 422 bad fields or query parameters, 429
+/// rate limits, 503 unavailable).
 pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
     use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
@@ -101,6 +105,10 @@ pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
                 ..
             } = op;
             let security = serde_json::to_string(security).unwrap_or_default();
+            let takes_query = parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.parameter_in, ParameterIn::Query));
             let mut add = |status: &str, description: &str| {
                 responses
                     .responses
@@ -121,6 +129,12 @@ pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
                 add("415", "The body is not JSON");
                 add("422", "Invalid fields, named in `errors`");
             }
+            if takes_query {
+                add(
+                    "422",
+                    "Invalid or unknown query parameters, named in `errors`",
+                );
+            }
             add("429", "Rate limited; see Retry-After");
             add("503", "The database or a dependency is unavailable; retry");
             if is_post {
@@ -132,6 +146,78 @@ pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
                 parameters
                     .get_or_insert_with(Vec::new)
                     .push(idempotency_key.clone());
+            }
+        }
+    }
+}
+
+/// Points each page schema (`List_Product`, …) at its item's component rather
+/// than a copy of it: utoipa 5 inlines a generic's argument (juhaku/utoipa#1586),
+/// which left item components unused and gave generated clients a second,
+/// anonymous model of every listed item. Only an identical copy is replaced.
+pub fn refer_to_page_items(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{ArrayItems, Schema};
+    use utoipa::openapi::{Ref, RefOr};
+
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let same = |a: &RefOr<Schema>, b: &RefOr<Schema>| {
+        serde_json::to_value(a)
+            .ok()
+            .is_some_and(|a| serde_json::to_value(b).ok() == Some(a))
+    };
+    let pages: Vec<(String, String)> = components
+        .schemas
+        .keys()
+        .filter_map(|name| Some((name.clone(), name.strip_prefix("List_")?.to_owned())))
+        .collect();
+    for (page, item) in pages {
+        let Some(item_schema) = components.schemas.get(&item).cloned() else {
+            continue;
+        };
+        let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&page) else {
+            continue;
+        };
+        let Some(RefOr::T(Schema::Array(data))) = object.properties.get_mut("data") else {
+            continue;
+        };
+        if let ArrayItems::RefOrSchema(items) = &mut data.items {
+            if same(items, &item_schema) {
+                **items = RefOr::Ref(Ref::from_schema_name(item));
+            }
+        }
+    }
+}
+
+/// Keeps every operation's `summary` to its first sentence, on one line: utoipa
+/// takes a handler's whole first doc paragraph, which tools show as a title
+/// (and generated clients as a docstring's first line). The rest of the
+/// paragraph goes first in the description.
+pub fn shorten_summaries(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            let Some(summary) = op.summary.take() else {
+                continue;
+            };
+            let line = summary.split_whitespace().collect::<Vec<_>>().join(" ");
+            let (first, rest) = match line.split_once(". ") {
+                Some((first, rest)) => (format!("{first}."), rest.to_owned()),
+                None => (line, String::new()),
+            };
+            op.summary = Some(first);
+            if !rest.is_empty() {
+                op.description = Some(match op.description.take() {
+                    Some(more) if !more.is_empty() => format!("{rest}\n\n{more}"),
+                    _ => rest,
+                });
             }
         }
     }

@@ -1,4 +1,4 @@
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -8,11 +8,12 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::model::{parse_lines, parse_ttl, ItemBody, ReservationStatus, StrategyParam};
+use super::products::ProductDeletion;
 use super::store::{self, InventoryError, Reservation, ReserveError, Settlement, StockLevel};
 use crate::catalog::Sku;
-use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::{FieldError, FieldErrors};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -21,6 +22,36 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(post_reservation))
         .routes(routes!(get_reservation))
         .routes(routes!(release_reservation))
+        .routes(routes!(delete_product))
+}
+
+/// Deletes a product and its variants (409 while any of its units are reserved).
+#[utoipa::path(delete, path = "/v1/products/{id}", params(("id" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 204),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "units reserved"),
+    ))]
+pub async fn delete_product(
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = ApiError::path_id(&id, "product")?;
+    let mut tx = tenant.begin().await?;
+    let deletion = super::delete_product(&mut tx, id).await?;
+    tx.commit().await?;
+    match deletion {
+        ProductDeletion::Deleted => Ok(StatusCode::NO_CONTENT),
+        ProductDeletion::NotFound => Err(ApiError::NotFound("product")),
+        ProductDeletion::UnitsReserved => Err(ApiError::Conflict {
+            kind: "product-has-reservations",
+            title: "Product has reserved units",
+            detail: "units of this product are reserved; release them or let them expire first"
+                .into(),
+            errors: vec![],
+        }),
+    }
 }
 
 impl From<InventoryError> for ApiError {
@@ -112,6 +143,7 @@ pub async fn put_inventory(
     Ok(Json(level))
 }
 
+/// A SKU's units on hand, reserved and available.
 #[utoipa::path(get, path = "/v1/inventory/{sku}", params(("sku" = String, Path)),
     security(("api_key" = [])),
     responses(
@@ -146,6 +178,7 @@ pub struct CreateReservation {
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_reservation(
+    State(state): State<AppState>,
     tenant: Tenant,
     ApiQuery(strategy): ApiQuery<StrategyParam>,
     ApiJson(body): ApiJson<CreateReservation>,
@@ -155,8 +188,9 @@ pub async fn post_reservation(
     let ttl = parse_ttl(body.ttl_seconds, &mut errors);
     let strategy = strategy.resolve(tenant.stock_strategy, &mut errors);
     let ((lines, ttl), strategy) = errors.finish(lines.zip(ttl).zip(strategy))?;
-    let reservation = tenant
-        .inventory()
+    let reservation = state
+        .serving(&tenant.db)
+        .inventory
         .reserve(tenant.merchant_id, strategy, &lines, ttl)
         .await?;
     Ok((StatusCode::CREATED, Json(reservation)))
@@ -166,6 +200,7 @@ fn reservation_id(raw: &str) -> Result<Uuid, ApiError> {
     ApiError::path_id(raw, "reservation")
 }
 
+/// A reservation and where it stands.
 #[utoipa::path(get, path = "/v1/reservations/{id}", params(("id" = String, Path)),
     security(("api_key" = [])),
     responses(

@@ -7,6 +7,7 @@
 mod admission;
 pub mod http;
 mod model;
+mod products;
 mod store;
 pub mod worker;
 
@@ -19,6 +20,7 @@ pub use admission::Admission;
 pub use model::{
     allocate_in_order, parse_lines, parse_ttl, ItemBody, Line, ReservationStatus, StrategyParam,
 };
+pub use products::{delete_product, ProductDeletion};
 pub use store::{
     expire_due_reservations, get_reservation, get_stock, hold_for_order, lock_reserved_units,
     set_on_hand, settle_reservation, InventoryError, Reservation, ReserveError, Settlement,

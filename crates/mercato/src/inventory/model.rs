@@ -80,8 +80,10 @@ pub fn parse_ttl(raw: Option<i64>, errors: &mut FieldErrors) -> Option<i64> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StrategyParam {
     /// Overrides the merchant's stock strategy for this request (for comparison).
+    #[param(value_type = Option<Strategy>)]
     pub strategy: Option<String>,
 }
 

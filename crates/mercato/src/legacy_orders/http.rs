@@ -1,4 +1,4 @@
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -8,9 +8,9 @@ use utoipa_axum::routes;
 
 use super::store::{self, LegacyOrder, NewLegacyOrder};
 use crate::catalog::Money;
-use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiJson, Problem};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::{self, FieldErrors, Invalid};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -59,11 +59,12 @@ fn parse(body: &CreateLegacyOrder) -> Result<NewLegacyOrder, Invalid> {
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_legacy_order(
+    State(state): State<AppState>,
     tenant: Tenant,
     ApiJson(body): ApiJson<CreateLegacyOrder>,
 ) -> Result<(StatusCode, Json<LegacyOrder>), ApiError> {
     let order = parse(&body)?;
-    let view = tenant.state().migration.view().await;
+    let view = state.serving(&tenant.db).migration.view().await;
     let mut tx = tenant.begin().await?;
     let id = store::next_id(&mut tx).await?;
     if view.phase.writes_old() {
@@ -92,11 +93,12 @@ pub async fn post_legacy_order(
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_legacy_order(
+    State(state): State<AppState>,
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<LegacyOrder>, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::NotFound("order"))?;
-    let switch = &tenant.state().migration;
+    let switch = &state.serving(&tenant.db).migration;
     let view = switch.view().await;
     let key = id.to_string();
     let new_first = view.reads_new(&key);

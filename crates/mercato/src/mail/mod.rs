@@ -13,6 +13,7 @@ use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::PgPool;
 
+use crate::cells::{Cells, MerchantDb};
 use crate::db::{MerchantId, TenantTx};
 
 pub use store::MailStatus;
@@ -122,16 +123,11 @@ impl Sender {
     /// Each is claimed (`sending`, committed) on its own just before it leaves,
     /// so a crash during an exchange leaves that one message `unknown` rather
     /// than sending it again, and no other.
-    pub async fn send_queued(
-        &self,
-        pool: &PgPool,
-        merchant: MerchantId,
-        limit: i64,
-    ) -> Result<usize, MailError> {
+    pub async fn send_queued(&self, db: &MerchantDb, limit: i64) -> Result<usize, MailError> {
         let mut sent = 0;
         let mut claimed_so_far = 0;
         'claiming: while claimed_so_far < limit {
-            let mut tx = TenantTx::begin(pool, merchant).await?;
+            let mut tx = db.begin().await?;
             let claimed = store::claim(&mut tx, 1).await?;
             tx.commit().await?;
             if claimed.is_empty() {
@@ -140,7 +136,7 @@ impl Sender {
             for mail in claimed {
                 claimed_so_far += 1;
                 let outcome = self.deliver(&mail).await;
-                let mut tx = TenantTx::begin(pool, merchant).await?;
+                let mut tx = db.begin().await?;
                 match &outcome {
                     Ok(()) => {
                         store::mark_sent(&mut tx, mail.id).await?;
@@ -188,7 +184,8 @@ impl Sender {
 /// The sender of `serve`: every merchant's queued messages (those queued by
 /// the customers' links; `remediate settle` sends its own), each tick.
 pub async fn send_every_merchants_mail(
-    app: PgPool,
+    cells: Cells,
+    cell: String,
     worker: PgPool,
     transport: Transport,
     every: std::time::Duration,
@@ -211,7 +208,16 @@ pub async fn send_every_merchants_mail(
                 }
             };
             for merchant in merchants {
-                match sender.send_queued(&app, MerchantId(merchant), TURN).await {
+                let db = match cells.merchant_db_for_job(MerchantId(merchant)).await {
+                    // Served by another cell now: that cell's sender sends it.
+                    Ok(db) if db.cell_name() != cell => continue,
+                    Ok(db) => db,
+                    Err(err) => {
+                        tracing::warn!(error = %err, %merchant, "cannot route queued mail");
+                        continue;
+                    }
+                };
+                match sender.send_queued(&db, TURN).await {
                     // A full turn: more may be waiting; another round after the others'.
                     Ok(sent) => more |= sent as i64 == TURN,
                     Err(err) => tracing::warn!(error = %err, %merchant, "sending mail failed"),

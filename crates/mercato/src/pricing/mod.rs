@@ -12,6 +12,7 @@
 //! Rollouts and the anomaly check are in `rollout`.
 
 pub mod anomaly;
+mod facts;
 pub mod http;
 mod model;
 pub mod rollout;
@@ -24,6 +25,7 @@ use ::pricing::{Cart, Currency, PricingError, RuleSet};
 use uuid::Uuid;
 
 pub use anomaly::{AlertKind, Bands, OrderStats};
+pub use facts::{OrderFacts, Revenue};
 pub use model::{diff, PricedOrder, PricingInputs, RulesDiff, Settings, Shipping};
 pub use store::{Arm, Stage};
 
@@ -410,18 +412,19 @@ pub enum RepriceError {
     Db(#[from] sqlx::Error),
 }
 
-/// Re-prices a stored order from its recorded inputs with `version` and the
-/// rules of `revision` (each defaulting to what the order recorded). With both
-/// defaulted, the result is identical to the recorded breakdown.
+/// Re-prices a stored order from its recorded inputs (`recorded`: the pricing
+/// checkout stored with the order, `checkout::recorded_pricing`) with
+/// `version` and the rules of `revision` (each defaulting to what the order
+/// recorded). With both defaulted, the result is identical to the recorded
+/// breakdown.
 pub async fn reprice_order(
     tx: &mut TenantTx,
     order: Uuid,
+    recorded: Option<String>,
     version: Option<::pricing::CalculatorVersion>,
     revision: Option<i64>,
 ) -> Result<Repriced, RepriceError> {
-    let recorded = crate::checkout::recorded_pricing(tx, order)
-        .await?
-        .ok_or(RepriceError::NotRecorded(order))?;
+    let recorded = recorded.ok_or(RepriceError::NotRecorded(order))?;
     let recorded: PricedOrder =
         serde_json::from_str(&recorded).map_err(|e| corrupt("order pricing", e))?;
     let n =

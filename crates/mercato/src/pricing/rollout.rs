@@ -16,8 +16,9 @@ use uuid::Uuid;
 use super::anomaly::{self, Bands, OrderStats};
 use super::store::{self, Arm, RolloutOrderRow, Stage};
 pub use super::store::{Alert, Rollout, RolloutSummary};
-use super::{corrupt, Settings};
+use super::{corrupt, OrderFacts, Settings};
 use crate::db::{MerchantId, TenantTx};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -310,6 +311,7 @@ pub struct Measured {
 /// alerts it raised.
 pub async fn check_anomalies(
     tx: &mut TenantTx,
+    facts: &dyn OrderFacts,
     now: DateTime<Utc>,
     periods: Periods,
     bands: &Bands,
@@ -317,8 +319,8 @@ pub async fn check_anomalies(
     let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
     let window_start = now - span(periods.window);
     let baseline_start = window_start - span(periods.baseline);
-    let window = crate::checkout::revenue(tx, window_start, now).await?;
-    let baseline = crate::checkout::revenue(tx, baseline_start, window_start).await?;
+    let window = facts.revenue(tx, window_start, now).await?;
+    let baseline = facts.revenue(tx, baseline_start, window_start).await?;
     let mut measured = Vec::new();
     let mut raised = Vec::new();
     for w in window {
@@ -372,14 +374,20 @@ pub async fn alerts(tx: &mut TenantTx) -> Result<Vec<Alert>, sqlx::Error> {
 }
 
 /// Runs the anomaly check for every merchant with orders in the window, each tick.
-pub async fn watch_anomalies(app: PgPool, worker: PgPool, every: Duration, periods: Periods) {
+pub async fn watch_anomalies(
+    app: PgPool,
+    worker: PgPool,
+    facts: Arc<dyn OrderFacts>,
+    every: Duration,
+    periods: Periods,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let now = Utc::now();
         let since = now - chrono::Duration::from_std(periods.window).unwrap_or_default();
         let merchants = match worker.acquire().await {
-            Ok(mut conn) => crate::checkout::merchants_with_orders_since(&mut conn, since).await,
+            Ok(mut conn) => facts.merchants_with_orders_since(&mut conn, since).await,
             Err(e) => Err(e),
         };
         let merchants = match merchants {
@@ -392,7 +400,7 @@ pub async fn watch_anomalies(app: PgPool, worker: PgPool, every: Duration, perio
         for merchant in merchants {
             let checked = async {
                 let mut tx = TenantTx::begin(&app, MerchantId(merchant)).await?;
-                check_anomalies(&mut tx, now, periods, &Bands::default()).await?;
+                check_anomalies(&mut tx, facts.as_ref(), now, periods, &Bands::default()).await?;
                 tx.commit().await
             }
             .await;

@@ -1,7 +1,8 @@
 //! `mercato remediate open|scan|report|settle|status`: the incident pipeline
 //! from the command line. Each command takes `--database-url` (the schema
 //! owner), or uses the embedded cluster of `--data-dir`, also while `serve`
-//! runs on it.
+//! runs on it, and the cells as `serve` has them (`--cell`): every step runs
+//! in the cell that serves the incident's merchant.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use uuid::Uuid;
 
 use super::{ReminderPolicy, SettleOptions, Settlement};
+use crate::cells::{Cells, MerchantDb};
 use crate::db::MerchantId;
 use crate::payments::SandboxProvider;
 
@@ -34,7 +36,7 @@ pub struct Remediate {
     #[command(subcommand)]
     pub command: Command,
     #[command(flatten)]
-    pub database: crate::app::CommandDatabaseArgs,
+    pub database: crate::config::CommandDatabaseArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,28 +133,22 @@ fn positive(raw: &str) -> Result<f64, String> {
 }
 
 pub async fn run(args: Remediate) -> anyhow::Result<()> {
-    let db = crate::app::command_database(
-        args.database.database_url.as_deref(),
-        &args.database.data_dir,
-        4,
-    )
-    .await?;
-    let pool = db.owner.clone();
-    let provider = |delay| Arc::new(SandboxProvider::new(pool.clone(), delay));
+    let opened = crate::cells::cli::command_cells(&args.database, 4).await?;
+    let cells = Cells::of_owners(opened.main.owner.clone(), opened.owners.clone());
+    // The sandbox provider keeps its payments in the merchant's cell.
+    let provider = |db: &MerchantDb, delay| -> anyhow::Result<Arc<SandboxProvider>> {
+        let cell = cells
+            .get(db.cell_name())
+            .with_context(|| format!("cell {} is not open", db.cell_name()))?;
+        Ok(Arc::new(SandboxProvider::new(cell.db.app.clone(), delay)))
+    };
     match args.command {
         Command::Open(a) => {
-            let merchant = resolve_merchant(&pool, &a.merchant).await?;
-            let id = super::open(
-                &pool,
-                merchant,
-                a.from,
-                a.to,
-                &a.bad_version,
-                &a.fixed_version,
-            )
-            .await?;
+            let merchant = resolve_merchant(&opened.main.owner, &a.merchant).await?;
+            let db = cells.merchant_db_for_job(merchant).await?;
+            let id = super::open(&db, a.from, a.to, &a.bad_version, &a.fixed_version).await?;
             if a.json {
-                let incident = super::incident(&pool, merchant, id).await?;
+                let incident = super::incident(&db, id).await?;
                 println!("{}", serde_json::to_string_pretty(&incident)?);
             } else {
                 println!("{id}");
@@ -160,7 +156,7 @@ pub async fn run(args: Remediate) -> anyhow::Result<()> {
         }
         Command::Scan(a) => {
             let id = a.incident.incident;
-            let merchant = super::merchant_of(&pool, id).await?;
+            let db = super::merchant_of(&cells, id).await?;
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -169,18 +165,11 @@ pub async fn run(args: Remediate) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
-            let provider = provider(Duration::from_secs(2));
-            let scan = super::scan(
-                &pool,
-                merchant,
-                id,
-                provider.as_ref(),
-                a.batch,
-                |done, total| {
-                    bar.set_length(u64::try_from(total).unwrap_or(0));
-                    bar.set_position(u64::try_from(done).unwrap_or(0));
-                },
-            );
+            let provider = provider(&db, Duration::from_secs(2))?;
+            let scan = super::scan(&db, id, provider.as_ref(), a.batch, |done, total| {
+                bar.set_length(u64::try_from(total).unwrap_or(0));
+                bar.set_position(u64::try_from(done).unwrap_or(0));
+            });
             let summary = tokio::select! {
                 s = scan => s?,
                 _ = tokio::signal::ctrl_c() => {
@@ -201,8 +190,8 @@ pub async fn run(args: Remediate) -> anyhow::Result<()> {
             }
         }
         Command::Report(a) => {
-            let merchant = super::merchant_of(&pool, a.incident).await?;
-            let report = super::report(&pool, merchant, a.incident).await?;
+            let db = super::merchant_of(&cells, a.incident).await?;
+            let report = super::report(&db, a.incident).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -214,7 +203,7 @@ pub async fn run(args: Remediate) -> anyhow::Result<()> {
         }
         Command::Settle(a) => {
             let id = a.incident.incident;
-            let merchant = super::merchant_of(&pool, id).await?;
+            let db = super::merchant_of(&cells, id).await?;
             let transport = crate::mail::Transport::from_config(
                 a.smtp_url.as_deref(),
                 args.database.data_dir.join("mail"),
@@ -226,9 +215,8 @@ pub async fn run(args: Remediate) -> anyhow::Result<()> {
             };
             let sender = crate::mail::Sender::new(transport);
             let settlement = Settlement {
-                pool: pool.clone(),
-                merchant,
-                provider: provider(a.payment_delay),
+                provider: provider(&db, a.payment_delay)?,
+                db,
                 options: SettleOptions {
                     provider_rate: a.rate,
                     reminders: ReminderPolicy {
@@ -283,8 +271,8 @@ pub async fn run(args: Remediate) -> anyhow::Result<()> {
             }
         }
         Command::Status(a) => {
-            let merchant = super::merchant_of(&pool, a.incident).await?;
-            let status = super::status(&pool, merchant, a.incident).await?;
+            let db = super::merchant_of(&cells, a.incident).await?;
+            let status = super::status(&db, a.incident).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

@@ -10,10 +10,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{Choice, Escalation, LinkError, LinkOutcome, TokenError};
-use crate::http::auth::Tenant;
+use crate::cells::MerchantDb;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::FieldErrors;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -24,9 +25,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EscalationParams {
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     pub limit: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
 
@@ -50,10 +55,12 @@ pub async fn list_escalations(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LinkParams {
     /// The token of the customer's link.
     pub token: Option<String>,
     /// The choice the link offers (`refund`, `credit`, `none`).
+    #[param(value_type = Option<Choice>)]
     pub choice: Option<String>,
 }
 
@@ -77,7 +84,7 @@ fn link_page(title: &str, form: &str, script: &str) -> Html<String> {
 
 /// The page of an overpaid customer's link: confirms the choice it names.
 #[utoipa::path(get, path = "/v1/adjustments/{id}/choice", params(("id" = String, Path), LinkParams),
-    tag = "remediation", responses(
+    security(), tag = "remediation", responses(
         (status = 200, description = "A page that confirms the choice", content_type = "text/html", body = String),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -109,8 +116,9 @@ pub async fn choice_page(
 }
 
 /// The page of an underpaid customer's link: takes a payment method.
-#[utoipa::path(get, path = "/v1/adjustments/{id}/payment-method", params(("id" = String, Path), LinkParams),
-    tag = "remediation", responses(
+#[utoipa::path(get, path = "/v1/adjustments/{id}/payment-method", params(("id" = String, Path),
+        ("token" = Option<String>, Query, description = "The token of the customer's link.")),
+    security(), tag = "remediation", responses(
         (status = 200, description = "A page that takes a payment method", content_type = "text/html", body = String),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -146,6 +154,17 @@ pub struct PaymentMethodBody {
     pub token: String,
     /// The tokenized payment method to charge the difference to once.
     pub payment_method: String,
+}
+
+/// The database of the merchant a link's token names, wherever the directory
+/// says it lives now (a link mailed before a move still works after it).
+async fn link_db(state: &AppState, token: &str) -> Result<MerchantDb, ApiError> {
+    let merchant = super::link_merchant(token).map_err(link_error)?;
+    state
+        .cells
+        .merchant_db(merchant)
+        .await
+        .map_err(crate::tenancy::unroutable)
 }
 
 fn link_error(err: LinkError) -> ApiError {
@@ -184,7 +203,7 @@ fn link_error(err: LinkError) -> ApiError {
 /// the original method, store credit, or nothing. Applied once: the same
 /// choice again answers as the first did; another choice is a 409.
 #[utoipa::path(post, path = "/v1/adjustments/{id}/choice", params(("id" = String, Path)),
-    request_body = ChoiceBody, tag = "remediation",
+    request_body = ChoiceBody, security(), tag = "remediation",
     responses(
         (status = 200, body = LinkOutcome),
         (status = 403, description = "The token is not this link's", body = Problem, content_type = "application/problem+json"),
@@ -202,9 +221,10 @@ pub async fn post_choice(
     let choice = errors.finish(choice)?;
     let id =
         uuid::Uuid::try_parse(&id).map_err(|_| ApiError::Forbidden("the link is not valid"))?;
+    let db = link_db(&state, &body.token).await?;
     let outcome = super::choose(
-        &state.db.app,
-        state.cells.main().checkout.payments.as_ref(),
+        &db,
+        state.serving(&db).checkout.payments.as_ref(),
         &body.token,
         id,
         choice,
@@ -217,7 +237,7 @@ pub async fn post_choice(
 /// An underpaid customer's new payment method, from the link in their
 /// e-mail: the difference is charged to it once.
 #[utoipa::path(post, path = "/v1/adjustments/{id}/payment-method", params(("id" = String, Path)),
-    request_body = PaymentMethodBody, tag = "remediation",
+    request_body = PaymentMethodBody, security(), tag = "remediation",
     responses(
         (status = 200, body = LinkOutcome),
         (status = 402, description = "The method could not be charged", body = Problem, content_type = "application/problem+json"),
@@ -239,9 +259,10 @@ pub async fn post_payment_method(
     errors.finish(method)?;
     let id =
         uuid::Uuid::try_parse(&id).map_err(|_| ApiError::Forbidden("the link is not valid"))?;
+    let db = link_db(&state, &body.token).await?;
     let outcome = super::give_payment_method(
-        &state.db.app,
-        state.cells.main().checkout.payments.as_ref(),
+        &db,
+        state.serving(&db).checkout.payments.as_ref(),
         &body.token,
         id,
         &body.payment_method,

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use pricing::{CalculatorVersion, RuleSet};
 use serde::Serialize;
-use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -35,6 +34,7 @@ pub use model::{
 };
 pub use store::{Escalation, LargeDelta, ReportLine};
 
+use crate::cells::{Cells, MerchantDb};
 use crate::db::{MerchantId, TenantTx};
 use crate::events::EventType;
 use crate::payments::{ChargeRequest, MethodStatus, PaymentError, PaymentProvider};
@@ -52,6 +52,8 @@ pub enum RemediationError {
     Overlaps(Uuid),
     #[error("incident {0} not found")]
     NotFound(Uuid),
+    #[error(transparent)]
+    Route(#[from] crate::cells::RouteError),
     #[error(
         "incident {0} is not scanned to the end yet: run `mercato remediate scan --incident {0}`"
     )]
@@ -88,13 +90,13 @@ pub struct Incident {
 /// written, for an unknown version, an empty or still open window, or one that
 /// overlaps another open incident of the merchant.
 pub async fn open(
-    pool: &PgPool,
-    merchant: MerchantId,
+    db: &MerchantDb,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     bad: &str,
     fixed: &str,
 ) -> Result<Uuid, RemediationError> {
+    let merchant = db.merchant();
     let version = |flag: &str, raw: &str| {
         raw.parse::<CalculatorVersion>()
             .map_err(|e| RemediationError::UnknownVersion(format!("{flag}: {e}")))
@@ -114,7 +116,7 @@ pub async fn open(
     if to > Utc::now() {
         return Err(RemediationError::StillOpen(to));
     }
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+    let mut tx = db.begin().await?;
     if crate::checkout::count_confirmed_between(&mut tx, from, to).await? == 0 {
         return Err(RemediationError::EmptyWindow(format!(
             "no confirmed orders of merchant {merchant} were placed from {from} to {to}"
@@ -132,12 +134,20 @@ pub async fn open(
     Ok(id)
 }
 
-/// The merchant whose incident `id` is (the commands name only the incident).
-pub async fn merchant_of(pool: &PgPool, id: Uuid) -> Result<MerchantId, RemediationError> {
-    store::merchant_of_incident(pool, id)
-        .await?
-        .map(MerchantId)
-        .ok_or(RemediationError::NotFound(id))
+/// The database of the merchant whose incident `id` is (the commands name
+/// only the incident): the cell that serves the merchant and holds the
+/// incident. A cell a move left a copy in (`--keep-source`) does not count.
+pub async fn merchant_of(cells: &Cells, id: Uuid) -> Result<MerchantDb, RemediationError> {
+    for cell in cells.all() {
+        let Some(merchant) = store::merchant_of_incident(&cell.db.app, id).await? else {
+            continue;
+        };
+        let db = cells.merchant_db_for_job(MerchantId(merchant)).await?;
+        if db.cell_name() == cell.name {
+            return Ok(db);
+        }
+    }
+    Err(RemediationError::NotFound(id))
 }
 
 async fn incident_row(tx: &mut TenantTx, id: Uuid) -> Result<store::IncidentRow, RemediationError> {
@@ -146,12 +156,9 @@ async fn incident_row(tx: &mut TenantTx, id: Uuid) -> Result<store::IncidentRow,
         .ok_or(RemediationError::NotFound(id))
 }
 
-pub async fn incident(
-    pool: &PgPool,
-    merchant: MerchantId,
-    id: Uuid,
-) -> Result<Incident, RemediationError> {
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+pub async fn incident(db: &MerchantDb, id: Uuid) -> Result<Incident, RemediationError> {
+    let merchant = db.merchant();
+    let mut tx = db.begin().await?;
     let row = incident_row(&mut tx, id).await?;
     tx.commit().await?;
     let reported = row.reported();
@@ -259,8 +266,7 @@ fn reprice_page(
 
 /// Adds to `rules` every revision the page's orders name that it lacks.
 async fn load_revisions(
-    pool: &PgPool,
-    merchant: MerchantId,
+    db: &MerchantDb,
     page: &Page,
     rules: &mut HashMap<u64, Arc<RuleSet>>,
 ) -> Result<(), RemediationError> {
@@ -274,7 +280,7 @@ async fn load_revisions(
     if missing.is_empty() {
         return Ok(());
     }
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+    let mut tx = db.begin().await?;
     for n in missing {
         let revision = crate::pricing::revision(&mut tx, i64::try_from(n).unwrap_or(i64::MAX))
             .await?
@@ -300,15 +306,14 @@ struct Priced {
 /// at any point resumes where the last commit left off and a rerun adds
 /// nothing. `progress(scanned, total)` after each page is written.
 pub async fn scan(
-    pool: &PgPool,
-    merchant: MerchantId,
+    db: &MerchantDb,
     id: Uuid,
     provider: &dyn PaymentProvider,
     batch: i64,
     mut progress: impl FnMut(i64, i64),
 ) -> Result<ScanSummary, RemediationError> {
     let started = Instant::now();
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+    let mut tx = db.begin().await?;
     let incident = incident_row(&mut tx, id).await?;
     let fixed: CalculatorVersion = incident
         .fixed_version
@@ -325,12 +330,12 @@ pub async fn scan(
     let (pages_tx, mut pages_rx) =
         tokio::sync::mpsc::channel::<Vec<crate::checkout::PricedOrderRow>>(2);
     let reader = {
-        let pool = pool.clone();
+        let db = db.clone();
         let (from, to) = (incident.window_from, incident.window_to);
         let mut after = incident.scan_after_at.zip(incident.scan_after_id);
         tokio::spawn(async move {
             loop {
-                let mut tx = TenantTx::begin(&pool, merchant).await?;
+                let mut tx = db.begin().await?;
                 let rows =
                     crate::checkout::confirmed_orders_between(&mut tx, from, to, after, batch)
                         .await?;
@@ -355,7 +360,7 @@ pub async fn scan(
             let page = tokio::task::spawn_blocking(move || parse_page(rows))
                 .await
                 .map_err(|e| corrupt("scan", e))??;
-            load_revisions(pool, merchant, &page, &mut rules).await?;
+            load_revisions(db, &page, &mut rules).await?;
             let (adjustments, skipped) = {
                 let rules = rules.clone();
                 // The sandbox answers method status without I/O; pricing is CPU.
@@ -391,7 +396,7 @@ pub async fn scan(
     let writer = async {
         let mut scanned = 0;
         while let Some(page) = priced_rx.recv().await {
-            let mut tx = TenantTx::begin(pool, merchant).await?;
+            let mut tx = db.begin().await?;
             store::insert_adjustments(&mut tx, id, &page.adjustments).await?;
             store::advance_scan(&mut tx, id, page.cursor, page.orders, page.skipped).await?;
             tx.commit().await?;
@@ -407,7 +412,7 @@ pub async fn scan(
     priced?;
     read?;
     let scanned = written?;
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+    let mut tx = db.begin().await?;
     store::finish_scan(&mut tx, id).await?;
     tx.commit().await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -469,12 +474,8 @@ pub struct ClassTotal {
 
 /// Produces the report of the incident's scan; once the scan has finished and
 /// the sums reconcile, this is what lets `settle` run.
-pub async fn report(
-    pool: &PgPool,
-    merchant: MerchantId,
-    id: Uuid,
-) -> Result<Report, RemediationError> {
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+pub async fn report(db: &MerchantDb, id: Uuid) -> Result<Report, RemediationError> {
+    let mut tx = db.begin().await?;
     let incident = incident_row(&mut tx, id).await?;
     let lines = store::report_lines(&mut tx, id).await?;
     let largest_deltas = store::largest_deltas(&mut tx, id, 10).await?;
@@ -596,8 +597,8 @@ pub struct SettleSummary {
 
 /// Carries out the steps that fit `merchant`'s adjustments (see `model::next_step`).
 pub struct Settlement {
-    pub pool: PgPool,
-    pub merchant: MerchantId,
+    /// The merchant's database (resolved for a job: see `Cells::merchant_db_for_job`).
+    pub db: MerchantDb,
     pub provider: Arc<dyn PaymentProvider>,
     pub options: SettleOptions,
 }
@@ -621,7 +622,7 @@ impl Settlement {
         mail: &crate::mail::Sender,
         mut progress: impl FnMut(&SettleSummary),
     ) -> Result<SettleSummary, RemediationError> {
-        let mut tx = TenantTx::begin(&self.pool, self.merchant).await?;
+        let mut tx = self.db.begin().await?;
         let incident = incident_row(&mut tx, id).await?;
         if incident.scan_finished_at.is_none() {
             return Err(RemediationError::NotScanned(id));
@@ -636,7 +637,7 @@ impl Settlement {
         let mut pacer = Pacer::new(self.options.provider_rate);
         let mut after = Uuid::nil();
         loop {
-            let mut tx = TenantTx::begin(&self.pool, self.merchant).await?;
+            let mut tx = self.db.begin().await?;
             let due = store::due(&mut tx, id, after, 200).await?;
             tx.commit().await?;
             let Some(last) = due.last() else { break };
@@ -645,11 +646,11 @@ impl Settlement {
                 self.step(&incident, adjustment, &promo, &mut pacer, &mut summary)
                     .await?;
             }
-            summary.mails_sent += mail.send_queued(&self.pool, self.merchant, 10_000).await? as u64;
+            summary.mails_sent += mail.send_queued(&self.db, 10_000).await? as u64;
             progress(&summary);
         }
-        summary.mails_sent += mail.send_queued(&self.pool, self.merchant, 10_000).await? as u64;
-        let status = status(&self.pool, self.merchant, id).await?;
+        summary.mails_sent += mail.send_queued(&self.db, 10_000).await? as u64;
+        let status = status(&self.db, id).await?;
         summary.waiting = status.waiting_on_customers + status.waiting_to_retry;
         Ok(summary)
     }
@@ -663,7 +664,7 @@ impl Settlement {
     ) -> Result<(String, String), RemediationError> {
         let (rule_id, code) = apology_code(incident.id);
         let o = &self.options;
-        let mut tx = TenantTx::begin(&self.pool, self.merchant).await?;
+        let mut tx = self.db.begin().await?;
         let settings = crate::pricing::settings(&mut tx).await?;
         let terms = format!(
             "{}% off a next order of at least {}, once",
@@ -773,7 +774,7 @@ impl Settlement {
             }
             Step::Remind(n) => {
                 let wait = self.options.reminders.wait_after(n);
-                let mut tx = TenantTx::begin(&self.pool, self.merchant).await?;
+                let mut tx = self.db.begin().await?;
                 let sent = i32::try_from(n).unwrap_or(i32::MAX);
                 if store::count_reminder(&mut tx, a.id, sent, after(wait)).await? {
                     queue_mail(
@@ -844,7 +845,7 @@ impl Settlement {
             + i64::try_from(self.options.link_ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let token = sign_link(
             &incident.link_secret,
-            self.merchant.0,
+            self.db.merchant().0,
             a.id,
             purpose,
             expires,
@@ -887,7 +888,7 @@ impl Settlement {
         error: Option<&str>,
         mail: Option<(Template, Vec<(&'static str, String)>)>,
     ) -> Result<bool, RemediationError> {
-        let mut tx = TenantTx::begin(&self.pool, self.merchant).await?;
+        let mut tx = self.db.begin().await?;
         if !store::transition(&mut tx, a.id, a.state, to, reminders, next, error).await? {
             return Ok(false);
         }
@@ -908,8 +909,7 @@ impl Settlement {
         ask_links: Vec<(&'static str, String)>,
     ) -> Result<Charged, RemediationError> {
         charge(
-            &self.pool,
-            self.merchant,
+            &self.db,
             self.provider.as_ref(),
             &self.options,
             a,
@@ -926,15 +926,7 @@ impl Settlement {
         a: &AdjustmentRow,
         choice: Choice,
     ) -> Result<CarriedOut, RemediationError> {
-        carry_out(
-            &self.pool,
-            self.merchant,
-            self.provider.as_ref(),
-            &self.options,
-            a,
-            choice,
-        )
-        .await
+        carry_out(&self.db, self.provider.as_ref(), &self.options, a, choice).await
     }
 }
 
@@ -1014,8 +1006,7 @@ enum Charged {
 
 #[allow(clippy::too_many_arguments)]
 async fn charge(
-    pool: &PgPool,
-    merchant: MerchantId,
+    db: &MerchantDb,
     provider: &dyn PaymentProvider,
     options: &SettleOptions,
     a: &AdjustmentRow,
@@ -1024,13 +1015,14 @@ async fn charge(
     promo: Option<&(String, String)>,
     ask_links: Vec<(&'static str, String)>,
 ) -> Result<Charged, RemediationError> {
+    let merchant = db.merchant();
     let key = effect_key(a.id, step);
     let kind = if step == "charge" {
         "charge"
     } else {
         "customer_charge"
     };
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+    let mut tx = db.begin().await?;
     store::begin_effect(&mut tx, &key, a.id, kind, a.delta).await?;
     tx.commit().await?;
     let request = ChargeRequest {
@@ -1057,7 +1049,7 @@ async fn charge(
         },
         other => other,
     };
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+    let mut tx = db.begin().await?;
     let outcome = match result {
         Ok(payment) => {
             store::finish_effect(&mut tx, &key, true, &payment.id.to_string()).await?;
@@ -1125,25 +1117,25 @@ enum CarriedOut {
 }
 
 async fn carry_out(
-    pool: &PgPool,
-    merchant: MerchantId,
+    db: &MerchantDb,
     provider: &dyn PaymentProvider,
     options: &SettleOptions,
     a: &AdjustmentRow,
     choice: Choice,
 ) -> Result<CarriedOut, RemediationError> {
+    let merchant = db.merchant();
     let owed = -a.delta;
     match choice {
         Choice::Refund => {
             let key = effect_key(a.id, "refund");
-            let mut tx = TenantTx::begin(pool, merchant).await?;
+            let mut tx = db.begin().await?;
             store::begin_effect(&mut tx, &key, a.id, "refund", owed).await?;
             tx.commit().await?;
             let result = match a.payment_reference {
                 Some(payment) => provider.refund_amount(merchant, payment, owed, &key).await,
                 None => Err(PaymentError::NotFound(Uuid::nil())),
             };
-            let mut tx = TenantTx::begin(pool, merchant).await?;
+            let mut tx = db.begin().await?;
             let outcome = match result {
                 Ok(()) => {
                     store::finish_effect(&mut tx, &key, true, "refunded").await?;
@@ -1188,7 +1180,7 @@ async fn carry_out(
         Choice::Credit => {
             // The credit, its record and the state change are one transaction.
             let key = effect_key(a.id, "credit");
-            let mut tx = TenantTx::begin(pool, merchant).await?;
+            let mut tx = db.begin().await?;
             if mark_settled(&mut tx, a, State::ChoiceMade).await? {
                 store::begin_effect(&mut tx, &key, a.id, "credit", owed).await?;
                 crate::wallet::credit(&mut tx, &a.customer_email, owed, &a.currency, &key).await?;
@@ -1200,7 +1192,7 @@ async fn carry_out(
             Ok(CarriedOut::Done)
         }
         Choice::None => {
-            let mut tx = TenantTx::begin(pool, merchant).await?;
+            let mut tx = db.begin().await?;
             if mark_settled(&mut tx, a, State::ChoiceMade).await? {
                 settled_event(&mut tx, a, "declined", 0).await?;
             }
@@ -1261,12 +1253,8 @@ pub struct MailCount {
     pub count: i64,
 }
 
-pub async fn status(
-    pool: &PgPool,
-    merchant: MerchantId,
-    id: Uuid,
-) -> Result<Status, RemediationError> {
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+pub async fn status(db: &MerchantDb, id: Uuid) -> Result<Status, RemediationError> {
+    let mut tx = db.begin().await?;
     let incident = incident_row(&mut tx, id).await?;
     let tally = store::tally(&mut tx, id).await?;
     // Mail keys start with the adjustment's: the incident's are those of its adjustments.
@@ -1372,13 +1360,15 @@ pub struct LinkOutcome {
 /// Checks a link's token against its adjustment's incident secret, returning the
 /// adjustment (locked) and its merchant.
 async fn open_link(
-    pool: &PgPool,
+    db: &MerchantDb,
     token: &str,
     adjustment: Uuid,
     purpose: LinkPurpose,
-) -> Result<(MerchantId, TenantTx, AdjustmentRow), LinkError> {
-    let merchant = MerchantId(model::token_merchant(token)?);
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+) -> Result<(TenantTx, AdjustmentRow), LinkError> {
+    if link_merchant(token)? != db.merchant() {
+        return Err(TokenError::Invalid.into());
+    }
+    let mut tx = db.begin().await?;
     let a = store::adjustment_for_update(&mut tx, adjustment)
         .await?
         .ok_or(TokenError::Invalid)?;
@@ -1392,19 +1382,25 @@ async fn open_link(
         purpose,
         Utc::now().timestamp(),
     )?;
-    Ok((merchant, tx, a))
+    Ok((tx, a))
+}
+
+/// The merchant a customer's link names (its signature is checked once its
+/// adjustment is read from that merchant's database).
+pub fn link_merchant(token: &str) -> Result<MerchantId, LinkError> {
+    Ok(MerchantId(model::token_merchant(token)?))
 }
 
 /// The overpaid customer's answer, applied once: a repeat of the same choice
 /// answers as the first did; another choice is refused.
 pub async fn choose(
-    pool: &PgPool,
+    db: &MerchantDb,
     provider: &dyn PaymentProvider,
     token: &str,
     adjustment: Uuid,
     choice: Choice,
 ) -> Result<LinkOutcome, LinkError> {
-    let (merchant, mut tx, a) = open_link(pool, token, adjustment, LinkPurpose::Choice).await?;
+    let (mut tx, a) = open_link(db, token, adjustment, LinkPurpose::Choice).await?;
     let first = match (a.state, a.choice) {
         (State::AwaitingChoice, None) => store::record_choice(&mut tx, a.id, choice).await?,
         (_, Some(made)) if made == choice => false,
@@ -1424,20 +1420,11 @@ pub async fn choose(
     };
     if a.state == State::ChoiceMade {
         // Carried out now; if this fails half-way, settle finishes it under the same key.
-        if let Err(err) = carry_out(
-            pool,
-            merchant,
-            provider,
-            &SettleOptions::default(),
-            &a,
-            choice,
-        )
-        .await
-        {
+        if let Err(err) = carry_out(db, provider, &SettleOptions::default(), &a, choice).await {
             tracing::warn!(error = %err, adjustment = %a.id, "carrying out a choice failed; settle retries it");
         }
     }
-    let mut tx = TenantTx::begin(pool, merchant).await?;
+    let mut tx = db.begin().await?;
     let a = store::adjustment_for_update(&mut tx, adjustment)
         .await?
         .ok_or(TokenError::Invalid)?;
@@ -1452,14 +1439,13 @@ pub async fn choose(
 
 /// The underpaid customer's new payment method, charged once for the difference.
 pub async fn give_payment_method(
-    pool: &PgPool,
+    db: &MerchantDb,
     provider: &dyn PaymentProvider,
     token: &str,
     adjustment: Uuid,
     method: &str,
 ) -> Result<LinkOutcome, LinkError> {
-    let (merchant, mut tx, a) =
-        open_link(pool, token, adjustment, LinkPurpose::PaymentMethod).await?;
+    let (mut tx, a) = open_link(db, token, adjustment, LinkPurpose::PaymentMethod).await?;
     match a.state {
         State::Settled => {
             tx.commit().await?;
@@ -1501,8 +1487,7 @@ pub async fn give_payment_method(
         ..a
     };
     let charged = charge(
-        pool,
-        merchant,
+        db,
         provider,
         &SettleOptions::default(),
         &a,

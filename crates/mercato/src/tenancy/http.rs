@@ -9,13 +9,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::Admin;
 use super::{
     create_merchant, issue_api_key, list_api_keys, merchant_exists, merchant_settings,
     revoke_api_key, set_rate_limits, set_stock_strategy, ApiKeyInfo, CreateMerchantError, Created,
     CreationKey, MerchantId, MerchantName, Slug, Strategy,
 };
 use crate::db::TenantTx;
-use crate::http::auth::Admin;
 use crate::http::idempotency::idempotency_key;
 use crate::http::{ApiError, ApiJson, Problem};
 use crate::state::AppState;
@@ -151,8 +151,8 @@ pub async fn get_merchant(
     let (stock_strategy, rate_limits) = merchant_settings(&state.db.app, id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
-    let cell = crate::cells::mover::cell_of(&state.db.app, id).await?;
-    let moving = crate::cells::mover::running(&state.db.app, id)
+    let cell = crate::cells::cell_of(&state.db.app, id).await?;
+    let moving = crate::cells::running_move(&state.db.app, id)
         .await?
         .map(|m| MoveView {
             id: m.id,

@@ -2,11 +2,15 @@
 //!
 //! Owns tables `merchants` and `api_keys`.
 
+mod auth;
 pub mod http;
 mod key_cache;
 mod model;
+pub mod moves;
+pub mod rate_limit;
 mod store;
 
+pub use auth::{authenticate, request_tenant, unroutable, Admin, Tenant};
 pub use key_cache::{KeyCache, Principal};
 pub use model::{in_turns, ApiKey, MerchantId, MerchantName, Rotation, Slug, Strategy};
 pub use store::{

@@ -1208,3 +1208,199 @@ async fn rows_whose_parent_was_written_beyond_a_replay_batch_arrive_with_the_nex
     assert_eq!(source, target);
     assert_eq!(order_ids(&s.cell_owner, &m).await.len(), 2);
 }
+
+/// Moves a merchant to the cell `big` with the mover, step by step.
+async fn move_to_big(s: &Setup, merchant: mercato::tenancy::MerchantId) {
+    let mut mv: Move = mover::start(&s.pools, merchant, "big").await.unwrap();
+    while mv.phase != Phase::Moved {
+        mover::advance(&s.pools, mv.clone(), &Quiet)
+            .await
+            .expect("a step");
+        mv = match mover::running(&s.pools.main, merchant).await.unwrap() {
+            Some(next) => next,
+            None => break,
+        };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_moved_to_another_cell_runs_remediation_and_legacy_orders_there() {
+    use mercato::cells::Cells;
+    use mercato::payments::SandboxProvider;
+    use mercato::remediation::{self, Choice, LinkPurpose, Settlement};
+    use mercato::tenancy::MerchantId;
+
+    let s = two_cells().await;
+    let app = &s.app;
+    // An incident's worth of orders, seeded in main, then the merchant moves.
+    let facts = mercato::demo::incident::seed(
+        &app.owner,
+        &mercato::demo::incident::Options {
+            orders: 400,
+            weeks: 3,
+            seed: 5,
+            json: false,
+            database_url: None,
+            data_dir: "unused".into(),
+        },
+        false,
+    )
+    .await
+    .expect("the incident seeds");
+    let merchant = MerchantId(facts.merchant_id);
+    move_to_big(&s, merchant).await;
+
+    // As the commands resolve it: the directory names cell big.
+    let cells = Cells::of_owners(
+        app.owner.clone(),
+        [("big".to_owned(), s.cell_owner.clone())],
+    );
+    let db = cells.merchant_db_for_job(merchant).await.expect("routed");
+    assert_eq!(db.cell_name(), "big");
+    let provider = Arc::new(SandboxProvider::new(
+        s.cell_owner.clone(),
+        Duration::from_millis(20),
+    ));
+    let id = remediation::open(&db, facts.from, facts.to, "v3", "v2")
+        .await
+        .expect("opens in the merchant's cell");
+    let scan = remediation::scan(&db, id, provider.as_ref(), 97, |_, _| {})
+        .await
+        .expect("scans");
+    assert_eq!(scan.scanned, facts.orders_in_window);
+    // The same findings as the seeded facts (what the tests in main check).
+    let report = remediation::report(&db, id).await.expect("reports");
+    assert_eq!(report.underpaid.orders, facts.underpaid);
+    assert_eq!(report.underpaid.amount, facts.underpaid_sum);
+    assert_eq!(report.overpaid.orders, facts.overpaid);
+    assert_eq!(report.overpaid.amount, facts.overpaid_sum);
+    assert!(report.sums_reconcile && report.every_order_scanned && report.settle_allowed);
+
+    let mail_dir = std::env::temp_dir().join(format!("mercato-mail-{}", Uuid::now_v7().simple()));
+    let sender = mercato::mail::Sender::new(
+        mercato::mail::Transport::from_config(None, mail_dir.clone(), "shop@example.com")
+            .expect("a file transport"),
+    );
+    let settled = Settlement {
+        db: db.clone(),
+        provider: provider.clone(),
+        options: remediation::SettleOptions {
+            provider_rate: 10_000.0,
+            ..Default::default()
+        },
+    }
+    .run(id, &sender, |_| {})
+    .await
+    .expect("settles in the merchant's cell");
+    assert_eq!(settled.offered_choice as i64, facts.overpaid);
+    assert_eq!(
+        (settled.charged + settled.asked_for_payment_method) as i64,
+        facts.underpaid
+    );
+    // Everything was written in big; main holds nothing of it.
+    let in_big: i64 =
+        sqlx::query_scalar("select count(*) from order_adjustments where merchant_id = $1")
+            .bind(merchant.0)
+            .fetch_one(&s.cell_owner)
+            .await
+            .unwrap();
+    assert_eq!(in_big, facts.orders_in_window);
+    let in_main: i64 = sqlx::query_scalar(
+        "select (select count(*) from remediation_incidents where merchant_id = $1)
+              + (select count(*) from payments where merchant_id = $1 and idempotency_key like 'adj%')",
+    )
+    .bind(merchant.0)
+    .fetch_one(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!(in_main, 0, "nothing of the incident in main");
+
+    // A customer's link, through the service: it finds the merchant in big.
+    let waiting: Uuid = sqlx::query_scalar(
+        "select id from order_adjustments where merchant_id = $1 and state = 'awaiting_choice' limit 1",
+    )
+    .bind(merchant.0)
+    .fetch_one(&s.cell_owner)
+    .await
+    .expect("an overpaid customer waits for a choice");
+    let token = crate::remediation::link_token(
+        &s.cell_owner,
+        waiting,
+        LinkPurpose::Choice,
+        chrono::Utc::now().timestamp() + 3600,
+    )
+    .await;
+    let chosen = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/adjustments/{waiting}/choice"),
+            None,
+            Some(json!({"token": token, "choice": Choice::Credit.as_str()})),
+        )
+        .await;
+    assert_eq!(chosen.status, 200, "{}", chosen.body);
+    assert_eq!(chosen.body["choice"], "credit", "{}", chosen.body);
+    let state: String = sqlx::query_scalar("select state from order_adjustments where id = $1")
+        .bind(waiting)
+        .fetch_one(&s.cell_owner)
+        .await
+        .unwrap();
+    assert_ne!(state, "awaiting_choice");
+
+    // The command line finds the incident in big too (`--cell`, as serve has it).
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args([
+            "remediate",
+            "status",
+            "--incident",
+            &id.to_string(),
+            "--json",
+            "--database-url",
+            &app.db.owner_url,
+            "--cell",
+            &format!("big={}", s.cell.url),
+        ])
+        .output()
+        .await
+        .expect("mercato runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["incident"], id.to_string());
+
+    // The legacy-orders path (the read switch of the merchant's cell).
+    let key = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/merchants/{}/api-keys", merchant.0),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(key.status, 201, "{}", key.body);
+    let key = key.body["api_key"].as_str().unwrap().to_owned();
+    let created = app
+        .post(
+            "/v1/legacy-orders",
+            &key,
+            json!({"customer": {"email": "old@example.com", "name": "Old Customer"},
+                   "total": {"amount": 1234, "currency": "EUR"}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let order = created.body["id"].to_string();
+    let read = app.get(&format!("/v1/legacy-orders/{order}"), &key).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body, created.body);
+    let in_big: i64 =
+        sqlx::query_scalar("select count(*) from legacy_orders where merchant_id = $1")
+            .bind(merchant.0)
+            .fetch_one(&s.cell_owner)
+            .await
+            .unwrap();
+    assert_eq!(in_big, 1, "written in the merchant's cell");
+    let _ = std::fs::remove_dir_all(mail_dir);
+}

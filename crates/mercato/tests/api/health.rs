@@ -159,6 +159,44 @@ async fn openapi_document_is_3_1_and_every_route_in_it_is_served() {
     assert!(operations >= 20, "only {operations} operations documented");
 }
 
+/// What a generated client needs, checked here so `cargo nextest` catches it
+/// too (scripts/check-contract lints the whole document): a parameter declared
+/// `in: path` that is not in the path is sent nowhere by a client.
+#[tokio::test]
+async fn openapi_path_parameters_are_in_their_paths_and_operations_say_summary_and_security() {
+    let app = TestApp::spawn().await;
+    let doc = app
+        .request(Method::GET, "/openapi.json", None, None)
+        .await
+        .body;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().unwrap() {
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for p in &params {
+                let name = p["name"].as_str().unwrap();
+                if p["in"] == "path" {
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: `{name}` is declared in: path"
+                    );
+                    assert_eq!(p["required"], true, "{method} {path}: {name}");
+                }
+            }
+            for segment in path.split('/').filter(|s| s.starts_with('{')) {
+                let name = segment.trim_matches(|c| c == '{' || c == '}');
+                assert!(
+                    params
+                        .iter()
+                        .any(|p| p["name"] == name && p["in"] == "path"),
+                    "{method} {path}: `{name}` is not declared"
+                );
+            }
+            assert!(op["summary"].is_string(), "{method} {path}: summary");
+            assert!(op["security"].is_array(), "{method} {path}: security");
+        }
+    }
+}
+
 #[tokio::test]
 async fn unknown_routes_are_problem_404s() {
     let app = TestApp::spawn().await;

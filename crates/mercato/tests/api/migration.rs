@@ -31,7 +31,7 @@ fn run(db: &TestDatabase, plan: &str, args: &[&str]) -> Output {
 #[tokio::test]
 async fn the_orders_migration_under_live_traffic_fails_no_request_and_no_shadow_read() {
     let db = TestDatabase::create().await;
-    let summary = mercato::demo::migration::run(mercato::demo::migration::Options {
+    let summary = mercato::bench::live_migration::run(mercato::bench::live_migration::Options {
         rows: 5_000,
         rate: 150,
         dwell: Duration::from_secs(1),

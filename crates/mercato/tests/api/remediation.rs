@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use mercato::cells::{Cells, MerchantDb};
 use mercato::demo::incident::{seed, Facts, Options};
 use mercato::payments::SandboxProvider;
 use mercato::remediation::{self, LinkPurpose, ReminderPolicy, SettleOptions, Settlement};
@@ -171,24 +172,48 @@ async fn seed_incident(owner: &PgPool, orders: i64, weeks: i64, seed_value: u64)
 async fn scanned_incident(owner: &PgPool, orders: i64) -> (Facts, MerchantId, Uuid) {
     let facts = seed_incident(owner, orders, 3, 7).await;
     let merchant = MerchantId(facts.merchant_id);
-    let id = remediation::open(owner, merchant, facts.from, facts.to, "v3", "v2")
-        .await
-        .expect("the incident opens");
+    let id = remediation::open(
+        &merchant_db(owner, merchant).await,
+        facts.from,
+        facts.to,
+        "v3",
+        "v2",
+    )
+    .await
+    .expect("the incident opens");
     let provider = SandboxProvider::new(owner.clone(), Duration::from_millis(50));
-    remediation::scan(owner, merchant, id, &provider, 97, |_, _| {})
-        .await
-        .expect("the scan runs");
-    let report = remediation::report(owner, merchant, id)
+    remediation::scan(
+        &merchant_db(owner, merchant).await,
+        id,
+        &provider,
+        97,
+        |_, _| {},
+    )
+    .await
+    .expect("the scan runs");
+    let report = remediation::report(&merchant_db(owner, merchant).await, id)
         .await
         .expect("report");
     assert!(report.settle_allowed, "{report:?}");
     (facts, merchant, id)
 }
 
-fn settlement(owner: &PgPool, merchant: MerchantId, reminders: u32, wait_ms: u64) -> Settlement {
+/// The merchant's database as a command resolves it, over the owner's pool.
+async fn merchant_db(owner: &PgPool, merchant: MerchantId) -> MerchantDb {
+    Cells::of_owners(owner.clone(), [])
+        .merchant_db_for_job(merchant)
+        .await
+        .expect("the directory answers")
+}
+
+async fn settlement(
+    owner: &PgPool,
+    merchant: MerchantId,
+    reminders: u32,
+    wait_ms: u64,
+) -> Settlement {
     Settlement {
-        pool: owner.clone(),
-        merchant,
+        db: merchant_db(owner, merchant).await,
         provider: Arc::new(SandboxProvider::new(
             owner.clone(),
             Duration::from_millis(50),
@@ -220,9 +245,15 @@ async fn the_scan_finds_exactly_the_seeded_mispriced_orders_and_the_sums_reconci
         "{facts:?}"
     );
     let merchant = MerchantId(facts.merchant_id);
-    let id = remediation::open(&app.owner, merchant, facts.from, facts.to, "v3", "v2")
-        .await
-        .expect("opens");
+    let id = remediation::open(
+        &merchant_db(&app.owner, merchant).await,
+        facts.from,
+        facts.to,
+        "v3",
+        "v2",
+    )
+    .await
+    .expect("opens");
     let provider = SandboxProvider::new(app.owner.clone(), Duration::from_millis(50));
 
     // Before the scan and before its report, settle refuses (nothing moves).
@@ -232,6 +263,7 @@ async fn the_scan_finds_exactly_the_seeded_mispriced_orders_and_the_sums_reconci
             .expect("transport"),
     );
     let refused = settlement(&app.owner, merchant, 1, 100)
+        .await
         .run(id, &sender, |_| {})
         .await;
     assert!(
@@ -280,9 +312,15 @@ async fn the_scan_finds_exactly_the_seeded_mispriced_orders_and_the_sums_reconci
         }
     }
     let mut pages = 0;
-    let resumed = remediation::scan(&app.owner, merchant, id, &provider, 50, |_, _| pages += 1)
-        .await
-        .expect("scan");
+    let resumed = remediation::scan(
+        &merchant_db(&app.owner, merchant).await,
+        id,
+        &provider,
+        50,
+        |_, _| pages += 1,
+    )
+    .await
+    .expect("scan");
     assert_eq!(resumed.scanned_total, facts.orders_in_window);
     if cut {
         assert!(
@@ -291,24 +329,37 @@ async fn the_scan_finds_exactly_the_seeded_mispriced_orders_and_the_sums_reconci
         );
     }
     assert!(pages >= 1);
-    let again = remediation::scan(&app.owner, merchant, id, &provider, 50, |_, _| {})
-        .await
-        .expect("a rerun");
+    let again = remediation::scan(
+        &merchant_db(&app.owner, merchant).await,
+        id,
+        &provider,
+        50,
+        |_, _| {},
+    )
+    .await
+    .expect("a rerun");
     assert_eq!(again.scanned, 0, "a finished scan has nothing left");
     // A rerun of the pages themselves adds nothing: one row per incident and order.
     sqlx::query("update remediation_incidents set scan_after_at = null, scan_after_id = null, scan_finished_at = null, scanned = 0")
         .execute(&app.owner)
         .await
         .expect("rewind");
-    remediation::scan(&app.owner, merchant, id, &provider, 64, |_, _| {})
-        .await
-        .expect("a rewound scan");
+    remediation::scan(
+        &merchant_db(&app.owner, merchant).await,
+        id,
+        &provider,
+        64,
+        |_, _| {},
+    )
+    .await
+    .expect("a rewound scan");
     assert_eq!(
         scalar(&app.owner, "select count(*) from order_adjustments").await,
         facts.orders_in_window
     );
 
     let refused = settlement(&app.owner, merchant, 1, 100)
+        .await
         .run(id, &sender, |_| {})
         .await;
     assert!(
@@ -324,7 +375,7 @@ async fn the_scan_finds_exactly_the_seeded_mispriced_orders_and_the_sums_reconci
         0
     );
 
-    let report = remediation::report(&app.owner, merchant, id)
+    let report = remediation::report(&merchant_db(&app.owner, merchant).await, id)
         .await
         .expect("report");
     assert_eq!(report.orders_in_window, facts.orders_in_window);
@@ -368,7 +419,7 @@ async fn an_incident_is_refused_with_nothing_written_for_bad_versions_and_window
     let m = MerchantId(facts.merchant_id);
     let open = |from, to, bad: &'static str, fixed: &'static str| {
         let owner = app.owner.clone();
-        async move { remediation::open(&owner, m, from, to, bad, fixed).await }
+        async move { remediation::open(&merchant_db(&owner, m).await, from, to, bad, fixed).await }
     };
     let err = |r: Result<Uuid, remediation::RemediationError>| r.expect_err("refused").to_string();
     assert!(err(open(facts.from, facts.to, "v9", "v2").await).contains("--bad-version"));
@@ -448,7 +499,7 @@ async fn settle_charges_asks_reminds_escalates_and_offers_once_and_every_email_a
         mercato::mail::Transport::from_config(Some(&sink.url), PathBuf::new(), "shop@example.com")
             .expect("transport"),
     );
-    let settle = settlement(&app.owner, merchant, 2, 150);
+    let settle = settlement(&app.owner, merchant, 2, 150).await;
     // The first run acts on everything; the later ones send the reminders as
     // they fall due (150 ms, then 300 ms), then escalate.
     let first = settle.run(id, &sender, |_| {}).await.expect("settles");
@@ -611,7 +662,7 @@ async fn settle_charges_asks_reminds_escalates_and_offers_once_and_every_email_a
 }
 
 /// The link's token for an adjustment, as the e-mail carries it.
-async fn link_token(
+pub(crate) async fn link_token(
     owner: &PgPool,
     adjustment: Uuid,
     purpose: LinkPurpose,
@@ -637,6 +688,7 @@ async fn a_customers_link_applies_once_and_refuses_tampering_and_expiry() {
             .expect("transport"),
     );
     settlement(&app.owner, merchant, 0, 10)
+        .await
         .run(id, &sender, |_| {})
         .await
         .expect("settles");

@@ -9,14 +9,12 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{PriceError, Revision, RulesDiff, Settings, Shipping};
+use super::{Revision, RulesDiff, Settings, Shipping};
 use crate::catalog::{is_currency, Money, MAX_PRICE};
-use crate::checkout::{cart_for, parse_country, parse_promo};
-use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
-use crate::inventory::{parse_lines, ItemBody};
 use crate::state::AppState;
-use crate::validation::{self, FieldError, FieldErrors};
+use crate::tenancy::Tenant;
+use crate::validation::{FieldError, FieldErrors};
 
 mod rollouts;
 
@@ -26,7 +24,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_rules, put_rules))
         .routes(routes!(list_revisions))
         .routes(routes!(get_revision))
-        .routes(routes!(post_quote))
         .routes(routes!(get_settings, put_settings))
 }
 
@@ -89,10 +86,12 @@ fn rule_errors(errors: Vec<RuleError>) -> ApiError {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ActivateParam {
     /// `false`: record the revision without putting it in force, to try it with
     /// a rollout (`POST /v1/pricing/rollouts`). Default `true`.
+    #[param(value_type = Option<bool>, default = true)]
     pub activate: Option<String>,
 }
 
@@ -158,6 +157,7 @@ pub async fn list_revisions(tenant: Tenant) -> Result<Json<RevisionList>, ApiErr
     }))
 }
 
+/// One revision of the merchant's rules.
 #[utoipa::path(get, path = "/v1/pricing/rules/revisions/{n}", params(("n" = String, Path)),
     security(("api_key" = [])), tag = "pricing",
     responses(
@@ -175,65 +175,6 @@ pub async fn get_revision(
     revision
         .map(|r| Json(r.into()))
         .ok_or(ApiError::NotFound("revision"))
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct QuoteBody {
-    pub items: Vec<ItemBody>,
-    pub customer: Option<crate::checkout::CustomerBody>,
-    pub promo_code: Option<String>,
-    /// Ship-to country (ISO 3166-1 alpha-2): the tax rate follows it.
-    pub ship_to_country: Option<String>,
-}
-
-/// Prices a cart as a checkout would now, with no side effects: every line,
-/// discount (and the rule behind it), shipping, tax and the total, and why each
-/// other rule did not apply.
-#[utoipa::path(post, path = "/v1/pricing/quote", request_body = QuoteBody,
-    security(("api_key" = [])), tag = "pricing",
-    responses((status = 200, description = "The breakdown", content_type = "application/json")))]
-pub async fn post_quote(
-    tenant: Tenant,
-    ApiJson(body): ApiJson<QuoteBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut errors = FieldErrors::default();
-    let lines = parse_lines(&body.items, &mut errors);
-    let email = match &body.customer {
-        None => Some(None),
-        Some(c) => errors
-            .check("customer.email", validation::email(&c.email))
-            .map(Some),
-    };
-    let promo = match &body.promo_code {
-        None => Some(None),
-        Some(p) => errors.check("promo_code", parse_promo(p)).map(Some),
-    };
-    let country = match &body.ship_to_country {
-        None => Some(None),
-        Some(c) => errors.check("ship_to_country", parse_country(c)).map(Some),
-    };
-    let (((lines, email), promo), country) =
-        errors.finish(lines.zip(email).zip(promo).zip(country))?;
-    let mut tx = tenant.begin().await?;
-    let cart = cart_for(
-        &mut tx,
-        &lines,
-        email.as_deref(),
-        promo.as_deref(),
-        country.as_deref(),
-    )
-    .await?;
-    let quote = super::price_cart(&mut tx, cart)
-        .await
-        .map_err(|e| match e {
-            PriceError::Pricing(e) => ApiError::field("items", format!("cannot be priced: {e}")),
-            PriceError::Db(e) => e.into(),
-        })?;
-    tx.commit().await?;
-    let breakdown = serde_json::to_value(&quote.priced.breakdown)
-        .map_err(|e| ApiError::Internal(sqlx::Error::Protocol(e.to_string())))?;
-    Ok(Json(breakdown))
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

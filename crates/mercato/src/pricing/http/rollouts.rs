@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::http::auth::Tenant;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::pagination::{List, Page, PageParams};
 use crate::pricing::rollout::{
@@ -19,6 +18,7 @@ use crate::pricing::rollout::{
 };
 use crate::pricing::{Bands, Stage};
 use crate::state::AppState;
+use crate::tenancy::Tenant;
 use crate::validation::{FieldError, FieldErrors};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -277,6 +277,7 @@ const MAX_PERIOD_SECONDS: u64 = 366 * 24 * 3600;
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_anomaly_check(
+    State(state): State<AppState>,
     tenant: Tenant,
     ApiJson(body): ApiJson<AnomalyCheckBody>,
 ) -> Result<Json<AnomalyCheck>, ApiError> {
@@ -299,6 +300,7 @@ pub async fn post_anomaly_check(
     let mut tx = tenant.begin().await?;
     let (measured, raised) = rollout::check_anomalies(
         &mut tx,
+        state.order_facts.as_ref(),
         chrono::Utc::now(),
         Periods { window, baseline },
         &Bands::default(),

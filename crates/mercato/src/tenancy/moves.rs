@@ -4,17 +4,17 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::mover::{self, MoveError};
-use crate::http::auth::Admin;
+use super::Admin;
+use super::{merchant_exists, MerchantId};
+use crate::cells::{start_move_in_serve, MoveError, MoveRecord};
 use crate::http::{ApiError, ApiJson, Problem};
 use crate::state::AppState;
-use crate::tenancy::{merchant_exists, MerchantId};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -31,32 +31,6 @@ pub struct StartMove {
     /// rollback`) until `mercato tenants cleanup`.
     #[serde(default)]
     pub keep_source: bool,
-}
-
-/// A move and how far it got.
-#[derive(Serialize, ToSchema, sqlx::FromRow)]
-pub struct MoveRecord {
-    pub id: Uuid,
-    pub merchant_id: Uuid,
-    pub source: String,
-    pub target: String,
-    /// `copying`, `catching_up`, `cutting_over`, `moved`, `cleaned`,
-    /// `aborted` or `rolled_back`.
-    pub phase: String,
-    pub rows_copied: i64,
-    pub changes_applied: i64,
-    pub rows_cleaned: i64,
-    /// The merchant's write pause at the cutover, once cut over.
-    pub pause_ms: Option<f64>,
-    pub keep_source: bool,
-    /// `api`: `serve` drives it; `cli`: a `mercato tenants` command does.
-    pub driven_by: String,
-    /// For a rollback: the move it undoes.
-    pub rollback_of: Option<Uuid>,
-    /// Why the move stopped last (it is tried again); `null` once it goes on.
-    pub last_error: Option<String>,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Moves a merchant to another cell while it trades (platform admin only).
@@ -80,7 +54,7 @@ pub async fn post_move(
     if !merchant_exists(&state.db.app, merchant).await? {
         return Err(ApiError::NotFound("merchant"));
     }
-    let mv = mover::start_in_serve(&state.moves.pools, merchant, &body.to, body.keep_source)
+    let mv = start_move_in_serve(&state.moves.pools, merchant, &body.to, body.keep_source)
         .await
         .map_err(refused)?;
     state.moves.wake();
@@ -122,15 +96,7 @@ async fn record(
     merchant: MerchantId,
     id: Uuid,
 ) -> Result<Option<MoveRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, merchant_id, source, target, phase, rows_copied, changes_applied, rows_cleaned,
-                pause_ms, keep_source, driven_by, rollback_of, last_error, started_at, finished_at
-         from tenant_moves where id = $1 and merchant_id = $2",
-    )
-    .bind(id)
-    .bind(merchant.0)
-    .fetch_optional(&state.db.app)
-    .await
+    crate::cells::move_record(&state.db.app, merchant, id).await
 }
 
 /// A move the mover refuses to start, as the admin API answers it.

@@ -1,15 +1,17 @@
-//! Authentication: `Tenant` for merchant keys, `Admin` for the platform token.
+//! Authentication: who is calling. `Tenant` for merchant keys, `Admin` for
+//! the platform token. What a handler works with comes from the application
+//! state (`State<AppState>`); the one thing a `Tenant` carries besides who it
+//! is, is its merchant's database handle, resolved from the directory.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
-use super::error::ApiError;
-use crate::cells::{Cell, Route, RouteError};
+use super::{authenticate_key, ApiKey, MerchantId, Principal, Strategy};
+use crate::cells::{MerchantDb, RouteError};
 use crate::db::TenantTx;
-use crate::inventory::Inventory;
+use crate::http::ApiError;
 use crate::state::AppState;
-use crate::tenancy::{authenticate_key, ApiKey, MerchantId, Principal, Strategy};
 
 /// The authenticated merchant of a request. Handlers open tenant transactions
 /// through it, so a request can only ever touch its own merchant's rows.
@@ -21,9 +23,8 @@ pub struct Tenant {
     pub plan: Option<std::sync::Arc<crate::quotas::Plan>>,
     /// Names the API key used (a prefix of its hash, never the key): for audit logs.
     pub key_fingerprint: String,
-    /// The merchant's cell (and, while it moves, its hold on the cutover gate).
-    route: Route,
-    state: AppState,
+    /// The merchant's database (and, while it moves, its hold on the cutover gate).
+    pub db: MerchantDb,
 }
 
 impl Tenant {
@@ -33,20 +34,7 @@ impl Tenant {
 
     /// `begin` for code that reports `sqlx::Error`.
     pub async fn begin_sql(&self) -> Result<TenantTx, sqlx::Error> {
-        self.state.cells.begin(&self.route, self.merchant_id).await
-    }
-
-    /// The cell serving this merchant: its pools, stock admission and checkout.
-    pub fn cell(&self) -> &Cell {
-        &self.route.cell
-    }
-
-    pub fn inventory(&self) -> &Inventory {
-        &self.route.cell.inventory
-    }
-
-    pub fn state(&self) -> &AppState {
-        &self.state
+        self.db.begin().await
     }
 }
 
@@ -83,25 +71,29 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenan
     };
     let merchant_id = principal.merchant;
     tracing::Span::current().record("merchant_id", tracing::field::display(merchant_id));
-    let route = state
+    let db = state
         .cells
-        .route(merchant_id)
+        .merchant_db(merchant_id)
         .await
-        .map_err(|err| match err {
-            RouteError::Db(e) => ApiError::from(e),
-            unknown @ RouteError::UnknownCell { .. } => {
-                tracing::error!(error = %unknown, "cannot route a request");
-                ApiError::Unavailable("this merchant's database is not configured on this instance")
-            }
-        })?;
+        .map_err(unroutable)?;
     Ok(Tenant {
-        route,
+        db,
         merchant_id,
         stock_strategy: principal.strategy,
         plan: principal.plan,
         key_fingerprint,
-        state: state.clone(),
     })
+}
+
+/// A merchant the directory could not route, as a request's answer.
+pub fn unroutable(err: RouteError) -> ApiError {
+    match err {
+        RouteError::Db(e) => ApiError::from(e),
+        unknown @ RouteError::UnknownCell { .. } => {
+            tracing::error!(error = %unknown, "cannot route a request");
+            ApiError::Unavailable("this merchant's database is not configured on this instance")
+        }
+    }
 }
 
 /// The request's tenant: the one a layer (rate limits, idempotency) already

@@ -1,7 +1,8 @@
 //! `mercato demo migration`: seeds legacy orders, runs live HTTP traffic over
 //! them, and takes the orders migration through every phase while the traffic
 //! runs; prints a JSON summary (requests, failures, shadow mismatches, rows,
-//! time per phase, latency before / during / after).
+//! time per phase, latency before / during / after). It drives the
+//! benchmarks' harness and load, so it lives with them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,8 +12,8 @@ use anyhow::Context;
 use pgshift::{Migrator, Plan};
 use serde_json::json;
 
-use crate::bench::load::{seed_legacy_orders, Load};
-use crate::bench::{interruptible, Harness};
+use super::load::{seed_legacy_orders, Load};
+use super::{interruptible, Harness};
 use crate::legacy_orders;
 
 #[derive(Debug, clap::Args)]

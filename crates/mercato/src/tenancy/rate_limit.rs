@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::auth::request_tenant;
-use super::ApiError;
+use super::request_tenant;
+use crate::http::ApiError;
 use crate::quotas::{Decision, Rate, RouteClass};
 use crate::state::AppState;
 
