@@ -67,7 +67,7 @@ pub const FAMILIES: &[Family] = &[
     family("reservations_expired_total", Counter, COUNT,
         "Reservations released by the expiry worker when their time ran out."),
     family("stock_sales_folded_total", Counter, COUNT,
-        "Units sold folded from the sales ledger into stock levels."),
+        "Units sold, folded from the sales ledger into the stock levels."),
     family("admission_batch_size", Histogram, COUNT,
         "Reservation requests granted together in one batch by FIFO admission."),
     family("events_emitted_total", Counter, COUNT,
