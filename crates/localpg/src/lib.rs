@@ -11,6 +11,10 @@
 //!
 //! PostgreSQL refuses to run as root; when we are root the binaries run as the
 //! `postgres` system user (via `runuser`) and the data directory is handed to it.
+//! That user must also reach the directory: one below a directory only root may
+//! enter (`mktemp -d` makes them, and so does any `mkdir` under umask 077) is
+//! refused with the directory in the way, which the caller hands over too
+//! ([`hand_over`]) when it is its own.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -31,6 +35,8 @@ pub enum Error {
     Command { step: &'static str, detail: String },
     #[error("data directory {path} is in use by process {pid}; stop it first (or delete {path}/localpg.pid if that process is not ours)")]
     InUse { path: PathBuf, pid: u32 },
+    #[error("PostgreSQL runs as user postgres (we are root), which cannot reach {path}: {blocked_at} does not let it in; use a directory it can reach, or let it search {blocked_at} (`chmod o+x`)")]
+    Unreachable { path: PathBuf, blocked_at: PathBuf },
 }
 
 /// A running private cluster. Dropping it stops the server.
@@ -82,7 +88,8 @@ impl LocalPg {
             stopped: true,
         };
         if run_as_postgres {
-            pg.run("chown", Command::new("chown").arg("postgres").arg(&dir))?;
+            hand_over(&dir)?;
+            reachable_by_postgres(&dir)?;
         }
         let fresh = !pg.data_dir.join("PG_VERSION").exists();
         // A cluster made before passwords were used has none on file: it gets one below.
@@ -342,6 +349,58 @@ fn claim(dir: &Path) -> Result<(), Error> {
     })
 }
 
+/// Hands `dir` to the user PostgreSQL runs as when we are root (`postgres`),
+/// as the data directory is; does nothing otherwise. For a directory of the
+/// caller's on the way to a cluster's, which that user must pass through.
+pub fn hand_over(dir: &Path) -> Result<(), Error> {
+    if !is_root() {
+        return Ok(());
+    }
+    let out = Command::new("chown")
+        .arg("postgres")
+        .arg(dir)
+        .output()
+        .map_err(|source| Error::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Command {
+            step: "chown",
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Whether user `postgres` may search `dir` (every directory above it included).
+fn postgres_can_enter(dir: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// `Unreachable`, naming the first directory on the way that user `postgres`
+/// cannot enter, unless it can reach `dir`.
+fn reachable_by_postgres(dir: &Path) -> Result<(), Error> {
+    if postgres_can_enter(dir) {
+        return Ok(());
+    }
+    let mut ancestors: Vec<&Path> = dir.ancestors().collect();
+    ancestors.reverse();
+    let blocked_at = ancestors
+        .into_iter()
+        .find(|a| !postgres_can_enter(a))
+        .unwrap_or(dir);
+    Err(Error::Unreachable {
+        path: dir.to_path_buf(),
+        blocked_at: blocked_at.to_path_buf(),
+    })
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -475,6 +534,31 @@ mod tests {
             .any(|l| !l.starts_with('#') && l.contains("trust")));
         drop(pg);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cluster_below_a_directory_only_we_may_enter_starts_once_it_is_handed_over() {
+        use std::os::unix::fs::DirBuilderExt;
+        let outer = temp_dir("private");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&outer)
+            .unwrap();
+        let dir = outer.join("cells").join("big");
+        if is_root() {
+            // The server runs as `postgres`, which cannot pass `outer`.
+            let err = LocalPg::start_ephemeral(&dir).unwrap_err();
+            assert!(
+                matches!(&err, Error::Unreachable { blocked_at, .. } if *blocked_at == outer),
+                "{err}"
+            );
+            hand_over(&outer).unwrap();
+        }
+        // Not root, the server runs as us: our own directories are no obstacle.
+        let pg = LocalPg::start_ephemeral(&dir).expect("start below a private directory");
+        assert_eq!(psql(&pg, "select 1"), "1");
+        drop(pg);
+        let _ = std::fs::remove_dir_all(&outer);
     }
 
     #[test]

@@ -720,3 +720,62 @@ fn the_table_check_fails_when_a_context_names_another_s_table() {
         "no trespass found: {found:?}"
     );
 }
+
+/// Every metric family the source records is described in `FAMILIES` (its
+/// `# HELP` on /metrics) with the kind it is recorded as, and every family
+/// described is recorded somewhere: the list is the whole set, once.
+#[test]
+fn every_metric_recorded_is_described_once_and_nothing_else_is() {
+    use mercato::http::metrics::FAMILIES;
+    let mut files = Vec::new();
+    rust_files(&src_dir(), &mut files);
+    let mut recorded: BTreeSet<(String, String)> = BTreeSet::new();
+    for file in &files {
+        let code = code_of(&std::fs::read_to_string(file).expect("read a source file"));
+        for (kind, call) in [
+            ("Counter", "counter!("),
+            ("Gauge", "gauge!("),
+            ("Histogram", "histogram!("),
+        ] {
+            for (at, _) in code.match_indices(call) {
+                let rest = code[at + call.len()..].trim_start();
+                let name = rest
+                    .strip_prefix('"')
+                    .and_then(|r| r.split_once('"'))
+                    .map(|(name, _)| name.to_owned())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{}: a metric's name is a literal, to be checked here",
+                            file.display()
+                        )
+                    });
+                recorded.insert((name, kind.to_owned()));
+            }
+        }
+    }
+    let described: BTreeSet<(String, String)> = FAMILIES
+        .iter()
+        .map(|f| (f.name.to_owned(), format!("{:?}", f.kind)))
+        .collect();
+    assert_eq!(
+        described.len(),
+        FAMILIES.len(),
+        "a family is described twice"
+    );
+    let undescribed: Vec<_> = recorded.difference(&described).collect();
+    assert!(
+        undescribed.is_empty(),
+        "recorded but not in http::metrics::FAMILIES (or as another kind): {undescribed:?}"
+    );
+    let unrecorded: Vec<_> = described.difference(&recorded).collect();
+    assert!(
+        unrecorded.is_empty(),
+        "described in http::metrics::FAMILIES but recorded nowhere: {unrecorded:?}"
+    );
+    assert!(FAMILIES.iter().all(|f| !f.help.trim().is_empty()));
+    assert!(
+        recorded.len() >= 20,
+        "only {} families found",
+        recorded.len()
+    );
+}

@@ -46,6 +46,22 @@ fn cells_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("cells")
 }
 
+/// Starts the cluster of cell `name`. When we are root its server runs as
+/// `postgres`, which must pass DATA_DIR and DATA_DIR/cells to reach it: they
+/// are handed to it as `serve` hands it DATA_DIR (the main cluster's
+/// directory), since either may be one only root can enter (`mktemp -d`,
+/// umask 077).
+async fn start_cell(data_dir: &Path, name: &str) -> Result<LocalPg, PrivateClusterError> {
+    let dir = cells_dir(data_dir).join(name);
+    for on_the_way in [data_dir.to_path_buf(), cells_dir(data_dir)] {
+        localpg::hand_over(&on_the_way).map_err(|source| PrivateClusterError::LocalPg {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    }
+    start_private_cluster(&dir).await
+}
+
 /// The names of DATA_DIR's cells, sorted.
 pub fn names(data_dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
@@ -92,7 +108,7 @@ pub async fn open(data_dir: &Path, attach: bool) -> Result<Vec<EmbeddedCell>, Pr
         let (url, cluster) = match kept {
             Some(url) => (url, None),
             None => {
-                let pg = start_private_cluster(&dir).await?;
+                let pg = start_cell(data_dir, &name).await?;
                 (pg.url("mercato"), Some(pg))
             }
         };
@@ -116,7 +132,7 @@ pub async fn run(args: CellsArgs) -> anyhow::Result<()> {
             );
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let made = async {
-                let pg = start_private_cluster(&dir).await?;
+                let pg = start_cell(&args.data_dir, &name).await?;
                 let db = crate::db::prepare(&pg.url("mercato"), 2).await?;
                 db.app.close().await;
                 db.worker.close().await;

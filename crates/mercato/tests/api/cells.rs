@@ -897,6 +897,61 @@ async fn an_embedded_cell_made_by_cells_add_is_served_and_moved_to() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `mercato cells add` in a data directory only its owner may enter, made
+/// under umask 077 as `mktemp -d` makes them: as root (the server then runs
+/// as `postgres`, which must pass that directory) and, when we are root, as
+/// a user who is not (`nobody`, with a copy of the binary it may run).
+#[test]
+fn cells_add_works_in_a_data_directory_only_its_owner_may_enter() {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let add_in_a_private_directory = |bin: &std::path::Path, user: Option<&str>| {
+        let script = r#"umask 077 && d="$(mktemp -d)" || exit 9
+            "$0" cells add big --data-dir "$d" && "$0" cells list --data-dir "$d"
+            rc=$?; rm -rf "$d"; exit $rc"#;
+        let mut cmd = match user {
+            Some(user) => {
+                let mut cmd = std::process::Command::new("runuser");
+                cmd.args(["-u", user, "--", "sh", "-c", script]);
+                cmd
+            }
+            None => {
+                let mut cmd = std::process::Command::new("sh");
+                cmd.args(["-c", script]);
+                cmd
+            }
+        };
+        let out = cmd
+            .arg(bin)
+            .env_remove("DATABASE_URL")
+            .env_remove("MERCATO_DATA_DIR")
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "as {}: {}",
+            user.unwrap_or("ourselves"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("big\t"),
+            "the cell is listed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    add_in_a_private_directory(std::path::Path::new(env!("CARGO_BIN_EXE_mercato")), None);
+    if is_root {
+        let dir = std::env::temp_dir().join(format!("mercato-bin-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("mercato");
+        std::fs::copy(env!("CARGO_BIN_EXE_mercato"), &bin).expect("copy the binary");
+        add_in_a_private_directory(&bin, Some("nobody"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// Writes a new product and its stock through the API once the copy has
 /// passed `variants` but not yet `stock`: the copy meets a stock row whose
 /// variant it did not copy.

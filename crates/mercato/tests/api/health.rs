@@ -34,6 +34,81 @@ async fn metrics_count_requests_by_route_and_status() {
     );
 }
 
+/// Every family /metrics shows has its `# HELP` (what it counts) and the
+/// kind it is described as; and `promtool check metrics` (Prometheus's own
+/// linter, installed by .ci/run) finds nothing to say, where it is installed.
+#[tokio::test]
+async fn every_metric_family_has_help_text_and_promtool_finds_no_problem() {
+    use mercato::http::metrics::{Kind, FAMILIES};
+    let app = TestApp::spawn().await;
+    // A sale records families of several contexts (checkout, inventory, events).
+    let m = app.merchant_with_stock("acme", "TEE", 5).await;
+    let body = serde_json::json!({"customer": {"email": "ann@example.com"},
+        "items": [{"sku": "TEE", "quantity": 1}], "payment_method": "pm_card_ok"});
+    let order = app.post("/v1/checkouts", &m.key, body).await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    let text = app.metrics().await;
+    let mut help = std::collections::BTreeMap::new();
+    let mut types = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, what) = rest.split_once(' ').unwrap_or((rest, ""));
+            help.insert(name.to_owned(), what.trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            types.insert(name.to_owned(), kind.to_owned());
+        }
+    }
+    assert!(types.len() >= 5, "a sale records several families:\n{text}");
+    for (name, kind) in &types {
+        assert!(
+            help.get(name).is_some_and(|h| !h.is_empty()),
+            "{name} has no # HELP:\n{text}"
+        );
+        let described = FAMILIES
+            .iter()
+            .find(|f| f.name == *name)
+            .unwrap_or_else(|| panic!("{name} is not in FAMILIES"));
+        // A histogram without buckets of its own is exposed as a summary.
+        let exposed_as: &[&str] = match described.kind {
+            Kind::Counter => &["counter"],
+            Kind::Gauge => &["gauge"],
+            Kind::Histogram => &["histogram", "summary"],
+        };
+        assert!(exposed_as.contains(&kind.as_str()), "{name} is a {kind}");
+    }
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut promtool) => {
+            use std::io::Write;
+            promtool
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write to promtool");
+            let out = promtool.wait_with_output().expect("promtool runs");
+            assert!(
+                out.status.success() && out.stdout.is_empty(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "promtool not installed: HELP and kinds checked here, Prometheus's lint not run"
+            );
+        }
+        Err(e) => panic!("promtool: {e}"),
+    }
+}
+
 #[tokio::test]
 async fn openapi_document_is_3_1_and_every_route_in_it_is_served() {
     let app = TestApp::spawn().await;

@@ -242,7 +242,10 @@ async fn a_migration_waiting_for_a_lock_times_out_and_is_tried_again_until_it_co
         .expect("it completes once the lock is free");
     assert_eq!(applied.len(), 1);
     assert_eq!(applied[0].version, 1);
-    assert!(applied[0].attempts >= 3, "{applied:?}");
+    assert!(
+        applied[0].attempts >= 2,
+        "it timed out and was retried: {applied:?}"
+    );
     assert!(column_exists(&pool, "parcels", "note").await);
     assert!(recorded(&pool, 1).await);
 }
