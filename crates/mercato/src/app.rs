@@ -102,7 +102,7 @@ impl App {
             addr: config.listen,
             source,
         })?;
-        let (owner_url, localpg) = match &config.database_url {
+        let (owner_url, localpg) = match &config.database.database_url {
             Some(url) => (url.clone(), None),
             None => {
                 let pg = db::start_private_cluster(&config.data_dir).await?;

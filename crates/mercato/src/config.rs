@@ -46,10 +46,10 @@ pub struct Config {
     /// the orders by about this much.
     #[arg(long, env = "MERCATO_ANALYTICS_INTERVAL", default_value = DEFAULT_ANALYTICS_INTERVAL, value_parser = seconds)]
     pub analytics_interval: Duration,
-    /// PostgreSQL URL of the schema owner (runs migrations); the service itself
-    /// connects as role `mercato_app`. Unset: start a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    /// The schema owner's URL (runs migrations); the service itself connects
+    /// as role `mercato_app`. Unset: a private cluster in --data-dir.
+    #[command(flatten)]
+    pub database: DatabaseUrlArg,
     /// Platform admin token; generated and printed when unset.
     #[arg(long, env = "MERCATO_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -207,7 +207,7 @@ impl Config {
             analytics_dir: None,
             analytics_store: None,
             analytics_interval: default(DEFAULT_ANALYTICS_INTERVAL),
-            database_url: None,
+            database: DatabaseUrlArg::default(),
             admin_token: None,
             max_connections: DEFAULT_DB_POOL,
             checkout_ttl: default(DEFAULT_CHECKOUT_TTL),
@@ -293,7 +293,7 @@ mod tests {
         let parsed = Cli::try_parse_from(["mercato"]).expect("defaults parse");
         let mut config = parsed.config;
         // The test runner may set these in the environment; they have no default.
-        config.database_url = None;
+        config.database.database_url = None;
         config.admin_token = None;
         let expected = Config::new(config.listen);
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
@@ -327,9 +327,8 @@ mod tests {
 /// database and the other cells: the same flags as `serve`'s, declared once.
 #[derive(Debug, clap::Args)]
 pub struct CommandDatabaseArgs {
-    /// PostgreSQL URL of the schema owner; without it, the embedded cluster in --data-dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseUrlArg,
     /// Where `mercato serve` keeps its embedded cluster (and its files, such as e-mails).
     #[arg(
         long,
@@ -341,4 +340,20 @@ pub struct CommandDatabaseArgs {
     /// The cells, as `serve` is given them: `NAME=postgres://…` (repeatable).
     #[arg(long = "cell", env = "MERCATO_CELLS", value_delimiter = ',', value_parser = cell_spec, hide_env_values = true, global = true)]
     pub cells: Vec<CellSpec>,
+}
+
+/// `--database-url` (`DATABASE_URL`): the PostgreSQL URL of the schema owner,
+/// declared once for `serve` and every command. Unset: a private cluster (the
+/// embedded one of `--data-dir`; a scratch one for benchmarks).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DatabaseUrlArg {
+    /// PostgreSQL URL of the schema owner (superuser or BYPASSRLS for the
+    /// commands that read across merchants); unset: a private cluster.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: Option<String>,
 }

@@ -51,9 +51,8 @@ struct MigrateArgs {
     plan: PathBuf,
     #[command(subcommand)]
     phase: mercato::shift::Command,
-    /// PostgreSQL URL of the schema owner (superuser or BYPASSRLS).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
-    database_url: Option<String>,
+    #[command(flatten)]
+    database: mercato::config::DatabaseUrlArg,
 }
 
 #[derive(Subcommand)]
@@ -174,7 +173,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let url = args.database_url.ok_or_else(|| {
+    let url = args.database.database_url.ok_or_else(|| {
         anyhow::anyhow!("DATABASE_URL (or --database-url) must name the database to migrate")
     })?;
     mercato::shift::run(&url, &args.plan, args.phase).await

@@ -779,3 +779,23 @@ fn every_metric_recorded_is_described_once_and_nothing_else_is() {
         recorded.len()
     );
 }
+
+/// The folder-level graph as text, for a reader (and for comparing two
+/// commits): `cargo test -p mercato --test architecture
+/// print_the_folder_graph -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn print_the_folder_graph() {
+    let parts = folder_graph(&graph());
+    let mut arrows = 0;
+    for (from, targets) in &parts.edges {
+        for to in targets {
+            println!("{} -> {}", from[0], to[0]);
+            arrows += 1;
+        }
+    }
+    println!("{} parts, {arrows} arrows", parts.modules.len());
+    for cycle in cycle_names(&parts) {
+        println!("cycle: {cycle}");
+    }
+}

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod columns;
+mod compaction;
 pub mod export;
 pub mod files;
 pub mod http;

@@ -36,9 +36,8 @@ pub struct Options {
     /// Where the JSON figures go.
     #[arg(long, default_value = "bench-checkout.json")]
     pub out: PathBuf,
-    /// Benchmark against this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::config::DatabaseUrlArg,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,7 +70,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if opts.buyers == 0 || opts.skus == 0 || opts.checkout_buyers == 0 {
         bail!("--buyers, --checkout-buyers and --skus must be at least 1");
     }
-    let harness = Harness::start(opts.database_url.clone(), |_| {}).await?;
+    let harness = Harness::start(opts.database.database_url.clone(), |_| {}).await?;
     let outcome = interruptible(measure(&opts, &harness)).await;
     harness.shutdown().await;
     outcome

@@ -30,16 +30,18 @@ pub struct Options {
     /// Also write the summary to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Use this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::config::DatabaseUrlArg,
     /// Show progress bars (the command line does; tests do not).
     #[arg(skip = true)]
     pub progress: bool,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
-    let harness = Harness::start(opts.database_url.clone(), |c| c.shadow_percent = 50).await?;
+    let harness = Harness::start(opts.database.database_url.clone(), |c| {
+        c.shadow_percent = 50
+    })
+    .await?;
     let outcome = interruptible(migrate_under_load(&opts, &harness)).await;
     harness.shutdown().await;
     let summary = outcome?;

@@ -28,9 +28,8 @@ pub struct Options {
     /// Where the JSON figures go.
     #[arg(long, default_value = "bench-migrate.json")]
     pub out: PathBuf,
-    /// Benchmark against this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::config::DatabaseUrlArg,
 }
 
 /// The composite-key table: (merchant_id uuid, id uuid), a numeric price that
@@ -138,7 +137,8 @@ impl Scenario {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let harness = Harness::start(opts.database_url.clone(), |c| c.shadow_percent = 0).await?;
+    let harness =
+        Harness::start(opts.database.database_url.clone(), |c| c.shadow_percent = 0).await?;
     let outcome = interruptible(measure(&opts, &harness)).await;
     harness.shutdown().await;
     outcome

@@ -52,7 +52,7 @@ impl Harness {
         let scratch =
             std::env::temp_dir().join(format!("mercato-bench-{}", Uuid::now_v7().simple()));
         let mut config = Config::new("127.0.0.1:0".parse()?);
-        config.database_url = database_url;
+        config.database.database_url = database_url;
         config.data_dir = scratch.clone();
         config.admin_token = Some(ADMIN.into());
         config.max_connections = 32;

@@ -189,7 +189,7 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
         weeks: 6,
         seed: 42,
         json: true,
-        database_url: None,
+        database: Default::default(),
         data_dir: PathBuf::new(),
     };
     eprintln!("seeding {} orders", opts.orders);

@@ -38,9 +38,8 @@ pub struct Options {
     pub flooder_plan: u32,
     #[arg(long, default_value = "docs/bench/bench-neighbours.json")]
     pub out: PathBuf,
-    /// Benchmark against this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::config::DatabaseUrlArg,
 }
 
 #[derive(Serialize)]
@@ -77,7 +76,7 @@ struct Report {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let h = Harness::start(opts.database_url.clone(), |_| {}).await?;
+    let h = Harness::start(opts.database.database_url.clone(), |_| {}).await?;
     let outcome = interruptible(measure(&h, &opts)).await;
     h.shutdown().await;
     let report = outcome?;

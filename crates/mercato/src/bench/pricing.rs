@@ -33,9 +33,8 @@ pub struct Options {
     /// Where the JSON figures go.
     #[arg(long, default_value = "bench-pricing.json")]
     pub out: PathBuf,
-    /// Benchmark against this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::config::DatabaseUrlArg,
 }
 
 #[derive(Serialize)]
@@ -109,7 +108,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         CARTS,
         ::pricing::bench::LINES_PER_CART
     );
-    let harness = Harness::start(opts.database_url.clone(), |_| {}).await?;
+    let harness = Harness::start(opts.database.database_url.clone(), |_| {}).await?;
     let outcome = interruptible(http_run(&opts, &harness, pure)).await;
     harness.shutdown().await;
     outcome

@@ -26,9 +26,8 @@ pub struct Options {
     /// Where the JSON figures go.
     #[arg(long, default_value = "docs/bench/bench-reprice.json")]
     pub out: PathBuf,
-    /// Benchmark against this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::config::DatabaseUrlArg,
 }
 
 #[derive(Serialize)]
@@ -52,7 +51,8 @@ struct Report {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let scratch =
         std::env::temp_dir().join(format!("mercato-bench-{}", uuid::Uuid::now_v7().simple()));
-    let db = crate::db::command_database(opts.database_url.as_deref(), &scratch, 4).await?;
+    let db =
+        crate::db::command_database(opts.database.database_url.as_deref(), &scratch, 4).await?;
     let outcome = super::interruptible(measure(&db.owner, &opts)).await;
     db.owner.close().await;
     drop(db);
@@ -77,7 +77,7 @@ async fn measure(owner: &sqlx::PgPool, opts: &Options) -> anyhow::Result<Report>
         weeks: 6,
         seed: 42,
         json: true,
-        database_url: None,
+        database: Default::default(),
         data_dir: PathBuf::new(),
     };
     let facts = crate::demo::incident::seed(owner, &seed_opts, true).await?;

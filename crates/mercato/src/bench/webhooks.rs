@@ -32,9 +32,8 @@ pub struct Options {
     /// Where the JSON figures go.
     #[arg(long, default_value = "bench-webhooks.json")]
     pub out: PathBuf,
-    /// Benchmark against this database (schema owner) instead of a private cluster.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::config::DatabaseUrlArg,
 }
 
 /// Per webhook-id: how many deliveries came, and when the last did (seconds
@@ -73,7 +72,7 @@ async fn receiver(arrivals: Arrivals) -> anyhow::Result<String> {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let harness = Harness::start(opts.database_url.clone(), |c| {
+    let harness = Harness::start(opts.database.database_url.clone(), |c| {
         c.webhooks_allow_internal = true;
     })
     .await?;

@@ -90,7 +90,7 @@ pub async fn command_cells(
 ) -> anyhow::Result<CommandCells> {
     let specs = &database.cells;
     let main = crate::db::command_database(
-        database.database_url.as_deref(),
+        database.database.database_url.as_deref(),
         &database.data_dir,
         max_connections,
     )
@@ -98,7 +98,7 @@ pub async fn command_cells(
     let mut owners = BTreeMap::new();
     owners.insert(MAIN.to_owned(), main.owner.clone());
     // Embedded, the data directory's cells (those a running `serve` keeps, or started now).
-    let embedded = match &database.database_url {
+    let embedded = match &database.database.database_url {
         None => super::embedded::open(&database.data_dir, true).await?,
         Some(_) => Vec::new(),
     };

@@ -212,6 +212,30 @@ impl Cells {
         Ok(MerchantDb { _gate: None, ..db })
     }
 
+    /// The database of the merchant `lookup` finds (a command names an
+    /// incident or an order, not its merchant): the first cell where it
+    /// finds a merchant that the directory says this cell serves. A copy a
+    /// move left behind (`--keep-source`) does not count.
+    pub async fn merchant_db_holding<F, Fut>(
+        &self,
+        lookup: F,
+    ) -> Result<Option<MerchantDb>, RouteError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<MerchantId>, sqlx::Error>>,
+    {
+        for cell in self.all() {
+            let Some(merchant) = lookup(cell.db.app.clone()).await? else {
+                continue;
+            };
+            let db = self.merchant_db_for_job(merchant).await?;
+            if db.cell_name() == cell.name {
+                return Ok(Some(db));
+            }
+        }
+        Ok(None)
+    }
+
     fn handle(&self, merchant: MerchantId, cell: Arc<Cell>, gate: Option<Arc<Gate>>) -> MerchantDb {
         MerchantDb {
             merchant,

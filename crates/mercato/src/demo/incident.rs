@@ -40,9 +40,8 @@ pub struct Options {
     /// Print the facts as JSON only.
     #[arg(long)]
     pub json: bool,
-    /// PostgreSQL URL of the schema owner; without it, the embedded cluster in --data-dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub database: crate::config::DatabaseUrlArg,
     #[arg(long, env = "MERCATO_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 }
@@ -200,7 +199,8 @@ struct Batch {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<Facts> {
-    let db = crate::db::command_database(opts.database_url.as_deref(), &opts.data_dir, 4).await?;
+    let db = crate::db::command_database(opts.database.database_url.as_deref(), &opts.data_dir, 4)
+        .await?;
     let facts = seed(&db.owner, &opts, !opts.json).await?;
     let text = serde_json::to_string_pretty(&facts)?;
     println!("{text}");

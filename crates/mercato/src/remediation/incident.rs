@@ -77,16 +77,14 @@ pub async fn open(
 /// only the incident): the cell that serves the merchant and holds the
 /// incident. A cell a move left a copy in (`--keep-source`) does not count.
 pub async fn merchant_of(cells: &Cells, id: Uuid) -> Result<MerchantDb, RemediationError> {
-    for cell in cells.all() {
-        let Some(merchant) = store::merchant_of_incident(&cell.db.app, id).await? else {
-            continue;
-        };
-        let db = cells.merchant_db_for_job(MerchantId(merchant)).await?;
-        if db.cell_name() == cell.name {
-            return Ok(db);
-        }
-    }
-    Err(RemediationError::NotFound(id))
+    cells
+        .merchant_db_holding(|pool| async move {
+            Ok(store::merchant_of_incident(&pool, id)
+                .await?
+                .map(MerchantId))
+        })
+        .await?
+        .ok_or(RemediationError::NotFound(id))
 }
 
 pub(super) async fn incident_row(

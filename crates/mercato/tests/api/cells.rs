@@ -830,7 +830,7 @@ async fn an_embedded_cell_made_by_cells_add_is_served_and_moved_to() {
     );
 
     let mut config = mercato::Config::new("127.0.0.1:0".parse().unwrap());
-    config.database_url = None;
+    config.database.database_url = None;
     config.data_dir = dir.clone();
     config.admin_token = Some(ADMIN_TOKEN.into());
     let app = mercato::App::build(config).await.expect("serve starts");
@@ -1240,7 +1240,7 @@ async fn a_merchant_moved_to_another_cell_runs_remediation_and_legacy_orders_the
             weeks: 3,
             seed: 5,
             json: false,
-            database_url: None,
+            database: Default::default(),
             data_dir: "unused".into(),
         },
         false,

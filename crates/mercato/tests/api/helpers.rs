@@ -146,7 +146,7 @@ impl TestDatabase {
     /// The configuration tests run the app with: fast workers, short delays.
     pub fn config(&self) -> Config {
         let mut config = Config::new("127.0.0.1:0".parse().expect("address"));
-        config.database_url = Some(self.owner_url.clone());
+        config.database.database_url = Some(self.owner_url.clone());
         // Never the working directory's `.mercato`: each test its own mail spool and marts.
         config.data_dir = self.data_dir.clone();
         config.admin_token = Some(ADMIN_TOKEN.to_owned());

@@ -36,7 +36,9 @@ async fn the_orders_migration_under_live_traffic_fails_no_request_and_no_shadow_
         rate: 150,
         dwell: Duration::from_secs(1),
         out: None,
-        database_url: Some(db.owner_url.clone()),
+        database: mercato::config::DatabaseUrlArg {
+            database_url: Some(db.owner_url.clone()),
+        },
         progress: false,
     })
     .await

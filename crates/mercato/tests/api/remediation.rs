@@ -162,7 +162,7 @@ async fn seed_incident(owner: &PgPool, orders: i64, weeks: i64, seed_value: u64)
         weeks,
         seed: seed_value,
         json: true,
-        database_url: None,
+        database: Default::default(),
         data_dir: PathBuf::from("unused"),
     };
     seed(owner, &opts, false).await.expect("the incident seeds")

@@ -205,8 +205,14 @@ async fn recorded(pool: &PgPool, version: i64) -> bool {
     .expect("read _sqlx_migrations")
 }
 
-#[tokio::test]
-async fn a_migration_waiting_for_a_lock_times_out_and_is_tried_again_until_it_completes() {
+/// A table `parcels`, a migration that alters it, and a transaction that
+/// holds it locked (access exclusive) until it ends.
+async fn parcels_locked() -> (
+    TestDatabase,
+    PgPool,
+    Migrator,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+) {
     let db = TestDatabase::create().await;
     let pool = PgPool::connect(&db.owner_url).await.expect("connect");
     sqlx::raw_sql("create table parcels (id int)")
@@ -223,6 +229,12 @@ async fn a_migration_waiting_for_a_lock_times_out_and_is_tried_again_until_it_co
         .execute(&mut *holder)
         .await
         .unwrap();
+    (db, pool, migrator, holder)
+}
+
+#[tokio::test]
+async fn a_migration_waiting_for_a_lock_times_out_and_is_tried_again_until_it_completes() {
+    let (_db, pool, migrator, holder) = parcels_locked().await;
     let options = Options {
         lock_timeout: Duration::from_millis(200),
         max_attempts: 20,
@@ -252,22 +264,7 @@ async fn a_migration_waiting_for_a_lock_times_out_and_is_tried_again_until_it_co
 
 #[tokio::test]
 async fn a_migration_that_never_gets_its_lock_fails_after_its_attempts_and_changes_nothing() {
-    let db = TestDatabase::create().await;
-    let pool = PgPool::connect(&db.owner_url).await.expect("connect");
-    sqlx::raw_sql("create table parcels (id int)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let migrator = migrator(&[(
-        "1_parcel_notes.sql",
-        "alter table parcels add column note text;",
-    )])
-    .await;
-    let mut holder = pool.begin().await.unwrap();
-    sqlx::raw_sql("lock table parcels in access exclusive mode")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let (_db, pool, migrator, holder) = parcels_locked().await;
     let options = Options {
         lock_timeout: Duration::from_millis(100),
         max_attempts: 3,
