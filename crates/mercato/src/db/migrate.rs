@@ -154,6 +154,13 @@ async fn run_locked(
             done.push(apply(conn, migration, options).await?);
         }
     }
+    if let Some(last) = done.last() {
+        tracing::info!(
+            applied = done.len(),
+            version = last.version,
+            "migrated the schema"
+        );
+    }
     Ok(done)
 }
 
@@ -176,7 +183,9 @@ async fn apply(
         };
         match result {
             Ok(()) => {
-                tracing::info!(
+                // One line per file only when asked (RUST_LOG=…=debug): a
+                // fresh start applies them all; `run_locked` sums them up.
+                tracing::debug!(
                     version,
                     attempts,
                     elapsed = ?started.elapsed(),
