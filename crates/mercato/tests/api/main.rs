@@ -8,6 +8,7 @@ mod crash;
 mod hardening;
 mod health;
 mod helpers;
+mod hostile;
 mod inventory;
 mod migration;
 mod pricing;

@@ -1,0 +1,1 @@
+//! Hostile cases: inputs (see `hostile/mod.rs`).

@@ -1,0 +1,1 @@
+//! Hostile cases: roles (see `hostile/mod.rs`).

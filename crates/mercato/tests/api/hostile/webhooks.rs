@@ -1,0 +1,1 @@
+//! Hostile cases: webhooks (see `hostile/mod.rs`).
