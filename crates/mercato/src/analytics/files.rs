@@ -196,7 +196,7 @@ impl Layout {
 
     /// Writes the manifest so that a crash leaves the old one or the new one.
     pub fn save_manifest(&self, manifest: &Manifest) -> Result<(), FilesError> {
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        private_dirs(&self.dir)?;
         let path = self.manifest_path(&manifest.cell);
         let temp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|source| FilesError::Manifest {
@@ -225,7 +225,7 @@ impl Layout {
             };
             let target = self.dir.join(relative);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                private_dirs(parent)?;
             }
             std::fs::rename(&staged, &target).map_err(io(&target))?;
             published.push(relative.to_owned());
@@ -347,9 +347,33 @@ pub(super) fn files_under(dir: &Path) -> Result<Vec<PathBuf>, FilesError> {
     Ok(files)
 }
 
+/// The marts hold every merchant's sales: only the service's own user may
+/// read them (directories 0700, files 0600), whatever the umask.
+fn private_dirs(dir: &Path) -> Result<(), FilesError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    // One made before this rule (or by hand) is closed too.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))
+}
+
+fn private_file(path: &Path) -> Result<File, FilesError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))
+}
+
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), FilesError> {
     use std::io::Write;
-    let mut file = File::create(path).map_err(io(path))?;
+    let mut file = private_file(path)?;
     file.write_all(bytes).map_err(io(path))?;
     file.sync_all().map_err(io(path))
 }
@@ -361,13 +385,13 @@ fn sync_dir(dir: &Path) -> Result<(), FilesError> {
 /// Writes `rows` as one Parquet file (Snappy), synced to disk.
 pub fn write_rows<R: MartRow>(path: &Path, rows: &[R]) -> Result<(), FilesError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        private_dirs(parent)?;
     }
     let batch = R::to_batch(rows).map_err(|source| FilesError::Arrow {
         path: path.to_owned(),
         source,
     })?;
-    let file = File::create(path).map_err(io(path))?;
+    let file = private_file(path)?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();

@@ -40,19 +40,48 @@ const MAX_ATTEMPTS: i32 = 5;
 /// Where messages go.
 #[derive(Clone, Debug)]
 pub enum Transport {
-    /// `smtp://host:port` (plain SMTP, as a local relay or a test sink speaks it).
+    /// An SMTP server: `smtp://host:port` (plain, as a local relay or a test
+    /// sink speaks it), `smtp+starttls://…` (STARTTLS required) or
+    /// `smtps://…` (TLS from the first byte); `user:password@` for AUTH.
     Smtp {
         host: String,
         port: u16,
         from: String,
+        security: SmtpSecurity,
+        credentials: Option<SmtpCredentials>,
     },
     /// One `<id>.eml` file per message in `dir`.
     Files { dir: PathBuf, from: String },
 }
 
+/// How the connection to the SMTP server is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    Plain,
+    /// STARTTLS, required: a server that does not offer it gets no message.
+    StartTls,
+    /// Implicit TLS (`smtps`, usually port 465).
+    Tls,
+}
+
+/// A user and password for SMTP AUTH; the password never shows in `Debug`.
+#[derive(Clone)]
+pub struct SmtpCredentials {
+    pub user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for SmtpCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SmtpCredentials({}, ***)", self.user)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
-    #[error("SMTP URL {0:?} is not smtp://host:port")]
+    #[error(
+        "SMTP URL {0:?} is not smtp://, smtp+starttls:// or smtps://[user:password@]host:port"
+    )]
     BadUrl(String),
     #[error("mail address {0:?}: {1}")]
     Address(String, String),
@@ -65,30 +94,43 @@ pub enum MailError {
 }
 
 impl Transport {
-    /// `smtp://host:port` when given, else files in `dir`.
+    /// The SMTP server of `smtp_url` when given, else files in `dir`.
     pub fn from_config(
         smtp_url: Option<&str>,
         dir: PathBuf,
         from: &str,
     ) -> Result<Transport, MailError> {
         let from = from.to_owned();
-        let Some(url) = smtp_url else {
+        let Some(raw) = smtp_url else {
             return Ok(Transport::Files { dir, from });
         };
-        let rest = url
-            .strip_prefix("smtp://")
-            .ok_or_else(|| MailError::BadUrl(url.to_owned()))?;
-        let (host, port) = rest
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .ok_or_else(|| MailError::BadUrl(url.to_owned()))?;
-        let port = port
-            .parse()
-            .map_err(|_| MailError::BadUrl(url.to_owned()))?;
+        // The URL is not echoed back: it may hold a password.
+        let bad = || MailError::BadUrl(redacted(raw));
+        let url = reqwest::Url::parse(raw).map_err(|_| bad())?;
+        let (security, default_port) = match url.scheme() {
+            "smtp" => (SmtpSecurity::Plain, 25),
+            "smtp+starttls" => (SmtpSecurity::StartTls, 587),
+            "smtps" => (SmtpSecurity::Tls, 465),
+            _ => return Err(bad()),
+        };
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+        let decode = |s: &str| percent_decode(s).ok_or_else(bad);
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => None,
+            (user, password) => Some(SmtpCredentials {
+                user: decode(user)?,
+                password: decode(password.unwrap_or(""))?,
+            }),
+        };
         Ok(Transport::Smtp {
-            host: host.to_owned(),
-            port,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: url.port().unwrap_or(default_port),
             from,
+            security,
+            credentials,
         })
     }
 
@@ -96,6 +138,36 @@ impl Transport {
         match self {
             Transport::Smtp { from, .. } | Transport::Files { from, .. } => from,
         }
+    }
+}
+
+/// `%XX` escapes of a URL's user or password, decoded.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// An SMTP URL as an error may show it: without user and password.
+fn redacted(raw: &str) -> String {
+    match reqwest::Url::parse(raw) {
+        Ok(mut url) => {
+            let _ = url.set_password(None);
+            let _ = url.set_username("");
+            url.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
     }
 }
 
@@ -108,12 +180,44 @@ pub struct Sender {
 impl Sender {
     pub fn new(transport: Transport) -> Sender {
         let smtp = match &transport {
-            Transport::Smtp { host, port, .. } => Some(
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
-                    .port(*port)
-                    .timeout(Some(std::time::Duration::from_secs(10)))
-                    .build(),
-            ),
+            Transport::Smtp {
+                host,
+                port,
+                security,
+                credentials,
+                ..
+            } => {
+                let builder = match security {
+                    SmtpSecurity::Plain => Ok(
+                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str()),
+                    ),
+                    SmtpSecurity::StartTls => {
+                        AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+                    }
+                    SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
+                };
+                match builder {
+                    Ok(builder) => {
+                        let mut builder = builder
+                            .port(*port)
+                            .timeout(Some(std::time::Duration::from_secs(10)));
+                        if let Some(c) = credentials {
+                            builder = builder.credentials(
+                                lettre::transport::smtp::authentication::Credentials::new(
+                                    c.user.clone(),
+                                    c.password.clone(),
+                                ),
+                            );
+                        }
+                        Some(builder.build())
+                    }
+                    Err(err) => {
+                        // Sending then fails, message by message, and says why.
+                        tracing::error!(error = %err, %host, "cannot set up TLS to the SMTP server");
+                        None
+                    }
+                }
+            }
             Transport::Files { .. } => None,
         };
         Sender { transport, smtp }
@@ -269,4 +373,66 @@ fn build(from: &str, mail: &store::Claimed) -> Result<Message, MailError> {
                 ),
         )
         .map_err(|e| MailError::Build(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SmtpSecurity, Transport};
+    use std::path::PathBuf;
+
+    fn smtp(url: &str) -> Transport {
+        Transport::from_config(Some(url), PathBuf::new(), "shop@example.com").expect(url)
+    }
+
+    #[test]
+    fn smtp_urls_say_how_the_connection_is_protected_and_who_logs_in() {
+        match smtp("smtps://mailer%40shop:p%40ss%3Aword@mail.example.com") {
+            Transport::Smtp {
+                host,
+                port,
+                security,
+                credentials: Some(c),
+                ..
+            } => {
+                assert_eq!(
+                    (host.as_str(), port, security),
+                    ("mail.example.com", 465, SmtpSecurity::Tls)
+                );
+                assert_eq!(c.user, "mailer@shop");
+                assert_eq!(c.password, "p@ss:word");
+                let shown = format!("{c:?}");
+                assert!(!shown.contains("p@ss"), "{shown}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match smtp("smtp+starttls://relay.example.com:2525") {
+            Transport::Smtp {
+                port,
+                security,
+                credentials: None,
+                ..
+            } => {
+                assert_eq!((port, security), (2525, SmtpSecurity::StartTls));
+            }
+            other => panic!("{other:?}"),
+        }
+        match smtp("smtp://127.0.0.1:1025") {
+            Transport::Smtp { security, .. } => assert_eq!(security, SmtpSecurity::Plain),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_smtp_url_is_refused_without_echoing_its_password() {
+        for bad in [
+            "http://u:hunter2@mail.example.com",
+            "smtps://u:hunter2@",
+            "mail.example.com:25",
+        ] {
+            let err = Transport::from_config(Some(bad), PathBuf::new(), "a@b.c")
+                .expect_err(bad)
+                .to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! signed links (no key: the HMAC-signed token is the credential).
 
 use axum::extract::{Path, State};
-use axum::response::Html;
+use axum::http::{header, HeaderValue};
+use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -74,12 +75,36 @@ fn js_string(s: &str) -> String {
 }
 
 /// The page a link in an e-mail opens: it confirms with one button, which
-/// posts the token (the POST checks it and applies the answer once).
-fn link_page(title: &str, form: &str, script: &str) -> Html<String> {
-    Html(format!(
+/// posts the token (the POST checks it and applies the answer once). The
+/// token is in its address, so the page keeps it there: no referrer leaves
+/// it, no other site may frame the page, and only its own script (by nonce)
+/// runs and talks to this origin.
+fn link_page(title: &str, form: &str, script: &str) -> Response {
+    let mut nonce = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+    let nonce = hex::encode(nonce);
+    let page = Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-         <body><h1>{title}</h1>{form}<p id=\"result\"></p><script>{script}</script></body></html>"
-    ))
+         <body><h1>{title}</h1>{form}<p id=\"result\"></p><script nonce=\"{nonce}\">{script}</script></body></html>"
+    ));
+    let policy = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; connect-src 'self'; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    let mut response = page.into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, policy.as_str()),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    response
 }
 
 /// The page of an overpaid customer's link: confirms the choice it names.
@@ -91,7 +116,7 @@ fn link_page(title: &str, form: &str, script: &str) -> Html<String> {
 pub async fn choice_page(
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<LinkParams>,
-) -> Result<Html<String>, ApiError> {
+) -> Result<Response, ApiError> {
     let choice = params
         .choice
         .as_deref()
@@ -125,7 +150,7 @@ pub async fn choice_page(
 pub async fn payment_method_page(
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<LinkParams>,
-) -> Result<Html<String>, ApiError> {
+) -> Result<Response, ApiError> {
     let script = format!(
         "document.getElementById('go').onclick=async()=>{{const pm=document.getElementById('pm').value;const r=await fetch('/v1/adjustments/'+{id}+'/payment-method',{{method:'POST',headers:{{'content-type':'application/json'}},body:JSON.stringify({{token:{token},payment_method:pm}})}});const b=await r.json();document.getElementById('result').textContent=r.ok?'Done: '+b.state:(b.detail||b.title);}};",
         id = js_string(&id),

@@ -87,10 +87,14 @@ impl ApiKey {
         let (id, secret) = rest.split_once('_')?;
         let merchant_id = MerchantId(Uuid::try_parse(id).ok()?);
         let valid_secret = secret.len() == 48 && secret.bytes().all(|b| b.is_ascii_hexdigit());
-        valid_secret.then(|| ApiKey {
+        let key = valid_secret.then(|| ApiKey {
             merchant_id,
             secret: secret.to_owned(),
-        })
+        })?;
+        // One spelling only: a key is its canonical text (the id as 32
+        // lower-case hex digits), so no other spelling of the merchant id
+        // (hyphens, upper case, braces) reaches the same stored hash.
+        (key.to_string() == raw).then_some(key)
     }
 
     pub fn hash(&self) -> Vec<u8> {

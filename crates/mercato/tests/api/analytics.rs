@@ -27,7 +27,7 @@ fn marts(app: &TestApp) -> Layout {
 }
 
 /// Exports the main cell's outbox as the worker role, as `serve` does.
-async fn export(app: &TestApp) -> analytics::ExportSummary {
+pub(crate) async fn export(app: &TestApp) -> analytics::ExportSummary {
     let mut exporter = Exporter::new("main", worker_pool(app).await, marts(app));
     exporter.duty_cycle = 1.0;
     exporter.run_once(&analytics::Quiet).await.expect("export")
@@ -41,7 +41,7 @@ async fn worker_pool(app: &TestApp) -> PgPool {
 }
 
 /// Products, checkouts (some declined), a promotion, a refund: a merchant's day.
-async fn trade(app: &TestApp, m: &Merchant) -> Vec<String> {
+pub(crate) async fn trade(app: &TestApp, m: &Merchant) -> Vec<String> {
     app.create_product(m, "TEE", 1500).await;
     app.create_product(m, "MUG", 800).await;
     app.set_stock(m, "TEE", 100).await;

@@ -26,15 +26,15 @@ use crate::helpers::{TestApp, TestDatabase};
 use crate::webhooks::python;
 
 /// aiosmtpd writing every message it accepts to a directory.
-struct SmtpSink {
+pub(crate) struct SmtpSink {
     _child: tokio::process::Child,
     dir: PathBuf,
-    url: String,
+    pub(crate) url: String,
 }
 
 /// A message as the sink received it: headers unfolded, bodies decoded.
 #[derive(Debug, Clone)]
-struct Mail {
+pub(crate) struct Mail {
     to: String,
     subject: String,
     message_id: String,
@@ -42,7 +42,7 @@ struct Mail {
 }
 
 impl SmtpSink {
-    async fn start() -> SmtpSink {
+    pub(crate) async fn start() -> SmtpSink {
         let dir = std::env::temp_dir().join(format!("mercato-smtp-{}", Uuid::now_v7().simple()));
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/smtp_sink.py");
         let mut child = tokio::process::Command::new(python())
@@ -70,7 +70,7 @@ impl SmtpSink {
         }
     }
 
-    fn messages(&self) -> Vec<Mail> {
+    pub(crate) fn messages(&self) -> Vec<Mail> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();

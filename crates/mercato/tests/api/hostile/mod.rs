@@ -2,5 +2,6 @@
 //! try (issue 35), each kept closed by a test: one file per front.
 
 mod inputs;
+mod leaks;
 mod roles;
 mod webhooks;

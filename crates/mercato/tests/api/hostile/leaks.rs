@@ -1,0 +1,152 @@
+//! Hostile cases: the smaller leaks of issue 35 item 9 — a key spelled
+//! another way, a link page another site frames or reads the referrer of,
+//! marts any local user can read, mail sent in clear where TLS was asked.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use mercato::cells::Cells;
+use mercato::mail::{OutgoingMail, Sender, Transport};
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn an_api_key_authenticates_spelled_one_way_only() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("spelled").await;
+    assert_eq!(app.get("/v1/products", &m.key).await.status, StatusCode::OK);
+    let secret = m.key.rsplit('_').next().expect("secret");
+    let id = m.id.0;
+    for other in [
+        format!("mk_{}_{secret}", id.hyphenated()),
+        format!("mk_{}_{secret}", id.simple().to_string().to_uppercase()),
+        format!("mk_{{{}}}_{secret}", id.simple()),
+        format!("mk_urn:uuid:{}_{secret}", id.hyphenated()),
+    ] {
+        let r = app.get("/v1/products", &other).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{other} was let in");
+    }
+}
+
+#[tokio::test]
+async fn a_customers_link_page_cannot_be_framed_leak_its_token_or_run_other_script() {
+    let app = TestApp::spawn().await;
+    let url = format!(
+        "{}/v1/adjustments/{}/choice?token=secret-token&choice=credit",
+        app.base,
+        Uuid::now_v7()
+    );
+    let page = app.client.get(&url).send().await.expect("the page answers");
+    assert_eq!(page.status(), StatusCode::OK);
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let policy = header("content-security-policy");
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(policy.contains("default-src 'none'"), "{policy}");
+    let nonce = policy
+        .split("'nonce-")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("a script nonce")
+        .to_owned();
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains(&format!("<script nonce=\"{nonce}\">")),
+        "{html}"
+    );
+    // A second page gets another nonce.
+    let again = app.client.get(&url).send().await.expect("again");
+    let policy_again = again
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_ne!(policy, policy_again);
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read the marts") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            walk(&path, out);
+        }
+        out.push(path);
+    }
+}
+
+#[tokio::test]
+async fn the_marts_are_readable_by_the_service_alone() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("private-marts").await;
+    crate::analytics::trade(&app, &m).await;
+    let summary = crate::analytics::export(&app).await;
+    assert!(summary.events > 0, "{summary:?}");
+    let root = &app.db.analytics_dir;
+    let mut paths = vec![root.clone()];
+    walk(root, &mut paths);
+    assert!(paths.len() > 3, "{paths:?}");
+    for path in paths {
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {:o}", path.display(), mode & 0o777);
+    }
+}
+
+#[tokio::test]
+async fn mail_that_must_go_over_tls_is_not_sent_in_clear() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("tls-mail").await;
+    // A server that speaks plain SMTP only (offers no STARTTLS).
+    let sink = crate::remediation::SmtpSink::start().await;
+    let plain = sink.url.clone();
+    let required = plain.replace("smtp://", "smtp+starttls://");
+    let db = Cells::of_owners(app.owner.clone(), [])
+        .merchant_db_for_job(m.id)
+        .await
+        .expect("routed");
+    let queue = |key: &'static str| {
+        let app = &app;
+        let m = &m;
+        async move {
+            let mut tx = app.tenant_tx(m).await;
+            mercato::mail::enqueue(
+                &mut tx,
+                &OutgoingMail {
+                    key: key.into(),
+                    to: "ann@example.com".into(),
+                    subject: "Your order".into(),
+                    text: "the secret is in this text".into(),
+                    html: "<p>the secret is in this text</p>".into(),
+                },
+            )
+            .await
+            .expect("queued");
+            tx.commit().await.expect("commit");
+        }
+    };
+    queue("over-tls").await;
+    let tls_only = Sender::new(
+        Transport::from_config(Some(&required), PathBuf::new(), "shop@example.com")
+            .expect("a STARTTLS transport"),
+    );
+    let sent = tls_only.send_queued(&db, 10).await.expect("tried");
+    assert_eq!(sent, 0, "sent without the TLS it required");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(sink.messages().is_empty(), "the sink got it in clear");
+    // The same server, asked for plain SMTP, takes mail: the sink works.
+    queue("in-clear").await;
+    let clear = Sender::new(
+        Transport::from_config(Some(&plain), PathBuf::new(), "shop@example.com")
+            .expect("a plain transport"),
+    );
+    assert!(clear.send_queued(&db, 10).await.expect("sent") >= 1);
+}
