@@ -24,12 +24,12 @@ pub struct Question {
     pub limit: usize,
 }
 
-/// How far a cell's marts are exported.
+/// How fresh a cell's marts are. Only the time: the outbox position they
+/// were exported up to is the cell's transaction counter, which would tell
+/// a merchant how much every other merchant of the cell writes.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Freshness {
     pub cell: String,
-    /// The outbox position (transaction id) exported up to.
-    pub position: u64,
     pub exported_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -168,7 +168,6 @@ pub fn answer(layout: &Layout, merchant: MerchantId, q: &Question) -> Result<Ans
             .into_iter()
             .map(|m| Freshness {
                 cell: m.cell,
-                position: m.position,
                 exported_at: m.exported_at,
             })
             .collect(),

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::model::{check_url, is_internal, new_secret, EventType};
 use super::store::{self, EndpointRow, EndpointStatus};
+use crate::http::idempotency::ShownOnce;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::pagination::{List, Page};
 use crate::state::AppState;
@@ -244,7 +245,7 @@ pub async fn post_endpoint(
     State(state): State<AppState>,
     tenant: Tenant,
     ApiJson(body): ApiJson<EndpointBody>,
-) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
+) -> Result<(StatusCode, Extension<ShownOnce>, Json<Endpoint>), ApiError> {
     let mut errors = FieldErrors::default();
     let url = errors.check(
         "url",
@@ -268,7 +269,11 @@ pub async fn post_endpoint(
         .await?
         .ok_or(ApiError::NotFound("webhook endpoint"))?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(endpoint_view(row, true))))
+    Ok((
+        StatusCode::CREATED,
+        Extension(ShownOnce(&["secret"])),
+        Json(endpoint_view(row, true)),
+    ))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -401,7 +406,7 @@ const ROTATION_OVERLAP_HOURS: i64 = 24;
 pub async fn rotate_secret(
     tenant: Tenant,
     Path(id): Path<String>,
-) -> Result<Json<Endpoint>, ApiError> {
+) -> Result<(Extension<ShownOnce>, Json<Endpoint>), ApiError> {
     let id = endpoint_id(&id)?;
     let until = Utc::now() + chrono::Duration::hours(ROTATION_OVERLAP_HOURS);
     let mut tx = tenant.begin().await?;
@@ -412,8 +417,13 @@ pub async fn rotate_secret(
         None
     };
     tx.commit().await?;
-    row.map(|r| Json(endpoint_view(r, true)))
-        .ok_or(ApiError::NotFound("webhook endpoint"))
+    row.map(|r| {
+        (
+            Extension(ShownOnce(&["secret"])),
+            Json(endpoint_view(r, true)),
+        )
+    })
+    .ok_or(ApiError::NotFound("webhook endpoint"))
 }
 
 #[derive(Deserialize, ToSchema)]

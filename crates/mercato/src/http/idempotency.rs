@@ -22,3 +22,26 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
             }),
     }
 }
+
+/// Marks an answer that shows a secret once (a webhook signing secret): the
+/// idempotency layer stores it with these top-level fields set to `null`, so
+/// a replay never hands the secret out again, nor a rotated one back. (A
+/// client that lost the first answer rotates the secret, as a lost merchant
+/// key is repaired by issuing a new one.)
+#[derive(Clone, Copy, Debug)]
+pub struct ShownOnce(pub &'static [&'static str]);
+
+impl ShownOnce {
+    /// The JSON body with the secret fields nulled; `None` if it is not a
+    /// JSON object (then nothing of it may be stored).
+    pub fn redact(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let object = value.as_object_mut()?;
+        for field in self.0 {
+            if let Some(v) = object.get_mut(*field) {
+                *v = serde_json::Value::Null;
+            }
+        }
+        serde_json::to_vec(&value).ok()
+    }
+}

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::db::text_enum;
-use crate::http::idempotency::{idempotency_key, IDEMPOTENCY_KEY};
+use crate::http::idempotency::{idempotency_key, ShownOnce, IDEMPOTENCY_KEY};
 use crate::http::ApiError;
 use crate::state::AppState;
 use crate::tenancy::{request_tenant, Tenant};
@@ -151,16 +151,22 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
             .into_response());
         }
     };
-    let keep = worth_storing(parts.status);
+    // An answer that shows a secret once is stored without it.
+    let stored = match parts.extensions.get::<ShownOnce>() {
+        Some(secret) => secret.redact(&body),
+        None => Some(body.to_vec()),
+    };
+    let keep = worth_storing(parts.status) && stored.is_some();
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let stored = stored.unwrap_or_default();
     if let Err(err) = finish(
         &tenant,
         &key,
-        keep.then_some((parts.status.as_u16(), content_type, &body[..])),
+        keep.then_some((parts.status.as_u16(), content_type, &stored[..])),
     )
     .await
     {
