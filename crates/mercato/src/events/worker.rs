@@ -29,8 +29,8 @@ pub struct DeliveryConfig {
     pub per_endpoint: usize,
     /// Failed attempts in a row after which an endpoint is disabled.
     pub disable_after: i32,
-    /// Whether receivers may be loopback, private or link-local addresses
-    /// (development: `serve` on its embedded database).
+    /// Whether receivers may be internal addresses (`--webhooks-allow-internal`,
+    /// never implied): what those answer is still not kept.
     pub allow_internal: bool,
     /// Pause when nothing was due.
     pub idle: Duration,
@@ -72,8 +72,8 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
-/// The HTTP client deliveries use: a timeout, no redirects, and (outside
-/// development) no internal addresses.
+/// The HTTP client deliveries use: a timeout, no redirects, and (unless
+/// `--webhooks-allow-internal`) no internal addresses.
 pub fn client(config: &DeliveryConfig) -> reqwest::Result<reqwest::Client> {
     let builder = reqwest::Client::builder()
         .timeout(config.timeout)
@@ -219,9 +219,17 @@ async fn send(client: &reqwest::Client, config: &DeliveryConfig, d: &Claimed) ->
     match sent {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
-            let within = EXCERPT_TIME.min(config.timeout);
-            let kept = read_prefix(&mut resp, EXCERPT_BYTES, within).await;
-            let excerpt = Some(String::from_utf8_lossy(&kept).into_owned());
+            // What a service on this machine or network answered is never
+            // handed back: with internal receivers allowed, the deliveries
+            // API would otherwise read it for whoever holds a merchant key.
+            let shown = resp.remote_addr().is_some_and(|a| !is_internal(a.ip()));
+            let excerpt = if shown {
+                let within = EXCERPT_TIME.min(config.timeout);
+                let kept = read_prefix(&mut resp, EXCERPT_BYTES, within).await;
+                Some(String::from_utf8_lossy(&kept).into_owned())
+            } else {
+                None
+            };
             Outcome {
                 status: Some(status),
                 error: (!(200..300).contains(&status)).then(|| format!("HTTP {status}")),

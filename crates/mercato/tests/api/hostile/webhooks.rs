@@ -13,6 +13,13 @@ use tokio::net::TcpListener;
 
 use crate::helpers::{Merchant, TestApp, TestDatabase};
 
+/// Receiver URLs that name an internal address: loopback and metadata.
+const INTERNAL_URLS: &[&str] = &[
+    "http://127.0.0.1:9/hook",
+    "http://169.254.169.254/latest/meta-data",
+    "http://[::1]/hook",
+];
+
 async fn app_with(allow_internal: bool, timeout: Duration) -> TestApp {
     let db = TestDatabase::create().await;
     let mut config = db.config();
@@ -20,6 +27,29 @@ async fn app_with(allow_internal: bool, timeout: Duration) -> TestApp {
     config.webhook_schedule = vec![Duration::ZERO];
     config.webhook_timeout = timeout;
     TestApp::spawn_with(db, config).await
+}
+
+/// POSTs each of `INTERNAL_URLS` as a receiver and expects 422 naming `url`.
+async fn each_internal_url_is_refused(client: &reqwest::Client, base: &str, key: &str) {
+    for url in INTERNAL_URLS {
+        let resp = client
+            .post(format!("{base}/v1/webhook-endpoints"))
+            .bearer_auth(key)
+            .json(&json!({"url": url, "event_types": ["order.created"]}))
+            .send()
+            .await
+            .expect("the app answers");
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.expect("problem+json");
+        assert_eq!(status, 422, "{url}: {body}");
+        let fields: Vec<&str> = body["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert_eq!(fields, ["url"], "{url}: {body}");
+    }
 }
 
 /// An endpoint for `order.created` at `url` (the API must accept it), and an
@@ -128,4 +158,43 @@ async fn a_receiver_answering_an_endless_body_costs_a_kib_and_no_time() {
     assert!(sent < 16 << 20, "the receiver wrote {sent} bytes");
     let grown = rss().saturating_sub(before);
     assert!(grown < 64 << 20, "the process grew by {grown} bytes");
+}
+
+#[tokio::test]
+async fn the_embedded_database_does_not_open_internal_addresses() {
+    // The README's default run: `mercato serve` on its embedded database.
+    let dir = std::env::temp_dir().join(format!("mercato-embedded-{}", uuid::Uuid::now_v7()));
+    let mut config = mercato::Config::new("127.0.0.1:0".parse().expect("address"));
+    config.data_dir = dir.clone();
+    config.analytics_dir = Some(dir.join("analytics"));
+    let app = mercato::App::build(config)
+        .await
+        .expect("the embedded app starts");
+    let base = format!("http://{}", app.addr);
+    let key = app.demo_api_key.clone().expect("the demo merchant's key");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(app.serve(async {
+        let _ = stopped.await;
+    }));
+    each_internal_url_is_refused(&reqwest::Client::new(), &base, &key).await;
+    // Stopped, so that the private cluster shuts down with the app.
+    let _ = stop.send(());
+    let _ = served.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn with_the_flag_an_internal_receivers_answer_is_never_shown() {
+    let app = app_with(true, Duration::from_secs(2)).await;
+    let (url, _) = loopback_receiver("secret of a service on loopback", false).await;
+    let (m, endpoint) = deliver_once_to(&app, &url).await;
+    let attempt = first_attempt(&app, &m, &endpoint, Duration::from_secs(20)).await;
+    assert_eq!(attempt["status_code"], 200, "{attempt}");
+    assert_eq!(attempt["response"], Value::Null, "{attempt}");
+    let stored: Option<String> =
+        sqlx::query_scalar("select response_excerpt from webhook_attempts")
+            .fetch_one(&app.owner)
+            .await
+            .expect("one attempt");
+    assert_eq!(stored, None, "nothing of it is stored either");
 }
