@@ -72,12 +72,15 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
-/// The HTTP client deliveries use: a timeout, no redirects, and (unless
-/// `--webhooks-allow-internal`) no internal addresses.
+/// The HTTP client deliveries use: a timeout, no redirects, no proxy, and
+/// (unless `--webhooks-allow-internal`) no internal addresses.
 pub fn client(config: &DeliveryConfig) -> reqwest::Result<reqwest::Client> {
     let builder = reqwest::Client::builder()
         .timeout(config.timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // HTTP(S)_PROXY from the environment would send every delivery to
+        // the proxy, whose address the resolver below never checks.
+        .no_proxy()
         .user_agent("Mercato-Webhooks/1");
     let builder = if config.allow_internal {
         builder

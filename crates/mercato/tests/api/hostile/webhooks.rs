@@ -13,11 +13,27 @@ use tokio::net::TcpListener;
 
 use crate::helpers::{Merchant, TestApp, TestDatabase};
 
-/// Receiver URLs that name an internal address: loopback and metadata.
+/// Receiver URLs that name an internal address: loopback and metadata, then
+/// the forms once accepted (201) without the flag: IPv4-compatible, NAT64 and
+/// 6to4 carrying loopback or metadata, Teredo, site-local, the benchmarking,
+/// IETF, reserved and documentation ranges.
 const INTERNAL_URLS: &[&str] = &[
     "http://127.0.0.1:9/hook",
     "http://169.254.169.254/latest/meta-data",
     "http://[::1]/hook",
+    "http://[::127.0.0.1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://[64:ff9b::127.0.0.1]/hook",
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+    "http://[2002:7f00:1::]/hook",
+    "http://[2002:a9fe:a9fe::1]/latest/meta-data",
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",
+    "http://[fec0::1]/hook",
+    "http://[3fff::1]/hook",
+    "http://198.18.0.1/hook",
+    "http://192.0.0.8/hook",
+    "http://240.0.0.1/hook",
+    "http://203.0.113.9/hook",
 ];
 
 async fn app_with(allow_internal: bool, timeout: Duration) -> TestApp {
@@ -184,6 +200,14 @@ async fn the_embedded_database_does_not_open_internal_addresses() {
 }
 
 #[tokio::test]
+async fn internal_addresses_in_every_form_are_refused_without_the_flag() {
+    let app = app_with(false, Duration::from_secs(2)).await;
+    let m = app.create_merchant("acme").await;
+    each_internal_url_is_refused(&reqwest::Client::new(), &app.base, &m.key).await;
+    assert_eq!(app.count("webhook_endpoints").await, 0);
+}
+
+#[tokio::test]
 async fn with_the_flag_an_internal_receivers_answer_is_never_shown() {
     let app = app_with(true, Duration::from_secs(2)).await;
     let (url, _) = loopback_receiver("secret of a service on loopback", false).await;
@@ -197,4 +221,35 @@ async fn with_the_flag_an_internal_receivers_answer_is_never_shown() {
             .await
             .expect("one attempt");
     assert_eq!(stored, None, "nothing of it is stored either");
+}
+
+#[tokio::test]
+async fn deliveries_ignore_a_proxy_from_the_environment() {
+    // A proxy on loopback, named the way an operator's shell would. Each test
+    // is its own process under nextest; loopback stays direct for the others.
+    let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxied = Arc::new(AtomicU64::new(0));
+    std::env::set_var("NO_PROXY", "127.0.0.1,localhost");
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        std::env::set_var(
+            name,
+            format!("http://{}", proxy.local_addr().expect("addr")),
+        );
+    }
+    let counter = proxied.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = proxy.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let mut request = vec![0u8; 64 * 1024];
+            let _ = conn.read(&mut request).await;
+            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nproxied";
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    let app = app_with(false, Duration::from_secs(2)).await;
+    // A public address: the API and the delivery accept it, and whatever
+    // happens to the connection, it is not made through the proxy.
+    let (m, endpoint) = deliver_once_to(&app, "http://93.184.216.34/hook").await;
+    let attempt = first_attempt(&app, &m, &endpoint, Duration::from_secs(20)).await;
+    assert_eq!(proxied.load(Ordering::Relaxed), 0, "{attempt}");
 }
