@@ -181,8 +181,9 @@ impl App {
             schedule: config.webhook_schedule.clone(),
             timeout: config.webhook_timeout,
             disable_after: config.webhook_disable_after.max(1),
-            // Development (the embedded database) may deliver to loopback receivers.
-            allow_internal: config.webhooks_allow_internal || localpg.is_some(),
+            // Only by the explicit flag: the embedded database is the README's
+            // default run, and a merchant key must not reach this machine's services.
+            allow_internal: config.webhooks_allow_internal,
             ..Default::default()
         };
         let state = AppState::new(Services {

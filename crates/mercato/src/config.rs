@@ -75,8 +75,8 @@ pub struct Config {
     /// Percentage of migrating reads that also read the other shape and compare (0 to 100).
     #[arg(long, env = "MERCATO_SHADOW_PERCENT", default_value_t = DEFAULT_SHADOW_PERCENT)]
     pub shadow_percent: u8,
-    /// Allow webhook receivers on loopback, private and link-local addresses. Always on when
-    /// serving from the embedded database (development); off by default with --database-url.
+    /// Allow webhook receivers on internal addresses (loopback, private, link-local, …), for
+    /// development against a local receiver; their answers are never kept. Off unless given.
     #[arg(long, env = "MERCATO_WEBHOOKS_ALLOW_INTERNAL")]
     pub webhooks_allow_internal: bool,
     /// Seconds a webhook receiver has to answer (0.1 to 86400).

@@ -143,6 +143,7 @@ fn fail(err: anyhow::Error) -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let allow_internal = config.webhooks_allow_internal;
     let app = App::build(config).await?;
     let base = format!("http://{}", app.addr);
     println!("Mercato listening on {base}");
@@ -165,6 +166,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(key) = &app.demo_api_key {
         println!("  demo merchant API key: {key}");
         println!("  try: curl -H 'Authorization: Bearer {key}' {base}/v1/products");
+    }
+    if allow_internal {
+        println!(
+            "  WARNING:      --webhooks-allow-internal: any merchant's webhooks may reach \
+             this machine and its network (loopback, private, metadata addresses)"
+        );
     }
     println!("  API docs:     {base}/openapi.json  (Ctrl-C stops)");
     app.serve(shutdown_signal()).await?;

@@ -29,8 +29,8 @@ pub struct DeliveryConfig {
     pub per_endpoint: usize,
     /// Failed attempts in a row after which an endpoint is disabled.
     pub disable_after: i32,
-    /// Whether receivers may be loopback, private or link-local addresses
-    /// (development: `serve` on its embedded database).
+    /// Whether receivers may be internal addresses (`--webhooks-allow-internal`,
+    /// never implied): what those answer is still not kept.
     pub allow_internal: bool,
     /// Pause when nothing was due.
     pub idle: Duration,
@@ -72,12 +72,15 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
-/// The HTTP client deliveries use: a timeout, no redirects, and (outside
-/// development) no internal addresses.
+/// The HTTP client deliveries use: a timeout, no redirects, no proxy, and
+/// (unless `--webhooks-allow-internal`) no internal addresses.
 pub fn client(config: &DeliveryConfig) -> reqwest::Result<reqwest::Client> {
     let builder = reqwest::Client::builder()
         .timeout(config.timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // HTTP(S)_PROXY from the environment would send every delivery to
+        // the proxy, whose address the resolver below never checks.
+        .no_proxy()
         .user_agent("Mercato-Webhooks/1");
     let builder = if config.allow_internal {
         builder
@@ -217,14 +220,23 @@ async fn send(client: &reqwest::Client, config: &DeliveryConfig, d: &Claimed) ->
         .send()
         .await;
     match sent {
-        Ok(resp) => {
+        Ok(mut resp) => {
             let status = resp.status().as_u16();
-            let bytes = resp.bytes().await.unwrap_or_default();
-            let excerpt = String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]).into_owned();
+            // What a service on this machine or network answered is never
+            // handed back: with internal receivers allowed, the deliveries
+            // API would otherwise read it for whoever holds a merchant key.
+            let shown = resp.remote_addr().is_some_and(|a| !is_internal(a.ip()));
+            let excerpt = if shown {
+                let within = EXCERPT_TIME.min(config.timeout);
+                let kept = read_prefix(&mut resp, EXCERPT_BYTES, within).await;
+                Some(String::from_utf8_lossy(&kept).into_owned())
+            } else {
+                None
+            };
             Outcome {
                 status: Some(status),
                 error: (!(200..300).contains(&status)).then(|| format!("HTTP {status}")),
-                excerpt: Some(excerpt),
+                excerpt,
                 latency: started.elapsed(),
             }
         }
@@ -234,6 +246,34 @@ async fn send(client: &reqwest::Client, config: &DeliveryConfig, d: &Claimed) ->
             format!("{e}")
         }),
     }
+}
+
+/// The most of a receiver's answer that is kept, and so read: its first KiB.
+const EXCERPT_BYTES: usize = 1024;
+
+/// The longest a receiver's answer may take to give those bytes: the status
+/// is the delivery's outcome, the body only a hint for the merchant.
+const EXCERPT_TIME: Duration = Duration::from_secs(1);
+
+/// The first `limit` bytes of an answer's body, streamed and never read past:
+/// an endless or dribbling body costs at most `limit` bytes (and a chunk) and
+/// `within`. Whatever came before an error or the deadline is kept.
+async fn read_prefix(resp: &mut reqwest::Response, limit: usize, within: Duration) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let read = async {
+        while kept.len() < limit {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = limit - kept.len();
+                    kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    };
+    // Timing out only ends the reading; what was kept stays.
+    let _ = tokio::time::timeout(within, read).await;
+    kept
 }
 
 /// Sends one delivery and hands what came of it to the recorder.
@@ -336,4 +376,75 @@ async fn disable(
         tracing::warn!(%endpoint, %reason, "webhook endpoint disabled");
     }
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A receiver on loopback that answers 200 with `head` of body, then
+    /// (when `endless`) writes more forever; counts what it managed to write.
+    async fn answering(head: &'static [u8], endless: bool) -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let written = Arc::new(AtomicU64::new(0));
+        let counter = written.clone();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let header = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n";
+            conn.write_all(header.as_bytes()).await.unwrap();
+            conn.write_all(head).await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            loop {
+                if !endless {
+                    // Holds the connection open and says nothing more.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                match conn.write_all(&chunk).await {
+                    Ok(()) => counter.fetch_add(chunk.len() as u64, Ordering::Relaxed),
+                    Err(_) => return,
+                };
+            }
+        });
+        (url, written)
+    }
+
+    /// GET `url` straight (never through a proxy the environment names).
+    async fn get(url: &str) -> reqwest::Response {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        client.get(url).send().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_is_read_no_further_than_the_kept_bytes() {
+        let (url, written) = answering(b"first", true).await;
+        let mut resp = get(&url).await;
+        let started = Instant::now();
+        let kept = read_prefix(&mut resp, 1024, Duration::from_secs(30)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(kept.len(), 1024);
+        assert!(kept.starts_with(b"firstxxx"));
+        drop(resp);
+        // The receiver is stopped by the closed connection, having filled
+        // little more than the sockets' buffers.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(written.load(Ordering::Relaxed) < 32 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_is_given_up_at_the_deadline_with_what_came() {
+        let (url, _) = answering(b"partial", false).await;
+        let mut resp = get(&url).await;
+        let started = Instant::now();
+        let kept = read_prefix(&mut resp, 1024, Duration::from_millis(300)).await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(kept, b"partial");
+    }
 }

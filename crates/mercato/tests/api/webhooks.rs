@@ -349,10 +349,9 @@ async fn failures_are_retried_with_the_same_id_then_dead_lettered_and_recovered(
         .map(|a| a["status_code"].as_i64().unwrap())
         .collect();
     assert_eq!(codes, [500, 500, 204]);
-    assert_eq!(
-        first["attempts"][0]["response"],
-        r#"{"error": "try again"}"#
-    );
+    // The receiver is on loopback: what an internal address answers is never
+    // kept (tests/api/hostile/webhooks.rs).
+    assert_eq!(first["attempts"][0]["response"], Value::Null);
 
     // Down for longer than the schedule: a dead letter, sent again by recover.
     let since = chrono::Utc::now().to_rfc3339();
