@@ -202,20 +202,59 @@ pub fn scram_sha256_verifier(password: &str, salt: &[u8], iterations: u32) -> St
     )
 }
 
-/// DML on this database's tables; row-level security decides which rows.
+/// Platform tables: no row-level security, so a grant on one reaches every
+/// merchant's rows. The service roles get on them only what is listed in
+/// [`PLATFORM_GRANTS`]; the directory and a merchant's moves are reached
+/// through `security definer` functions (migration 0021).
+const PLATFORM_TABLES: [&str; 6] = [
+    "_sqlx_migrations",
+    "merchants",
+    "tenant_directory",
+    "tenant_moves",
+    "cell_absent",
+    "move_changes",
+];
+
+/// What each service role may do on a platform table (the design;
+/// `tests/api/hostile/roles.rs` holds the database to it).
+const PLATFORM_GRANTS: [(&str, &str); 4] = [
+    // Creating a merchant and its settings (admin routes), resolving a slug,
+    // authenticating a key (joins its merchant).
+    (APP_ROLE, "select, insert on merchants"),
+    (
+        APP_ROLE,
+        "update (stock_strategy, rate_limits) on merchants",
+    ),
+    // The analytics export names merchants in its marts.
+    (WORKER_ROLE, "select (id, slug, name) on merchants"),
+    // `mercato_absent` in the worker's policies: merchants this cell does not serve.
+    (WORKER_ROLE, "select on cell_absent"),
+];
+
+/// DML on this database's tenant tables (row-level security decides which
+/// rows), on the platform tables only [`PLATFORM_GRANTS`]. One transaction:
+/// no other session sees the broad grant before its revoke.
 async fn grant_service_roles(owner: &PgPool) -> Result<(), DbError> {
+    let platform = PLATFORM_TABLES.join(", ");
+    let mut tx = owner.begin().await?;
     for role in SERVICE_ROLES {
         for grant in [
             format!("grant usage on schema public to {role}"),
             format!(
                 "grant select, insert, update, delete on all tables in schema public to {role}"
             ),
-            format!("revoke all on _sqlx_migrations from {role}"),
+            format!("revoke all on {platform} from {role}"),
             format!("grant usage, select on all sequences in schema public to {role}"),
         ] {
-            sqlx::query(&grant).execute(owner).await?;
+            sqlx::query(&grant).execute(&mut *tx).await?;
         }
     }
+    for (role, grant) in PLATFORM_GRANTS {
+        sqlx::query(&format!("grant {grant} to {role}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
