@@ -4,9 +4,18 @@
 //! table; the *app role* (`mercato_app`) owns nothing, is neither superuser nor
 //! BYPASSRLS, and is the only role the service's request paths use. Row-level
 //! security therefore applies to every query a request runs.
+//!
+//! The service roles never carry the owner's password: each logs in with a
+//! secret derived from it (HMAC-SHA-256 keyed by the owner's password, over
+//! the role's name), so every process that holds the owner's URL computes the
+//! same secret and none stores it. It reaches the server only as a SCRAM
+//! verifier, on a connection that does not log its statements.
 
 use std::time::Duration;
 
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Transaction};
 
@@ -54,10 +63,10 @@ pub async fn prepare(owner_url: &str, max_connections: u32) -> Result<Db, DbErro
     migrate::run(&MIGRATOR, &owner, migrate::Options::default()).await?;
     grant_service_roles(&owner).await?;
     owner.close().await;
-    let app = connect(owner_opts.clone().username(APP_ROLE), max_connections).await?;
+    let app = connect(service_role_options(&owner_opts, APP_ROLE), max_connections).await?;
     // Expiry, recovery, anomaly checks and webhook deliveries (each in-flight
     // delivery records its attempt on one).
-    let worker = connect(owner_opts.username(WORKER_ROLE), 16).await?;
+    let worker = connect(service_role_options(&owner_opts, WORKER_ROLE), 16).await?;
     Ok(Db { app, worker })
 }
 
@@ -99,8 +108,9 @@ fn redacted_url(opts: &PgConnectOptions) -> String {
 }
 
 /// Creates the service roles if they are missing (roles are cluster-wide, so
-/// several databases on one server share them). They log in with the owner's
-/// password when the server asks for one.
+/// several databases on one server share them) and sets each one's password:
+/// its own secret derived from the owner's ([`service_role_options`]), or none
+/// when the owner has none (trust or peer authentication).
 pub async fn ensure_service_roles(
     owner: &PgPool,
     owner_opts: &PgConnectOptions,
@@ -113,30 +123,138 @@ pub async fn ensure_service_roles(
              end $$"
         );
         sqlx::query(&create).execute(owner).await?;
-        if let Some(password) = owner_password(owner_opts) {
-            let escaped = password.replace('\'', "''");
-            sqlx::query(&format!("alter role {role} password '{escaped}'"))
-                .execute(owner)
-                .await?;
-        }
     }
+    // The owner's pool logs statements (at debug); this connection does not,
+    // and what it sends is a verifier, never a password.
+    let mut quiet =
+        PgConnection::connect_with(&owner_opts.clone().disable_statement_logging()).await?;
+    for role in SERVICE_ROLES {
+        let password = match owner_password(owner_opts) {
+            Some(owner) => {
+                let salt: [u8; 16] = rand::random();
+                let verifier =
+                    scram_sha256_verifier(&service_role_secret(&owner, role), &salt, 4096);
+                format!("'{verifier}'")
+            }
+            None => "null".to_owned(),
+        };
+        sqlx::query(&format!("alter role {role} password {password}"))
+            .execute(&mut quiet)
+            .await?;
+    }
+    quiet.close().await?;
     Ok(())
 }
 
-/// DML on this database's tables; row-level security decides which rows.
+/// The connection options of a service role on the owner's database: the
+/// owner's host and database, the role's name and its secret (derived from
+/// the owner's password, so every process computes the same one).
+pub fn service_role_options(owner_opts: &PgConnectOptions, role: &str) -> PgConnectOptions {
+    let opts = owner_opts.clone().username(role);
+    match owner_password(owner_opts) {
+        Some(owner) => opts.password(&service_role_secret(&owner, role)),
+        None => opts,
+    }
+}
+
+/// HMAC-SHA-256 keyed by the owner's password over the role's name, in hex:
+/// knowing it tells nothing of the owner's password or another role's secret.
+fn service_role_secret(owner_password: &str, role: &str) -> String {
+    hex::encode(hmac_sha256(
+        owner_password.as_bytes(),
+        &[b"mercato service role ", role.as_bytes()],
+    ))
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        unreachable!("HMAC takes a key of any length")
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802,
+/// RFC 7677): `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+/// Sent in `ALTER ROLE … PASSWORD`, the server keeps it as it is. `password`
+/// must be ASCII without controls (SASLprep leaves it unchanged), as a hex
+/// secret is.
+pub fn scram_sha256_verifier(password: &str, salt: &[u8], iterations: u32) -> String {
+    // PBKDF2-HMAC-SHA-256, one block (the output is as long as the hash).
+    let mut u = hmac_sha256(password.as_bytes(), &[salt, &1u32.to_be_bytes()]);
+    let mut salted = u;
+    for _ in 1..iterations {
+        u = hmac_sha256(password.as_bytes(), &[&u]);
+        for (s, x) in salted.iter_mut().zip(u) {
+            *s ^= x;
+        }
+    }
+    let stored_key = Sha256::digest(hmac_sha256(&salted, &[b"Client Key"]));
+    let server_key = hmac_sha256(&salted, &[b"Server Key"]);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        b64.encode(salt),
+        b64.encode(stored_key),
+        b64.encode(server_key)
+    )
+}
+
+/// Platform tables: no row-level security, so a grant on one reaches every
+/// merchant's rows. The service roles get on them only what is listed in
+/// [`PLATFORM_GRANTS`]; the directory and a merchant's moves are reached
+/// through `security definer` functions (migration 0021).
+const PLATFORM_TABLES: [&str; 6] = [
+    "_sqlx_migrations",
+    "merchants",
+    "tenant_directory",
+    "tenant_moves",
+    "cell_absent",
+    "move_changes",
+];
+
+/// What each service role may do on a platform table (the design;
+/// `tests/api/hostile/roles.rs` holds the database to it).
+const PLATFORM_GRANTS: [(&str, &str); 4] = [
+    // Creating a merchant and its settings (admin routes), resolving a slug,
+    // authenticating a key (joins its merchant).
+    (APP_ROLE, "select, insert on merchants"),
+    (
+        APP_ROLE,
+        "update (stock_strategy, rate_limits) on merchants",
+    ),
+    // The analytics export names merchants in its marts.
+    (WORKER_ROLE, "select (id, slug, name) on merchants"),
+    // `mercato_absent` in the worker's policies: merchants this cell does not serve.
+    (WORKER_ROLE, "select on cell_absent"),
+];
+
+/// DML on this database's tenant tables (row-level security decides which
+/// rows), on the platform tables only [`PLATFORM_GRANTS`]. One transaction:
+/// no other session sees the broad grant before its revoke.
 async fn grant_service_roles(owner: &PgPool) -> Result<(), DbError> {
+    let platform = PLATFORM_TABLES.join(", ");
+    let mut tx = owner.begin().await?;
     for role in SERVICE_ROLES {
         for grant in [
             format!("grant usage on schema public to {role}"),
             format!(
                 "grant select, insert, update, delete on all tables in schema public to {role}"
             ),
-            format!("revoke all on _sqlx_migrations from {role}"),
+            format!("revoke all on {platform} from {role}"),
             format!("grant usage, select on all sequences in schema public to {role}"),
         ] {
-            sqlx::query(&grant).execute(owner).await?;
+            sqlx::query(&grant).execute(&mut *tx).await?;
         }
     }
+    for (role, grant) in PLATFORM_GRANTS {
+        sqlx::query(&format!("grant {grant} to {role}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

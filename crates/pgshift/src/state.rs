@@ -253,13 +253,17 @@ pub(crate) async fn register(pool: &PgPool, name: &str) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// Lets `role` (the application) read the phase and switch and record shadow reads.
+/// Lets `role` (the application) read the phase and switch and record shadow
+/// reads. A mismatch holds the application's values of both shapes, any
+/// tenant's: the reader adds them, it does not read them back.
 pub(crate) async fn grant_reader(pool: &PgPool, role: &str) -> Result<(), sqlx::Error> {
     let role = crate::quote_ident(role);
     sqlx::raw_sql(&format!(
         "grant usage on schema pgshift to {role};
          grant select on pgshift.migrations to {role};
-         grant select, insert, update on pgshift.shadow_counts, pgshift.shadow_mismatches to {role};"
+         grant select, insert, update on pgshift.shadow_counts to {role};
+         revoke all on pgshift.shadow_mismatches from {role};
+         grant insert on pgshift.shadow_mismatches to {role};"
     ))
     .execute(pool)
     .await?;

@@ -74,11 +74,10 @@ pub async fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
     let cells = crate::cells::cli::command_cells(&args.database, 2).await?;
     for (name, owner) in &cells.owners {
         // The worker role reads across merchants, as `serve`'s export does.
-        let opts = owner
-            .connect_options()
-            .as_ref()
-            .clone()
-            .username(crate::db::WORKER_ROLE);
+        let opts = crate::db::service_role_options(
+            owner.connect_options().as_ref(),
+            crate::db::WORKER_ROLE,
+        );
         let pool = crate::db::connect(opts, 2)
             .await
             .with_context(|| format!("cell {name}"))?;

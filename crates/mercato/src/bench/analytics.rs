@@ -261,11 +261,7 @@ async fn measure(h: &Harness, opts: &Options, dir: &std::path::Path) -> anyhow::
 
     set(&label, "exporting");
     let worker = crate::db::connect(
-        h.owner
-            .connect_options()
-            .as_ref()
-            .clone()
-            .username(crate::db::WORKER_ROLE),
+        crate::db::service_role_options(h.owner.connect_options().as_ref(), crate::db::WORKER_ROLE),
         4,
     )
     .await?;

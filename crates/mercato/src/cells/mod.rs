@@ -293,7 +293,7 @@ impl Cells {
         directory: &PgPool,
     ) -> Result<Placement, RouteError> {
         let row: Option<(String, bool)> =
-            sqlx::query_as("select cell, moving from tenant_directory where merchant_id = $1")
+            sqlx::query_as("select cell, moving from mercato_directory_entry($1)")
                 .bind(merchant.0)
                 .fetch_optional(directory)
                 .await?;

@@ -34,7 +34,8 @@ pub struct MoveRecord {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// A move of the merchant, as recorded in the main database's directory.
+/// A move of the merchant, as recorded in the main database's directory
+/// (read through `mercato_moves_of`: the app role has no grant on the table).
 pub async fn move_record(
     directory: &PgPool,
     merchant: MerchantId,
@@ -43,7 +44,7 @@ pub async fn move_record(
     sqlx::query_as(
         "select id, merchant_id, source, target, phase, rows_copied, changes_applied, rows_cleaned,
                 pause_ms, keep_source, driven_by, rollback_of, last_error, started_at, finished_at
-         from tenant_moves where id = $1 and merchant_id = $2",
+         from mercato_moves_of($2) where id = $1",
     )
     .bind(id)
     .bind(merchant.0)

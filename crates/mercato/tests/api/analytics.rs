@@ -35,9 +35,12 @@ pub(crate) async fn export(app: &TestApp) -> analytics::ExportSummary {
 
 async fn worker_pool(app: &TestApp) -> PgPool {
     let opts: sqlx::postgres::PgConnectOptions = app.db.owner_url.parse().expect("url");
-    PgPool::connect_with(opts.username(mercato::db::WORKER_ROLE))
-        .await
-        .expect("worker role connects")
+    PgPool::connect_with(mercato::db::service_role_options(
+        &opts,
+        mercato::db::WORKER_ROLE,
+    ))
+    .await
+    .expect("worker role connects")
 }
 
 /// Products, checkouts (some declined), a promotion, a refund: a merchant's day.
