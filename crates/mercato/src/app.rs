@@ -191,6 +191,7 @@ impl App {
             db: db.clone(),
             admin_token: Arc::from(admin_token.as_str()),
             keys: Default::default(),
+            auth_failures: Default::default(),
             cells: cells.clone(),
             cell_services: cell_services.clone(),
             order_facts: Arc::new(checkout::PricedOrderFacts),
@@ -256,6 +257,8 @@ impl App {
                 workers.extend(cell_workers(&cells, &cell, services, &config, &webhooks));
             }
         }
+        // The client's address, for the limit on failed authentications.
+        let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -44,6 +44,8 @@ pub struct Services {
     pub db: Db,
     pub admin_token: Arc<str>,
     pub keys: KeyCache,
+    /// Keys the database refused, per client address (429 past a burst).
+    pub auth_failures: crate::tenancy::AuthFailures,
     /// The tenant directory: which cell serves each merchant (`MerchantDb`).
     pub cells: Cells,
     /// Each cell's services, by cell name (every cell of `cells` has them).

@@ -225,6 +225,7 @@ pub use providers::{
     TaxAssessment, TaxProvider, TaxQuery, MAX_RATE_BPS,
 };
 pub use rules::{
-    Action, BuyXGetY, Conditions, Limits, Rule, RuleError, RuleSet, SkuSet, Target, Threshold, Tier,
+    Action, BuyXGetY, Conditions, Limits, Rule, RuleError, RuleSet, SkuSet, Target, Threshold,
+    Tier, MAX_RULES,
 };
 pub use version::{CalculatorVersion, UnknownVersion};

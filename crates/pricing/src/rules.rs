@@ -375,6 +375,10 @@ const THEN_FIELDS: &[&str] = &[
 ];
 const LIMIT_FIELDS: &[&str] = &["uses", "uses_per_customer", "budget"];
 const MAX_TEXT: usize = 128;
+/// The most rules a set holds. Every checkout evaluates each of them, and a
+/// set is stored whole in every revision; 500 is far above what a merchant
+/// keeps in force (a few dozen) and far below what makes either costly.
+pub const MAX_RULES: usize = 500;
 
 struct Parser {
     currency: Currency,
@@ -407,6 +411,13 @@ impl Parser {
             self.error("rules", "must be an array of rules");
             return None;
         };
+        if items.len() > MAX_RULES {
+            self.error(
+                "rules",
+                format!("must hold at most {MAX_RULES} rules (has {})", items.len()),
+            );
+            return None;
+        }
         let mut rules = Vec::with_capacity(items.len());
         let mut first_with_id: BTreeMap<RuleId, usize> = BTreeMap::new();
         for (index, item) in items.iter().enumerate() {

@@ -83,6 +83,9 @@ pub enum ApiError {
         class: &'static str,
         retry_after: u64,
     },
+    /// Too many unknown keys from one client address.
+    #[error("too many failed authentications from this address; retry in {retry_after} s")]
+    AuthenticationsFailing { retry_after: u64 },
     /// Over the merchant's daily checkout quota.
     #[error("this merchant's checkouts for today are used up; the quota renews in {retry_after} s (at 00:00 UTC)")]
     QuotaExceeded { retry_after: u64 },
@@ -161,6 +164,11 @@ impl ApiError {
                 "rate-limited",
                 "Too many requests",
             ),
+            ApiError::AuthenticationsFailing { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "authentications-failing",
+                "Too many failed authentications",
+            ),
             ApiError::QuotaExceeded { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "quota-exceeded",
@@ -222,6 +230,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::IdempotencyKeyInFlight { retry_after }
             | ApiError::RateLimited { retry_after, .. }
+            | ApiError::AuthenticationsFailing { retry_after }
             | ApiError::QuotaExceeded { retry_after } => Some(*retry_after),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,

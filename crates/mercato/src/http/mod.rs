@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod query;
 
+use std::any::Any;
 use std::time::Duration;
 
 use axum::extract::Request as AnyRequest;
@@ -19,6 +20,7 @@ use axum::http::{header, HeaderName, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, Router};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -40,10 +42,10 @@ pub fn with_fallbacks(routes: Router<AppState>) -> Router<AppState> {
 }
 
 /// Wraps the routes in what every request passes through: request ids,
-/// tracing spans, problem answers for what the framework refuses, and a
-/// timeout.
+/// tracing spans, problem answers for what the framework refuses, a
+/// timeout, and a 500 problem for a handler that panics.
 pub fn with_plumbing(routes: Router<AppState>, state: AppState) -> Router {
-    routes
+    catch_panics(routes)
         .layer(
             tower::ServiceBuilder::new()
                 .layer(middleware::map_response(problem_for_bare_errors))
@@ -72,6 +74,23 @@ pub fn with_plumbing(routes: Router<AppState>, state: AppState) -> Router {
                 )),
         )
         .with_state(state)
+}
+
+/// A handler (or a layer inside this one) that panics answers 500
+/// problem+json instead of dropping the connection. Innermost of the
+/// plumbing, so the answer still carries the request id and its trace span.
+pub fn catch_panics<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes.layer(CatchPanicLayer::custom(panic_answer))
+}
+
+fn panic_answer(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "request handler panicked");
+    ApiError::Bare(StatusCode::INTERNAL_SERVER_ERROR).into_response()
 }
 
 /// The longest request target served. hyper itself answers 414 with an empty

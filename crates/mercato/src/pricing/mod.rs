@@ -172,7 +172,18 @@ pub async fn put_rules(
     crate::events::emit(
         tx,
         crate::events::EventType::PricingRulesChanged,
-        serde_json::json!({"revision": n, "in_force": activate, "actor": actor, "diff": diff}),
+        // Counts, not ids: a set's diff can name hundreds of rules, far over
+        // an event's size limit; the revision (`GET
+        // /v1/pricing/rules/revisions/{n}`) has the ids and the rules.
+        serde_json::json!({
+            "revision": n,
+            "in_force": activate,
+            "actor": actor,
+            "rules": document["rules"].as_array().map_or(0, Vec::len),
+            "added": diff.added.len(),
+            "removed": diff.removed.len(),
+            "changed": diff.changed.len(),
+        }),
     )
     .await?;
     revision(tx, n).await?.ok_or(sqlx::Error::RowNotFound)

@@ -3,7 +3,9 @@
 //! state (`State<AppState>`); the one thing a `Tenant` carries besides who it
 //! is, is its merchant's database handle, resolved from the directory.
 
-use axum::extract::FromRequestParts;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
@@ -45,8 +47,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Verifies the request's merchant key; 401 unless it is a live key.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+/// Verifies the request's merchant key; 401 unless it is a live key. Only a
+/// key neither verified nor refused lately is looked up, and not while its
+/// client `address` (when known) is over its failed lookups: 429.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    address: Option<IpAddr>,
+) -> Result<Tenant, ApiError> {
     let key = bearer(headers)
         .and_then(ApiKey::parse)
         .ok_or(ApiError::Unauthorized)?;
@@ -54,11 +62,22 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Tenan
     let key_fingerprint = format!("key:{}", hex::encode(&hash[..6]));
     let principal = match state.keys.get(&hash) {
         Some(hit) => hit,
+        None if state.keys.refused(&hash) => return Err(ApiError::Unauthorized),
         None => {
+            if let Some(address) = address {
+                state
+                    .auth_failures
+                    .check(address)
+                    .map_err(|retry_after| ApiError::AuthenticationsFailing { retry_after })?;
+            }
             let mut tx = TenantTx::begin_in_directory(&state.db.app, key.merchant_id).await?;
-            let (strategy, plan) = authenticate_key(&mut tx, &key)
-                .await?
-                .ok_or(ApiError::Unauthorized)?;
+            let Some((strategy, plan)) = authenticate_key(&mut tx, &key).await? else {
+                state.keys.put_refused(hash);
+                if let Some(address) = address {
+                    state.auth_failures.failed(address);
+                }
+                return Err(ApiError::Unauthorized);
+            };
             tx.commit().await?;
             let principal = Principal {
                 merchant: key.merchant_id,
@@ -105,7 +124,13 @@ pub async fn request_tenant(
 ) -> Result<Tenant, ApiError> {
     match extensions.get::<Tenant>() {
         Some(tenant) => Ok(tenant.clone()),
-        None => authenticate(state, headers).await,
+        None => {
+            // Absent when the router is called without a server (tests' oneshots).
+            let address = extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip());
+            authenticate(state, headers, address).await
+        }
     }
 }
 

@@ -1,4 +1,6 @@
-//! Verified API keys, cached so the hot path costs no query for authentication.
+//! Verified API keys, cached so the hot path costs no query for authentication;
+//! and keys the database refused, cached briefly so a client repeating one
+//! costs no query either.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,11 @@ use super::{MerchantId, Strategy};
 /// A revoked key stops working within this time.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 const KEY_CACHE_MAX: usize = 10_000;
+/// How long a refused key is refused without asking the database again. A
+/// key is random and stored before it is ever shown, so a hash the database
+/// did not know never becomes valid: the time only bounds the memory.
+const REFUSED_TTL: Duration = Duration::from_secs(5);
+const REFUSED_MAX: usize = 10_000;
 
 /// What a verified key stands for: its merchant and the merchant's settings.
 #[derive(Clone, Debug)]
@@ -22,9 +29,32 @@ pub struct Principal {
 
 /// Verified key hashes, so the hot path costs no query for authentication.
 #[derive(Default)]
-pub struct KeyCache(Mutex<HashMap<Vec<u8>, (Principal, Instant)>>);
+pub struct KeyCache(
+    Mutex<HashMap<Vec<u8>, (Principal, Instant)>>,
+    /// Refused key hashes, and when.
+    Mutex<HashMap<Vec<u8>, Instant>>,
+);
 
 impl KeyCache {
+    /// Whether the database refused this key hash in the last few seconds.
+    pub fn refused(&self, hash: &[u8]) -> bool {
+        let refused = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        refused
+            .get(hash)
+            .is_some_and(|at| at.elapsed() < REFUSED_TTL)
+    }
+
+    pub fn put_refused(&self, hash: Vec<u8>) {
+        let mut refused = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() >= REFUSED_MAX {
+            refused.retain(|_, at| at.elapsed() < REFUSED_TTL);
+            if refused.len() >= REFUSED_MAX {
+                refused.clear();
+            }
+        }
+        refused.insert(hash, Instant::now());
+    }
+
     pub fn get(&self, hash: &[u8]) -> Option<Principal> {
         let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         cache

@@ -3,6 +3,7 @@
 //! Owns tables `merchants` and `api_keys`.
 
 mod auth;
+mod auth_failures;
 pub mod http;
 mod key_cache;
 mod model;
@@ -11,6 +12,7 @@ pub mod rate_limit;
 mod store;
 
 pub use auth::{authenticate, request_tenant, unroutable, Admin, Tenant};
+pub use auth_failures::AuthFailures;
 pub use key_cache::{KeyCache, Principal};
 pub use model::{in_turns, ApiKey, MerchantId, MerchantName, Rotation, Slug, Strategy};
 pub use store::{
