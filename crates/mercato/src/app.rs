@@ -63,8 +63,11 @@ pub struct App {
     moves: Arc<crate::cells::driver::MoveDriver>,
     webhooks: crate::events::worker::DeliveryConfig,
     listener: TcpListener,
+    metrics_listener: TcpListener,
     router: Router,
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (`--metrics-listen`).
+    pub metrics_addr: SocketAddr,
     pub db: Db,
     /// The schema owner's connection URL (for migrations and tools).
     pub owner_url: String,
@@ -102,6 +105,19 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener =
+            TcpListener::bind(config.metrics_listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.metrics_listen,
+                    source,
+                })?;
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .map_err(|source| StartError::Listen {
+                addr: config.metrics_listen,
+                source,
+            })?;
         let (owner_url, localpg) = match &config.database.database_url {
             Some(url) => (url.clone(), None),
             None => {
@@ -211,6 +227,8 @@ impl App {
             webhooks,
             config,
             listener,
+            metrics_listener,
+            metrics_addr,
             router: routes::router(state),
             addr,
             db,
@@ -242,6 +260,7 @@ impl App {
             moves,
             webhooks,
             listener,
+            metrics_listener,
             router,
             _localpg,
             _embedded_cells,
@@ -250,6 +269,11 @@ impl App {
         let mut workers = vec![
             tokio::spawn(cells.clone().follow_directory()),
             tokio::spawn(moves.run()),
+            tokio::spawn(async move {
+                if let Err(err) = axum::serve(metrics_listener, routes::metrics_router()).await {
+                    tracing::error!(error = %err, "the metrics listener stopped");
+                }
+            }),
         ];
         // Every cell's background work runs on that cell's pools.
         for cell in cells.all() {

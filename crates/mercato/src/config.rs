@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_DATA_DIR: &str = ".mercato";
 const DEFAULT_DB_POOL: u32 = 32;
 const DEFAULT_CHECKOUT_TTL: &str = "900";
@@ -29,6 +30,11 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "MERCATO_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Address of `/metrics`, apart from the API: what it shows (every
+    /// merchant's sales, the platform's traffic) is for the operator's
+    /// Prometheus, not for the public listener. Port 0: any free port.
+    #[arg(long, env = "MERCATO_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: SocketAddr,
     /// Directory of the private PostgreSQL cluster and demo files (used when no database is given).
     #[arg(long, env = "MERCATO_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
@@ -203,6 +209,9 @@ impl Config {
         let default = |raw: &str| seconds(raw).expect("default durations parse");
         Config {
             listen,
+            // Beside the API, on a free port: several instances (tests,
+            // benchmarks) run at once.
+            metrics_listen: SocketAddr::new(listen.ip(), 0),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             analytics_dir: None,
             analytics_store: None,

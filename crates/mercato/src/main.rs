@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Run the HTTP service. Without DATABASE_URL it starts a private PostgreSQL
     /// under --data-dir, migrates it and seeds a demo merchant.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Run a benchmark; prints ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Migrate(args) => migrate(args).await,
             Command::Demo(DemoCommand::Migration(opts)) => {
                 mercato::bench::live_migration::run(opts).await.map(|_| ())
@@ -173,6 +173,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
              this machine and its network (loopback, private, metadata addresses)"
         );
     }
+    println!("  metrics:      http://{}/metrics", app.metrics_addr);
     println!("  API docs:     {base}/openapi.json  (Ctrl-C stops)");
     app.serve(shutdown_signal()).await?;
     println!("Mercato stopped");

@@ -36,7 +36,6 @@ pub fn router(state: AppState) -> Router {
     // Operators' endpoints: documented, but not counted in the request metrics.
     let (operations, operations_doc) = OpenApiRouter::new()
         .routes(routes!(openapi::document))
-        .routes(routes!(metrics::render))
         .split_for_parts();
     let mut doc = api_doc;
     doc.merge(operations_doc);
@@ -57,6 +56,14 @@ pub fn router(state: AppState) -> Router {
             tenancy::rate_limit::rate_limit,
         ));
     http::with_plumbing(routes, state)
+}
+
+/// `/metrics` on its own listener (`--metrics-listen`), for the operator's
+/// Prometheus: it shows platform-wide figures no merchant should read.
+pub fn metrics_router() -> Router {
+    // Installed here too, should this listener start first.
+    metrics::handle();
+    Router::new().route("/metrics", axum::routing::get(metrics::render))
 }
 
 /// Liveness: the process is up.

@@ -20,6 +20,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 pub struct TestApp {
     pub base: String,
+    /// The `/metrics` listener's base URL (apart from the API's).
+    pub metrics_base: String,
     /// Superuser connection to the test database, for checking invariants in SQL.
     pub owner: PgPool,
     /// The service's own RLS-bound pool.
@@ -28,12 +30,13 @@ pub struct TestApp {
     pub db: TestDatabase,
 }
 
-async fn start_app(config: Config) -> (String, PgPool) {
+async fn start_app(config: Config) -> (String, String, PgPool) {
     let app = App::build(config).await.expect("app starts");
     let base = format!("http://{}", app.addr);
+    let metrics_base = format!("http://{}", app.metrics_addr);
     let app_pool = app.db.app.clone();
     tokio::spawn(app.serve(std::future::pending()));
-    (base, app_pool)
+    (base, metrics_base, app_pool)
 }
 
 enum Database {
@@ -170,12 +173,13 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: TestDatabase, config: Config) -> TestApp {
-        let (base, app_pool) = start_app(config).await;
+        let (base, metrics_base, app_pool) = start_app(config).await;
         let owner = PgPool::connect(&db.owner_url)
             .await
             .expect("owner connects");
         TestApp {
             base,
+            metrics_base,
             owner,
             app_pool,
             client: reqwest::Client::new(),
@@ -285,12 +289,16 @@ impl TestApp {
     }
 
     /// The Prometheus text of `/metrics`.
+    /// Read from the metrics listener (`--metrics-listen`), not the API's.
     pub async fn metrics(&self) -> String {
-        let resp = self.request(Method::GET, "/metrics", None, None).await;
-        match resp.body {
-            Value::String(text) => text,
-            other => panic!("metrics are text, not {other}"),
-        }
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.metrics_base))
+            .send()
+            .await
+            .expect("the metrics listener answers");
+        assert!(resp.status().is_success(), "{}", resp.status());
+        resp.text().await.expect("metrics text")
     }
 
     /// A transaction as the service runs it: app role, tenant set.

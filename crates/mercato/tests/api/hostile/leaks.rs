@@ -233,3 +233,30 @@ async fn a_replayed_answer_never_hands_out_a_webhook_secret_again() {
     .expect("the store");
     assert_eq!(stored, 0, "a secret sits in the idempotency store");
 }
+
+#[tokio::test]
+async fn the_platforms_figures_are_not_on_the_public_listener() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("metrics-apart").await;
+    app.get("/v1/products", &m.key).await;
+    let public = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    let doc = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .expect("doc");
+    let doc: serde_json::Value = doc.json().await.expect("json");
+    assert!(
+        doc["paths"].get("/metrics").is_none(),
+        "still documented on the API"
+    );
+    // The operator's listener has them.
+    assert!(app.metrics().await.contains("http_requests_total"));
+}
