@@ -16,7 +16,8 @@ serve_instance() {
     admin="admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     base="http://127.0.0.1:$port"
     MERCATO_ADMIN_TOKEN="$admin" "$CARGO_TARGET_DIR/debug/mercato" serve \
-        --data-dir "$scratch" --listen "127.0.0.1:$port" >"$scratch/serve.log" 2>&1 &
+        --data-dir "$scratch" --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 \
+        >"$scratch/serve.log" 2>&1 &
     server=$!
     trap stop_instance EXIT
 

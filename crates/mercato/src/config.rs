@@ -209,9 +209,15 @@ impl Config {
         let default = |raw: &str| seconds(raw).expect("default durations parse");
         Config {
             listen,
-            // Beside the API, on a free port: several instances (tests,
-            // benchmarks) run at once.
-            metrics_listen: SocketAddr::new(listen.ip(), 0),
+            // A service on any free port (tests, benchmarks: several at
+            // once) has its metrics on one too.
+            metrics_listen: if listen.port() == 0 {
+                SocketAddr::new(listen.ip(), 0)
+            } else {
+                DEFAULT_METRICS_LISTEN
+                    .parse()
+                    .expect("the default metrics address parses")
+            },
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             analytics_dir: None,
             analytics_store: None,

@@ -26,6 +26,7 @@ impl Server {
     async fn start_with(db: &TestDatabase, port: u16, extra: &[&str]) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_mercato"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args([
                 "--checkout-ttl",
                 "2",
