@@ -7,9 +7,8 @@ use uuid::Uuid;
 
 use super::incident::incident_row;
 use super::model::*;
-use super::store;
+use super::store::{self, LargeDelta, ReportLine};
 use super::RemediationError;
-use super::*;
 use crate::cells::MerchantDb;
 
 /// The aggregate check read before money moves.

@@ -14,8 +14,8 @@ use super::effects::{
 use super::incident::incident_row;
 use super::messages;
 use super::model::*;
+use super::status::status;
 use super::store::{self, AdjustmentRow};
-use super::*;
 use super::{corrupt, RemediationError, SettleOptions, Template};
 use crate::cells::MerchantDb;
 use crate::payments::PaymentProvider;
