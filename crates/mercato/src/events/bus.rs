@@ -29,23 +29,11 @@ pub async fn publish_events(worker: PgPool, url: String, idle: Duration) {
                 }
             }
             Err(err) => {
-                let server = without_credentials(&url);
+                let server = crate::telemetry::without_credentials(&url);
                 tracing::warn!(error = %err, %server, "NATS unreachable; retrying")
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// The URL as a log may show it: a password (or token) in it stays out.
-fn without_credentials(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_password(None);
-            let _ = parsed.set_username("");
-            parsed.to_string()
-        }
-        Err(_) => "(not a URL)".to_owned(),
     }
 }
 
@@ -98,18 +86,5 @@ async fn publish_loop(
         store::bus_published(&mut tx, &ids).await?;
         tx.commit().await?;
         metrics::counter!("events_published_total").increment(ids.len() as u64);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::without_credentials;
-
-    #[test]
-    fn a_logged_nats_url_carries_no_credentials() {
-        let shown = without_credentials("nats://ops:s3cret@nats.internal:4222");
-        assert_eq!(shown, "nats://nats.internal:4222");
-        assert!(!without_credentials("nats://tok3n@127.0.0.1:4222").contains("tok3n"));
-        assert_eq!(without_credentials("not a url"), "(not a URL)");
     }
 }

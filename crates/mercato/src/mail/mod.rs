@@ -105,7 +105,7 @@ impl Transport {
             return Ok(Transport::Files { dir, from });
         };
         // The URL is not echoed back: it may hold a password.
-        let bad = || MailError::BadUrl(redacted(raw));
+        let bad = || MailError::BadUrl(crate::telemetry::without_credentials(raw));
         let url = reqwest::Url::parse(raw).map_err(|_| bad())?;
         let (security, default_port) = match url.scheme() {
             "smtp" => (SmtpSecurity::Plain, 25),
@@ -157,18 +157,6 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// An SMTP URL as an error may show it: without user and password.
-fn redacted(raw: &str) -> String {
-    match reqwest::Url::parse(raw) {
-        Ok(mut url) => {
-            let _ = url.set_password(None);
-            let _ = url.set_username("");
-            url.to_string()
-        }
-        Err(_) => "(not a URL)".to_owned(),
-    }
 }
 
 /// The sender of one transport: one SMTP connection pool, reused.
