@@ -164,13 +164,6 @@ impl Cells {
         Cells::new(main, cells)
     }
 
-    pub fn main(&self) -> &Arc<Cell> {
-        self.0
-            .cells
-            .get(MAIN)
-            .expect("Cells::new is given the main database")
-    }
-
     /// Every cell, the main one first, then by name.
     pub fn all(&self) -> Vec<Arc<Cell>> {
         let mut all: Vec<_> = self.0.cells.values().cloned().collect();
