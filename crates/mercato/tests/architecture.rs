@@ -49,41 +49,79 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The source without comments, so prose that names a module is no dependency.
-fn code_of(source: &str) -> String {
-    // A `//` inside a string literal (`postgres://…`) is no comment.
+/// Rust source read as the compiler tokenizes what matters here: line
+/// comments dropped (prose that names a module is no dependency, and a `//`
+/// inside a string such as `postgres://…` is no comment), and the string
+/// literals collected: plain ones (with `\"` escapes) and raw ones
+/// (`r#"…"#`, which may hold `"` themselves, as sqlx's column overrides do);
+/// a `'"'` character literal opens none.
+struct Scanned {
+    code: String,
+    literals: Vec<String>,
+}
+
+fn scan(source: &str) -> Scanned {
     let chars: Vec<char> = source.chars().collect();
-    let mut out = String::with_capacity(source.len());
+    let mut code = String::with_capacity(source.len());
+    let mut literals = Vec::new();
     let mut i = 0;
-    let mut in_string = false;
     while i < chars.len() {
         let c = chars[i];
-        if in_string {
-            out.push(c);
-            if c == '\\' {
-                if let Some(next) = chars.get(i + 1) {
-                    out.push(*next);
+        let raw_hashes = (c == 'r'
+            && (i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')))
+            .then(|| chars[i + 1..].iter().take_while(|c| **c == '#').count())
+            .filter(|hashes| chars.get(i + 1 + hashes) == Some(&'"'));
+        if let Some(hashes) = raw_hashes {
+            let start = i + 2 + hashes;
+            let closes = |at: usize| {
+                chars[at] == '"' && (1..=hashes).all(|k| chars.get(at + k) == Some(&'#'))
+            };
+            let mut end = start;
+            while end < chars.len() && !closes(end) {
+                end += 1;
+            }
+            let stop = (end + 1 + hashes).min(chars.len());
+            code.extend(&chars[i..stop]);
+            literals.push(chars[start..end].iter().collect());
+            i = stop;
+        } else if c == '"' {
+            let mut literal = String::new();
+            code.push(c);
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                if chars[i] == '\\' {
+                    code.push(chars[i]);
                     i += 1;
                 }
-            } else if c == '"' {
-                in_string = false;
+                if let Some(c) = chars.get(i) {
+                    literal.push(*c);
+                    code.push(*c);
+                }
+                i += 1;
             }
+            if i < chars.len() {
+                code.push('"');
+            }
+            literals.push(literal);
+            i += 1;
         } else if c == '/' && chars.get(i + 1) == Some(&'/') {
             while i < chars.len() && chars[i] != '\n' {
                 i += 1;
             }
-            continue;
         } else if c == '\'' && chars.get(i + 1) == Some(&'"') && chars.get(i + 2) == Some(&'\'') {
-            out.push_str("'\"'");
+            code.push_str("'\"'");
             i += 3;
-            continue;
         } else {
-            in_string = c == '"';
-            out.push(c);
+            code.push(c);
+            i += 1;
         }
-        i += 1;
     }
-    out
+    Scanned { code, literals }
+}
+
+/// The source without comments, so prose that names a module is no dependency.
+fn code_of(source: &str) -> String {
+    scan(source).code
 }
 
 /// Every path a file names: `crate::a::b`, `super::c`, and each leaf of a
@@ -442,51 +480,9 @@ fn each_layer_rule_fails_when_violated() {
     }
 }
 
-/// The string literals of Rust source: plain ones (with `\"` escapes) and raw
-/// ones (`r#"…"#`, which may hold `"` themselves, as sqlx's column overrides
-/// do); a `'"'` character literal opens none.
+/// The string literals of Rust source (see `scan`).
 fn string_literals(code: &str) -> Vec<String> {
-    let chars: Vec<char> = code.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        match chars[i] {
-            '\'' if chars.get(i + 1) == Some(&'"') && chars.get(i + 2) == Some(&'\'') => i += 3,
-            'r' if (chars.get(i + 1) == Some(&'#') || chars.get(i + 1) == Some(&'"'))
-                && (i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')) =>
-            {
-                let hashes = chars[i + 1..].iter().take_while(|c| **c == '#').count();
-                if chars.get(i + 1 + hashes) != Some(&'"') {
-                    i += 1;
-                    continue;
-                }
-                let close: String = std::iter::once('"')
-                    .chain(std::iter::repeat_n('#', hashes))
-                    .collect();
-                let body: String = chars[i + 2 + hashes..].iter().collect();
-                let end = body.find(&close).unwrap_or(body.len());
-                out.push(body[..end].to_owned());
-                i += 2 + hashes + body[..end].chars().count() + close.chars().count();
-            }
-            '"' => {
-                let mut literal = String::new();
-                i += 1;
-                while i < chars.len() && chars[i] != '"' {
-                    if chars[i] == '\\' {
-                        i += 1;
-                    }
-                    if let Some(c) = chars.get(i) {
-                        literal.push(*c);
-                    }
-                    i += 1;
-                }
-                out.push(literal);
-                i += 1;
-            }
-            _ => i += 1,
-        }
-    }
-    out
+    scan(code).literals
 }
 
 /// Table names a statement reads or writes: the word after `from`, `join`,
@@ -798,4 +794,25 @@ fn print_the_folder_graph() {
     for cycle in cycle_names(&parts) {
         println!("cycle: {cycle}");
     }
+}
+
+#[test]
+fn the_scanner_reads_raw_strings_escapes_and_comments_as_rust_does() {
+    let source = "let q = r#\"select count(*) as \"n!\" from orders\"#; // crate::app\n\
+                  let u = \"postgres://h/db\"; let c = '\"'; let e = \"a \\\" from stock\";";
+    let scanned = scan(source);
+    assert!(!scanned.code.contains("crate::app"), "{}", scanned.code);
+    assert!(scanned.code.contains("postgres://h/db"), "{}", scanned.code);
+    assert_eq!(
+        scanned.literals,
+        [
+            "select count(*) as \"n!\" from orders",
+            "postgres://h/db",
+            "a \" from stock"
+        ]
+    );
+    assert_eq!(
+        tables_named(&scanned.code),
+        BTreeSet::from(["orders".to_owned(), "stock".to_owned()])
+    );
 }
