@@ -206,8 +206,10 @@ pub fn scram_sha256_verifier(password: &str, salt: &[u8], iterations: u32) -> St
 /// merchant's rows. The service roles get on them only what is listed in
 /// [`PLATFORM_GRANTS`]; the directory and a merchant's moves are reached
 /// through `security definer` functions (migration 0021).
-const PLATFORM_TABLES: [&str; 6] = [
+const PLATFORM_TABLES: [&str; 7] = [
     "_sqlx_migrations",
+    // The key that hides order volume in legacy-order ids (read by its function).
+    "legacy_order_id_key",
     "merchants",
     "tenant_directory",
     "tenant_moves",
@@ -245,6 +247,9 @@ async fn grant_service_roles(owner: &PgPool) -> Result<(), DbError> {
             ),
             format!("revoke all on {platform} from {role}"),
             format!("grant usage, select on all sequences in schema public to {role}"),
+            // Its raw value counts every merchant's legacy orders; requests get
+            // ids through `next_legacy_order_id()` (migration 0022).
+            format!("revoke all on sequence legacy_orders_id_seq from {role}"),
         ] {
             sqlx::query(&grant).execute(&mut *tx).await?;
         }

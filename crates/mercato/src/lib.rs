@@ -28,7 +28,7 @@
 //! | `remediation` | `remediation_incidents`, `order_adjustments`, `remediation_effects` |
 //! | `wallet` | `wallets`, `wallet_entries` |
 //! | `mail` | `mail_outbox` |
-//! | `legacy_orders` | `legacy_orders`, `order_records`, `customers` (the pgshift demo migration) |
+//! | `legacy_orders` | `legacy_orders`, `legacy_order_id_key`, `order_records`, `customers` (the pgshift demo migration) |
 //! | `cells` | `tenant_directory`, `tenant_moves`, `cell_absent`, `move_changes` |
 //! | `idempotency` | `idempotency_keys` |
 //!

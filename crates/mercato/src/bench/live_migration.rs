@@ -61,7 +61,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
 }
 
 async fn migrate_under_load(opts: &Options, h: &Harness) -> anyhow::Result<serde_json::Value> {
-    let max_id = seed_legacy_orders(&h.owner, h.merchant, opts.rows, opts.progress).await?;
+    let known_ids = seed_legacy_orders(&h.owner, h.merchant, opts.rows, opts.progress).await?;
     let mut plan = Plan::parse(legacy_orders::PLAN)?;
     plan.switch
         .get_or_insert_with(Default::default)
@@ -69,7 +69,7 @@ async fn migrate_under_load(opts: &Options, h: &Harness) -> anyhow::Result<serde
     let mut migrator = Migrator::open(h.owner.clone(), plan).await?;
     migrator.progress = opts.progress;
 
-    let load = Load::start(&h.base, &h.key, max_id, opts.rate, 8);
+    let load = Load::start(&h.base, &h.key, known_ids, opts.rate, 8);
     let mut phases: BTreeMap<&str, f64> = BTreeMap::new();
     tokio::time::sleep(opts.dwell).await;
     load.phase("during");

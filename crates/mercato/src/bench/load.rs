@@ -3,7 +3,7 @@
 //! of legacy rows they start from.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,13 +17,14 @@ use uuid::Uuid;
 use super::Percentiles;
 
 /// Inserts `rows` legacy orders for `merchant` (as the owner), in chunks, with progress.
-/// Returns the highest id.
+/// Returns the merchant's order ids (they are scrambled, migration 0022, so the
+/// load must be told them rather than guess a range).
 pub async fn seed_legacy_orders(
     owner: &PgPool,
     merchant: Uuid,
     rows: i64,
     progress: bool,
-) -> Result<i64, sqlx::Error> {
+) -> Result<Vec<i64>, sqlx::Error> {
     const CHUNK: i64 = 200_000;
     let bar = if progress {
         ProgressBar::new(rows as u64)
@@ -54,9 +55,12 @@ pub async fn seed_legacy_orders(
     }
     bar.finish_and_clear();
     sqlx::query!("analyze legacy_orders").execute(owner).await?;
-    sqlx::query_scalar!(r#"select coalesce(max(id), 0) as "max_id!" from legacy_orders"#)
-        .fetch_one(owner)
-        .await
+    sqlx::query_scalar!(
+        "select id from legacy_orders where merchant_id = $1",
+        merchant
+    )
+    .fetch_all(owner)
+    .await
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,32 +81,40 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn start(base: &str, key: &str, max_id: i64, rate_per_second: u32, workers: usize) -> Load {
+    pub fn start(
+        base: &str,
+        key: &str,
+        known_ids: Vec<i64>,
+        rate_per_second: u32,
+        workers: usize,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let phase = Arc::new(Mutex::new("before".to_owned()));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let max_id = Arc::new(AtomicI64::new(max_id));
+        let known_ids = Arc::new(Mutex::new(known_ids));
         let client = reqwest::Client::new();
         let interval = Duration::from_secs_f64(workers as f64 / f64::from(rate_per_second.max(1)));
         let tasks = (0..workers)
             .map(|_| {
-                let (stop, phase, samples, max_id) = (stop.clone(), phase.clone(), samples.clone(), max_id.clone());
+                let (stop, phase, samples, known_ids) = (stop.clone(), phase.clone(), samples.clone(), known_ids.clone());
                 let (client, base, key) = (client.clone(), base.to_owned(), key.to_owned());
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(interval);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     while !stop.load(Ordering::Relaxed) {
                         tick.tick().await;
-                        let (write, id) = {
+                        let (write, n, id) = {
                             let mut rng = rand::rng();
-                            (rng.random_ratio(1, 5), rng.random_range(1..=max_id.load(Ordering::Relaxed).max(1)))
+                            let ids = known_ids.lock().unwrap_or_else(|p| p.into_inner());
+                            let id = if ids.is_empty() { 1 } else { ids[rng.random_range(0..ids.len())] };
+                            (rng.random_ratio(1, 5), rng.random_range(1..100_000i64), id)
                         };
                         let label = phase.lock().map(|p| p.clone()).unwrap_or_default();
                         let sent = Instant::now();
                         let request = if write {
                             client.post(format!("{base}/v1/legacy-orders")).json(&json!({
-                                "customer": {"email": format!("customer{}@example.com", id % 5000), "name": format!("Customer {}", id % 5000)},
-                                "total": {"amount": id % 100000, "currency": "EUR"}
+                                "customer": {"email": format!("customer{}@example.com", n % 5000), "name": format!("Customer {}", n % 5000)},
+                                "total": {"amount": n, "currency": "EUR"}
                             }))
                         } else {
                             client.get(format!("{base}/v1/legacy-orders/{id}"))
@@ -112,7 +124,7 @@ impl Load {
                                 if write {
                                     if let Ok(body) = resp.json::<serde_json::Value>().await {
                                         if let Some(new_id) = body["id"].as_i64() {
-                                            max_id.fetch_max(new_id, Ordering::Relaxed);
+                                            known_ids.lock().unwrap_or_else(|p| p.into_inner()).push(new_id);
                                         }
                                     }
                                 }

@@ -199,7 +199,7 @@ async fn plain_copy(owner: &PgPool, s: &Scenario, rows: i64) -> anyhow::Result<V
 
 async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
     println!("seeding {} legacy orders", opts.rows);
-    let max_id = seed_legacy_orders(&h.owner, h.merchant, opts.rows, true).await?;
+    let known_ids = seed_legacy_orders(&h.owner, h.merchant, opts.rows, true).await?;
     println!(
         "seeding {} items keyed (merchant_id uuid, id uuid)",
         opts.rows
@@ -241,7 +241,7 @@ async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
         .execute(&h.owner)
         .await?;
 
-    let load = Load::start(&h.base, &h.key, max_id, opts.rate, 8);
+    let load = Load::start(&h.base, &h.key, known_ids, opts.rate, 8);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut runs = Vec::new();
     for (i, (s, migrator)) in scenarios.iter().zip(&migrators).enumerate() {

@@ -70,9 +70,11 @@ pub struct NewLegacyOrder {
     pub total: Money,
 }
 
-/// A fresh order id (one sequence serves both shapes, so ids never collide).
+/// A fresh order id (one sequence serves both shapes, so ids never collide),
+/// scrambled so that it does not show how many orders the cell took
+/// (migration 0022).
 pub async fn next_id(tx: &mut TenantTx) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(r#"select nextval('legacy_orders_id_seq') as "id!""#)
+    sqlx::query_scalar!(r#"select next_legacy_order_id() as "id!""#)
         .fetch_one(tx.conn())
         .await
 }

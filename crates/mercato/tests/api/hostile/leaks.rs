@@ -260,3 +260,66 @@ async fn the_platforms_figures_are_not_on_the_public_listener() {
     // The operator's listener has them.
     assert!(app.metrics().await.contains("http_requests_total"));
 }
+
+#[tokio::test]
+async fn a_legacy_order_id_does_not_count_the_other_merchants_orders() {
+    let app = TestApp::spawn().await;
+    let watcher = app.create_merchant("watcher").await;
+    let busy = app.create_merchant("busy").await;
+    let order = |n: i64| {
+        serde_json::json!({
+            "customer": {"email": format!("c{n}@example.com"), "name": "C"},
+            "total": {"amount": 100, "currency": "EUR"}
+        })
+    };
+    let place = |key: String, n: i64| {
+        let app = &app;
+        async move {
+            let r = app.post("/v1/legacy-orders", &key, order(n)).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r.body["id"].as_i64().expect("an integer id")
+        }
+    };
+    let first = place(watcher.key.clone(), 0).await;
+    for n in 0..50 {
+        place(busy.key.clone(), n).await;
+    }
+    let second = place(watcher.key.clone(), 1).await;
+    // Before migration 0022 the two were 51 apart, whatever the watcher did.
+    assert_ne!(
+        second - first,
+        51,
+        "the gap counts the busy merchant's orders"
+    );
+    let mut own = vec![first, second];
+    for n in 2..12 {
+        own.push(place(watcher.key.clone(), n).await);
+    }
+    let mut sorted = own.clone();
+    sorted.sort_unstable();
+    assert_ne!(
+        own, sorted,
+        "ids in the order they were given out: a counter"
+    );
+    assert!(
+        own.iter().all(|id| (1..=1 << 52).contains(id)),
+        "ids are exact in JavaScript: {own:?}"
+    );
+    sorted.dedup();
+    assert_eq!(sorted.len(), own.len(), "ids are unique");
+    // The request role reaches neither the key nor the raw counter.
+    for sql in [
+        "select key from legacy_order_id_key",
+        "select nextval('legacy_orders_id_seq')",
+        "select last_value from legacy_orders_id_seq",
+    ] {
+        let refused = sqlx::query(sql)
+            .execute(&app.app_pool)
+            .await
+            .expect_err(sql);
+        assert!(
+            refused.to_string().contains("permission denied"),
+            "{sql}: {refused}"
+        );
+    }
+}
