@@ -19,7 +19,7 @@
 //! | context | tables |
 //! |---|---|
 //! | `tenancy` | `merchants`, `api_keys` |
-//! | `catalog` | `products`, `variants` |
+//! | `catalog` | `products`, `variants`, `variant_prices` |
 //! | `inventory` | `stock`, `reservations`, `reservation_items`, `stock_sales` |
 //! | `checkout` | `orders`, `order_items`, `order_refunds`, `order_refund_lines` |
 //! | `payments` (sandbox provider) | `payments`, `payment_refunds` |

@@ -562,7 +562,7 @@ impl Exporter {
                 name: p.name,
                 list_price: p.price,
                 currency: p.currency,
-                valid_from: p.created_at,
+                valid_from: p.valid_from,
             };
             facts.products.push(version.clone());
             self.remember(version);

@@ -5,21 +5,30 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::model::{CreateProductBody, PatchProductBody};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::model::{CreateProductBody, PatchProductBody, PatchVariantBody, VariantBody};
 use super::store::{self, CatalogError, Product};
-use super::{NewProduct, ProductPatch};
+use super::{
+    search, variants, NewProduct, NewVariant, ProductFilter, ProductPatch, VariantDetail,
+    VariantPatch,
+};
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
 use crate::tenancy::Tenant;
 use crate::validation::FieldError;
 
-/// `DELETE /v1/products/{id}` is inventory's (`inventory::http`): whether a
-/// product may go depends on its reserved units.
+/// `DELETE /v1/products/{id}` and `DELETE /v1/products/{id}/variants/{sku}`
+/// are inventory's (`inventory::http`): whether they may go depends on
+/// reserved units.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_products, post_product))
         .routes(routes!(get_product, patch_product))
+        .routes(routes!(post_variant))
+        .routes(routes!(get_variant, patch_variant))
 }
 
 /// An id that does not parse names no object of this merchant: 404, like any other.
@@ -65,8 +74,25 @@ pub async fn post_product(
     Ok((StatusCode::CREATED, Json(product)))
 }
 
-/// Lists products, oldest first.
-#[utoipa::path(get, path = "/v1/products", params(PageParams),
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ProductListParams {
+    /// A prefix of the product's name or of one of its SKUs, any case.
+    pub q: Option<String>,
+    /// `active` or `archived`.
+    pub status: Option<String>,
+    /// Only the product that has this SKU.
+    pub sku: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
+    pub limit: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// Lists products, oldest first, optionally filtered.
+#[utoipa::path(get, path = "/v1/products", params(ProductListParams),
     security(("api_key" = [])),
     responses(
         (status = 200, body = List<Product>),
@@ -74,13 +100,21 @@ pub async fn post_product(
     ))]
 pub async fn list_products(
     tenant: Tenant,
-    ApiQuery(params): ApiQuery<PageParams>,
+    ApiQuery(params): ApiQuery<ProductListParams>,
 ) -> Result<Json<List<Product>>, ApiError> {
-    let page = Page::parse(&params)?;
+    let page = Page::parse(&PageParams {
+        limit: params.limit.clone(),
+        cursor: params.cursor.clone(),
+    })?;
+    let filter = ProductFilter::parse(
+        params.q.as_deref(),
+        params.status.as_deref(),
+        params.sku.as_deref(),
+    )?;
     let mut tx = tenant.begin().await?;
-    let rows = store::list_products(&mut tx, page).await?;
+    let rows = search::list_products(&mut tx, &filter, page).await?;
     tx.commit().await?;
-    Ok(Json(List::from_rows(rows, page, |p| p.id)))
+    Ok(Json(List::from_rows(rows, page, search::product_id)))
 }
 
 /// A product with its variants.
@@ -101,7 +135,7 @@ pub async fn get_product(
     product.map(Json).ok_or(ApiError::NotFound("product"))
 }
 
-/// Changes a product's name or description.
+/// Changes a product's name, description or status (`archived`: no longer sold).
 #[utoipa::path(patch, path = "/v1/products/{id}", params(("id" = String, Path)),
     request_body = PatchProductBody,
     security(("api_key" = [])),
@@ -121,4 +155,82 @@ pub async fn patch_product(
     let product = store::update_product(&mut tx, id, &patch).await?;
     tx.commit().await?;
     product.map(Json).ok_or(ApiError::NotFound("product"))
+}
+
+/// Adds a variant to a product.
+#[utoipa::path(post, path = "/v1/products/{id}/variants", params(("id" = String, Path)),
+    request_body = VariantBody,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, body = VariantDetail),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "duplicate SKU"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn post_variant(
+    tenant: Tenant,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<VariantBody>,
+) -> Result<(StatusCode, Json<VariantDetail>), ApiError> {
+    let id = product_id(&id)?;
+    let new = NewVariant::parse(&body)?;
+    let mut tx = tenant.begin().await?;
+    let added = variants::add_variant(&mut tx, id, &new)
+        .await
+        .map_err(|e| match e {
+            CatalogError::DuplicateSku { sku, .. } => ApiError::Conflict {
+                kind: "duplicate-sku",
+                title: "Duplicate SKU",
+                detail: format!("SKU {sku:?} already exists for this merchant"),
+                errors: vec![FieldError::new("sku", "already exists")],
+            },
+            CatalogError::Db(e) => e.into(),
+        })?;
+    tx.commit().await?;
+    let added = added.ok_or(ApiError::NotFound("product"))?;
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
+/// A variant with every price it has had.
+#[utoipa::path(get, path = "/v1/products/{id}/variants/{sku}",
+    params(("id" = String, Path), ("sku" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = VariantDetail),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_variant(
+    tenant: Tenant,
+    Path((id, sku)): Path<(String, String)>,
+) -> Result<Json<VariantDetail>, ApiError> {
+    let id = product_id(&id)?;
+    let mut tx = tenant.begin().await?;
+    let variant = variants::variant_detail(&mut tx, id, &sku).await?;
+    tx.commit().await?;
+    variant.map(Json).ok_or(ApiError::NotFound("variant"))
+}
+
+/// Changes a variant's price. The old price stays in its history: orders keep
+/// the price they were sold at, analytics keeps a version of the product per
+/// price.
+#[utoipa::path(patch, path = "/v1/products/{id}/variants/{sku}",
+    params(("id" = String, Path), ("sku" = String, Path)),
+    request_body = PatchVariantBody,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = VariantDetail),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn patch_variant(
+    tenant: Tenant,
+    Path((id, sku)): Path<(String, String)>,
+    ApiJson(body): ApiJson<PatchVariantBody>,
+) -> Result<Json<VariantDetail>, ApiError> {
+    let id = product_id(&id)?;
+    let patch = VariantPatch::parse(&body)?;
+    let mut tx = tenant.begin().await?;
+    let variant = variants::change_variant(&mut tx, id, &sku, &patch).await?;
+    tx.commit().await?;
+    variant.map(Json).ok_or(ApiError::NotFound("variant"))
 }

@@ -115,6 +115,32 @@ pub struct VariantBody {
     pub price: Money,
 }
 
+/// Whether a product is sold. An archived one stays in the catalog (orders
+/// name it) but no checkout takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProductStatus {
+    Active,
+    Archived,
+}
+
+impl ProductStatus {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "active" => Ok(ProductStatus::Active),
+            "archived" => Ok(ProductStatus::Archived),
+            _ => Err("must be active or archived".to_owned()),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductStatus::Active => "active",
+            ProductStatus::Archived => "archived",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchProductBody {
@@ -126,6 +152,17 @@ pub struct PatchProductBody {
     #[serde(default, with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
+    /// `active` or `archived` (an archived product is not sold).
+    #[serde(default)]
+    #[schema(value_type = Option<ProductStatus>)]
+    pub status: Option<String>,
+}
+
+/// A new price for a variant; the old one stays in its history.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchVariantBody {
+    pub price: Option<Money>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -208,6 +245,7 @@ impl NewProduct {
 pub struct ProductPatch {
     pub name: Option<String>,
     pub description: Option<Option<String>>,
+    pub status: Option<ProductStatus>,
 }
 
 impl ProductPatch {
@@ -224,10 +262,46 @@ impl ProductPatch {
                 .map(|d| Some(Some(d))),
             other => Some(other.clone()),
         };
+        let status = match &body.status {
+            None => Some(None),
+            Some(raw) => errors.check("status", ProductStatus::parse(raw)).map(Some),
+        };
         errors.finish(
             name.zip(description)
-                .map(|(name, description)| ProductPatch { name, description }),
+                .zip(status)
+                .map(|((name, description), status)| ProductPatch {
+                    name,
+                    description,
+                    status,
+                }),
         )
+    }
+}
+
+impl NewVariant {
+    /// One variant added to an existing product (`POST …/variants`).
+    pub fn parse(body: &VariantBody) -> Result<Self, Invalid> {
+        let mut errors = FieldErrors::default();
+        let sku = errors.check("sku", Sku::parse(&body.sku));
+        let price = Money::parse_price(&body.price, "price", &mut errors);
+        errors.finish(sku.zip(price).map(|(sku, price)| NewVariant { sku, price }))
+    }
+}
+
+/// What a variant's `PATCH` changes: its price, for now.
+#[derive(Debug)]
+pub struct VariantPatch {
+    pub price: Option<Money>,
+}
+
+impl VariantPatch {
+    pub fn parse(body: &PatchVariantBody) -> Result<Self, Invalid> {
+        let mut errors = FieldErrors::default();
+        let price = match &body.price {
+            None => Some(None),
+            Some(p) => Money::parse_price(p, "price", &mut errors).map(Some),
+        };
+        errors.finish(price.map(|price| VariantPatch { price }))
     }
 }
 

@@ -5,10 +5,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Money, NewProduct, ProductPatch};
+use super::model::ProductStatus;
+use super::{Money, NewProduct, NewVariant, ProductPatch};
 use crate::db::{violates, TenantTx};
 use crate::events::EventType;
-use crate::pagination::Page;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -23,6 +23,8 @@ pub struct Product {
     pub id: Uuid,
     pub name: String,
     pub description: Option<String>,
+    pub status: ProductStatus,
+    /// Archived variants included (their `status` says so).
     pub variants: Vec<Variant>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -33,22 +35,44 @@ pub struct Variant {
     pub id: Uuid,
     pub sku: String,
     pub price: Money,
+    /// `archived`: deleted by the merchant, no longer sold.
+    pub status: ProductStatus,
 }
 
-struct ProductRow {
-    id: Uuid,
-    name: String,
-    description: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+pub(super) struct ProductRow {
+    pub(super) id: Uuid,
+    pub(super) name: String,
+    pub(super) description: Option<String>,
+    pub(super) status: String,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) updated_at: DateTime<Utc>,
 }
 
-struct VariantRow {
-    id: Uuid,
-    product_id: Uuid,
-    sku: String,
-    price_amount: i64,
-    currency: String,
+pub(super) struct VariantRow {
+    pub(super) id: Uuid,
+    pub(super) product_id: Uuid,
+    pub(super) sku: String,
+    pub(super) price_amount: i64,
+    pub(super) currency: String,
+    pub(super) archived: bool,
+}
+
+impl From<VariantRow> for Variant {
+    fn from(v: VariantRow) -> Self {
+        Variant {
+            id: v.id,
+            sku: v.sku,
+            price: Money {
+                amount: v.price_amount,
+                currency: v.currency,
+            },
+            status: if v.archived {
+                ProductStatus::Archived
+            } else {
+                ProductStatus::Active
+            },
+        }
+    }
 }
 
 pub async fn create_product(tx: &mut TenantTx, new: &NewProduct) -> Result<Product, CatalogError> {
@@ -64,24 +88,9 @@ pub async fn create_product(tx: &mut TenantTx, new: &NewProduct) -> Result<Produ
     .execute(tx.conn())
     .await?;
     for (index, variant) in new.variants.iter().enumerate() {
-        sqlx::query!(
-            "insert into variants (merchant_id, id, product_id, sku, price_amount, currency)
-             values ($1, $2, $3, $4, $5, $6)",
-            merchant,
-            Uuid::now_v7(),
-            id,
-            variant.sku.as_str(),
-            variant.price.amount,
-            variant.price.currency,
-        )
-        .execute(tx.conn())
-        .await
-        .map_err(|e| match violates(&e, "variants_sku_unique") {
-            true => CatalogError::DuplicateSku {
-                index,
-                sku: variant.sku.as_str().to_owned(),
-            },
-            false => e.into(),
+        insert_variant(tx, id, variant).await.map_err(|e| match e {
+            CatalogError::DuplicateSku { sku, .. } => CatalogError::DuplicateSku { index, sku },
+            other => other,
         })?;
     }
     let product = get_product(tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
@@ -89,9 +98,49 @@ pub async fn create_product(tx: &mut TenantTx, new: &NewProduct) -> Result<Produ
     Ok(product)
 }
 
+/// Inserts a variant of `product` with its first price period.
+pub(super) async fn insert_variant(
+    tx: &mut TenantTx,
+    product: Uuid,
+    variant: &NewVariant,
+) -> Result<Uuid, CatalogError> {
+    let merchant = tx.merchant_id().0;
+    let id = Uuid::now_v7();
+    sqlx::query!(
+        "insert into variants (merchant_id, id, product_id, sku, price_amount, currency)
+         values ($1, $2, $3, $4, $5, $6)",
+        merchant,
+        id,
+        product,
+        variant.sku.as_str(),
+        variant.price.amount,
+        variant.price.currency,
+    )
+    .execute(tx.conn())
+    .await
+    .map_err(|e| match violates(&e, "variants_sku_unique") {
+        true => CatalogError::DuplicateSku {
+            index: 0,
+            sku: variant.sku.as_str().to_owned(),
+        },
+        false => e.into(),
+    })?;
+    sqlx::query!(
+        "insert into variant_prices (merchant_id, variant_id, valid_from, price_amount, currency)
+         values ($1, $2, now(), $3, $4)",
+        merchant,
+        id,
+        variant.price.amount,
+        variant.price.currency,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(id)
+}
+
 /// A product's event: its name and its variants' prices as of this write
 /// (analytics keeps each as a version of the product).
-async fn announce(
+pub(super) async fn announce(
     tx: &mut TenantTx,
     kind: EventType,
     product: &Product,
@@ -113,7 +162,7 @@ async fn announce(
 pub async fn get_product(tx: &mut TenantTx, id: Uuid) -> Result<Option<Product>, sqlx::Error> {
     let row = sqlx::query_as!(
         ProductRow,
-        "select id, name, description, created_at, updated_at
+        "select id, name, description, status, created_at, updated_at
          from products where merchant_id = $1 and id = $2",
         tx.merchant_id().0,
         id,
@@ -126,22 +175,6 @@ pub async fn get_product(tx: &mut TenantTx, id: Uuid) -> Result<Option<Product>,
     }
 }
 
-/// Products in id order (creation order), after the page's cursor.
-pub async fn list_products(tx: &mut TenantTx, page: Page) -> Result<Vec<Product>, sqlx::Error> {
-    let rows = sqlx::query_as!(
-        ProductRow,
-        "select id, name, description, created_at, updated_at from products
-         where merchant_id = $1 and ($2::uuid is null or id > $2)
-         order by id limit $3",
-        tx.merchant_id().0,
-        page.after,
-        page.fetch_limit(),
-    )
-    .fetch_all(tx.conn())
-    .await?;
-    with_variants(tx, rows).await
-}
-
 pub async fn update_product(
     tx: &mut TenantTx,
     id: Uuid,
@@ -151,6 +184,7 @@ pub async fn update_product(
         "update products set
              name = coalesce($3, name),
              description = case when $4 then $5 else description end,
+             status = coalesce($6, status),
              updated_at = now()
          where merchant_id = $1 and id = $2",
         tx.merchant_id().0,
@@ -158,6 +192,7 @@ pub async fn update_product(
         patch.name,
         patch.description.is_some(),
         patch.description.clone().flatten(),
+        patch.status.map(ProductStatus::as_str),
     )
     .execute(tx.conn())
     .await?;
@@ -183,15 +218,15 @@ pub async fn delete_product(tx: &mut TenantTx, id: Uuid) -> Result<bool, sqlx::E
     Ok(deleted.rows_affected() > 0)
 }
 
-async fn with_variants(
+pub(super) async fn with_variants(
     tx: &mut TenantTx,
     rows: Vec<ProductRow>,
 ) -> Result<Vec<Product>, sqlx::Error> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let variants = sqlx::query_as!(
         VariantRow,
-        "select id, product_id, sku, price_amount, currency from variants
-         where merchant_id = $1 and product_id = any($2) order by id",
+        r#"select id, product_id, sku, price_amount, currency, archived_at is not null as "archived!"
+         from variants where merchant_id = $1 and product_id = any($2) order by id"#,
         tx.merchant_id().0,
         &ids,
     )
@@ -200,42 +235,43 @@ async fn with_variants(
     let mut by_product: std::collections::HashMap<Uuid, Vec<Variant>> =
         std::collections::HashMap::new();
     for v in variants {
-        by_product.entry(v.product_id).or_default().push(Variant {
-            id: v.id,
-            sku: v.sku,
-            price: Money {
-                amount: v.price_amount,
-                currency: v.currency,
-            },
-        });
+        by_product.entry(v.product_id).or_default().push(v.into());
     }
-    Ok(rows
-        .into_iter()
-        .map(|r| Product {
-            variants: by_product.remove(&r.id).unwrap_or_default(),
-            id: r.id,
-            name: r.name,
-            description: r.description,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
+    rows.into_iter()
+        .map(|r| {
+            Ok(Product {
+                variants: by_product.remove(&r.id).unwrap_or_default(),
+                status: ProductStatus::parse(&r.status).map_err(|e| {
+                    sqlx::Error::Decode(format!("products.status {:?}: {e}", r.status).into())
+                })?,
+                id: r.id,
+                name: r.name,
+                description: r.description,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            })
         })
-        .collect())
+        .collect()
 }
 
-/// A catalog price: the unit price of one SKU.
+/// A catalog price: the unit price of one SKU, and whether it is sold (its
+/// variant and its product are active).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Price {
     pub sku: String,
     pub amount: i64,
     pub currency: String,
+    pub for_sale: bool,
 }
 
-/// Unit prices of those of `skus` that are in the catalog.
+/// Unit prices of those of `skus` that are in the catalog, archived or not.
 pub async fn prices(tx: &mut TenantTx, skus: &[&str]) -> Result<Vec<Price>, sqlx::Error> {
     sqlx::query_as!(
         Price,
-        "select sku, price_amount as amount, currency from variants
-         where merchant_id = $1 and sku = any($2)",
+        r#"select v.sku, v.price_amount as amount, v.currency,
+                  (v.archived_at is null and p.status = 'active') as "for_sale!"
+         from variants v join products p on p.merchant_id = v.merchant_id and p.id = v.product_id
+         where v.merchant_id = $1 and v.sku = any($2)"#,
         tx.merchant_id().0,
         skus as &[&str],
     )
@@ -263,11 +299,13 @@ pub struct ProductFacts {
     pub name: String,
     pub price: i64,
     pub currency: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// From when this price was in force.
+    pub valid_from: chrono::DateTime<chrono::Utc>,
 }
 
-/// The products of `keys` (merchant, SKU) that exist, read by key across
-/// merchants (the worker role).
+/// The products of `keys` (merchant, SKU) that exist, one fact per price the
+/// SKU has had (from when it was in force), read by key across merchants
+/// (the worker role).
 pub async fn product_facts(
     pool: &sqlx::PgPool,
     keys: &[(Uuid, String)],
@@ -275,11 +313,18 @@ pub async fn product_facts(
     let (merchants, skus): (Vec<Uuid>, Vec<String>) = keys.iter().cloned().unzip();
     type Row = (Uuid, Uuid, String, String, i64, String, DateTime<Utc>);
     let rows: Vec<Row> = sqlx::query_as(
-        "select v.merchant_id, p.id, v.sku, p.name, v.price_amount, v.currency, p.created_at
+        "select v.merchant_id, p.id, v.sku, p.name, vp.price_amount, vp.currency,
+                case when vp.valid_from = first.valid_from then least(p.created_at, vp.valid_from)
+                     else vp.valid_from end
              from variants v
              join unnest($1::uuid[], $2::text[]) k (merchant_id, sku)
                on v.merchant_id = k.merchant_id and v.sku = k.sku
-             join products p on p.merchant_id = v.merchant_id and p.id = v.product_id",
+             join products p on p.merchant_id = v.merchant_id and p.id = v.product_id
+             join variant_prices vp on vp.merchant_id = v.merchant_id and vp.variant_id = v.id
+             cross join lateral (
+                 select min(valid_from) as valid_from from variant_prices f
+                 where f.merchant_id = v.merchant_id and f.variant_id = v.id
+             ) first",
     )
     .bind(&merchants)
     .bind(&skus)
@@ -294,7 +339,7 @@ pub async fn product_facts(
             name: r.3,
             price: r.4,
             currency: r.5,
-            created_at: r.6,
+            valid_from: r.6,
         })
         .collect())
 }

@@ -132,6 +132,15 @@ impl From<CheckoutError> for ApiError {
             CheckoutError::MixedCurrencies => {
                 ApiError::field("items", "all items must be priced in one currency")
             }
+            CheckoutError::NotForSale { sku, line } => ApiError::Conflict {
+                kind: "not-for-sale",
+                title: "Not for sale",
+                detail: format!("SKU {sku:?} is archived (or its product is); it is not sold"),
+                errors: vec![FieldError::new(
+                    format!("items[{line}].sku"),
+                    "is archived",
+                )],
+            },
             CheckoutError::Pricing(e) => ApiError::field("items", format!("cannot be priced: {e}")),
             CheckoutError::PromoExhausted(rule) => ApiError::Conflict {
                 kind: "promo-code-exhausted",

@@ -40,6 +40,9 @@ pub enum CheckoutError {
     Reserve(#[from] ReserveError),
     #[error("items have different currencies")]
     MixedCurrencies,
+    /// The SKU of line `line` is archived, or its product is.
+    #[error("SKU {sku:?} is not for sale")]
+    NotForSale { sku: String, line: usize },
     /// The cart cannot be priced (currency other than the rules', settings, overflow).
     #[error(transparent)]
     Pricing(#[from] ::pricing::PricingError),
@@ -101,11 +104,17 @@ pub async fn cart_for(
     let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
     let prices = catalog::prices(tx, &skus).await?;
     let mut priced_lines = Vec::with_capacity(lines.len());
-    for line in lines {
+    for (index, line) in lines.iter().enumerate() {
         let price = prices
             .iter()
             .find(|p| p.sku == line.sku.as_str())
             .ok_or_else(|| ReserveError::unknown_sku(line.sku.as_str()).locate(lines))?;
+        if !price.for_sale {
+            return Err(CheckoutError::NotForSale {
+                sku: price.sku.clone(),
+                line: index,
+            });
+        }
         // Quantities are at most MAX_QUANTITY (10,000): they fit.
         let quantity = u32::try_from(line.quantity).unwrap_or(u32::MAX);
         priced_lines.push(::pricing::Line::new(

@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::model::{parse_lines, parse_ttl, ItemBody, ReservationStatus, StrategyParam};
-use super::products::ProductDeletion;
+use super::products::{ProductDeletion, VariantArchival};
 use super::store::{self, InventoryError, Reservation, ReserveError, Settlement, StockLevel};
 use crate::catalog::Sku;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
@@ -23,6 +23,39 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_reservation))
         .routes(routes!(release_reservation))
         .routes(routes!(delete_product))
+        .routes(routes!(delete_variant))
+}
+
+/// Archives a variant: it is no longer sold, and orders still name it (409
+/// while any of its units are reserved).
+#[utoipa::path(delete, path = "/v1/products/{id}/variants/{sku}",
+    params(("id" = String, Path), ("sku" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 204),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "units reserved"),
+    ))]
+pub async fn delete_variant(
+    tenant: Tenant,
+    Path((id, sku)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id = ApiError::path_id(&id, "product")?;
+    let mut tx = tenant.begin().await?;
+    let archival = super::archive_variant(&mut tx, id, &sku).await?;
+    tx.commit().await?;
+    match archival {
+        VariantArchival::Archived => Ok(StatusCode::NO_CONTENT),
+        VariantArchival::NotFound => Err(ApiError::NotFound("variant")),
+        VariantArchival::UnitsReserved(units) => Err(ApiError::Conflict {
+            kind: "variant-has-reservations",
+            title: "Variant has reserved units",
+            detail: format!(
+                "{units} units of SKU {sku:?} are reserved; release them or let them expire first"
+            ),
+            errors: vec![FieldError::new("sku", format!("{units} units reserved"))],
+        }),
+    }
 }
 
 /// Deletes a product and its variants (409 while any of its units are reserved).

@@ -20,7 +20,7 @@ pub use admission::Admission;
 pub use model::{
     allocate_in_order, parse_lines, parse_ttl, ItemBody, Line, ReservationStatus, StrategyParam,
 };
-pub use products::{delete_product, ProductDeletion};
+pub use products::{archive_variant, delete_product, ProductDeletion, VariantArchival};
 pub use store::{
     expire_due_reservations, get_reservation, get_stock, hold_for_order, lock_reserved_units,
     set_on_hand, settle_reservation, InventoryError, Reservation, ReserveError, Settlement,

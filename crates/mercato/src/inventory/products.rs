@@ -1,5 +1,5 @@
-//! Deleting a product: stock decides, since a product may not go while any
-//! of its units are reserved (a buyer's checkout holds them).
+//! Deleting a product or archiving a variant: stock decides, since neither
+//! may go while any of its units are reserved (a buyer's checkout holds them).
 
 use uuid::Uuid;
 
@@ -30,5 +30,35 @@ pub async fn delete_product(tx: &mut TenantTx, id: Uuid) -> Result<ProductDeleti
         ProductDeletion::Deleted
     } else {
         ProductDeletion::NotFound
+    })
+}
+
+/// What became of a variant asked to be archived.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VariantArchival {
+    Archived,
+    NotFound,
+    /// This many of its units are reserved: nothing changed.
+    UnitsReserved(i64),
+}
+
+/// Archives the variant `sku` of `product` unless units of it are reserved
+/// (the stock row stays locked from the check to the update).
+pub async fn archive_variant(
+    tx: &mut TenantTx,
+    product: Uuid,
+    sku: &str,
+) -> Result<VariantArchival, sqlx::Error> {
+    if catalog::variant_detail(tx, product, sku).await?.is_none() {
+        return Ok(VariantArchival::NotFound);
+    }
+    let reserved = super::lock_reserved_units(tx, &[sku.to_owned()]).await?;
+    if reserved > 0 {
+        return Ok(VariantArchival::UnitsReserved(reserved));
+    }
+    Ok(if catalog::archive_variant(tx, product, sku).await? {
+        VariantArchival::Archived
+    } else {
+        VariantArchival::NotFound
     })
 }
