@@ -26,9 +26,10 @@
 //! | `pricing` | `pricing_settings`, `pricing_rule_revisions`, `pricing_rule_usage`, `pricing_customer_usage`, `pricing_order_uses`, `pricing_rollouts`, `pricing_rollout_orders`, `pricing_alerts` |
 //! | `events` | `events`, `webhook_endpoints`, `webhook_deliveries`, `webhook_attempts` |
 //! | `remediation` | `remediation_incidents`, `order_adjustments`, `remediation_effects` |
+//! | `customers` | `customers` |
 //! | `wallet` | `wallets`, `wallet_entries` |
 //! | `mail` | `mail_outbox` |
-//! | `legacy_orders` | `legacy_orders`, `legacy_order_id_key`, `order_records`, `customers` (the pgshift demo migration) |
+//! | `legacy_orders` | `legacy_orders`, `legacy_order_id_key`, `order_records`, `legacy_customers` (the pgshift demo migration) |
 //! | `cells` | `tenant_directory`, `tenant_moves`, `cell_absent`, `move_changes` |
 //! | `idempotency` | `idempotency_keys` |
 //!
@@ -45,6 +46,7 @@ pub mod catalog;
 pub mod cells;
 pub mod checkout;
 pub mod config;
+pub mod customers;
 pub mod db;
 pub mod demo;
 pub mod events;

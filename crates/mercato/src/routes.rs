@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog::http::routes())
         .merge(inventory::http::routes())
         .merge(checkout::http::routes())
+        .merge(crate::customers::http::routes())
         .merge(pricing::http::routes())
         .merge(events::http::routes())
         .merge(remediation::http::routes())

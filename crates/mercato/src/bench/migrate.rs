@@ -220,7 +220,7 @@ async fn measure(opts: &Options, h: &Harness) -> anyhow::Result<()> {
         Scenario {
             label: "legacy_orders (bigint key)",
             plan: Plan::parse(legacy_orders::PLAN)?,
-            targets: &["order_records", "customers"],
+            targets: &["order_records", "legacy_customers"],
         },
         Scenario {
             label: "bench_items (merchant_id uuid, id uuid)",

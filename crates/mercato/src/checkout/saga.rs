@@ -245,8 +245,10 @@ impl Checkout {
             order_id,
         )
         .await?;
+        let customer_id = crate::customers::link(&mut tx, &new.email).await?;
         let order = NewOrder {
             id: order_id,
+            customer_id,
             idempotency_key,
             email: &new.email,
             payment_method: &new.payment_method,
@@ -278,7 +280,7 @@ impl Checkout {
         crate::events::emit(
             &mut tx,
             EventType::OrderCreated,
-            json!({"order_id": order_id, "customer_email": new.email,
+            json!({"order_id": order_id, "customer_id": customer_id, "customer_email": new.email,
                    "total": {"amount": order.total, "currency": order.currency}}),
         )
         .await?;

@@ -47,6 +47,9 @@ pub struct OrderItem {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Customer {
+    /// The customer record (`GET /v1/customers/{id}`); `null` on an order
+    /// placed before customers existed that the backfill has not reached.
+    pub id: Option<Uuid>,
     pub email: String,
 }
 
@@ -89,6 +92,7 @@ struct OrderRow {
     status: OrderStatus,
     saga_step: Step,
     customer_email: String,
+    customer_id: Option<Uuid>,
     payment_method: String,
     promo_code: Option<String>,
     reservation_id: Uuid,
@@ -106,6 +110,7 @@ struct OrderRow {
 
 pub struct NewOrder<'a> {
     pub id: Uuid,
+    pub customer_id: Uuid,
     pub idempotency_key: Option<&'a str>,
     pub email: &'a str,
     pub payment_method: &'a str,
@@ -131,8 +136,8 @@ pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<boo
     let inserted = sqlx::query!(
         "insert into orders (merchant_id, id, idempotency_key, status, saga_step, customer_email, payment_method,
                              promo_code, reservation_id, total_amount, currency, calculator_version,
-                             ruleset_revision, pricing, wallet_amount)
-         values ($1, $2, $3, 'pending', 'reserved', $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13)",
+                             ruleset_revision, pricing, wallet_amount, customer_id)
+         values ($1, $2, $3, 'pending', 'reserved', $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13, $14)",
         merchant,
         order.id,
         order.idempotency_key,
@@ -146,6 +151,7 @@ pub async fn insert_order(tx: &mut TenantTx, order: &NewOrder<'_>) -> Result<boo
         order.ruleset_revision,
         order.pricing,
         order.wallet_amount,
+        order.customer_id,
     )
     .execute(tx.conn())
     .await;
@@ -229,7 +235,7 @@ pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sql
     let row = sqlx::query_as!(
         OrderRow,
         r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
-                  payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
+                  customer_id, payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
                   failure_reason, wallet_amount, created_at, updated_at, calculator_version,
                   ruleset_revision, pricing::text as pricing
          from orders where merchant_id = $1 and id = $2"#,
@@ -248,7 +254,7 @@ pub async fn list_orders(tx: &mut TenantTx, page: Page) -> Result<Vec<Order>, sq
     let rows = sqlx::query_as!(
         OrderRow,
         r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
-                  payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
+                  customer_id, payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
                   failure_reason, wallet_amount, created_at, updated_at, calculator_version,
                   ruleset_revision, pricing::text as pricing
          from orders where merchant_id = $1 and ($2::uuid is null or id > $2)
@@ -307,6 +313,7 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
                 currency: r.currency.clone(),
             },
             customer: Customer {
+                id: r.customer_id,
                 email: r.customer_email,
             },
             payment_method: r.payment_method,

@@ -1,5 +1,5 @@
 //! Both shapes of an order: the legacy row (numeric money, customer inline) and
-//! the new one (integer minor units, customer in `customers`).
+//! the new one (integer minor units, customer in `legacy_customers`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -109,7 +109,7 @@ pub async fn upsert_new(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "with c as (
-             insert into customers (merchant_id, email, name) values ($1, $3, $4)
+             insert into legacy_customers (merchant_id, email, name) values ($1, $3, $4)
              on conflict (merchant_id, email) do update set name = excluded.name
              returning id
          )
@@ -148,7 +148,7 @@ pub async fn read_new(tx: &mut TenantTx, id: i64) -> Result<Option<LegacyOrder>,
     let row = sqlx::query_as!(
         Row,
         "select o.id, c.email, c.name, o.total_minor as amount, o.currency, o.placed_at
-         from order_records o join customers c on c.merchant_id = o.merchant_id and c.id = o.customer_id
+         from order_records o join legacy_customers c on c.merchant_id = o.merchant_id and c.id = o.customer_id
          where o.merchant_id = $1 and o.id = $2",
         tx.merchant_id().0,
         id,

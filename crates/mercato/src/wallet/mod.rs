@@ -8,6 +8,8 @@
 
 mod store;
 
+pub use store::Entry;
+
 use uuid::Uuid;
 
 use crate::db::TenantTx;
@@ -28,7 +30,7 @@ pub async fn credit(
 ) -> Result<bool, sqlx::Error> {
     let customer = customer_key(email);
     store::ensure_wallet(tx, &customer, currency).await?;
-    if !store::insert_entry(tx, &customer, amount, key, None).await? {
+    if !store::insert_entry(tx, &customer, amount, key, None, None).await? {
         return Ok(false);
     }
     store::add(tx, &customer, amount).await?;
@@ -57,7 +59,7 @@ pub async fn spend(
     let taken = store::take(tx, &customer, currency, up_to).await?;
     if taken > 0 {
         let key = format!("order_{}_spend", order.simple());
-        store::insert_entry(tx, &customer, -taken, &key, Some(order)).await?;
+        store::insert_entry(tx, &customer, -taken, &key, Some(order), None).await?;
     }
     Ok(taken)
 }
@@ -70,9 +72,48 @@ pub async fn give_back(tx: &mut TenantTx, email: &str, order: Uuid) -> Result<i6
         return Ok(0);
     }
     let key = format!("order_{}_give_back", order.simple());
-    if !store::insert_entry(tx, &customer, spent, &key, Some(order)).await? {
+    if !store::insert_entry(tx, &customer, spent, &key, Some(order), None).await? {
         return Ok(0);
     }
     store::add(tx, &customer, spent).await?;
     Ok(spent)
+}
+
+/// What a merchant's credit to a customer came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Grant {
+    Credited,
+    /// `key` was credited before: nothing changed.
+    AlreadyGiven,
+    /// The wallet holds another currency (named): nothing changed.
+    OtherCurrency(String),
+}
+
+/// Credits `amount` (> 0) of `currency` to the customer by hand, once per
+/// `key`, with the reason in the ledger. A wallet holds one currency, the
+/// first credit's.
+pub async fn grant(
+    tx: &mut TenantTx,
+    email: &str,
+    amount: i64,
+    currency: &str,
+    key: &str,
+    reason: &str,
+) -> Result<Grant, sqlx::Error> {
+    let customer = customer_key(email);
+    store::ensure_wallet(tx, &customer, currency).await?;
+    match store::lock_currency(tx, &customer).await? {
+        Some(held) if held != currency => return Ok(Grant::OtherCurrency(held)),
+        _ => {}
+    }
+    if !store::insert_entry(tx, &customer, amount, key, None, Some(reason)).await? {
+        return Ok(Grant::AlreadyGiven);
+    }
+    store::add(tx, &customer, amount).await?;
+    Ok(Grant::Credited)
+}
+
+/// The customer's latest `limit` wallet entries, newest first.
+pub async fn ledger(tx: &mut TenantTx, email: &str, limit: i64) -> Result<Vec<Entry>, sqlx::Error> {
+    store::entries(tx, &customer_key(email), limit).await
 }

@@ -29,11 +29,12 @@ pub async fn insert_entry(
     amount: i64,
     key: &str,
     order: Option<Uuid>,
+    reason: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let merchant = tx.merchant_id().0;
     let inserted = sqlx::query_scalar!(
-        r#"insert into wallet_entries (merchant_id, id, customer_key, amount, idempotency_key, order_id)
-           values ($1, $2, $3, $4, $5, $6)
+        r#"insert into wallet_entries (merchant_id, id, customer_key, amount, idempotency_key, order_id, reason)
+           values ($1, $2, $3, $4, $5, $6, $7)
            on conflict (merchant_id, idempotency_key) do nothing
            returning 1 as "inserted!""#,
         merchant,
@@ -42,6 +43,7 @@ pub async fn insert_entry(
         amount,
         key,
         order,
+        reason,
     )
     .fetch_optional(tx.conn())
     .await?;
@@ -113,5 +115,48 @@ pub async fn spent_by(tx: &mut TenantTx, order: Uuid) -> Result<i64, sqlx::Error
         order,
     )
     .fetch_one(tx.conn())
+    .await
+}
+
+/// The wallet's currency, its row locked (credits to one wallet queue).
+pub async fn lock_currency(
+    tx: &mut TenantTx,
+    customer: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select currency from wallets where merchant_id = $1 and customer_key = $2 for update",
+        tx.merchant_id().0,
+        customer,
+    )
+    .fetch_optional(tx.conn())
+    .await
+}
+
+/// One movement of a wallet, as its ledger shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Entry {
+    pub id: Uuid,
+    /// Positive: credit given; negative: spent by an order.
+    pub amount: i64,
+    pub reason: Option<String>,
+    pub order_id: Option<Uuid>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The wallet's latest `limit` entries, newest first.
+pub async fn entries(
+    tx: &mut TenantTx,
+    customer: &str,
+    limit: i64,
+) -> Result<Vec<Entry>, sqlx::Error> {
+    sqlx::query_as!(
+        Entry,
+        "select id, amount, reason, order_id, created_at from wallet_entries
+         where merchant_id = $1 and customer_key = $2 order by created_at desc, id desc limit $3",
+        tx.merchant_id().0,
+        customer,
+        limit,
+    )
+    .fetch_all(tx.conn())
     .await
 }

@@ -5,6 +5,7 @@ mod catalog;
 mod cells;
 mod checkout;
 mod crash;
+mod customers;
 mod hardening;
 mod health;
 mod helpers;

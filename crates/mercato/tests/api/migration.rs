@@ -159,7 +159,7 @@ async fn a_plan_that_fails_lint_or_does_not_parse_runs_nothing() {
         stderr.contains("index-without-concurrently") && stderr.contains("blocking index"),
         "{stderr}"
     );
-    let created: bool = sqlx::query_scalar("select to_regclass('customers') is not null")
+    let created: bool = sqlx::query_scalar("select to_regclass('legacy_customers') is not null")
         .fetch_one(&app.owner)
         .await
         .unwrap();

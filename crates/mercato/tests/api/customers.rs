@@ -1,0 +1,327 @@
+//! Customers as records: made by the merchant or by the first checkout,
+//! found by prefix, their store credit given by hand.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{Body, TestApp};
+
+fn checkout(sku: &str, email: &str) -> serde_json::Value {
+    json!({"customer": {"email": email}, "items": [{"sku": sku, "quantity": 1}],
+           "payment_method": "pm_card_ok"})
+}
+
+#[tokio::test]
+async fn a_customer_is_created_found_changed_and_unique_by_address_in_any_case() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("people").await;
+    let created = app
+        .post(
+            "/v1/customers",
+            &m.key,
+            json!({"email": "Ann.Lee@Example.com", "name": "Ann Lee",
+                   "addresses": [{"line1": "Main St 1", "city": "Berlin", "postal_code": "10115", "country": "DE"}]}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(created.body["email"], "Ann.Lee@Example.com");
+    assert_eq!(created.body["addresses"][0]["city"], "Berlin");
+
+    let twin = app
+        .post(
+            "/v1/customers",
+            &m.key,
+            json!({"email": " ann.lee@example.COM"}),
+        )
+        .await;
+    assert_eq!(twin.status, 409, "{}", twin.body);
+    assert_eq!(twin.body["errors"][0]["field"], "email");
+    assert!(twin.body["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains(&id));
+
+    let bad = app
+        .post(
+            "/v1/customers",
+            &m.key,
+            json!({"email": "nope", "addresses": [{"country": "Germany"}]}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let fields: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["email", "addresses[0].country"]);
+
+    app.post(
+        "/v1/customers",
+        &m.key,
+        json!({"email": "bob@example.com", "name": "Anna Bolt"}),
+    )
+    .await;
+    app.post(
+        "/v1/customers",
+        &m.key,
+        json!({"email": "carl@example.com", "name": "Carl"}),
+    )
+    .await;
+    let found = |q: &'static str| {
+        let (app, key) = (&app, m.key.clone());
+        async move {
+            let r = app.get(&format!("/v1/customers?q={q}"), &key).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let mut emails: Vec<String> = r.body["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .filter_map(|c| c["email"].as_str().map(str::to_owned))
+                .collect();
+            emails.sort();
+            emails
+        }
+    };
+    // By address prefix or name prefix, any case.
+    assert_eq!(
+        found("ANN").await,
+        ["Ann.Lee@Example.com", "bob@example.com"]
+    );
+    assert_eq!(found("carl%40").await, ["carl@example.com"]);
+    assert_eq!(found("lee").await, Vec::<String>::new());
+
+    let patched = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/customers/{id}"),
+            Some(&m.key),
+            Some(json!({"name": "Ann Lee-Park", "addresses": []})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    assert_eq!(patched.body["name"], "Ann Lee-Park");
+    assert_eq!(patched.body["addresses"], json!([]));
+    let refused = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/customers/{id}"),
+            Some(&m.key),
+            Some(json!({"email": "x@example.com"})),
+        )
+        .await;
+    assert_eq!(
+        refused.status, 422,
+        "the address is not changed here: {}",
+        refused.body
+    );
+
+    let other = app.create_merchant("other").await;
+    assert_eq!(
+        app.get(&format!("/v1/customers/{id}"), &other.key)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        app.get("/v1/customers?q=ann", &other.key).await.body["data"],
+        json!([])
+    );
+    assert_eq!(app.get("/v1/customers/not-an-id", &m.key).await.status, 404);
+}
+
+#[tokio::test]
+async fn the_first_checkout_makes_the_customer_and_racing_first_orders_make_one() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("shop", "MUG", 100).await;
+    let first = app
+        .post("/v1/checkouts", &m.key, checkout("MUG", "Dana@Example.com"))
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let customer = first.body["customer"]["id"]
+        .as_str()
+        .expect("a customer id")
+        .to_owned();
+    let again = app
+        .post("/v1/checkouts", &m.key, checkout("MUG", "dana@example.com"))
+        .await;
+    assert_eq!(
+        again.body["customer"]["id"],
+        customer.as_str(),
+        "one customer per address"
+    );
+    let record = app.get(&format!("/v1/customers/{customer}"), &m.key).await;
+    assert_eq!(record.status, 200);
+    assert_eq!(record.body["email"], "Dana@Example.com");
+
+    // Ten first orders of one new address at once: one customer, all ten on it.
+    let racers = (0..10).map(|i| {
+        let (app, key) = (&app, m.key.clone());
+        async move {
+            let email = if i % 2 == 0 {
+                "eve@example.com"
+            } else {
+                "EVE@example.com"
+            };
+            app.post("/v1/checkouts", &key, checkout("MUG", email))
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(racers).await;
+    assert!(
+        results.iter().all(|r| r.status == 201),
+        "every order placed"
+    );
+    let (customers, orders, distinct): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from customers where merchant_id = $1 and email_key = 'eve@example.com'),
+                (select count(*) from orders o join customers c
+                    on c.merchant_id = o.merchant_id and c.id = o.customer_id
+                  where o.merchant_id = $1 and c.email_key = 'eve@example.com'),
+                (select count(distinct customer_id) from orders
+                  where merchant_id = $1 and customer_key = 'eve@example.com')",
+    )
+    .bind(m.id.0)
+    .fetch_one(&app.owner)
+    .await
+    .expect("invariants");
+    assert_eq!((customers, orders, distinct), (1, 10, 1));
+}
+
+#[tokio::test]
+async fn store_credit_given_by_hand_is_once_per_key_in_one_currency_and_spent_at_checkout() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("credit", "MUG", 10).await;
+    let customer = app
+        .post("/v1/customers", &m.key, json!({"email": "fay@example.com"}))
+        .await
+        .body["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let wallet = format!("/v1/customers/{customer}/wallet");
+    let empty = app.get(&wallet, &m.key).await;
+    assert_eq!(empty.status, 200);
+    assert!(empty.body["balance"].is_null());
+
+    let credit = json!({"amount": {"amount": 500, "currency": "EUR"}, "reason": "late delivery"});
+    let path = format!("{wallet}/credits");
+    let given = app
+        .post_idempotent(&path, &m.key, "goodwill-1", Body::Json(credit.clone()))
+        .await;
+    assert_eq!(given.status, 201, "{}", given.body);
+    assert_eq!(
+        given.body["balance"],
+        json!({"amount": 500, "currency": "EUR"})
+    );
+    assert_eq!(given.body["entries"][0]["reason"], "late delivery");
+    let replayed = app
+        .post_idempotent(&path, &m.key, "goodwill-1", Body::Json(credit.clone()))
+        .await;
+    assert_eq!(replayed.status, 201);
+    assert_eq!(
+        app.get(&wallet, &m.key).await.body["balance"]["amount"],
+        500
+    );
+
+    for (body, field, status) in [
+        (
+            json!({"amount": {"amount": -5, "currency": "EUR"}, "reason": "x"}),
+            "amount.amount",
+            422,
+        ),
+        (
+            json!({"amount": {"amount": 0, "currency": "EUR"}, "reason": "x"}),
+            "amount.amount",
+            422,
+        ),
+        (
+            json!({"amount": {"amount": 5, "currency": "EUR"}, "reason": " "}),
+            "reason",
+            422,
+        ),
+        (
+            json!({"amount": {"amount": 5, "currency": "USD"}, "reason": "x"}),
+            "amount.currency",
+            409,
+        ),
+    ] {
+        let r = app.post(&path, &m.key, body).await;
+        assert_eq!(r.status, status, "{}", r.body);
+        assert_eq!(r.body["errors"][0]["field"], field, "{}", r.body);
+    }
+    let other = app.create_merchant("other").await;
+    assert_eq!(app.post(&path, &other.key, credit).await.status, 404);
+    assert_eq!(app.get(&wallet, &other.key).await.status, 404);
+
+    // Checkout spends it before the card; the ledger shows both.
+    let order = app
+        .post("/v1/checkouts", &m.key, checkout("MUG", "fay@example.com"))
+        .await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    assert_eq!(order.body["store_credit"]["amount"], 500);
+    let after = app.get(&wallet, &m.key).await;
+    assert_eq!(after.body["balance"]["amount"], 0);
+    assert_eq!(after.body["entries"][0]["amount"], -500);
+    let (balance, ledger): (i64, i64) = sqlx::query_as(
+        "select (select balance from wallets where merchant_id = $1 and customer_key = 'fay@example.com'),
+                (select sum(amount)::bigint from wallet_entries where merchant_id = $1 and customer_key = 'fay@example.com')",
+    )
+    .bind(m.id.0)
+    .fetch_one(&app.owner)
+    .await
+    .expect("balance");
+    assert_eq!(balance, ledger, "the balance is the ledger's sum");
+}
+
+#[tokio::test]
+async fn a_customer_search_uses_the_indexes_under_rls() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("many").await;
+    sqlx::query(
+        "insert into customers (merchant_id, id, email, email_key, name, search_name)
+         select $1, gen_random_uuid(), 'c' || g || '@example.com', 'c' || g || '@example.com',
+                'Name ' || g, 'name ' || g
+         from generate_series(1, 20000) g",
+    )
+    .bind(m.id.0)
+    .execute(&app.owner)
+    .await
+    .expect("seed");
+    sqlx::query("analyze customers")
+        .execute(&app.owner)
+        .await
+        .expect("analyze");
+    let r = app.get("/v1/customers?q=c1999", &m.key).await;
+    assert_eq!(
+        r.body["data"].as_array().map(Vec::len),
+        Some(11),
+        "c1999 and c19990-c19999"
+    );
+    let mut tx = app.app_pool.begin().await.expect("begin");
+    sqlx::query("select set_config('app.merchant_id', $1, true)")
+        .bind(m.id.0.to_string())
+        .execute(&mut *tx)
+        .await
+        .expect("tenant");
+    // The statement of `customers::list` with a prefix.
+    let plan: Vec<String> = sqlx::query_scalar(
+        "explain with hits as (
+             select id from customers where merchant_id = $1 and email_key >= $2 and email_key < $3
+             union
+             select id from customers where merchant_id = $1 and search_name >= $2 and search_name < $3)
+         select c.id from customers c join hits h on h.id = c.id
+         where c.merchant_id = $1 order by c.id limit 51",
+    )
+    .bind(m.id.0)
+    .bind("c1999")
+    .bind(mercato::catalog::upper_bound("c1999"))
+    .fetch_all(&mut *tx)
+    .await
+    .expect("explain");
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(plan.contains("customers_email_unique"), "{plan}");
+    assert!(plan.contains("customers_by_search_name"), "{plan}");
+}
