@@ -325,3 +325,103 @@ async fn a_customer_search_uses_the_indexes_under_rls() {
     assert!(plan.contains("customers_email_unique"), "{plan}");
     assert!(plan.contains("customers_by_search_name"), "{plan}");
 }
+
+const ORDERS_CUSTOMERS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/migrations/plans/orders_customers.toml"
+);
+
+fn migrate(db_url: &str, phase: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args(["migrate", ORDERS_CUSTOMERS, phase])
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mercato runs")
+}
+
+fn finish(child: std::process::Child, phase: &str) {
+    let out = child.wait_with_output().expect("mercato finishes");
+    assert!(
+        out.status.success(),
+        "{phase}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn orders_from_before_customers_are_linked_online_by_the_pgshift_plan() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("history", "MUG", 1000).await;
+    let other = app.merchant_with_stock("neighbour", "MUG", 1000).await;
+    for i in 0..40 {
+        let email = format!("Buyer{}@Example.com", i % 7);
+        let key = if i % 4 == 0 { &other.key } else { &m.key };
+        let r = app
+            .post("/v1/checkouts", key, checkout("MUG", &email.to_lowercase()))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    // As a database from before customers holds them: orders without one.
+    sqlx::query("update orders set customer_id = null")
+        .execute(&app.owner)
+        .await
+        .expect("unlink");
+    sqlx::query("delete from customers")
+        .execute(&app.owner)
+        .await
+        .expect("forget");
+
+    let url = app.db.owner_url.clone();
+    finish(migrate(&url, "lint"), "lint");
+    finish(migrate(&url, "expand"), "expand");
+    // Checkouts go on while the backfill runs: none fails, and each links
+    // its order itself.
+    let backfill = migrate(&url, "backfill");
+    for i in 0..20 {
+        let r = app
+            .post(
+                "/v1/checkouts",
+                &m.key,
+                checkout("MUG", &format!("buyer{}@example.com", i % 9)),
+            )
+            .await;
+        assert_eq!(r.status, 201, "during the backfill: {}", r.body);
+    }
+    finish(backfill, "backfill");
+    finish(migrate(&url, "validate"), "validate");
+    finish(migrate(&url, "contract"), "contract");
+
+    let (unlinked, wrong, customers, addresses): (i64, i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from orders where customer_id is null),
+                (select count(*) from orders o join customers c
+                    on c.merchant_id = o.merchant_id and c.id = o.customer_id
+                  where c.email_key <> o.customer_key),
+                (select count(*) from customers),
+                (select count(distinct (merchant_id, customer_key)) from orders)",
+    )
+    .fetch_one(&app.owner)
+    .await
+    .expect("invariants");
+    assert_eq!(
+        (unlinked, wrong),
+        (0, 0),
+        "every order on its own address's customer"
+    );
+    assert_eq!(
+        customers, addresses,
+        "one customer per address and merchant"
+    );
+    // The customers it made are the service's like any other.
+    let found = app.get("/v1/customers?q=buyer1", &m.key).await;
+    assert_eq!(found.status, 200);
+    assert_eq!(
+        found.body["data"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        found.body
+    );
+}
