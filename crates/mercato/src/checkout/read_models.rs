@@ -87,6 +87,7 @@ pub struct PricedOrderRow {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
     pub customer_email: String,
+    pub customer_id: Option<Uuid>,
     pub payment_method: String,
     pub payment_id: Option<Uuid>,
     pub total_amount: i64,
@@ -109,8 +110,8 @@ pub async fn confirmed_orders_between(
     let (after_at, after_id) = after.unwrap_or((from, Uuid::nil()));
     sqlx::query_as!(
         PricedOrderRow,
-        r#"select id, created_at, customer_email, payment_method, payment_id, total_amount, currency,
-                  (pricing - 'breakdown')::text as pricing_inputs
+        r#"select id, created_at, customer_email, customer_id, payment_method, payment_id, total_amount,
+                  currency, (pricing - 'breakdown')::text as pricing_inputs
            from orders
            where merchant_id = $1 and created_at >= $2 and created_at < $3
              and (created_at, id) > ($4, $5) and status = 'confirmed'

@@ -385,11 +385,22 @@ async fn insert_batch(
     .bind(&b.at)
     .execute(tx.conn())
     .await?;
+    // Each address's customer, as a checkout would have made it.
+    sqlx::query(
+        "insert into customers (merchant_id, id, email, email_key)
+         select distinct on (lower(e)) $1, gen_random_uuid(), e, lower(e) from unnest($2::text[]) e
+         on conflict (merchant_id, email_key) do nothing",
+    )
+    .bind(m)
+    .bind(&b.emails)
+    .execute(tx.conn())
+    .await?;
     sqlx::query(
         "insert into orders (merchant_id, id, status, saga_step, customer_email, payment_method, promo_code,
                              reservation_id, payment_id, total_amount, currency, calculator_version,
-                             ruleset_revision, pricing, created_at, updated_at)
-         select $1, o, 'confirmed', 'confirmed', e, pm, pc, r, p, a, 'EUR', v, $12, j::jsonb, t, t
+                             ruleset_revision, pricing, created_at, updated_at, customer_id)
+         select $1, o, 'confirmed', 'confirmed', e, pm, pc, r, p, a, 'EUR', v, $12, j::jsonb, t, t,
+                (select c.id from customers c where c.merchant_id = $1 and c.email_key = lower(e))
          from unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::uuid[], $8::bigint[],
                      $9::text[], $10::text[], $11::timestamptz[]) as x(o, e, pm, pc, r, p, a, v, j, t)",
     )

@@ -91,6 +91,7 @@ pub(super) fn reprice_page(
         out.orders.push(row.id);
         out.placed.push(row.created_at);
         out.emails.push(row.customer_email.clone());
+        out.customers.push(row.customer_id);
         out.charged.push(charged);
         out.expected.push(expected);
         out.currencies.push(row.currency.clone());

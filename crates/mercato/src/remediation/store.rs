@@ -174,6 +174,8 @@ pub struct NewAdjustments {
     pub orders: Vec<Uuid>,
     pub placed: Vec<DateTime<Utc>>,
     pub emails: Vec<String>,
+    /// The orders' customers (`None`: an order not linked to one yet).
+    pub customers: Vec<Option<Uuid>>,
     pub charged: Vec<i64>,
     pub expected: Vec<i64>,
     pub currencies: Vec<String>,
@@ -195,14 +197,15 @@ pub async fn insert_adjustments(
     // `uuid[]` with nulls: sqlx binds Vec<Option<Uuid>> as such.
     sqlx::query!(
         "insert into order_adjustments (merchant_id, id, incident_id, order_id, order_placed_at, customer_email,
-                                        charged, expected, delta, currency, class, payment_provider,
+                                        customer_id, charged, expected, delta, currency, class, payment_provider,
                                         payment_reference, payment_method, payment_method_status, state)
-         select $1, x.id, $2, x.order_id, x.placed, x.email, x.charged, x.expected, x.expected - x.charged,
-                x.currency, x.class, 'sandbox', x.reference, x.method, x.method_status, x.state
-         from unnest($3::uuid[], $4::uuid[], $14::timestamptz[], $5::text[], $6::bigint[], $7::bigint[],
-                     $8::text[], $9::text[], $10::uuid[], $11::text[], $12::text[], $13::text[])
-              as x(id, order_id, placed, email, charged, expected, currency, class, reference, method,
-                   method_status, state)
+         select $1, x.id, $2, x.order_id, x.placed, x.email, x.customer, x.charged, x.expected,
+                x.expected - x.charged, x.currency, x.class, 'sandbox', x.reference, x.method, x.method_status,
+                x.state
+         from unnest($3::uuid[], $4::uuid[], $14::timestamptz[], $5::text[], $15::uuid[], $6::bigint[],
+                     $7::bigint[], $8::text[], $9::text[], $10::uuid[], $11::text[], $12::text[], $13::text[])
+              as x(id, order_id, placed, email, customer, charged, expected, currency, class, reference,
+                   method, method_status, state)
          on conflict (merchant_id, incident_id, order_id) do nothing",
         merchant,
         incident,
@@ -218,6 +221,7 @@ pub async fn insert_adjustments(
         &rows.method_statuses,
         &rows.states,
         &rows.placed,
+        &rows.customers as &[Option<Uuid>],
     )
     .execute(tx.conn())
     .await
@@ -588,6 +592,8 @@ pub struct Escalation {
     pub incident_id: Uuid,
     pub order_id: Uuid,
     pub customer_email: String,
+    /// `GET /v1/customers/{id}`; `null` for an order not linked to one yet.
+    pub customer_id: Option<Uuid>,
     /// What the customer still owes, in minor units.
     pub amount: i64,
     pub currency: String,
@@ -605,7 +611,7 @@ pub async fn escalations(
     let merchant = tx.merchant_id().0;
     sqlx::query_as!(
         Escalation,
-        r#"select id as adjustment_id, incident_id, order_id, customer_email, delta as amount, currency,
+        r#"select id as adjustment_id, incident_id, order_id, customer_email, customer_id, delta as amount, currency,
                   payment_method_status as "payment_method_status: MethodStatus", reminders_sent,
                   last_error as reason, updated_at as escalated_at
            from order_adjustments

@@ -400,9 +400,10 @@ async fn the_scan_finds_exactly_the_seeded_mispriced_orders_and_the_sums_reconci
             .sum();
         assert_eq!(found, *n, "underpaid with {status}");
     }
-    // Each adjustment is its order's: charged is what the order charged.
+    // Each adjustment is its order's: charged is what the order charged, and
+    // the customer is the order's.
     assert_eq!(
-        scalar(&app.owner, "select count(*) from order_adjustments a join orders o on o.merchant_id = a.merchant_id and o.id = a.order_id where a.charged <> o.total_amount or a.payment_reference is distinct from o.payment_id").await,
+        scalar(&app.owner, "select count(*) from order_adjustments a join orders o on o.merchant_id = a.merchant_id and o.id = a.order_id where a.charged <> o.total_amount or a.payment_reference is distinct from o.payment_id or a.customer_id is distinct from o.customer_id or a.customer_id is null").await,
         0
     );
     let largest = &report.largest_deltas[0];
