@@ -126,10 +126,24 @@ pub async fn run(args: Tenants) -> anyhow::Result<()> {
         args.command,
         &Pools {
             duty_cycle: args.duty_cycle,
-            ..Pools::new(cells.main.owner.clone(), cells.owners.clone())
+            ..mover_pools(&cells)
         },
     )
     .await
+}
+
+/// The mover role's pools on every cell of the command (the owners' are
+/// for migrating, not for moving).
+fn mover_pools(cells: &CommandCells) -> Pools {
+    let options = |pool: &sqlx::PgPool| pool.connect_options().as_ref().clone();
+    Pools::of_owners(
+        &options(&cells.main.owner),
+        cells
+            .owners
+            .iter()
+            .map(|(name, owner)| (name.clone(), options(owner))),
+        4,
+    )
 }
 
 async fn command(command: Command, pools: &Pools) -> anyhow::Result<()> {
