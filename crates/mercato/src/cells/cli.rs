@@ -76,6 +76,7 @@ pub struct MerchantArg {
 
 /// Every cell a command works on, as the schema owner: `main` (the
 /// command's database), the data directory's embedded cells and `--cell`s.
+/// Moves do not run on these pools but on the mover role's (`mover_pools`).
 /// The clusters this process started live as long as it.
 pub struct CommandCells {
     pub main: crate::db::CommandDatabase,
