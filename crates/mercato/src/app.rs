@@ -164,26 +164,23 @@ impl App {
             name: crate::cells::MAIN.to_owned(),
             db: db.clone(),
         }];
-        let mover_pools = |url: &str| -> Result<sqlx::PgPool, StartError> {
-            let opts: sqlx::postgres::PgConnectOptions =
-                url.parse().map_err(|e| StartError::Db(DbError::Url(e)))?;
-            Ok(sqlx::postgres::PgPoolOptions::new()
-                .max_connections(4)
-                .connect_lazy_with(opts.application_name("mercato-mover")))
+        let owner_options = |url: &str| -> Result<sqlx::postgres::PgConnectOptions, StartError> {
+            url.parse().map_err(|e| StartError::Db(DbError::Url(e)))
         };
-        let main_owner = mover_pools(&owner_url)?;
-        let mut movers =
-            std::collections::BTreeMap::from([(crate::cells::MAIN.to_owned(), main_owner.clone())]);
+        let mut cell_owners = Vec::new();
         for spec in &config.cells {
             let cell_db = db::prepare(&spec.url, config.max_connections).await?;
             cells.push(Cell {
                 name: spec.name.clone(),
                 db: cell_db,
             });
-            movers.insert(spec.name.clone(), mover_pools(&spec.url)?);
+            cell_owners.push((spec.name.clone(), owner_options(&spec.url)?));
         }
-        let moves = crate::cells::driver::MoveDriver::new(crate::cells::mover::Pools::new(
-            main_owner, movers,
+        // Moves run as the mover role on every cell, never as the owner.
+        let moves = crate::cells::driver::MoveDriver::new(crate::cells::mover::Pools::of_owners(
+            &owner_options(&owner_url)?,
+            cell_owners,
+            4,
         ));
         let cell_services: HashMap<String, Arc<CellServices>> = cells
             .iter()

@@ -1,9 +1,16 @@
 //! Database set-up and the tenant-scoped transaction.
 //!
-//! Two roles: the *owner* (the `DATABASE_URL` user) runs migrations and owns every
-//! table; the *app role* (`mercato_app`) owns nothing, is neither superuser nor
-//! BYPASSRLS, and is the only role the service's request paths use. Row-level
-//! security therefore applies to every query a request runs.
+//! The *owner* (the `DATABASE_URL` user) runs migrations and owns every table.
+//! Three service roles do the work, each owning nothing, neither superuser nor
+//! BYPASSRLS, so row-level security applies to every query they run:
+//! - the *app role* (`mercato_app`), the only role request paths use;
+//! - the *worker role* (`mercato_worker`), background work across tenants,
+//!   only where a table's policy names it;
+//! - the *mover role* (`mercato_mover`), online moves of a merchant between
+//!   cells (`cells::mover`): the merchant's rows one tenant at a time, the
+//!   directory, the move records, the cell's fence and the change capture's
+//!   keys, and the capture triggers' DDL only through functions of the owner
+//!   (migration 0023). No DDL, no sequences, no API keys.
 //!
 //! The service roles never carry the owner's password: each logs in with a
 //! secret derived from it (HMAC-SHA-256 keyed by the owner's password, over
@@ -26,7 +33,9 @@ pub mod migrate;
 pub const APP_ROLE: &str = "mercato_app";
 /// The role of background workers that act across tenants, only where a policy names it.
 pub const WORKER_ROLE: &str = "mercato_worker";
-const SERVICE_ROLES: [&str; 2] = [APP_ROLE, WORKER_ROLE];
+/// The role of online moves between cells, on every cell (`cells::mover::Pools`).
+pub const MOVER_ROLE: &str = "mercato_mover";
+const SERVICE_ROLES: [&str; 3] = [APP_ROLE, WORKER_ROLE, MOVER_ROLE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -204,8 +213,10 @@ pub fn scram_sha256_verifier(password: &str, salt: &[u8], iterations: u32) -> St
 
 /// Platform tables: no row-level security, so a grant on one reaches every
 /// merchant's rows. The service roles get on them only what is listed in
-/// [`PLATFORM_GRANTS`]; the directory and a merchant's moves are reached
-/// through `security definer` functions (migration 0021).
+/// [`PLATFORM_GRANTS`]. Requests reach the directory and a merchant's moves
+/// through `security definer` functions (migration 0021); the mover, whose
+/// records they are, through grants, and what only the owner may do through
+/// functions again (migration 0023).
 const PLATFORM_TABLES: [&str; 7] = [
     "_sqlx_migrations",
     // The key that hides order volume in legacy-order ids (read by its function).
@@ -219,7 +230,7 @@ const PLATFORM_TABLES: [&str; 7] = [
 
 /// What each service role may do on a platform table (the design;
 /// `tests/api/hostile/roles.rs` holds the database to it).
-const PLATFORM_GRANTS: [(&str, &str); 4] = [
+const PLATFORM_GRANTS: [(&str, &str); 12] = [
     // Creating a merchant and its settings (admin routes), resolving a slug,
     // authenticating a key (joins its merchant).
     (APP_ROLE, "select, insert on merchants"),
@@ -231,6 +242,32 @@ const PLATFORM_GRANTS: [(&str, &str); 4] = [
     (WORKER_ROLE, "select (id, slug, name) on merchants"),
     // `mercato_absent` in the worker's policies: merchants this cell does not serve.
     (WORKER_ROLE, "select on cell_absent"),
+    // A move copies the merchant's row into the target (its rows' foreign
+    // keys point at it); the CLI resolves a slug and lists merchants. The
+    // copy's row is deleted by `mercato_forget_departed_merchant()`.
+    (MOVER_ROLE, "select, insert on merchants"),
+    // The merchant's entry: made at the start, `moving` for the cutover,
+    // flipped to the target.
+    (MOVER_ROLE, "select, insert on tenant_directory"),
+    (
+        MOVER_ROLE,
+        "update (cell, moving, updated_at) on tenant_directory",
+    ),
+    // The move records: started, advanced, counted, resumed (`serve` looks
+    // for the moves it drives across merchants).
+    (MOVER_ROLE, "select, insert on tenant_moves"),
+    (
+        MOVER_ROLE,
+        "update (phase, updated_at, finished_at, last_error, rows_copied, copy_table, \
+         copy_after, changes_applied, rows_cleaned, pause_ms, cutover) on tenant_moves",
+    ),
+    // The cell's fence: `arriving`, `departed`, lifted.
+    (MOVER_ROLE, "select, insert, update, delete on cell_absent"),
+    // The captured keys: replayed, then forgotten (the capture's trigger
+    // function writes them, as the owner).
+    (MOVER_ROLE, "select, delete on move_changes"),
+    // Each cell's schema version, which a move must match.
+    (MOVER_ROLE, "select (version, success) on _sqlx_migrations"),
 ];
 
 /// DML on this database's tenant tables (row-level security decides which
@@ -246,6 +283,12 @@ async fn grant_service_roles(owner: &PgPool) -> Result<(), DbError> {
                 "grant select, insert, update, delete on all tables in schema public to {role}"
             ),
             format!("revoke all on {platform} from {role}"),
+        ] {
+            sqlx::query(&grant).execute(&mut *tx).await?;
+        }
+    }
+    for role in [APP_ROLE, WORKER_ROLE] {
+        for grant in [
             format!("grant usage, select on all sequences in schema public to {role}"),
             // Its raw value counts every merchant's legacy orders; requests get
             // ids through `next_legacy_order_id()` (migration 0022).
@@ -253,6 +296,15 @@ async fn grant_service_roles(owner: &PgPool) -> Result<(), DbError> {
         ] {
             sqlx::query(&grant).execute(&mut *tx).await?;
         }
+    }
+    // The mover writes every column of the rows it carries (ids included):
+    // it draws from no sequence. A merchant's API keys stay in the main
+    // database (the directory's), so a move never touches them.
+    for revoke in [
+        format!("revoke all on all sequences in schema public from {MOVER_ROLE}"),
+        format!("revoke all on api_keys from {MOVER_ROLE}"),
+    ] {
+        sqlx::query(&revoke).execute(&mut *tx).await?;
     }
     for (role, grant) in PLATFORM_GRANTS {
         sqlx::query(&format!("grant {grant} to {role}"))

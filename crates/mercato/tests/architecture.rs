@@ -621,17 +621,12 @@ const READS_ACROSS: &[(&str, &str, &str)] = &[
     (
         "cells/mover/capture.rs",
         "merchants",
-        "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row, and the cleanup deletes it",
-    ),
-    (
-        "cells/mover/cleanup.rs",
-        "merchants",
-        "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row, and the cleanup deletes it",
+        "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row (the cleanup deletes it through `mercato_forget_departed_merchant()`)",
     ),
     (
         "cells/mover/record.rs",
         "merchants",
-        "every cell holds its merchants' rows (foreign keys point at them); the move copies the merchant's row as data, like any tenant row, and the cleanup deletes it",
+        "a move names its merchant by id or slug (`find_merchant`), read from the directory's merchants",
     ),
     (
         "cells/cli.rs",

@@ -235,15 +235,13 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
     tokio::time::sleep(Duration::from_secs(opts.baseline_seconds)).await;
     let checkpoints_at_move = checkpoints(&h.owner).await?;
 
-    let cell = crate::db::connect(cell_url.parse()?, 8).await?;
+    let cell: sqlx::postgres::PgConnectOptions = cell_url.parse()?;
     let pools = Pools {
         duty_cycle: opts.duty_cycle,
-        ..Pools::new(
-            h.owner.clone(),
-            BTreeMap::from([
-                ("main".to_owned(), h.owner.clone()),
-                ("big".to_owned(), cell.clone()),
-            ]),
+        ..Pools::of_owners(
+            h.owner.connect_options().as_ref(),
+            [("big".to_owned(), cell)],
+            8,
         )
     };
     let merchant = crate::tenancy::MerchantId(moving_id);
@@ -291,7 +289,6 @@ async fn measure(h: &Harness, opts: &Options, cell_url: &str) -> anyhow::Result<
     let windows_before = window_p99s(&neighbour, &["before"]);
     let windows_during = window_p99s(&neighbour, DURING);
     let (before, during) = (Percentiles::of(before), Percentiles::of(during));
-    cell.close().await;
     Ok(Report {
         orders: opts.orders,
         duty_cycle: opts.duty_cycle,

@@ -76,6 +76,7 @@ pub struct MerchantArg {
 
 /// Every cell a command works on, as the schema owner: `main` (the
 /// command's database), the data directory's embedded cells and `--cell`s.
+/// Moves do not run on these pools but on the mover role's (`mover_pools`).
 /// The clusters this process started live as long as it.
 pub struct CommandCells {
     pub main: crate::db::CommandDatabase,
@@ -126,10 +127,24 @@ pub async fn run(args: Tenants) -> anyhow::Result<()> {
         args.command,
         &Pools {
             duty_cycle: args.duty_cycle,
-            ..Pools::new(cells.main.owner.clone(), cells.owners.clone())
+            ..mover_pools(&cells)
         },
     )
     .await
+}
+
+/// The mover role's pools on every cell of the command (the owners' are
+/// for migrating, not for moving).
+fn mover_pools(cells: &CommandCells) -> Pools {
+    let options = |pool: &sqlx::PgPool| pool.connect_options().as_ref().clone();
+    Pools::of_owners(
+        &options(&cells.main.owner),
+        cells
+            .owners
+            .iter()
+            .map(|(name, owner)| (name.clone(), options(owner))),
+        4,
+    )
 }
 
 async fn command(command: Command, pools: &Pools) -> anyhow::Result<()> {

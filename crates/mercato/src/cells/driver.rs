@@ -19,7 +19,7 @@ use super::mover::{self, MoveError, Pools, Quiet};
 const LOOK_EVERY: Duration = Duration::from_secs(5);
 
 pub struct MoveDriver {
-    /// The main database and every cell, as their schema owner.
+    /// The main database and every cell, as the mover role (never the owner).
     pub pools: Pools,
     wake: Notify,
     /// Moves this process drives now.

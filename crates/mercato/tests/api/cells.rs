@@ -1,7 +1,6 @@
 //! Tenant cells: a merchant moved to a database on another PostgreSQL
 //! cluster while it and a neighbour trade, with nothing failed or lost.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,13 +64,26 @@ async fn two_cells() -> Setup {
     }];
     let app = TestApp::spawn_with(db, config).await;
     let cell_owner = PgPool::connect(&cell.url).await.expect("cell owner");
-    let pools = Pools::new(
-        app.owner.clone(),
-        BTreeMap::from([
-            ("main".to_owned(), app.owner.clone()),
-            ("big".to_owned(), cell_owner.clone()),
-        ]),
+    // The mover role's pools, as `serve` and `mercato tenants` make them.
+    let pools = Pools::of_owners(
+        app.owner.connect_options().as_ref(),
+        [(
+            "big".to_owned(),
+            cell_owner.connect_options().as_ref().clone(),
+        )],
+        4,
     );
+    for pool in pools.cells.values() {
+        let user: String = sqlx::query_scalar("select current_user::text")
+            .fetch_one(pool)
+            .await
+            .expect("the mover role logs in");
+        assert_eq!(
+            user,
+            mercato::db::MOVER_ROLE,
+            "moves never run as the owner"
+        );
+    }
     Setup {
         app,
         cell,

@@ -5,7 +5,9 @@
 //! merchant writes (in `move_changes`, for `replay`). Triggers
 //! are DDL on busy tables: they go in and out under a short lock timeout,
 //! retried (`pgshift::toolkit::run_ddl`), never queueing the tables'
-//! writers behind them for long.
+//! writers behind them for long. The mover role may not make them (a
+//! trigger takes its table's owner): the owner's functions
+//! `mercato_capture_on`/`_off` (migration 0023) do, on tenant tables only.
 
 use std::time::Duration;
 
@@ -90,7 +92,8 @@ pub(super) async fn unfence(pool: &PgPool, m: MerchantId) -> Result<(), sqlx::Er
     Ok(())
 }
 
-/// The names of the merchant's capture triggers: on write, on delete.
+/// The names of the merchant's capture triggers (made by migration 0023's
+/// functions): on write, on delete.
 fn trigger_names(merchant: MerchantId) -> (String, String) {
     let hex = merchant.0.simple().to_string();
     (
@@ -99,35 +102,28 @@ fn trigger_names(merchant: MerchantId) -> (String, String) {
     )
 }
 
-/// The merchant's capture triggers on every tenant table of `pool`.
+/// `select <function>('<table>'::regclass, '<merchant>')`: a capture
+/// function of migration 0023 on one table, as text for `run_ddl` (which
+/// binds nothing). The mover role may not create or drop a trigger (that
+/// takes the table's owner): these functions, the owner's, do that only.
+fn capture_call(function: &str, table: &str, m: MerchantId) -> String {
+    format!(
+        "select {function}({}::regclass, '{}')",
+        quote_literal(&quote_ident(table)),
+        m.0
+    )
+}
+
+/// The merchant's capture triggers on every tenant table of `pool`, each
+/// recording the table's key (`mercato_capture_on`).
 async fn install_capture(
     pool: &PgPool,
     tables: &[Table],
     m: MerchantId,
 ) -> Result<(), sqlx::Error> {
-    let (on_write, on_delete) = trigger_names(m);
     for table in tables {
-        let args = table
-            .key
-            .iter()
-            .map(|k| quote_literal(k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let t = table.sql();
-        for sql in [
-            format!(
-                "create or replace trigger {on_write} after insert or update on {t} for each row
-                 when (new.merchant_id = '{}') execute function mercato_capture_change({args})",
-                m.0
-            ),
-            format!(
-                "create or replace trigger {on_delete} after delete on {t} for each row
-                 when (old.merchant_id = '{}') execute function mercato_capture_change({args})",
-                m.0
-            ),
-        ] {
-            run_ddl(pool, &sql, &TRIGGER_DDL).await?;
-        }
+        let sql = capture_call("mercato_capture_on", &table.name, m);
+        run_ddl(pool, &sql, &TRIGGER_DDL).await?;
     }
     Ok(())
 }
@@ -150,11 +146,8 @@ pub(super) async fn drop_capture(pool: &PgPool, m: MerchantId) -> Result<(), sql
         return Ok(());
     }
     for table in tenant_tables(pool).await? {
-        let t = quote_ident(&table.name);
-        for trigger in [&on_write, &on_delete] {
-            let sql = format!("drop trigger if exists {trigger} on {t}");
-            run_ddl(pool, &sql, &TRIGGER_DDL).await?;
-        }
+        let sql = capture_call("mercato_capture_off", &table.name, m);
+        run_ddl(pool, &sql, &TRIGGER_DDL).await?;
     }
     sqlx::query("delete from move_changes where merchant_id = $1")
         .bind(m.0)

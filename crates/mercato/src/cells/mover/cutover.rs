@@ -110,15 +110,12 @@ impl MoveRun<'_> {
     ) -> Result<(), MoveError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let older: i64 = sqlx::query_scalar(
-                "select count(*) from pg_stat_activity
-                 where datname = current_database() and pid <> pg_backend_pid()
-                   and xact_start < $1 and state <> 'idle'
-                   and not (wait_event_type = 'Lock' and wait_event = 'advisory')",
-            )
-            .bind(since)
-            .fetch_one(&self.source)
-            .await?;
+            // Through the owner's function: to the mover role, the other
+            // roles' sessions show no `xact_start`, and none would be older.
+            let older: i64 = sqlx::query_scalar("select mercato_transactions_begun_before($1)")
+                .bind(since)
+                .fetch_one(&self.source)
+                .await?;
             if older == 0 {
                 return Ok(());
             }

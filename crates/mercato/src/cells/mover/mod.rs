@@ -33,6 +33,19 @@
 //! flip), `cleanup` (deleting a copy; abort, rollback). The SQL they write
 //! from the catalogue comes from `pgshift::toolkit`. This file drives a move
 //! from phase to phase.
+//!
+//! Every step runs as role `mercato_mover` ([`Pools`]), on every cell, not as
+//! the schema's owner: a move handles one merchant, so each transaction that
+//! reads or writes tenant rows names it (`app.merchant_id`) and row-level
+//! security lets its rows through and no other's; the platform tables a move
+//! keeps (directory, move records, fence, captured keys) it reaches by the
+//! grants `db::PLATFORM_GRANTS` lists. The three things only the owner may
+//! do go through the owner's `security definer` functions (migration 0023),
+//! each as narrow as its step: the capture triggers' DDL (`capture`, tenant
+//! tables only), deleting a cell's copy of the merchant's row (`cleanup`,
+//! only where the merchant departed), and counting the transactions older
+//! than the cutover (`cutover`: another role's sessions show the mover no
+//! `xact_start`). No step is left on the owner.
 
 mod capture;
 mod cleanup;

@@ -6,14 +6,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use super::tables::{tenant_tables, Table};
-use super::{Move, MoveError, Phase};
-use crate::db::MerchantId;
-use crate::db::TenantTx;
+use super::{Move, MoveError, Phase, MAIN};
+use crate::db::{service_role_options, MerchantId, TenantTx, MOVER_ROLE};
 
-/// The databases a move works with, as their schema owner.
+/// The databases a move works with, as the mover role (`mercato_mover`,
+/// see `db`): never the schema's owner, which on the embedded cluster is a
+/// superuser. The role reaches a merchant's rows only in a transaction that
+/// names the merchant (row-level security), and does what only the owner may
+/// (the capture triggers' DDL) through the owner's functions.
 pub struct Pools {
     /// The main database: directory and move records.
     pub main: PgPool,
@@ -32,6 +36,34 @@ pub struct Pools {
 pub const DEFAULT_DUTY_CYCLE: f64 = 0.5;
 
 impl Pools {
+    /// The mover role's pools on the main database and the `others` cells,
+    /// given their owners' connection options (the role's secret is derived
+    /// from each owner's password, see `db::service_role_options`). Lazy:
+    /// nothing connects until a move needs it.
+    pub fn of_owners(
+        main: &PgConnectOptions,
+        others: impl IntoIterator<Item = (String, PgConnectOptions)>,
+        max_connections: u32,
+    ) -> Pools {
+        let pool = |owner: &PgConnectOptions| {
+            PgPoolOptions::new()
+                .max_connections(max_connections)
+                .connect_lazy_with(
+                    service_role_options(owner, MOVER_ROLE).application_name("mercato-mover"),
+                )
+        };
+        let main = pool(main);
+        let mut cells = BTreeMap::from([(MAIN.to_owned(), main.clone())]);
+        for (name, owner) in others {
+            if name != MAIN {
+                cells.insert(name, pool(&owner));
+            }
+        }
+        Pools::new(main, cells)
+    }
+
+    /// Pools as given: the main database's, and every cell's by name
+    /// (`main` included), each the mover role's (see [`Pools::of_owners`]).
     pub fn new(main: PgPool, cells: BTreeMap<String, PgPool>) -> Pools {
         Pools {
             main,
