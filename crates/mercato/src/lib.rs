@@ -58,6 +58,7 @@ pub mod mail;
 pub mod pagination;
 pub mod payments;
 pub mod pricing;
+pub mod privacy;
 pub mod quotas;
 pub mod remediation;
 pub mod reprice;

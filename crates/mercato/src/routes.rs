@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(inventory::http::routes())
         .merge(checkout::http::routes())
         .merge(crate::customers::http::routes())
+        .merge(crate::privacy::http::routes())
         .merge(pricing::http::routes())
         .merge(events::http::routes())
         .merge(remediation::http::routes())

@@ -7,6 +7,7 @@
 mod facts;
 pub mod http;
 mod model;
+pub mod privacy;
 mod quote;
 mod read_models;
 mod refund;

@@ -17,7 +17,7 @@ use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
 use crate::tenancy::Tenant;
 use crate::validation::FieldError;
-use crate::wallet::{self, Entry, Grant};
+use crate::wallet::{self, Grant, WalletEntry};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -146,7 +146,7 @@ pub struct Wallet {
     /// `null` until the first credit (which sets the wallet's currency).
     pub balance: Option<Money>,
     /// The latest 50 entries, newest first.
-    pub entries: Vec<Entry>,
+    pub entries: Vec<WalletEntry>,
 }
 
 const LEDGER_SHOWN: i64 = 50;

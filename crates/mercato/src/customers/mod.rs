@@ -9,5 +9,7 @@ pub mod http;
 mod model;
 mod store;
 
-pub use model::{Address, CustomerPatch, CustomerQuery, NewCredit, NewCustomer, MAX_ADDRESSES};
-pub use store::{create, find, link, list, update, Customer, CustomerError};
+pub use model::{
+    email_key, Address, CustomerPatch, CustomerQuery, NewCredit, NewCustomer, MAX_ADDRESSES,
+};
+pub use store::{create, erase, find, link, list, update, Customer, CustomerError};

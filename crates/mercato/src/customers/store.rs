@@ -210,3 +210,38 @@ pub async fn list(
     };
     rows.into_iter().map(Customer::try_from).collect()
 }
+
+/// Replaces the customer's personal data (address, name, addresses) and
+/// marks them erased; their address before, or `None` when there is no such
+/// customer. Erased already: the same placeholder again, nothing changes.
+pub async fn erase(
+    tx: &mut TenantTx,
+    id: Uuid,
+    placeholder: &str,
+) -> Result<Option<(Customer, String)>, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    let before = sqlx::query_scalar!(
+        "select email from customers where merchant_id = $1 and id = $2 for update",
+        merchant,
+        id,
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    let erased = sqlx::query_as!(
+        Row,
+        r#"update customers set
+               email = $3, email_key = $3, name = null, search_name = null, addresses = '[]',
+               erased_at = coalesce(erased_at, now()), updated_at = now()
+           where merchant_id = $1 and id = $2
+           returning id, email, name, addresses::text as "addresses!", created_at, updated_at, erased_at"#,
+        merchant,
+        id,
+        placeholder,
+    )
+    .fetch_one(tx.conn())
+    .await?;
+    Ok(Some((erased.try_into()?, before)))
+}

@@ -9,6 +9,7 @@
 pub mod bus;
 pub mod http;
 mod model;
+pub mod privacy;
 mod store;
 pub mod worker;
 

@@ -31,6 +31,8 @@ text_enum! {
         ProductCreated = "product.created",
         /// A product's name (or description) changed: its name and prices now.
         ProductUpdated = "product.updated",
+        /// A customer's personal data was erased (only their id is said).
+        CustomerErased = "customer.erased",
     }
 }
 

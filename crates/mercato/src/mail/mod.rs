@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use crate::cells::{Cells, MerchantDb};
 use crate::db::{MerchantId, TenantTx};
 
-pub use store::MailStatus;
+pub use store::{erase_recipient, messages_to, MailRecord, MailStatus};
 
 /// A message to queue. `key` names it for good: queueing the same key twice
 /// queues it once.

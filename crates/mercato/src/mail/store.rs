@@ -142,3 +142,50 @@ pub async fn merchants_with_queued_mail(worker: &sqlx::PgPool) -> Result<Vec<Uui
     .fetch_all(worker)
     .await
 }
+
+/// A message as a customer's data export lists it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct MailRecord {
+    pub id: Uuid,
+    pub subject: String,
+    pub status: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub async fn messages_to(
+    tx: &mut TenantTx,
+    email_key: &str,
+) -> Result<Vec<MailRecord>, sqlx::Error> {
+    sqlx::query_as!(
+        MailRecord,
+        "select id, subject, status, created_at, sent_at from mail_outbox
+         where merchant_id = $1 and lower(to_address) = $2 order by created_at, id",
+        tx.merchant_id().0,
+        email_key,
+    )
+    .fetch_all(tx.conn())
+    .await
+}
+
+/// Replaces the address, subject and bodies of every message to `email_key`;
+/// one still queued is never sent (failed, "recipient erased").
+pub async fn erase_recipient(
+    tx: &mut TenantTx,
+    email_key: &str,
+    placeholder: &str,
+) -> Result<u64, sqlx::Error> {
+    let erased = sqlx::query!(
+        "update mail_outbox set
+             to_address = $3, subject = '[erased]', text_body = '[erased]', html_body = '[erased]',
+             status = case when status = 'queued' then 'failed' else status end,
+             last_error = case when status = 'queued' then 'recipient erased' else last_error end
+         where merchant_id = $1 and lower(to_address) = $2",
+        tx.merchant_id().0,
+        email_key,
+        placeholder,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(erased.rows_affected())
+}

@@ -18,6 +18,7 @@ mod incident;
 mod links;
 mod messages;
 mod model;
+pub mod privacy;
 mod report;
 mod scan;
 mod settle;

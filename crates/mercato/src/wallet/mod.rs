@@ -8,7 +8,7 @@
 
 mod store;
 
-pub use store::Entry;
+pub use store::WalletEntry;
 
 use uuid::Uuid;
 
@@ -114,6 +114,21 @@ pub async fn grant(
 }
 
 /// The customer's latest `limit` wallet entries, newest first.
-pub async fn ledger(tx: &mut TenantTx, email: &str, limit: i64) -> Result<Vec<Entry>, sqlx::Error> {
+pub async fn ledger(
+    tx: &mut TenantTx,
+    email: &str,
+    limit: i64,
+) -> Result<Vec<WalletEntry>, sqlx::Error> {
     store::entries(tx, &customer_key(email), limit).await
+}
+
+/// Every entry of the customer's wallet, newest first (for their data export).
+pub async fn full_ledger(tx: &mut TenantTx, email: &str) -> Result<Vec<WalletEntry>, sqlx::Error> {
+    store::entries(tx, &customer_key(email), i64::MAX).await
+}
+
+/// The wallet of `email` now belongs to `placeholder` (the customer's address
+/// was erased; the balance and its ledger stay, so the books still balance).
+pub async fn rekey(tx: &mut TenantTx, email: &str, placeholder: &str) -> Result<(), sqlx::Error> {
+    store::rekey(tx, &customer_key(email), &customer_key(placeholder)).await
 }

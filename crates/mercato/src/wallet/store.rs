@@ -134,7 +134,7 @@ pub async fn lock_currency(
 
 /// One movement of a wallet, as its ledger shows it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct Entry {
+pub struct WalletEntry {
     pub id: Uuid,
     /// Positive: credit given; negative: spent by an order.
     pub amount: i64,
@@ -148,9 +148,9 @@ pub async fn entries(
     tx: &mut TenantTx,
     customer: &str,
     limit: i64,
-) -> Result<Vec<Entry>, sqlx::Error> {
+) -> Result<Vec<WalletEntry>, sqlx::Error> {
     sqlx::query_as!(
-        Entry,
+        WalletEntry,
         "select id, amount, reason, order_id, created_at from wallet_entries
          where merchant_id = $1 and customer_key = $2 order by created_at desc, id desc limit $3",
         tx.merchant_id().0,
@@ -159,4 +159,36 @@ pub async fn entries(
     )
     .fetch_all(tx.conn())
     .await
+}
+
+/// Moves the wallet and its ledger to another customer key (the entries
+/// point at their wallet: the new row first, the old one last).
+pub async fn rekey(tx: &mut TenantTx, from: &str, to: &str) -> Result<(), sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    sqlx::query!(
+        "insert into wallets (merchant_id, customer_key, currency, balance, updated_at)
+         select merchant_id, $3, currency, balance, now() from wallets
+         where merchant_id = $1 and customer_key = $2",
+        merchant,
+        from,
+        to,
+    )
+    .execute(tx.conn())
+    .await?;
+    sqlx::query!(
+        "update wallet_entries set customer_key = $3 where merchant_id = $1 and customer_key = $2",
+        merchant,
+        from,
+        to,
+    )
+    .execute(tx.conn())
+    .await?;
+    sqlx::query!(
+        "delete from wallets where merchant_id = $1 and customer_key = $2",
+        merchant,
+        from,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }

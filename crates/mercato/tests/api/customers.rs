@@ -425,3 +425,149 @@ async fn orders_from_before_customers_are_linked_online_by_the_pgshift_plan() {
         found.body
     );
 }
+
+#[tokio::test]
+async fn a_customer_is_exported_whole_and_erased_everywhere_with_the_books_still_balancing() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("privacy", "MUG", 100).await;
+    let neighbour = app.merchant_with_stock("neighbour", "MUG", 100).await;
+    for _ in 0..3 {
+        let r = app
+            .post("/v1/checkouts", &m.key, checkout("MUG", "Gus@Example.com"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    // The same address at another merchant is another merchant's customer.
+    app.post(
+        "/v1/checkouts",
+        &neighbour.key,
+        checkout("MUG", "gus@example.com"),
+    )
+    .await;
+    let customer = app.get("/v1/customers?q=gus", &m.key).await.body["data"][0]["id"]
+        .as_str()
+        .expect("the customer")
+        .to_owned();
+    app.request(
+        Method::PATCH,
+        &format!("/v1/customers/{customer}"),
+        Some(&m.key),
+        Some(json!({"name": "Gus Grey", "addresses": [{"city": "Oslo", "country": "NO"}]})),
+    )
+    .await;
+    let credit = app
+        .post(
+            &format!("/v1/customers/{customer}/wallet/credits"),
+            &m.key,
+            json!({"amount": {"amount": 300, "currency": "EUR"}, "reason": "sorry"}),
+        )
+        .await;
+    assert_eq!(credit.status, 201, "{}", credit.body);
+    let sums = |owner: sqlx::PgPool, merchant: uuid::Uuid| async move {
+        sqlx::query_as::<_, (i64, i64, i64)>(
+            "select (select count(*) from orders where merchant_id = $1),
+                    (select coalesce(sum(total_amount), 0)::bigint from orders where merchant_id = $1),
+                    (select coalesce(sum(balance), 0)::bigint from wallets where merchant_id = $1)",
+        )
+        .bind(merchant)
+        .fetch_one(&owner)
+        .await
+        .expect("sums")
+    };
+    let books = sums(app.owner.clone(), m.id.0).await;
+
+    let export = app
+        .get(&format!("/v1/customers/{customer}/export"), &m.key)
+        .await;
+    assert_eq!(export.status, 200, "{}", export.body);
+    assert_eq!(export.body["customer"]["name"], "Gus Grey");
+    assert_eq!(export.body["orders"].as_array().map(Vec::len), Some(3));
+    assert_eq!(export.body["wallet_balance"]["amount"], 300);
+    assert_eq!(export.body["wallet_entries"][0]["reason"], "sorry");
+    let other = app.create_merchant("stranger").await;
+    assert_eq!(
+        app.get(&format!("/v1/customers/{customer}/export"), &other.key)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        app.post(
+            &format!("/v1/customers/{customer}/erase"),
+            &other.key,
+            json!({})
+        )
+        .await
+        .status,
+        404
+    );
+
+    let erased = app
+        .post(
+            &format!("/v1/customers/{customer}/erase"),
+            &m.key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(erased.status, 200, "{}", erased.body);
+    assert!(erased.body["erased_at"].is_string());
+    assert!(erased.body["name"].is_null());
+    let placeholder = erased.body["email"]
+        .as_str()
+        .expect("placeholder")
+        .to_owned();
+    assert!(placeholder.ends_with("@erased.invalid"), "{placeholder}");
+    let again = app
+        .post(
+            &format!("/v1/customers/{customer}/erase"),
+            &m.key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["email"], placeholder.as_str());
+
+    // Nothing of this merchant still holds the address (any case), anywhere.
+    let left: i64 = sqlx::query_scalar(
+        "select (select count(*) from customers where merchant_id = $1 and (lower(email) like '%gus@%' or name is not null and id = $2))
+              + (select count(*) from orders where merchant_id = $1 and (customer_key like '%gus@%' or lower(pricing::text) like '%gus@%'))
+              + (select count(*) from wallets where merchant_id = $1 and customer_key like '%gus@%')
+              + (select count(*) from wallet_entries where merchant_id = $1 and customer_key like '%gus@%')
+              + (select count(*) from events where merchant_id = $1 and lower(payload::text) like '%gus@%')
+              + (select count(*) from mail_outbox where merchant_id = $1 and lower(to_address) like '%gus@%')",
+    )
+    .bind(m.id.0)
+    .bind(uuid::Uuid::parse_str(&customer).expect("uuid"))
+    .fetch_one(&app.owner)
+    .await
+    .expect("count");
+    assert_eq!(left, 0, "the address is gone");
+    // The books are as they were, and the orders still belong to the customer.
+    assert_eq!(sums(app.owner.clone(), m.id.0).await, books);
+    let after = app
+        .get(&format!("/v1/customers/{customer}/export"), &m.key)
+        .await;
+    assert_eq!(after.body["orders"].as_array().map(Vec::len), Some(3));
+    assert_eq!(after.body["wallet_balance"]["amount"], 300);
+    assert_eq!(
+        after.body["orders"][0]["customer"]["email"],
+        placeholder.as_str()
+    );
+    // The neighbour's customer of the same address is untouched.
+    let theirs: i64 = sqlx::query_scalar(
+        "select count(*) from orders where merchant_id = $1 and customer_key = 'gus@example.com'",
+    )
+    .bind(neighbour.id.0)
+    .fetch_one(&app.owner)
+    .await
+    .expect("neighbour");
+    assert_eq!(theirs, 1);
+    let said: i64 = sqlx::query_scalar(
+        "select count(*) from events where merchant_id = $1 and type = 'customer.erased'",
+    )
+    .bind(m.id.0)
+    .fetch_one(&app.owner)
+    .await
+    .expect("event");
+    assert_eq!(said, 1, "erased once, said once");
+}
