@@ -28,7 +28,7 @@
 //! | `remediation` | `remediation_incidents`, `order_adjustments`, `remediation_effects` |
 //! | `customers` | `customers` |
 //! | `wallet` | `wallets`, `wallet_entries` |
-//! | `mail` | `mail_outbox` |
+//! | `mail` | `mail_outbox`, `mail_settings` |
 //! | `legacy_orders` | `legacy_orders`, `legacy_order_id_key`, `order_records`, `legacy_customers` (the pgshift demo migration) |
 //! | `cells` | `tenant_directory`, `tenant_moves`, `cell_absent`, `move_changes` |
 //! | `idempotency` | `idempotency_keys` |

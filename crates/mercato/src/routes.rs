@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .merge(checkout::http::routes())
         .merge(crate::customers::http::routes())
         .merge(crate::privacy::http::routes())
+        .merge(crate::mail::http::routes())
         .merge(pricing::http::routes())
         .merge(events::http::routes())
         .merge(remediation::http::routes())

@@ -6,6 +6,7 @@
 
 mod facts;
 pub mod http;
+mod messages;
 mod model;
 pub mod privacy;
 mod quote;

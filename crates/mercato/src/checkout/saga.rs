@@ -438,6 +438,7 @@ impl Checkout {
             json!({"order_id": order.id, "total": order.total}),
         )
         .await?;
+        super::messages::tell(&mut tx, &order, super::messages::Notice::Confirmed).await?;
         tx.commit().await?;
         metrics::counter!("checkouts_confirmed_total").increment(1);
         order.status = OrderStatus::Confirmed;

@@ -3,8 +3,11 @@
 //! per idempotency key, by SMTP or, with no SMTP server configured, as `.eml`
 //! files in a directory (the embedded database's development mode).
 //!
-//! Owns table `mail_outbox`. Other contexts call `enqueue` in their transaction.
+//! Owns tables `mail_outbox` and `mail_settings` (who a shop's mail is from).
+//! Other contexts call `enqueue` in their transaction.
 
+pub mod compose;
+pub mod http;
 mod store;
 
 use std::path::PathBuf;
@@ -23,6 +26,8 @@ pub use store::{erase_recipient, messages_to, MailRecord, MailStatus};
 #[derive(Clone, Debug)]
 pub struct OutgoingMail {
     pub key: String,
+    /// `None`: the transport's sender; else a mailbox (`Shop <a@b.c>`).
+    pub from: Option<String>,
     pub to: String,
     pub subject: String,
     pub text: String,
@@ -32,6 +37,38 @@ pub struct OutgoingMail {
 /// Queues `mail` in the caller's transaction; `false` when its key was queued before.
 pub async fn enqueue(tx: &mut TenantTx, mail: &OutgoingMail) -> Result<bool, sqlx::Error> {
     store::insert(tx, mail).await
+}
+
+/// Who a merchant's mail to its shoppers is from: the name it set (else
+/// `shop_name`), at the address it set (else the transport's).
+pub async fn shop_sender(
+    tx: &mut TenantTx,
+    shop_name: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let (name, address) = store::settings(tx).await?;
+    let name = name.unwrap_or_else(|| shop_name.to_owned());
+    // A display name with quotes or angle brackets would break the header: quoted.
+    let name = name.replace(['"', '\\', '<', '>'], "");
+    // Without an address of its own, the name alone: the sender pairs it with
+    // the transport's address (`sender`).
+    Ok(Some(match address {
+        Some(a) => format!("\"{name}\" <{a}>"),
+        None => name,
+    }))
+}
+
+/// The merchant's sender settings: (from_name, from_address).
+pub async fn settings(tx: &mut TenantTx) -> Result<(Option<String>, Option<String>), sqlx::Error> {
+    store::settings(tx).await
+}
+
+/// Sets who the merchant's mail is from (`None`: the defaults).
+pub async fn put_settings(
+    tx: &mut TenantTx,
+    from_name: Option<&str>,
+    from_address: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    store::put_settings(tx, from_name, from_address).await
 }
 
 /// Attempts of a message the transport refused before it is left `failed`.
@@ -255,7 +292,7 @@ impl Sender {
     }
 
     async fn deliver(&self, mail: &store::Claimed) -> Result<(), MailError> {
-        let message = build(self.transport.from(), mail)?;
+        let message = build(&sender(mail.from.as_deref(), self.transport.from())?, mail)?;
         match (&self.transport, &self.smtp) {
             (_, Some(smtp)) => smtp
                 .send(message)
@@ -339,11 +376,24 @@ fn mailbox(address: &str) -> Result<Mailbox, MailError> {
     })
 }
 
+/// The From of a message: the transport's, the message's own mailbox, or the
+/// message's display name at the transport's address.
+fn sender(own: Option<&str>, transport: &str) -> Result<Mailbox, MailError> {
+    match own {
+        None => mailbox(transport),
+        Some(own) if own.contains('<') => mailbox(own),
+        Some(name) => Ok(Mailbox::new(
+            Some(name.to_owned()),
+            mailbox(transport)?.email,
+        )),
+    }
+}
+
 /// The message: plain text and HTML alternatives, its Message-ID derived from
 /// the outbox row so that a receiver can tell repeats apart.
-fn build(from: &str, mail: &store::Claimed) -> Result<Message, MailError> {
+fn build(from: &Mailbox, mail: &store::Claimed) -> Result<Message, MailError> {
     Message::builder()
-        .from(mailbox(from)?)
+        .from(from.clone())
         .to(mailbox(&mail.to)?)
         .subject(&mail.subject)
         .message_id(Some(format!("<{}@mercato.local>", mail.id)))

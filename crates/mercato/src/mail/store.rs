@@ -21,8 +21,9 @@ text_enum! {
 pub async fn insert(tx: &mut TenantTx, mail: &OutgoingMail) -> Result<bool, sqlx::Error> {
     let merchant = tx.merchant_id().0;
     let inserted = sqlx::query_scalar!(
-        r#"insert into mail_outbox (merchant_id, idempotency_key, id, to_address, subject, text_body, html_body)
-           values ($1, $2, $3, $4, $5, $6, $7)
+        r#"insert into mail_outbox (merchant_id, idempotency_key, id, to_address, subject, text_body, html_body,
+                                    from_address)
+           values ($1, $2, $3, $4, $5, $6, $7, $8)
            on conflict (merchant_id, idempotency_key) do nothing
            returning 1 as "inserted!""#,
         merchant,
@@ -32,6 +33,7 @@ pub async fn insert(tx: &mut TenantTx, mail: &OutgoingMail) -> Result<bool, sqlx
         mail.subject,
         mail.text,
         mail.html,
+        mail.from,
     )
     .fetch_optional(tx.conn())
     .await?;
@@ -40,6 +42,8 @@ pub async fn insert(tx: &mut TenantTx, mail: &OutgoingMail) -> Result<bool, sqlx
 
 pub struct Claimed {
     pub id: Uuid,
+    /// `None`: the transport's sender.
+    pub from: Option<String>,
     pub to: String,
     pub subject: String,
     pub text: String,
@@ -62,7 +66,7 @@ pub async fn claim(tx: &mut TenantTx, limit: i64) -> Result<Vec<Claimed>, sqlx::
            update mail_outbox m set status = 'sending', attempts = attempts + 1, claimed_at = now()
            from due
            where m.merchant_id = $1 and m.idempotency_key = due.idempotency_key
-           returning m.id, m.to_address as "to", m.subject, m.text_body as "text", m.html_body as "html""#,
+           returning m.id, m.from_address as "from", m.to_address as "to", m.subject, m.text_body as "text", m.html_body as "html""#,
         merchant,
         limit,
     )
@@ -188,4 +192,33 @@ pub async fn erase_recipient(
     .execute(tx.conn())
     .await?;
     Ok(erased.rows_affected())
+}
+
+/// Who a merchant's mail is from, as the merchant set it.
+pub async fn settings(tx: &mut TenantTx) -> Result<(Option<String>, Option<String>), sqlx::Error> {
+    let row = sqlx::query!(
+        "select from_name, from_address from mail_settings where merchant_id = $1",
+        tx.merchant_id().0,
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(row.map_or((None, None), |r| (r.from_name, r.from_address)))
+}
+
+pub async fn put_settings(
+    tx: &mut TenantTx,
+    from_name: Option<&str>,
+    from_address: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "insert into mail_settings (merchant_id, from_name, from_address) values ($1, $2, $3)
+         on conflict (merchant_id) do update
+             set from_name = excluded.from_name, from_address = excluded.from_address, updated_at = now()",
+        tx.merchant_id().0,
+        from_name,
+        from_address,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }

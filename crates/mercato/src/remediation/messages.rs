@@ -46,12 +46,7 @@ pub struct Facts<'a> {
     pub links: Vec<(&'static str, String)>,
 }
 
-/// `12.34 EUR` from minor units (two decimals; every currency Mercato prices has two).
-pub fn amount(minor: i64, currency: &str) -> String {
-    let sign = if minor < 0 { "-" } else { "" };
-    let minor = minor.unsigned_abs();
-    format!("{sign}{}.{:02} {currency}", minor / 100, minor % 100)
-}
+pub use crate::mail::compose::amount;
 
 const REASON: &str = "Between the dates of the incident, a fault in our discount calculation \
 priced some orders wrongly. We have recalculated every order placed in that time with the \
@@ -110,24 +105,11 @@ pub fn render(template: Template, key: String, to: &str, f: &Facts<'_>) -> Outgo
             ],
         ),
     };
-    let mut text = String::new();
-    let mut html = String::from("<html><body>");
-    for p in &paragraphs {
-        text.push_str(p);
-        text.push_str("\n\n");
-        html.push_str(&format!("<p>{}</p>", escape(p)));
-    }
-    for (label, url) in &f.links {
-        text.push_str(&format!("{label}: {url}\n"));
-        html.push_str(&format!(
-            "<p><a href=\"{}\">{}</a></p>",
-            escape(url),
-            escape(label)
-        ));
-    }
-    html.push_str("</body></html>");
+    let links: Vec<(&str, String)> = f.links.iter().map(|(l, u)| (*l, u.clone())).collect();
+    let (text, html) = crate::mail::compose::bodies(&paragraphs, &links);
     OutgoingMail {
         key,
+        from: None,
         to: to.to_owned(),
         subject,
         text,
@@ -135,23 +117,9 @@ pub fn render(template: Template, key: String, to: &str, f: &Facts<'_>) -> Outgo
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn amounts_read_as_money() {
-        assert_eq!(amount(1999, "EUR"), "19.99 EUR");
-        assert_eq!(amount(5, "EUR"), "0.05 EUR");
-        assert_eq!(amount(-250, "EUR"), "-2.50 EUR");
-    }
 
     #[test]
     fn an_overpaid_message_names_the_order_the_amounts_and_each_choice() {

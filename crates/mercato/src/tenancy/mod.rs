@@ -17,6 +17,7 @@ pub use key_cache::{KeyCache, Principal};
 pub use model::{in_turns, ApiKey, MerchantId, MerchantName, Rotation, Slug, Strategy};
 pub use store::{
     authenticate_key, create_merchant, find_merchant_by_slug, issue_api_key, list_api_keys,
-    merchant_exists, merchant_names, merchant_settings, revoke_api_key, set_rate_limits,
-    set_stock_strategy, ApiKeyInfo, CreateMerchantError, Created, CreationKey, IssuedKey,
+    merchant_exists, merchant_name, merchant_names, merchant_settings, revoke_api_key,
+    set_rate_limits, set_stock_strategy, ApiKeyInfo, CreateMerchantError, Created, CreationKey,
+    IssuedKey,
 };

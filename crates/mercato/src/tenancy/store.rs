@@ -283,3 +283,13 @@ pub async fn merchant_names(
         .fetch_optional(pool)
         .await
 }
+
+/// The name of the transaction's merchant.
+pub async fn merchant_name(tx: &mut crate::db::TenantTx) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select name from merchants where id = $1",
+        tx.merchant_id().0
+    )
+    .fetch_optional(tx.conn())
+    .await
+}

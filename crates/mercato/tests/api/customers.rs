@@ -571,3 +571,81 @@ async fn a_customer_is_exported_whole_and_erased_everywhere_with_the_books_still
     .expect("event");
     assert_eq!(said, 1, "erased once, said once");
 }
+
+#[tokio::test]
+async fn the_shopper_hears_of_a_confirmed_order_from_the_shop_at_the_smtp_sink() {
+    let sink = crate::remediation::SmtpSink::start().await;
+    let app = crate::remediation::app_mailing_to(&sink).await;
+    let m = app.merchant_with_stock("mugs", "MUG", 10).await;
+    let plain = app.merchant_with_stock("plain", "MUG", 10).await;
+    let bad = app
+        .request(
+            Method::PUT,
+            "/v1/mail-settings",
+            Some(&m.key),
+            Some(json!({"from_name": "Acme <Mugs>", "from_address": "not-an-address"})),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let fields: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["from_name", "from_address"]);
+    let set = app
+        .request(
+            Method::PUT,
+            "/v1/mail-settings",
+            Some(&m.key),
+            Some(json!({"from_name": "Acme Mugs", "from_address": "hello@acme.test"})),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(
+        app.get("/v1/mail-settings", &m.key).await.body["from_address"],
+        "hello@acme.test"
+    );
+
+    let order = app
+        .post("/v1/checkouts", &m.key, checkout("MUG", "hal@example.com"))
+        .await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    let other = app
+        .post(
+            "/v1/checkouts",
+            &plain.key,
+            checkout("MUG", "ida@example.com"),
+        )
+        .await;
+    assert_eq!(other.status, 201, "{}", other.body);
+    let mails = sink.wait_for(2).await;
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    let to_hal = mails
+        .iter()
+        .find(|m| m.to.contains("hal@example.com"))
+        .expect("hal's mail");
+    let id = order.body["id"].as_str().expect("order id");
+    assert!(
+        to_hal.from.contains("Acme Mugs") && to_hal.from.contains("<hello@acme.test>"),
+        "{}",
+        to_hal.from
+    );
+    assert!(to_hal.subject.contains(id), "{}", to_hal.subject);
+    assert!(
+        to_hal.text.contains("10.00 EUR") && to_hal.text.contains("1 × MUG"),
+        "{}",
+        to_hal.text
+    );
+    // Without settings: the merchant's name, at the platform's address.
+    let to_ida = mails
+        .iter()
+        .find(|m| m.to.contains("ida@example.com"))
+        .expect("ida's mail");
+    assert!(to_ida.from.contains("plain"), "{}", to_ida.from);
+    assert!(!to_ida.from.contains("acme"), "{}", to_ida.from);
+    // One message per order, however often the order is read or retried.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(sink.messages().len(), 2);
+}

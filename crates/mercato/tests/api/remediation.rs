@@ -35,10 +35,11 @@ pub(crate) struct SmtpSink {
 /// A message as the sink received it: headers unfolded, bodies decoded.
 #[derive(Debug, Clone)]
 pub(crate) struct Mail {
-    to: String,
-    subject: String,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) subject: String,
     message_id: String,
-    text: String,
+    pub(crate) text: String,
 }
 
 impl SmtpSink {
@@ -83,7 +84,7 @@ impl SmtpSink {
     }
 
     /// Waits until at least `n` messages arrived (the service's sender runs every tick).
-    async fn wait_for(&self, n: usize) -> Vec<Mail> {
+    pub(crate) async fn wait_for(&self, n: usize) -> Vec<Mail> {
         for _ in 0..100 {
             let got = self.messages();
             if got.len() >= n {
@@ -114,6 +115,7 @@ fn parse_mail(raw: &str) -> Mail {
         .map(|(_, rest)| rest.split("\n--").next().unwrap_or_default())
         .unwrap_or_default();
     Mail {
+        from: header("From"),
         to: header("To"),
         subject: header("Subject"),
         message_id: header("Message-ID"),
@@ -149,7 +151,7 @@ fn euros(minor: i64) -> String {
 
 /// The service, its mail sender pointed at `sink` (`settle` and `serve` share
 /// one outbox: whichever claims a message sends it, so both use one transport).
-async fn app_mailing_to(sink: &SmtpSink) -> TestApp {
+pub(crate) async fn app_mailing_to(sink: &SmtpSink) -> TestApp {
     let db = TestDatabase::create().await;
     let mut config = db.config();
     config.smtp_url = Some(sink.url.clone());

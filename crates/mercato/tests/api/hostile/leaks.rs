@@ -122,6 +122,7 @@ async fn mail_that_must_go_over_tls_is_not_sent_in_clear() {
                 &mut tx,
                 &OutgoingMail {
                     key: key.into(),
+                    from: None,
                     to: "ann@example.com".into(),
                     subject: "Your order".into(),
                     text: "the secret is in this text".into(),
