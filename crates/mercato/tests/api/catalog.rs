@@ -641,12 +641,7 @@ async fn products_are_found_by_a_name_or_sku_prefix_through_an_index_under_rls()
         .execute(&app.owner)
         .await
         .expect("analyze");
-    let mut tx = app.app_pool.begin().await.expect("begin");
-    sqlx::query("select set_config('app.merchant_id', $1, true)")
-        .bind(m.id.0.to_string())
-        .execute(&mut *tx)
-        .await
-        .expect("tenant");
+    let mut tx = app.tenant_tx(&m).await;
     let plan: Vec<String> = sqlx::query_scalar(
         r#"explain with hits as (
              select id from products where merchant_id = $1
@@ -660,7 +655,7 @@ async fn products_are_found_by_a_name_or_sku_prefix_through_an_index_under_rls()
     .bind(m.id.0)
     .bind("tea")
     .bind(mercato::catalog::upper_bound("tea"))
-    .fetch_all(&mut *tx)
+    .fetch_all(tx.conn())
     .await
     .expect("explain");
     let plan = plan.join("\n");

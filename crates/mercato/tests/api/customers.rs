@@ -50,13 +50,7 @@ async fn a_customer_is_created_found_changed_and_unique_by_address_in_any_case()
         )
         .await;
     assert_eq!(bad.status, 422);
-    let fields: Vec<&str> = bad.body["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .filter_map(|e| e["field"].as_str())
-        .collect();
-    assert_eq!(fields, ["email", "addresses[0].country"]);
+    assert_eq!(bad.error_fields(), ["email", "addresses[0].country"]);
 
     app.post(
         "/v1/customers",
@@ -299,12 +293,7 @@ async fn a_customer_search_uses_the_indexes_under_rls() {
         Some(11),
         "c1999 and c19990-c19999"
     );
-    let mut tx = app.app_pool.begin().await.expect("begin");
-    sqlx::query("select set_config('app.merchant_id', $1, true)")
-        .bind(m.id.0.to_string())
-        .execute(&mut *tx)
-        .await
-        .expect("tenant");
+    let mut tx = app.tenant_tx(&m).await;
     // The statement of `customers::list` with a prefix.
     let plan: Vec<String> = sqlx::query_scalar(
         "explain with hits as (
@@ -317,7 +306,7 @@ async fn a_customer_search_uses_the_indexes_under_rls() {
     .bind(m.id.0)
     .bind("c1999")
     .bind(mercato::catalog::upper_bound("c1999"))
-    .fetch_all(&mut *tx)
+    .fetch_all(tx.conn())
     .await
     .expect("explain");
     let plan = plan.join("\n");
@@ -587,13 +576,7 @@ async fn the_shopper_hears_of_a_confirmed_order_from_the_shop_at_the_smtp_sink()
         )
         .await;
     assert_eq!(bad.status, 422);
-    let fields: Vec<&str> = bad.body["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .filter_map(|e| e["field"].as_str())
-        .collect();
-    assert_eq!(fields, ["from_name", "from_address"]);
+    assert_eq!(bad.error_fields(), ["from_name", "from_address"]);
     let set = app
         .request(
             Method::PUT,
