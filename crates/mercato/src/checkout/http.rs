@@ -1,17 +1,19 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::filters::{OrderFilter, RawOrderFilter};
+use super::listing;
 use super::model::{parse_refund, CheckoutBody, NewCheckout, RefundBody};
 use super::refund::RefundError;
 use super::refund_store::RefundStatus;
 use super::saga::CheckoutError;
-use super::store::{self, Order, OrderStatus};
+use super::store::{self, FulfillmentStatus, Order, OrderStatus};
 use crate::catalog::Money;
 use crate::http::idempotency::idempotency_key;
 use crate::http::{ApiError, ApiJson, ApiQuery, Problem};
@@ -19,7 +21,7 @@ use crate::inventory::StrategyParam;
 use crate::pagination::{List, Page, PageParams};
 use crate::state::AppState;
 use crate::tenancy::Tenant;
-use crate::validation::{FieldError, FieldErrors};
+use crate::validation::{FieldError, FieldErrors, Invalid};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -186,6 +188,8 @@ pub async fn post_checkout(
     match order.status {
         OrderStatus::Confirmed => Ok((StatusCode::CREATED, Json(order))),
         OrderStatus::Pending => Ok((StatusCode::ACCEPTED, Json(order))),
+        // A retry of a checkout whose order was confirmed, then cancelled.
+        OrderStatus::Cancelled => Ok((StatusCode::CREATED, Json(order))),
         OrderStatus::Failed => Err(ApiError::PaymentFailed {
             order_id: order.id,
             reason: order.failure_reason.unwrap_or_default(),
@@ -193,16 +197,67 @@ pub async fn post_checkout(
     }
 }
 
-/// Lists orders, oldest first.
-#[utoipa::path(get, path = "/v1/orders", params(PageParams), security(("api_key" = [])),
-    responses((status = 200, body = List<Order>)))]
+/// `GET /v1/orders` parameters: paging, and filters that must all match.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OrderListParams {
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
+    pub limit: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// `pending`, `confirmed`, `failed` or `cancelled`.
+    #[param(value_type = Option<OrderStatus>)]
+    pub status: Option<String>,
+    /// `unfulfilled`, `partially_fulfilled` or `fulfilled`.
+    #[param(value_type = Option<FulfillmentStatus>)]
+    pub fulfillment_status: Option<String>,
+    /// The customer's e-mail (case-insensitive).
+    pub email: Option<String>,
+    /// Orders with a line of this SKU.
+    pub sku: Option<String>,
+    /// Placed at or after this instant (RFC 3339).
+    #[param(format = DateTime)]
+    pub created_from: Option<String>,
+    /// Placed before this instant (RFC 3339).
+    #[param(format = DateTime)]
+    pub created_to: Option<String>,
+}
+
+/// Lists orders, oldest first, narrowed by any of the filters.
+#[utoipa::path(get, path = "/v1/orders", params(OrderListParams), security(("api_key" = [])),
+    responses(
+        (status = 200, body = List<Order>),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a parameter is invalid: `errors` names it"),
+    ))]
 pub async fn list_orders(
     tenant: Tenant,
-    ApiQuery(params): ApiQuery<PageParams>,
+    ApiQuery(params): ApiQuery<OrderListParams>,
 ) -> Result<Json<List<Order>>, ApiError> {
-    let page = Page::parse(&params)?;
+    let paging = PageParams {
+        limit: params.limit.clone(),
+        cursor: params.cursor.clone(),
+    };
+    let page = Page::parse(&paging);
+    let filter = OrderFilter::parse(&RawOrderFilter {
+        status: params.status.as_deref(),
+        fulfillment_status: params.fulfillment_status.as_deref(),
+        email: params.email.as_deref(),
+        sku: params.sku.as_deref(),
+        created_from: params.created_from.as_deref(),
+        created_to: params.created_to.as_deref(),
+    });
+    let (page, filter) = match (page, filter) {
+        (Ok(page), Ok(filter)) => (page, filter),
+        (page, filter) => {
+            let mut fields = page.err().map(|e| e.0).unwrap_or_default();
+            fields.extend(filter.err().map(|e| e.0).unwrap_or_default());
+            return Err(Invalid(fields).into());
+        }
+    };
     let mut tx = tenant.begin().await?;
-    let rows = store::list_orders(&mut tx, page).await?;
+    let rows = listing::list_orders(&mut tx, &filter, page).await?;
     tx.commit().await?;
     Ok(Json(List::from_rows(rows, page, |o| o.id)))
 }

@@ -5,7 +5,9 @@
 //! `hold_for_order`, `settle_reservation`), money from a `PaymentProvider`.
 
 mod facts;
+mod filters;
 pub mod http;
+mod listing;
 mod model;
 mod quote;
 mod read_models;
@@ -16,6 +18,8 @@ mod store;
 pub mod worker;
 
 pub use facts::PricedOrderFacts;
+pub use filters::{OrderFilter, RawOrderFilter};
+pub use listing::explain_order_ids;
 pub use model::{
     parse_country, parse_promo, parse_refund, CheckoutBody, CustomerBody, NewCheckout, RefundBody,
 };
@@ -26,4 +30,4 @@ pub use read_models::{
 pub use refund::RefundError;
 pub use refund_store::{RefundStatus, StoredRefund};
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
-pub use store::{stalled_orders, Order, OrderStatus, Step};
+pub use store::{stalled_orders, FulfillmentStatus, Order, OrderStatus, Step};

@@ -8,7 +8,6 @@ use uuid::Uuid;
 
 use crate::catalog::Money;
 use crate::db::{text_enum, violates, TenantTx};
-use crate::pagination::Page;
 use crate::tenancy::{in_turns, MerchantId, Rotation};
 
 text_enum! {
@@ -35,6 +34,19 @@ text_enum! {
         Confirmed = "confirmed",
         /// Compensated: nothing stays reserved or charged.
         Failed = "failed",
+        /// Cancelled by the merchant once confirmed: refunded in full, its units back in stock.
+        Cancelled = "cancelled",
+    }
+}
+
+text_enum! {
+    /// How much of an order has shipped.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum FulfillmentStatus {
+        Unfulfilled = "unfulfilled",
+        PartiallyFulfilled = "partially_fulfilled",
+        Fulfilled = "fulfilled",
     }
 }
 
@@ -54,6 +66,7 @@ pub struct Customer {
 pub struct Order {
     pub id: Uuid,
     pub status: OrderStatus,
+    pub fulfillment_status: FulfillmentStatus,
     pub total: Money,
     pub items: Vec<OrderItem>,
     pub customer: Customer,
@@ -84,9 +97,10 @@ pub struct OrderPricing {
     pub breakdown: serde_json::Value,
 }
 
-struct OrderRow {
+pub(super) struct OrderRow {
     id: Uuid,
     status: OrderStatus,
+    fulfillment_status: FulfillmentStatus,
     saga_step: Step,
     customer_email: String,
     payment_method: String,
@@ -228,7 +242,8 @@ pub async fn mark_failed(
 pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     let row = sqlx::query_as!(
         OrderRow,
-        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
+        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step",
+                  fulfillment_status as "fulfillment_status: FulfillmentStatus", customer_email,
                   payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
                   failure_reason, wallet_amount, created_at, updated_at, calculator_version,
                   ruleset_revision, pricing::text as pricing
@@ -244,18 +259,19 @@ pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sql
     }
 }
 
-pub async fn list_orders(tx: &mut TenantTx, page: Page) -> Result<Vec<Order>, sqlx::Error> {
+/// The orders of `ids` that exist, in id order.
+pub async fn orders_by_ids(tx: &mut TenantTx, ids: &[Uuid]) -> Result<Vec<Order>, sqlx::Error> {
     let rows = sqlx::query_as!(
         OrderRow,
-        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
+        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step",
+                  fulfillment_status as "fulfillment_status: FulfillmentStatus", customer_email,
                   payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
                   failure_reason, wallet_amount, created_at, updated_at, calculator_version,
                   ruleset_revision, pricing::text as pricing
-         from orders where merchant_id = $1 and ($2::uuid is null or id > $2)
-         order by id limit $3"#,
+         from orders where merchant_id = $1 and id = any($2)
+         order by id"#,
         tx.merchant_id().0,
-        page.after,
-        page.fetch_limit(),
+        ids,
     )
     .fetch_all(tx.conn())
     .await?;
@@ -301,6 +317,7 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
                 .collect(),
             id: r.id,
             status: r.status,
+            fulfillment_status: r.fulfillment_status,
             step: r.saga_step,
             total: Money {
                 amount: r.total_amount,

@@ -11,6 +11,7 @@ mod helpers;
 mod hostile;
 mod inventory;
 mod migration;
+mod orders;
 mod pricing;
 mod quotas;
 mod remediation;

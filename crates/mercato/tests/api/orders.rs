@@ -1,0 +1,300 @@
+//! Orders you can work (issue 36, item 3): find them by filter, refund them
+//! by amount, cancel them.
+
+use serde_json::{json, Value};
+
+use mercato::checkout::{explain_order_ids, OrderFilter, RawOrderFilter};
+use mercato::pagination::{Page, PageParams};
+
+use crate::helpers::{Merchant, TestApp};
+
+fn checkout_body(email: &str, items: &[(&str, i64)], method: &str) -> Value {
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
+        .collect();
+    json!({"customer": {"email": email}, "items": items, "payment_method": method})
+}
+
+/// A confirmed order of `items` for `email`; its body.
+async fn order(app: &TestApp, m: &Merchant, email: &str, items: &[(&str, i64)]) -> Value {
+    let resp = app
+        .post(
+            "/v1/checkouts",
+            &m.key,
+            checkout_body(email, items, "pm_card_ok"),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    resp.body
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|o| o["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn orders_are_found_by_status_fulfillment_email_sku_and_time() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 100).await;
+    app.create_product(&m, "MUG", 500).await;
+    app.set_stock(&m, "MUG", 100).await;
+    let ann = order(&app, &m, "ann@example.com", &[("TEE", 1)]).await;
+    let bob = order(&app, &m, "bob@example.com", &[("TEE", 1), ("MUG", 2)]).await;
+    let declined = app
+        .post(
+            "/v1/checkouts",
+            &m.key,
+            checkout_body("Ann@Example.com", &[("MUG", 1)], "pm_card_declined"),
+        )
+        .await;
+    assert_eq!(declined.status, 402);
+    let failed: uuid::Uuid = sqlx::query_scalar("select id from orders where status = 'failed'")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
+    let failed = failed.to_string();
+    let (ann, bob) = (
+        ann["id"].as_str().unwrap().to_owned(),
+        bob["id"].as_str().unwrap().to_owned(),
+    );
+
+    let list = |query: &'static str| {
+        let app = &app;
+        let key = m.key.clone();
+        async move {
+            let resp = app.get(&format!("/v1/orders?{query}"), &key).await;
+            assert_eq!(resp.status, 200, "{query}: {}", resp.body);
+            ids(&resp.body)
+        }
+    };
+    assert_eq!(list("").await, [ann.clone(), bob.clone(), failed.clone()]);
+    assert_eq!(list("status=confirmed").await, [ann.clone(), bob.clone()]);
+    assert_eq!(list("status=failed").await, vec![failed.clone()]);
+    assert_eq!(list("fulfillment_status=unfulfilled").await.len(), 3);
+    assert!(list("fulfillment_status=fulfilled").await.is_empty());
+    assert_eq!(
+        list("email=ANN%40example.com").await,
+        [ann.clone(), failed.clone()],
+        "e-mail matches whatever its case"
+    );
+    assert_eq!(list("sku=MUG").await, [bob.clone(), failed.clone()]);
+    assert_eq!(
+        list("sku=MUG&status=confirmed&email=bob%40example.com").await,
+        vec![bob.clone()]
+    );
+    assert_eq!(list("sku=MUG&limit=1").await, vec![bob.clone()]);
+    let page = app.get("/v1/orders?sku=MUG&limit=1", &m.key).await.body;
+    let cursor = page["next_cursor"].as_str().expect("another page");
+    assert_eq!(
+        ids(&app
+            .get(
+                &format!("/v1/orders?sku=MUG&limit=1&cursor={cursor}"),
+                &m.key
+            )
+            .await
+            .body),
+        vec![failed.clone()]
+    );
+    assert_eq!(
+        list("created_from=2000-01-01T00:00:00Z&created_to=2100-01-01T00:00:00%2B02:00")
+            .await
+            .len(),
+        3
+    );
+    assert!(list("created_from=2100-01-01T00:00:00Z").await.is_empty());
+    assert!(list("created_to=2000-01-01T00:00:00Z").await.is_empty());
+
+    // Another merchant's orders are never listed.
+    let other = app.merchant_with_stock("other", "TEE", 5).await;
+    order(&app, &other, "ann@example.com", &[("TEE", 1)]).await;
+    assert_eq!(list("email=ann%40example.com").await, [ann, failed]);
+}
+
+#[tokio::test]
+async fn a_bad_filter_is_422_naming_the_parameter() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("acme").await;
+    for (query, field) in [
+        ("status=shipped", "status"),
+        ("fulfillment_status=partial", "fulfillment_status"),
+        ("email=nobody", "email"),
+        ("sku=has%20space", "sku"),
+        ("created_from=yesterday", "created_from"),
+        ("created_to=2026-12-01", "created_to"),
+        (
+            "created_from=2026-12-02T00:00:00Z&created_to=2026-12-01T00:00:00Z",
+            "created_to",
+        ),
+        ("limit=0", "limit"),
+        ("customer=ann", "customer"),
+    ] {
+        let resp = app.get(&format!("/v1/orders?{query}"), &m.key).await;
+        resp.assert_problem(422, "validation-error");
+        assert_eq!(resp.error_fields(), [field], "{query}");
+    }
+    let resp = app.get("/v1/orders?status=shipped&limit=x", &m.key).await;
+    assert_eq!(resp.error_fields(), ["limit", "status"]);
+}
+
+/// Seeds `orders` orders for the merchant straight in SQL (with their
+/// reservations and items), spread over a year, of every status.
+async fn seed_orders(app: &TestApp, merchant: &Merchant, orders: i64) {
+    // uuid v7 from the row's time, so that id order is time order as in production.
+    let seeded = sqlx::query(
+        "with o as (
+             select n, now() - make_interval(secs => ($2 - n) * 600) as at,
+                    (lpad(to_hex((extract(epoch from now() - make_interval(secs => ($2 - n) * 600)) * 1000)::bigint), 12, '0')
+                     || '7' || substr(md5(n::text || $1::text), 1, 3) || '8'
+                     || substr(md5(n::text || $1::text), 4, 15))::uuid as id
+             from generate_series(1, $2) n
+         ), r as (
+             insert into reservations (merchant_id, id, status, expires_at, created_at, settled_at)
+             select $1, o.id, 'consumed', o.at, o.at, o.at from o
+         ), ins as (
+             insert into orders (merchant_id, id, status, saga_step, customer_email, payment_method,
+                                 reservation_id, total_amount, currency, created_at, updated_at,
+                                 fulfillment_status)
+             select $1, o.id,
+                    case when n % 50 = 0 then 'cancelled' when n % 20 = 0 then 'failed'
+                         when n % 97 = 0 then 'pending' else 'confirmed' end,
+                    case when n % 50 = 0 then 'confirmed' when n % 20 = 0 then 'compensated'
+                         when n % 97 = 0 then 'reserved' else 'confirmed' end,
+                    'buyer' || (n % 3000) || '@example.com', 'pm_card_ok', o.id, 1000, 'EUR', o.at, o.at,
+                    case when n % 7 = 0 then 'partially_fulfilled' when n % 3 = 0 then 'fulfilled'
+                         else 'unfulfilled' end
+             from o
+         )
+         insert into order_items (merchant_id, order_id, sku, quantity, unit_amount)
+         select $1, o.id, 'SKU-' || ((n + k * 131) % 400), 1, 1000
+         from o, generate_series(1, 2) k",
+    )
+    .bind(merchant.id.0)
+    .bind(orders)
+    .execute(&app.owner)
+    .await;
+    seeded.expect("orders seeded");
+    sqlx::raw_sql("analyze orders; analyze order_items;")
+        .execute(&app.owner)
+        .await
+        .expect("analyze");
+}
+
+/// The index a selective filter must be served by.
+fn index_for(what: &str) -> Option<&'static str> {
+    match what {
+        "a rare status" => Some("orders_by_status"),
+        "fulfillment status" => Some("orders_by_fulfillment_status"),
+        "email" => Some("orders_by_customer_key"),
+        "sku" => Some("order_items_by_sku"),
+        "the last day" => Some("orders_by_time"),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn every_order_filter_is_index_backed_under_row_level_security() {
+    let app = TestApp::spawn().await;
+    let big = app.create_merchant("big").await;
+    let small = app.create_merchant("small").await;
+    seed_orders(&app, &big, 40_000).await;
+    seed_orders(&app, &small, 2_000).await;
+    let page = Page::parse(&PageParams {
+        limit: None,
+        cursor: None,
+    })
+    .unwrap();
+    let cases: &[(&str, RawOrderFilter)] = &[
+        ("nothing", RawOrderFilter::default()),
+        (
+            "a common status",
+            RawOrderFilter {
+                status: Some("confirmed"),
+                ..Default::default()
+            },
+        ),
+        (
+            "a rare status",
+            RawOrderFilter {
+                status: Some("cancelled"),
+                ..Default::default()
+            },
+        ),
+        (
+            "fulfillment status",
+            RawOrderFilter {
+                fulfillment_status: Some("partially_fulfilled"),
+                ..Default::default()
+            },
+        ),
+        (
+            "email",
+            RawOrderFilter {
+                email: Some("Buyer42@example.com"),
+                ..Default::default()
+            },
+        ),
+        (
+            "sku",
+            RawOrderFilter {
+                sku: Some("SKU-17"),
+                ..Default::default()
+            },
+        ),
+        (
+            "a day",
+            RawOrderFilter {
+                created_from: Some("2000-01-01T00:00:00Z"),
+                created_to: Some("2000-01-02T00:00:00Z"),
+                ..Default::default()
+            },
+        ),
+        (
+            "the last day",
+            RawOrderFilter {
+                created_from: Some(Box::leak(
+                    (chrono::Utc::now() - chrono::Duration::days(1))
+                        .to_rfc3339()
+                        .into_boxed_str(),
+                )),
+                ..Default::default()
+            },
+        ),
+        (
+            "everything at once",
+            RawOrderFilter {
+                status: Some("confirmed"),
+                fulfillment_status: Some("fulfilled"),
+                email: Some("buyer42@example.com"),
+                sku: Some("SKU-84"),
+                created_from: Some("2000-01-01T00:00:00Z"),
+                created_to: Some("2100-01-01T00:00:00Z"),
+            },
+        ),
+    ];
+    for merchant in [&big, &small] {
+        for (what, raw) in cases {
+            let filter = OrderFilter::parse(raw).expect("a valid filter");
+            // As the service runs it: role mercato_app, the tenant set, RLS forced.
+            let mut tx = app.tenant_tx(merchant).await;
+            let plan = explain_order_ids(&mut tx, &filter, page)
+                .await
+                .expect("explain");
+            eprintln!("{what}:\n{plan}\n");
+            if let Some(index) = index_for(what) {
+                assert!(plan.contains(index), "{what}: {index} serves it:\n{plan}");
+            }
+            for table in ["orders", "order_items"] {
+                assert!(
+                    !plan.contains(&format!("Seq Scan on {table}")),
+                    "{what}: a sequential scan of {table}:\n{plan}"
+                );
+            }
+        }
+    }
+}
