@@ -11,7 +11,7 @@ use super::filters::{OrderFilter, RawOrderFilter};
 use super::listing;
 use super::model::{parse_refund, CheckoutBody, NewCheckout, RefundBody};
 use super::refund::RefundError;
-use super::refund_store::RefundStatus;
+use super::refund_store::{self, RefundStatus, StoredRefund};
 use super::saga::CheckoutError;
 use super::store::{self, FulfillmentStatus, Order, OrderStatus};
 use crate::catalog::Money;
@@ -28,7 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(post_checkout))
         .routes(routes!(list_orders))
         .routes(routes!(get_order))
-        .routes(routes!(post_refund))
+        .routes(routes!(post_refund, list_refunds))
         .merge(super::quote::routes())
 }
 
@@ -43,7 +43,37 @@ pub struct Refund {
     pub amount: Money,
     pub lines: Vec<RefundLine>,
     pub includes_shipping: bool,
+    /// Why, for a refund of an amount.
+    pub reason: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<StoredRefund> for Refund {
+    fn from(refund: StoredRefund) -> Self {
+        let currency = refund.currency;
+        let money = |amount| Money {
+            amount,
+            currency: currency.clone(),
+        };
+        Refund {
+            id: refund.id,
+            order_id: refund.order_id,
+            status: refund.status,
+            amount: money(refund.amount),
+            lines: refund
+                .lines
+                .iter()
+                .map(|(sku, quantity, amount)| RefundLine {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                    amount: money(*amount),
+                })
+                .collect(),
+            includes_shipping: refund.includes_shipping,
+            reason: refund.reason,
+            created_at: refund.created_at,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -53,15 +83,19 @@ pub struct RefundLine {
     pub amount: Money,
 }
 
-/// Refunds some units of a confirmed order: exactly what the customer paid for
-/// them, discount share included. All refunds of an order never exceed what was
-/// captured. Use an `Idempotency-Key`: a retry resumes the same refund.
+/// Refunds some units of a confirmed order (`lines`: exactly what the customer
+/// paid for them, discount share included), or an amount (`amount` and
+/// `reason`). All refunds of an order never exceed what it was paid: a refund
+/// of lines after refunds of amounts returns at most what is left, an amount
+/// beyond it is a 422. Use an `Idempotency-Key`: a retry resumes the same refund.
 #[utoipa::path(post, path = "/v1/orders/{id}/refunds", params(("id" = String, Path)),
     request_body = RefundBody, security(("api_key" = [])),
     responses(
         (status = 201, body = Refund),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "the order is not confirmed, or the provider refused"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a field is invalid, or asks more than is left to refund: `errors` names it"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "the provider did not answer: the refund is pending; retry with the same Idempotency-Key"),
     ))]
 pub async fn post_refund(
     State(state): State<AppState>,
@@ -71,11 +105,11 @@ pub async fn post_refund(
     ApiJson(body): ApiJson<RefundBody>,
 ) -> Result<(StatusCode, Json<Refund>), ApiError> {
     let id = ApiError::path_id(&id, "order")?;
-    let lines = parse_refund(&body)?;
+    let request = parse_refund(&body)?;
     let key = idempotency_key(&headers)?;
     let checkout = &state.serving(&tenant.db).checkout;
     let refund = checkout
-        .refund(tenant.merchant_id, id, &lines, key)
+        .refund(tenant.merchant_id, id, &request, key)
         .await
         .map_err(|e| match e {
             RefundError::NotFound => ApiError::NotFound("order"),
@@ -100,31 +134,32 @@ pub async fn post_refund(
             }
             RefundError::Db(e) => e.into(),
         })?;
-    let currency = refund.currency.clone();
-    let money = |amount| Money {
-        amount,
-        currency: currency.clone(),
+    Ok((StatusCode::CREATED, Json(refund.into())))
+}
+
+/// The refunds of an order, oldest first, each with its lines (none for a
+/// refund of an amount) and status.
+#[utoipa::path(get, path = "/v1/orders/{id}/refunds", params(("id" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = List<Refund>),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_refunds(
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<List<Refund>>, ApiError> {
+    let id = ApiError::path_id(&id, "order")?;
+    let mut tx = tenant.begin().await?;
+    let Some(order) = store::get_order(&mut tx, id).await? else {
+        return Err(ApiError::NotFound("order"));
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(Refund {
-            id: refund.id,
-            order_id: refund.order_id,
-            status: refund.status,
-            amount: money(refund.amount),
-            lines: refund
-                .lines
-                .iter()
-                .map(|(sku, quantity, amount)| RefundLine {
-                    sku: sku.clone(),
-                    quantity: *quantity,
-                    amount: money(*amount),
-                })
-                .collect(),
-            includes_shipping: refund.includes_shipping,
-            created_at: refund.created_at,
-        }),
-    ))
+    let refunds = refund_store::refunds_of(&mut tx, id, &order.total.currency).await?;
+    tx.commit().await?;
+    Ok(Json(List {
+        data: refunds.into_iter().map(Refund::from).collect(),
+        next_cursor: None,
+    }))
 }
 
 impl From<CheckoutError> for ApiError {

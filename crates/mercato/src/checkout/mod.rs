@@ -13,6 +13,7 @@ mod quote;
 mod read_models;
 mod refund;
 mod refund_store;
+mod refund_summary;
 mod saga;
 mod store;
 pub mod worker;
@@ -22,12 +23,14 @@ pub use filters::{OrderFilter, RawOrderFilter};
 pub use listing::explain_order_ids;
 pub use model::{
     parse_country, parse_promo, parse_refund, CheckoutBody, CustomerBody, NewCheckout, RefundBody,
+    RefundRequest,
 };
 pub use read_models::{
     confirmed_orders_between, count_confirmed_between, merchant_of_order, order_facts,
     recorded_pricing, LineFacts, OrderFacts, PricedOrderRow,
 };
 pub use refund::RefundError;
-pub use refund_store::{RefundStatus, StoredRefund};
+pub use refund_store::{stalled_refunds, StoredRefund};
+pub use refund_summary::{RefundStatus, RefundSummary};
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
 pub use store::{stalled_orders, FulfillmentStatus, Order, OrderStatus, Step};

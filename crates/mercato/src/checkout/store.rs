@@ -6,6 +6,7 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::refund_summary::{refund_summaries, RefundStatus, RefundSummary};
 use crate::catalog::Money;
 use crate::db::{text_enum, violates, TenantTx};
 use crate::tenancy::{in_turns, MerchantId, Rotation};
@@ -77,6 +78,10 @@ pub struct Order {
     pub failure_reason: Option<String>,
     /// The part of the total paid from the customer's store credit; the card pays the rest.
     pub store_credit: Money,
+    /// What its refunds returned or are returning (pending and succeeded ones).
+    pub refunded: Money,
+    /// Its refunds, oldest first (`GET /v1/orders/{id}/refunds` has their lines).
+    pub refunds: Vec<RefundSummary>,
     /// How the total was computed (absent on orders placed before pricing existed).
     pub pricing: Option<OrderPricing>,
     pub created_at: DateTime<Utc>,
@@ -300,9 +305,25 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
     )
     .fetch_all(tx.conn())
     .await?;
+    let refunds = refund_summaries(tx, &ids).await?;
     Ok(rows
         .into_iter()
         .map(|r| Order {
+            refunds: refunds
+                .iter()
+                .filter(|(order, _)| *order == r.id)
+                .map(|(_, refund)| refund.clone())
+                .collect(),
+            refunded: Money {
+                amount: refunds
+                    .iter()
+                    .filter(|(order, refund)| {
+                        *order == r.id && refund.status != RefundStatus::Failed
+                    })
+                    .map(|(_, refund)| refund.amount)
+                    .sum(),
+                currency: r.currency.clone(),
+            },
             items: items
                 .iter()
                 .filter(|item| item.order_id == r.id)

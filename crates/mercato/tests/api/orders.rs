@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use mercato::checkout::{explain_order_ids, OrderFilter, RawOrderFilter};
 use mercato::pagination::{Page, PageParams};
 
-use crate::helpers::{Merchant, TestApp};
+use crate::helpers::{Body, Merchant, Response, TestApp};
 
 fn checkout_body(email: &str, items: &[(&str, i64)], method: &str) -> Value {
     let items: Vec<Value> = items
@@ -185,15 +185,15 @@ async fn seed_orders(app: &TestApp, merchant: &Merchant, orders: i64) {
         .expect("analyze");
 }
 
-/// The index a selective filter must be served by.
-fn index_for(what: &str) -> Option<&'static str> {
+/// The indexes (any of them) a selective filter must be served by.
+fn indexes_for(what: &str) -> &'static [&'static str] {
     match what {
-        "a rare status" => Some("orders_by_status"),
-        "fulfillment status" => Some("orders_by_fulfillment_status"),
-        "email" => Some("orders_by_customer_key"),
-        "sku" => Some("order_items_by_sku"),
-        "the last day" => Some("orders_by_time"),
-        _ => None,
+        "a rare status" => &["orders_by_status"],
+        "fulfillment status" => &["orders_by_fulfillment_status"],
+        "email" => &["orders_by_customer_key"],
+        "sku" => &["order_items_by_sku"],
+        "the last day" => &["orders_by_time", "orders_recent"],
+        _ => &[],
     }
 }
 
@@ -286,9 +286,11 @@ async fn every_order_filter_is_index_backed_under_row_level_security() {
                 .await
                 .expect("explain");
             eprintln!("{what}:\n{plan}\n");
-            if let Some(index) = index_for(what) {
-                assert!(plan.contains(index), "{what}: {index} serves it:\n{plan}");
-            }
+            let indexes = indexes_for(what);
+            assert!(
+                indexes.is_empty() || indexes.iter().any(|index| plan.contains(index)),
+                "{what}: one of {indexes:?} serves it:\n{plan}"
+            );
             for table in ["orders", "order_items"] {
                 assert!(
                     !plan.contains(&format!("Seq Scan on {table}")),
@@ -297,4 +299,164 @@ async fn every_order_filter_is_index_backed_under_row_level_security() {
             }
         }
     }
+}
+
+async fn post_refund(app: &TestApp, m: &Merchant, order: &str, body: Value) -> Response {
+    app.post(&format!("/v1/orders/{order}/refunds"), &m.key, body)
+        .await
+}
+
+#[tokio::test]
+async fn refunds_of_amounts_and_of_lines_never_return_more_than_was_paid() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let placed = order(&app, &m, "ann@example.com", &[("TEE", 2)]).await;
+    let id = placed["id"].as_str().unwrap();
+    assert_eq!(placed["refunded"], json!({"amount": 0, "currency": "EUR"}));
+
+    let amount = |amount: i64| json!({"amount": {"amount": amount, "currency": "EUR"}, "reason": "scratched"});
+    let first = post_refund(&app, &m, id, amount(500)).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(
+        first.body["amount"],
+        json!({"amount": 500, "currency": "EUR"})
+    );
+    assert_eq!(first.body["reason"], "scratched");
+    assert_eq!(first.body["status"], "succeeded");
+    assert_eq!(first.body["lines"], json!([]));
+
+    for (body, field) in [
+        (amount(1501), "amount.amount"),
+        (amount(-5), "amount.amount"),
+        (
+            json!({"amount": {"amount": 5, "currency": "USD"}, "reason": "x"}),
+            "amount.currency",
+        ),
+        (
+            json!({"amount": {"amount": 5, "currency": "EUR"}}),
+            "reason",
+        ),
+        (
+            json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+            "lines[0].sku",
+        ),
+        (
+            json!({"lines": [{"sku": "TEE", "quantity": 3}]}),
+            "lines[0].quantity",
+        ),
+        (json!({}), "lines"),
+    ] {
+        let resp = post_refund(&app, &m, id, body.clone()).await;
+        resp.assert_problem(422, "validation-error");
+        assert_eq!(resp.error_fields(), [field], "{body}");
+    }
+
+    // The units' share is 2,000; 500 of it went back already.
+    let lines = post_refund(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 2}]}),
+    )
+    .await;
+    assert_eq!(lines.status, 201, "{}", lines.body);
+    assert_eq!(lines.body["amount"]["amount"], 1500);
+    let nothing_left = post_refund(&app, &m, id, amount(1)).await;
+    assert_eq!(nothing_left.error_fields(), ["amount.amount"]);
+
+    let listed = app.get(&format!("/v1/orders/{id}/refunds"), &m.key).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let refunds = listed.body["data"].as_array().unwrap();
+    assert_eq!(refunds.len(), 2);
+    assert_eq!(refunds[0]["id"], first.body["id"]);
+    assert_eq!(refunds[1]["lines"][0]["sku"], "TEE");
+    let now = app.get(&format!("/v1/orders/{id}"), &m.key).await.body;
+    assert_eq!(now["refunded"], json!({"amount": 2000, "currency": "EUR"}));
+    assert_eq!(now["refunds"].as_array().unwrap().len(), 2);
+    let refunded_events = app.count("events where type = 'order.refunded'").await;
+    assert_eq!(refunded_events, 2);
+
+    // Another merchant's order is not found, to list or to refund.
+    let other = app.create_merchant("other").await;
+    post_refund(&app, &other, id, amount(1))
+        .await
+        .assert_problem(404, "not-found");
+    app.get(&format!("/v1/orders/{id}/refunds"), &other.key)
+        .await
+        .assert_problem(404, "not-found");
+}
+
+/// What the database says of every order's refunds and its payment, as
+/// violations: refunds (pending or paid) within the order's total, the card's
+/// refunds within its capture, and the provider's record equal to the refunds paid.
+pub async fn refund_violations(owner: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "select format('order %s: refunds %s of a total %s, card refunded %s of %s, provider records %s',
+                       o.id, r.refunded, o.total_amount, p.refunded_amount, p.amount, pr.recorded)
+         from orders o
+         join payments p on p.merchant_id = o.merchant_id and p.id = o.payment_id
+         cross join lateral (
+             select coalesce(sum(amount), 0) as refunded from order_refunds r
+             where r.merchant_id = o.merchant_id and r.order_id = o.id and r.status <> 'failed') r
+         cross join lateral (
+             select coalesce(sum(amount), 0) as recorded from payment_refunds x
+             where x.merchant_id = p.merchant_id and x.payment_id = p.id) pr
+         where r.refunded > o.total_amount or p.refunded_amount > p.amount
+            or pr.recorded <> p.refunded_amount",
+    )
+    .fetch_all(owner)
+    .await
+    .expect("refund invariants")
+}
+
+#[tokio::test]
+async fn concurrent_refunds_worth_more_than_the_capture_pay_back_at_most_the_capture() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let placed = order(&app, &m, "ann@example.com", &[("TEE", 10)]).await;
+    let id = placed["id"].as_str().unwrap().to_owned();
+    assert_eq!(placed["total"]["amount"], 10_000);
+    // 24 refunds of 700 (16,800 asked of 10,000 paid) and refunds of lines, at once.
+    let bodies: Vec<Value> = (0..28)
+        .map(|i| {
+            if i % 7 == 3 {
+                json!({"lines": [{"sku": "TEE", "quantity": 1}]})
+            } else {
+                json!({"amount": {"amount": 700, "currency": "EUR"}, "reason": format!("race {i}")})
+            }
+        })
+        .collect();
+    let path = format!("/v1/orders/{id}/refunds");
+    let keys: Vec<String> = (0..bodies.len()).map(|i| format!("race-{i}")).collect();
+    let answers = futures_util::future::join_all(
+        bodies
+            .iter()
+            .zip(&keys)
+            .map(|(body, key)| app.post_idempotent(&path, &m.key, key, Body::Json(body.clone()))),
+    )
+    .await;
+    let mut paid = 0;
+    for answer in &answers {
+        match answer.status.as_u16() {
+            201 => paid += answer.body["amount"]["amount"].as_i64().unwrap(),
+            422 => assert_eq!(answer.error_fields(), ["amount.amount"], "{}", answer.body),
+            other => panic!("{other}: {}", answer.body),
+        }
+    }
+    assert!(paid <= 10_000, "paid back {paid} of 10,000");
+    assert!(
+        paid > 10_000 - 700,
+        "every refund that fitted was paid: {paid}"
+    );
+    assert_eq!(refund_violations(&app.owner).await, Vec::<String>::new());
+    let (refunded, recorded): (i64, i64) = sqlx::query_as(
+        "select (select coalesce(sum(amount), 0)::bigint from order_refunds where status = 'succeeded'),
+                (select refunded_amount + 0 from payments)",
+    )
+    .fetch_one(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!((refunded, recorded), (paid, paid));
+    let order = app.get(&format!("/v1/orders/{id}"), &m.key).await.body;
+    assert_eq!(order["refunded"]["amount"], paid);
 }
