@@ -7,9 +7,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::cancel::CancelError;
 use super::filters::{OrderFilter, RawOrderFilter};
 use super::listing;
-use super::model::{parse_refund, CheckoutBody, NewCheckout, RefundBody};
+use super::model::{parse_reason, parse_refund, CheckoutBody, NewCheckout, RefundBody};
 use super::refund::RefundError;
 use super::refund_store::{self, RefundStatus, StoredRefund};
 use super::saga::CheckoutError;
@@ -29,6 +30,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_orders))
         .routes(routes!(get_order))
         .routes(routes!(post_refund, list_refunds))
+        .routes(routes!(post_cancel))
         .merge(super::quote::routes())
 }
 
@@ -111,29 +113,7 @@ pub async fn post_refund(
     let refund = checkout
         .refund(tenant.merchant_id, id, &request, key)
         .await
-        .map_err(|e| match e {
-            RefundError::NotFound => ApiError::NotFound("order"),
-            RefundError::NotRefundable(status) => ApiError::Conflict {
-                kind: "order-not-refundable",
-                title: "Order not refundable",
-                detail: format!("the order is {status}: only a confirmed order can be refunded"),
-                errors: vec![],
-            },
-            RefundError::Invalid(invalid) => invalid.into(),
-            RefundError::Refused(e) => ApiError::Conflict {
-                kind: "refund-refused",
-                title: "Refund refused",
-                detail: format!("the payment provider refused the refund: {e}"),
-                errors: vec![],
-            },
-            RefundError::Provider(e) => {
-                tracing::error!(error = %e, "refund call failed");
-                ApiError::Unavailable(
-                    "the payment provider failed; the refund is pending: retry with the same Idempotency-Key",
-                )
-            }
-            RefundError::Db(e) => e.into(),
-        })?;
+        .map_err(refund_problem)?;
     Ok((StatusCode::CREATED, Json(refund.into())))
 }
 
@@ -160,6 +140,89 @@ pub async fn list_refunds(
         data: refunds.into_iter().map(Refund::from).collect(),
         next_cursor: None,
     }))
+}
+
+fn refund_problem(e: RefundError) -> ApiError {
+    match e {
+        RefundError::NotFound => ApiError::NotFound("order"),
+        RefundError::NotRefundable(status) => ApiError::Conflict {
+            kind: "order-not-refundable",
+            title: "Order not refundable",
+            detail: format!("the order is {status}: only a confirmed order can be refunded"),
+            errors: vec![],
+        },
+        RefundError::Invalid(invalid) => invalid.into(),
+        RefundError::Refused(e) => ApiError::Conflict {
+            kind: "refund-refused",
+            title: "Refund refused",
+            detail: format!("the payment provider refused the refund: {e}"),
+            errors: vec![],
+        },
+        RefundError::Provider(e) => {
+            tracing::error!(error = %e, "refund call failed");
+            ApiError::Unavailable(
+                "the payment provider failed; the refund is pending: retry with the same Idempotency-Key",
+            )
+        }
+        RefundError::Db(e) => e.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Why the order is cancelled (1 to 500 characters).
+    pub reason: String,
+}
+
+/// Cancels a confirmed order nothing of which has shipped: it is refunded
+/// in full (the card what it paid, store credit back to the wallet), its units
+/// go back in stock, its promotion uses are freed, and `order.cancelled` is
+/// sent. Cancelling a cancelled order answers it again. 409
+/// `order-already-fulfilled` once units have shipped.
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", params(("id" = String, Path)),
+    request_body = CancelBody, security(("api_key" = [])),
+    responses(
+        (status = 200, body = Order, description = "cancelled (now or before)"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "units have shipped (`order-already-fulfilled`), the order is not confirmed (`order-not-cancellable`), or the provider refused the refund"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "the provider did not answer: the order is cancelled, its refund pending; retry"),
+    ))]
+pub async fn post_cancel(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CancelBody>,
+) -> Result<Json<Order>, ApiError> {
+    let id = ApiError::path_id(&id, "order")?;
+    let mut errors = FieldErrors::default();
+    let reason = errors.check("reason", parse_reason(&body.reason));
+    let reason = errors.finish(reason)?;
+    let checkout = &state.serving(&tenant.db).checkout;
+    let order = checkout
+        .cancel(tenant.merchant_id, id, &reason)
+        .await
+        .map_err(|e| match e {
+            CancelError::NotFound => ApiError::NotFound("order"),
+            CancelError::NotCancellable(status) => ApiError::Conflict {
+                kind: "order-not-cancellable",
+                title: "Order not cancellable",
+                detail: format!("the order is {status}: only a confirmed order can be cancelled"),
+                errors: vec![],
+            },
+            CancelError::Fulfilled(status) => ApiError::Conflict {
+                kind: "order-already-fulfilled",
+                title: "Order already fulfilled",
+                detail: format!(
+                    "the order is {status}: units have shipped; refund or return them instead"
+                ),
+                errors: vec![],
+            },
+            CancelError::Refund(e) => refund_problem(e),
+            CancelError::Db(e) => e.into(),
+        })?;
+    Ok(Json(order))
 }
 
 impl From<CheckoutError> for ApiError {

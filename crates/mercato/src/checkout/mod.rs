@@ -4,6 +4,7 @@
 //! (`catalog::prices`), units from inventory (`Inventory::reserve`,
 //! `hold_for_order`, `settle_reservation`), money from a `PaymentProvider`.
 
+mod cancel;
 mod facts;
 mod filters;
 pub mod http;
@@ -18,6 +19,7 @@ mod saga;
 mod store;
 pub mod worker;
 
+pub use cancel::CancelError;
 pub use facts::PricedOrderFacts;
 pub use filters::{OrderFilter, RawOrderFilter};
 pub use listing::explain_order_ids;

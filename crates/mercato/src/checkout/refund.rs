@@ -76,7 +76,7 @@ fn paid(order: &refund_store::RefundableOrder) -> Result<(PaidLines, i64), sqlx:
 /// The refund of `lines` (not yet recorded): what was paid for those units,
 /// discount share included; the shipping charge too when they are the last;
 /// never more, all refunds together, than `left` of what the order was paid.
-fn lines_refund(
+pub(super) fn lines_refund(
     order: &refund_store::RefundableOrder,
     order_id: Uuid,
     lines: &[Line],
@@ -245,7 +245,7 @@ impl Checkout {
     }
 
     /// Has the provider return a pending refund's amount, then settles it.
-    async fn pay_back(
+    pub(super) async fn pay_back(
         &self,
         merchant: MerchantId,
         order: &refund_store::RefundableOrder,

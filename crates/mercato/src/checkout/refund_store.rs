@@ -15,6 +15,7 @@ use crate::db::TenantTx;
 /// concurrent refunds of one order take turns).
 pub struct RefundableOrder {
     pub status: OrderStatus,
+    pub fulfillment_status: FulfillmentStatus,
     pub currency: String,
     pub customer_email: String,
     /// What the order was paid in all (card and store credit).
@@ -34,7 +35,9 @@ pub async fn lock_for_refund(
 ) -> Result<Option<RefundableOrder>, sqlx::Error> {
     let merchant = tx.merchant_id().0;
     let Some(order) = sqlx::query!(
-        r#"select status as "status: OrderStatus", currency, customer_email, total_amount,
+        r#"select status as "status: OrderStatus",
+                  fulfillment_status as "fulfillment_status: FulfillmentStatus",
+                  currency, customer_email, total_amount,
                   total_amount - wallet_amount as "card_paid!", payment_id, pricing::text as pricing
            from orders where merchant_id = $1 and id = $2 for update"#,
         merchant,
@@ -54,6 +57,7 @@ pub async fn lock_for_refund(
     .await?;
     Ok(Some(RefundableOrder {
         status: order.status,
+        fulfillment_status: order.fulfillment_status,
         currency: order.currency,
         customer_email: order.customer_email,
         total: order.total_amount,

@@ -223,6 +223,25 @@ pub async fn confirm(
     .await
 }
 
+/// Cancels a confirmed order nothing of which has shipped; `false` if it is
+/// not (any more) in that state.
+pub async fn mark_cancelled(
+    tx: &mut TenantTx,
+    id: Uuid,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let cancelled = sqlx::query!(
+        "update orders set status = 'cancelled', cancel_reason = $3, cancelled_at = now(), updated_at = now()
+         where merchant_id = $1 and id = $2 and status = 'confirmed' and fulfillment_status = 'unfulfilled'",
+        tx.merchant_id().0,
+        id,
+        reason,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(cancelled.rows_affected() == 1)
+}
+
 /// Marks a pending order failed (its compensations are the caller's to run first).
 pub async fn mark_failed(
     tx: &mut TenantTx,

@@ -20,6 +20,8 @@ text_enum! {
         OrderConfirmed = "order.confirmed",
         OrderFailed = "order.failed",
         OrderRefunded = "order.refunded",
+        /// A confirmed order cancelled by the merchant: refunded in full, its units back.
+        OrderCancelled = "order.cancelled",
         ReservationExpired = "reservation.expired",
         InventoryLowStock = "inventory.low_stock",
         PricingRulesChanged = "pricing.rules_changed",

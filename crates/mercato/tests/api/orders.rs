@@ -460,3 +460,148 @@ async fn concurrent_refunds_worth_more_than_the_capture_pay_back_at_most_the_cap
     let order = app.get(&format!("/v1/orders/{id}"), &m.key).await.body;
     assert_eq!(order["refunded"]["amount"], paid);
 }
+
+async fn cancel(app: &TestApp, m: &Merchant, order: &str, reason: &str) -> Response {
+    app.post(
+        &format!("/v1/orders/{order}/cancel"),
+        &m.key,
+        json!({"reason": reason}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn cancelling_gives_back_the_money_the_units_the_promotion_and_the_store_credit_once() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let rules = json!({"rules": [{"id": "ten-off", "priority": 1, "stackable": true,
+        "when": {"promo_code": "LIMITED"}, "then": {"percent_off": 10}, "limits": {"uses": 1}}]});
+    let put = app
+        .request(
+            reqwest::Method::PUT,
+            "/v1/pricing/rules",
+            Some(&m.key),
+            Some(rules),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let mut tx = app.tenant_tx(&m).await;
+    mercato::wallet::credit(&mut tx, "ann@example.com", 500, "EUR", "gift")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let with_code = |email: &str| {
+        let mut body = checkout_body(email, &[("TEE", 2)], "pm_card_ok");
+        body["promo_code"] = json!("LIMITED");
+        body
+    };
+    let placed = app
+        .post("/v1/checkouts", &m.key, with_code("ann@example.com"))
+        .await;
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    let id = placed.body["id"].as_str().unwrap().to_owned();
+    let total = placed.body["total"]["amount"].as_i64().unwrap();
+    assert_eq!(placed.body["store_credit"]["amount"], 500);
+    assert!(total < 2000, "the code applied: {total}");
+    app.post("/v1/checkouts", &m.key, with_code("bob@example.com"))
+        .await
+        .assert_problem(409, "promo-code-exhausted");
+    assert_eq!(
+        app.get("/v1/inventory/TEE", &m.key).await.body["available"],
+        8
+    );
+
+    cancel(&app, &m, &id, "  ")
+        .await
+        .assert_problem(422, "validation-error");
+    let cancelled = cancel(&app, &m, &id, "customer asked").await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert_eq!(cancelled.body["status"], "cancelled");
+    assert_eq!(cancelled.body["refunded"]["amount"], total);
+    assert_eq!(cancelled.body["refunds"][0]["status"], "succeeded");
+    // Units back, store credit back to the wallet, the card refunded its part.
+    assert_eq!(
+        app.get("/v1/inventory/TEE", &m.key).await.body["available"],
+        10
+    );
+    let mut tx = app.tenant_tx(&m).await;
+    let balance = mercato::wallet::balance(&mut tx, "ann@example.com")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(balance, Some((500, "EUR".to_owned())));
+    let card_refunded: i64 = sqlx::query_scalar("select refunded_amount from payments")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
+    assert_eq!(card_refunded, total - 500);
+    // The code's use is free again.
+    let again = app
+        .post("/v1/checkouts", &m.key, with_code("bob@example.com"))
+        .await;
+    assert_eq!(again.status, 201, "{}", again.body);
+
+    // Twice is once; then it is neither refundable nor fulfillable money.
+    let twice = cancel(&app, &m, &id, "customer asked").await;
+    assert_eq!(twice.status, 200, "{}", twice.body);
+    assert_eq!(twice.body["refunds"].as_array().unwrap().len(), 1);
+    assert_eq!(app.count("events where type = 'order.cancelled'").await, 1);
+    assert_eq!(app.count("events where type = 'order.refunded'").await, 1);
+    assert_eq!(
+        app.get("/v1/inventory/TEE", &m.key).await.body["available"],
+        8,
+        "bob's order took 2; the second cancel put nothing back"
+    );
+    post_refund(
+        &app,
+        &m,
+        &id,
+        json!({"lines": [{"sku": "TEE", "quantity": 1}]}),
+    )
+    .await
+    .assert_problem(409, "order-not-refundable");
+    assert_eq!(refund_violations(&app.owner).await, Vec::<String>::new());
+    let listed = app.get("/v1/orders?status=cancelled", &m.key).await.body;
+    assert_eq!(ids(&listed), vec![id.clone()]);
+
+    let other = app.create_merchant("other").await;
+    cancel(&app, &other, &id, "not mine")
+        .await
+        .assert_problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn a_shipped_or_unpaid_order_is_not_cancelled() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let shipped = order(&app, &m, "ann@example.com", &[("TEE", 2)]).await;
+    let shipped = shipped["id"].as_str().unwrap();
+    sqlx::query("update orders set fulfillment_status = 'partially_fulfilled' where id = $1::uuid")
+        .bind(shipped)
+        .execute(&app.owner)
+        .await
+        .unwrap();
+    cancel(&app, &m, shipped, "too late")
+        .await
+        .assert_problem(409, "order-already-fulfilled");
+    let declined = app
+        .post(
+            "/v1/checkouts",
+            &m.key,
+            checkout_body("ann@example.com", &[("TEE", 1)], "pm_card_declined"),
+        )
+        .await;
+    assert_eq!(declined.status, 402);
+    let failed: uuid::Uuid = sqlx::query_scalar("select id from orders where status = 'failed'")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
+    cancel(&app, &m, &failed.to_string(), "never paid")
+        .await
+        .assert_problem(409, "order-not-cancellable");
+    assert_eq!(app.count("events where type = 'order.cancelled'").await, 0);
+    assert_eq!(
+        app.get("/v1/inventory/TEE", &m.key).await.body["available"],
+        8
+    );
+}
