@@ -11,7 +11,7 @@ mod helpers;
 mod hostile;
 mod inventory;
 mod migration;
-mod orders;
+pub mod orders;
 mod pricing;
 mod quotas;
 mod remediation;
