@@ -1,6 +1,6 @@
 -- no-transaction
 -- Orders you can work (issue 36, item 3): list filters, cancellation, refunds
--- by amount, fulfilment status.
+-- by amount, fulfilments.
 --
 -- `orders` is the largest live table, so this file runs outside a
 -- transaction, statement by statement (`db::migrate`): its indexes are built
@@ -37,6 +37,50 @@ create index concurrently if not exists orders_by_fulfillment_status
     on orders (merchant_id, fulfillment_status, id);
 create index concurrently if not exists orders_by_customer_key on orders (merchant_id, customer_key, id);
 create index concurrently if not exists order_items_by_sku on order_items (merchant_id, sku, order_id);
+
+-- Shipments of an order's units, each by the merchant's fulfilment provider.
+create table if not exists order_fulfillments (
+    merchant_id uuid not null,
+    id uuid not null,
+    order_id uuid not null,
+    idempotency_key text,
+    -- The provider that shipped it (`manual` or a plugged-in one).
+    provider text not null,
+    carrier text,
+    tracking_number text,
+    created_at timestamptz not null default now(),
+    primary key (merchant_id, id),
+    unique (merchant_id, order_id, idempotency_key),
+    foreign key (merchant_id, order_id) references orders (merchant_id, id)
+);
+create table if not exists order_fulfillment_lines (
+    merchant_id uuid not null,
+    fulfillment_id uuid not null,
+    sku text not null,
+    quantity bigint not null check (quantity > 0),
+    primary key (merchant_id, fulfillment_id, sku),
+    foreign key (merchant_id, fulfillment_id) references order_fulfillments (merchant_id, id)
+        on delete cascade
+);
+-- Which fulfilment provider ships a merchant's orders (none: `manual`).
+create table if not exists fulfillment_settings (
+    merchant_id uuid not null primary key references merchants (id),
+    provider text not null check (provider <> ''),
+    updated_at timestamptz not null default now()
+);
+do $$
+declare t text;
+begin
+    foreach t in array array['order_fulfillments', 'order_fulfillment_lines', 'fulfillment_settings'] loop
+        execute format('alter table %I enable row level security', t);
+        execute format('alter table %I force row level security', t);
+        if not exists (select 1 from pg_policies where tablename = t and policyname = 'tenant_isolation') then
+            execute format(
+                'create policy tenant_isolation on %I using (merchant_id = current_merchant_id()) with check (merchant_id = current_merchant_id())',
+                t);
+        end if;
+    end loop;
+end $$;
 
 -- Refunds left pending by a crash (recorded, the provider not known to have
 -- paid) are resumed by the recovery worker, across merchants.

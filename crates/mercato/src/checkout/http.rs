@@ -32,6 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(post_refund, list_refunds))
         .routes(routes!(post_cancel))
         .merge(super::quote::routes())
+        .merge(super::fulfillment_http::routes())
 }
 
 /// A refund of some of an order's units.

@@ -7,6 +7,10 @@
 mod cancel;
 mod facts;
 mod filters;
+mod fulfillment;
+mod fulfillment_http;
+pub mod fulfillment_provider;
+mod fulfillment_store;
 pub mod http;
 mod listing;
 mod model;
@@ -22,6 +26,11 @@ pub mod worker;
 pub use cancel::CancelError;
 pub use facts::PricedOrderFacts;
 pub use filters::{OrderFilter, RawOrderFilter};
+pub use fulfillment::{FulfillError, NewFulfillment};
+pub use fulfillment_provider::{
+    FulfillmentProvider, FulfillmentProviders, Shipment, ShipmentError, ShipmentRequest,
+};
+pub use fulfillment_store::StoredFulfillment;
 pub use listing::explain_order_ids;
 pub use model::{
     parse_country, parse_promo, parse_refund, CheckoutBody, CustomerBody, NewCheckout, RefundBody,

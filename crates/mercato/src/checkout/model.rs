@@ -3,6 +3,7 @@
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::store::FulfillmentStatus;
 use crate::catalog::Money;
 use crate::inventory::{parse_lines, ItemBody, Line};
 use crate::payments::SandboxMethod;
@@ -224,6 +225,27 @@ pub fn cap_to_left(shares: &[i64], left: i64) -> Vec<i64> {
         .collect()
 }
 
+/// Units of one SKU still to ship: bought, less those shipped, less those
+/// refunded without being shipped. `refunded` counts every unit refunded,
+/// `returned` of them shipped first and sent back (a return refunds its
+/// units), so `refunded - returned` were refunded instead of shipped.
+pub fn fulfillable(bought: i64, refunded: i64, fulfilled: i64, returned: i64) -> i64 {
+    let refunded_unshipped = (refunded - returned).max(0);
+    (bought - fulfilled - refunded_unshipped).max(0)
+}
+
+/// Where an order's shipping stands, from each SKU's (still to ship,
+/// shipped): nothing shipped yet; some; everything there is to ship.
+pub fn fulfillment_status(lines: &[(i64, i64)]) -> FulfillmentStatus {
+    if lines.iter().all(|(_, shipped)| *shipped == 0) {
+        FulfillmentStatus::Unfulfilled
+    } else if lines.iter().all(|(to_ship, _)| *to_ship == 0) {
+        FulfillmentStatus::Fulfilled
+    } else {
+        FulfillmentStatus::PartiallyFulfilled
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +317,37 @@ mod tests {
             prop_assert_eq!(capped.iter().sum::<i64>(), asked.min(left.max(0)));
             for (c, s) in capped.iter().zip(&shares) {
                 prop_assert!(0 <= *c && c <= s);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn shipments_and_refunds_in_any_order_never_ship_more_than_was_bought(
+            bought in 1i64..50,
+            steps in proptest::collection::vec((0u8..3, 1i64..10), 1..40),
+        ) {
+            // (ship, refund unshipped units, return shipped units) in any order,
+            // each taken only within what the rules allow.
+            let (mut fulfilled, mut refunded, mut returned) = (0, 0, 0);
+            for (kind, q) in steps {
+                match kind {
+                    0 if q <= fulfillable(bought, refunded, fulfilled, returned) => fulfilled += q,
+                    1 if q <= bought - refunded - (fulfilled - returned) => refunded += q,
+                    2 if q <= fulfilled - returned => {
+                        returned += q;
+                        refunded += q;
+                    }
+                    _ => {}
+                }
+                let unshipped_refunds = refunded - returned;
+                prop_assert!(fulfilled + unshipped_refunds <= bought);
+                prop_assert!(refunded <= bought);
+                let left = fulfillable(bought, refunded, fulfilled, returned);
+                prop_assert_eq!(left, bought - fulfilled - unshipped_refunds);
+                let status = fulfillment_status(&[(left, fulfilled)]);
+                prop_assert_eq!(status == FulfillmentStatus::Fulfilled, fulfilled > 0 && left == 0);
+                prop_assert_eq!(status == FulfillmentStatus::Unfulfilled, fulfilled == 0);
             }
         }
     }

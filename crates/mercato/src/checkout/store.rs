@@ -242,6 +242,24 @@ pub async fn mark_cancelled(
     Ok(cancelled.rows_affected() == 1)
 }
 
+/// Records where the order's shipping stands.
+pub async fn set_fulfillment_status(
+    tx: &mut TenantTx,
+    id: Uuid,
+    status: FulfillmentStatus,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update orders set fulfillment_status = $3, updated_at = now()
+         where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+        status.as_str(),
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
 /// Marks a pending order failed (its compensations are the caller's to run first).
 pub async fn mark_failed(
     tx: &mut TenantTx,

@@ -22,6 +22,8 @@ text_enum! {
         OrderRefunded = "order.refunded",
         /// A confirmed order cancelled by the merchant: refunded in full, its units back.
         OrderCancelled = "order.cancelled",
+        /// Units of an order shipped: the lines, carrier, tracking number, the order's fulfillment_status.
+        OrderFulfilled = "order.fulfilled",
         ReservationExpired = "reservation.expired",
         InventoryLowStock = "inventory.low_stock",
         PricingRulesChanged = "pricing.rules_changed",

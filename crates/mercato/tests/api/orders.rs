@@ -605,3 +605,239 @@ async fn a_shipped_or_unpaid_order_is_not_cancelled() {
         8
     );
 }
+
+async fn fulfil(app: &TestApp, m: &Merchant, order: &str, body: Value) -> Response {
+    app.post(&format!("/v1/orders/{order}/fulfillments"), &m.key, body)
+        .await
+}
+
+#[tokio::test]
+async fn fulfilments_move_the_order_to_partially_then_fully_fulfilled_and_never_beyond() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    app.create_product(&m, "MUG", 500).await;
+    app.set_stock(&m, "MUG", 10).await;
+    let placed = order(&app, &m, "ann@example.com", &[("TEE", 3), ("MUG", 1)]).await;
+    let id = placed["id"].as_str().unwrap();
+    assert_eq!(placed["fulfillment_status"], "unfulfilled");
+    // One TEE refunded before shipping: two are left to ship.
+    let refund = post_refund(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(refund.status, 201, "{}", refund.body);
+
+    for (body, field) in [
+        (
+            json!({"lines": [{"sku": "TEE", "quantity": 3}]}),
+            "lines[0].quantity",
+        ),
+        (
+            json!({"lines": [{"sku": "HAT", "quantity": 1}]}),
+            "lines[0].sku",
+        ),
+        (
+            json!({"lines": [{"sku": "TEE", "quantity": -1}]}),
+            "lines[0].quantity",
+        ),
+        (
+            json!({"lines": [{"sku": "TEE", "quantity": 1}], "carrier": ""}),
+            "carrier",
+        ),
+    ] {
+        let resp = fulfil(&app, &m, id, body.clone()).await;
+        resp.assert_problem(422, "validation-error");
+        assert_eq!(resp.error_fields(), [field], "{body}");
+    }
+    let first = fulfil(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 2}], "carrier": "DHL", "tracking_number": "JD0001"}),
+    )
+    .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.body["fulfillment_status"], "partially_fulfilled");
+    assert_eq!(first.body["provider"], "manual");
+    assert_eq!(first.body["tracking_number"], "JD0001");
+    let listed = app
+        .get("/v1/orders?fulfillment_status=partially_fulfilled", &m.key)
+        .await;
+    assert_eq!(ids(&listed.body), vec![id.to_owned()]);
+    // Shipped: no cancel any more.
+    cancel(&app, &m, id, "too late")
+        .await
+        .assert_problem(409, "order-already-fulfilled");
+    let last = fulfil(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(last.status, 201, "{}", last.body);
+    assert_eq!(last.body["fulfillment_status"], "fulfilled");
+    fulfil(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 1}]}),
+    )
+    .await
+    .assert_problem(422, "validation-error");
+    let order_now = app.get(&format!("/v1/orders/{id}"), &m.key).await.body;
+    assert_eq!(order_now["fulfillment_status"], "fulfilled");
+    let shipments = app
+        .get(&format!("/v1/orders/{id}/fulfillments"), &m.key)
+        .await;
+    assert_eq!(shipments.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(app.count("events where type = 'order.fulfilled'").await, 2);
+
+    let other = app.create_merchant("other").await;
+    fulfil(
+        &app,
+        &other,
+        id,
+        json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+    )
+    .await
+    .assert_problem(404, "not-found");
+    app.get(&format!("/v1/orders/{id}/fulfillments"), &other.key)
+        .await
+        .assert_problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn concurrent_fulfilments_ship_no_more_than_was_bought() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let placed = order(&app, &m, "ann@example.com", &[("TEE", 10)]).await;
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/orders/{id}/fulfillments");
+    let keys: Vec<String> = (0..30).map(|i| format!("ship-{i}")).collect();
+    let body = json!({"lines": [{"sku": "TEE", "quantity": 1}]});
+    let answers = futures_util::future::join_all(
+        keys.iter()
+            .map(|key| app.post_idempotent(&path, &m.key, key, Body::Json(body.clone()))),
+    )
+    .await;
+    let shipped = answers.iter().filter(|a| a.status == 201).count();
+    for a in answers.iter().filter(|a| a.status != 201) {
+        a.assert_problem(422, "validation-error");
+        assert_eq!(a.error_fields(), ["lines[0].quantity"]);
+    }
+    assert_eq!(shipped, 10, "every unit shipped once");
+    let (units, fulfilled): (i64, i64) = sqlx::query_as(
+        "select (select coalesce(sum(quantity), 0)::bigint from order_fulfillment_lines),
+                (select count(*) from orders where fulfillment_status = 'fulfilled')",
+    )
+    .fetch_one(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!((units, fulfilled), (10, 1));
+    // The same key again answers the same shipment.
+    let again = app
+        .post_idempotent(&path, &m.key, "ship-0", Body::Json(body))
+        .await;
+    assert_eq!(again.status, answers[0].status);
+}
+
+/// A provider that assigns tracking numbers and refuses to ship to carrier "nowhere".
+struct TrackingProvider;
+
+impl mercato::checkout::FulfillmentProvider for TrackingProvider {
+    fn name(&self) -> &str {
+        "tracking"
+    }
+
+    fn ship<'a>(
+        &'a self,
+        request: mercato::checkout::ShipmentRequest<'a>,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<mercato::checkout::Shipment, mercato::checkout::ShipmentError>,
+    > {
+        Box::pin(async move {
+            if request.carrier == Some("nowhere") {
+                return Err(mercato::checkout::ShipmentError::Refused(
+                    "no route to nowhere".into(),
+                ));
+            }
+            Ok(mercato::checkout::Shipment {
+                carrier: Some("TrackCo".into()),
+                tracking_number: Some(format!("TRK-{}", request.fulfillment_id.simple())),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_merchant_chooses_its_fulfilment_provider_and_it_ships_or_refuses() {
+    let db = crate::helpers::TestDatabase::create().await;
+    let config = db.config();
+    let plugins = mercato::app::Plugins {
+        fulfillment: vec![std::sync::Arc::new(TrackingProvider)],
+    };
+    let app = TestApp::spawn_with_plugins(db, config, plugins).await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let placed = order(&app, &m, "ann@example.com", &[("TEE", 2)]).await;
+    let id = placed["id"].as_str().unwrap();
+    assert_eq!(
+        app.get("/v1/fulfillment-settings", &m.key).await.body,
+        json!({"provider": "manual"})
+    );
+    let unknown = app
+        .request(
+            reqwest::Method::PUT,
+            "/v1/fulfillment-settings",
+            Some(&m.key),
+            Some(json!({"provider": "pigeon"})),
+        )
+        .await;
+    assert_eq!(unknown.error_fields(), ["provider"]);
+    let chosen = app
+        .request(
+            reqwest::Method::PUT,
+            "/v1/fulfillment-settings",
+            Some(&m.key),
+            Some(json!({"provider": "tracking"})),
+        )
+        .await;
+    assert_eq!(chosen.status, 200, "{}", chosen.body);
+    fulfil(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 1}], "carrier": "nowhere"}),
+    )
+    .await
+    .assert_problem(409, "fulfillment-refused");
+    let shipped = fulfil(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(shipped.status, 201, "{}", shipped.body);
+    assert_eq!(shipped.body["provider"], "tracking");
+    assert_eq!(shipped.body["carrier"], "TrackCo");
+    assert!(shipped.body["tracking_number"]
+        .as_str()
+        .unwrap()
+        .starts_with("TRK-"));
+    // Another merchant keeps the built-in one.
+    let other = app.merchant_with_stock("other", "TEE", 5).await;
+    let theirs = order(&app, &other, "bob@example.com", &[("TEE", 1)]).await;
+    let theirs = fulfil(
+        &app,
+        &other,
+        theirs["id"].as_str().unwrap(),
+        json!({"lines": [{"sku": "TEE", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(theirs.body["provider"], "manual");
+}
