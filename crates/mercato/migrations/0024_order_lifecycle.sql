@@ -1,6 +1,6 @@
 -- no-transaction
 -- Orders you can work (issue 36, item 3): list filters, cancellation, refunds
--- by amount, fulfilments.
+-- by amount, fulfilments, returns.
 --
 -- `orders` is the largest live table, so this file runs outside a
 -- transaction, statement by statement (`db::migrate`): its indexes are built
@@ -62,6 +62,29 @@ create table if not exists order_fulfillment_lines (
     foreign key (merchant_id, fulfillment_id) references order_fulfillments (merchant_id, id)
         on delete cascade
 );
+-- Shipped units sent back, each return with the refund it made.
+create table if not exists order_returns (
+    merchant_id uuid not null,
+    id uuid not null,
+    order_id uuid not null,
+    idempotency_key text,
+    refund_id uuid not null,
+    -- Whether the units went back on hand.
+    restock boolean not null,
+    created_at timestamptz not null default now(),
+    primary key (merchant_id, id),
+    unique (merchant_id, order_id, idempotency_key),
+    foreign key (merchant_id, order_id) references orders (merchant_id, id),
+    foreign key (merchant_id, refund_id) references order_refunds (merchant_id, id)
+);
+create table if not exists order_return_lines (
+    merchant_id uuid not null,
+    return_id uuid not null,
+    sku text not null,
+    quantity bigint not null check (quantity > 0),
+    primary key (merchant_id, return_id, sku),
+    foreign key (merchant_id, return_id) references order_returns (merchant_id, id) on delete cascade
+);
 -- Which fulfilment provider ships a merchant's orders (none: `manual`).
 create table if not exists fulfillment_settings (
     merchant_id uuid not null primary key references merchants (id),
@@ -71,7 +94,8 @@ create table if not exists fulfillment_settings (
 do $$
 declare t text;
 begin
-    foreach t in array array['order_fulfillments', 'order_fulfillment_lines', 'fulfillment_settings'] loop
+    foreach t in array array['order_fulfillments', 'order_fulfillment_lines', 'order_returns',
+                             'order_return_lines', 'fulfillment_settings'] loop
         execute format('alter table %I enable row level security', t);
         execute format('alter table %I force row level security', t);
         if not exists (select 1 from pg_policies where tablename = t and policyname = 'tenant_isolation') then

@@ -77,8 +77,8 @@ impl Checkout {
         }
         let (refunded, _) = refund_store::refunded_so_far(&mut tx, order_id).await?;
         let mut shipped = fulfillment_store::fulfilled_so_far(&mut tx, order_id).await?;
-        // Returns (units shipped and sent back) come with returns; none yet.
-        let returned = |_: &str| 0;
+        let returned_units = super::return_store::returned_so_far(&mut tx, order_id).await?;
+        let returned = |sku: &str| returned_units.get(sku).copied().unwrap_or(0);
         let mut errors = FieldErrors::default();
         let mut lines = Vec::with_capacity(new.lines.len());
         for (i, line) in new.lines.iter().enumerate() {

@@ -1,5 +1,5 @@
-//! Fulfilment routes: ship an order's units, list its shipments, choose the
-//! merchant's fulfilment provider.
+//! Shipping routes: ship an order's units, list its shipments, take
+//! shipped units back (returns), choose the merchant's fulfilment provider.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,6 +13,8 @@ use uuid::Uuid;
 use super::fulfillment::{FulfillError, NewFulfillment};
 use super::fulfillment_store::StoredFulfillment;
 use super::model::parse_order_lines;
+use super::refund_http::{refund_problem, Refund};
+use super::returns::ReturnError;
 use super::store::FulfillmentStatus;
 use crate::http::idempotency::idempotency_key;
 use crate::http::{ApiError, ApiJson, Problem};
@@ -25,6 +27,7 @@ use crate::validation::FieldErrors;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_fulfillment, list_fulfillments))
+        .routes(routes!(post_return))
         .routes(routes!(get_fulfillment_settings, put_fulfillment_settings))
 }
 
@@ -240,4 +243,84 @@ pub async fn put_fulfillment_settings(
         ));
     }
     Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnBody {
+    /// The units sent back: each SKU once, at most what was shipped and not returned.
+    pub lines: Vec<ItemBody>,
+    /// Whether the units go back on hand.
+    pub restock: bool,
+}
+
+/// Shipped units taken back, with the refund they made.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Return {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub lines: Vec<FulfillmentLine>,
+    pub restock: bool,
+    /// What was paid for those units (discount share included), paid back.
+    pub refund: Refund,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Takes back shipped units of an order: refunds what was paid for them
+/// (discount share included, as a refund of those lines would) and, with
+/// `restock`, puts them back on hand; `order.returned` is sent. More units
+/// than were shipped and not returned is a 422 naming the line. Use an
+/// `Idempotency-Key`.
+#[utoipa::path(post, path = "/v1/orders/{id}/returns", params(("id" = String, Path)),
+    request_body = ReturnBody, security(("api_key" = [])),
+    responses(
+        (status = 201, body = Return),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "the order is not confirmed (`order-not-returnable`), or the provider refused the refund"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a line names a SKU not in the order or more units than were shipped and not returned"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "the payment provider did not answer: the return is recorded, its refund pending; retry with the same Idempotency-Key"),
+    ))]
+pub async fn post_return(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ReturnBody>,
+) -> Result<(StatusCode, Json<Return>), ApiError> {
+    let id = ApiError::path_id(&id, "order")?;
+    let mut errors = FieldErrors::default();
+    let lines = parse_order_lines(&body.lines, &mut errors);
+    let lines = errors.finish(lines)?;
+    let key = idempotency_key(&headers)?;
+    let checkout = &state.serving(&tenant.db).checkout;
+    let (ret, refund) = checkout
+        .take_return(tenant.merchant_id, id, &lines, body.restock, key)
+        .await
+        .map_err(|e| match e {
+            ReturnError::NotFound => ApiError::NotFound("order"),
+            ReturnError::NotReturnable(status) => ApiError::Conflict {
+                kind: "order-not-returnable",
+                title: "Order not returnable",
+                detail: format!("the order is {status}: only a confirmed order takes returns"),
+                errors: vec![],
+            },
+            ReturnError::Invalid(invalid) => invalid.into(),
+            ReturnError::Refund(e) => refund_problem(e),
+            ReturnError::Db(e) => e.into(),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Return {
+            id: ret.id,
+            order_id: ret.order_id,
+            lines: ret
+                .lines
+                .into_iter()
+                .map(|(sku, quantity)| FulfillmentLine { sku, quantity })
+                .collect(),
+            restock: ret.restock,
+            refund: refund.into(),
+            created_at: ret.created_at,
+        }),
+    ))
 }

@@ -17,8 +17,11 @@ mod model;
 mod quote;
 mod read_models;
 mod refund;
+mod refund_http;
 mod refund_store;
 mod refund_summary;
+mod return_store;
+mod returns;
 mod saga;
 mod store;
 pub mod worker;
@@ -43,5 +46,6 @@ pub use read_models::{
 pub use refund::RefundError;
 pub use refund_store::{stalled_refunds, StoredRefund};
 pub use refund_summary::{RefundStatus, RefundSummary};
+pub use returns::ReturnError;
 pub use saga::{cart_for, Checkout, CheckoutError, Driver};
 pub use store::{stalled_orders, FulfillmentStatus, Order, OrderStatus, Step};

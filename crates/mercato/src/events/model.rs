@@ -24,6 +24,8 @@ text_enum! {
         OrderCancelled = "order.cancelled",
         /// Units of an order shipped: the lines, carrier, tracking number, the order's fulfillment_status.
         OrderFulfilled = "order.fulfilled",
+        /// Shipped units sent back: the lines, whether restocked, the refund it made.
+        OrderReturned = "order.returned",
         ReservationExpired = "reservation.expired",
         InventoryLowStock = "inventory.low_stock",
         PricingRulesChanged = "pricing.rules_changed",

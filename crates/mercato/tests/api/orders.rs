@@ -841,3 +841,135 @@ async fn a_merchant_chooses_its_fulfilment_provider_and_it_ships_or_refuses() {
     .await;
     assert_eq!(theirs.body["provider"], "manual");
 }
+
+async fn take_back(app: &TestApp, m: &Merchant, order: &str, body: Value) -> Response {
+    app.post(&format!("/v1/orders/{order}/returns"), &m.key, body)
+        .await
+}
+
+#[tokio::test]
+async fn a_return_refunds_the_units_share_restocks_if_asked_and_never_exceeds_what_shipped() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let placed = order(&app, &m, "ann@example.com", &[("TEE", 3)]).await;
+    let id = placed["id"].as_str().unwrap();
+    let tee = |q: i64, restock: bool| json!({"lines": [{"sku": "TEE", "quantity": q}], "restock": restock});
+    // Nothing shipped yet: nothing to take back.
+    let early = take_back(&app, &m, id, tee(1, true)).await;
+    early.assert_problem(422, "validation-error");
+    assert_eq!(early.error_fields(), ["lines[0].quantity"]);
+    let shipped = fulfil(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 2}]}),
+    )
+    .await;
+    assert_eq!(shipped.status, 201, "{}", shipped.body);
+    assert_eq!(
+        app.get("/v1/inventory/TEE", &m.key).await.body["on_hand"],
+        7
+    );
+
+    for (body, field) in [
+        (tee(3, true), "lines[0].quantity"),
+        (
+            json!({"lines": [{"sku": "HAT", "quantity": 1}], "restock": true}),
+            "lines[0].sku",
+        ),
+        (json!({"lines": [{"sku": "TEE", "quantity": 1}]}), "restock"),
+    ] {
+        let resp = take_back(&app, &m, id, body.clone()).await;
+        assert_eq!(resp.status, 422, "{body}: {}", resp.body);
+        assert_eq!(resp.error_fields(), [field], "{body}");
+    }
+    let first = take_back(&app, &m, id, tee(1, true)).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.body["refund"]["amount"]["amount"], 1000);
+    assert_eq!(first.body["refund"]["status"], "succeeded");
+    assert_eq!(first.body["restock"], true);
+    assert_eq!(
+        app.get("/v1/inventory/TEE", &m.key).await.body["on_hand"],
+        8
+    );
+    let second = take_back(&app, &m, id, tee(1, false)).await;
+    assert_eq!(second.status, 201, "{}", second.body);
+    assert_eq!(
+        app.get("/v1/inventory/TEE", &m.key).await.body["on_hand"],
+        8,
+        "not restocked"
+    );
+    let third = take_back(&app, &m, id, tee(1, true)).await;
+    assert_eq!(
+        third.error_fields(),
+        ["lines[0].quantity"],
+        "only two shipped"
+    );
+    // The unit never shipped can still ship; the returned ones cannot again.
+    let again = fulfil(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 2}]}),
+    )
+    .await;
+    assert_eq!(again.error_fields(), ["lines[0].quantity"]);
+    let last = fulfil(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(last.status, 201, "{}", last.body);
+    assert_eq!(last.body["fulfillment_status"], "fulfilled");
+    assert_eq!(app.count("events where type = 'order.returned'").await, 2);
+    let order_now = app.get(&format!("/v1/orders/{id}"), &m.key).await.body;
+    assert_eq!(order_now["refunded"]["amount"], 2000);
+    assert_eq!(refund_violations(&app.owner).await, Vec::<String>::new());
+
+    let other = app.create_merchant("other").await;
+    take_back(&app, &other, id, tee(1, true))
+        .await
+        .assert_problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn concurrent_returns_take_back_no_more_than_was_shipped() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let placed = order(&app, &m, "ann@example.com", &[("TEE", 8)]).await;
+    let id = placed["id"].as_str().unwrap().to_owned();
+    let shipped = fulfil(
+        &app,
+        &m,
+        &id,
+        json!({"lines": [{"sku": "TEE", "quantity": 5}]}),
+    )
+    .await;
+    assert_eq!(shipped.status, 201, "{}", shipped.body);
+    let path = format!("/v1/orders/{id}/returns");
+    let keys: Vec<String> = (0..20).map(|i| format!("return-{i}")).collect();
+    let body = json!({"lines": [{"sku": "TEE", "quantity": 1}], "restock": true});
+    let answers = futures_util::future::join_all(
+        keys.iter()
+            .map(|key| app.post_idempotent(&path, &m.key, key, Body::Json(body.clone()))),
+    )
+    .await;
+    let taken = answers.iter().filter(|a| a.status == 201).count();
+    assert_eq!(
+        taken,
+        5,
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    let (returned, on_hand): (i64, i64) = sqlx::query_as(
+        "select (select coalesce(sum(quantity), 0)::bigint from order_return_lines),
+                (select on_hand from stock_levels where sku = 'TEE')",
+    )
+    .fetch_one(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!((returned, on_hand), (5, 10 - 8 + 5));
+    assert_eq!(refund_violations(&app.owner).await, Vec::<String>::new());
+}
