@@ -1,6 +1,6 @@
 -- no-transaction
 -- Orders you can work (issue 36, item 3): list filters, cancellation, refunds
--- by amount, fulfilments, returns.
+-- by amount, fulfilments, returns, timelines.
 --
 -- `orders` is the largest live table, so this file runs outside a
 -- transaction, statement by statement (`db::migrate`): its indexes are built
@@ -105,6 +105,15 @@ begin
         end if;
     end loop;
 end $$;
+
+-- An order's timeline (GET /v1/orders/{id}/timeline) is its events: each
+-- event about an order names it in a column of its own, so that reading them
+-- is an index range under row-level security (a condition on payload ->>
+-- 'order_id' is not: ->> is not leakproof). Events written before this
+-- migration have none: their orders' timelines start here.
+alter table events add column if not exists order_id uuid;
+create index concurrently if not exists events_by_order on events (merchant_id, order_id, id)
+    where order_id is not null;
 
 -- Refunds left pending by a crash (recorded, the provider not known to have
 -- paid) are resumed by the recovery worker, across merchants.

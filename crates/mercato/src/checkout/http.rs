@@ -1,10 +1,11 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use super::cancel::CancelError;
 use super::filters::{OrderFilter, RawOrderFilter};
@@ -27,6 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_orders))
         .routes(routes!(get_order))
         .routes(routes!(post_cancel))
+        .routes(routes!(get_timeline))
         .merge(super::quote::routes())
         .merge(super::fulfillment_http::routes())
         .merge(super::refund_http::routes())
@@ -236,4 +238,54 @@ pub async fn get_order(tenant: Tenant, Path(id): Path<String>) -> Result<Json<Or
     let order = store::get_order(&mut tx, id).await?;
     tx.commit().await?;
     order.map(Json).ok_or(ApiError::NotFound("order"))
+}
+
+/// One event in an order's life.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimelineEntry {
+    /// The event's id (as `GET /v1/events` and webhooks show it).
+    pub id: Uuid,
+    /// `order.created`, `order.confirmed`, `order.refunded`, `order.fulfilled`,
+    /// `order.returned`, `order.cancelled`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    /// The event's payload.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// The order's events, oldest first: created, confirmed (or failed), each
+/// refund, shipment, return and its cancellation, read from the event log
+/// webhooks are sent from.
+#[utoipa::path(get, path = "/v1/orders/{id}/timeline", params(("id" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = List<TimelineEntry>),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_timeline(
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<List<TimelineEntry>>, ApiError> {
+    let id = ApiError::path_id(&id, "order")?;
+    let mut tx = tenant.begin().await?;
+    if store::get_order(&mut tx, id).await?.is_none() {
+        return Err(ApiError::NotFound("order"));
+    }
+    let events = crate::events::order_timeline(&mut tx, id).await?;
+    tx.commit().await?;
+    let data = events
+        .into_iter()
+        .map(|e| TimelineEntry {
+            id: e.id,
+            kind: e.kind,
+            occurred_at: e.occurred_at,
+            data: serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null),
+        })
+        .collect();
+    Ok(Json(List {
+        data,
+        next_cursor: None,
+    }))
 }

@@ -973,3 +973,86 @@ async fn concurrent_returns_take_back_no_more_than_was_shipped() {
     assert_eq!((returned, on_hand), (5, 10 - 8 + 5));
     assert_eq!(refund_violations(&app.owner).await, Vec::<String>::new());
 }
+
+fn timeline_types(body: &Value) -> Vec<String> {
+    body["data"]
+        .as_array()
+        .expect("a timeline")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_orders_timeline_is_its_events_oldest_first() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_with_stock("acme", "TEE", 10).await;
+    let placed = order(&app, &m, "ann@example.com", &[("TEE", 2)]).await;
+    let id = placed["id"].as_str().unwrap();
+    let refund = post_refund(
+        &app,
+        &m,
+        id,
+        json!({"amount": {"amount": 100, "currency": "EUR"}, "reason": "late"}),
+    )
+    .await;
+    assert_eq!(refund.status, 201, "{}", refund.body);
+    let shipped = fulfil(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 1}], "tracking_number": "T1"}),
+    )
+    .await;
+    assert_eq!(shipped.status, 201, "{}", shipped.body);
+    let back = take_back(
+        &app,
+        &m,
+        id,
+        json!({"lines": [{"sku": "TEE", "quantity": 1}], "restock": true}),
+    )
+    .await;
+    assert_eq!(back.status, 201, "{}", back.body);
+    // Another order's events stay out of it.
+    let cancelled = order(&app, &m, "bob@example.com", &[("TEE", 1)]).await;
+    let cancelled = cancelled["id"].as_str().unwrap();
+    assert_eq!(cancel(&app, &m, cancelled, "oops").await.status, 200);
+
+    let timeline = app.get(&format!("/v1/orders/{id}/timeline"), &m.key).await;
+    assert_eq!(timeline.status, 200, "{}", timeline.body);
+    assert_eq!(
+        timeline_types(&timeline.body),
+        [
+            "order.created",
+            "order.confirmed",
+            "order.refunded",
+            "order.fulfilled",
+            "order.returned",
+            "order.refunded"
+        ]
+    );
+    assert_eq!(timeline.body["data"][3]["data"]["tracking_number"], "T1");
+    let times: Vec<&str> = timeline.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["occurred_at"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let theirs = app
+        .get(&format!("/v1/orders/{cancelled}/timeline"), &m.key)
+        .await;
+    assert_eq!(
+        timeline_types(&theirs.body),
+        [
+            "order.created",
+            "order.confirmed",
+            "order.cancelled",
+            "order.refunded"
+        ]
+    );
+    let other = app.create_merchant("other").await;
+    app.get(&format!("/v1/orders/{id}/timeline"), &other.key)
+        .await
+        .assert_problem(404, "not-found");
+}
