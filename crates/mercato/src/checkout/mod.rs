@@ -1,8 +1,15 @@
-//! Checkout: orders, and the saga that turns a cart into a paid order.
+//! Checkout: orders, the saga that turns a cart into a paid order, and the
+//! order's life after it: refunds (of units or amounts), cancellation,
+//! fulfilments through the merchant's `FulfillmentProvider`, returns, the
+//! filtered order list and the timeline.
 //!
-//! Owns tables `orders` and `order_items`. Prices come from the catalog
-//! (`catalog::prices`), units from inventory (`Inventory::reserve`,
-//! `hold_for_order`, `settle_reservation`), money from a `PaymentProvider`.
+//! Owns tables `orders`, `order_items`, `order_refunds`, `order_refund_lines`,
+//! `order_fulfillments`, `order_fulfillment_lines`, `order_returns`,
+//! `order_return_lines` and `fulfillment_settings`. Prices come from the
+//! catalog (`catalog::prices`), units from inventory (`Inventory::reserve`,
+//! `hold_for_order`, `settle_reservation`, `restock`), money from a
+//! `PaymentProvider`, store credit from the wallet; every change is told
+//! through the events outbox (`events::emit`), which the timeline reads.
 
 mod cancel;
 mod facts;
