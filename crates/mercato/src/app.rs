@@ -56,6 +56,14 @@ pub enum DatabaseSource {
     Private { data_dir: String, port: u16 },
 }
 
+/// Implementations of the service's seams plugged in when the app is built,
+/// beside the built-in ones; merchants choose among them by name.
+#[derive(Clone, Default)]
+pub struct Plugins {
+    /// Fulfilment providers (`manual` is built in).
+    pub fulfillment: Vec<Arc<dyn checkout::FulfillmentProvider>>,
+}
+
 pub struct App {
     config: Config,
     cells: Cells,
@@ -83,7 +91,12 @@ pub struct App {
 }
 
 impl App {
-    pub async fn build(mut config: Config) -> Result<App, StartError> {
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        App::build_with(config, Plugins::default()).await
+    }
+
+    /// `build`, with implementations plugged in beside the built-in ones.
+    pub async fn build_with(mut config: Config, plugins: Plugins) -> Result<App, StartError> {
         config.validate()?;
         // A store URL that cannot be used stops start-up, named by its flag.
         analytics_mirror(&config).map_err(|e| ConfigError {
@@ -184,7 +197,10 @@ impl App {
         ));
         let cell_services: HashMap<String, Arc<CellServices>> = cells
             .iter()
-            .map(|c| (c.name.clone(), Arc::new(cell_services(&c.db, &config))))
+            .map(|c| {
+                let services = cell_services(&c.db, &config, &plugins);
+                (c.name.clone(), Arc::new(services))
+            })
             .collect();
         let cells = Cells::new(db.app.clone(), cells);
         if config.nats_url.is_some() {
@@ -292,12 +308,13 @@ impl App {
 }
 
 /// A cell's services, bound to its pools.
-fn cell_services(db: &Db, config: &Config) -> CellServices {
+fn cell_services(db: &Db, config: &Config, plugins: &Plugins) -> CellServices {
     let inventory = Inventory::new(db.app.clone());
     let checkout = Checkout {
         pool: db.app.clone(),
         inventory: inventory.clone(),
         payments: Arc::new(SandboxProvider::new(db.app.clone(), config.payment_delay)),
+        fulfillment: checkout::FulfillmentProviders::new(&plugins.fulfillment),
         reservation_ttl_seconds: config.checkout_ttl.as_secs().max(1) as i64,
     };
     CellServices {

@@ -21,7 +21,7 @@
 //! | `tenancy` | `merchants`, `api_keys` |
 //! | `catalog` | `products`, `variants`, `variant_prices` |
 //! | `inventory` | `stock`, `reservations`, `reservation_items`, `stock_sales` |
-//! | `checkout` | `orders`, `order_items`, `order_refunds`, `order_refund_lines` |
+//! | `checkout` | `orders`, `order_items`, `order_refunds`, `order_refund_lines`, `order_fulfillments`, `order_fulfillment_lines`, `order_returns`, `order_return_lines`, `fulfillment_settings` |
 //! | `payments` (sandbox provider) | `payments`, `payment_refunds` |
 //! | `pricing` | `pricing_settings`, `pricing_rule_revisions`, `pricing_rule_usage`, `pricing_customer_usage`, `pricing_order_uses`, `pricing_rollouts`, `pricing_rollout_orders`, `pricing_alerts` |
 //! | `events` | `events`, `webhook_endpoints`, `webhook_deliveries`, `webhook_attempts` |

@@ -463,6 +463,10 @@ impl Exporter {
                     let reason = e.payload["reason"].as_str().map(str::to_owned);
                     facts.attempts.push(attempt("failed", reason));
                 }
+                "order.cancelled" => {
+                    let reason = e.payload["reason"].as_str().map(str::to_owned);
+                    facts.attempts.push(attempt("cancelled", reason));
+                }
                 "order.refunded" => {
                     let amount = e.payload["amount"].as_i64().unwrap_or(0);
                     facts.payments.push(payment("refund", amount));

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::model::refund_share;
+use super::model::{cap_to_left, refund_share, refundable_left, RefundRequest};
 use super::refund_store::{self, RefundStatus, StoredRefund};
 use super::saga::Checkout;
 use super::store::OrderStatus;
@@ -73,14 +73,110 @@ fn paid(order: &refund_store::RefundableOrder) -> Result<(PaidLines, i64), sqlx:
     Ok((lines, breakdown.shipping.amount.amount + shipping_tax))
 }
 
+/// The refund of `lines` (not yet recorded): what was paid for those units,
+/// discount share included; the shipping charge too when they are the last;
+/// never more, all refunds together, than `left` of what the order was paid.
+pub(super) fn lines_refund(
+    order: &refund_store::RefundableOrder,
+    order_id: Uuid,
+    lines: &[Line],
+    so_far: &BTreeMap<String, i64>,
+    shipping_refunded: bool,
+    left: i64,
+) -> Result<StoredRefund, RefundError> {
+    let (paid_lines, shipping_paid) = paid(order)?;
+    let mut errors = FieldErrors::default();
+    let mut refund_lines = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let sku = line.sku.as_str();
+        let Some(&(bought, paid)) = paid_lines.get(sku) else {
+            errors.push(format!("lines[{i}].sku"), "is not in this order");
+            continue;
+        };
+        let refunded = so_far.get(sku).copied().unwrap_or(0);
+        let units_left = bought - refunded;
+        if line.quantity > units_left {
+            errors.push(
+                format!("lines[{i}].quantity"),
+                format!("at most {units_left} units of {sku} are left to refund"),
+            );
+            continue;
+        }
+        let amount = refund_share(paid, bought, refunded, line.quantity);
+        refund_lines.push((sku.to_owned(), line.quantity, amount));
+    }
+    errors.finish(Some(()))?;
+    let everything_back = paid_lines.iter().all(|(sku, (bought, _))| {
+        let now = refund_lines
+            .iter()
+            .find(|(s, _, _)| s == sku)
+            .map_or(0, |(_, q, _)| *q);
+        so_far.get(sku).copied().unwrap_or(0) + now == *bought
+    });
+    let includes_shipping = everything_back && !shipping_refunded;
+    // Refunds of amounts may have paid some of these units back already.
+    let mut shares: Vec<i64> = refund_lines.iter().map(|(_, _, a)| *a).collect();
+    if includes_shipping {
+        shares.push(shipping_paid);
+    }
+    let capped = cap_to_left(&shares, left);
+    for (line, amount) in refund_lines.iter_mut().zip(&capped) {
+        line.2 = *amount;
+    }
+    Ok(StoredRefund {
+        id: Uuid::now_v7(),
+        order_id,
+        status: RefundStatus::Pending,
+        amount: capped.iter().sum(),
+        includes_shipping,
+        reason: None,
+        lines: refund_lines,
+        currency: order.currency.clone(),
+        created_at: chrono::Utc::now(),
+    })
+}
+
+/// The refund of an amount (not yet recorded), within what is `left`.
+fn amount_refund(
+    order: &refund_store::RefundableOrder,
+    order_id: Uuid,
+    (amount, currency, reason): (i64, &str, &str),
+    left: i64,
+) -> Result<StoredRefund, RefundError> {
+    let mut errors = FieldErrors::default();
+    if currency != order.currency {
+        errors.push(
+            "amount.currency",
+            format!("must be the order's currency, {}", order.currency),
+        );
+    } else if amount > left {
+        errors.push(
+            "amount.amount",
+            format!("at most {left} is left to refund of what the order was paid"),
+        );
+    }
+    errors.finish(Some(()))?;
+    Ok(StoredRefund {
+        id: Uuid::now_v7(),
+        order_id,
+        status: RefundStatus::Pending,
+        amount,
+        includes_shipping: false,
+        reason: Some(reason.to_owned()),
+        lines: Vec::new(),
+        currency: order.currency.clone(),
+        created_at: chrono::Utc::now(),
+    })
+}
+
 impl Checkout {
-    /// Refunds `lines` of a confirmed order. With an idempotency key seen before
-    /// for this order, answers (or resumes) that refund instead.
+    /// Refunds units or an amount of a confirmed order. With an idempotency
+    /// key seen before for this order, answers (or resumes) that refund instead.
     pub async fn refund(
         &self,
         merchant: MerchantId,
         order_id: Uuid,
-        lines: &[Line],
+        request: &RefundRequest,
         idempotency_key: Option<&str>,
     ) -> Result<StoredRefund, RefundError> {
         let mut tx = TenantTx::begin(&self.pool, merchant).await?;
@@ -102,56 +198,54 @@ impl Checkout {
         if order.status != OrderStatus::Confirmed {
             return Err(RefundError::NotRefundable(order.status));
         }
-        let (paid_lines, shipping_paid) = paid(&order)?;
-        let (so_far, shipping_refunded) = refund_store::refunded_so_far(&mut tx, order_id).await?;
-        let mut errors = FieldErrors::default();
-        let mut refund_lines = Vec::with_capacity(lines.len());
-        for (i, line) in lines.iter().enumerate() {
-            let sku = line.sku.as_str();
-            let Some(&(bought, paid)) = paid_lines.get(sku) else {
-                errors.push(format!("lines[{i}].sku"), "is not in this order");
-                continue;
-            };
-            let refunded = so_far.get(sku).copied().unwrap_or(0);
-            let left = bought - refunded;
-            if line.quantity > left {
-                errors.push(
-                    format!("lines[{i}].quantity"),
-                    format!("at most {left} units of {sku} are left to refund"),
-                );
-                continue;
+        // Under the order's row lock: concurrent refunds of one order take
+        // turns, so what is left is never refunded twice.
+        let left = refundable_left(
+            order.total,
+            refund_store::refunded_total(&mut tx, order_id).await?,
+        );
+        let refund = match request {
+            RefundRequest::Lines(lines) => {
+                let (so_far, shipping_refunded) =
+                    refund_store::refunded_so_far(&mut tx, order_id).await?;
+                lines_refund(&order, order_id, lines, &so_far, shipping_refunded, left)?
             }
-            let amount = refund_share(paid, bought, refunded, line.quantity);
-            refund_lines.push((sku.to_owned(), line.quantity, amount));
-        }
-        errors.finish(Some(()))?;
-        let everything_back = paid_lines.iter().all(|(sku, (bought, _))| {
-            let now = refund_lines
-                .iter()
-                .find(|(s, _, _)| s == sku)
-                .map_or(0, |(_, q, _)| *q);
-            so_far.get(sku).copied().unwrap_or(0) + now == *bought
-        });
-        let includes_shipping = everything_back && !shipping_refunded;
-        let amount: i64 = refund_lines.iter().map(|(_, _, a)| a).sum::<i64>()
-            + if includes_shipping { shipping_paid } else { 0 };
-        let refund = StoredRefund {
-            id: Uuid::now_v7(),
-            order_id,
-            status: RefundStatus::Pending,
-            amount,
-            includes_shipping,
-            lines: refund_lines,
-            currency: order.currency.clone(),
-            created_at: chrono::Utc::now(),
+            RefundRequest::Amount {
+                amount,
+                currency,
+                reason,
+            } => amount_refund(&order, order_id, (*amount, currency, reason), left)?,
         };
         refund_store::insert_refund(&mut tx, &refund, idempotency_key).await?;
         tx.commit().await?;
         self.pay_back(merchant, &order, refund).await
     }
 
+    /// Resumes a refund left pending (by a crash, or a provider that did not
+    /// answer): the provider call is keyed by the refund, so it pays once.
+    pub async fn resume_refund(
+        &self,
+        merchant: MerchantId,
+        order_id: Uuid,
+        refund_id: Uuid,
+    ) -> Result<StoredRefund, RefundError> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let order = refund_store::lock_for_refund(&mut tx, order_id)
+            .await?
+            .ok_or(RefundError::NotFound)?;
+        let refund =
+            refund_store::find_refund(&mut tx, order_id, &order.currency, None, Some(refund_id))
+                .await?
+                .ok_or(RefundError::NotFound)?;
+        tx.commit().await?;
+        match refund.status {
+            RefundStatus::Pending => self.pay_back(merchant, &order, refund).await,
+            _ => Ok(refund),
+        }
+    }
+
     /// Has the provider return a pending refund's amount, then settles it.
-    async fn pay_back(
+    pub(super) async fn pay_back(
         &self,
         merchant: MerchantId,
         order: &refund_store::RefundableOrder,
@@ -194,21 +288,36 @@ impl Checkout {
             )
             .await?;
         }
-        refund_store::settle_refund(&mut tx, refund.id, RefundStatus::Succeeded).await?;
-        crate::events::emit(
-            &mut tx,
-            crate::events::EventType::OrderRefunded,
-            serde_json::json!({"order_id": refund.order_id, "refund_id": refund.id,
-                               "amount": refund.amount, "full": refund.includes_shipping}),
-        )
-        .await?;
-        if refund.includes_shipping {
-            // Refunded in full: the order's uses of limited rules are free again.
-            crate::pricing::release_uses(&mut tx, refund.order_id).await?;
+        // Only the driver that settles it (a request, or the recovery worker
+        // resuming it) reports it: once.
+        let settled =
+            refund_store::settle_refund(&mut tx, refund.id, RefundStatus::Succeeded).await?;
+        if settled {
+            crate::events::emit(
+                &mut tx,
+                crate::events::EventType::OrderRefunded,
+                serde_json::json!({"order_id": refund.order_id, "refund_id": refund.id,
+                                   "amount": refund.amount, "full": refund.includes_shipping,
+                                   "reason": refund.reason}),
+            )
+            .await?;
+            if let Some(refunded) = super::store::get_order(&mut tx, refund.order_id).await? {
+                let notice = super::messages::Notice::Refunded {
+                    refund: refund.id,
+                    amount: refund.amount,
+                };
+                super::messages::tell(&mut tx, &refunded, notice).await?;
+            }
+            if refund.includes_shipping {
+                // Refunded in full: the order's uses of limited rules are free again.
+                crate::pricing::release_uses(&mut tx, refund.order_id).await?;
+            }
         }
         tx.commit().await?;
         refund.status = RefundStatus::Succeeded;
-        metrics::counter!("refunds_total").increment(1);
+        if settled {
+            metrics::counter!("refunds_total").increment(1);
+        }
         Ok(refund)
     }
 }

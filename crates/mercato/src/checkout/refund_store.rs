@@ -5,31 +5,21 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub use super::refund_summary::RefundStatus;
 use super::store::*;
-use crate::db::{text_enum, TenantTx};
-
-text_enum! {
-    /// Where a refund stands. `pending`: recorded (its units no longer refundable),
-    /// the provider not yet known to have paid it; a retry with the same key resumes it.
-    #[derive(Serialize, ToSchema)]
-    #[serde(rename_all = "lowercase")]
-    pub enum RefundStatus {
-        Pending = "pending",
-        Succeeded = "succeeded",
-        Failed = "failed",
-    }
-}
+use crate::db::TenantTx;
 
 /// An order as a refund needs it, its row locked until the transaction ends (so
 /// concurrent refunds of one order take turns).
 pub struct RefundableOrder {
     pub status: OrderStatus,
+    pub fulfillment_status: FulfillmentStatus,
     pub currency: String,
     pub customer_email: String,
+    /// What the order was paid in all (card and store credit).
+    pub total: i64,
     /// What the card paid: the total less the store credit spent on the order.
     pub card_paid: i64,
     pub payment_id: Option<Uuid>,
@@ -45,7 +35,9 @@ pub async fn lock_for_refund(
 ) -> Result<Option<RefundableOrder>, sqlx::Error> {
     let merchant = tx.merchant_id().0;
     let Some(order) = sqlx::query!(
-        r#"select status as "status: OrderStatus", currency, customer_email,
+        r#"select status as "status: OrderStatus",
+                  fulfillment_status as "fulfillment_status: FulfillmentStatus",
+                  currency, customer_email, total_amount,
                   total_amount - wallet_amount as "card_paid!", payment_id, pricing::text as pricing
            from orders where merchant_id = $1 and id = $2 for update"#,
         merchant,
@@ -65,8 +57,10 @@ pub async fn lock_for_refund(
     .await?;
     Ok(Some(RefundableOrder {
         status: order.status,
+        fulfillment_status: order.fulfillment_status,
         currency: order.currency,
         customer_email: order.customer_email,
+        total: order.total_amount,
         card_paid: order.card_paid,
         payment_id: order.payment_id,
         pricing: order.pricing,
@@ -134,6 +128,8 @@ pub struct StoredRefund {
     pub status: RefundStatus,
     pub amount: i64,
     pub includes_shipping: bool,
+    /// Why, for a refund of an amount.
+    pub reason: Option<String>,
     /// (sku, quantity, amount)
     pub lines: Vec<(String, i64, i64)>,
     /// The order's currency (amounts are its minor units).
@@ -148,8 +144,9 @@ pub async fn insert_refund(
 ) -> Result<(), sqlx::Error> {
     let merchant = tx.merchant_id().0;
     sqlx::query!(
-        "insert into order_refunds (merchant_id, id, order_id, idempotency_key, status, amount, includes_shipping)
-         values ($1, $2, $3, $4, $5, $6, $7)",
+        "insert into order_refunds (merchant_id, id, order_id, idempotency_key, status, amount,
+                                    includes_shipping, reason)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
         merchant,
         refund.id,
         refund.order_id,
@@ -157,6 +154,7 @@ pub async fn insert_refund(
         refund.status.as_str(),
         refund.amount,
         refund.includes_shipping,
+        refund.reason,
     )
     .execute(tx.conn())
     .await?;
@@ -188,7 +186,8 @@ pub async fn find_refund(
 ) -> Result<Option<StoredRefund>, sqlx::Error> {
     let merchant = tx.merchant_id().0;
     let Some(head) = sqlx::query!(
-        r#"select id, order_id, status as "status: RefundStatus", amount, includes_shipping, created_at
+        r#"select id, order_id, status as "status: RefundStatus", amount, includes_shipping, reason,
+                  created_at
            from order_refunds
            where merchant_id = $1 and order_id = $2
              and (idempotency_key = $3 or id = $4)"#,
@@ -216,6 +215,7 @@ pub async fn find_refund(
         status: head.status,
         amount: head.amount,
         includes_shipping: head.includes_shipping,
+        reason: head.reason,
         lines: lines
             .into_iter()
             .map(|l| (l.sku, l.quantity, l.amount))
@@ -240,4 +240,83 @@ pub async fn settle_refund(
     .execute(tx.conn())
     .await?;
     Ok(moved.rows_affected() == 1)
+}
+
+/// What the order's refunds returned or are returning (failed ones aside).
+pub async fn refunded_total(tx: &mut TenantTx, order: Uuid) -> Result<i64, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    sqlx::query_scalar!(
+        r#"select coalesce(sum(amount), 0)::bigint as "amount!" from order_refunds
+           where merchant_id = $1 and order_id = $2 and status <> 'failed'"#,
+        merchant,
+        order,
+    )
+    .fetch_one(tx.conn())
+    .await
+}
+
+/// Every refund of an order (in `currency`), oldest first, with its lines.
+pub async fn refunds_of(
+    tx: &mut TenantTx,
+    order: Uuid,
+    currency: &str,
+) -> Result<Vec<StoredRefund>, sqlx::Error> {
+    let merchant = tx.merchant_id().0;
+    let heads = sqlx::query!(
+        r#"select id, status as "status: RefundStatus", amount, includes_shipping, reason, created_at
+           from order_refunds where merchant_id = $1 and order_id = $2 order by id"#,
+        merchant,
+        order,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    let ids: Vec<Uuid> = heads.iter().map(|h| h.id).collect();
+    let lines = sqlx::query!(
+        "select refund_id, sku, quantity, amount from order_refund_lines
+         where merchant_id = $1 and refund_id = any($2) order by sku",
+        merchant,
+        &ids,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(heads
+        .into_iter()
+        .map(|h| StoredRefund {
+            lines: lines
+                .iter()
+                .filter(|l| l.refund_id == h.id)
+                .map(|l| (l.sku.clone(), l.quantity, l.amount))
+                .collect(),
+            id: h.id,
+            order_id: order,
+            status: h.status,
+            amount: h.amount,
+            includes_shipping: h.includes_shipping,
+            reason: h.reason,
+            currency: currency.to_owned(),
+            created_at: h.created_at,
+        })
+        .collect())
+}
+
+/// Pending refunds recorded more than `grace_seconds` ago, across merchants
+/// (worker role): left by a crash or a provider that did not answer.
+pub async fn stalled_refunds(
+    conn: &mut sqlx::PgConnection,
+    grace_seconds: f64,
+    limit: i64,
+) -> Result<Vec<(crate::tenancy::MerchantId, Uuid, Uuid)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "select merchant_id, order_id, id from order_refunds
+         where status = 'pending' and created_at < now() - make_interval(secs => $1)
+         order by created_at limit $2",
+        grace_seconds,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (crate::tenancy::MerchantId(r.merchant_id), r.order_id, r.id))
+        .collect())
 }

@@ -68,6 +68,8 @@ pub struct Checkout {
     pub pool: PgPool,
     pub inventory: Inventory,
     pub payments: Arc<dyn PaymentProvider>,
+    /// Who ships orders, chosen per merchant by name.
+    pub fulfillment: super::fulfillment_provider::FulfillmentProviders,
     /// How long a checkout's reservation holds its units.
     pub reservation_ttl_seconds: i64,
 }

@@ -6,9 +6,9 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::refund_summary::{refund_summaries, RefundStatus, RefundSummary};
 use crate::catalog::Money;
 use crate::db::{text_enum, violates, TenantTx};
-use crate::pagination::Page;
 use crate::tenancy::{in_turns, MerchantId, Rotation};
 
 text_enum! {
@@ -35,6 +35,19 @@ text_enum! {
         Confirmed = "confirmed",
         /// Compensated: nothing stays reserved or charged.
         Failed = "failed",
+        /// Cancelled by the merchant once confirmed: refunded in full, its units back in stock.
+        Cancelled = "cancelled",
+    }
+}
+
+text_enum! {
+    /// How much of an order has shipped.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum FulfillmentStatus {
+        Unfulfilled = "unfulfilled",
+        PartiallyFulfilled = "partially_fulfilled",
+        Fulfilled = "fulfilled",
     }
 }
 
@@ -57,6 +70,7 @@ pub struct Customer {
 pub struct Order {
     pub id: Uuid,
     pub status: OrderStatus,
+    pub fulfillment_status: FulfillmentStatus,
     pub total: Money,
     pub items: Vec<OrderItem>,
     pub customer: Customer,
@@ -67,6 +81,10 @@ pub struct Order {
     pub failure_reason: Option<String>,
     /// The part of the total paid from the customer's store credit; the card pays the rest.
     pub store_credit: Money,
+    /// What its refunds returned or are returning (pending and succeeded ones).
+    pub refunded: Money,
+    /// Its refunds, oldest first (`GET /v1/orders/{id}/refunds` has their lines).
+    pub refunds: Vec<RefundSummary>,
     /// How the total was computed (absent on orders placed before pricing existed).
     pub pricing: Option<OrderPricing>,
     pub created_at: DateTime<Utc>,
@@ -87,9 +105,10 @@ pub struct OrderPricing {
     pub breakdown: serde_json::Value,
 }
 
-struct OrderRow {
+pub(super) struct OrderRow {
     id: Uuid,
     status: OrderStatus,
+    fulfillment_status: FulfillmentStatus,
     saga_step: Step,
     customer_email: String,
     customer_id: Option<Uuid>,
@@ -210,6 +229,43 @@ pub async fn confirm(
     .await
 }
 
+/// Cancels a confirmed order nothing of which has shipped; `false` if it is
+/// not (any more) in that state.
+pub async fn mark_cancelled(
+    tx: &mut TenantTx,
+    id: Uuid,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let cancelled = sqlx::query!(
+        "update orders set status = 'cancelled', cancel_reason = $3, cancelled_at = now(), updated_at = now()
+         where merchant_id = $1 and id = $2 and status = 'confirmed' and fulfillment_status = 'unfulfilled'",
+        tx.merchant_id().0,
+        id,
+        reason,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(cancelled.rows_affected() == 1)
+}
+
+/// Records where the order's shipping stands.
+pub async fn set_fulfillment_status(
+    tx: &mut TenantTx,
+    id: Uuid,
+    status: FulfillmentStatus,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update orders set fulfillment_status = $3, updated_at = now()
+         where merchant_id = $1 and id = $2",
+        tx.merchant_id().0,
+        id,
+        status.as_str(),
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
 /// Marks a pending order failed (its compensations are the caller's to run first).
 pub async fn mark_failed(
     tx: &mut TenantTx,
@@ -234,7 +290,8 @@ pub async fn mark_failed(
 pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     let row = sqlx::query_as!(
         OrderRow,
-        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
+        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step",
+                  fulfillment_status as "fulfillment_status: FulfillmentStatus", customer_email,
                   customer_id, payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
                   failure_reason, wallet_amount, created_at, updated_at, calculator_version,
                   ruleset_revision, pricing::text as pricing
@@ -250,18 +307,19 @@ pub async fn get_order(tx: &mut TenantTx, id: Uuid) -> Result<Option<Order>, sql
     }
 }
 
-pub async fn list_orders(tx: &mut TenantTx, page: Page) -> Result<Vec<Order>, sqlx::Error> {
+/// The orders of `ids` that exist, in id order.
+pub async fn orders_by_ids(tx: &mut TenantTx, ids: &[Uuid]) -> Result<Vec<Order>, sqlx::Error> {
     let rows = sqlx::query_as!(
         OrderRow,
-        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step", customer_email,
+        r#"select id, status as "status: OrderStatus", saga_step as "saga_step: Step",
+                  fulfillment_status as "fulfillment_status: FulfillmentStatus", customer_email,
                   customer_id, payment_method, promo_code, reservation_id, payment_id, total_amount, currency,
                   failure_reason, wallet_amount, created_at, updated_at, calculator_version,
                   ruleset_revision, pricing::text as pricing
-         from orders where merchant_id = $1 and ($2::uuid is null or id > $2)
-         order by id limit $3"#,
+         from orders where merchant_id = $1 and id = any($2)
+         order by id"#,
         tx.merchant_id().0,
-        page.after,
-        page.fetch_limit(),
+        ids,
     )
     .fetch_all(tx.conn())
     .await?;
@@ -290,9 +348,25 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
     )
     .fetch_all(tx.conn())
     .await?;
+    let refunds = refund_summaries(tx, &ids).await?;
     Ok(rows
         .into_iter()
         .map(|r| Order {
+            refunds: refunds
+                .iter()
+                .filter(|(order, _)| *order == r.id)
+                .map(|(_, refund)| refund.clone())
+                .collect(),
+            refunded: Money {
+                amount: refunds
+                    .iter()
+                    .filter(|(order, refund)| {
+                        *order == r.id && refund.status != RefundStatus::Failed
+                    })
+                    .map(|(_, refund)| refund.amount)
+                    .sum(),
+                currency: r.currency.clone(),
+            },
             items: items
                 .iter()
                 .filter(|item| item.order_id == r.id)
@@ -307,6 +381,7 @@ async fn with_items(tx: &mut TenantTx, rows: Vec<OrderRow>) -> Result<Vec<Order>
                 .collect(),
             id: r.id,
             status: r.status,
+            fulfillment_status: r.fulfillment_status,
             step: r.saga_step,
             total: Money {
                 amount: r.total_amount,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use super::refund_store::stalled_refunds;
 use super::saga::{Checkout, Driver};
 use super::store::stalled_orders;
 use crate::tenancy::Rotation;
@@ -32,6 +33,7 @@ pub async fn recover_stalled_checkouts(
                 continue;
             }
         };
+        resume_stalled_refunds(&checkout, &worker_pool, grace).await;
         for (merchant, order) in stalled {
             match checkout.advance(merchant, order, Driver::Recovery).await {
                 Ok(o) => {
@@ -42,6 +44,30 @@ pub async fn recover_stalled_checkouts(
                 Err(err) => {
                     tracing::warn!(%order, error = %err, "recovering checkout failed; will retry")
                 }
+            }
+        }
+    }
+}
+
+/// Refunds left pending (recorded, the provider not known to have paid) for
+/// longer than `grace`: paid now, once (the provider's call is keyed by the refund).
+async fn resume_stalled_refunds(checkout: &Checkout, worker_pool: &PgPool, grace: Duration) {
+    let stalled = match worker_pool.acquire().await {
+        Ok(mut conn) => stalled_refunds(&mut conn, grace.as_secs_f64(), 100).await,
+        Err(e) => Err(e),
+    };
+    let stalled = match stalled {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(error = %err, "listing stalled refunds failed");
+            return;
+        }
+    };
+    for (merchant, order, refund) in stalled {
+        match checkout.resume_refund(merchant, order, refund).await {
+            Ok(r) => tracing::info!(%order, %refund, status = %r.status, "resumed refund"),
+            Err(err) => {
+                tracing::warn!(%order, %refund, error = %err, "resuming refund failed; will retry")
             }
         }
     }

@@ -15,10 +15,12 @@
 //! Databases migrated by `Migrator::run` carry on as they were.
 //!
 //! A file whose first line is `-- no-transaction` runs outside a transaction
-//! (sqlx's marker), for `CREATE INDEX CONCURRENTLY`: one statement per such
-//! file, since PostgreSQL runs several sent together in one transaction. Its
-//! SQL and its record are two commits, so it is written to run again (`IF NOT
-//! EXISTS`). A concurrent build that fails part-way, on a lock timeout too,
+//! (sqlx's marker), for `CREATE INDEX CONCURRENTLY`: its statements are sent
+//! one at a time ([`statements`]), each its own commit, as `psql -f` runs a
+//! file (PostgreSQL runs several statements sent together in one transaction,
+//! which `CONCURRENTLY` refuses). Its SQL and its record are separate
+//! commits, so every statement is written to run again (`IF NOT EXISTS`, a
+//! constraint dropped `IF EXISTS` and added back in one `ALTER`). A concurrent build that fails part-way, on a lock timeout too,
 //! leaves an INVALID index behind that `IF NOT EXISTS` would then take for
 //! done: after such a migration, and before retrying one, any invalid index
 //! stops the run with its name instead.
@@ -222,14 +224,16 @@ async fn apply(
 
 /// sqlx's `apply` for a `-- no-transaction` migration (the same record), with
 /// the catalog checked between the SQL and its record.
-async fn apply_outside_transaction(
+pub async fn apply_outside_transaction(
     conn: &mut PgConnection,
     migration: &Migration,
 ) -> Result<(), MigrationError> {
     let started = Instant::now();
-    conn.execute(&*migration.sql)
-        .await
-        .map_err(|e| MigrateError::ExecuteMigration(e, migration.version))?;
+    for statement in statements(&migration.sql) {
+        conn.execute(statement)
+            .await
+            .map_err(|e| MigrateError::ExecuteMigration(e, migration.version))?;
+    }
     refuse_invalid_indexes(conn, migration.version).await?;
     sqlx::query(
         "insert into _sqlx_migrations (version, description, success, checksum, execution_time)
@@ -270,4 +274,101 @@ fn is_lock_timeout(err: &MigrateError) -> bool {
         _ => return false,
     };
     matches!(source, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// The statements of a migration, each without its `;`, in order: split at
+/// semicolons outside quotes ('…', "…", $tag$…$tag$) and comments (`--`,
+/// nested `/* */`). A piece with nothing but comments and blanks is none.
+pub fn statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut i, mut code) = (0, 0, false);
+    while i < bytes.len() {
+        let next = bytes.get(i + 1).copied();
+        match bytes[i] {
+            b'-' if next == Some(b'-') => {
+                i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n);
+                continue;
+            }
+            b'/' if next == Some(b'*') => {
+                let mut depth = 0;
+                while i < bytes.len() {
+                    match (bytes[i], bytes.get(i + 1).copied()) {
+                        (b'/', Some(b'*')) => (depth, i) = (depth + 1, i + 2),
+                        (b'*', Some(b'/')) => (depth, i) = (depth - 1, i + 2),
+                        _ => i += 1,
+                    }
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                continue;
+            }
+            b';' => {
+                if code {
+                    out.push(sql[start..i].trim());
+                }
+                (start, i, code) = (i + 1, i + 1, false);
+                continue;
+            }
+            b if b.is_ascii_whitespace() => {
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        code = true;
+        i = match bytes[i] {
+            quote @ (b'\'' | b'"') => sql[i + 1..]
+                .find(quote as char)
+                .map_or(bytes.len(), |n| i + 1 + n + 1),
+            b'$' => match dollar_tag(&sql[i..]) {
+                Some(tag) => {
+                    let body = i + tag.len();
+                    sql[body..]
+                        .find(tag)
+                        .map_or(bytes.len(), |n| body + n + tag.len())
+                }
+                None => i + 1,
+            },
+            _ => i + 1,
+        };
+    }
+    if code {
+        out.push(sql[start..].trim());
+    }
+    out
+}
+
+/// The `$tag$` that opens a dollar-quoted string at the start of `text`.
+fn dollar_tag(text: &str) -> Option<&str> {
+    let rest = text.get(1..)?;
+    let end = rest.find('$')?;
+    let valid = rest[..end]
+        .chars()
+        .enumerate()
+        .all(|(n, c)| c == '_' || c.is_alphabetic() || (n > 0 && c.is_ascii_digit()));
+    valid.then(|| &text[..end + 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statements;
+
+    #[test]
+    fn statements_split_at_semicolons_outside_quotes_and_comments() {
+        let sql = "-- no-transaction\n-- a comment; still a comment\n\
+                   create table a (x text default 'a;b');\n\
+                   /* block; /* nested; */ */ alter table a add column \"y;\" int;\n\
+                   do $$ begin perform 1; end $$;\n\
+                   do $body$ begin perform ';'; end $body$;\n\
+                   create index concurrently if not exists a_x on a (x)\n-- trailing;\n";
+        let found = statements(sql);
+        assert_eq!(found.len(), 5, "{found:#?}");
+        assert!(found[0].ends_with("default 'a;b')"));
+        assert!(found[1].ends_with("\"y;\" int"));
+        assert_eq!(found[2], "do $$ begin perform 1; end $$");
+        assert_eq!(found[3], "do $body$ begin perform ';'; end $body$");
+        assert!(found[4].starts_with("create index concurrently"));
+    }
 }

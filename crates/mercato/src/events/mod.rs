@@ -16,7 +16,7 @@ pub mod worker;
 use uuid::Uuid;
 
 pub use model::{check_url, is_internal, next_delay, sign, svix_schedule, EventType};
-pub use store::{claim_due, Claimed, DeliveryStatus, EndpointStatus};
+pub use store::{claim_due, Claimed, DeliveryStatus, EndpointStatus, EventRow};
 
 use crate::db::{MerchantId, TenantTx};
 
@@ -63,7 +63,17 @@ pub async fn emit_on(
         )));
     }
     let id = Uuid::now_v7();
-    store::insert_event(conn, merchant.0, id, kind.as_str(), 1, &text).await?;
+    // An event about an order names it, for the order's timeline.
+    let order = payload
+        .get("order_id")
+        .and_then(|v| v.as_str())
+        .and_then(|s| Uuid::try_parse(s).ok());
+    store::insert_event(conn, merchant.0, id, kind.as_str(), 1, &text, order).await?;
     metrics::counter!("events_emitted_total", "type" => kind.as_str()).increment(1);
     Ok(id)
+}
+
+/// The events about `order`, oldest first: its timeline.
+pub async fn order_timeline(tx: &mut TenantTx, order: Uuid) -> Result<Vec<EventRow>, sqlx::Error> {
+    store::order_events(tx, order).await
 }

@@ -20,6 +20,12 @@ text_enum! {
         OrderConfirmed = "order.confirmed",
         OrderFailed = "order.failed",
         OrderRefunded = "order.refunded",
+        /// A confirmed order cancelled by the merchant: refunded in full, its units back.
+        OrderCancelled = "order.cancelled",
+        /// Units of an order shipped: the lines, carrier, tracking number, the order's fulfillment_status.
+        OrderFulfilled = "order.fulfilled",
+        /// Shipped units sent back: the lines, whether restocked, the refund it made.
+        OrderReturned = "order.returned",
         ReservationExpired = "reservation.expired",
         InventoryLowStock = "inventory.low_stock",
         PricingRulesChanged = "pricing.rules_changed",

@@ -50,13 +50,14 @@ pub async fn insert_event(
     kind: &str,
     version: i32,
     payload: &str,
+    order: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
     // One statement (one round trip on every order's path): the event, and a
     // delivery per subscribed endpoint.
     sqlx::query!(
         "with event as (
-             insert into events (merchant_id, id, type, version, payload, bus_pending)
-             values ($1, $2, $3, $4, $5::text::jsonb, $6)
+             insert into events (merchant_id, id, type, version, payload, bus_pending, order_id)
+             values ($1, $2, $3, $4, $5::text::jsonb, $6, $7)
              returning merchant_id, id, type
          )
          insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id)
@@ -69,6 +70,7 @@ pub async fn insert_event(
         version,
         payload,
         super::bus_enabled(),
+        order,
     )
     .execute(conn)
     .await?;
@@ -91,6 +93,21 @@ pub async fn events(
         kind,
         after,
         limit,
+    )
+    .fetch_all(tx.conn())
+    .await
+}
+
+/// The events about an order, oldest first (those written since events name
+/// their order: migration 0024).
+pub async fn order_events(tx: &mut TenantTx, order: Uuid) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EventRow,
+        r#"select id, type as kind, version, payload::text as "payload!", occurred_at from events
+           where merchant_id = $1 and order_id = $2
+           order by id"#,
+        tx.merchant_id().0,
+        order,
     )
     .fetch_all(tx.conn())
     .await

@@ -62,6 +62,8 @@ pub const FAMILIES: &[Family] = &[
         "Stalled checkouts the recovery worker drove to an end, by the status they ended in."),
     family("refunds_total", Counter, COUNT,
         "Refunds the payment provider paid back."),
+    family("orders_cancelled_total", Counter, COUNT,
+        "Confirmed orders the merchant cancelled (refunded in full, units back in stock)."),
     family("reservations_requested_total", Counter, COUNT,
         "Stock reservations asked for, by the merchant's stock strategy."),
     family("reservations_expired_total", Counter, COUNT,

@@ -586,6 +586,24 @@ pub async fn settle_reservation(
     settle(tx.conn(), merchant, id, how).await
 }
 
+/// Puts `units` (sku, quantity) back on hand: an order cancelled, units
+/// returned. A SKU without a stock row (deleted since) takes nothing back.
+pub async fn restock(tx: &mut TenantTx, units: &[(String, i64)]) -> Result<(), sqlx::Error> {
+    let skus: Vec<&str> = units.iter().map(|(s, _)| s.as_str()).collect();
+    let quantities: Vec<i64> = units.iter().map(|(_, q)| *q).collect();
+    sqlx::query!(
+        "update stock s set on_hand = s.on_hand + x.quantity, updated_at = now()
+         from unnest($2::text[], $3::bigint[]) as x (sku, quantity)
+         where s.merchant_id = $1 and s.sku = x.sku",
+        tx.merchant_id().0,
+        &skus as &[&str],
+        &quantities,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
 /// Marks an active reservation as held by an order: from now on only that
 /// order's checkout settles it (consumed when it is confirmed, released when it
 /// fails), never the expiry worker. `false` if the reservation is not active.

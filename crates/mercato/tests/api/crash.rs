@@ -366,3 +366,326 @@ async fn a_server_killed_mid_delivery_loses_no_webhook() {
     );
     drop(server);
 }
+
+/// A POST with an `Idempotency-Key`: status and body, 0 when no answer came.
+async fn post_keyed(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    key: &str,
+    idempotency_key: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let headers = [("Idempotency-Key", idempotency_key)];
+    let body = crate::helpers::Body::Json(body.clone());
+    match crate::helpers::send(
+        client,
+        base,
+        reqwest::Method::POST,
+        path,
+        Some(key),
+        &headers,
+        body,
+    )
+    .await
+    {
+        Some(resp) => (resp.status.as_u16(), resp.body),
+        None => (0, Value::Null),
+    }
+}
+
+/// Cancels and refunds of amounts in flight when the server dies: after a
+/// restart the recovery worker pays every refund left pending, and every
+/// request retried with its Idempotency-Key answers what was done: each
+/// refund paid back once, each order cancelled once, its units back once.
+#[tokio::test]
+async fn a_server_killed_mid_cancels_and_refunds_pays_each_back_exactly_once() {
+    const ORDERS: usize = 120;
+    let db = TestDatabase::create().await;
+    let mut server = Server::start(&db, free_port()).await;
+    let client = reqwest::Client::new();
+    let key = merchant_with_stock(&client, &server.base, &["TEE"], 1_000).await;
+    let mut orders = Vec::new();
+    for i in 0..ORDERS {
+        let body = json!({"customer": {"email": format!("buyer{i}@example.com")},
+                          "items": [{"sku": "TEE", "quantity": 2}], "payment_method": "pm_card_ok"});
+        let (status, order) = post_to(&client, &server.base, "/v1/checkouts", &key, &body).await;
+        assert_eq!(status, 201, "{order}");
+        orders.push(order["id"].as_str().unwrap().to_owned());
+    }
+    // Every third order cancelled; the others refunded 400 at a time, three
+    // times (1,200 asked of 1,000 paid: one of the three must be refused).
+    let mut requests: Vec<(String, String, Value)> = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        if i % 3 == 0 {
+            requests.push((
+                format!("/v1/orders/{order}/cancel"),
+                format!("cancel-{i}"),
+                json!({"reason": "changed their mind"}),
+            ));
+        } else {
+            for n in 0..3 {
+                requests.push((
+                    format!("/v1/orders/{order}/refunds"),
+                    format!("refund-{i}-{n}"),
+                    json!({"amount": {"amount": 400, "currency": "EUR"}, "reason": "goodwill"}),
+                ));
+            }
+        }
+    }
+    let base = server.base.clone();
+    let answers = AtomicUsize::new(0);
+    let storm = join_all(requests.iter().map(|(path, idem, body)| {
+        let (client, base, key, answers) = (&client, &base, &key, &answers);
+        async move {
+            let answer = post_keyed(client, base, path, key, idem, body).await;
+            answers.fetch_add(1, Ordering::SeqCst);
+            answer
+        }
+    }));
+    let kill = async {
+        for _ in 0..2_000 {
+            if answers.load(Ordering::SeqCst) >= 40 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        server.kill();
+    };
+    let (results, ()) = tokio::join!(storm, kill);
+    let answered = results.iter().filter(|(status, _)| *status != 0).count();
+    assert!(
+        answered < requests.len(),
+        "the kill landed mid-storm ({answered} of {} answered)",
+        requests.len()
+    );
+    let owner = sqlx::PgPool::connect(&db.owner_url).await.unwrap();
+    let pending = count(&owner, "order_refunds where status = 'pending'").await;
+    eprintln!("killed with {answered} answered, {pending} refunds pending");
+
+    let restarted = Server::start(&db, free_port()).await;
+    assert_eq!(
+        wait_until_zero(&owner, "order_refunds where status = 'pending'", 60).await,
+        0,
+        "the recovery worker paid every refund left pending"
+    );
+    // Every request again, with its key: keys the dead server held count as
+    // in flight until they are abandoned (a minute), then run and answer.
+    let retried = join_all(requests.iter().map(|(path, idem, body)| {
+        let (client, base, key) = (&client, &restarted.base, &key);
+        async move {
+            for _ in 0..100 {
+                let (status, answer) = post_keyed(client, base, path, key, idem, body).await;
+                if status == 409
+                    && answer["type"]
+                        .as_str()
+                        .is_some_and(|t| t.ends_with("/idempotency-key-in-flight"))
+                {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+                return (status, answer);
+            }
+            panic!("{idem} stayed in flight");
+        }
+    }))
+    .await;
+    for ((path, idem, _), (status, answer)) in requests.iter().zip(&retried) {
+        if path.ends_with("/cancel") {
+            assert_eq!(*status, 200, "{idem}: {answer}");
+            assert_eq!(answer["status"], "cancelled", "{idem}");
+        } else {
+            assert!(matches!(status, 201 | 422), "{idem}: {status} {answer}");
+        }
+    }
+
+    let violations = crate::orders::refund_violations(&owner).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    let scalar = |sql: &'static str| {
+        let owner = owner.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&owner)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        }
+    };
+    let cancels = ORDERS.div_ceil(3) as i64;
+    assert_eq!(
+        scalar("select count(*) from orders where status = 'cancelled'").await,
+        cancels
+    );
+    assert_eq!(
+        scalar("select count(*) from events where type = 'order.cancelled'").await,
+        cancels,
+        "one order.cancelled per cancelled order"
+    );
+    assert_eq!(
+        scalar(
+            "select count(*) from orders o where o.status = 'cancelled' and 1 <> (
+                 select count(*) from order_refunds r where r.merchant_id = o.merchant_id
+                   and r.order_id = o.id and r.status = 'succeeded' and r.amount = o.total_amount)"
+        )
+        .await,
+        0,
+        "each cancelled order refunded in full, once"
+    );
+    assert_eq!(
+        scalar("select count(*) from orders where status = 'confirmed' and id in (select order_id from order_refunds) and 800 <> (select sum(amount) from order_refunds r where r.order_id = orders.id and r.status = 'succeeded')").await,
+        0,
+        "two of each order's three refunds of 400 were paid, the third refused"
+    );
+    assert_eq!(
+        scalar("select count(*) from order_refunds where status = 'succeeded'").await,
+        scalar("select count(*) from payment_refunds").await,
+        "the provider paid each refund once"
+    );
+    assert_eq!(
+        scalar("select count(*) from events where type = 'order.refunded'").await,
+        scalar("select count(*) from order_refunds where status = 'succeeded'").await,
+        "one order.refunded per refund paid"
+    );
+    let (on_hand, reserved): (i64, i64) =
+        sqlx::query_as("select on_hand, reserved from stock_levels where sku = 'TEE'")
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    let kept = 2 * (ORDERS as i64 - cancels);
+    assert_eq!(
+        (on_hand, reserved),
+        (1_000 - kept, 0),
+        "each cancelled order's units back once"
+    );
+}
+
+/// Returns in flight when the server dies: after a restart every return's
+/// refund is paid once, every retry with its key answers the same return,
+/// and no order takes back more units than it shipped, nor restocks twice.
+#[tokio::test]
+async fn a_server_killed_mid_returns_takes_each_back_and_refunds_it_once() {
+    const ORDERS: usize = 60;
+    let db = TestDatabase::create().await;
+    let mut server = Server::start(&db, free_port()).await;
+    let client = reqwest::Client::new();
+    let key = merchant_with_stock(&client, &server.base, &["TEE"], 1_000).await;
+    let mut orders = Vec::new();
+    for i in 0..ORDERS {
+        let body = json!({"customer": {"email": format!("buyer{i}@example.com")},
+                          "items": [{"sku": "TEE", "quantity": 2}], "payment_method": "pm_card_ok"});
+        let (status, order) = post_to(&client, &server.base, "/v1/checkouts", &key, &body).await;
+        assert_eq!(status, 201, "{order}");
+        let id = order["id"].as_str().unwrap().to_owned();
+        let ship = json!({"lines": [{"sku": "TEE", "quantity": 2}]});
+        let path = format!("/v1/orders/{id}/fulfillments");
+        let (status, shipped) = post_to(&client, &server.base, &path, &key, &ship).await;
+        assert_eq!(status, 201, "{shipped}");
+        orders.push(id);
+    }
+    // Three returns of one unit per order of two shipped: one must be refused.
+    let mut requests: Vec<(String, String, Value)> = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        for n in 0..3 {
+            requests.push((
+                format!("/v1/orders/{order}/returns"),
+                format!("return-{i}-{n}"),
+                json!({"lines": [{"sku": "TEE", "quantity": 1}], "restock": true}),
+            ));
+        }
+    }
+    let base = server.base.clone();
+    let answers = AtomicUsize::new(0);
+    let storm = join_all(requests.iter().map(|(path, idem, body)| {
+        let (client, base, key, answers) = (&client, &base, &key, &answers);
+        async move {
+            let answer = post_keyed(client, base, path, key, idem, body).await;
+            answers.fetch_add(1, Ordering::SeqCst);
+            answer
+        }
+    }));
+    let kill = async {
+        for _ in 0..2_000 {
+            if answers.load(Ordering::SeqCst) >= 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        server.kill();
+    };
+    let (results, ()) = tokio::join!(storm, kill);
+    let answered = results.iter().filter(|(status, _)| *status != 0).count();
+    assert!(
+        answered < requests.len(),
+        "the kill landed mid-storm ({answered} of {} answered)",
+        requests.len()
+    );
+    let owner = sqlx::PgPool::connect(&db.owner_url).await.unwrap();
+    let pending = count(&owner, "order_refunds where status = 'pending'").await;
+    eprintln!("killed with {answered} answered, {pending} refunds pending");
+
+    let restarted = Server::start(&db, free_port()).await;
+    assert_eq!(
+        wait_until_zero(&owner, "order_refunds where status = 'pending'", 60).await,
+        0,
+        "the recovery worker paid every refund left pending"
+    );
+    let retried = join_all(requests.iter().map(|(path, idem, body)| {
+        let (client, base, key) = (&client, &restarted.base, &key);
+        async move {
+            for _ in 0..100 {
+                let (status, answer) = post_keyed(client, base, path, key, idem, body).await;
+                let in_flight = answer["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("/idempotency-key-in-flight"));
+                if status == 409 && in_flight {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+                return (status, answer);
+            }
+            panic!("{idem} stayed in flight");
+        }
+    }))
+    .await;
+    let taken = retried.iter().filter(|(status, _)| *status == 201).count();
+    for (status, answer) in &retried {
+        assert!(matches!(status, 201 | 422), "{status} {answer}");
+    }
+    assert_eq!(taken, 2 * ORDERS, "two returns of each order answer 201");
+    let violations = crate::orders::refund_violations(&owner).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    let scalar = |sql: &'static str| {
+        let owner = owner.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&owner)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        }
+    };
+    assert_eq!(
+        scalar("select count(*) from order_returns").await,
+        2 * ORDERS as i64,
+        "one return per unit shipped"
+    );
+    assert_eq!(
+        scalar(
+            "select count(*) from order_returns r where not exists (
+                 select 1 from order_refunds f where f.merchant_id = r.merchant_id
+                   and f.id = r.refund_id and f.status = 'succeeded' and f.amount = 500)"
+        )
+        .await,
+        0,
+        "each return's refund paid: what one unit cost"
+    );
+    assert_eq!(
+        scalar("select count(*) from order_refunds where status = 'succeeded'").await,
+        scalar("select count(*) from payment_refunds").await,
+        "the provider paid each refund once"
+    );
+    assert_eq!(
+        scalar("select count(*) from events where type = 'order.returned'").await,
+        2 * ORDERS as i64
+    );
+    let on_hand = scalar("select on_hand from stock_levels where sku = 'TEE'").await;
+    assert_eq!(on_hand, 1_000, "every unit back on hand once");
+}

@@ -31,7 +31,14 @@ pub struct TestApp {
 }
 
 async fn start_app(config: Config) -> (String, String, PgPool) {
-    let app = App::build(config).await.expect("app starts");
+    start_app_with(config, mercato::app::Plugins::default()).await
+}
+
+async fn start_app_with(
+    config: Config,
+    plugins: mercato::app::Plugins,
+) -> (String, String, PgPool) {
+    let app = App::build_with(config, plugins).await.expect("app starts");
     let base = format!("http://{}", app.addr);
     let metrics_base = format!("http://{}", app.metrics_addr);
     let app_pool = app.db.app.clone();
@@ -173,7 +180,16 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: TestDatabase, config: Config) -> TestApp {
-        let (base, metrics_base, app_pool) = start_app(config).await;
+        Self::spawn_with_plugins(db, config, mercato::app::Plugins::default()).await
+    }
+
+    /// The app with implementations plugged in (a fulfilment provider, …).
+    pub async fn spawn_with_plugins(
+        db: TestDatabase,
+        config: Config,
+        plugins: mercato::app::Plugins,
+    ) -> TestApp {
+        let (base, metrics_base, app_pool) = start_app_with(config, plugins).await;
         let owner = PgPool::connect(&db.owner_url)
             .await
             .expect("owner connects");

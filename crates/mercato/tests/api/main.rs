@@ -12,6 +12,7 @@ mod helpers;
 mod hostile;
 mod inventory;
 mod migration;
+pub mod orders;
 mod pricing;
 mod quotas;
 mod remediation;

@@ -116,19 +116,31 @@ async fn every_migration_passes_lint_against_the_schema_before_it_but_the_findin
     let mut found: BTreeMap<(String, &str), Vec<String>> = BTreeMap::new();
     for (version, name, sql) in &files {
         let catalog = Catalog::load(&pool).await.expect("read the catalog");
-        for finding in lint_file(name, sql, &catalog) {
+        let migration = MIGRATOR
+            .iter()
+            .find(|m| m.version == *version)
+            .expect("every file is in the build");
+        // A `-- no-transaction` file runs statement by statement: each is a step.
+        let steps = if migration.no_tx {
+            migrate::statements(sql)
+        } else {
+            vec![sql.as_str()]
+        };
+        let findings = steps
+            .into_iter()
+            .flat_map(|step| lint_file(name, step, &catalog));
+        for finding in findings {
             found
                 .entry((name.clone(), finding.rule))
                 .or_default()
                 .push(finding.to_string());
         }
-        let migration = MIGRATOR
-            .iter()
-            .find(|m| m.version == *version)
-            .expect("every file is in the build");
-        conn.apply(migration)
-            .await
-            .unwrap_or_else(|e| panic!("{name} applies: {e}"));
+        let applied = if migration.no_tx {
+            migrate::apply_outside_transaction(&mut conn, migration).await
+        } else {
+            conn.apply(migration).await.map(|_| ()).map_err(Into::into)
+        };
+        applied.unwrap_or_else(|e| panic!("{name} applies: {e}"));
     }
     let accepted = |file: &str, rule: &str| {
         ACCEPTED
@@ -345,12 +357,67 @@ async fn a_no_transaction_migration_builds_its_index_concurrently_and_an_invalid
 }
 
 #[tokio::test]
+async fn a_no_transaction_migration_runs_its_statements_one_at_a_time_and_can_run_again() {
+    let db = TestDatabase::create().await;
+    let pool = PgPool::connect(&db.owner_url).await.expect("connect");
+    sqlx::raw_sql("create table parcels (id int)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Sent together, the two CONCURRENTLY builds would run in one implicit
+    // transaction block, which PostgreSQL refuses.
+    let sql = "-- no-transaction\n\
+               alter table parcels add column if not exists note text default 'a;b';\n\
+               create index concurrently if not exists parcels_by_id on parcels (id);\n\
+               create index concurrently if not exists parcels_by_note on parcels (note);\n";
+    assert_eq!(migrate::statements(sql).len(), 3);
+    let files = [("1_parcels.sql", sql)];
+    let applied = migrate::run(&migrator(&files).await, &pool, Options::default())
+        .await
+        .expect("the statements run one by one");
+    assert_eq!(applied.len(), 1);
+    assert!(column_exists(&pool, "parcels", "note").await);
+    // As after a crash between its SQL and its record: it runs again unharmed.
+    sqlx::raw_sql("delete from _sqlx_migrations where version = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    migrate::run(&migrator(&files).await, &pool, Options::default())
+        .await
+        .expect("runs again");
+    assert!(recorded(&pool, 1).await);
+    let indexes: i64 =
+        sqlx::query_scalar("select count(*) from pg_indexes where tablename = 'parcels'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(indexes, 2);
+}
+
+#[tokio::test]
 async fn a_database_migrated_by_sqlx_itself_is_taken_as_it_is() {
     let db = TestDatabase::create().await;
     let pool = owner_pool(&db).await;
-    MIGRATOR.run(&pool).await.expect("sqlx migrates");
+    // sqlx sends a file whole, so it can run every migration before the first
+    // `-- no-transaction` file of several statements (0024), not that one.
+    let by_sqlx: Vec<_> = MIGRATOR
+        .iter()
+        .take_while(|m| !m.no_tx || migrate::statements(&m.sql).len() <= 1)
+        .cloned()
+        .collect();
+    let ran_by_sqlx = by_sqlx.len();
+    let sqlx_alone = Migrator {
+        migrations: by_sqlx.into(),
+        ..Migrator::DEFAULT
+    };
+    sqlx_alone.run(&pool).await.expect("sqlx migrates");
     let applied = migrate::run(&MIGRATOR, &pool, Options::default())
         .await
         .expect("the same checksums");
-    assert_eq!(applied, []);
+    let rest: Vec<i64> = MIGRATOR
+        .iter()
+        .skip(ran_by_sqlx)
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(applied.iter().map(|a| a.version).collect::<Vec<_>>(), rest);
 }

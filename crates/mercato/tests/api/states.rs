@@ -2,7 +2,7 @@
 //! column) and by the code that reads it (decoding fails; nothing falls back to
 //! a default state).
 
-use mercato::checkout::{OrderStatus, Step};
+use mercato::checkout::{FulfillmentStatus, OrderStatus, Step};
 use mercato::inventory::ReservationStatus;
 use mercato::payments::PaymentStatus;
 use mercato::tenancy::Strategy;
@@ -21,6 +21,11 @@ fn state_columns() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
             all(OrderStatus::ALL, OrderStatus::as_str),
         ),
         ("orders", "saga_step", all(Step::ALL, Step::as_str)),
+        (
+            "orders",
+            "fulfillment_status",
+            all(FulfillmentStatus::ALL, FulfillmentStatus::as_str),
+        ),
         (
             "reservations",
             "status",
