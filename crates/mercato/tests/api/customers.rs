@@ -631,4 +631,45 @@ async fn the_shopper_hears_of_a_confirmed_order_from_the_shop_at_the_smtp_sink()
     // One message per order, however often the order is read or retried.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(sink.messages().len(), 2);
+
+    // Shipped with tracking; the other order cancelled (and refunded).
+    let shipped = app
+        .post(
+            &format!("/v1/orders/{id}/fulfillments"),
+            &m.key,
+            json!({"lines": [{"sku": "MUG", "quantity": 1}], "carrier": "DHL", "tracking_number": "JD0042"}),
+        )
+        .await;
+    assert_eq!(shipped.status, 201, "{}", shipped.body);
+    let other_id = other.body["id"].as_str().expect("order id");
+    let cancelled = app
+        .post(
+            &format!("/v1/orders/{other_id}/cancel"),
+            &plain.key,
+            json!({"reason": "changed their mind"}),
+        )
+        .await;
+    assert!(cancelled.status.is_success(), "{}", cancelled.body);
+    let mails = sink.wait_for(5).await;
+    assert_eq!(
+        mails.len(),
+        5,
+        "{:#?}",
+        mails.iter().map(|m| &m.subject).collect::<Vec<_>>()
+    );
+    let about = |to: &str, word: &str| {
+        mails
+            .iter()
+            .find(|m| m.to.contains(to) && m.subject.contains(word))
+            .unwrap_or_else(|| panic!("a mail to {to} about {word}"))
+            .clone()
+    };
+    let shipment = about("hal@", "shipped");
+    assert!(
+        shipment.text.contains("DHL") && shipment.text.contains("JD0042"),
+        "{}",
+        shipment.text
+    );
+    assert!(about("ida@", "cancelled").text.contains("cancelled"));
+    assert!(about("ida@", "refund").text.contains("10.00 EUR"));
 }
