@@ -656,7 +656,7 @@ mod tests {
         assert_eq!(
             effects,
             [
-                "table customers",
+                "table legacy_customers",
                 "table order_records",
                 "index order_records_by_id on order_records"
             ]
