@@ -81,6 +81,8 @@ enum BenchCommand {
     Move(mercato::bench::moves::Options),
     /// Order lines of many merchants exported to the analytics marts under load; reports from the marts vs PostgreSQL.
     Analytics(mercato::bench::analytics::Options),
+    /// The order list's first page under each filter (and the customer search) over HTTP vs the same listing raw.
+    Orders(mercato::bench::orders::Options),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +123,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Checkout(opts)) => {
                 mercato::bench::checkout::run(opts).await
             }
+            Command::Bench(BenchCommand::Orders(opts)) => mercato::bench::orders::run(opts).await,
         }
     });
     match result {

@@ -8,6 +8,7 @@ pub mod load;
 pub mod migrate;
 pub mod moves;
 pub mod neighbours;
+pub mod orders;
 pub mod pricing;
 pub mod reprice;
 pub mod webhooks;

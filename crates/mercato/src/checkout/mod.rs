@@ -43,7 +43,7 @@ pub use fulfillment_provider::{
     FulfillmentProvider, FulfillmentProviders, Shipment, ShipmentError, ShipmentRequest,
 };
 pub use fulfillment_store::StoredFulfillment;
-pub use listing::explain_order_ids;
+pub use listing::{explain_order_ids, list_orders};
 pub use model::{
     parse_country, parse_promo, parse_refund, CheckoutBody, CustomerBody, NewCheckout, RefundBody,
     RefundRequest,
