@@ -193,7 +193,8 @@ async fn measure(h: &Harness, opts: &Options) -> anyhow::Result<Report> {
             .fetch_one(&h.owner)
             .await
             .context("a customer id")?;
-    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let month_ago = (chrono::Utc::now() - chrono::Duration::days(30)).to_rfc3339();
     let month_ago_next = (chrono::Utc::now() - chrono::Duration::days(29)).to_rfc3339();
     let email = format!("customer{}@example.com", opts.customers / 3);
