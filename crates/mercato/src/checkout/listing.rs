@@ -81,37 +81,6 @@ pub fn first_id_placed_from(from: chrono::DateTime<chrono::Utc>) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// Every UUIDv7 taken at or after `from` (and up to an hour before it)
-        /// sorts at or after the bound, byte-wise as PostgreSQL compares uuids.
-        #[test]
-        fn ids_placed_from_a_time_are_above_its_bound(
-            from_ms in 3_600_000i64..4_000_000_000_000,
-            after_ms in -3_600_000i64..10_000_000_000,
-            random in any::<u128>(),
-        ) {
-            let from = chrono::DateTime::from_timestamp_millis(from_ms).unwrap();
-            let at = (from_ms + after_ms) as u64;
-            let id = uuid::Builder::from_unix_timestamp_millis(at, &random.to_be_bytes()[..10].try_into().unwrap()).into_uuid();
-            prop_assert!(id.as_bytes() >= first_id_placed_from(from).as_bytes());
-        }
-    }
-
-    #[test]
-    fn the_bound_is_a_version_7_uuid_of_an_hour_before() {
-        let from = chrono::DateTime::from_timestamp_millis(1_765_000_000_000).unwrap();
-        let bound = first_id_placed_from(from);
-        assert_eq!(bound.get_version_num(), 7);
-        let (secs, _) = bound.get_timestamp().unwrap().to_unix();
-        assert_eq!(secs as i64, 1_765_000_000 - 3_600);
-    }
-}
-
 async fn plan_with_values(tx: &mut TenantTx) -> Result<(), sqlx::Error> {
     sqlx::query("set local plan_cache_mode = force_custom_plan")
         .execute(tx.conn())
@@ -159,4 +128,35 @@ pub async fn explain_order_ids(
         .map(|row| row.try_get::<String, _>(0))
         .collect::<Result<Vec<String>, _>>()?;
     Ok(lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every UUIDv7 taken at or after `from` (and up to an hour before it)
+        /// sorts at or after the bound, byte-wise as PostgreSQL compares uuids.
+        #[test]
+        fn ids_placed_from_a_time_are_above_its_bound(
+            from_ms in 3_600_000i64..4_000_000_000_000,
+            after_ms in -3_600_000i64..10_000_000_000,
+            random in any::<u128>(),
+        ) {
+            let from = chrono::DateTime::from_timestamp_millis(from_ms).unwrap();
+            let at = (from_ms + after_ms) as u64;
+            let id = uuid::Builder::from_unix_timestamp_millis(at, &random.to_be_bytes()[..10].try_into().unwrap()).into_uuid();
+            prop_assert!(id.as_bytes() >= first_id_placed_from(from).as_bytes());
+        }
+    }
+
+    #[test]
+    fn the_bound_is_a_version_7_uuid_of_an_hour_before() {
+        let from = chrono::DateTime::from_timestamp_millis(1_765_000_000_000).unwrap();
+        let bound = first_id_placed_from(from);
+        assert_eq!(bound.get_version_num(), 7);
+        let (secs, _) = bound.get_timestamp().unwrap().to_unix();
+        assert_eq!(secs as i64, 1_765_000_000 - 3_600);
+    }
 }
