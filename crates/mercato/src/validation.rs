@@ -78,6 +78,19 @@ pub fn display_name(raw: &str) -> Result<String, String> {
     Ok(trimmed.to_owned())
 }
 
+/// A search prefix as the stored search terms hold it: trimmed, lower case,
+/// at most `max_chars`, no NUL. An empty one is no filter (`None`).
+pub fn search_prefix(raw: &str, max_chars: usize) -> Result<Option<String>, String> {
+    let trimmed = raw.trim();
+    if trimmed.chars().count() > max_chars {
+        return Err(format!("must be at most {max_chars} characters"));
+    }
+    if trimmed.contains('\0') {
+        return Err("must not contain NUL".to_owned());
+    }
+    Ok((!trimmed.is_empty()).then(|| trimmed.to_lowercase()))
+}
+
 /// An e-mail address: `local@domain.tld`, no spaces, at most 254 bytes; trimmed.
 pub fn email(raw: &str) -> Result<String, String> {
     let email = raw.trim();

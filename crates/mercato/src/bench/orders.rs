@@ -276,14 +276,25 @@ async fn measure(h: &Harness, opts: &Options) -> anyhow::Result<Report> {
     let mut runs = Vec::new();
     for (name, raw) in &cases {
         let filter = OrderFilter::parse(raw).map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
-        let query = query_string(raw);
-        let url = format!("{}/v1/orders?{query}", h.base);
+        let params = query_params(raw);
+        let query = params
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let url = format!("{}/v1/orders", h.base);
         let mut http = Vec::new();
         let mut rows = 0;
         let run_started = Instant::now();
         for _ in 0..opts.samples {
             let sent = Instant::now();
-            let resp = h.client.get(&url).bearer_auth(&h.key).send().await?;
+            let resp = h
+                .client
+                .get(&url)
+                .query(&params)
+                .bearer_auth(&h.key)
+                .send()
+                .await?;
             let status = resp.status();
             let body: serde_json::Value = resp.json().await?;
             if !status.is_success() {
@@ -384,9 +395,9 @@ fn run_of(
     }
 }
 
-fn query_string(raw: &RawOrderFilter<'_>) -> String {
-    let mut parts = Vec::new();
-    for (name, value) in [
+/// The filter as query parameters (reqwest encodes them).
+fn query_params<'a>(raw: &RawOrderFilter<'a>) -> Vec<(&'static str, &'a str)> {
+    [
         ("status", raw.status),
         ("fulfillment_status", raw.fulfillment_status),
         ("email", raw.email),
@@ -394,21 +405,8 @@ fn query_string(raw: &RawOrderFilter<'_>) -> String {
         ("sku", raw.sku),
         ("created_from", raw.created_from),
         ("created_to", raw.created_to),
-    ] {
-        if let Some(v) = value {
-            parts.push(format!("{name}={}", urlencode(v)));
-        }
-    }
-    parts.join("&")
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|v| (name, v)))
+    .collect()
 }

@@ -8,7 +8,7 @@ use super::store::{with_variants, Product, ProductRow};
 use super::Sku;
 use crate::db::TenantTx;
 use crate::pagination::Page;
-use crate::validation::{FieldErrors, Invalid};
+use crate::validation::{self, FieldErrors, Invalid};
 
 /// The longest prefix `q` takes (a product name is at most 200 characters).
 const MAX_QUERY: usize = 200;
@@ -31,7 +31,9 @@ impl ProductFilter {
         let mut errors = FieldErrors::default();
         let prefix = match q {
             None => Some(None),
-            Some(raw) => errors.check("q", parse_prefix(raw)).map(Some),
+            Some(raw) => errors
+                .check("q", validation::search_prefix(raw, MAX_QUERY))
+                .map(Some),
         };
         let status = match status {
             None => Some(None),
@@ -52,19 +54,6 @@ impl ProductFilter {
                 }),
         )
     }
-}
-
-/// `q` as the stored search terms hold it: trimmed, lower case. An empty one
-/// matches everything (no filter).
-fn parse_prefix(raw: &str) -> Result<Option<String>, String> {
-    let trimmed = raw.trim();
-    if trimmed.chars().count() > MAX_QUERY {
-        return Err(format!("must be at most {MAX_QUERY} characters"));
-    }
-    if trimmed.contains('\0') {
-        return Err("must not contain NUL".to_owned());
-    }
-    Ok((!trimmed.is_empty()).then(|| trimmed.to_lowercase()))
 }
 
 /// The first string after every string that starts with `prefix`, byte-wise
@@ -157,10 +146,11 @@ mod tests {
 
     #[test]
     fn q_is_trimmed_lowercased_and_bounded() {
-        assert_eq!(parse_prefix("  TeE "), Ok(Some("tee".to_owned())));
-        assert_eq!(parse_prefix("   "), Ok(None));
-        assert!(parse_prefix(&"a".repeat(201)).is_err());
-        assert!(parse_prefix("a\0").is_err());
+        let parse = |raw: &str| validation::search_prefix(raw, MAX_QUERY);
+        assert_eq!(parse("  TeE "), Ok(Some("tee".to_owned())));
+        assert_eq!(parse("   "), Ok(None));
+        assert!(parse(&"a".repeat(201)).is_err());
+        assert!(parse("a\0").is_err());
         let bad = ProductFilter::parse(Some("x"), Some("deleted"), Some("no spaces"))
             .expect_err("two bad fields");
         assert_eq!(bad.fields(), ["status", "sku"]);

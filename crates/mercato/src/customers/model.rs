@@ -210,18 +210,12 @@ pub struct CustomerQuery {
 impl CustomerQuery {
     pub fn parse(q: Option<&str>) -> Result<Self, Invalid> {
         let mut errors = FieldErrors::default();
-        let prefix = match q.map(str::trim) {
-            None | Some("") => Some(None),
-            Some(raw) => errors
-                .check(
-                    "q",
-                    if raw.chars().count() > 254 || raw.contains('\0') {
-                        Err("must be at most 254 characters".to_owned())
-                    } else {
-                        Ok(raw.to_lowercase())
-                    },
-                )
-                .map(Some),
+        let prefix = match q {
+            None => Some(None),
+            Some(raw) => errors.check(
+                "q",
+                validation::search_prefix(raw, validation::MAX_EMAIL_LEN),
+            ),
         };
         errors.finish(prefix.map(|prefix| CustomerQuery { prefix }))
     }
