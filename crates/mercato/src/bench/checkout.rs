@@ -273,6 +273,11 @@ struct CheckoutRun {
     /// measured it (`checkout_phase_seconds`); the rest of the latency is HTTP,
     /// JSON and waiting for a connection or a CPU.
     phase_ms: std::collections::BTreeMap<String, f64>,
+    /// CPU milliseconds per confirmed checkout, from the run's start until its
+    /// commits were counted (1.5 s after, so the mail and webhook workers'
+    /// share of it is in): this process (server and load generator) and
+    /// PostgreSQL's.
+    cpu_ms_per_checkout: super::cpu::CpuSeconds,
 }
 
 /// (sum of seconds, count) per phase of `checkout_phase_seconds` so far.
@@ -364,6 +369,7 @@ async fn full_checkouts(opts: &Options, h: &Harness) -> anyhow::Result<FullCheck
             let url = format!("{}/v1/checkouts?strategy={strategy}", h.base);
             let before = commits(h).await?;
             let phases_before = phase_totals();
+            let cpu_before = super::cpu::CpuSeconds::now();
             let label = format!("checkouts, {target} / {strategy}");
             let (outcomes, seconds) = fire(
                 h,
@@ -376,6 +382,7 @@ async fn full_checkouts(opts: &Options, h: &Harness) -> anyhow::Result<FullCheck
             )
             .await?;
             let after = commits(h).await?;
+            let cpu_after = super::cpu::CpuSeconds::now();
             let phase_ms = phase_totals()
                 .into_iter()
                 .map(|(phase, (sum, count))| {
@@ -397,6 +404,7 @@ async fn full_checkouts(opts: &Options, h: &Harness) -> anyhow::Result<FullCheck
                 commits_per_checkout: (after - before) as f64 / confirmed.max(1) as f64,
                 ratio_to_pessimistic: 1.0,
                 phase_ms,
+                cpu_ms_per_checkout: cpu_after.ms_per(cpu_before, confirmed),
             };
             println!(
                 "{label}: {:.0} checkouts/s, p50 {:.1} ms, p99 {:.1} ms, {:.1} commits each, {} failed",
@@ -412,6 +420,10 @@ async fn full_checkouts(opts: &Options, h: &Harness) -> anyhow::Result<FullCheck
                 .map(|(phase, ms)| format!("{phase} {ms:.1}"))
                 .collect();
             println!("    mean ms per phase: {}", phases.join(", "));
+            println!(
+                "    CPU ms per checkout: Mercato and load {:.2}, PostgreSQL {:.2}",
+                run.cpu_ms_per_checkout.mercato, run.cpu_ms_per_checkout.postgres
+            );
             runs.push(run);
         }
     }

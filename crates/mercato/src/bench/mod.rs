@@ -3,6 +3,7 @@
 
 pub mod analytics;
 pub mod checkout;
+pub mod cpu;
 pub mod live_migration;
 pub mod load;
 pub mod migrate;

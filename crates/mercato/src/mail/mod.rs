@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::cells::{Cells, MerchantDb};
 use crate::db::{MerchantId, TenantTx};
@@ -251,42 +252,50 @@ impl Sender {
     /// Sends `merchant`'s queued messages (up to `limit`); returns how many were sent.
     /// Each is claimed (`sending`, committed) on its own just before it leaves,
     /// so a crash during an exchange leaves that one message `unknown` rather
-    /// than sending it again, and no other.
+    /// than sending it again, and no other. One transaction per message
+    /// records how the last one went and claims the next.
     pub async fn send_queued(&self, db: &MerchantDb, limit: i64) -> Result<usize, MailError> {
         let mut sent = 0;
         let mut claimed_so_far = 0;
-        'claiming: while claimed_so_far < limit {
-            let mut tx = db.begin().await?;
-            let claimed = store::claim(&mut tx, 1).await?;
-            tx.commit().await?;
-            if claimed.is_empty() {
+        let mut last: Option<(Uuid, Result<(), MailError>)> = None;
+        loop {
+            // After a refusal the transport is likely down: the rest wait for the next pass.
+            let claim_more =
+                claimed_so_far < limit && last.as_ref().is_none_or(|(_, outcome)| outcome.is_ok());
+            if last.is_none() && !claim_more {
                 break;
             }
-            for mail in claimed {
-                claimed_so_far += 1;
-                let outcome = self.deliver(&mail).await;
-                let mut tx = db.begin().await?;
+            let mut tx = db.begin().await?;
+            if let Some((id, outcome)) = last.take() {
                 match &outcome {
                     Ok(()) => {
-                        store::mark_sent(&mut tx, mail.id).await?;
+                        store::mark_sent(&mut tx, id).await?;
                         sent += 1;
                     }
+                    // Refused before it left (no server, a bad address): tried
+                    // again on a later pass, up to MAX_ATTEMPTS.
                     Err(err) => {
-                        // Refused before it left (no server, a bad address): tried
-                        // again on a later pass, up to MAX_ATTEMPTS.
-                        tracing::warn!(error = %err, to = %mail.to, "mail not sent");
-                        store::retry_or_fail(&mut tx, mail.id, &err.to_string(), MAX_ATTEMPTS)
-                            .await?;
+                        store::retry_or_fail(&mut tx, id, &err.to_string(), MAX_ATTEMPTS).await?
                     }
                 }
-                tx.commit().await?;
                 let label = if outcome.is_ok() { "sent" } else { "failed" };
                 metrics::counter!("mail_sent_total", "outcome" => label).increment(1);
-                if outcome.is_err() {
-                    // The transport is likely down: leave the rest for the next pass.
-                    break 'claiming;
-                }
             }
+            let claimed = if claim_more {
+                store::claim(&mut tx, 1).await?
+            } else {
+                Vec::new()
+            };
+            tx.commit().await?;
+            let Some(mail) = claimed.into_iter().next() else {
+                break;
+            };
+            claimed_so_far += 1;
+            let outcome = self.deliver(&mail).await;
+            if let Err(err) = &outcome {
+                tracing::warn!(error = %err, to = %mail.to, "mail not sent");
+            }
+            last = Some((mail.id, outcome));
         }
         Ok(sent)
     }

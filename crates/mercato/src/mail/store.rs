@@ -140,8 +140,19 @@ pub async fn counts(
 
 /// Merchants with queued messages (the worker role reads across tenants).
 pub async fn merchants_with_queued_mail(worker: &sqlx::PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    // A skip scan of mail_outbox_queued_by_merchant: one index probe per
+    // merchant, however many messages each has queued.
     sqlx::query_scalar!(
-        "select distinct merchant_id from mail_outbox where status = 'queued' limit 1000"
+        r#"with recursive queued (merchant_id) as (
+               (select merchant_id from mail_outbox where status = 'queued'
+                order by merchant_id limit 1)
+               union all
+               select (select m.merchant_id from mail_outbox m
+                       where m.status = 'queued' and m.merchant_id > queued.merchant_id
+                       order by m.merchant_id limit 1)
+               from queued where queued.merchant_id is not null
+           )
+           select merchant_id as "merchant_id!" from queued where merchant_id is not null limit 1000"#
     )
     .fetch_all(worker)
     .await
