@@ -625,6 +625,8 @@ pub struct ConversionRow {
     pub started: i64,
     pub confirmed: i64,
     pub failed: i64,
+    /// Confirmed orders the merchant cancelled (counted on the day of the cancellation).
+    pub cancelled: i64,
     /// `confirmed / started`; 0 without checkouts.
     pub conversion_rate: f64,
 }
@@ -641,6 +643,7 @@ pub fn conversion(days: &[CheckoutDay], group: GroupBy) -> Vec<ConversionRow> {
             "started" => r.started += d.attempts,
             "confirmed" => r.confirmed += d.attempts,
             "failed" => r.failed += d.attempts,
+            "cancelled" => r.cancelled += d.attempts,
             _ => {}
         }
     }

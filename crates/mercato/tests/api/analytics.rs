@@ -273,6 +273,107 @@ async fn every_report_equals_the_same_figure_computed_on_the_oltp_database() {
     assert_eq!(sum(&r.body["rows"], "gross"), gross);
 }
 
+#[tokio::test]
+async fn revenue_after_a_cancel_a_return_and_an_amount_refund_equals_the_sums_in_sql() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("acme").await;
+    let orders = trade(&app, &m).await;
+    // orders: [TEE×2 (one unit refunded), MUG×1, MUG×3, TEE×3, TEE×5]
+    let cancelled = app
+        .post(
+            &format!("/v1/orders/{}/cancel", orders[1]),
+            &m.key,
+            json!({"reason": "changed their mind"}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    let shipped = app
+        .post(
+            &format!("/v1/orders/{}/fulfillments", orders[2]),
+            &m.key,
+            json!({"lines": [{"sku": "MUG", "quantity": 3}]}),
+        )
+        .await;
+    assert_eq!(shipped.status, 201, "{}", shipped.body);
+    let returned = app
+        .post(
+            &format!("/v1/orders/{}/returns", orders[2]),
+            &m.key,
+            json!({"lines": [{"sku": "MUG", "quantity": 2}], "restock": true}),
+        )
+        .await;
+    assert_eq!(returned.status, 201, "{}", returned.body);
+    let goodwill = app
+        .post(
+            &format!("/v1/orders/{}/refunds", orders[3]),
+            &m.key,
+            json!({"amount": {"amount": 250, "currency": "EUR"}, "reason": "late delivery"}),
+        )
+        .await;
+    assert_eq!(goodwill.status, 201, "{}", goodwill.body);
+    export(&app).await;
+
+    // A cancelled order was sold and then refunded in full: its sale stays in
+    // gross, its refund in refunds, and it adds nothing to net.
+    let (orders_sold, units, gross, discounts, refunds): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "with sold as (select * from orders where merchant_id = $1 and status in ('confirmed', 'cancelled')),
+                  lines as (
+                 select (l -> 'base' ->> 'amount')::bigint as gross, (l -> 'net' ->> 'amount')::bigint as net,
+                        (l ->> 'quantity')::bigint as units
+                 from sold o, jsonb_array_elements(o.pricing -> 'breakdown' -> 'lines') l)
+             select (select count(*) from sold),
+                    (select sum(units) from lines)::bigint,
+                    (select sum(gross) from lines)::bigint,
+                    (select sum(gross - net) from lines)::bigint,
+                    (select sum(amount) from order_refunds where merchant_id = $1 and status = 'succeeded')::bigint",
+        )
+        .bind(m.id.0)
+        .fetch_one(&app.owner)
+        .await
+        .expect("OLTP revenue");
+    let (cancelled_total, returned_amount): (i64, i64) = sqlx::query_as(
+        "select (select total_amount from orders where merchant_id = $1 and id = $2::uuid),
+                (select sum(r.amount) from order_refunds r
+                 join order_returns x on x.merchant_id = r.merchant_id and x.refund_id = r.id
+                 where r.merchant_id = $1)::bigint",
+    )
+    .bind(m.id.0)
+    .bind(&orders[1])
+    .fetch_one(&app.owner)
+    .await
+    .expect("what the cancel and the return gave back");
+    assert!(returned_amount > 0);
+    // One unit of TEE (the trade's refund), the cancelled order, the return, 2.50.
+    assert_eq!(
+        refunds,
+        1500 + cancelled_total + returned_amount + 250,
+        "every refund is in order_refunds"
+    );
+    for group in ["day", "payment_method", "customer"] {
+        let r = app
+            .get(&format!("/v1/analytics/revenue?group_by={group}"), &m.key)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let rows = &r.body["rows"];
+        assert_eq!(sum(rows, "orders"), orders_sold, "{group}: {rows}");
+        assert_eq!(sum(rows, "units"), units, "{group}");
+        assert_eq!(sum(rows, "gross"), gross, "{group}");
+        assert_eq!(sum(rows, "discounts"), discounts, "{group}");
+        assert_eq!(sum(rows, "refunds"), refunds, "{group}: {rows}");
+        assert_eq!(sum(rows, "net"), gross - discounts - refunds, "{group}");
+    }
+    // Conversion counts the cancellation as what happened to a confirmed order.
+    let conversion = app.get("/v1/analytics/conversion", &m.key).await;
+    assert_eq!(conversion.status, 200, "{}", conversion.body);
+    assert_eq!(
+        sum(&conversion.body["rows"], "cancelled"),
+        1,
+        "{}",
+        conversion.body
+    );
+}
+
 /// When the newest file under `dir` was written.
 fn newest_file_under(dir: &Path) -> Option<std::time::SystemTime> {
     let mut newest = None;
