@@ -316,6 +316,7 @@ fn cell_services(db: &Db, config: &Config, plugins: &Plugins) -> CellServices {
         payments: Arc::new(SandboxProvider::new(db.app.clone(), config.payment_delay)),
         fulfillment: checkout::FulfillmentProviders::new(&plugins.fulfillment),
         reservation_ttl_seconds: config.checkout_ttl.as_secs().max(1) as i64,
+        acting: None,
     };
     CellServices {
         inventory,

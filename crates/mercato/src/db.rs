@@ -306,6 +306,16 @@ async fn grant_service_roles(owner: &PgPool) -> Result<(), DbError> {
     ] {
         sqlx::query(&revoke).execute(&mut *tx).await?;
     }
+    // The audit trail is append-only for the service: records are added
+    // (by the triggers) and read, never changed or removed. The mover
+    // keeps DELETE: a move carries a merchant's records to its new cell.
+    for role in [APP_ROLE, WORKER_ROLE] {
+        sqlx::query(&format!(
+            "revoke update, delete, truncate on audit_log from {role}"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
     for (role, grant) in PLATFORM_GRANTS {
         sqlx::query(&format!("grant {grant} to {role}"))
             .execute(&mut *tx)
@@ -413,6 +423,19 @@ impl TenantTx {
 
     pub fn merchant_id(&self) -> MerchantId {
         self.merchant_id
+    }
+
+    /// Names who this transaction acts for and what they asked: every row
+    /// of an audited table it changes is then recorded in `audit_log`, in
+    /// this transaction (migration 0034's triggers read `app.audit`).
+    pub async fn act_for(&mut self, acting: &Acting) -> Result<(), sqlx::Error> {
+        let context =
+            serde_json::to_string(acting).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query("select set_config('app.audit', $1, true)")
+            .bind(context)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
     }
 
     pub fn conn(&mut self) -> &mut PgConnection {
@@ -619,4 +642,36 @@ pub async fn command_database(
         owner,
         _localpg: localpg,
     })
+}
+
+/// Who a change is made for, what they asked and from where: the audit
+/// trail's context (`TenantTx::act_for`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Acting {
+    /// The action as the API names it (`product.update`, `stock.set`, …).
+    pub action: &'static str,
+    pub actor_kind: ActorKind,
+    /// A key's fingerprint (`key:…`), `admin`, a person's id, a command's name.
+    pub actor: String,
+    pub address: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+text_enum! {
+    /// What kind of actor made a change.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum ActorKind {
+        /// A merchant's API key.
+        Key = "key",
+        /// The platform admin token.
+        Admin = "admin",
+        /// A platform operator's account.
+        Operator = "operator",
+        /// A merchant's staff member.
+        Person = "person",
+        /// A command or a background job.
+        System = "system",
+    }
 }

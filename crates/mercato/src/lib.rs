@@ -32,6 +32,7 @@
 //! | `legacy_orders` | `legacy_orders`, `legacy_order_id_key`, `order_records`, `legacy_customers` (the pgshift demo migration) |
 //! | `cells` | `tenant_directory`, `tenant_moves`, `cell_absent`, `move_changes` |
 //! | `idempotency` | `idempotency_keys` |
+//! | `audit` | `audit_log` (written by triggers on the audited tables, migration 0034) |
 //!
 //! `analytics` owns no table: it reads `events` by commit position and keeps
 //! its marts in the analytics directory.
@@ -41,6 +42,7 @@
 
 pub mod analytics;
 pub mod app;
+pub mod audit;
 pub mod bench;
 pub mod catalog;
 pub mod cells;

@@ -106,6 +106,27 @@ pub fn email(raw: &str) -> Result<String, String> {
     }
 }
 
+/// An RFC 3339 timestamp given as a query parameter.
+pub fn timestamp(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| "must be an RFC 3339 timestamp, e.g. 2026-12-01T00:00:00Z".to_owned())
+}
+
+/// An optional field: `Some(None)` when absent, `Some(Some(value))` when it
+/// parses, `None` (its message recorded against `field`) when it does not.
+pub fn optional<T>(
+    errors: &mut FieldErrors,
+    field: &str,
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<Option<T>> {
+    match raw {
+        None => Some(None),
+        Some(raw) => errors.check(field, parse(raw)).map(Some),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,7 +68,7 @@ pub async fn post_product(
     ApiJson(body): ApiJson<CreateProductBody>,
 ) -> Result<(StatusCode, Json<Product>), ApiError> {
     let new = NewProduct::parse(&body)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("product.create").await?;
     let product = store::create_product(&mut tx, &new).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(product)))
@@ -151,7 +151,7 @@ pub async fn patch_product(
 ) -> Result<Json<Product>, ApiError> {
     let id = product_id(&id)?;
     let patch = ProductPatch::parse(&body)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("product.update").await?;
     let product = store::update_product(&mut tx, id, &patch).await?;
     tx.commit().await?;
     product.map(Json).ok_or(ApiError::NotFound("product"))
@@ -174,7 +174,7 @@ pub async fn post_variant(
 ) -> Result<(StatusCode, Json<VariantDetail>), ApiError> {
     let id = product_id(&id)?;
     let new = NewVariant::parse(&body)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("variant.create").await?;
     let added = variants::add_variant(&mut tx, id, &new)
         .await
         .map_err(|e| match e {
@@ -229,7 +229,7 @@ pub async fn patch_variant(
 ) -> Result<Json<VariantDetail>, ApiError> {
     let id = product_id(&id)?;
     let patch = VariantPatch::parse(&body)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("variant.update").await?;
     let variant = variants::change_variant(&mut tx, id, &sku, &patch).await?;
     tx.commit().await?;
     variant.map(Json).ok_or(ApiError::NotFound("variant"))

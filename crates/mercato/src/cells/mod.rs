@@ -70,6 +70,8 @@ pub struct MerchantDb {
     cell: Arc<Cell>,
     _gate: Option<Arc<Gate>>,
     cells: Cells,
+    /// Who the transactions begun through this handle act for (audited), if anyone.
+    acting: Option<Arc<crate::db::Acting>>,
 }
 
 impl MerchantDb {
@@ -84,7 +86,20 @@ impl MerchantDb {
 
     /// A tenant transaction in the merchant's cell.
     pub async fn begin(&self) -> Result<TenantTx, sqlx::Error> {
-        self.cells.begin(self).await
+        let mut tx = self.cells.begin(self).await?;
+        if let Some(acting) = &self.acting {
+            tx.act_for(acting).await?;
+        }
+        Ok(tx)
+    }
+
+    /// This handle, its transactions acting for `acting`: every change they
+    /// make to an audited table is recorded with who, what and from where.
+    pub fn acting_for(&self, acting: crate::db::Acting) -> MerchantDb {
+        MerchantDb {
+            acting: Some(Arc::new(acting)),
+            ..self.clone()
+        }
     }
 }
 
@@ -235,6 +250,7 @@ impl Cells {
             cell,
             _gate: gate,
             cells: self.clone(),
+            acting: None,
         }
     }
 

@@ -16,7 +16,6 @@ use super::refund_store::{self, RefundStatus};
 use super::saga::Checkout;
 use super::store::{self, FulfillmentStatus, Order, OrderStatus};
 use crate::catalog::Sku;
-use crate::db::TenantTx;
 use crate::events::EventType;
 use crate::inventory::Line;
 use crate::tenancy::MerchantId;
@@ -59,7 +58,7 @@ impl Checkout {
         order_id: Uuid,
         reason: &str,
     ) -> Result<Order, CancelError> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         let order = refund_store::lock_for_refund(&mut tx, order_id)
             .await?
             .ok_or(CancelError::NotFound)?;
@@ -147,7 +146,7 @@ impl Checkout {
     }
 
     async fn order(&self, merchant: MerchantId, id: Uuid) -> Result<Order, CancelError> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         let order = store::get_order(&mut tx, id).await?;
         tx.commit().await?;
         order.ok_or(CancelError::NotFound)

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::store::{FulfillmentStatus, OrderStatus};
 use crate::catalog::Sku;
-use crate::validation::{self, FieldErrors, Invalid};
+use crate::validation::{self, optional, timestamp, FieldErrors, Invalid};
 
 /// The raw filter parameters, as the query string gives them.
 #[derive(Debug, Default)]
@@ -34,24 +34,6 @@ pub struct OrderFilter {
     pub created_from: Option<DateTime<Utc>>,
     /// Placed before.
     pub created_to: Option<DateTime<Utc>>,
-}
-
-fn timestamp(raw: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(raw)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| "must be an RFC 3339 timestamp, e.g. 2026-12-01T00:00:00Z".to_owned())
-}
-
-fn optional<T>(
-    errors: &mut FieldErrors,
-    field: &str,
-    raw: Option<&str>,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Option<Option<T>> {
-    match raw {
-        None => Some(None),
-        Some(raw) => errors.check(field, parse(raw)).map(Some),
-    }
 }
 
 impl OrderFilter {

@@ -17,7 +17,6 @@ use super::model::{fulfillable, fulfillment_status};
 use super::refund_store;
 use super::saga::Checkout;
 use super::store::{self, FulfillmentStatus, OrderStatus};
-use crate::db::TenantTx;
 use crate::events::EventType;
 use crate::inventory::Line;
 use crate::tenancy::MerchantId;
@@ -61,7 +60,7 @@ impl Checkout {
         new: &NewFulfillment,
         idempotency_key: Option<&str>,
     ) -> Result<(StoredFulfillment, FulfillmentStatus), FulfillError> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         let order = refund_store::lock_for_refund(&mut tx, order_id)
             .await?
             .ok_or(FulfillError::NotFound)?;
@@ -186,7 +185,7 @@ impl Checkout {
         merchant: MerchantId,
         order_id: Uuid,
     ) -> Result<Option<Vec<StoredFulfillment>>, sqlx::Error> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         if store::get_order(&mut tx, order_id).await?.is_none() {
             return Ok(None);
         }
@@ -205,7 +204,7 @@ impl Checkout {
         if self.fulfillment.get(provider).is_none() {
             return Ok(false);
         }
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         fulfillment_store::choose_provider(&mut tx, provider).await?;
         tx.commit().await?;
         Ok(true)
@@ -213,7 +212,7 @@ impl Checkout {
 
     /// The provider that ships the merchant's orders.
     pub async fn fulfillment_provider(&self, merchant: MerchantId) -> Result<String, sqlx::Error> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         let chosen = fulfillment_store::chosen_provider(&mut tx).await?;
         tx.commit().await?;
         Ok(chosen.unwrap_or_else(|| MANUAL.to_owned()))

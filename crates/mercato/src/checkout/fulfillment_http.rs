@@ -141,7 +141,10 @@ pub async fn post_fulfillment(
     let id = ApiError::path_id(&id, "order")?;
     let new = parse_fulfillment(&body)?;
     let key = idempotency_key(&headers)?;
-    let checkout = &state.serving(&tenant.db).checkout;
+    let checkout = &state
+        .serving(&tenant.db)
+        .checkout
+        .acting_for(tenant.acting("order.fulfill"));
     let (fulfillment, status) = checkout
         .fulfill(tenant.merchant_id, id, &new, key)
         .await
@@ -231,7 +234,10 @@ pub async fn put_fulfillment_settings(
     tenant: Tenant,
     ApiJson(body): ApiJson<FulfillmentSettings>,
 ) -> Result<Json<FulfillmentSettings>, ApiError> {
-    let checkout = &state.serving(&tenant.db).checkout;
+    let checkout = &state
+        .serving(&tenant.db)
+        .checkout
+        .acting_for(tenant.acting("fulfillment_settings.update"));
     if !checkout
         .choose_fulfillment_provider(tenant.merchant_id, &body.provider)
         .await?
@@ -292,7 +298,10 @@ pub async fn post_return(
     let lines = parse_order_lines(&body.lines, &mut errors);
     let lines = errors.finish(lines)?;
     let key = idempotency_key(&headers)?;
-    let checkout = &state.serving(&tenant.db).checkout;
+    let checkout = &state
+        .serving(&tenant.db)
+        .checkout
+        .acting_for(tenant.acting("order.return"));
     let (ret, refund) = checkout
         .take_return(tenant.merchant_id, id, &lines, body.restock, key)
         .await

@@ -65,7 +65,10 @@ pub async fn post_cancel(
     let mut errors = FieldErrors::default();
     let reason = errors.check("reason", parse_reason(&body.reason));
     let reason = errors.finish(reason)?;
-    let checkout = &state.serving(&tenant.db).checkout;
+    let checkout = &state
+        .serving(&tenant.db)
+        .checkout
+        .acting_for(tenant.acting("order.cancel"));
     let order = checkout
         .cancel(tenant.merchant_id, id, &reason)
         .await

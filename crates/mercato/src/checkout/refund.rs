@@ -17,7 +17,6 @@ use super::model::{cap_to_left, refund_share, refundable_left, RefundRequest};
 use super::refund_store::{self, RefundStatus, StoredRefund};
 use super::saga::Checkout;
 use super::store::OrderStatus;
-use crate::db::TenantTx;
 use crate::inventory::Line;
 use crate::payments::PaymentError;
 use crate::tenancy::MerchantId;
@@ -179,7 +178,7 @@ impl Checkout {
         request: &RefundRequest,
         idempotency_key: Option<&str>,
     ) -> Result<StoredRefund, RefundError> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         let order = refund_store::lock_for_refund(&mut tx, order_id)
             .await?
             .ok_or(RefundError::NotFound)?;
@@ -229,7 +228,7 @@ impl Checkout {
         order_id: Uuid,
         refund_id: Uuid,
     ) -> Result<StoredRefund, RefundError> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         let order = refund_store::lock_for_refund(&mut tx, order_id)
             .await?
             .ok_or(RefundError::NotFound)?;
@@ -254,7 +253,7 @@ impl Checkout {
         // The card is paid back first, up to what it paid; the rest of an order
         // paid partly with store credit goes back to the wallet. Earlier refunds
         // took the card's share first too, so the split is the same on a retry.
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         let before = refund_store::refunded_before(&mut tx, refund.order_id, refund.id).await?;
         tx.commit().await?;
         let card_part = refund.amount.min((order.card_paid - before).max(0));
@@ -269,7 +268,7 @@ impl Checkout {
             {
                 Ok(()) => {}
                 Err(refused @ PaymentError::InvalidState { .. }) => {
-                    let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+                    let mut tx = self.begin_step(merchant).await?;
                     refund_store::settle_refund(&mut tx, refund.id, RefundStatus::Failed).await?;
                     tx.commit().await?;
                     return Err(RefundError::Refused(refused));
@@ -277,7 +276,7 @@ impl Checkout {
                 Err(other) => return Err(RefundError::Provider(other)),
             }
         }
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         if wallet_part > 0 {
             crate::wallet::credit(
                 &mut tx,

@@ -99,7 +99,10 @@ pub async fn post_refund(
     let id = ApiError::path_id(&id, "order")?;
     let request = parse_refund(&body)?;
     let key = idempotency_key(&headers)?;
-    let checkout = &state.serving(&tenant.db).checkout;
+    let checkout = &state
+        .serving(&tenant.db)
+        .checkout
+        .acting_for(tenant.acting("order.refund"));
     let refund = checkout
         .refund(tenant.merchant_id, id, &request, key)
         .await

@@ -16,7 +16,6 @@ use super::refund_store::{self, RefundStatus, StoredRefund};
 use super::return_store::{self, StoredReturn};
 use super::saga::Checkout;
 use super::store::OrderStatus;
-use crate::db::TenantTx;
 use crate::events::EventType;
 use crate::inventory::Line;
 use crate::tenancy::MerchantId;
@@ -58,7 +57,7 @@ impl Checkout {
         restock: bool,
         idempotency_key: Option<&str>,
     ) -> Result<(StoredReturn, StoredRefund), ReturnError> {
-        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        let mut tx = self.begin_step(merchant).await?;
         let order = refund_store::lock_for_refund(&mut tx, order_id)
             .await?
             .ok_or(ReturnError::NotFound)?;

@@ -72,6 +72,10 @@ pub struct Checkout {
     pub fulfillment: super::fulfillment_provider::FulfillmentProviders,
     /// How long a checkout's reservation holds its units.
     pub reservation_ttl_seconds: i64,
+    /// Who the merchant's own steps (cancel, refund, fulfil, return) act for:
+    /// their transactions are audited (`acting_for`). Checkouts never are:
+    /// the order and its events are their record.
+    pub acting: Option<Arc<crate::db::Acting>>,
 }
 
 /// Time spent in one phase of a checkout (`checkout_phase_seconds{phase}`):
@@ -152,6 +156,23 @@ pub async fn cart_for(
 }
 
 impl Checkout {
+    /// This service, its merchant steps acting for `acting` (audited).
+    pub fn acting_for(&self, acting: crate::db::Acting) -> Checkout {
+        Checkout {
+            acting: Some(Arc::new(acting)),
+            ..self.clone()
+        }
+    }
+
+    /// A transaction of a merchant step, audited when the service acts for someone.
+    pub(super) async fn begin_step(&self, merchant: MerchantId) -> Result<TenantTx, sqlx::Error> {
+        let mut tx = TenantTx::begin(&self.pool, merchant).await?;
+        if let Some(acting) = &self.acting {
+            tx.act_for(acting).await?;
+        }
+        Ok(tx)
+    }
+
     /// Runs a new checkout as far as it can go now. An `idempotency_key` seen
     /// before returns that checkout's order instead of starting another.
     pub async fn start(

@@ -58,7 +58,7 @@ pub async fn post_customer(
     ApiJson(body): ApiJson<CreateCustomerBody>,
 ) -> Result<(StatusCode, Json<Customer>), ApiError> {
     let new = NewCustomer::parse(&body)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("customer.create").await?;
     let customer = store::create(&mut tx, &new).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(customer)))
@@ -133,7 +133,7 @@ pub async fn patch_customer(
 ) -> Result<Json<Customer>, ApiError> {
     let id = customer_id(&id)?;
     let patch = CustomerPatch::parse(&body)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("customer.update").await?;
     let customer = store::update(&mut tx, id, &patch).await?;
     tx.commit().await?;
     customer.map(Json).ok_or(ApiError::NotFound("customer"))
@@ -209,7 +209,7 @@ pub async fn post_credit(
         Some(key) => format!("credit:{key}"),
         None => format!("credit:{}", Uuid::now_v7()),
     };
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("customer.credit").await?;
     let customer = store::find(&mut tx, id)
         .await?
         .ok_or(ApiError::NotFound("customer"))?;

@@ -225,7 +225,8 @@ pub async fn seed(pool: &sqlx::PgPool, opts: &Options, progress: bool) -> anyhow
     let slug_text = format!("incident-{}", Utc::now().format("%Y%m%d%H%M%S%3f"));
     let slug = Slug::parse(&slug_text).map_err(|e| anyhow::anyhow!("slug: {e}"))?;
     let name = MerchantName::parse("Incident Demo Shop").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Created::New { id: merchant, .. } = create_merchant(pool, &name, &slug, None).await? else {
+    let Created::New { id: merchant, .. } = create_merchant(pool, &name, &slug, None, None).await?
+    else {
         anyhow::bail!("the demo merchant existed already");
     };
     let rules = prepare_merchant(pool, merchant).await?;

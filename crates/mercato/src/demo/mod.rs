@@ -59,11 +59,16 @@ pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
     }
     let name = MerchantName::parse("Demo Coffee Shop").expect("valid demo name");
     // Without a creation key, a creation is never a replay.
-    let Created::New { id: merchant, key } = create_merchant(&db.app, &name, &slug, None).await?
+    let Created::New { id: merchant, key } =
+        create_merchant(&db.app, &name, &slug, None, None).await?
     else {
         return Err(DemoError::Db(sqlx::Error::RowNotFound));
     };
-    crate::tenancy::set_rate_limits(&db.app, merchant, Some(&crate::quotas::Plan::demo())).await?;
+    {
+        let mut conn = db.app.acquire().await?;
+        crate::tenancy::set_rate_limits(&mut conn, merchant, Some(&crate::quotas::Plan::demo()))
+            .await?;
+    }
     let mut tx = TenantTx::begin(&db.app, merchant).await?;
     for (name, variants) in DEMO_PRODUCTS {
         let variants = variants

@@ -255,7 +255,7 @@ pub async fn post_endpoint(
     let description = description(body.description.as_ref(), &mut errors);
     let ((url, types), description) = errors.finish(url.zip(types).zip(description))?;
     let id = Uuid::now_v7();
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("webhook_endpoint.create").await?;
     store::insert_endpoint(
         &mut tx,
         id,
@@ -350,7 +350,7 @@ pub async fn patch_endpoint(
     let description = description(body.description.as_ref(), &mut errors);
     let (((url, types), status), description) =
         errors.finish(url.zip(types).zip(status).zip(description))?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("webhook_endpoint.update").await?;
     let found = store::update_endpoint(
         &mut tx,
         id,
@@ -382,7 +382,7 @@ pub async fn delete_endpoint(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = endpoint_id(&id)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("webhook_endpoint.delete").await?;
     let deleted = store::delete_endpoint(&mut tx, id).await?;
     tx.commit().await?;
     if deleted {
@@ -409,7 +409,9 @@ pub async fn rotate_secret(
 ) -> Result<(Extension<ShownOnce>, Json<Endpoint>), ApiError> {
     let id = endpoint_id(&id)?;
     let until = Utc::now() + chrono::Duration::hours(ROTATION_OVERLAP_HOURS);
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant
+        .begin_audited("webhook_endpoint.rotate_secret")
+        .await?;
     let rotated = store::rotate_secret(&mut tx, id, &new_secret(), until).await?;
     let row = if rotated {
         store::endpoint(&mut tx, id).await?
@@ -461,7 +463,7 @@ pub async fn recover(
             )
         })?
         .with_timezone(&Utc);
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("webhook_endpoint.recover").await?;
     if store::endpoint(&mut tx, id).await?.is_none() {
         return Err(ApiError::NotFound("webhook endpoint"));
     }

@@ -41,7 +41,7 @@ pub async fn delete_variant(
     Path((id, sku)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let id = ApiError::path_id(&id, "product")?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("variant.delete").await?;
     let archival = super::archive_variant(&mut tx, id, &sku).await?;
     tx.commit().await?;
     match archival {
@@ -71,7 +71,7 @@ pub async fn delete_product(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = ApiError::path_id(&id, "product")?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("product.archive").await?;
     let deletion = super::delete_product(&mut tx, id).await?;
     tx.commit().await?;
     match deletion {
@@ -170,7 +170,7 @@ pub async fn put_inventory(
             "must not be negative",
         ));
     }
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("stock.set").await?;
     let level = store::set_on_hand(&mut tx, &sku, body.on_hand, body.low_stock_threshold).await?;
     tx.commit().await?;
     Ok(Json(level))

@@ -73,7 +73,7 @@ pub async fn put_mail_settings(
             .map(Some),
     };
     let (from_name, from_address) = errors.finish(from_name.zip(from_address))?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("mail_settings.update").await?;
     super::put_settings(&mut tx, from_name.as_deref(), from_address.as_deref()).await?;
     tx.commit().await?;
     Ok(Json(MailSettings {

@@ -56,7 +56,7 @@ pub async fn post_erase(
     Path(id): Path<String>,
 ) -> Result<Json<Customer>, ApiError> {
     let id = customer_id(&id)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("customer.erase").await?;
     let erased = super::erase(&mut tx, id).await?;
     tx.commit().await?;
     erased.map(Json).ok_or(ApiError::NotFound("customer"))

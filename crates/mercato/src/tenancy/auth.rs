@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap};
 
 use super::{authenticate_key, ApiKey, MerchantId, Principal, Strategy};
 use crate::cells::{MerchantDb, RouteError};
-use crate::db::TenantTx;
+use crate::db::{Acting, ActorKind, TenantTx};
 use crate::http::ApiError;
 use crate::state::AppState;
 
@@ -27,11 +27,66 @@ pub struct Tenant {
     pub key_fingerprint: String,
     /// The merchant's database (and, while it moves, its hold on the cutover gate).
     pub db: MerchantDb,
+    /// Where the request came from, for the audit trail.
+    pub origin: Origin,
+}
+
+/// Where a request came from: its client's address, user agent and request id.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    pub address: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Origin {
+    pub fn of(headers: &HeaderMap, address: Option<IpAddr>) -> Origin {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(500).collect::<String>())
+        };
+        Origin {
+            address: address.map(|a| a.to_string()),
+            user_agent: text("user-agent"),
+            request_id: text("x-request-id"),
+        }
+    }
+
+    /// `actor` of `kind` asking for `action` from here.
+    pub fn acting(&self, action: &'static str, actor_kind: ActorKind, actor: &str) -> Acting {
+        Acting {
+            action,
+            actor_kind,
+            actor: actor.to_owned(),
+            address: self.address.clone(),
+            user_agent: self.user_agent.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
 }
 
 impl Tenant {
     pub async fn begin(&self) -> Result<TenantTx, ApiError> {
         Ok(self.begin_sql().await?)
+    }
+
+    /// The merchant's database acting for this request's key on `action`:
+    /// what its transactions change is in the audit trail.
+    pub fn audited(&self, action: &'static str) -> MerchantDb {
+        self.db.acting_for(self.acting(action))
+    }
+
+    /// This request's key asking for `action`, for the audit trail.
+    pub fn acting(&self, action: &'static str) -> Acting {
+        self.origin
+            .acting(action, ActorKind::Key, &self.key_fingerprint)
+    }
+
+    /// A transaction of `action`, audited (`audited`).
+    pub async fn begin_audited(&self, action: &'static str) -> Result<TenantTx, ApiError> {
+        Ok(self.audited(action).begin().await?)
     }
 
     /// `begin` for code that reports `sqlx::Error`.
@@ -101,6 +156,7 @@ pub async fn authenticate(
         stock_strategy: principal.strategy,
         plan: principal.plan,
         key_fingerprint,
+        origin: Origin::of(headers, address),
     })
 }
 
@@ -145,8 +201,17 @@ impl FromRequestParts<AppState> for Tenant {
     }
 }
 
-/// A request made with the platform admin token.
-pub struct Admin;
+/// A request made with the platform admin token (and where it came from).
+pub struct Admin {
+    pub origin: Origin,
+}
+
+impl Admin {
+    /// The admin acting on `action`, for the audit trail.
+    pub fn acting(&self, action: &'static str) -> Acting {
+        self.origin.acting(action, ActorKind::Admin, "admin")
+    }
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -157,7 +222,13 @@ impl FromRequestParts<AppState> for Admin {
     ) -> Result<Self, Self::Rejection> {
         let given = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         if constant_time_eq(given.as_bytes(), state.admin_token.as_bytes()) {
-            Ok(Admin)
+            let address = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip());
+            Ok(Admin {
+                origin: Origin::of(&parts.headers, address),
+            })
         } else if ApiKey::parse(given).is_some() {
             // A merchant's key, however valid, is the wrong kind of credential here.
             Err(ApiError::Forbidden(

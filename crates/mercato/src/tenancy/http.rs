@@ -64,7 +64,7 @@ pub struct MerchantSettings {
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn patch_merchant(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchMerchant>,
@@ -96,12 +96,15 @@ pub async fn patch_merchant(
     if merchant_settings(&state.db.app, id).await?.is_none() {
         return Err(ApiError::NotFound("merchant"));
     }
+    let mut tx = TenantTx::begin_in_directory(&state.db.app, id).await?;
+    tx.act_for(&admin.acting("merchant.update")).await?;
     if let Some(strategy) = strategy {
-        set_stock_strategy(&state.db.app, id, strategy).await?;
+        set_stock_strategy(tx.conn(), id, strategy).await?;
     }
     if let Some(plan) = &plan {
-        set_rate_limits(&state.db.app, id, plan.as_ref()).await?;
+        set_rate_limits(tx.conn(), id, plan.as_ref()).await?;
     }
+    tx.commit().await?;
     state.keys.forget(id);
     let (stock_strategy, rate_limits) = merchant_settings(&state.db.app, id)
         .await?
@@ -202,7 +205,7 @@ pub struct MerchantCreated {
         (status = 422, body = Problem, content_type = "application/problem+json", description = "invalid fields, or the Idempotency-Key was used with another request"),
     ))]
 pub async fn post_merchant(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateMerchant>,
@@ -216,18 +219,24 @@ pub async fn post_merchant(
         key,
         request_hash: Sha256::digest(format!("{}\0{}", name.as_str(), slug.as_str())).to_vec(),
     });
-    let created = create_merchant(&state.db.app, &name, &slug, creation.as_ref())
-        .await
-        .map_err(|e| match e {
-            CreateMerchantError::SlugTaken(slug) => ApiError::Conflict {
-                kind: "slug-taken",
-                title: "Slug already taken",
-                detail: format!("a merchant with slug {slug:?} already exists"),
-                errors: vec![FieldError::new("slug", "already taken")],
-            },
-            CreateMerchantError::KeyReused => ApiError::IdempotencyKeyReused,
-            CreateMerchantError::Db(e) => e.into(),
-        })?;
+    let created = create_merchant(
+        &state.db.app,
+        &name,
+        &slug,
+        creation.as_ref(),
+        Some(&admin.acting("merchant.create")),
+    )
+    .await
+    .map_err(|e| match e {
+        CreateMerchantError::SlugTaken(slug) => ApiError::Conflict {
+            kind: "slug-taken",
+            title: "Slug already taken",
+            detail: format!("a merchant with slug {slug:?} already exists"),
+            errors: vec![FieldError::new("slug", "already taken")],
+        },
+        CreateMerchantError::KeyReused => ApiError::IdempotencyKeyReused,
+        CreateMerchantError::Db(e) => e.into(),
+    })?;
     let (created, replayed) = match created {
         Created::New { id, key } => (
             MerchantCreated {
@@ -283,7 +292,7 @@ pub struct ApiKeyIssued {
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_api_key(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<ApiKeyIssued>), ApiError> {
@@ -292,6 +301,7 @@ pub async fn post_api_key(
         return Err(ApiError::NotFound("merchant"));
     }
     let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
+    tx.act_for(&admin.acting("api_key.create")).await?;
     let issued = issue_api_key(&mut tx).await?;
     tx.commit().await?;
     Ok((
@@ -340,13 +350,14 @@ pub async fn list_keys(
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete_api_key(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let merchant = merchant_param(&id)?;
     let key_id = ApiError::path_id(&key_id, "api key")?;
     let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
+    tx.act_for(&admin.acting("api_key.revoke")).await?;
     let revoked = revoke_api_key(&mut tx, key_id).await?;
     tx.commit().await?;
     if !revoked {

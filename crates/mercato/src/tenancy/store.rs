@@ -44,12 +44,16 @@ pub async fn create_merchant(
     name: &MerchantName,
     slug: &Slug,
     creation: Option<&CreationKey<'_>>,
+    acting: Option<&crate::db::Acting>,
 ) -> Result<Created, CreateMerchantError> {
     if let Some(created) = created_before(pool, creation).await? {
         return Ok(created);
     }
     let id = MerchantId::new();
     let mut tx = TenantTx::begin_in_directory(pool, id).await?;
+    if let Some(acting) = acting {
+        tx.act_for(acting).await?;
+    }
     let inserted = sqlx::query!(
         "insert into merchants (id, slug, name, creation_key, creation_hash)
          values ($1, $2, $3, $4, $5)",
@@ -179,7 +183,7 @@ pub async fn merchant_exists(pool: &PgPool, id: MerchantId) -> Result<bool, sqlx
 
 /// Sets a merchant's stock strategy; `false` if there is no such merchant.
 pub async fn set_stock_strategy(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     id: MerchantId,
     strategy: Strategy,
 ) -> Result<bool, sqlx::Error> {
@@ -188,7 +192,7 @@ pub async fn set_stock_strategy(
         id.0,
         strategy.as_str(),
     )
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)
 }
@@ -196,7 +200,7 @@ pub async fn set_stock_strategy(
 /// Sets (or clears, with `None`) the merchant's plan of rate limits; `false`
 /// when there is no such merchant.
 pub async fn set_rate_limits(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     id: MerchantId,
     plan: Option<&crate::quotas::Plan>,
 ) -> Result<bool, sqlx::Error> {
@@ -209,7 +213,7 @@ pub async fn set_rate_limits(
         id.0,
         plan,
     )
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)
 }

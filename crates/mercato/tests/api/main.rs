@@ -1,6 +1,7 @@
 //! Black-box tests: the real app on a random port, a fresh database per test.
 
 mod analytics;
+mod audit;
 mod catalog;
 mod cells;
 mod checkout;

@@ -113,7 +113,7 @@ pub async fn put_rules(
         Some(_) => return Err(ApiError::field("activate", "must be true or false")),
     };
     let document = serde_json::json!({ "rules": body.rules });
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("pricing_rules.update").await?;
     let settings = super::settings(&mut tx).await?;
     RuleSet::from_value(&document, settings.currency).map_err(rule_errors)?;
     let revision = super::put_rules(
@@ -340,7 +340,7 @@ pub async fn put_settings(
     ApiJson(body): ApiJson<SettingsBody>,
 ) -> Result<Json<SettingsBody>, ApiError> {
     let settings = parse_settings(&body)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("pricing_settings.update").await?;
     let current = super::current_rules(&mut tx, &settings).await?;
     if !current.rules.rules().is_empty() && current.rules.currency() != settings.currency {
         return Err(ApiError::field(

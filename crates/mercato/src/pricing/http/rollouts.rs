@@ -112,7 +112,7 @@ pub async fn post_rollout(
             .map(Some),
     };
     let (stage, version) = errors.finish(stage.zip(version))?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("pricing_rollout.create").await?;
     let started = rollout::start(
         &mut tx,
         body.revision,
@@ -202,7 +202,7 @@ pub async fn patch_rollout(
     let mut errors = FieldErrors::default();
     let stage = parse_stage(&body.stage, &mut errors);
     let stage = errors.finish(stage)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_audited("pricing_rollout.update").await?;
     let changed = rollout::change(&mut tx, id, stage, body.percent).await?;
     tx.commit().await?;
     Ok(Json(changed))
