@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::privacy::http::routes())
         .merge(crate::mail::http::routes())
         .merge(crate::audit::http::routes())
+        .merge(crate::tenancy::keys_http::routes())
         .merge(pricing::http::routes())
         .merge(events::http::routes())
         .merge(remediation::http::routes())

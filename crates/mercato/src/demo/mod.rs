@@ -52,7 +52,10 @@ pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
             return Ok(key.trim().to_owned());
         }
         let mut tx = TenantTx::begin(&db.app, merchant).await?;
-        let key = issue_api_key(&mut tx).await?.key.to_string();
+        let key = issue_api_key(&mut tx, &crate::tenancy::scopes::Access::Full, None)
+            .await?
+            .key
+            .to_string();
         tx.commit().await?;
         localpg::write_private(&key_file, &key).map_err(key_error)?;
         return Ok(key);

@@ -46,6 +46,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A scoped key asked for what its scopes do not allow (names the scope needed).
+    #[error("this key's scopes do not include {0}")]
+    InsufficientScope(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     /// A signed link past its expiry.
@@ -135,6 +138,11 @@ impl ApiError {
             ),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::InsufficientScope(_) => (
+                StatusCode::FORBIDDEN,
+                "insufficient-scope",
+                "Insufficient scope",
+            ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Gone(_) => (StatusCode::GONE, "link-expired", "Link expired"),
             ApiError::Conflict { kind, title, .. } => (StatusCode::CONFLICT, kind, title),

@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
+use super::scopes::Access;
 use super::{authenticate_key, ApiKey, MerchantId, Principal, Strategy};
 use crate::cells::{MerchantDb, RouteError};
 use crate::db::{Acting, ActorKind, TenantTx};
@@ -29,6 +30,8 @@ pub struct Tenant {
     pub db: MerchantDb,
     /// Where the request came from, for the audit trail.
     pub origin: Origin,
+    /// What the key may do.
+    pub access: Access,
 }
 
 /// Where a request came from: its client's address, user agent and request id.
@@ -116,6 +119,9 @@ pub async fn authenticate(
     let hash = key.hash();
     let key_fingerprint = format!("key:{}", hex::encode(&hash[..6]));
     let principal = match state.keys.get(&hash) {
+        Some(hit) if hit.expires_at.is_some_and(|at| at <= chrono::Utc::now()) => {
+            return Err(ApiError::Unauthorized)
+        }
         Some(hit) => hit,
         None if state.keys.refused(&hash) => return Err(ApiError::Unauthorized),
         None => {
@@ -126,7 +132,7 @@ pub async fn authenticate(
                     .map_err(|retry_after| ApiError::AuthenticationsFailing { retry_after })?;
             }
             let mut tx = TenantTx::begin_in_directory(&state.db.app, key.merchant_id).await?;
-            let Some((strategy, plan)) = authenticate_key(&mut tx, &key).await? else {
+            let Some(grant) = authenticate_key(&mut tx, &key).await? else {
                 state.keys.put_refused(hash);
                 if let Some(address) = address {
                     state.auth_failures.failed(address);
@@ -136,8 +142,10 @@ pub async fn authenticate(
             tx.commit().await?;
             let principal = Principal {
                 merchant: key.merchant_id,
-                strategy,
-                plan: plan.map(std::sync::Arc::new),
+                strategy: grant.strategy,
+                plan: grant.plan.map(std::sync::Arc::new),
+                access: grant.access,
+                expires_at: grant.expires_at,
             };
             state.keys.put(hash, principal.clone());
             principal
@@ -157,6 +165,7 @@ pub async fn authenticate(
         plan: principal.plan,
         key_fingerprint,
         origin: Origin::of(headers, address),
+        access: principal.access,
     })
 }
 
@@ -197,7 +206,19 @@ impl FromRequestParts<AppState> for Tenant {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        request_tenant(state, &parts.extensions, &parts.headers).await
+        let tenant = request_tenant(state, &parts.extensions, &parts.headers).await?;
+        // The route as the router matched it (`/v1/products/{id}`).
+        let path = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .map_or(parts.uri.path(), |p| p.as_str());
+        let needed = super::scopes::required(&parts.method, path);
+        if !tenant.access.allows(needed) {
+            return Err(ApiError::InsufficientScope(
+                needed.map_or("full access", |s| s.as_str()),
+            ));
+        }
+        Ok(tenant)
     }
 }
 

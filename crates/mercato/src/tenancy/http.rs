@@ -302,7 +302,7 @@ pub async fn post_api_key(
     }
     let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
     tx.act_for(&admin.acting("api_key.create")).await?;
-    let issued = issue_api_key(&mut tx).await?;
+    let issued = issue_api_key(&mut tx, &super::scopes::Access::Full, None).await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,

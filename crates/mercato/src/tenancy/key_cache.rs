@@ -25,6 +25,10 @@ pub struct Principal {
     pub strategy: Strategy,
     /// The merchant's rate limits; `None`: not limited.
     pub plan: Option<Arc<crate::quotas::Plan>>,
+    /// What the key may do.
+    pub access: super::scopes::Access,
+    /// When the key stops working (checked on every use, cached or not).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Verified key hashes, so the hot path costs no query for authentication.

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::scopes::{Access, Scope};
 use super::{ApiKey, MerchantId, MerchantName, Slug, Strategy};
 use crate::db::{violates, TenantTx};
 
@@ -83,7 +84,7 @@ pub async fn create_merchant(
         }
         other => other?,
     };
-    let key = issue_api_key(&mut tx).await?.key;
+    let key = issue_api_key(&mut tx, &Access::Full, None).await?.key;
     tx.commit().await?;
     Ok(Created::New { id, key })
 }
@@ -120,14 +121,23 @@ pub struct IssuedKey {
 }
 
 /// Creates a new API key for the transaction's merchant.
-pub async fn issue_api_key(tx: &mut TenantTx) -> Result<IssuedKey, sqlx::Error> {
+pub async fn issue_api_key(
+    tx: &mut TenantTx,
+    access: &Access,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<IssuedKey, sqlx::Error> {
     let key = ApiKey::generate(tx.merchant_id());
     let id = Uuid::now_v7();
+    let scopes: Option<Vec<String>> = access
+        .scopes()
+        .map(|s| s.iter().map(|s| s.as_str().to_owned()).collect());
     sqlx::query!(
-        "insert into api_keys (merchant_id, id, key_hash) values ($1, $2, $3)",
+        "insert into api_keys (merchant_id, id, key_hash, scopes, expires_at) values ($1, $2, $3, $4, $5)",
         tx.merchant_id().0,
         id,
         key.hash(),
+        scopes.as_deref(),
+        expires_at,
     )
     .execute(tx.conn())
     .await?;
@@ -143,18 +153,36 @@ pub struct ApiKeyInfo {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Set once revoked: the key no longer authenticates.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// What it may do (`catalog:read`, `orders:write`, …); `null`: full access.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub scopes: Option<Vec<Scope>>,
+    /// When it stops working; `null`: never.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The transaction merchant's keys, oldest first.
 pub async fn list_api_keys(tx: &mut TenantTx) -> Result<Vec<ApiKeyInfo>, sqlx::Error> {
-    sqlx::query_as!(
-        ApiKeyInfo,
-        "select id, created_at, last_used_at, revoked_at from api_keys
+    let rows = sqlx::query!(
+        "select id, created_at, last_used_at, revoked_at, scopes, expires_at from api_keys
          where merchant_id = $1 order by id",
         tx.merchant_id().0,
     )
     .fetch_all(tx.conn())
-    .await
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let access =
+                Access::from_stored(r.scopes).map_err(|e| sqlx::Error::Decode(e.into()))?;
+            Ok(ApiKeyInfo {
+                id: r.id,
+                created_at: r.created_at,
+                last_used_at: r.last_used_at,
+                revoked_at: r.revoked_at,
+                scopes: access.scopes(),
+                expires_at: r.expires_at,
+            })
+        })
+        .collect()
 }
 
 /// Revokes a key (revoking a revoked key changes nothing); `false` if the
@@ -259,22 +287,40 @@ pub async fn find_merchant_by_slug(
 /// (checked under that merchant's RLS), noting that it was used; `None` for a
 /// dead or unknown key.
 /// The key's merchant settings (stock strategy, plan of rate limits) if it is live.
+/// What a live key stands for.
+pub struct KeyGrant {
+    pub strategy: Strategy,
+    pub plan: Option<crate::quotas::Plan>,
+    pub access: Access,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
 pub async fn authenticate_key(
     tx: &mut TenantTx,
     key: &ApiKey,
-) -> Result<Option<(Strategy, Option<crate::quotas::Plan>)>, sqlx::Error> {
+) -> Result<Option<KeyGrant>, sqlx::Error> {
     let row = sqlx::query!(
         r#"update api_keys k set last_used_at = now()
            from merchants m
            where m.id = k.merchant_id and k.merchant_id = $1 and k.key_hash = $2
-             and k.revoked_at is null
-           returning m.stock_strategy as "stock_strategy: Strategy", m.rate_limits::text as rate_limits"#,
+             and k.revoked_at is null and (k.expires_at is null or k.expires_at > now())
+           returning m.stock_strategy as "stock_strategy: Strategy", m.rate_limits::text as rate_limits,
+                     k.scopes, k.expires_at"#,
         tx.merchant_id().0,
         key.hash(),
     )
     .fetch_optional(tx.conn())
     .await?;
-    Ok(row.map(|r| (r.stock_strategy, parse_plan(r.rate_limits.as_deref()))))
+    row.map(|r| {
+        Ok(KeyGrant {
+            strategy: r.stock_strategy,
+            plan: parse_plan(r.rate_limits.as_deref()),
+            // A scope this release does not know: refused, not widened.
+            access: Access::from_stored(r.scopes).map_err(|e| sqlx::Error::Decode(e.into()))?,
+            expires_at: r.expires_at,
+        })
+    })
+    .transpose()
 }
 
 /// A merchant's slug and name.

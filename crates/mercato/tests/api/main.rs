@@ -20,6 +20,7 @@ mod remediation;
 mod rls;
 mod rollout;
 mod schema_migrations;
+mod scopes;
 mod states;
 mod tenancy;
 pub mod webhooks;

@@ -590,11 +590,12 @@ async fn settle_charges_asks_reminds_escalates_and_offers_once_and_every_email_a
     let mut tx = mercato::db::TenantTx::begin(&app.owner, merchant)
         .await
         .expect("tx");
-    let key = mercato::tenancy::issue_api_key(&mut tx)
-        .await
-        .expect("key")
-        .key
-        .to_string();
+    let key =
+        mercato::tenancy::issue_api_key(&mut tx, &mercato::tenancy::scopes::Access::Full, None)
+            .await
+            .expect("key")
+            .key
+            .to_string();
     tx.commit().await.expect("commit");
     let listed = app.get("/v1/support/escalations?limit=500", &key).await;
     assert_eq!(listed.status, 200, "{}", listed.body);
