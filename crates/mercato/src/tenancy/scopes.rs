@@ -108,7 +108,11 @@ impl Access {
 pub fn required(method: &Method, path: &str) -> Option<Scope> {
     let read = method == Method::GET || method == Method::HEAD;
     let pick = |r: Scope, w: Scope| Some(if read { r } else { w });
-    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    // Every request asks: no allocation.
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
     if under("/v1/checkouts") || under("/v1/reservations") || path == "/v1/pricing/quote" {
         // Reading a checkout's order or reservation back is part of checking out.
         return Some(Scope::Checkout);
