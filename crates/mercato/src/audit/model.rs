@@ -60,6 +60,9 @@ fn text(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
     if raw.is_empty() || raw.len() > 200 {
         Err("must be 1 to 200 characters".to_owned())
+    } else if raw.chars().any(char::is_control) {
+        // PostgreSQL text cannot hold NUL; no actor, action or key has any.
+        Err("must not contain control characters".to_owned())
     } else {
         Ok(raw.to_owned())
     }
@@ -135,9 +138,10 @@ mod tests {
             from: Some("yesterday"),
             to: Some("2026-01-01T00:00:00Z"),
             actor: Some(" "),
+            action: Some("order\0cancel"),
             ..Default::default()
         })
         .expect_err("invalid");
-        assert_eq!(err.fields(), ["actor", "target", "from"]);
+        assert_eq!(err.fields(), ["actor", "action", "target", "from"]);
     }
 }
