@@ -139,7 +139,6 @@ mod tests {
             to: Some("2026-01-01T00:00:00Z"),
             actor: Some(" "),
             action: Some("order\0cancel"),
-            ..Default::default()
         })
         .expect_err("invalid");
         assert_eq!(err.fields(), ["actor", "action", "target", "from"]);
