@@ -180,6 +180,14 @@ pub fn unroutable(err: RouteError) -> ApiError {
     }
 }
 
+/// The client's address; absent when the router is called without a server
+/// (tests' oneshots).
+fn client_address(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
 /// The request's tenant: the one a layer (rate limits, idempotency) already
 /// authenticated and put in the extensions, else verified now.
 pub async fn request_tenant(
@@ -189,13 +197,7 @@ pub async fn request_tenant(
 ) -> Result<Tenant, ApiError> {
     match extensions.get::<Tenant>() {
         Some(tenant) => Ok(tenant.clone()),
-        None => {
-            // Absent when the router is called without a server (tests' oneshots).
-            let address = extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip());
-            authenticate(state, headers, address).await
-        }
+        None => authenticate(state, headers, client_address(extensions)).await,
     }
 }
 
@@ -243,12 +245,8 @@ impl FromRequestParts<AppState> for Admin {
     ) -> Result<Self, Self::Rejection> {
         let given = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         if constant_time_eq(given.as_bytes(), state.admin_token.as_bytes()) {
-            let address = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip());
             Ok(Admin {
-                origin: Origin::of(&parts.headers, address),
+                origin: Origin::of(&parts.headers, client_address(&parts.extensions)),
             })
         } else if ApiKey::parse(given).is_some() {
             // A merchant's key, however valid, is the wrong kind of credential here.

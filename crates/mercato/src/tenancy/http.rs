@@ -15,7 +15,7 @@ use super::{
     revoke_api_key, set_rate_limits, set_stock_strategy, ApiKeyInfo, CreateMerchantError, Created,
     CreationKey, MerchantId, MerchantName, Slug, Strategy,
 };
-use crate::db::TenantTx;
+use crate::db::{Acting, TenantTx};
 use crate::http::idempotency::idempotency_key;
 use crate::http::{ApiError, ApiJson, Problem};
 use crate::state::AppState;
@@ -334,6 +334,14 @@ pub async fn list_keys(
     if !merchant_exists(&state.db.app, merchant).await? {
         return Err(ApiError::NotFound("merchant"));
     }
+    keys_of(&state, merchant).await
+}
+
+/// A merchant's keys, for the admin's route and the merchant's own.
+pub(super) async fn keys_of(
+    state: &AppState,
+    merchant: MerchantId,
+) -> Result<Json<ApiKeyList>, ApiError> {
     let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
     let data = list_api_keys(&mut tx).await?;
     tx.commit().await?;
@@ -355,9 +363,20 @@ pub async fn delete_api_key(
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let merchant = merchant_param(&id)?;
-    let key_id = ApiError::path_id(&key_id, "api key")?;
+    revoke_key(&state, merchant, &key_id, &admin.acting("api_key.revoke")).await
+}
+
+/// Revokes one of `merchant`'s keys for `acting` (audited); this process
+/// refuses it at once. For the admin's route and the merchant's own.
+pub(super) async fn revoke_key(
+    state: &AppState,
+    merchant: MerchantId,
+    key_id: &str,
+    acting: &Acting,
+) -> Result<StatusCode, ApiError> {
+    let key_id = ApiError::path_id(key_id, "api key")?;
     let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
-    tx.act_for(&admin.acting("api_key.revoke")).await?;
+    tx.act_for(acting).await?;
     let revoked = revoke_api_key(&mut tx, key_id).await?;
     tx.commit().await?;
     if !revoked {

@@ -11,13 +11,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::http::{keys_of, revoke_key, ApiKeyList};
 use super::scopes::{Access, Scope};
-use super::store::{issue_api_key, list_api_keys, revoke_api_key, ApiKeyInfo};
+use super::store::issue_api_key;
 use super::Tenant;
 use crate::db::TenantTx;
 use crate::http::{ApiError, ApiJson, Problem};
 use crate::state::AppState;
-use crate::validation::FieldErrors;
+use crate::validation::{optional, timestamp, FieldErrors};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -46,11 +47,6 @@ pub struct KeyIssued {
     #[schema(value_type = Option<Vec<String>>)]
     pub scopes: Option<Vec<Scope>>,
     pub expires_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct OwnKeyList {
-    pub data: Vec<ApiKeyInfo>,
 }
 
 fn parse_new_key(
@@ -82,19 +78,19 @@ fn parse_new_key(
             Some(Access::Scoped(scopes))
         }
     };
-    let expires_at = match &body.expires_at {
-        None => Some(None),
-        Some(raw) => errors
-            .check("expires_at", crate::validation::timestamp(raw))
-            .and_then(|at| {
-                if at <= Utc::now() {
-                    errors.push("expires_at", "must be in the future");
-                    None
-                } else {
-                    Some(Some(at))
-                }
-            }),
-    };
+    let expires_at = optional(
+        &mut errors,
+        "expires_at",
+        body.expires_at.as_deref(),
+        |raw| {
+            let at = timestamp(raw)?;
+            if at <= Utc::now() {
+                Err("must be in the future".to_owned())
+            } else {
+                Ok(at)
+            }
+        },
+    );
     Ok(errors.finish(access.zip(expires_at))?)
 }
 
@@ -131,17 +127,14 @@ pub async fn post_own_key(
 /// This merchant's keys, live and revoked, oldest first.
 #[utoipa::path(get, path = "/v1/api-keys", security(("api_key" = [])),
     responses(
-        (status = 200, body = OwnKeyList),
+        (status = 200, body = ApiKeyList),
         (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_own_keys(
     tenant: Tenant,
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> Result<Json<OwnKeyList>, ApiError> {
-    let mut tx = TenantTx::begin_in_directory(&state.db.app, tenant.merchant_id).await?;
-    let data = list_api_keys(&mut tx).await?;
-    tx.commit().await?;
-    Ok(Json(OwnKeyList { data }))
+) -> Result<Json<ApiKeyList>, ApiError> {
+    keys_of(&state, tenant.merchant_id).await
 }
 
 /// Revokes one of this merchant's keys; this process refuses it at once,
@@ -158,14 +151,11 @@ pub async fn delete_own_key(
     axum::extract::State(state): axum::extract::State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = ApiError::path_id(&id, "api key")?;
-    let mut tx = TenantTx::begin_in_directory(&state.db.app, tenant.merchant_id).await?;
-    tx.act_for(&tenant.acting("api_key.revoke")).await?;
-    let revoked = revoke_api_key(&mut tx, id).await?;
-    tx.commit().await?;
-    if !revoked {
-        return Err(ApiError::NotFound("api key"));
-    }
-    state.keys.forget(tenant.merchant_id);
-    Ok(StatusCode::NO_CONTENT)
+    revoke_key(
+        &state,
+        tenant.merchant_id,
+        &id,
+        &tenant.acting("api_key.revoke"),
+    )
+    .await
 }

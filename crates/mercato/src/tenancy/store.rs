@@ -283,11 +283,7 @@ pub async fn find_merchant_by_slug(
     Ok(id.map(MerchantId))
 }
 
-/// The stock strategy of `key`'s merchant if `key` is one of its live keys
-/// (checked under that merchant's RLS), noting that it was used; `None` for a
-/// dead or unknown key.
-/// The key's merchant settings (stock strategy, plan of rate limits) if it is live.
-/// What a live key stands for.
+/// What a live key stands for: its merchant's settings and its own access.
 pub struct KeyGrant {
     pub strategy: Strategy,
     pub plan: Option<crate::quotas::Plan>,
@@ -295,6 +291,9 @@ pub struct KeyGrant {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// What `key` stands for if it is one of its merchant's live, unexpired keys
+/// (checked under that merchant's RLS), noting that it was used; `None` for a
+/// dead, expired or unknown key.
 pub async fn authenticate_key(
     tx: &mut TenantTx,
     key: &ApiKey,
