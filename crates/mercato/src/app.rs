@@ -82,6 +82,8 @@ pub struct App {
     pub admin_token: String,
     /// Whether this run made the admin token up (then, and only then, it is printed).
     pub admin_token_generated: bool,
+    /// The suspended merchants, kept current while serving.
+    suspended: crate::tenancy::Suspended,
     /// The demo merchant's key, when this run seeded (or found) the demo.
     pub demo_api_key: Option<String>,
     pub database: DatabaseSource,
@@ -215,10 +217,26 @@ impl App {
             allow_internal: config.webhooks_allow_internal,
             ..Default::default()
         };
+        let suspended = crate::tenancy::Suspended::default();
+        suspended
+            .refresh(&db.app)
+            .await
+            .map_err(|e| StartError::Db(DbError::Sql(e)))?;
         let state = AppState::new(Services {
+            suspended: suspended.clone(),
             webhooks: webhooks.clone(),
             db: db.clone(),
-            admin_token: Arc::from(admin_token.as_str()),
+            // `off`: the platform's routes take operators' sessions only.
+            admin_token: (admin_token != crate::config::ADMIN_TOKEN_OFF)
+                .then(|| Arc::from(admin_token.as_str())),
+            logins: Default::default(),
+            public_url: Arc::from(
+                config
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}"))
+                    .trim_end_matches('/'),
+            ),
             keys: Default::default(),
             auth_failures: Default::default(),
             cells: cells.clone(),
@@ -248,6 +266,7 @@ impl App {
             owner_url,
             admin_token,
             admin_token_generated,
+            suspended,
             demo_api_key,
             database,
             _localpg: localpg,
@@ -277,10 +296,13 @@ impl App {
             router,
             _localpg,
             _embedded_cells,
+            suspended,
+            db,
             ..
         } = self;
         let mut workers = vec![
             tokio::spawn(cells.clone().follow_directory()),
+            tokio::spawn(suspended.clone().follow(db.app.clone())),
             tokio::spawn(moves.run()),
             tokio::spawn(async move {
                 if let Err(err) = axum::serve(metrics_listener, routes::metrics_router()).await {
@@ -291,7 +313,9 @@ impl App {
         // Every cell's background work runs on that cell's pools.
         for cell in cells.all() {
             if let Some(services) = cell_services.get(&cell.name) {
-                workers.extend(cell_workers(&cells, &cell, services, &config, &webhooks));
+                workers.extend(cell_workers(
+                    &cells, &cell, services, &config, &webhooks, &suspended,
+                ));
             }
         }
         // The client's address, for the limit on failed authentications.
@@ -338,6 +362,7 @@ fn cell_workers(
     services: &CellServices,
     config: &Config,
     webhooks: &crate::events::worker::DeliveryConfig,
+    suspended: &crate::tenancy::Suspended,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let db = &cell.db;
     let mut workers = vec![
@@ -359,6 +384,7 @@ fn cell_workers(
             db.app.clone(),
             db.worker.clone(),
             webhooks.clone(),
+            suspended.clone(),
         )),
         tokio::spawn(crate::pricing::rollout::watch_anomalies(
             db.app.clone(),
@@ -379,6 +405,7 @@ fn cell_workers(
             db.worker.clone(),
             transport,
             config.worker_interval,
+            suspended.clone(),
         ))),
         Err(err) => tracing::error!(error = %err, "customers' e-mail is not sent"),
     }

@@ -10,6 +10,8 @@ use std::time::Duration;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_DATA_DIR: &str = ".mercato";
+/// `--admin-token off`: no admin token at all.
+pub const ADMIN_TOKEN_OFF: &str = "off";
 const DEFAULT_DB_POOL: u32 = 32;
 const DEFAULT_CHECKOUT_TTL: &str = "900";
 const DEFAULT_RECOVERY_GRACE: &str = "30";
@@ -56,7 +58,13 @@ pub struct Config {
     /// as role `mercato_app`. Unset: a private cluster in --data-dir.
     #[command(flatten)]
     pub database: DatabaseUrlArg,
-    /// Platform admin token; generated and printed when unset.
+    /// The address people reach Mercato at, for the links in its e-mail
+    /// (invitations): `https://shop-admin.example.com`. Unset: `http://` and
+    /// the listen address.
+    #[arg(long, env = "MERCATO_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Platform admin token; generated and printed when unset; `off`: none
+    /// (operators log in with their accounts; `POST /v1/operators` made them).
     #[arg(long, env = "MERCATO_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Size of the service's database connection pool (1 to 1000).
@@ -224,6 +232,7 @@ impl Config {
             analytics_interval: default(DEFAULT_ANALYTICS_INTERVAL),
             database: DatabaseUrlArg::default(),
             admin_token: None,
+            public_url: None,
             max_connections: DEFAULT_DB_POOL,
             checkout_ttl: default(DEFAULT_CHECKOUT_TTL),
             recovery_grace: default(DEFAULT_RECOVERY_GRACE),
@@ -269,7 +278,7 @@ impl Config {
                 return fail(flag, format!("must be from {min} to {MAX_SECONDS} seconds"));
             }
         }
-        if let Some(token) = &self.admin_token {
+        if let Some(token) = self.admin_token.as_ref().filter(|t| *t != ADMIN_TOKEN_OFF) {
             let chars = token.chars().count();
             if chars < MIN_ADMIN_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
                 return fail(

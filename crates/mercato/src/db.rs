@@ -217,8 +217,11 @@ pub fn scram_sha256_verifier(password: &str, salt: &[u8], iterations: u32) -> St
 /// through `security definer` functions (migration 0021); the mover, whose
 /// records they are, through grants, and what only the owner may do through
 /// functions again (migration 0023).
-const PLATFORM_TABLES: [&str; 7] = [
+const PLATFORM_TABLES: [&str; 9] = [
     "_sqlx_migrations",
+    // Logins: the persons (their password hashes) and their sessions.
+    "people",
+    "sessions",
     // The key that hides order volume in legacy-order ids (read by its function).
     "legacy_order_id_key",
     "merchants",
@@ -230,16 +233,27 @@ const PLATFORM_TABLES: [&str; 7] = [
 
 /// What each service role may do on a platform table (the design;
 /// `tests/api/hostile/roles.rs` holds the database to it).
-const PLATFORM_GRANTS: [(&str, &str); 12] = [
+const PLATFORM_GRANTS: [(&str, &str); 15] = [
     // Creating a merchant and its settings (admin routes), resolving a slug,
     // authenticating a key (joins its merchant).
     (APP_ROLE, "select, insert on merchants"),
     (
         APP_ROLE,
-        "update (stock_strategy, rate_limits) on merchants",
+        "update (stock_strategy, rate_limits, status, status_reason, status_changed_at) on merchants",
     ),
-    // The analytics export names merchants in its marts.
-    (WORKER_ROLE, "select (id, slug, name) on merchants"),
+    // The analytics export names merchants in its marts; the senders skip
+    // suspended ones.
+    (WORKER_ROLE, "select (id, slug, name, status) on merchants"),
+    // A login finds its person; an invitation accepted makes one; a new
+    // password or second factor changes one. Nobody is deleted (the trail
+    // names them).
+    (APP_ROLE, "select, insert on people"),
+    (
+        APP_ROLE,
+        "update (password_hash, totp_secret, password_changed_at, operator) on people",
+    ),
+    // Sessions: made at login, read on each request, revoked.
+    (APP_ROLE, "select, insert, update (revoked_at) on sessions"),
     // `mercato_absent` in the worker's policies: merchants this cell does not serve.
     (WORKER_ROLE, "select on cell_absent"),
     // A move copies the merchant's row into the target (its rows' foreign
@@ -303,6 +317,7 @@ async fn grant_service_roles(owner: &PgPool) -> Result<(), DbError> {
     for revoke in [
         format!("revoke all on all sequences in schema public from {MOVER_ROLE}"),
         format!("revoke all on api_keys from {MOVER_ROLE}"),
+        format!("revoke all on staff, staff_invitations from {MOVER_ROLE}"),
     ] {
         sqlx::query(&revoke).execute(&mut *tx).await?;
     }

@@ -19,6 +19,7 @@
 //! | context | tables |
 //! |---|---|
 //! | `tenancy` | `merchants`, `api_keys` |
+//! | `tenancy::people` | `people`, `sessions`, `staff`, `staff_invitations` |
 //! | `catalog` | `products`, `variants`, `variant_prices` |
 //! | `inventory` | `stock`, `reservations`, `reservation_items`, `stock_sales` |
 //! | `checkout` | `orders`, `order_items`, `order_refunds`, `order_refund_lines`, `order_fulfillments`, `order_fulfillment_lines`, `order_returns`, `order_return_lines`, `fulfillment_settings` |
@@ -67,6 +68,7 @@ pub mod reprice;
 pub mod routes;
 pub mod shift;
 pub mod state;
+pub mod team;
 pub mod telemetry;
 pub mod tenancy;
 pub mod validation;

@@ -160,7 +160,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if cells.len() > 1 {
         println!("  cells:        {}", cells.join(", "));
     }
-    if app.admin_token_generated {
+    if app.admin_token == mercato::config::ADMIN_TOKEN_OFF {
+        println!("  admin token:  off (operators log in: POST /v1/sessions)");
+    } else if app.admin_token_generated {
         println!("  admin token:  {}", app.admin_token);
     } else {
         // Never echo a secret the operator supplied.

@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::mail::http::routes())
         .merge(crate::audit::http::routes())
         .merge(crate::tenancy::keys_http::routes())
+        .merge(crate::team::routes())
         .merge(pricing::http::routes())
         .merge(events::http::routes())
         .merge(remediation::http::routes())

@@ -42,7 +42,14 @@ pub struct Services {
     /// The main database: the tenant directory (merchants, API keys), and
     /// the cell `main`.
     pub db: Db,
-    pub admin_token: Arc<str>,
+    /// The bootstrap admin token; `None`: turned off (operators log in).
+    pub admin_token: Option<Arc<str>>,
+    /// Where people reach Mercato (the links in invitations), no trailing `/`.
+    pub public_url: Arc<str>,
+    /// The suspended merchants (the workers skip them).
+    pub suspended: crate::tenancy::Suspended,
+    /// Failed logins, per account and address.
+    pub logins: crate::tenancy::people::LoginThrottles,
     pub keys: KeyCache,
     /// Keys the database refused, per client address (429 past a burst).
     pub auth_failures: crate::tenancy::AuthFailures,

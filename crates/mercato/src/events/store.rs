@@ -360,6 +360,7 @@ pub async fn claim_due(
     limit: i64,
     per_endpoint: i64,
     lease_seconds: f64,
+    paused: &[Uuid],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as!(
         Claimed,
@@ -372,6 +373,8 @@ pub async fn claim_due(
                      and d.leased_until is not null and d.leased_until > now()
                ) busy
                where w.status = 'enabled' and busy.n < $2::bigint
+                 -- Merchants the platform suspended: their deliveries wait.
+                 and w.merchant_id <> all($4::uuid[])
                  and exists (select 1 from webhook_deliveries d
                              where d.merchant_id = w.merchant_id and d.endpoint_id = w.id
                                and d.status = 'pending' and d.next_attempt_at <= now())
@@ -409,6 +412,7 @@ pub async fn claim_due(
         limit,
         per_endpoint,
         lease_seconds,
+        paused,
     )
     .fetch_all(conn)
     .await

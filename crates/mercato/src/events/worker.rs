@@ -91,7 +91,12 @@ pub fn client(config: &DeliveryConfig) -> reqwest::Result<reqwest::Client> {
 }
 
 /// Runs until the process ends.
-pub async fn deliver_webhooks(app: PgPool, worker: PgPool, config: DeliveryConfig) {
+pub async fn deliver_webhooks(
+    app: PgPool,
+    worker: PgPool,
+    config: DeliveryConfig,
+    suspended: crate::tenancy::Suspended,
+) {
     let client = match client(&config) {
         Ok(c) => c,
         Err(err) => {
@@ -129,7 +134,15 @@ pub async fn deliver_webhooks(app: PgPool, worker: PgPool, config: DeliveryConfi
         }
         let claimed = match worker.acquire().await {
             Ok(mut conn) => {
-                store::claim_due(&mut conn, free as i64, config.per_endpoint as i64, lease).await
+                let paused = suspended.ids();
+                store::claim_due(
+                    &mut conn,
+                    free as i64,
+                    config.per_endpoint as i64,
+                    lease,
+                    &paused,
+                )
+                .await
             }
             Err(e) => Err(e),
         };

@@ -49,6 +49,21 @@ pub enum ApiError {
     /// A scoped key asked for what its scopes do not allow (names the scope needed).
     #[error("this key's scopes do not include {0}")]
     InsufficientScope(&'static str),
+    /// A person's role does not allow the request (names the scope needed).
+    #[error("your role does not include {0}")]
+    RoleForbids(&'static str),
+    /// The merchant is suspended by the platform: nothing is served for it.
+    #[error("this merchant is suspended; contact the platform's operators")]
+    MerchantSuspended,
+    /// An unsafe request made with a session cookie and without its CSRF token.
+    #[error("this request needs the session's CSRF token in the X-CSRF-Token header")]
+    CsrfTokenInvalid,
+    /// The person has a second factor on and gave no (or a wrong) code.
+    #[error("this account needs its one-time code (totp_code)")]
+    SecondFactorRequired,
+    /// Too many failed logins for this account from this address, or from this address.
+    #[error("too many failed logins; retry in {retry_after} s")]
+    LoginThrottled { retry_after: u64 },
     #[error("{0} not found")]
     NotFound(&'static str),
     /// A signed link past its expiry.
@@ -142,6 +157,31 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "insufficient-scope",
                 "Insufficient scope",
+            ),
+            ApiError::RoleForbids(_) => (
+                StatusCode::FORBIDDEN,
+                "role-forbids",
+                "Not allowed for your role",
+            ),
+            ApiError::MerchantSuspended => (
+                StatusCode::FORBIDDEN,
+                "merchant-suspended",
+                "Merchant suspended",
+            ),
+            ApiError::CsrfTokenInvalid => (
+                StatusCode::FORBIDDEN,
+                "csrf-token-invalid",
+                "CSRF token missing or invalid",
+            ),
+            ApiError::SecondFactorRequired => (
+                StatusCode::UNAUTHORIZED,
+                "second-factor-required",
+                "Second factor required",
+            ),
+            ApiError::LoginThrottled { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "login-throttled",
+                "Too many failed logins",
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Gone(_) => (StatusCode::GONE, "link-expired", "Link expired"),
@@ -239,6 +279,7 @@ impl IntoResponse for ApiError {
             ApiError::IdempotencyKeyInFlight { retry_after }
             | ApiError::RateLimited { retry_after, .. }
             | ApiError::AuthenticationsFailing { retry_after }
+            | ApiError::LoginThrottled { retry_after }
             | ApiError::QuotaExceeded { retry_after } => Some(*retry_after),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,

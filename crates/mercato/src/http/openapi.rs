@@ -30,7 +30,14 @@ impl Modify for BearerAuth {
                     .build(),
             )
         };
-        components.add_security_scheme("api_key", bearer("Merchant API key (`mk_…`)"));
+        components.add_security_scheme(
+            "api_key",
+            bearer("Merchant API key (`mk_…`), or a staff session's token (`mss_…`)"),
+        );
+        components.add_security_scheme(
+            "session",
+            bearer("A person's session token (`mss_…`); browsers send the `mercato_session` cookie and `X-CSRF-Token` instead"),
+        );
         components.add_security_scheme(
             "admin_token",
             bearer("Platform admin token (MERCATO_ADMIN_TOKEN)"),

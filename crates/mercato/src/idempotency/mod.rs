@@ -88,7 +88,7 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
         Err(invalid) => return Err(invalid.into_response()),
     };
     // Keys are per merchant; a request that is not a merchant's gets no idempotency.
-    let tenant = match request_tenant(state, req.extensions(), req.headers()).await {
+    let tenant = match request_tenant(state, req.method(), req.extensions(), req.headers()).await {
         Ok(tenant) => tenant,
         Err(_) => return Ok(next.run(req).await),
     };

@@ -327,6 +327,7 @@ pub async fn send_every_merchants_mail(
     worker: PgPool,
     transport: Transport,
     every: std::time::Duration,
+    suspended: crate::tenancy::Suspended,
 ) {
     // Merchants take turns of this many messages, so one merchant's
     // thousands of apologies do not hold back another's single receipt.
@@ -345,7 +346,8 @@ pub async fn send_every_merchants_mail(
                     break;
                 }
             };
-            for merchant in merchants {
+            // A suspended merchant's mail waits, queued, until it is active again.
+            for merchant in merchants.into_iter().filter(|m| !suspended.contains(*m)) {
                 let db = match cells.merchant_db_for_job(MerchantId(merchant)).await {
                     // Served by another cell now: that cell's sender sends it.
                     Ok(db) if db.cell_name() != cell => continue,

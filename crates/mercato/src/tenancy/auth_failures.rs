@@ -3,9 +3,11 @@
 //! limits use, `quotas::gcra`); an address over it is answered 429 before its
 //! next unknown key reaches the database. Keys already verified (or already
 //! refused) cost no query and are never held here, so a merchant's working
-//! key from the same address keeps working.
+//! key from the same address keeps working. Logins throttle the same way
+//! (`Throttle`, keyed by address and by account).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -21,23 +23,43 @@ const FAILURES: Rate = Rate {
 /// Addresses tracked; past it, those whose bucket is full again go first.
 const MAX_ADDRESSES: usize = 10_000;
 
-/// Each tracked address's theoretical arrival time, in seconds since `epoch`.
-#[derive(Default)]
-pub struct AuthFailures(Mutex<HashMap<IpAddr, f64>>);
+/// Failures per key (an address, an account): each tracked key's
+/// theoretical arrival time, in seconds since `epoch`.
+pub struct Throttle<K> {
+    rate: Rate,
+    buckets: Mutex<HashMap<K, f64>>,
+}
+
+/// Keys the database refused, per client address.
+pub type AuthFailures = Throttle<IpAddr>;
+
+impl Default for AuthFailures {
+    fn default() -> Self {
+        Throttle::new(FAILURES)
+    }
+}
 
 fn now() -> f64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
-impl AuthFailures {
-    /// `Err(seconds)` to wait when `address` has no failed lookup left.
-    pub fn check(&self, address: IpAddr) -> Result<(), u64> {
-        let buckets = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tat) = buckets.get(&address) else {
+impl<K: Hash + Eq> Throttle<K> {
+    /// Failures allowed at once (`burst`), then per second.
+    pub fn new(rate: Rate) -> Self {
+        Throttle {
+            rate,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// `Err(seconds)` to wait when `address` has no failure left.
+    pub fn check(&self, address: &K) -> Result<(), u64> {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tat) = buckets.get(address) else {
             return Ok(());
         };
-        let decision = gcra(FAILURES, Some(*tat), now());
+        let decision = gcra(self.rate, Some(*tat), now());
         if decision.allowed {
             Ok(())
         } else {
@@ -45,9 +67,9 @@ impl AuthFailures {
         }
     }
 
-    /// Records a key the database refused for `address`.
-    pub fn failed(&self, address: IpAddr) {
-        let mut buckets = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    /// Records a failure (a key the database refused, a wrong password) of `address`.
+    pub fn failed(&self, address: K) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = now();
         if buckets.len() >= MAX_ADDRESSES && !buckets.contains_key(&address) {
             buckets.retain(|_, tat| *tat > now);
@@ -56,7 +78,8 @@ impl AuthFailures {
             }
         }
         let tat = buckets.get(&address).copied();
-        buckets.insert(address, gcra(FAILURES, tat, now).tat);
+        let next = gcra(self.rate, tat, now).tat;
+        buckets.insert(address, next);
     }
 }
 
@@ -69,10 +92,10 @@ mod tests {
         let failures = AuthFailures::default();
         let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
         for _ in 0..FAILURES.burst {
-            assert_eq!(failures.check(a), Ok(()));
+            assert_eq!(failures.check(&a), Ok(()));
             failures.failed(a);
         }
-        assert_eq!(failures.check(a), Err(1));
-        assert_eq!(failures.check(b), Ok(()));
+        assert_eq!(failures.check(&a), Err(1));
+        assert_eq!(failures.check(&b), Ok(()));
     }
 }

@@ -19,11 +19,11 @@ use crate::db::{Acting, TenantTx};
 use crate::http::idempotency::idempotency_key;
 use crate::http::{ApiError, ApiJson, Problem};
 use crate::state::AppState;
-use crate::validation::{FieldError, FieldErrors};
+use crate::validation::{optional, search_prefix, FieldError, FieldErrors};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(post_merchant))
+        .routes(routes!(post_merchant, list_merchants_route))
         .routes(routes!(get_merchant, patch_merchant))
         .routes(routes!(post_api_key, list_keys))
         .routes(routes!(delete_api_key))
@@ -39,6 +39,12 @@ pub struct PatchMerchant {
     #[schema(value_type = Option<Object>)]
     #[serde(default, deserialize_with = "present")]
     pub rate_limits: Option<serde_json::Value>,
+    /// `suspended`: its keys, staff and storefront are refused (403
+    /// `merchant-suspended`) and its workers send nothing; nothing is
+    /// deleted. `active` again resumes all of it.
+    pub status: Option<String>,
+    /// Why (required to suspend; kept with the status and in the audit trail).
+    pub reason: Option<String>,
 }
 
 /// A field given as `null` is `Some(Value::Null)` (clear it), an absent one `None`.
@@ -86,13 +92,38 @@ pub async fn patch_merchant(
         Some(value) => crate::quotas::Plan::parse(value, "rate_limits", &mut errors)
             .map(|plan| Some(Some(plan))),
     };
-    if body.stock_strategy.is_none() && body.rate_limits.is_none() {
+    let status = match body.status.as_deref() {
+        None => Some(None),
+        Some("active") => Some(Some(false)),
+        Some("suspended") => Some(Some(true)),
+        Some(_) => {
+            errors.push("status", "must be one of active, suspended");
+            None
+        }
+    };
+    let reason = body
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    if let Some(r) = reason {
+        if r.chars().count() > 500 || r.chars().any(char::is_control) {
+            errors.push(
+                "reason",
+                "must be at most 500 characters, without control characters",
+            );
+        }
+    }
+    if status == Some(Some(true)) && reason.is_none() {
+        errors.push("reason", "say why the merchant is suspended");
+    }
+    if body.stock_strategy.is_none() && body.rate_limits.is_none() && body.status.is_none() {
         errors.push(
             "stock_strategy",
-            "give stock_strategy, rate_limits, or both",
+            "give stock_strategy, rate_limits, status, or several",
         );
     }
-    let (strategy, plan) = errors.finish(strategy.zip(plan))?;
+    let ((strategy, plan), status) = errors.finish(strategy.zip(plan).zip(status))?;
     if merchant_settings(&state.db.app, id).await?.is_none() {
         return Err(ApiError::NotFound("merchant"));
     }
@@ -104,8 +135,14 @@ pub async fn patch_merchant(
     if let Some(plan) = &plan {
         set_rate_limits(tx.conn(), id, plan.as_ref()).await?;
     }
+    if let Some(suspended) = status {
+        super::set_merchant_status(&mut tx, suspended, reason).await?;
+    }
     tx.commit().await?;
     state.keys.forget(id);
+    if let Some(suspended) = status {
+        state.suspended.set(id.0, suspended);
+    }
     let (stock_strategy, rate_limits) = merchant_settings(&state.db.app, id)
         .await?
         .ok_or(ApiError::NotFound("merchant"))?;
@@ -114,6 +151,77 @@ pub async fn patch_merchant(
         stock_strategy,
         rate_limits,
     }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantListParams {
+    /// A prefix of the slug or the name, in any case.
+    pub q: Option<String>,
+    /// `active` or `suspended`.
+    pub status: Option<String>,
+    /// The cell serving them (`main` or a `--cell` name).
+    pub cell: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
+    pub limit: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// The platform's merchants, oldest first: search by slug or name prefix,
+/// by status and by cell (operators and the admin token).
+#[utoipa::path(get, path = "/v1/merchants", params(MerchantListParams),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = crate::pagination::List<super::MerchantListed>),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_merchants_route(
+    _: Admin,
+    State(state): State<AppState>,
+    crate::http::ApiQuery(params): crate::http::ApiQuery<MerchantListParams>,
+) -> Result<Json<crate::pagination::List<super::MerchantListed>>, ApiError> {
+    use crate::pagination::{List, Page, PageParams};
+    let page = Page::parse(&PageParams {
+        limit: params.limit.clone(),
+        cursor: params.cursor.clone(),
+    });
+    let mut errors = FieldErrors::default();
+    let page = page
+        .map_err(|invalid| {
+            invalid
+                .0
+                .into_iter()
+                .for_each(|e| errors.push(e.field, e.message))
+        })
+        .ok();
+    let q = optional(&mut errors, "q", params.q.as_deref(), |q| {
+        search_prefix(q, 200)
+    });
+    let cell = optional(&mut errors, "cell", params.cell.as_deref(), |c| {
+        search_prefix(c, 63).map(|_| c.to_owned())
+    });
+    if let Some(status) = params.status.as_deref() {
+        if !matches!(status, "active" | "suspended") {
+            errors.push("status", "must be one of active, suspended");
+        }
+    }
+    let (page, (q, cell)) = errors.finish(page.zip(q.zip(cell)))?;
+    let q = q.flatten();
+    let rows = super::list_merchants(
+        &state.db.app,
+        &super::MerchantFilter {
+            q: q.as_deref(),
+            status: params.status.as_deref(),
+            cell: cell.as_deref(),
+            after: page.after,
+            limit: page.fetch_limit(),
+        },
+    )
+    .await?;
+    Ok(Json(List::from_rows(rows, page, |m| m.id)))
 }
 
 #[derive(Serialize, ToSchema)]

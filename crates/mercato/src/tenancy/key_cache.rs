@@ -29,6 +29,8 @@ pub struct Principal {
     pub access: super::scopes::Access,
     /// When the key stops working (checked on every use, cached or not).
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The platform suspended the merchant (403; `forget` on a change).
+    pub suspended: bool,
 }
 
 /// Verified key hashes, so the hot path costs no query for authentication.

@@ -31,7 +31,7 @@ pub fn route_class(method: &Method, path: &str) -> RouteClass {
 pub async fn rate_limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     // Only merchant keys are limited; anything else goes on to be answered (or
     // refused: the handler answers 401) as usual.
-    let tenant = match request_tenant(&state, req.extensions(), req.headers()).await {
+    let tenant = match request_tenant(&state, req.method(), req.extensions(), req.headers()).await {
         Ok(t) => t,
         Err(_) => return next.run(req).await,
     };

@@ -32,6 +32,8 @@ text_enum! {
         SettingsWrite = "settings:write",
         /// Make, list and revoke keys (never with more scopes than its own).
         KeysWrite = "keys:write",
+        /// Invite, change and remove the merchant's people.
+        StaffWrite = "staff:write",
     }
 }
 
@@ -147,6 +149,9 @@ pub fn required(method: &Method, path: &str) -> Option<Scope> {
     }
     if under("/v1/api-keys") {
         return Some(Scope::KeysWrite);
+    }
+    if under("/v1/staff") {
+        return Some(Scope::StaffWrite);
     }
     None
 }

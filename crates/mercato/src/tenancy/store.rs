@@ -289,6 +289,8 @@ pub struct KeyGrant {
     pub plan: Option<crate::quotas::Plan>,
     pub access: Access,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The platform suspended the merchant: the key is refused (403).
+    pub suspended: bool,
 }
 
 /// What `key` stands for if it is one of its merchant's live, unexpired keys
@@ -304,7 +306,7 @@ pub async fn authenticate_key(
            where m.id = k.merchant_id and k.merchant_id = $1 and k.key_hash = $2
              and k.revoked_at is null and (k.expires_at is null or k.expires_at > now())
            returning m.stock_strategy as "stock_strategy: Strategy", m.rate_limits::text as rate_limits,
-                     k.scopes, k.expires_at"#,
+                     k.scopes, k.expires_at, m.status = 'suspended' as "suspended!""#,
         tx.merchant_id().0,
         key.hash(),
     )
@@ -317,9 +319,111 @@ pub async fn authenticate_key(
             // A scope this release does not know: refused, not widened.
             access: Access::from_stored(r.scopes).map_err(|e| sqlx::Error::Decode(e.into()))?,
             expires_at: r.expires_at,
+            suspended: r.suspended,
         })
     })
     .transpose()
+}
+
+/// The transaction merchant's settings, as a person's session works with
+/// them: (strategy, plan, suspended); `None`: no such merchant.
+pub async fn merchant_grant(
+    tx: &mut TenantTx,
+) -> Result<Option<(Strategy, Option<crate::quotas::Plan>, bool)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"select stock_strategy as "stock_strategy: Strategy", rate_limits::text as rate_limits,
+                  status = 'suspended' as "suspended!"
+           from merchants where id = $1"#,
+        tx.merchant_id().0,
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(row.map(|r| {
+        (
+            r.stock_strategy,
+            parse_plan(r.rate_limits.as_deref()),
+            r.suspended,
+        )
+    }))
+}
+
+/// A merchant as the operators' list shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MerchantListed {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    /// `active` or `suspended`.
+    pub status: String,
+    /// Why it was suspended (or reactivated), as the operator said.
+    pub status_reason: Option<String>,
+    /// The cell serving it (`main` unless moved).
+    pub cell: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What the operators' list of merchants is narrowed to.
+#[derive(Debug, Default)]
+pub struct MerchantFilter<'a> {
+    /// A prefix of the slug or name (any case).
+    pub q: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub cell: Option<&'a str>,
+    /// Merchants after this id (the previous page's last).
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Merchants by id, filtered; the cell is the directory's entry (none: `main`).
+pub async fn list_merchants(
+    pool: &PgPool,
+    f: &MerchantFilter<'_>,
+) -> Result<Vec<MerchantListed>, sqlx::Error> {
+    sqlx::query_as!(
+        MerchantListed,
+        r#"select m.id, m.slug, m.name, m.status, m.status_reason,
+                  coalesce((select d.cell from mercato_directory_entry(m.id) d), 'main') as "cell!",
+                  m.created_at
+           from merchants m
+           where ($1::text is null or lower(m.slug) like lower($1) || '%' escape '\'
+                  or lower(m.name) like lower($1) || '%' escape '\')
+             and ($2::text is null or m.status = $2)
+             and ($3::text is null or coalesce((select d.cell from mercato_directory_entry(m.id) d), 'main') = $3)
+             and ($4::uuid is null or m.id > $4)
+           order by m.id
+           limit $5"#,
+        f.q.map(|q| q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")),
+        f.status,
+        f.cell,
+        f.after,
+        f.limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Suspends or reactivates the transaction's merchant; `false` if no such merchant.
+pub async fn set_merchant_status(
+    tx: &mut TenantTx,
+    suspended: bool,
+    reason: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "update merchants set status = $2, status_reason = $3, status_changed_at = now() where id = $1",
+        tx.merchant_id().0,
+        if suspended { "suspended" } else { "active" },
+        reason,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The suspended merchants (workers skip them).
+pub async fn suspended_merchants(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!("select id from merchants where status = 'suspended'")
+        .fetch_all(pool)
+        .await
 }
 
 /// A merchant's slug and name.

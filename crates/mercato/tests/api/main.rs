@@ -14,6 +14,7 @@ mod hostile;
 mod inventory;
 mod migration;
 pub mod orders;
+mod people;
 mod pricing;
 mod quotas;
 mod remediation;

@@ -512,7 +512,7 @@ async fn webhook_claims_give_each_merchant_a_turn_whatever_its_endpoints() {
     // Room for 3 deliveries among 13 ready endpoints: B's one endpoint is in
     // the first turn, every time (taken at random, it would be 3 in 13).
     let mut conn = app.db.worker.acquire().await.unwrap();
-    let claimed = mercato::events::claim_due(&mut conn, 3, 8, 60.0)
+    let claimed = mercato::events::claim_due(&mut conn, 3, 8, 60.0, &[])
         .await
         .unwrap();
     assert_eq!(claimed.len(), 3);

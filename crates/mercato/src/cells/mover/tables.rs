@@ -13,6 +13,10 @@ use sqlx::PgPool;
 const NOT_MOVED: &[&str] = &[
     "merchants",
     "api_keys",
+    "staff",
+    "staff_invitations",
+    "people",
+    "sessions",
     "tenant_directory",
     "tenant_moves",
     "cell_absent",

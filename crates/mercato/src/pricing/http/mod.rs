@@ -120,7 +120,7 @@ pub async fn put_rules(
         &mut tx,
         &settings,
         &document,
-        &tenant.key_fingerprint,
+        tenant.caller.name(),
         activate,
     )
     .await?;

@@ -119,7 +119,7 @@ pub async fn post_rollout(
         version,
         stage,
         body.percent,
-        &tenant.key_fingerprint,
+        tenant.caller.name(),
     )
     .await?;
     tx.commit().await?;
