@@ -22,9 +22,12 @@ create table people (
 );
 
 -- Who works for which merchant, as what. A tenant table (row-level security).
+-- `person_id` names a row of `people` without a foreign key: every key of a
+-- tenant table leads with merchant_id, and people are never deleted (the
+-- service roles hold no DELETE on them).
 create table staff (
     merchant_id uuid not null references merchants (id),
-    person_id uuid not null references people (id),
+    person_id uuid not null,
     role text not null check (role in ('owner', 'admin', 'staff', 'support', 'viewer')),
     created_at timestamptz not null default now(),
     primary key (merchant_id, person_id)
@@ -38,12 +41,13 @@ create table staff_invitations (
     id uuid not null,
     email text not null check (email = lower(email) and length(email) between 3 and 254),
     role text not null check (role in ('owner', 'admin', 'staff', 'support', 'viewer')),
-    token_hash bytea not null unique,
+    token_hash bytea not null,
     expires_at timestamptz not null,
     accepted_at timestamptz,
     revoked_at timestamptz,
     created_at timestamptz not null default now(),
-    primary key (merchant_id, id)
+    primary key (merchant_id, id),
+    unique (merchant_id, token_hash)
 );
 
 do $$

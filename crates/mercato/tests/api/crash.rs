@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::helpers::{
@@ -688,4 +689,100 @@ async fn a_server_killed_mid_returns_takes_each_back_and_refunds_it_once() {
     );
     let on_hand = scalar("select on_hand from stock_levels where sku = 'TEE'").await;
     assert_eq!(on_hand, 1_000, "every unit back on hand once");
+}
+
+/// Issue 37, item 5: no change without its record, and no record without
+/// its change. A storm of audited writes (products with their variants,
+/// stock set), the server killed mid-storm with SIGKILL; then every row
+/// those writes made has its insert record, and every insert record names a
+/// row that exists.
+#[tokio::test]
+async fn a_server_killed_mid_request_leaves_no_change_without_its_audit_record() {
+    let db = TestDatabase::create().await;
+    let port = free_port();
+    let mut server = Server::start(&db, port).await;
+    let client = reqwest::Client::new();
+    let (_, merchant) = post_to(
+        &client,
+        &server.base,
+        "/v1/merchants",
+        ADMIN_TOKEN,
+        &json!({"name": "Acme", "slug": "acme"}),
+    )
+    .await;
+    let key = merchant["api_key"].as_str().expect("merchant").to_owned();
+    let done = std::sync::Arc::new(AtomicUsize::new(0));
+    let progress = done.clone();
+    let base = server.base.clone();
+    let writes = (0..3000).map(move |i| {
+        let (client, base, key, done) = (client.clone(), base.clone(), key.clone(), done.clone());
+        async move {
+            let sku = format!("SKU-{i}");
+            let product = json!({"name": format!("Product {i}"), "variants": [{"sku": sku, "price": {"amount": 100 + i, "currency": "EUR"}}]});
+            let made = client
+                .post(format!("{base}/v1/products"))
+                .bearer_auth(&key)
+                .json(&product)
+                .send()
+                .await;
+            if made.is_ok_and(|r| r.status() == 201) {
+                let _ = client
+                    .put(format!("{base}/v1/inventory/{sku}"))
+                    .bearer_auth(&key)
+                    .json(&json!({"on_hand": i}))
+                    .send()
+                    .await;
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // 40 at a time: the storm lasts, and the kill finds writes in flight.
+    let storm = tokio::spawn(
+        futures_util::stream::iter(writes)
+            .buffer_unordered(40)
+            .collect::<Vec<()>>(),
+    );
+    while progress.load(Ordering::SeqCst) < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    let _ = storm.await;
+
+    let owner = sqlx::PgPool::connect(&db.owner_url).await.unwrap();
+    let products = count(&owner, "products").await;
+    assert!(
+        products >= 30,
+        "only {products} products were made before the kill"
+    );
+    assert!(
+        products < 3000,
+        "the kill came after every write ({products})"
+    );
+    for (table, key) in [
+        ("products", "id::text"),
+        ("variants", "sku"),
+        ("stock", "sku"),
+    ] {
+        let unrecorded = count(
+            &owner,
+            &format!(
+                "{table} t where not exists (select 1 from audit_log a where a.merchant_id = t.merchant_id
+                 and a.target_type = '{table}' and a.target_id = t.{key} and a.operation = 'insert')"
+            ),
+        )
+        .await;
+        assert_eq!(unrecorded, 0, "{table} rows without their audit record");
+        let phantom = count(
+            &owner,
+            &format!(
+                "audit_log a where a.target_type = '{table}' and a.operation = 'insert'
+                 and not exists (select 1 from {table} t where t.merchant_id = a.merchant_id and t.{key} = a.target_id)"
+            ),
+        )
+        .await;
+        assert_eq!(
+            phantom, 0,
+            "{table} records of changes that never committed"
+        );
+    }
 }

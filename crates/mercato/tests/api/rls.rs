@@ -79,6 +79,9 @@ async fn the_service_role_is_bound_by_rls() {
 /// platform's: the mover and the router read it across merchants.
 const PLATFORM_TABLES: &[&str] = &[
     "merchants",
+    // Logins (a person may work for several merchants) and their sessions.
+    "people",
+    "sessions",
     "_sqlx_migrations",
     "tenant_directory",
     "tenant_moves",

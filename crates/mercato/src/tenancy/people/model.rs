@@ -85,6 +85,26 @@ impl Role {
     }
 }
 
+/// The permission table of `docs/people.md`, as markdown: one row per
+/// scope, a column per role (a test holds the docs to it).
+pub fn permission_table() -> String {
+    let mut table = String::from(
+        "| scope | owner | admin | staff | support | viewer |\n|---|---|---|---|---|---|\n",
+    );
+    for &scope in Scope::ALL {
+        table.push_str(&format!("| `{}` |", scope.as_str()));
+        for &role in Role::ALL {
+            table.push_str(if role.access().grants(scope) {
+                " yes |"
+            } else {
+                " no |"
+            });
+        }
+        table.push('\n');
+    }
+    table
+}
+
 /// An e-mail address as a login: trimmed and in lower case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
@@ -279,6 +299,18 @@ mod tests {
         assert!(!Role::Support.access().grants(Scope::CatalogWrite));
         assert!(!Role::Staff.access().grants(Scope::PricingWrite));
         assert!(!Role::Staff.access().grants(Scope::KeysWrite));
+    }
+
+    #[test]
+    fn the_docs_show_the_permission_table_the_code_enforces() {
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/people.md"))
+                .expect("docs/people.md");
+        let table = permission_table();
+        assert!(
+            docs.contains(&table),
+            "docs/people.md should hold this table:\n{table}"
+        );
     }
 
     #[test]

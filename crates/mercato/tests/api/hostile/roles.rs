@@ -167,10 +167,32 @@ const PLATFORM_ALLOWED: &[(&str, &str, &[&str])] = &[
     (
         "public.merchants",
         APP_ROLE,
-        &["SELECT", "INSERT", "UPDATE(rate_limits,stock_strategy)"],
+        &[
+            "SELECT",
+            "INSERT",
+            "UPDATE(rate_limits,status,status_changed_at,status_reason,stock_strategy)",
+        ],
     ),
-    // The analytics export names merchants in its marts.
-    ("public.merchants", WORKER_ROLE, &["SELECT(id,name,slug)"]),
+    // The analytics export names merchants in its marts; the senders skip
+    // suspended ones.
+    ("public.merchants", WORKER_ROLE, &["SELECT(id,name,slug,status)"]),
+    // Logins: a person found, made (an invitation accepted), their password
+    // or second factor changed; never deleted (the trail names them).
+    (
+        "public.people",
+        APP_ROLE,
+        &[
+            "SELECT",
+            "INSERT",
+            "UPDATE(operator,password_changed_at,password_hash,totp_secret)",
+        ],
+    ),
+    // Sessions: opened, read on each request, revoked.
+    (
+        "public.sessions",
+        APP_ROLE,
+        &["SELECT", "INSERT", "UPDATE(revoked_at)"],
+    ),
     // `mercato_absent` in the worker's policies.
     ("public.cell_absent", WORKER_ROLE, &["SELECT"]),
     // A live migration's phase and read switch, and the shadow reads' record
@@ -219,9 +241,13 @@ const PLATFORM_ALLOWED: &[(&str, &str, &[&str])] = &[
 
 const TENANT_TABLE_ALLOWED: &[&str] = &["SELECT", "INSERT", "UPDATE", "DELETE"];
 
-/// Tenant tables a role may not touch at all: API keys stay in the main
-/// database whatever cell serves their merchant, so no move reads them.
-const TENANT_TABLE_DENIED: &[(&str, &str)] = &[("public.api_keys", MOVER_ROLE)];
+/// Tenant tables a role may not touch at all: API keys and staff stay in the
+/// main database whatever cell serves their merchant, so no move reads them.
+const TENANT_TABLE_DENIED: &[(&str, &str)] = &[
+    ("public.api_keys", MOVER_ROLE),
+    ("public.staff", MOVER_ROLE),
+    ("public.staff_invitations", MOVER_ROLE),
+];
 
 /// The `security definer` functions (they run as the owner) the mover may
 /// call: the directory and moves as requests read them, the fence of a
