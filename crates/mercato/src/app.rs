@@ -86,6 +86,8 @@ pub struct App {
     suspended: crate::tenancy::Suspended,
     /// The demo merchant's key, when this run seeded (or found) the demo.
     pub demo_api_key: Option<String>,
+    /// The demo owner's (e-mail, password), when this run seeded (or found) the demo.
+    pub demo_login: Option<(String, String)>,
     pub database: DatabaseSource,
     /// Keeps the private cluster alive as long as the app; stops it on drop.
     _localpg: Option<LocalPg>,
@@ -161,6 +163,10 @@ impl App {
         }
         let demo_api_key = match localpg {
             Some(_) => Some(demo::seed(&db, &config.data_dir).await?),
+            None => None,
+        };
+        let demo_login = match localpg {
+            Some(_) => Some(demo::seed_login(&db, &config.data_dir).await?),
             None => None,
         };
         let database = match &localpg {
@@ -268,6 +274,7 @@ impl App {
             admin_token_generated,
             suspended,
             demo_api_key,
+            demo_login,
             database,
             _localpg: localpg,
             _embedded_cells: embedded_cells,

@@ -168,6 +168,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // Never echo a secret the operator supplied.
         println!("  admin token:  as given (MERCATO_ADMIN_TOKEN / --admin-token)");
     }
+    if let Some((email, password)) = &app.demo_login {
+        println!("  demo login:   {email} / {password}  (POST /v1/sessions; docs/people.md)");
+    }
     if let Some(key) = &app.demo_api_key {
         println!("  demo merchant API key: {key}");
         println!("  try: curl -H 'Authorization: Bearer {key}' {base}/v1/products");

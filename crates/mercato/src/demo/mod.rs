@@ -39,6 +39,40 @@ const DEMO_PRODUCTS: &[(&str, &[(&str, i64)])] = &[
 
 /// Seeds the demo merchant once and returns its API key (kept in `data_dir`,
 /// since only the key's hash is in the database).
+/// The demo shop owner's login.
+pub const DEMO_OWNER: &str = "owner@demo.mercato.local";
+
+/// The demo owner's login: made with a random password on the first run,
+/// which is kept (private) in `demo-login` and printed at every start.
+pub async fn seed_login(db: &Db, data_dir: &Path) -> Result<(String, String), DemoError> {
+    let file = data_dir.join("demo-login");
+    let file_error = |source| DemoError::KeyFile {
+        path: file.display().to_string(),
+        source,
+    };
+    if let Ok(password) = std::fs::read_to_string(&file) {
+        return Ok((DEMO_OWNER.to_owned(), password.trim().to_owned()));
+    }
+    let slug = Slug::parse("demo").expect("valid demo slug");
+    let merchant = find_merchant_by_slug(&db.app, &slug)
+        .await?
+        .ok_or(DemoError::Db(sqlx::Error::RowNotFound))?;
+    let mut secret = [0u8; 9];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+    let password = format!("demo-{}", hex::encode(secret));
+    let email = crate::tenancy::people::Email::parse(DEMO_OWNER).expect("valid demo address");
+    crate::tenancy::people::put_staff_login(
+        &db.app,
+        merchant,
+        &email,
+        &password,
+        crate::tenancy::people::Role::Owner,
+    )
+    .await?;
+    localpg::write_private(&file, &password).map_err(file_error)?;
+    Ok((DEMO_OWNER.to_owned(), password))
+}
+
 pub async fn seed(db: &Db, data_dir: &Path) -> Result<String, DemoError> {
     let key_file = data_dir.join("demo-api-key");
     let key_error = |source| DemoError::KeyFile {

@@ -125,7 +125,11 @@ async fn queue_invitation(
     shop: &str,
 ) -> Result<(), ApiError> {
     let link = format!("{}/console/accept?token={token}", state.public_url);
-    let inviter = tenant.caller.name();
+    // A key is no one: the shop invites.
+    let inviter = match &tenant.caller {
+        Caller::Person(p) => p.email.clone(),
+        Caller::Key { .. } => shop.to_owned(),
+    };
     let paragraphs = vec![
         format!(
             "{inviter} invites you to work on {shop} on Mercato, as {}.",

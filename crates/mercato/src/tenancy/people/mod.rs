@@ -216,3 +216,33 @@ pub async fn end_sessions_of(pool: &PgPool, person: Uuid) -> Result<u64, sqlx::E
     let mut conn = pool.acquire().await?;
     store::revoke_sessions_of(&mut conn, person).await
 }
+
+/// Puts `email` on `merchant`'s staff as `role` with `password`: a new
+/// person, or an existing one given that password. For the demo seed and
+/// bootstrap tools (a request invites instead).
+pub async fn put_staff_login(
+    pool: &PgPool,
+    merchant: MerchantId,
+    email: &Email,
+    password: &str,
+    role: Role,
+) -> Result<Uuid, sqlx::Error> {
+    let hash = secrets::hash_password_off_thread(password.to_owned()).await;
+    let person = match store::person_by_email(pool, email).await? {
+        Some(person) => {
+            store::set_password(pool, person.id, &hash).await?;
+            person.id
+        }
+        None => {
+            let mut conn = pool.acquire().await?;
+            match store::insert_person(&mut conn, email, &hash, false).await? {
+                Some(id) => id,
+                None => return Err(sqlx::Error::RowNotFound),
+            }
+        }
+    };
+    let mut tx = crate::db::TenantTx::begin_in_directory(pool, merchant).await?;
+    store::insert_staff(&mut tx, person, role).await?;
+    tx.commit().await?;
+    Ok(person)
+}
