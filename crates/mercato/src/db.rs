@@ -453,6 +453,30 @@ impl TenantTx {
         Ok(())
     }
 
+    /// Records in the merchant's audit trail what no audited row's change
+    /// tells (a login, a move started): one record, in this transaction
+    /// (migration 0037's `mercato_audit_event`, the audit context's).
+    pub async fn record_audit(
+        &mut self,
+        acting: &Acting,
+        target: (&str, &str),
+        changes: &serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("select mercato_audit_event($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9)")
+            .bind(acting.action)
+            .bind(acting.actor_kind.as_str())
+            .bind(&acting.actor)
+            .bind(target.0)
+            .bind(target.1)
+            .bind(changes.to_string())
+            .bind(&acting.address)
+            .bind(&acting.user_agent)
+            .bind(&acting.request_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
@@ -671,6 +695,24 @@ pub struct Acting {
     pub address: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+}
+
+impl Acting {
+    /// A command run at a shell (`mercato remediate settle`, `mercato
+    /// tenants move`): the operator is the OS user who ran it.
+    pub fn command(action: &'static str, command: &str) -> Acting {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".to_owned());
+        Acting {
+            action,
+            actor_kind: ActorKind::Operator,
+            actor: format!("cli:{user}"),
+            address: None,
+            user_agent: Some(format!("mercato {command}")),
+            request_id: None,
+        }
+    }
 }
 
 text_enum! {

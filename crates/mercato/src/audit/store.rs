@@ -76,31 +76,3 @@ pub async fn list(
         })
         .collect()
 }
-
-/// Records what no audited row's change tells (a login, a failed login):
-/// one record, in the caller's transaction.
-pub async fn record(
-    tx: &mut TenantTx,
-    acting: &crate::db::Acting,
-    target: (&str, &str),
-    changes: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "insert into audit_log (merchant_id, id, action, actor_kind, actor, target_type, target_id,
-                                operation, changes, address, user_agent, request_id)
-         values ($1, mercato_uuid_v7(), $2, $3, $4, $5, $6, 'insert', $7::text::jsonb, $8, $9, $10)",
-        tx.merchant_id().0,
-        acting.action,
-        acting.actor_kind.as_str(),
-        acting.actor,
-        target.0,
-        target.1,
-        changes.to_string(),
-        acting.address,
-        acting.user_agent,
-        acting.request_id,
-    )
-    .execute(tx.conn())
-    .await?;
-    Ok(())
-}

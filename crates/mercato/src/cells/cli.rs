@@ -153,6 +153,7 @@ async fn command(command: Command, pools: &Pools) -> anyhow::Result<()> {
         Command::Move(a) => {
             let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
             let mv = mover::start(pools, merchant, &a.to).await?;
+            record(pools, &mv, "merchant.move", "tenants move").await?;
             eprintln!("moving {} from {} to {}", merchant, mv.source, mv.target);
             finish(pools, mv, a.keep_source, &bars).await
         }
@@ -185,6 +186,7 @@ async fn command(command: Command, pools: &Pools) -> anyhow::Result<()> {
         Command::Rollback(a) => {
             let merchant = mover::find_merchant(&pools.main, &a.merchant).await?;
             let mv = mover::rollback(pools, merchant).await?;
+            record(pools, &mv, "merchant.move_rollback", "tenants rollback").await?;
             eprintln!(
                 "rolling {} back from {} to {}",
                 merchant, mv.source, mv.target
@@ -200,6 +202,24 @@ async fn command(command: Command, pools: &Pools) -> anyhow::Result<()> {
         }
         Command::Status => status(pools).await,
     }
+}
+
+/// The move started, in the merchant's audit trail (by the shell's user).
+async fn record(
+    pools: &Pools,
+    mv: &Move,
+    action: &'static str,
+    command: &str,
+) -> anyhow::Result<()> {
+    let mut tx = crate::db::TenantTx::begin_in_directory(&pools.main, mv.merchant).await?;
+    tx.record_audit(
+        &crate::db::Acting::command(action, command),
+        ("tenant_moves", &mv.id.to_string()),
+        &serde_json::json!({"from": mv.source, "to": mv.target}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn finish(pools: &Pools, mv: Move, keep_source: bool, bars: &Bars) -> anyhow::Result<()> {

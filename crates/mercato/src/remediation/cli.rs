@@ -133,6 +133,7 @@ fn positive(raw: &str) -> Result<f64, String> {
 }
 
 pub async fn run(args: Remediate) -> anyhow::Result<()> {
+    use crate::db::Acting;
     let opened = crate::cells::cli::command_cells(&args.database, 4).await?;
     let cells = Cells::of_owners(opened.main.owner.clone(), opened.owners.clone());
     // The sandbox provider keeps its payments in the merchant's cell.
@@ -145,7 +146,10 @@ pub async fn run(args: Remediate) -> anyhow::Result<()> {
     match args.command {
         Command::Open(a) => {
             let merchant = resolve_merchant(&opened.main.owner, &a.merchant).await?;
-            let db = cells.merchant_db_for_job(merchant).await?;
+            let db = cells
+                .merchant_db_for_job(merchant)
+                .await?
+                .acting_for(Acting::command("remediation.open", "remediate open"));
             let id = super::open(&db, a.from, a.to, &a.bad_version, &a.fixed_version).await?;
             if a.json {
                 let incident = super::incident(&db, id).await?;
@@ -156,7 +160,9 @@ pub async fn run(args: Remediate) -> anyhow::Result<()> {
         }
         Command::Scan(a) => {
             let id = a.incident.incident;
-            let db = super::merchant_of(&cells, id).await?;
+            let db = super::merchant_of(&cells, id)
+                .await?
+                .acting_for(Acting::command("remediation.scan", "remediate scan"));
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -203,7 +209,9 @@ pub async fn run(args: Remediate) -> anyhow::Result<()> {
         }
         Command::Settle(a) => {
             let id = a.incident.incident;
-            let db = super::merchant_of(&cells, id).await?;
+            let db = super::merchant_of(&cells, id)
+                .await?
+                .acting_for(Acting::command("remediation.settle", "remediate settle"));
             let transport = crate::mail::Transport::from_config(
                 a.smtp_url.as_deref(),
                 args.database.data_dir.join("mail"),

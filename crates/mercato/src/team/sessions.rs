@@ -186,7 +186,7 @@ async fn record(
     changes: serde_json::Value,
 ) -> Result<(), ApiError> {
     let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
-    crate::audit::record(&mut tx, acting, target, &changes).await?;
+    tx.record_audit(acting, target, &changes).await?;
     tx.commit().await?;
     Ok(())
 }

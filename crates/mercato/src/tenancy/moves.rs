@@ -45,7 +45,7 @@ pub struct StartMove {
         (status = 422, body = Problem, content_type = "application/problem+json", description = "an unknown cell, or the one the merchant is in"),
     ))]
 pub async fn post_move(
-    _: Admin,
+    admin: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<StartMove>,
@@ -58,6 +58,15 @@ pub async fn post_move(
         .await
         .map_err(refused)?;
     state.moves.wake();
+    // In the merchant's trail: who moved it where (the move's rows are its own record).
+    let mut tx = crate::db::TenantTx::begin_in_directory(&state.db.app, merchant).await?;
+    tx.record_audit(
+        &admin.acting("merchant.move"),
+        ("tenant_moves", &mv.id.to_string()),
+        &serde_json::json!({"to": body.to, "keep_source": body.keep_source}),
+    )
+    .await?;
+    tx.commit().await?;
     let record = record(&state, merchant, mv.id)
         .await?
         .ok_or(ApiError::NotFound("move"))?;

@@ -790,6 +790,19 @@ async fn a_move_started_from_the_admin_api_is_driven_by_serve_and_watched() {
         .get(&format!("/v1/merchants/{}", m.id), ADMIN_TOKEN)
         .await;
     assert_eq!(view.body["cell"], "big", "{}", view.body);
+    // Who moved it where is in its trail, which moved with it.
+    let trail = app.get("/v1/audit-log?action=merchant.move", &m.key).await;
+    assert_eq!(trail.status, StatusCode::OK, "{}", trail.body);
+    assert_eq!(
+        trail.body["data"][0]["actor_kind"], "admin",
+        "{}",
+        trail.body
+    );
+    assert_eq!(
+        trail.body["data"][0]["changes"]["to"], "big",
+        "{}",
+        trail.body
+    );
     assert_eq!(
         total(&rows_of(&app.owner, &m).await),
         0,

@@ -313,6 +313,18 @@ async fn the_scan_finds_exactly_the_seeded_mispriced_orders_and_the_sums_reconci
             break;
         }
     }
+    // What the command did is in the merchant's audit trail, by the shell's user.
+    let by_command = scalar(
+        &app.owner,
+        "select count(*) from audit_log where action = 'remediation.scan' and actor_kind = 'operator'
+           and actor like 'cli:%' and target_type = 'order_adjustments' and operation = 'insert'",
+    )
+    .await;
+    assert_eq!(
+        by_command,
+        scalar(&app.owner, "select count(*) from order_adjustments").await,
+        "every adjustment the command made has its record"
+    );
     let mut pages = 0;
     let resumed = remediation::scan(
         &merchant_db(&app.owner, merchant).await,
