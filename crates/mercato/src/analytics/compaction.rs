@@ -10,7 +10,7 @@ use chrono::Utc;
 use super::columns::{Day, MartRow};
 use super::files::{self, Changes, FilesError, Layout, Manifest};
 use super::model::{
-    self, CheckoutAttempt, Customer, MerchantRow, OrderLine, Payment, ProductVersion,
+    self, AuditFact, CheckoutAttempt, Customer, MerchantRow, OrderLine, Payment, ProductVersion,
 };
 
 /// What a batch of events makes.
@@ -22,11 +22,12 @@ pub(super) struct Facts {
     pub products: Vec<ProductVersion>,
     pub customers: Vec<Customer>,
     pub merchants: Vec<MerchantRow>,
+    pub audit: Vec<AuditFact>,
 }
 
 impl Facts {
     pub fn rows(&self) -> u64 {
-        (self.lines.len() + self.payments.len() + self.attempts.len()) as u64
+        (self.lines.len() + self.payments.len() + self.attempts.len() + self.audit.len()) as u64
     }
 }
 
@@ -72,6 +73,9 @@ pub(super) fn stage(
     days.extend(write_by_day(&staging, &name, &facts.attempts, |r| {
         (&r.merchant_id, r.date)
     })?);
+    days.extend(write_by_day(&staging, &name, &facts.audit, |r| {
+        (&r.merchant_id, r.date)
+    })?);
     let mut written = days.len() as u64;
     let sales = model::sales_days(&facts.lines, &facts.payments);
     written += write_by_merchant(&staging, &name, &sales, |r| &r.merchant_id)?;
@@ -109,6 +113,7 @@ pub(super) fn compact(
             c.mart::<OrderLine>(merchant, Some(day), keep)?;
             c.mart::<Payment>(merchant, Some(day), keep)?;
             c.mart::<CheckoutAttempt>(merchant, Some(day), keep)?;
+            c.mart::<AuditFact>(merchant, Some(day), keep)?;
         }
     }
     Ok(c.changes)

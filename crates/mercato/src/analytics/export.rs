@@ -22,7 +22,9 @@ use super::columns::Day;
 use super::compaction::{commit, compact, ensure_calendar, stage, Facts};
 use super::files::{self, Changes, FilesError, Layout, Manifest};
 use super::mirror::{Mirror, MirrorError};
-use super::model::{CheckoutAttempt, Customer, MerchantRow, OrderLine, Payment, ProductVersion};
+use super::model::{
+    AuditFact, CheckoutAttempt, Customer, MerchantRow, OrderLine, Payment, ProductVersion,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -201,6 +203,10 @@ impl Exporter {
             self.export_history(&mut manifest, progress, &mut summary)
                 .await?;
         }
+        if !manifest.audit_history_done {
+            self.export_audit_history(&mut manifest, &mut summary)
+                .await?;
+        }
         let (events_before, rows_before) = (summary.events, summary.rows);
         let from = manifest.position;
         let to: i64 =
@@ -251,6 +257,34 @@ impl Exporter {
             ));
             let batch = (events, (from, to), n.to_string());
             self.export_batch(batch, &mut touched, &mut summary, progress)
+                .await?;
+            n += 1;
+            self.rest(started.elapsed()).await;
+        }
+        // The audit records of the same window: published with the events'.
+        let mut cursor = None;
+        let mut n = 0;
+        loop {
+            let started = Instant::now();
+            let records = crate::audit::committed_between(
+                &self.pool,
+                (from, to),
+                cursor.as_ref(),
+                self.batch,
+            )
+            .await?;
+            let Some(last) = records.last() else {
+                break;
+            };
+            cursor = Some((
+                last.position.clone().unwrap_or_default(),
+                last.merchant_id,
+                last.id,
+            ));
+            let facts = audit_facts(&records);
+            summary.rows += facts.rows();
+            summary.files += self
+                .stage(facts, (from, to), format!("a{n}"), &mut touched)
                 .await?;
             n += 1;
             self.rest(started.elapsed()).await;
@@ -325,6 +359,39 @@ impl Exporter {
         manifest.events += summary.events;
         manifest.rows += summary.rows;
         self.commit(manifest, (at, at), at).await?;
+        Ok(())
+    }
+
+    /// Audit records from before their export (no position): once, by key.
+    async fn export_audit_history(
+        &mut self,
+        manifest: &mut Manifest,
+        summary: &mut ExportSummary,
+    ) -> Result<(), ExportError> {
+        let mut cursor = None;
+        let mut touched = BTreeMap::new();
+        let mut n = 0;
+        let at = manifest.position;
+        let rows_before = summary.rows;
+        loop {
+            let started = Instant::now();
+            let records = crate::audit::unpositioned(&self.pool, cursor, self.batch).await?;
+            let Some(last) = records.last() else {
+                break;
+            };
+            cursor = Some((last.merchant_id, last.id));
+            let facts = audit_facts(&records);
+            summary.rows += facts.rows();
+            summary.files += self
+                .stage(facts, (at, at), format!("ah{n}"), &mut touched)
+                .await?;
+            n += 1;
+            self.rest(started.elapsed()).await;
+        }
+        manifest.audit_history_done = true;
+        manifest.rows += summary.rows - rows_before;
+        self.commit(manifest, (at, at), at).await?;
+        self.compact(touched).await?;
         Ok(())
     }
 
@@ -635,6 +702,31 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ExportError::Task(e.to_string()))?
         .map_err(ExportError::from)
+}
+
+/// The marts' rows of audit records.
+fn audit_facts(records: &[crate::audit::ExportedRecord]) -> Facts {
+    let audit = records
+        .iter()
+        .map(|r| AuditFact {
+            merchant_id: r.merchant_id.to_string(),
+            record_id: r.id.to_string(),
+            date: Day::of(r.at),
+            at: r.at,
+            action: r.action.clone(),
+            actor_kind: r.actor_kind.clone(),
+            actor: r.actor.clone(),
+            target_type: r.target_type.clone(),
+            target_id: r.target_id.clone(),
+            operation: r.operation.clone(),
+            changes: r.changes.clone(),
+            request_id: r.request_id.clone(),
+        })
+        .collect();
+    Facts {
+        audit,
+        ..Facts::default()
+    }
 }
 
 fn order_of(e: &Event) -> Option<Uuid> {

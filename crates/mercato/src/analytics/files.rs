@@ -90,6 +90,10 @@ pub struct Manifest {
     pub position: u64,
     /// Events from before analytics existed (no position) are exported.
     pub history_done: bool,
+    /// Audit records from before their export existed (no position) are
+    /// exported (migration 0038).
+    #[serde(default)]
+    pub audit_history_done: bool,
     /// The export committed but not yet moved into place: `[from, to)`.
     pub publishing: Option<(u64, u64)>,
     pub exported_at: Option<chrono::DateTime<chrono::Utc>>,

@@ -7,6 +7,8 @@
 //!   order, a refund, a remediation adjustment (charged, refunded, credited).
 //! - `fact_checkout_attempts`: one row per checkout outcome: `started` (an
 //!   order was placed), `confirmed`, `failed` (with the reason).
+//! - `fact_audit`: one row per record of a merchant's audit trail, dated by
+//!   its day.
 //! - `dim_product`: type 2 — one row per version of a SKU (name, list price),
 //!   valid from `valid_from` until the next version's.
 //! - `dim_customer`, `dim_merchant`, `dim_date`: one row per customer (first
@@ -84,6 +86,29 @@ mart_row!(
         /// `started`, `confirmed`, `failed`.
         pub outcome: String,
         pub reason: Option<String>,
+    }
+);
+
+mart_row!(
+    "fact_audit",
+    /// A record of a merchant's audit trail (`docs/audit.md`), without the
+    /// address and user agent it came from.
+    pub struct AuditFact {
+        pub merchant_id: String,
+        pub record_id: String,
+        pub date: Day,
+        pub at: At,
+        pub action: String,
+        /// `key`, `person`, `operator`, `admin`, `system`.
+        pub actor_kind: String,
+        pub actor: String,
+        pub target_type: String,
+        pub target_id: String,
+        /// `insert`, `update`, `delete`.
+        pub operation: String,
+        /// The record's `changes`, as JSON text.
+        pub changes: String,
+        pub request_id: Option<String>,
     }
 );
 

@@ -11,4 +11,4 @@ mod model;
 mod store;
 
 pub use model::{AuditFilter, AuditRecord, RawAuditFilter};
-pub use store::list;
+pub use store::{committed_between, list, unpositioned, ExportedRecord};

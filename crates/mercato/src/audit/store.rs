@@ -76,3 +76,71 @@ pub async fn list(
         })
         .collect()
 }
+
+/// A record as the analytics export takes it: no address or user agent
+/// (personal data stays in the trail, not in the marts).
+#[derive(Debug, Clone)]
+pub struct ExportedRecord {
+    pub merchant_id: Uuid,
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub action: String,
+    pub actor_kind: String,
+    pub actor: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub operation: String,
+    pub changes: String,
+    pub request_id: Option<String>,
+    /// The commit position (`xid8` as text); `None` for records from
+    /// before the export.
+    pub position: Option<String>,
+}
+
+/// Records committed at positions in `[from, to)`, after `cursor` (the
+/// last one's position, merchant and id), in that order.
+pub async fn committed_between(
+    pool: &sqlx::PgPool,
+    (from, to): (u64, u64),
+    cursor: Option<&(String, Uuid, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ExportedRecord>, sqlx::Error> {
+    sqlx::query_as!(
+        ExportedRecord,
+        r#"select merchant_id, id, at, action, actor_kind, actor, target_type, target_id, operation,
+                  changes::text as "changes!", request_id, xid::text as position
+           from audit_log a
+           where a.xid > '0'::xid8 and a.xid >= $1::text::xid8 and a.xid < $2::text::xid8
+             and ($3::text is null or (a.xid, a.merchant_id, a.id) > ($3::text::xid8, $4, $5))
+           order by a.xid, a.merchant_id, a.id limit $6"#,
+        from.to_string(),
+        to.to_string(),
+        cursor.map(|c| c.0.clone()),
+        cursor.map(|c| c.1),
+        cursor.map(|c| c.2),
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Records from before the export (no position), after `cursor`, by key.
+pub async fn unpositioned(
+    pool: &sqlx::PgPool,
+    cursor: Option<(Uuid, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ExportedRecord>, sqlx::Error> {
+    sqlx::query_as!(
+        ExportedRecord,
+        r#"select merchant_id, id, at, action, actor_kind, actor, target_type, target_id, operation,
+                  changes::text as "changes!", request_id, xid::text as position
+           from audit_log
+           where xid is null and ($1::uuid is null or (merchant_id, id) > ($1, $2))
+           order by merchant_id, id limit $3"#,
+        cursor.map(|c| c.0),
+        cursor.map(|c| c.1),
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}

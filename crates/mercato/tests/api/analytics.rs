@@ -711,3 +711,58 @@ async fn reports_refuse_what_they_cannot_answer() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.body["rows"], json!([]));
 }
+
+/// Issue 37, item 5: the audit trail reaches the marts (`fact_audit`), each
+/// record once: those from before the export (no position) by a first pass,
+/// the later ones by commit position, as the events.
+#[tokio::test]
+async fn the_audit_trail_reaches_the_marts_once_including_what_came_before_the_export() {
+    let app = TestApp::spawn().await;
+    let m = app.create_merchant("acme").await;
+    let product = app.create_product(&m, "TEE", 700).await;
+    app.set_stock(&m, "TEE", 10).await;
+    // Records written before migration 0038 had no position.
+    sqlx::query("update audit_log set xid = null")
+        .execute(&app.owner)
+        .await
+        .expect("unposition");
+    export(&app).await;
+    let renamed = app
+        .request(
+            Method::PATCH,
+            &format!("/v1/products/{product}"),
+            Some(&m.key),
+            Some(json!({"name": "Better tee"})),
+        )
+        .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    export(&app).await;
+    export(&app).await;
+
+    let layout = marts(&app);
+    let manifests = vec![layout.load_manifest("main").expect("manifest")];
+    assert!(manifests[0].audit_history_done);
+    let mut marts: Vec<(String, String)> = Vec::new();
+    for (_, day) in layout
+        .days("fact_audit", &m.id.0.to_string())
+        .expect("days")
+    {
+        for r in analytics::files::read_dir_rows::<analytics::model::AuditFact>(
+            &layout, &day, &manifests,
+        )
+        .expect("records")
+        {
+            marts.push((r.record_id, r.action));
+        }
+    }
+    marts.sort();
+    let oltp: Vec<(String, String)> =
+        sqlx::query_as("select id::text, action from audit_log where merchant_id = $1 order by 1")
+            .bind(m.id.0)
+            .fetch_all(&app.owner)
+            .await
+            .expect("the trail");
+    assert!(oltp.iter().any(|(_, a)| a == "product.update"), "{oltp:?}");
+    assert!(oltp.iter().any(|(_, a)| a == "product.create"), "{oltp:?}");
+    assert_eq!(marts, oltp, "every record once, no other");
+}
