@@ -497,6 +497,21 @@ async fn operators_suspend_a_merchant_whose_keys_staff_and_mail_stop_until_react
         .count("audit_log where action = 'merchant.update' and actor = 'ops@platform.test' and changes::text like '%suspended%'")
         .await;
     assert_eq!(recorded, 1);
+    let trail = app
+        .get(
+            &format!("{path}/audit-log?action=merchant.update"),
+            &ops.token,
+        )
+        .await;
+    assert_eq!(trail.status, 200, "{}", trail.body);
+    assert_eq!(
+        trail.body["data"][0]["actor"], "ops@platform.test",
+        "{}",
+        trail.body
+    );
+    app.get(&format!("{path}/audit-log"), &m.key)
+        .await
+        .assert_problem(403, "forbidden");
 
     // Reactivated: everything resumes, nothing was lost.
     let r = app
