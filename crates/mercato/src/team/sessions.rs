@@ -132,11 +132,20 @@ pub async fn post_session(
         Ok(done) => done,
         Err(LoginError::Refused { person }) => {
             if let Some((_, merchants)) = person {
+                // Recorded after the answer: a known address must not answer
+                // later than an unknown one.
                 let email = body.email.trim().to_lowercase();
-                for merchant in merchants {
-                    let acting = origin.acting("session.failed", ActorKind::Person, &email);
-                    record(&state, merchant, &acting, ("people", &email), json!({})).await?;
-                }
+                let state = state.clone();
+                tokio::spawn(async move {
+                    for merchant in merchants {
+                        let acting = origin.acting("session.failed", ActorKind::Person, &email);
+                        let target = ("people", email.as_str());
+                        if let Err(err) = record(&state, merchant, &acting, target, json!({})).await
+                        {
+                            tracing::warn!(error = %err, "recording a failed login failed");
+                        }
+                    }
+                });
             }
             return Err(ApiError::Unauthorized);
         }
