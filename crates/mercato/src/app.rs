@@ -230,6 +230,7 @@ impl App {
             .map_err(|e| StartError::Db(DbError::Sql(e)))?;
         let state = AppState::new(Services {
             suspended: suspended.clone(),
+            storefront: crate::storefront::Storefront::new(&config.store_domain),
             webhooks: webhooks.clone(),
             db: db.clone(),
             // `off`: the platform's routes take operators' sessions only.

@@ -12,6 +12,7 @@ const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_DATA_DIR: &str = ".mercato";
 /// `--admin-token off`: no admin token at all.
 pub const ADMIN_TOKEN_OFF: &str = "off";
+const DEFAULT_STORE_DOMAIN: &str = "shop.localhost";
 const DEFAULT_DB_POOL: u32 = 32;
 const DEFAULT_CHECKOUT_TTL: &str = "900";
 const DEFAULT_RECOVERY_GRACE: &str = "30";
@@ -63,6 +64,11 @@ pub struct Config {
     /// the listen address.
     #[arg(long, env = "MERCATO_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// The domain shops are served under by host name: `{slug}.{domain}`
+    /// reaches the store API of merchant `slug` (`*.shop.localhost` resolves
+    /// to this machine in browsers and curl).
+    #[arg(long, env = "MERCATO_STORE_DOMAIN", default_value = DEFAULT_STORE_DOMAIN)]
+    pub store_domain: String,
     /// Platform admin token; generated and printed when unset; `off`: none
     /// (operators log in with their accounts; `POST /v1/operators` made them).
     #[arg(long, env = "MERCATO_ADMIN_TOKEN", hide_env_values = true)]
@@ -233,6 +239,7 @@ impl Config {
             database: DatabaseUrlArg::default(),
             admin_token: None,
             public_url: None,
+            store_domain: DEFAULT_STORE_DOMAIN.to_owned(),
             max_connections: DEFAULT_DB_POOL,
             checkout_ttl: default(DEFAULT_CHECKOUT_TTL),
             recovery_grace: default(DEFAULT_RECOVERY_GRACE),

@@ -317,7 +317,7 @@ async fn grant_service_roles(owner: &PgPool) -> Result<(), DbError> {
     for revoke in [
         format!("revoke all on all sequences in schema public from {MOVER_ROLE}"),
         format!("revoke all on api_keys from {MOVER_ROLE}"),
-        format!("revoke all on staff, staff_invitations from {MOVER_ROLE}"),
+        format!("revoke all on staff, staff_invitations, publishable_keys from {MOVER_ROLE}"),
     ] {
         sqlx::query(&revoke).execute(&mut *tx).await?;
     }

@@ -19,6 +19,7 @@
 //! | context | tables |
 //! |---|---|
 //! | `tenancy` | `merchants`, `api_keys` |
+//! | `storefront` | `publishable_keys` |
 //! | `tenancy::people` | `people`, `sessions`, `staff`, `staff_invitations` |
 //! | `catalog` | `products`, `variants`, `variant_prices` |
 //! | `inventory` | `stock`, `reservations`, `reservation_items`, `stock_sales` |
@@ -68,6 +69,7 @@ pub mod reprice;
 pub mod routes;
 pub mod shift;
 pub mod state;
+pub mod storefront;
 pub mod team;
 pub mod telemetry;
 pub mod tenancy;

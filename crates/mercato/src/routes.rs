@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::audit::http::routes())
         .merge(crate::tenancy::keys_http::routes())
         .merge(crate::team::routes())
+        .merge(crate::storefront::http::routes())
         .merge(pricing::http::routes())
         .merge(events::http::routes())
         .merge(remediation::http::routes())
@@ -60,6 +61,11 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             tenancy::rate_limit::rate_limit,
+        ))
+        // Outermost: a store request's shop and CORS (preflights end here).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::storefront::http::store_layer,
         ));
     http::with_plumbing(routes, state)
 }

@@ -46,6 +46,8 @@ pub struct Services {
     pub admin_token: Option<Arc<str>>,
     /// Where people reach Mercato (the links in invitations), no trailing `/`.
     pub public_url: Arc<str>,
+    /// The store API's shops, cached pages and host names.
+    pub storefront: crate::storefront::Storefront,
     /// The suspended merchants (the workers skip them).
     pub suspended: crate::tenancy::Suspended,
     /// Failed logins, per account and address.

@@ -35,6 +35,15 @@ impl Modify for BearerAuth {
             bearer("Merchant API key (`mk_…`), or a staff session's token (`mss_…`)"),
         );
         components.add_security_scheme(
+            "publishable_key",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "X-Publishable-Key",
+                    "A shop's publishable key (`pk_…`), or none on the shop's host name",
+                ),
+            )),
+        );
+        components.add_security_scheme(
             "session",
             bearer("A person's session token (`mss_…`); browsers send the `mercato_session` cookie and `X-CSRF-Token` instead"),
         );
@@ -92,7 +101,7 @@ pub fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
         ))
         .build();
     for (path, item) in doc.paths.paths.iter_mut() {
-        let is_api = path.starts_with("/v1/");
+        let is_api = path.starts_with("/v1/") || path.starts_with("/store/v1/");
         let operations = [
             (&mut item.get, false),
             (&mut item.put, false),

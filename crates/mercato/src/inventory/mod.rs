@@ -22,9 +22,9 @@ pub use model::{
 };
 pub use products::{archive_variant, delete_product, ProductDeletion, VariantArchival};
 pub use store::{
-    expire_due_reservations, get_reservation, get_stock, hold_for_order, lock_reserved_units,
-    restock, set_on_hand, settle_reservation, InventoryError, Reservation, ReserveError,
-    Settlement, StockLevel,
+    available_units, expire_due_reservations, get_reservation, get_stock, hold_for_order,
+    lock_reserved_units, restock, set_on_hand, settle_reservation, InventoryError, Reservation,
+    ReserveError, Settlement, StockLevel,
 };
 
 use crate::db::TenantTx;

@@ -190,6 +190,23 @@ pub async fn get_stock(tx: &mut TenantTx, sku: &Sku) -> Result<Option<StockLevel
         }))
 }
 
+/// Units available to order (on hand less reserved) of `skus`; a SKU
+/// without a stock row has none.
+pub async fn available_units(
+    tx: &mut TenantTx,
+    skus: &[String],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select sku as "sku!", available as "available!" from stock_levels
+           where merchant_id = $1 and sku = any($2)"#,
+        tx.merchant_id().0,
+        skus,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.sku, r.available)).collect())
+}
+
 /// Units reserved on `skus`, with their stock rows locked until the transaction
 /// ends (so nothing can be reserved between this check and what follows it).
 pub async fn lock_reserved_units(tx: &mut TenantTx, skus: &[String]) -> Result<i64, sqlx::Error> {

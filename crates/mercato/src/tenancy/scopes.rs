@@ -147,7 +147,7 @@ pub fn required(method: &Method, path: &str) -> Option<Scope> {
     if under("/v1/mail-settings") || under("/v1/fulfillment-settings") {
         return pick(Scope::SettingsRead, Scope::SettingsWrite);
     }
-    if under("/v1/api-keys") {
+    if under("/v1/api-keys") || under("/v1/publishable-keys") {
         return Some(Scope::KeysWrite);
     }
     if under("/v1/staff") {

@@ -23,5 +23,6 @@ mod rollout;
 mod schema_migrations;
 mod scopes;
 mod states;
+mod storefront;
 mod tenancy;
 pub mod webhooks;

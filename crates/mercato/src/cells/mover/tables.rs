@@ -15,6 +15,7 @@ const NOT_MOVED: &[&str] = &[
     "api_keys",
     "staff",
     "staff_invitations",
+    "publishable_keys",
     "people",
     "sessions",
     "tenant_directory",

@@ -247,6 +247,7 @@ const TENANT_TABLE_DENIED: &[(&str, &str)] = &[
     ("public.api_keys", MOVER_ROLE),
     ("public.staff", MOVER_ROLE),
     ("public.staff_invitations", MOVER_ROLE),
+    ("public.publishable_keys", MOVER_ROLE),
 ];
 
 /// The `security definer` functions (they run as the owner) the mover may
