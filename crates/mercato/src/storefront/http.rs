@@ -332,12 +332,16 @@ pub async fn store_layer(State(state): State<AppState>, mut req: Request, next: 
     if req.method() == Method::OPTIONS {
         return preflight(&state, origin.as_deref()).await;
     }
-    let shop = match super::shop::resolve(&state, req.headers()).await {
-        Ok(shop) => shop,
-        Err(err) => return err.into_response(),
+    // Unresolved, the request goes on: its handler's `Shop` refuses it (a
+    // method or route that does not exist is answered as such first).
+    let grant = match super::shop::resolve(&state, req.headers()).await {
+        Ok(shop) => {
+            let grant = shop.cors.clone();
+            req.extensions_mut().insert(shop);
+            grant
+        }
+        Err(_) => None,
     };
-    let grant = shop.cors.clone();
-    req.extensions_mut().insert(shop);
     let mut response = next.run(req).await;
     let h = response.headers_mut();
     h.insert(
