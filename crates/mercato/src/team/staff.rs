@@ -323,6 +323,7 @@ pub struct Joined {
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 410, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn accept_invitation(
     State(state): State<AppState>,
@@ -351,10 +352,17 @@ pub async fn accept_invitation(
     }
     let email = Email::parse(&invitation.email).map_err(|_| ApiError::NotFound("invitation"))?;
     let existing = store::person_by_email(&state.db.app, &email).await?;
+    let address = crate::tenancy::client_address(&extensions);
     let person = match existing {
         Some(person) => {
+            // A password guessed here counts as at a login.
+            state
+                .logins
+                .check(email.as_str(), address)
+                .map_err(|retry_after| ApiError::LoginThrottled { retry_after })?;
             if !secrets::verify_password_off_thread(body.password, Some(person.password_hash)).await
             {
+                state.logins.failed(email.as_str(), address);
                 return Err(ApiError::field(
                     "password",
                     "you have a login already: give its password",
@@ -373,7 +381,7 @@ pub async fn accept_invitation(
                 ))?
         }
     };
-    let origin = Origin::of(&headers, crate::tenancy::client_address(&extensions));
+    let origin = Origin::of(&headers, address);
     tx.act_for(&origin.acting("staff.join", ActorKind::Person, email.as_str()))
         .await?;
     store::insert_staff(&mut tx, person, invitation.role).await?;

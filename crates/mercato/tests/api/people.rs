@@ -606,3 +606,63 @@ fn totp_now(secret: &str) -> String {
     let n = u32::from_be_bytes([d[o] & 0x7f, d[o + 1], d[o + 2], d[o + 3]]) % 1_000_000;
     format!("{n:06}")
 }
+
+#[tokio::test]
+async fn a_person_on_two_staffs_accepts_with_their_password_and_guesses_are_throttled() {
+    let app = TestApp::spawn().await;
+    let (_acme, _owner) = merchant_with_owner(&app, "acme").await;
+    let globex = app.create_merchant("globex").await;
+    let r = invite(&app, &globex.key, "owner@acme.test", "support").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = invitation_token(&app, "owner@acme.test").await;
+    let mut throttled = false;
+    for _ in 0..8 {
+        let r = accept(&app, &token, "a guess at the password").await;
+        if r.status == 429 {
+            r.assert_problem(429, "login-throttled");
+            throttled = true;
+            break;
+        }
+        r.assert_problem(422, "validation-error");
+        assert_eq!(r.error_fields(), ["password"]);
+    }
+    assert!(
+        throttled,
+        "guesses through an invitation are throttled like logins"
+    );
+    assert_eq!(app.count("staff").await, 1, "nothing joined");
+    // From another address, their own password joins them.
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 3]))
+        .build()
+        .expect("client");
+    let r = elsewhere
+        .post(format!("{}/v1/staff/accept", app.base))
+        .json(&json!({"token": token, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 201);
+    let r = app
+        .request(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            Some(json!({"email": "owner@acme.test", "password": PASSWORD, "merchant_id": globex.id.0})),
+        )
+        .await;
+    // This address is still throttled for the account.
+    r.assert_problem(429, "login-throttled");
+    let r = elsewhere
+        .post(format!("{}/v1/sessions", app.base))
+        .json(
+            &json!({"email": "owner@acme.test", "password": PASSWORD, "merchant_id": globex.id.0}),
+        )
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["role"], "support");
+    assert_eq!(body["merchant_id"], globex.id.0.to_string());
+}

@@ -57,8 +57,9 @@ impl Default for LoginThrottles {
 }
 
 impl LoginThrottles {
-    /// `Err(seconds)` when a login of `email` from `address` must wait.
-    fn check(&self, email: &str, address: Option<IpAddr>) -> Result<(), u64> {
+    /// `Err(seconds)` when a login of `email` from `address` must wait
+    /// (also asked before any other check of a person's password).
+    pub fn check(&self, email: &str, address: Option<IpAddr>) -> Result<(), u64> {
         self.account.check(&email.to_owned())?;
         if let Some(address) = address {
             self.address.check(&address)?;
@@ -68,7 +69,8 @@ impl LoginThrottles {
         Ok(())
     }
 
-    fn failed(&self, email: &str, address: Option<IpAddr>) {
+    /// Counts a wrong password for `email` from `address`.
+    pub fn failed(&self, email: &str, address: Option<IpAddr>) {
         self.account.failed(email.to_owned());
         if let Some(address) = address {
             self.address.failed(address);
