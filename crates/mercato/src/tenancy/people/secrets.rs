@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 
 /// Argon2id with OWASP's first recommended parameters: 19 MiB of memory,
-/// 2 passes, 1 lane (about 20 ms on one core of this machine's class).
+/// 2 passes, 1 lane (25-30 ms per hash on one core of the development machine).
 pub const ARGON2_MEMORY_KIB: u32 = 19_456;
 pub const ARGON2_PASSES: u32 = 2;
 pub const ARGON2_LANES: u32 = 1;
