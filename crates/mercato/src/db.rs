@@ -477,6 +477,20 @@ impl TenantTx {
         Ok(())
     }
 
+    /// `record_audit` in a transaction of its own, in the directory's
+    /// database (`pool`): for what happened beside any row change.
+    pub async fn record_audit_alone(
+        pool: &PgPool,
+        merchant_id: MerchantId,
+        acting: &Acting,
+        target: (&str, &str),
+        changes: &serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = Self::begin_in_directory(pool, merchant_id).await?;
+        tx.record_audit(acting, target, changes).await?;
+        tx.commit().await
+    }
+
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }

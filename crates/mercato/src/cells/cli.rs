@@ -211,14 +211,14 @@ async fn record(
     action: &'static str,
     command: &str,
 ) -> anyhow::Result<()> {
-    let mut tx = crate::db::TenantTx::begin_in_directory(&pools.main, mv.merchant).await?;
-    tx.record_audit(
+    crate::db::TenantTx::record_audit_alone(
+        &pools.main,
+        mv.merchant,
         &crate::db::Acting::command(action, command),
         ("tenant_moves", &mv.id.to_string()),
         &serde_json::json!({"from": mv.source, "to": mv.target}),
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 

@@ -111,14 +111,11 @@ pub async fn delete_publishable_key(
     let id = ApiError::path_id(&id, "publishable key")?;
     let mut tx = crate::db::TenantTx::begin_in_directory(&state.db.app, tenant.merchant_id).await?;
     tx.act_for(&tenant.acting("publishable_key.revoke")).await?;
-    let keys = store::list_keys(&mut tx).await?;
-    if !store::revoke_key(&mut tx, id).await? {
-        return Err(ApiError::NotFound("publishable key"));
-    }
+    let key = store::revoke_key(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("publishable key"))?;
     tx.commit().await?;
-    if let Some(k) = keys.iter().find(|k| k.id == id) {
-        state.storefront.directory.forget_key(&k.key);
-    }
+    state.storefront.directory.forget_key(&key);
     Ok(StatusCode::NO_CONTENT)
 }
 

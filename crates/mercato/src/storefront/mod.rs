@@ -11,6 +11,7 @@ pub mod model;
 mod pages;
 pub mod shop;
 mod store;
+mod ttl;
 
 pub use shop::{Shop, ShopDirectory};
 pub use store::PublishableKeyView;

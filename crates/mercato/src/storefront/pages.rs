@@ -2,12 +2,11 @@
 //! product page is read from the database once per `TTL`, whatever its
 //! traffic, and a browser that has it already gets a 304 by its `ETag`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::ttl::TtlMap;
 use crate::db::MerchantId;
 
 /// How long an answer is served from memory: availability shown is at
@@ -34,26 +33,21 @@ impl Page {
     }
 }
 
-#[derive(Default)]
-pub struct PageCache(Mutex<HashMap<(MerchantId, String), (Page, Instant)>>);
+/// Pages by shop and URL.
+pub struct PageCache(TtlMap<(MerchantId, String), Page>);
+
+impl Default for PageCache {
+    fn default() -> Self {
+        PageCache(TtlMap::new(TTL, MAX_PAGES))
+    }
+}
 
 impl PageCache {
     pub fn get(&self, merchant: MerchantId, url: &str) -> Option<Page> {
-        let pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        pages
-            .get(&(merchant, url.to_owned()))
-            .filter(|(_, at)| at.elapsed() < TTL)
-            .map(|(page, _)| page.clone())
+        self.0.get(&(merchant, url.to_owned()))
     }
 
     pub fn put(&self, merchant: MerchantId, url: &str, page: Page) {
-        let mut pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pages.len() >= MAX_PAGES {
-            pages.retain(|_, (_, at)| at.elapsed() < TTL);
-            if pages.len() >= MAX_PAGES {
-                pages.clear();
-            }
-        }
-        pages.insert((merchant, url.to_owned()), (page, Instant::now()));
+        self.0.put((merchant, url.to_owned()), page);
     }
 }

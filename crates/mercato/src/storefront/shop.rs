@@ -3,15 +3,15 @@
 //! (`{slug}.{--store-domain}`); both given, they must agree. Keys and slugs
 //! are cached briefly, so a page view costs no query to resolve.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
 use super::model::{cors_grant, slug_of_host, CorsGrant, PublishableKey};
+use super::ttl::TtlMap;
 use crate::cells::MerchantDb;
 use crate::db::{MerchantId, TenantTx};
 use crate::http::ApiError;
@@ -37,31 +37,18 @@ pub struct Shop {
 type KeyGrant = (MerchantId, Arc<Vec<String>>);
 
 /// Resolved keys and slugs (`None`: known to be no key, no shop).
-#[derive(Default)]
 pub struct ShopDirectory {
-    keys: Mutex<HashMap<String, (Option<KeyGrant>, Instant)>>,
-    slugs: Mutex<HashMap<String, (Option<MerchantId>, Instant)>>,
+    keys: TtlMap<String, Option<KeyGrant>>,
+    slugs: TtlMap<String, Option<MerchantId>>,
 }
 
-fn cached<K: std::hash::Hash + Eq, V: Clone>(
-    map: &Mutex<HashMap<K, (V, Instant)>>,
-    key: &K,
-) -> Option<V> {
-    let map = map.lock().unwrap_or_else(|p| p.into_inner());
-    map.get(key)
-        .filter(|(_, at)| at.elapsed() < TTL)
-        .map(|(v, _)| v.clone())
-}
-
-fn remember<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, (V, Instant)>>, key: K, value: V) {
-    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-    if map.len() >= MAX_ENTRIES {
-        map.retain(|_, (_, at)| at.elapsed() < TTL);
-        if map.len() >= MAX_ENTRIES {
-            map.clear();
+impl Default for ShopDirectory {
+    fn default() -> Self {
+        ShopDirectory {
+            keys: TtlMap::new(TTL, MAX_ENTRIES),
+            slugs: TtlMap::new(TTL, MAX_ENTRIES),
         }
     }
-    map.insert(key, (value, Instant::now()));
 }
 
 impl ShopDirectory {
@@ -72,33 +59,32 @@ impl ShopDirectory {
         key: &PublishableKey,
     ) -> Result<Option<KeyGrant>, sqlx::Error> {
         let text = key.to_string();
-        if let Some(hit) = cached(&self.keys, &text) {
+        if let Some(hit) = self.keys.get(&text) {
             return Ok(hit);
         }
         let mut tx = TenantTx::begin_in_directory(&state.db.app, key.merchant_id).await?;
         let origins = super::store::live_key_origins(&mut tx, key).await?;
         tx.commit().await?;
         let found = origins.map(|o| (key.merchant_id, Arc::new(o)));
-        remember(&self.keys, text, found.clone());
+        self.keys.put(text, found.clone());
         Ok(found)
     }
 
     async fn slug(&self, state: &AppState, slug: &str) -> Result<Option<MerchantId>, sqlx::Error> {
-        if let Some(hit) = cached(&self.slugs, &slug.to_owned()) {
+        if let Some(hit) = self.slugs.get(&slug.to_owned()) {
             return Ok(hit);
         }
         let found = match Slug::parse(slug) {
             Ok(parsed) => crate::tenancy::find_merchant_by_slug(&state.db.app, &parsed).await?,
             Err(_) => None,
         };
-        remember(&self.slugs, slug.to_owned(), found);
+        self.slugs.put(slug.to_owned(), found);
         Ok(found)
     }
 
     /// Forgets a key (revoked here: refused at once on this instance).
     pub fn forget_key(&self, key: &str) {
-        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(key);
+        self.keys.remove(&key.to_owned());
     }
 }
 
@@ -108,10 +94,7 @@ fn given_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("x-publishable-key") {
         return Some(v.to_str().unwrap_or(""));
     }
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && token.starts_with("pk_")).then_some(token)
+    crate::tenancy::bearer(headers).filter(|token| token.starts_with("pk_"))
 }
 
 /// Resolves the shop of a store request: 401 for an unknown key or none at

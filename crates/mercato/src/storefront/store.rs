@@ -51,17 +51,17 @@ pub async fn list_keys(tx: &mut TenantTx) -> Result<Vec<PublishableKeyView>, sql
     .await
 }
 
-/// Revokes a key (again: no change); `false` when the merchant has no such key.
-pub async fn revoke_key(tx: &mut TenantTx, id: Uuid) -> Result<bool, sqlx::Error> {
-    let found = sqlx::query_scalar!(
-        r#"update publishable_keys set revoked_at = coalesce(revoked_at, now())
-           where merchant_id = $1 and id = $2 returning id as "id!""#,
+/// Revokes a key (again: no change); its text, `None` when the merchant
+/// has no such key.
+pub async fn revoke_key(tx: &mut TenantTx, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "update publishable_keys set revoked_at = coalesce(revoked_at, now())
+         where merchant_id = $1 and id = $2 returning key",
         tx.merchant_id().0,
         id,
     )
     .fetch_optional(tx.conn())
-    .await?;
-    Ok(found.is_some())
+    .await
 }
 
 /// The origins a live key allows; `None`: no such live key.

@@ -140,8 +140,15 @@ pub async fn post_session(
                     for merchant in merchants {
                         let acting = origin.acting("session.failed", ActorKind::Person, &email);
                         let target = ("people", email.as_str());
-                        if let Err(err) = record(&state, merchant, &acting, target, json!({})).await
-                        {
+                        let recorded = TenantTx::record_audit_alone(
+                            &state.db.app,
+                            merchant,
+                            &acting,
+                            target,
+                            &json!({}),
+                        )
+                        .await;
+                        if let Err(err) = recorded {
                             tracing::warn!(error = %err, "recording a failed login failed");
                         }
                     }
@@ -159,7 +166,14 @@ pub async fn post_session(
         let acting = origin.acting("session.create", ActorKind::Person, &logged_in.email);
         let changes = json!({"role": role.as_str(), "expires_at": logged_in.expires_at});
         let session = logged_in.session.to_string();
-        record(&state, merchant, &acting, ("sessions", &session), changes).await?;
+        TenantTx::record_audit_alone(
+            &state.db.app,
+            merchant,
+            &acting,
+            ("sessions", &session),
+            &changes,
+        )
+        .await?;
     }
     let view = view_of(&logged_in);
     let max_age = (logged_in.expires_at - Utc::now()).num_seconds().max(0);
@@ -184,20 +198,6 @@ fn view_of(logged_in: &LoggedIn) -> SessionView {
         role: logged_in.merchant.map(|(_, r)| r.as_str().to_owned()),
         operator: logged_in.merchant.is_none(),
     }
-}
-
-/// One record in a merchant's trail, in a transaction of its own.
-async fn record(
-    state: &AppState,
-    merchant: MerchantId,
-    acting: &crate::db::Acting,
-    target: (&str, &str),
-    changes: serde_json::Value,
-) -> Result<(), ApiError> {
-    let mut tx = TenantTx::begin_in_directory(&state.db.app, merchant).await?;
-    tx.record_audit(acting, target, &changes).await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 /// The session of this request (cookie with CSRF for unsafe methods, or bearer).
@@ -364,21 +364,6 @@ pub struct TotpView {
     pub enabled: bool,
 }
 
-fn base32_decode(raw: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for c in raw.trim().trim_end_matches('=').chars() {
-        let v = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".find(c.to_ascii_uppercase())? as u32;
-        buffer = (buffer << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-        }
-    }
-    (out.len() >= 10).then_some(out)
-}
-
 /// Sets up a TOTP second factor (RFC 6238): a call without a body's secret
 /// proposes one; a call with that secret and its current code turns it on.
 /// From then on a login needs `totp_code`.
@@ -411,7 +396,7 @@ pub async fn post_totp(
             enabled: false,
         }));
     };
-    let secret = base32_decode(raw)
+    let secret = secrets::base32_decode(raw)
         .ok_or_else(|| ApiError::field("secret", "is not a base32 secret of at least 80 bits"))?;
     let code = body.code.as_deref().unwrap_or("");
     if !secrets::totp_accepts(&secret, code, Utc::now().timestamp()) {
@@ -461,16 +446,4 @@ pub async fn delete_totp(
     }
     people::store::set_totp_secret(&state.db.app, session.person, None).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base32_round_trips_a_secret() {
-        let secret = secrets::new_totp_secret();
-        assert_eq!(base32_decode(&secrets::base32(&secret)), Some(secret));
-        assert_eq!(base32_decode("not base32!"), None);
-    }
 }

@@ -17,8 +17,8 @@ mod store;
 mod suspended;
 
 pub use auth::{
-    authenticate, client_address, request_tenant, session_token, unroutable, Admin, Caller, Origin,
-    SessionPerson, Tenant, CSRF_HEADER, SESSION_COOKIE,
+    authenticate, bearer, client_address, request_tenant, session_token, unroutable, Admin, Caller,
+    Origin, SessionPerson, Tenant, CSRF_HEADER, SESSION_COOKIE,
 };
 pub use auth_failures::{AuthFailures, Throttle};
 pub use key_cache::{KeyCache, Principal};

@@ -59,14 +59,14 @@ pub async fn post_move(
         .map_err(refused)?;
     state.moves.wake();
     // In the merchant's trail: who moved it where (the move's rows are its own record).
-    let mut tx = crate::db::TenantTx::begin_in_directory(&state.db.app, merchant).await?;
-    tx.record_audit(
+    crate::db::TenantTx::record_audit_alone(
+        &state.db.app,
+        merchant,
         &admin.acting("merchant.move"),
         ("tenant_moves", &mv.id.to_string()),
         &serde_json::json!({"to": body.to, "keep_source": body.keep_source}),
     )
     .await?;
-    tx.commit().await?;
     let record = record(&state, merchant, mv.id)
         .await?
         .ok_or(ApiError::NotFound("move"))?;

@@ -102,9 +102,11 @@ pub fn new_totp_secret() -> Vec<u8> {
     secret
 }
 
+const BASE32_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
 /// RFC 4648 base32 without padding: how authenticator apps take a secret.
 pub fn base32(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const ALPHABET: &[u8; 32] = BASE32_ALPHABET;
     let mut out = String::new();
     let (mut buffer, mut bits) = (0u32, 0u32);
     for &b in bytes {
@@ -119,6 +121,25 @@ pub fn base32(bytes: &[u8]) -> String {
         out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
     }
     out
+}
+
+/// The bytes of an RFC 4648 base32 text (any case, padding optional);
+/// `None` unless it is base32 of at least 80 bits (RFC 4226's minimum).
+pub fn base32_decode(raw: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in raw.trim().trim_end_matches('=').chars() {
+        let v = BASE32_ALPHABET
+            .iter()
+            .position(|&a| a == c.to_ascii_uppercase() as u8)? as u32;
+        buffer = (buffer << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    (out.len() >= 10).then_some(out)
 }
 
 #[cfg(test)]
@@ -157,5 +178,12 @@ mod tests {
         assert_eq!(base32(b""), "");
         assert_eq!(base32(b"f"), "MY");
         assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+    }
+
+    #[test]
+    fn base32_round_trips_a_secret() {
+        let secret = new_totp_secret();
+        assert_eq!(base32_decode(&base32(&secret)), Some(secret));
+        assert_eq!(base32_decode("not base32!"), None);
     }
 }
